@@ -1,0 +1,48 @@
+package events
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors. Every decoding failure is a *Error wrapping one of
+// them, so callers can branch with errors.Is and still show which field.
+var (
+	// ErrMalformed: not JSON, or not a CloudEvents 1.0 structured event.
+	ErrMalformed = errors.New("malformed event")
+	// ErrUnknownType: the type is not one this version knows.
+	ErrUnknownType = errors.New("unknown event type")
+	// ErrUnsupportedVersion: the schema version is newer than SchemaVersion
+	// (or not a positive integer).
+	ErrUnsupportedVersion = errors.New("unsupported schema version")
+	// ErrMissingField: a field required for this type is absent or empty.
+	ErrMissingField = errors.New("missing required field")
+	// ErrInvalidField: a field is present but its value is not allowed.
+	ErrInvalidField = errors.New("invalid field")
+)
+
+// Error says what is wrong with an encoded (or about to be encoded)
+// event. Field is the JSON path of the offending field ("data.changeId"),
+// empty when the document as a whole is at fault.
+type Error struct {
+	Field  string
+	Reason string
+	Err    error // one of the sentinels above
+}
+
+func (e *Error) Error() string {
+	msg := "events: " + e.Err.Error()
+	if e.Field != "" {
+		msg += " " + e.Field
+	}
+	if e.Reason != "" {
+		msg += ": " + e.Reason
+	}
+	return msg
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+func fieldErr(sentinel error, field, format string, args ...any) *Error {
+	return &Error{Field: field, Reason: fmt.Sprintf(format, args...), Err: sentinel}
+}

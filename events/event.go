@@ -1,0 +1,175 @@
+package events
+
+import (
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// SchemaVersion is the newest schema version this package writes and reads.
+// Decoders reject events with a newer version instead of dropping fields
+// they do not understand.
+const SchemaVersion = 1
+
+// Type is the kind of an event. Names are past tense: each records a fact.
+type Type string
+
+// Event types.
+const (
+	ExecutionStarted   Type = "ExecutionStarted"
+	ExecutionSucceeded Type = "ExecutionSucceeded"
+	ExecutionFailed    Type = "ExecutionFailed"
+	// ExecutionRolledBack records a successful rollback after a failure.
+	ExecutionRolledBack Type = "ExecutionRolledBack"
+	RollbackFailed      Type = "RollbackFailed"
+	// ExecutionMarkedUncertain is published by a runner that, holding the
+	// pipeline lock, finds a change that was started and never finished:
+	// its outcome on the target system is unknown.
+	ExecutionMarkedUncertain Type = "ExecutionMarkedUncertain"
+	// ManuallyResolved records an operator's decision about a change that
+	// needed manual intervention.
+	ManuallyResolved Type = "ManuallyResolved"
+)
+
+// Types lists every known event type, in lifecycle order.
+var Types = []Type{
+	ExecutionStarted, ExecutionSucceeded, ExecutionFailed, ExecutionRolledBack,
+	RollbackFailed, ExecutionMarkedUncertain, ManuallyResolved,
+}
+
+// Known reports whether t is a type this package understands.
+func (t Type) Known() bool {
+	for _, k := range Types {
+		if t == k {
+			return true
+		}
+	}
+	return false
+}
+
+// State is the state a change is in after an event.
+type State string
+
+// Change states, as shown in the changeLog and issues.
+const (
+	StateStarted            State = "STARTED"
+	StateApplied            State = "APPLIED"
+	StateFailed             State = "FAILED"
+	StateRolledBack         State = "ROLLED_BACK"
+	StateRollbackFailed     State = "ROLLBACK_FAILED"
+	StateUncertain          State = "UNCERTAIN"
+	StateManuallyApplied    State = "MANUALLY_APPLIED"
+	StateManuallyRolledBack State = "MANUALLY_ROLLED_BACK"
+)
+
+// States lists every state.
+var States = []State{
+	StateStarted, StateApplied, StateFailed, StateRolledBack, StateRollbackFailed,
+	StateUncertain, StateManuallyApplied, StateManuallyRolledBack,
+}
+
+// Recovery says what a runner may do with a change whose last execution did
+// not end cleanly.
+type Recovery string
+
+// Recovery strategies (Flamingock's names).
+const (
+	// ManualIntervention stops the pipeline until an operator resolves the
+	// change. It is the default: re-running a half-applied change is unsafe
+	// unless the change says otherwise.
+	ManualIntervention Recovery = "MANUAL_INTERVENTION"
+	// AlwaysRetry re-runs the change; use it for idempotent changes.
+	AlwaysRetry Recovery = "ALWAYS_RETRY"
+)
+
+// Valid reports whether r is a known strategy.
+func (r Recovery) Valid() bool { return r == ManualIntervention || r == AlwaysRetry }
+
+// Resolution is an operator's verdict in a ManuallyResolved event.
+type Resolution string
+
+// Resolutions.
+const (
+	// ResolvedApplied: the operator confirmed the change is in effect.
+	ResolvedApplied Resolution = "APPLIED"
+	// ResolvedRolledBack: the operator undid the change; it will run again.
+	ResolvedRolledBack Resolution = "ROLLED_BACK"
+)
+
+// Valid reports whether r is a known resolution.
+func (r Resolution) Valid() bool { return r == ResolvedApplied || r == ResolvedRolledBack }
+
+// Event is one immutable fact about one change of one pipeline.
+//
+// ID, Type and OccurredAt live in the CloudEvents envelope; everything else
+// in its data. Which fields are required depends on the type (see Validate).
+type Event struct {
+	ID            string // time-ordered unique id (UUIDv7); the stream deduplicates on it
+	Type          Type
+	SchemaVersion int
+	Pipeline      string // the service or fleet whose changes these are
+	ChangeID      string
+	Author        string
+	ExecutionID   string // groups the events of one attempt at a change
+	Order         string // the change's position in its pipeline
+	TargetSystem  string
+	Host          string
+	RunnerID      string
+	// LockToken is the revision of the pipeline lease the writer held: a
+	// fencing token that grows with every new holder.
+	LockToken     uint64
+	OccurredAt    time.Time // UTC
+	Duration      time.Duration
+	ErrorMessage  string
+	ErrorTrace    string
+	Metadata      map[string]string
+	Recovery      Recovery
+	Transactional bool
+	// Resolution, Operator and Reason are set on ManuallyResolved only.
+	Resolution Resolution
+	Operator   string
+	Reason     string
+}
+
+// NewID returns a new time-ordered event id (UUIDv7), so ids sort roughly by
+// creation time in every store.
+func NewID() string { return uuid.Must(uuid.NewV7()).String() }
+
+// New returns an event of type t for a change with a fresh id, the current
+// schema version and the current UTC time. Callers fill in the rest.
+func New(t Type, pipeline, changeID string) Event {
+	return Event{
+		ID:            NewID(),
+		Type:          t,
+		SchemaVersion: SchemaVersion,
+		Pipeline:      pipeline,
+		ChangeID:      changeID,
+		OccurredAt:    time.Now().UTC(),
+		Recovery:      ManualIntervention,
+	}
+}
+
+// State returns the state the change is in after this event, or "" for an
+// unknown type.
+func (e Event) State() State {
+	switch e.Type {
+	case ExecutionStarted:
+		return StateStarted
+	case ExecutionSucceeded:
+		return StateApplied
+	case ExecutionFailed:
+		return StateFailed
+	case ExecutionRolledBack:
+		return StateRolledBack
+	case RollbackFailed:
+		return StateRollbackFailed
+	case ExecutionMarkedUncertain:
+		return StateUncertain
+	case ManuallyResolved:
+		if e.Resolution == ResolvedRolledBack {
+			return StateManuallyRolledBack
+		}
+		return StateManuallyApplied
+	}
+	return ""
+}

@@ -1,0 +1,252 @@
+package events
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Wire-format constants.
+const (
+	SpecVersion     = "1.0"              // CloudEvents spec version
+	TypePrefix      = "io.auditflow."    // CloudEvents type = TypePrefix + Type
+	DataContentType = "application/json" // the only data encoding accepted
+	// DataSchemaURI names the JSON Schema of data (see schema/).
+	DataSchemaURI = "https://auditflow.dev/schemas/execution-event/v1.json"
+	// SourcePrefix starts the CloudEvents source: SourcePrefix + pipeline.
+	SourcePrefix = "urn:auditflow:pipeline:"
+
+	// Size limits keep ids usable as keys in every store.
+	MaxIDLen  = 128
+	MaxKeyLen = 256 // pipeline and change id, in bytes
+)
+
+// envelope is the CloudEvents structured-mode document. Extension attributes
+// (traceparent, …) are accepted and ignored: CloudEvents allows them.
+type envelope struct {
+	SpecVersion     string          `json:"specversion"`
+	ID              string          `json:"id"`
+	Source          string          `json:"source"`
+	Type            string          `json:"type"`
+	Time            string          `json:"time"`
+	Subject         string          `json:"subject,omitempty"`
+	DataContentType string          `json:"datacontenttype,omitempty"`
+	DataSchema      string          `json:"dataschema,omitempty"`
+	Data            json.RawMessage `json:"data"`
+}
+
+// data is the event payload. Decoding it rejects unknown fields: a field
+// this version does not know would otherwise be silently dropped from the
+// audit record. New fields come with a new schema version.
+type data struct {
+	SchemaVersion *int              `json:"schemaVersion"`
+	Pipeline      string            `json:"pipeline"`
+	ChangeID      string            `json:"changeId"`
+	Author        string            `json:"author,omitempty"`
+	ExecutionID   string            `json:"executionId,omitempty"`
+	Order         string            `json:"order,omitempty"`
+	TargetSystem  string            `json:"targetSystem,omitempty"`
+	Host          string            `json:"host,omitempty"`
+	RunnerID      string            `json:"runnerId,omitempty"`
+	LockToken     uint64            `json:"lockToken,omitempty"`
+	DurationMs    int64             `json:"durationMs,omitempty"`
+	ErrorMessage  string            `json:"errorMessage,omitempty"`
+	ErrorTrace    string            `json:"errorTrace,omitempty"`
+	Metadata      map[string]string `json:"metadata,omitempty"`
+	Recovery      Recovery          `json:"recovery,omitempty"`
+	Transactional bool              `json:"transactional,omitempty"`
+	Resolution    Resolution        `json:"resolution,omitempty"`
+	Operator      string            `json:"operator,omitempty"`
+	Reason        string            `json:"reason,omitempty"`
+}
+
+// Encode validates e and returns its CloudEvents JSON. Duration is written
+// in whole milliseconds and OccurredAt in UTC.
+func Encode(e Event) ([]byte, error) {
+	if e.SchemaVersion == 0 {
+		e.SchemaVersion = SchemaVersion
+	}
+	if e.Recovery == "" {
+		e.Recovery = ManualIntervention
+	}
+	if err := Validate(e); err != nil {
+		return nil, err
+	}
+	v := e.SchemaVersion
+	d, err := json.Marshal(data{
+		SchemaVersion: &v, Pipeline: e.Pipeline, ChangeID: e.ChangeID, Author: e.Author,
+		ExecutionID: e.ExecutionID, Order: e.Order, TargetSystem: e.TargetSystem, Host: e.Host,
+		RunnerID: e.RunnerID, LockToken: e.LockToken, DurationMs: e.Duration.Milliseconds(),
+		ErrorMessage: e.ErrorMessage, ErrorTrace: e.ErrorTrace, Metadata: e.Metadata,
+		Recovery: e.Recovery, Transactional: e.Transactional, Resolution: e.Resolution,
+		Operator: e.Operator, Reason: e.Reason,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(envelope{
+		SpecVersion: SpecVersion, ID: e.ID, Source: SourcePrefix + e.Pipeline,
+		Type: TypePrefix + string(e.Type), Time: e.OccurredAt.UTC().Format(time.RFC3339Nano),
+		Subject: e.ChangeID, DataContentType: DataContentType, DataSchema: DataSchemaURI, Data: d,
+	})
+}
+
+// Decode parses and validates a CloudEvents JSON event. Every failure is an
+// *Error naming the field at fault.
+func Decode(b []byte) (Event, error) {
+	var env envelope
+	if err := json.Unmarshal(b, &env); err != nil {
+		return Event{}, jsonErr(err, "")
+	}
+	if env.SpecVersion != SpecVersion {
+		return Event{}, fieldErr(ErrMalformed, "specversion", "want %q, got %q", SpecVersion, env.SpecVersion)
+	}
+	if env.DataContentType != "" && env.DataContentType != DataContentType {
+		return Event{}, fieldErr(ErrMalformed, "datacontenttype", "want %q, got %q", DataContentType, env.DataContentType)
+	}
+	if len(env.Data) == 0 || bytes.Equal(env.Data, []byte("null")) {
+		return Event{}, fieldErr(ErrMissingField, "data", "the event has no data")
+	}
+	// Check the version before decoding strictly, so that an event from a
+	// newer producer says "newer version", not "unknown field".
+	var peek struct {
+		SchemaVersion json.RawMessage `json:"schemaVersion"`
+	}
+	if err := json.Unmarshal(env.Data, &peek); err != nil {
+		return Event{}, jsonErr(err, "data")
+	}
+	if len(peek.SchemaVersion) == 0 {
+		return Event{}, fieldErr(ErrMissingField, "data.schemaVersion", "")
+	}
+	var version int
+	if err := json.Unmarshal(peek.SchemaVersion, &version); err != nil || version < 1 {
+		return Event{}, fieldErr(ErrUnsupportedVersion, "data.schemaVersion", "want an integer from 1 to %d, got %s", SchemaVersion, peek.SchemaVersion)
+	}
+	if version > SchemaVersion {
+		return Event{}, fieldErr(ErrUnsupportedVersion, "data.schemaVersion", "version %d is newer than %d, the newest this build reads; upgrade the consumer", version, SchemaVersion)
+	}
+	t, ok := strings.CutPrefix(env.Type, TypePrefix)
+	if !ok || !Type(t).Known() {
+		return Event{}, fieldErr(ErrUnknownType, "type", "%q", env.Type)
+	}
+
+	var d data
+	dec := json.NewDecoder(bytes.NewReader(env.Data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&d); err != nil {
+		return Event{}, jsonErr(err, "data")
+	}
+	if env.Time == "" {
+		return Event{}, fieldErr(ErrMissingField, "time", "")
+	}
+	at, err := time.Parse(time.RFC3339Nano, env.Time)
+	if err != nil {
+		return Event{}, fieldErr(ErrInvalidField, "time", "not an RFC 3339 timestamp: %q", env.Time)
+	}
+	if env.Subject != "" && env.Subject != d.ChangeID {
+		return Event{}, fieldErr(ErrInvalidField, "subject", "must equal data.changeId (%q), got %q", d.ChangeID, env.Subject)
+	}
+	if env.Source == "" {
+		return Event{}, fieldErr(ErrMissingField, "source", "")
+	}
+	if d.DurationMs < 0 || d.DurationMs > int64(time.Duration(1<<63-1)/time.Millisecond) {
+		return Event{}, fieldErr(ErrInvalidField, "data.durationMs", "must be between 0 and 2^63 ns, got %d", d.DurationMs)
+	}
+	if d.Recovery == "" {
+		d.Recovery = ManualIntervention
+	}
+	if len(d.Metadata) == 0 {
+		d.Metadata = nil // {} and absent mean the same; keep one form
+	}
+	e := Event{
+		ID: env.ID, Type: Type(t), SchemaVersion: version, Pipeline: d.Pipeline, ChangeID: d.ChangeID,
+		Author: d.Author, ExecutionID: d.ExecutionID, Order: d.Order, TargetSystem: d.TargetSystem,
+		Host: d.Host, RunnerID: d.RunnerID, LockToken: d.LockToken, OccurredAt: at.UTC(),
+		Duration: time.Duration(d.DurationMs) * time.Millisecond, ErrorMessage: d.ErrorMessage,
+		ErrorTrace: d.ErrorTrace, Metadata: d.Metadata, Recovery: d.Recovery,
+		Transactional: d.Transactional, Resolution: d.Resolution, Operator: d.Operator, Reason: d.Reason,
+	}
+	if err := Validate(e); err != nil {
+		return Event{}, err
+	}
+	return e, nil
+}
+
+// Validate checks what Encode and Decode require of an event.
+func Validate(e Event) error {
+	switch {
+	case e.ID == "":
+		return fieldErr(ErrMissingField, "id", "")
+	case len(e.ID) > MaxIDLen:
+		return fieldErr(ErrInvalidField, "id", "longer than %d bytes", MaxIDLen)
+	case !e.Type.Known():
+		return fieldErr(ErrUnknownType, "type", "%q", e.Type)
+	case e.SchemaVersion < 1 || e.SchemaVersion > SchemaVersion:
+		return fieldErr(ErrUnsupportedVersion, "data.schemaVersion", "%d", e.SchemaVersion)
+	case e.OccurredAt.IsZero():
+		return fieldErr(ErrMissingField, "time", "")
+	case e.OccurredAt.Year() < 1 || e.OccurredAt.UTC().Year() > 9999:
+		return fieldErr(ErrInvalidField, "time", "year %d is outside RFC 3339", e.OccurredAt.Year())
+	case e.Duration < 0:
+		return fieldErr(ErrInvalidField, "data.durationMs", "negative duration %s", e.Duration)
+	case !e.Recovery.Valid():
+		return fieldErr(ErrInvalidField, "data.recovery", "want %s or %s, got %q", ManualIntervention, AlwaysRetry, e.Recovery)
+	}
+	for _, f := range []struct{ name, v string }{{"pipeline", e.Pipeline}, {"changeId", e.ChangeID}} {
+		switch {
+		case f.v == "":
+			return fieldErr(ErrMissingField, "data."+f.name, "")
+		case len(f.v) > MaxKeyLen:
+			return fieldErr(ErrInvalidField, "data."+f.name, "longer than %d bytes", MaxKeyLen)
+		case !utf8.ValidString(f.v):
+			return fieldErr(ErrInvalidField, "data."+f.name, "not valid UTF-8")
+		}
+	}
+	for k := range e.Metadata {
+		if k == "" {
+			return fieldErr(ErrInvalidField, "data.metadata", "empty key")
+		}
+	}
+	if e.Type == ManuallyResolved {
+		switch {
+		case e.Resolution == "":
+			return fieldErr(ErrMissingField, "data.resolution", "")
+		case !e.Resolution.Valid():
+			return fieldErr(ErrInvalidField, "data.resolution", "want %s or %s, got %q", ResolvedApplied, ResolvedRolledBack, e.Resolution)
+		case e.Operator == "":
+			return fieldErr(ErrMissingField, "data.operator", "a manual resolution must say who made it")
+		case e.Reason == "":
+			return fieldErr(ErrMissingField, "data.reason", "a manual resolution must say why")
+		}
+		return nil
+	}
+	if e.Resolution != "" || e.Operator != "" || e.Reason != "" {
+		return fieldErr(ErrInvalidField, "data.resolution", "resolution, operator and reason belong to %s only", ManuallyResolved)
+	}
+	if e.ExecutionID == "" {
+		return fieldErr(ErrMissingField, "data.executionId", "")
+	}
+	if (e.Type == ExecutionFailed || e.Type == RollbackFailed) && e.ErrorMessage == "" {
+		return fieldErr(ErrMissingField, "data.errorMessage", "a %s event must say what failed", e.Type)
+	}
+	return nil
+}
+
+// jsonErr turns an encoding/json error into an *Error naming the field.
+func jsonErr(err error, prefix string) error {
+	var typeErr *json.UnmarshalTypeError
+	if errors.As(err, &typeErr) && typeErr.Field != "" {
+		field := typeErr.Field
+		if prefix != "" {
+			field = prefix + "." + field
+		}
+		return fieldErr(ErrInvalidField, field, "want a JSON %s, got %s", typeErr.Type, typeErr.Value)
+	}
+	if msg, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		return fieldErr(ErrInvalidField, prefix+"."+strings.Trim(msg, `"`), "unknown field (a newer producer must raise schemaVersion)")
+	}
+	return &Error{Field: prefix, Reason: err.Error(), Err: ErrMalformed}
+}

@@ -1,0 +1,82 @@
+package stores
+
+import (
+	"time"
+
+	"github.com/auditflow/auditflow/events"
+)
+
+// IssueStatus says whether a change needs an operator.
+type IssueStatus string
+
+// Issue statuses.
+const (
+	// IssueInProgress: started and not yet finished. Not an issue yet; it
+	// becomes one if it stays so (see Issue.Stale) or a runner marks it
+	// uncertain.
+	IssueInProgress IssueStatus = "IN_PROGRESS"
+	// IssueOpen: failed, rollback failed or uncertain; needs an operator
+	// unless the change's recovery strategy retries it.
+	IssueOpen IssueStatus = "OPEN"
+	// IssueClosed: applied, rolled back or manually resolved.
+	IssueClosed IssueStatus = "CLOSED"
+)
+
+// Issue is a change's current state: the projection of the newest event
+// about it (highest stream sequence). Because it is a function of one event,
+// it converges under any delivery order. The history of how it got there is
+// in the changeLog.
+type Issue struct {
+	Pipeline     string
+	ChangeID     string
+	Status       IssueStatus
+	State        events.State
+	Seq          uint64 // sequence of the event it reflects
+	EventID      string
+	ExecutionID  string
+	Author       string
+	TargetSystem string
+	Recovery     events.Recovery
+	ErrorMessage string
+	ErrorTrace   string
+	UpdatedAt    time.Time // when that event occurred
+	// Operator and Reason are set when a manual resolution closed the issue.
+	Operator string
+	Reason   string
+}
+
+// StatusOf maps a change state to an issue status.
+func StatusOf(s events.State) IssueStatus {
+	switch s {
+	case events.StateStarted:
+		return IssueInProgress
+	case events.StateFailed, events.StateRollbackFailed, events.StateUncertain:
+		return IssueOpen
+	}
+	return IssueClosed
+}
+
+// IssueOf is the issue row an event produces.
+func IssueOf(r Record) Issue {
+	return Issue{
+		Pipeline: r.Pipeline, ChangeID: r.ChangeID, Status: StatusOf(r.State()), State: r.State(),
+		Seq: r.Seq, EventID: r.ID, ExecutionID: r.ExecutionID, Author: r.Author,
+		TargetSystem: r.TargetSystem, Recovery: r.Recovery, ErrorMessage: r.ErrorMessage,
+		ErrorTrace: r.ErrorTrace, UpdatedAt: r.OccurredAt, Operator: r.Operator, Reason: r.Reason,
+	}
+}
+
+// DefaultStaleAfter is how long an execution may stay IN_PROGRESS before it
+// is reported as uncertain. Flamingock's lease is 60 s; a change still
+// "running" long after any lease could have been refreshed is most likely
+// abandoned by a crashed runner.
+const DefaultStaleAfter = 15 * time.Minute
+
+// Stale reports whether an in-progress issue has been in progress longer
+// than staleAfter at now: the staleness-threshold path to UNCERTAIN. It is
+// computed when reading rather than written, so a store stays a pure
+// function of the stream and a rebuilt store shows exactly what a live one
+// does.
+func (i Issue) Stale(now time.Time, staleAfter time.Duration) bool {
+	return i.Status == IssueInProgress && now.Sub(i.UpdatedAt) > staleAfter
+}

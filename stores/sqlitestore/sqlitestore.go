@@ -1,0 +1,416 @@
+package sqlitestore
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/stores"
+
+	"modernc.org/sqlite" // registers the "sqlite" driver
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// Config configures a Store. Zero fields take the defaults shown.
+type Config struct {
+	ChangeLogTable   string // default "changeLog"
+	IssuesTable      string // default "issues"
+	CheckpointsTable string // default "checkpoints"
+}
+
+// Defaults.
+const (
+	DefaultChangeLogTable   = "changeLog"
+	DefaultIssuesTable      = "issues"
+	DefaultCheckpointsTable = "checkpoints"
+)
+
+var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,62}$`)
+
+// Validate fills in defaults and checks the table names.
+func (c *Config) Validate() error {
+	for _, f := range []struct {
+		name string
+		v    *string
+		def  string
+	}{
+		{"ChangeLogTable", &c.ChangeLogTable, DefaultChangeLogTable},
+		{"IssuesTable", &c.IssuesTable, DefaultIssuesTable},
+		{"CheckpointsTable", &c.CheckpointsTable, DefaultCheckpointsTable},
+	} {
+		if *f.v == "" {
+			*f.v = f.def
+		}
+		if !identifier.MatchString(*f.v) {
+			return fmt.Errorf("%w: sqlitestore: %s %q is not a plain SQL identifier ([A-Za-z_][A-Za-z0-9_]*, at most 63)", stores.ErrInvalidConfig, f.name, *f.v)
+		}
+	}
+	if strings.EqualFold(c.ChangeLogTable, c.IssuesTable) || strings.EqualFold(c.ChangeLogTable, c.CheckpointsTable) || strings.EqualFold(c.IssuesTable, c.CheckpointsTable) {
+		return fmt.Errorf("%w: sqlitestore: table names must differ", stores.ErrInvalidConfig)
+	}
+	return nil
+}
+
+// Store is the SQLite audit store.
+type Store struct {
+	db  *sql.DB
+	cfg Config
+	own bool // Close closes db: Open created it
+	sql queries
+}
+
+var _ stores.Store = (*Store)(nil)
+
+// Open opens (creating if needed) the SQLite database at path with the
+// settings an audit store needs: a busy timeout first (so that even
+// switching to WAL waits for a concurrent opener), WAL journal, synchronous=FULL (a commit is
+// on disk when Apply returns, so the projector may acknowledge), a busy
+// timeout for concurrent writers, and write transactions that take the
+// write lock up front.
+func Open(ctx context.Context, path string, cfg Config) (*Store, error) {
+	if path == "" {
+		return nil, fmt.Errorf("%w: sqlitestore: empty database path", stores.ErrInvalidConfig)
+	}
+	q := url.Values{}
+	for _, p := range []string{"busy_timeout(30000)", "journal_mode(WAL)", "synchronous(FULL)"} {
+		q.Add("_pragma", p)
+	}
+	q.Set("_txlock", "immediate")
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: open %s: %w", path, err)
+	}
+	// Two processes creating the same new file race to switch it to WAL,
+	// and the loser gets SQLITE_BUSY without the busy handler being asked.
+	// It is a one-time race, so retry it briefly.
+	var s *Store
+	for attempt := 0; ; attempt++ {
+		s, err = New(ctx, db, cfg)
+		if err == nil || !isBusy(err) || attempt == 50 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	if err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	s.own = true
+	return s, nil
+}
+
+func isBusy(err error) bool {
+	var se *sqlite.Error
+	return errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_BUSY
+}
+
+// New uses an open database (the caller keeps ownership of db and should
+// have opened it as Open does) and creates the tables and indexes if
+// missing.
+func New(ctx context.Context, db *sql.DB, cfg Config) (*Store, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	s := &Store{db: db, cfg: cfg, sql: newQueries(cfg)}
+	// One write transaction: a plain statement would start as a reader and
+	// fail with SQLITE_BUSY, without waiting, if another connection wrote
+	// in between.
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		for _, stmt := range s.sql.schema {
+			if _, err := tx.ExecContext(ctx, stmt); err != nil {
+				return fmt.Errorf("create schema (%s): %w", firstLine(stmt), err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+type queries struct {
+	schema                           []string
+	insertLog, upsertIssue, upsertCP string
+	selectLog, selectIssue           string
+	reset                            []string
+}
+
+const logColumns = `seq, event_id, type, state, schema_version, pipeline, change_id, author, execution_id,
+	change_order, target_system, host, runner_id, lock_token, occurred_at, duration_ms, error_message,
+	error_trace, metadata, recovery, transactional, resolution, operator, reason`
+
+const issueColumns = `pipeline, change_id, status, state, seq, event_id, execution_id, author,
+	target_system, recovery, error_message, error_trace, updated_at, operator, reason`
+
+func newQueries(c Config) queries {
+	lg, is, cp := quote(c.ChangeLogTable), quote(c.IssuesTable), quote(c.CheckpointsTable)
+	idx := func(table, suffix string) string { return quote(table + "_" + suffix) }
+	return queries{
+		schema: []string{
+			`CREATE TABLE IF NOT EXISTS ` + lg + ` (
+	seq INTEGER NOT NULL, event_id TEXT NOT NULL PRIMARY KEY, type TEXT NOT NULL, state TEXT NOT NULL,
+	schema_version INTEGER NOT NULL, pipeline TEXT NOT NULL, change_id TEXT NOT NULL, author TEXT NOT NULL,
+	execution_id TEXT NOT NULL, change_order TEXT NOT NULL, target_system TEXT NOT NULL, host TEXT NOT NULL,
+	runner_id TEXT NOT NULL, lock_token INTEGER NOT NULL, occurred_at TEXT NOT NULL, duration_ms INTEGER NOT NULL,
+	error_message TEXT NOT NULL, error_trace TEXT NOT NULL, metadata TEXT NOT NULL, recovery TEXT NOT NULL,
+	transactional INTEGER NOT NULL, resolution TEXT NOT NULL, operator TEXT NOT NULL, reason TEXT NOT NULL)`,
+			`CREATE INDEX IF NOT EXISTS ` + idx(c.ChangeLogTable, "seq") + ` ON ` + lg + ` (seq)`,
+			`CREATE INDEX IF NOT EXISTS ` + idx(c.ChangeLogTable, "change") + ` ON ` + lg + ` (pipeline, change_id, seq)`,
+			`CREATE INDEX IF NOT EXISTS ` + idx(c.ChangeLogTable, "state") + ` ON ` + lg + ` (state, seq)`,
+			`CREATE TABLE IF NOT EXISTS ` + is + ` (
+	pipeline TEXT NOT NULL, change_id TEXT NOT NULL, status TEXT NOT NULL, state TEXT NOT NULL,
+	seq INTEGER NOT NULL, event_id TEXT NOT NULL, execution_id TEXT NOT NULL, author TEXT NOT NULL,
+	target_system TEXT NOT NULL, recovery TEXT NOT NULL, error_message TEXT NOT NULL, error_trace TEXT NOT NULL,
+	updated_at TEXT NOT NULL, operator TEXT NOT NULL, reason TEXT NOT NULL,
+	PRIMARY KEY (pipeline, change_id))`,
+			`CREATE INDEX IF NOT EXISTS ` + idx(c.IssuesTable, "status") + ` ON ` + is + ` (status, seq)`,
+			`CREATE INDEX IF NOT EXISTS ` + idx(c.IssuesTable, "seq") + ` ON ` + is + ` (seq)`,
+			`CREATE TABLE IF NOT EXISTS ` + cp + ` (name TEXT NOT NULL PRIMARY KEY, seq INTEGER NOT NULL)`,
+		},
+		insertLog: `INSERT INTO ` + lg + ` (` + logColumns + `)
+	VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (event_id) DO NOTHING`,
+		// The sequence guard: an older event never replaces newer state.
+		upsertIssue: `INSERT INTO ` + is + ` (` + issueColumns + `) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+	ON CONFLICT (pipeline, change_id) DO UPDATE SET status=excluded.status, state=excluded.state,
+	seq=excluded.seq, event_id=excluded.event_id, execution_id=excluded.execution_id, author=excluded.author,
+	target_system=excluded.target_system, recovery=excluded.recovery, error_message=excluded.error_message,
+	error_trace=excluded.error_trace, updated_at=excluded.updated_at, operator=excluded.operator,
+	reason=excluded.reason
+	WHERE excluded.seq > ` + is + `.seq`,
+		upsertCP: `INSERT INTO ` + cp + ` (name, seq) VALUES (?, ?)
+	ON CONFLICT (name) DO UPDATE SET seq = max(seq, excluded.seq)`,
+		selectLog:   `SELECT ` + logColumns + ` FROM ` + lg,
+		selectIssue: `SELECT ` + issueColumns + ` FROM ` + is,
+		reset:       []string{`DELETE FROM ` + lg, `DELETE FROM ` + is, `DELETE FROM ` + cp},
+	}
+}
+
+func quote(id string) string { return `"` + id + `"` }
+
+// timeLayout is fixed-width so that text order is time order in SQL.
+const timeLayout = "2006-01-02T15:04:05.000000000Z"
+
+// Apply writes the batch in one transaction.
+func (s *Store) Apply(ctx context.Context, b stores.Batch) error {
+	if err := b.Validate(); err != nil {
+		return err
+	}
+	if len(b.Records) == 0 {
+		return ctx.Err()
+	}
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		ins, err := tx.PrepareContext(ctx, s.sql.insertLog)
+		if err != nil {
+			return err
+		}
+		defer ins.Close()
+		for _, r := range b.Records {
+			md, err := json.Marshal(r.Metadata)
+			if err != nil {
+				return err
+			}
+			if _, err := ins.ExecContext(ctx, r.Seq, r.ID, string(r.Type), string(r.State()), r.SchemaVersion,
+				r.Pipeline, r.ChangeID, r.Author, r.ExecutionID, r.Order, r.TargetSystem, r.Host, r.RunnerID,
+				int64(r.LockToken), r.OccurredAt.UTC().Format(timeLayout), r.Duration.Milliseconds(),
+				r.ErrorMessage, r.ErrorTrace, string(md), string(r.Recovery), r.Transactional,
+				string(r.Resolution), r.Operator, r.Reason); err != nil {
+				return fmt.Errorf("insert event %s: %w", r.ID, err)
+			}
+		}
+		up, err := tx.PrepareContext(ctx, s.sql.upsertIssue)
+		if err != nil {
+			return err
+		}
+		defer up.Close()
+		for _, r := range b.LatestPerChange() {
+			i := stores.IssueOf(r)
+			if _, err := up.ExecContext(ctx, i.Pipeline, i.ChangeID, string(i.Status), string(i.State), i.Seq,
+				i.EventID, i.ExecutionID, i.Author, i.TargetSystem, string(i.Recovery), i.ErrorMessage,
+				i.ErrorTrace, i.UpdatedAt.UTC().Format(timeLayout), i.Operator, i.Reason); err != nil {
+				return fmt.Errorf("upsert issue %s/%s: %w", i.Pipeline, i.ChangeID, err)
+			}
+		}
+		_, err = tx.ExecContext(ctx, s.sql.upsertCP, b.Checkpoint, b.MaxSeq())
+		return err
+	})
+}
+
+func (s *Store) inTx(ctx context.Context, fn func(*sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("sqlitestore: begin: %w", ctxErr(ctx, err))
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback()
+		return fmt.Errorf("sqlitestore: %w", ctxErr(ctx, err))
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("sqlitestore: commit: %w", ctxErr(ctx, err))
+	}
+	return nil
+}
+
+// Checkpoint returns the highest sequence applied under name.
+func (s *Store) Checkpoint(ctx context.Context, name string) (uint64, error) {
+	var seq int64
+	err := s.db.QueryRowContext(ctx, `SELECT seq FROM `+quote(s.cfg.CheckpointsTable)+` WHERE name = ?`, name).Scan(&seq)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("sqlitestore: checkpoint %q: %w", name, ctxErr(ctx, err))
+	}
+	return uint64(seq), nil
+}
+
+// where builds a WHERE clause from column=value filters that are set.
+type where struct {
+	conds []string
+	args  []any
+}
+
+func (w *where) add(cond string, arg any, set bool) {
+	if set {
+		w.conds = append(w.conds, cond)
+		w.args = append(w.args, arg)
+	}
+}
+
+func (w *where) String() string {
+	if len(w.conds) == 0 {
+		return ""
+	}
+	return " WHERE " + strings.Join(w.conds, " AND ")
+}
+
+// History returns changeLog rows, newest first.
+func (s *Store) History(ctx context.Context, q stores.HistoryQuery) ([]stores.Record, error) {
+	q, err := q.Normalize()
+	if err != nil {
+		return nil, err
+	}
+	var w where
+	w.add("pipeline = ?", q.Pipeline, q.Pipeline != "")
+	w.add("change_id = ?", q.ChangeID, q.ChangeID != "")
+	w.add("state = ?", string(q.State), q.State != "")
+	w.add("occurred_at >= ?", q.Since.UTC().Format(timeLayout), !q.Since.IsZero())
+	w.add("seq < ?", q.BeforeSeq, q.BeforeSeq != 0)
+	rows, err := s.db.QueryContext(ctx, s.sql.selectLog+w.String()+" ORDER BY seq DESC LIMIT ?", append(w.args, q.Limit)...)
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: history: %w", ctxErr(ctx, err))
+	}
+	defer rows.Close()
+	var out []stores.Record
+	for rows.Next() {
+		var (
+			r                                        stores.Record
+			typ, state, at, md, recovery, resolution string
+			lockToken, durMs                         int64
+		)
+		if err := rows.Scan(&r.Seq, &r.ID, &typ, &state, &r.SchemaVersion, &r.Pipeline, &r.ChangeID, &r.Author,
+			&r.ExecutionID, &r.Order, &r.TargetSystem, &r.Host, &r.RunnerID, &lockToken, &at, &durMs,
+			&r.ErrorMessage, &r.ErrorTrace, &md, &recovery, &r.Transactional, &resolution, &r.Operator,
+			&r.Reason); err != nil {
+			return nil, fmt.Errorf("sqlitestore: history: %w", ctxErr(ctx, err))
+		}
+		r.Type, r.Recovery, r.Resolution = events.Type(typ), events.Recovery(recovery), events.Resolution(resolution)
+		r.LockToken, r.Duration = uint64(lockToken), time.Duration(durMs)*time.Millisecond
+		if r.OccurredAt, err = time.Parse(timeLayout, at); err != nil {
+			return nil, fmt.Errorf("sqlitestore: event %s: bad occurred_at %q: %w", r.ID, at, err)
+		}
+		if err := json.Unmarshal([]byte(md), &r.Metadata); err != nil {
+			return nil, fmt.Errorf("sqlitestore: event %s: bad metadata: %w", r.ID, err)
+		}
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlitestore: history: %w", ctxErr(ctx, err))
+	}
+	return out, nil
+}
+
+// Issues returns issue rows, most recently changed first.
+func (s *Store) Issues(ctx context.Context, q stores.IssueQuery) ([]stores.Issue, error) {
+	q, err := q.Normalize()
+	if err != nil {
+		return nil, err
+	}
+	var w where
+	w.add("pipeline = ?", q.Pipeline, q.Pipeline != "")
+	w.add("change_id = ?", q.ChangeID, q.ChangeID != "")
+	w.add("status = ?", string(q.Status), q.Status != "")
+	w.add("seq < ?", q.BeforeSeq, q.BeforeSeq != 0)
+	rows, err := s.db.QueryContext(ctx, s.sql.selectIssue+w.String()+" ORDER BY seq DESC LIMIT ?", append(w.args, q.Limit)...)
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: issues: %w", ctxErr(ctx, err))
+	}
+	defer rows.Close()
+	var out []stores.Issue
+	for rows.Next() {
+		var (
+			i                           stores.Issue
+			status, state, recovery, at string
+		)
+		if err := rows.Scan(&i.Pipeline, &i.ChangeID, &status, &state, &i.Seq, &i.EventID, &i.ExecutionID,
+			&i.Author, &i.TargetSystem, &recovery, &i.ErrorMessage, &i.ErrorTrace, &at, &i.Operator,
+			&i.Reason); err != nil {
+			return nil, fmt.Errorf("sqlitestore: issues: %w", ctxErr(ctx, err))
+		}
+		i.Status, i.State, i.Recovery = stores.IssueStatus(status), events.State(state), events.Recovery(recovery)
+		if i.UpdatedAt, err = time.Parse(timeLayout, at); err != nil {
+			return nil, fmt.Errorf("sqlitestore: issue %s/%s: bad updated_at %q: %w", i.Pipeline, i.ChangeID, at, err)
+		}
+		out = append(out, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlitestore: issues: %w", ctxErr(ctx, err))
+	}
+	return out, nil
+}
+
+// Reset deletes every row of this store's tables.
+func (s *Store) Reset(ctx context.Context) error {
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		for _, stmt := range s.sql.reset {
+			if _, err := tx.ExecContext(ctx, stmt); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Close closes the database if Open opened it.
+func (s *Store) Close() error {
+	if s.own {
+		return s.db.Close()
+	}
+	return nil
+}
+
+// ctxErr prefers the context's error: drivers report cancellation in their
+// own words ("interrupted"), and callers test for context.Canceled.
+func ctxErr(ctx context.Context, err error) error {
+	if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
+		return fmt.Errorf("%w (%v)", cerr, err)
+	}
+	return err
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}

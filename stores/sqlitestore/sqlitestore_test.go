@@ -1,0 +1,42 @@
+package sqlitestore_test
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"testing"
+
+	"github.com/auditflow/auditflow/stores"
+	"github.com/auditflow/auditflow/stores/sqlitestore"
+	"github.com/auditflow/auditflow/stores/storetest"
+)
+
+func TestConformance(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.db") // one file, many namespaces
+	storetest.Run(t, func(t *testing.T, ns string) stores.Store {
+		s, err := sqlitestore.Open(context.Background(), path, sqlitestore.Config{
+			ChangeLogTable: ns + "_changeLog", IssuesTable: ns + "_issues", CheckpointsTable: ns + "_checkpoints",
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Close() })
+		return s
+	}, storetest.Features{AtomicBatch: true})
+}
+
+func TestConfigErrors(t *testing.T) {
+	for _, cfg := range []sqlitestore.Config{
+		{ChangeLogTable: "drop table;"},
+		{IssuesTable: "1abc"},
+		{ChangeLogTable: "same", IssuesTable: "SAME"},
+	} {
+		_, err := sqlitestore.Open(context.Background(), filepath.Join(t.TempDir(), "x.db"), cfg)
+		if !errors.Is(err, stores.ErrInvalidConfig) {
+			t.Errorf("Open(%+v) = %v, want ErrInvalidConfig", cfg, err)
+		}
+	}
+	if _, err := sqlitestore.Open(context.Background(), "", sqlitestore.Config{}); !errors.Is(err, stores.ErrInvalidConfig) {
+		t.Errorf("Open with no path = %v", err)
+	}
+}

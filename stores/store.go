@@ -1,0 +1,191 @@
+package stores
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/auditflow/auditflow/events"
+)
+
+// Record is an event as it sits in the stream: the event and the stream
+// sequence it was stored at. The sequence orders events totally, so it
+// decides which of two events about one change is newer.
+type Record struct {
+	Seq uint64
+	events.Event
+}
+
+// Batch is what a projector hands to a store in one Apply.
+type Batch struct {
+	// Checkpoint names the consumer whose progress this batch records. The
+	// store keeps, per name, the highest sequence it has applied.
+	Checkpoint string
+	Records    []Record
+}
+
+// Store is an audit store: a projection of the stream into a changeLog (one
+// row per event) and issues (one row per change: its current state).
+//
+// The contract every implementation keeps, checked by storetest.Run:
+//
+//   - Apply is idempotent. A changeLog row is keyed by event id; applying an
+//     event twice leaves one row.
+//   - Apply is order-insensitive. An issue row carries the sequence of the
+//     event it reflects and is only replaced by an event with a higher
+//     sequence, so redelivery, replay and concurrent workers converge on the
+//     same state whatever order batches arrive in.
+//   - Apply is durable on return: a projector acknowledges the batch's
+//     messages only after Apply returns nil. On error nothing may be assumed
+//     written; the projector retries the whole batch (see the first rule).
+//   - The checkpoint only moves forward: Apply raises it to the batch's
+//     highest sequence if that is higher.
+//   - Apply, History and Issues honour ctx cancellation and return an error
+//     wrapping ctx.Err().
+//   - Stores with different configured names (tables, collections, prefixes)
+//     on one server never see each other's data.
+type Store interface {
+	Apply(ctx context.Context, b Batch) error
+	// Checkpoint returns the highest sequence applied under name, 0 if none.
+	Checkpoint(ctx context.Context, name string) (uint64, error)
+	// History returns changeLog rows matching q, newest (highest sequence)
+	// first. Page with q.BeforeSeq = the last row's Seq.
+	History(ctx context.Context, q HistoryQuery) ([]Record, error)
+	// Issues returns issue rows matching q, most recently changed first.
+	// Page with q.BeforeSeq = the last row's Seq.
+	Issues(ctx context.Context, q IssueQuery) ([]Issue, error)
+	// Reset deletes every row and checkpoint of this store (not of other
+	// stores on the same server), for a rebuild by replay.
+	Reset(ctx context.Context) error
+	Close() error
+}
+
+// Query limits.
+const (
+	DefaultLimit = 100
+	MaxLimit     = 10_000
+)
+
+// HistoryQuery selects changeLog rows. Zero fields do not filter.
+type HistoryQuery struct {
+	Pipeline  string
+	ChangeID  string
+	State     events.State
+	Since     time.Time // OccurredAt >= Since
+	BeforeSeq uint64    // only rows with Seq < BeforeSeq: the paging cursor
+	Limit     int       // 0 means DefaultLimit
+}
+
+// Normalize validates q and fills in the default limit.
+func (q HistoryQuery) Normalize() (HistoryQuery, error) {
+	if q.State != "" && !validState(q.State) {
+		return q, fmt.Errorf("%w: unknown state %q", ErrInvalidQuery, q.State)
+	}
+	var err error
+	q.Limit, err = limit(q.Limit)
+	return q, err
+}
+
+// Match reports whether r satisfies q; stores that cannot filter on the
+// server use it to filter what they read.
+func (q HistoryQuery) Match(r Record) bool {
+	return (q.Pipeline == "" || r.Pipeline == q.Pipeline) &&
+		(q.ChangeID == "" || r.ChangeID == q.ChangeID) &&
+		(q.State == "" || r.State() == q.State) &&
+		(q.Since.IsZero() || !r.OccurredAt.Before(q.Since)) &&
+		(q.BeforeSeq == 0 || r.Seq < q.BeforeSeq)
+}
+
+// IssueQuery selects issue rows. Zero fields do not filter.
+type IssueQuery struct {
+	Pipeline  string
+	ChangeID  string
+	Status    IssueStatus
+	BeforeSeq uint64
+	Limit     int
+}
+
+// Normalize validates q and fills in the default limit.
+func (q IssueQuery) Normalize() (IssueQuery, error) {
+	switch q.Status {
+	case "", IssueInProgress, IssueOpen, IssueClosed:
+	default:
+		return q, fmt.Errorf("%w: unknown issue status %q", ErrInvalidQuery, q.Status)
+	}
+	var err error
+	q.Limit, err = limit(q.Limit)
+	return q, err
+}
+
+// Match reports whether i satisfies q.
+func (q IssueQuery) Match(i Issue) bool {
+	return (q.Pipeline == "" || i.Pipeline == q.Pipeline) &&
+		(q.ChangeID == "" || i.ChangeID == q.ChangeID) &&
+		(q.Status == "" || i.Status == q.Status) &&
+		(q.BeforeSeq == 0 || i.Seq < q.BeforeSeq)
+}
+
+func limit(n int) (int, error) {
+	switch {
+	case n == 0:
+		return DefaultLimit, nil
+	case n < 0 || n > MaxLimit:
+		return 0, fmt.Errorf("%w: limit %d is outside 1..%d", ErrInvalidQuery, n, MaxLimit)
+	}
+	return n, nil
+}
+
+func validState(s events.State) bool {
+	for _, k := range events.States {
+		if s == k {
+			return true
+		}
+	}
+	return false
+}
+
+// Validate checks a batch before a store writes any of it.
+func (b Batch) Validate() error {
+	if b.Checkpoint == "" {
+		return fmt.Errorf("%w: empty checkpoint name", ErrInvalidRecord)
+	}
+	for i, r := range b.Records {
+		if r.Seq == 0 {
+			return fmt.Errorf("%w: record %d (event %q) has sequence 0", ErrInvalidRecord, i, r.ID)
+		}
+		if err := events.Validate(r.Event); err != nil {
+			return fmt.Errorf("%w: record %d (seq %d): %w", ErrInvalidRecord, i, r.Seq, err)
+		}
+	}
+	return nil
+}
+
+// MaxSeq is the highest sequence in the batch: the checkpoint it sets.
+func (b Batch) MaxSeq() uint64 {
+	var m uint64
+	for _, r := range b.Records {
+		m = max(m, r.Seq)
+	}
+	return m
+}
+
+// LatestPerChange returns, for each change in the batch, the record with the
+// highest sequence, in batch order. Issue rows only ever need that one, so
+// stores write one issue per change per batch.
+func (b Batch) LatestPerChange() []Record {
+	type key struct{ pipeline, change string }
+	idx := make(map[key]int, len(b.Records))
+	out := make([]Record, 0, len(b.Records))
+	for _, r := range b.Records {
+		k := key{r.Pipeline, r.ChangeID}
+		if i, ok := idx[k]; ok {
+			if r.Seq > out[i].Seq {
+				out[i] = r
+			}
+			continue
+		}
+		idx[k] = len(out)
+		out = append(out, r)
+	}
+	return out
+}

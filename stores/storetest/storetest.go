@@ -1,0 +1,690 @@
+// Package storetest is the conformance suite every audit store must pass
+// before it is considered done: call Run from the backend's test with a
+// function that opens a fresh store in a given namespace.
+//
+// Each case runs in parallel with the others in its own namespace (a table,
+// collection or key prefix derived from the name the suite passes), so the
+// whole suite runs against one server. Features records the honest
+// differences between backends; everything else is the same contract.
+package storetest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/stores"
+)
+
+// Features describes what a backend does beyond the common contract.
+type Features struct {
+	// AtomicBatch: a failed Apply leaves none of its rows behind (the
+	// backend writes a batch in one transaction). Without it a failed Apply
+	// may leave some rows, which the projector's retry makes whole.
+	AtomicBatch bool
+}
+
+// NewStore opens a store whose names (tables, collections, key prefixes) are
+// derived from namespace, and registers its Close with t.Cleanup. Two calls
+// with the same namespace must open the same data; different namespaces must
+// never share data. A namespace is 1 to 24 characters from [a-z0-9_],
+// starting with a letter.
+type NewStore func(t *testing.T, namespace string) stores.Store
+
+// Run runs the whole conformance suite.
+func Run(t *testing.T, newStore NewStore, f Features) {
+	s := &suite{newStore: newStore, features: f, run: randomID()}
+	cases := []struct {
+		name string
+		fn   func(*testing.T, *suite)
+	}{
+		{"RoundTrip", testRoundTrip},
+		{"UnicodeAndLargeTraces", testUnicodeAndLargeTraces},
+		{"IdempotentReapply", testIdempotentReapply},
+		{"OutOfOrder", testOutOfOrder},
+		{"IssueLifecycle", testIssueLifecycle},
+		{"HistoryQueries", testHistoryQueries},
+		{"Pagination", testPagination},
+		{"IssueQueries", testIssueQueries},
+		{"Checkpoint", testCheckpoint},
+		{"Reset", testReset},
+		{"ConcurrentWorkers", testConcurrentWorkers},
+		{"CancelledContext", testCancelledContext},
+		{"NamesDoNotCollide", testNamesDoNotCollide},
+		{"InvalidInput", testInvalidInput},
+		{"LargeBatch", testLargeBatch},
+	}
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			c.fn(t, s.withCase(i))
+		})
+	}
+}
+
+type suite struct {
+	newStore NewStore
+	features Features
+	run      string
+	caseNo   int
+}
+
+func (s *suite) withCase(i int) *suite { c := *s; c.caseNo = i; return &c }
+
+// open returns the store for namespace variant v ("a", "b", …) of this case.
+func (s *suite) open(t *testing.T, v string) stores.Store {
+	t.Helper()
+	return s.newStore(t, fmt.Sprintf("af%s%02d%s", s.run, s.caseNo, v))
+}
+
+func randomID() string {
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+var base = time.Date(2026, 11, 26, 9, 0, 0, 123456789, time.UTC)
+
+// rec builds a valid record: event type typ for change of pipeline at
+// sequence seq, occurring seq seconds after base.
+func rec(seq uint64, typ events.Type, pipeline, change string) stores.Record {
+	e := events.New(typ, pipeline, change)
+	e.ID = fmt.Sprintf("evt-%s-%s-%d", pipeline, change, seq)
+	e.OccurredAt = base.Add(time.Duration(seq) * time.Second)
+	e.ExecutionID = "exec-" + change
+	e.Author, e.Order, e.TargetSystem = "alice", "0001", "orders-db"
+	e.Host, e.RunnerID, e.LockToken = "host-1", "runner-1", 7
+	switch typ {
+	case events.ExecutionFailed, events.RollbackFailed:
+		e.ErrorMessage = "boom at " + change
+	case events.ManuallyResolved:
+		e.ExecutionID = ""
+		e.Resolution, e.Operator, e.Reason = events.ResolvedApplied, "bob", "checked by hand"
+	}
+	return stores.Record{Seq: seq, Event: e}
+}
+
+func apply(t *testing.T, s stores.Store, recs ...stores.Record) {
+	t.Helper()
+	if err := s.Apply(context.Background(), stores.Batch{Checkpoint: "projector", Records: recs}); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+}
+
+func history(t *testing.T, s stores.Store, q stores.HistoryQuery) []stores.Record {
+	t.Helper()
+	out, err := s.History(context.Background(), q)
+	if err != nil {
+		t.Fatalf("History(%+v): %v", q, err)
+	}
+	return out
+}
+
+func issues(t *testing.T, s stores.Store, q stores.IssueQuery) []stores.Issue {
+	t.Helper()
+	out, err := s.Issues(context.Background(), q)
+	if err != nil {
+		t.Fatalf("Issues(%+v): %v", q, err)
+	}
+	return out
+}
+
+func issueOf(t *testing.T, s stores.Store, pipeline, change string) stores.Issue {
+	t.Helper()
+	is := issues(t, s, stores.IssueQuery{Pipeline: pipeline, ChangeID: change})
+	if len(is) != 1 {
+		t.Fatalf("issues for %s/%s: got %d rows, want 1: %+v", pipeline, change, len(is), is)
+	}
+	return is[0]
+}
+
+// normRecord makes records comparable: one form for time and empty maps.
+func normRecord(r stores.Record) stores.Record {
+	r.OccurredAt = r.OccurredAt.UTC()
+	if len(r.Metadata) == 0 {
+		r.Metadata = nil
+	}
+	return r
+}
+
+func normIssue(i stores.Issue) stores.Issue { i.UpdatedAt = i.UpdatedAt.UTC(); return i }
+
+func wantRecords(t *testing.T, what string, got, want []stores.Record) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: got %d rows %v, want %d %v", what, len(got), seqs(got), len(want), seqs(want))
+	}
+	for i := range got {
+		g, w := normRecord(got[i]), normRecord(want[i])
+		if !reflect.DeepEqual(g, w) {
+			t.Fatalf("%s: row %d:\n got %+v\nwant %+v", what, i, g, w)
+		}
+	}
+}
+
+func seqs(rs []stores.Record) []uint64 {
+	out := make([]uint64, len(rs))
+	for i, r := range rs {
+		out[i] = r.Seq
+	}
+	return out
+}
+
+// newestFirst returns recs sorted by descending sequence, as stores return them.
+func newestFirst(recs []stores.Record) []stores.Record {
+	out := slices.Clone(recs)
+	slices.SortFunc(out, func(a, b stores.Record) int { return int(b.Seq) - int(a.Seq) })
+	return out
+}
+
+func testRoundTrip(t *testing.T, s *suite) {
+	st := s.open(t, "")
+	var recs []stores.Record
+	for i, typ := range events.Types {
+		r := rec(uint64(i+1), typ, "payments", "0007-add-ledger")
+		r.Metadata = map[string]string{"ticket": "OPS-1", "index": fmt.Sprint(i)}
+		r.Duration = time.Duration(i) * 1500 * time.Millisecond
+		r.Transactional = i%2 == 0
+		if i%2 == 1 {
+			r.Recovery = events.AlwaysRetry
+		}
+		r.LockToken = uint64(1) << (i * 9) // up to 2^54: beyond float64's exact integers
+		r.ErrorTrace = strings.Repeat("at frame\n", i)
+		recs = append(recs, r)
+	}
+	apply(t, st, recs...)
+	wantRecords(t, "history", history(t, st, stores.HistoryQuery{}), newestFirst(recs))
+	last := recs[len(recs)-1]
+	got := normIssue(issueOf(t, st, "payments", "0007-add-ledger"))
+	if want := normIssue(stores.IssueOf(last)); !reflect.DeepEqual(got, want) {
+		t.Fatalf("issue:\n got %+v\nwant %+v", got, want)
+	}
+}
+
+func testUnicodeAndLargeTraces(t *testing.T, s *suite) {
+	st := s.open(t, "")
+	trace := strings.Repeat("Ошибка → 失敗 ✗ \"quoted\" \\ 'single' \x00-free\n", 64*1024/60)
+	if len(trace) < 64*1024 {
+		trace += strings.Repeat("x", 64*1024-len(trace))
+	}
+	r := rec(1, events.ExecutionFailed, "zahlungsdienst-ü", "变更 001 / ✓.sql")
+	r.ErrorMessage, r.ErrorTrace = "índice duplicado: «clé» 🔥", trace
+	r.Author, r.TargetSystem = "Zoë Ångström", "数据库"
+	r.Metadata = map[string]string{"ключ": "значение", "emoji": "🚀", "empty": ""}
+	apply(t, st, r)
+	got := history(t, st, stores.HistoryQuery{Pipeline: r.Pipeline, ChangeID: r.ChangeID})
+	wantRecords(t, "unicode history", got, []stores.Record{r})
+	i := issueOf(t, st, r.Pipeline, r.ChangeID)
+	if i.ErrorTrace != trace || i.ErrorMessage != r.ErrorMessage {
+		t.Fatalf("issue lost the error: message %q, trace %d bytes (want %d)", i.ErrorMessage, len(i.ErrorTrace), len(trace))
+	}
+}
+
+func testIdempotentReapply(t *testing.T, s *suite) {
+	st := s.open(t, "")
+	b1 := []stores.Record{
+		rec(1, events.ExecutionStarted, "p", "c1"), rec(2, events.ExecutionFailed, "p", "c1"),
+		rec(3, events.ExecutionStarted, "p", "c2"),
+	}
+	apply(t, st, b1...)
+	before := history(t, st, stores.HistoryQuery{})
+	issuesBefore := issues(t, st, stores.IssueQuery{})
+	apply(t, st, b1...)               // redelivery of the whole batch
+	apply(t, st, b1[1], b1[0])        // redelivery, reordered
+	apply(t, st, b1[2], b1[2], b1[2]) // one event three times in a batch
+	wantRecords(t, "history after re-apply", history(t, st, stores.HistoryQuery{}), before)
+	if got := issues(t, st, stores.IssueQuery{}); !reflect.DeepEqual(normIssues(got), normIssues(issuesBefore)) {
+		t.Fatalf("issues changed on re-apply:\n got %+v\nwant %+v", got, issuesBefore)
+	}
+	// A replay that overlaps and extends: only the new event is added.
+	n := rec(4, events.ExecutionSucceeded, "p", "c2")
+	apply(t, st, append(slices.Clone(b1), n)...)
+	wantRecords(t, "history after overlapping replay", history(t, st, stores.HistoryQuery{}), newestFirst(append(slices.Clone(b1), n)))
+}
+
+func normIssues(is []stores.Issue) []stores.Issue {
+	out := make([]stores.Issue, len(is))
+	for i := range is {
+		out[i] = normIssue(is[i])
+	}
+	return out
+}
+
+func testOutOfOrder(t *testing.T, s *suite) {
+	st := s.open(t, "")
+	started := rec(10, events.ExecutionStarted, "p", "c")
+	failed := rec(11, events.ExecutionFailed, "p", "c")
+	resolved := rec(12, events.ManuallyResolved, "p", "c")
+	apply(t, st, resolved)
+	apply(t, st, started, failed) // older events arrive late: they must not reopen the issue
+	i := issueOf(t, st, "p", "c")
+	if i.Seq != 12 || i.Status != stores.IssueClosed || i.State != events.StateManuallyApplied {
+		t.Fatalf("older events overwrote newer state: %+v", i)
+	}
+	// Within one batch, newest first.
+	apply(t, st, rec(22, events.ExecutionSucceeded, "p", "d"), rec(21, events.ExecutionFailed, "p", "d"), rec(20, events.ExecutionStarted, "p", "d"))
+	if i := issueOf(t, st, "p", "d"); i.Seq != 22 || i.State != events.StateApplied {
+		t.Fatalf("reverse-ordered batch: %+v", i)
+	}
+	if got := len(history(t, st, stores.HistoryQuery{})); got != 6 {
+		t.Fatalf("history rows = %d, want 6", got)
+	}
+}
+
+func testIssueLifecycle(t *testing.T, s *suite) {
+	st := s.open(t, "")
+	rolledBack := func(seq uint64, c string) stores.Record {
+		r := rec(seq, events.ManuallyResolved, "p", c)
+		r.Resolution, r.Operator, r.Reason = events.ResolvedRolledBack, "carol", "reverted the column by hand"
+		return r
+	}
+	cases := []struct {
+		change string
+		steps  []events.Type
+		last   func(seq uint64, c string) stores.Record // overrides the last step
+		status stores.IssueStatus
+		state  events.State
+	}{
+		{"started", []events.Type{events.ExecutionStarted}, nil, stores.IssueInProgress, events.StateStarted},
+		{"applied", []events.Type{events.ExecutionStarted, events.ExecutionSucceeded}, nil, stores.IssueClosed, events.StateApplied},
+		{"failed", []events.Type{events.ExecutionStarted, events.ExecutionFailed}, nil, stores.IssueOpen, events.StateFailed},
+		{"rolled-back", []events.Type{events.ExecutionStarted, events.ExecutionFailed, events.ExecutionRolledBack}, nil, stores.IssueClosed, events.StateRolledBack},
+		{"rollback-failed", []events.Type{events.ExecutionStarted, events.ExecutionFailed, events.RollbackFailed}, nil, stores.IssueOpen, events.StateRollbackFailed},
+		{"uncertain", []events.Type{events.ExecutionStarted, events.ExecutionMarkedUncertain}, nil, stores.IssueOpen, events.StateUncertain},
+		{"manual-applied", []events.Type{events.ExecutionStarted, events.ExecutionFailed, events.ManuallyResolved}, nil, stores.IssueClosed, events.StateManuallyApplied},
+		{"manual-rolled-back", []events.Type{events.ExecutionStarted, events.ExecutionMarkedUncertain, events.ManuallyResolved}, rolledBack, stores.IssueClosed, events.StateManuallyRolledBack},
+		{"retried", []events.Type{events.ExecutionStarted, events.ExecutionFailed, events.ExecutionStarted, events.ExecutionSucceeded}, nil, stores.IssueClosed, events.StateApplied},
+	}
+	seq := uint64(0)
+	for _, c := range cases {
+		for j, typ := range c.steps {
+			seq++
+			r := rec(seq, typ, "p", c.change)
+			if j == len(c.steps)-1 && c.last != nil {
+				r = c.last(seq, c.change)
+			}
+			apply(t, st, r)
+			i := issueOf(t, st, "p", c.change)
+			if want := normIssue(stores.IssueOf(r)); !reflect.DeepEqual(normIssue(i), want) {
+				t.Fatalf("%s after %s:\n got %+v\nwant %+v", c.change, typ, i, want)
+			}
+		}
+		if i := issueOf(t, st, "p", c.change); i.Status != c.status || i.State != c.state {
+			t.Errorf("%s: status %s state %s, want %s %s", c.change, i.Status, i.State, c.status, c.state)
+		}
+	}
+	if i := issueOf(t, st, "p", "manual-rolled-back"); i.Operator != "carol" || i.Reason == "" {
+		t.Errorf("manual resolution lost who and why: %+v", i)
+	}
+	open := issues(t, st, stores.IssueQuery{Status: stores.IssueOpen})
+	var names []string
+	for _, i := range open {
+		names = append(names, i.ChangeID)
+	}
+	slices.Sort(names)
+	if want := []string{"failed", "rollback-failed", "uncertain"}; !slices.Equal(names, want) {
+		t.Fatalf("open issues = %v, want %v", names, want)
+	}
+}
+
+// dataset: two pipelines, several changes, varied states and times.
+func dataset() []stores.Record {
+	var out []stores.Record
+	seq := uint64(0)
+	for _, p := range []string{"billing", "shipping"} {
+		for c := 1; c <= 4; c++ {
+			change := fmt.Sprintf("%04d-change", c)
+			steps := []events.Type{events.ExecutionStarted, events.ExecutionSucceeded}
+			switch c {
+			case 2:
+				steps = []events.Type{events.ExecutionStarted, events.ExecutionFailed, events.ExecutionStarted, events.ExecutionSucceeded}
+			case 3:
+				steps = []events.Type{events.ExecutionStarted, events.ExecutionFailed}
+			}
+			for _, typ := range steps {
+				seq++
+				out = append(out, rec(seq, typ, p, change))
+			}
+		}
+	}
+	return out
+}
+
+func filter(recs []stores.Record, q stores.HistoryQuery) []stores.Record {
+	var out []stores.Record
+	for _, r := range newestFirst(recs) {
+		if q.Match(r) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func testHistoryQueries(t *testing.T, s *suite) {
+	st := s.open(t, "")
+	data := dataset()
+	apply(t, st, data...)
+	since := data[len(data)/2].OccurredAt
+	queries := []stores.HistoryQuery{
+		{},
+		{Pipeline: "billing"},
+		{Pipeline: "shipping", ChangeID: "0002-change"},
+		{ChangeID: "0003-change"},
+		{State: events.StateFailed},
+		{Pipeline: "billing", State: events.StateApplied},
+		{Since: since},
+		{Pipeline: "shipping", Since: since, State: events.StateStarted},
+		{Pipeline: "nope"},
+		{BeforeSeq: 5},
+		{Limit: 3},
+		{Pipeline: "billing", Limit: 2, BeforeSeq: 8},
+	}
+	for _, q := range queries {
+		want := filter(data, q)
+		if q.Limit > 0 && len(want) > q.Limit {
+			want = want[:q.Limit]
+		}
+		wantRecords(t, fmt.Sprintf("History(%+v)", q), history(t, st, q), want)
+	}
+}
+
+func testPagination(t *testing.T, s *suite) {
+	st := s.open(t, "")
+	data := dataset()
+	apply(t, st, data...)
+	for _, q := range []stores.HistoryQuery{{Limit: 3}, {Pipeline: "billing", Limit: 4}, {State: events.StateStarted, Limit: 1}} {
+		var all []stores.Record
+		for page := 0; ; page++ {
+			if page > len(data) {
+				t.Fatalf("pagination does not end for %+v", q)
+			}
+			got := history(t, st, q)
+			if len(got) > q.Limit {
+				t.Fatalf("page of %d rows exceeds limit %d", len(got), q.Limit)
+			}
+			if len(got) == 0 {
+				break
+			}
+			all = append(all, got...)
+			q.BeforeSeq = got[len(got)-1].Seq
+		}
+		q.BeforeSeq, q.Limit = 0, 0
+		wantRecords(t, fmt.Sprintf("all pages of %+v", q), all, filter(data, q))
+	}
+}
+
+func testIssueQueries(t *testing.T, s *suite) {
+	st := s.open(t, "")
+	data := dataset()
+	apply(t, st, data...)
+	latest := stores.Batch{Records: data}.LatestPerChange()
+	var all []stores.Issue
+	for _, r := range newestFirst(latest) {
+		all = append(all, stores.IssueOf(r))
+	}
+	for _, q := range []stores.IssueQuery{
+		{}, {Pipeline: "billing"}, {Status: stores.IssueOpen}, {Status: stores.IssueClosed, Pipeline: "shipping"},
+		{ChangeID: "0003-change"}, {Limit: 2}, {BeforeSeq: all[2].Seq},
+	} {
+		var want []stores.Issue
+		for _, i := range all {
+			if q.Match(i) {
+				want = append(want, i)
+			}
+		}
+		if q.Limit > 0 && len(want) > q.Limit {
+			want = want[:q.Limit]
+		}
+		if got := issues(t, st, q); !reflect.DeepEqual(normIssues(got), normIssues(want)) {
+			t.Fatalf("Issues(%+v):\n got %+v\nwant %+v", q, got, want)
+		}
+	}
+	// Paging through issues visits each once.
+	var paged []stores.Issue
+	q := stores.IssueQuery{Limit: 3}
+	for {
+		got := issues(t, st, q)
+		if len(got) == 0 {
+			break
+		}
+		paged = append(paged, got...)
+		q.BeforeSeq = got[len(got)-1].Seq
+	}
+	if !reflect.DeepEqual(normIssues(paged), normIssues(all)) {
+		t.Fatalf("paged issues:\n got %+v\nwant %+v", paged, all)
+	}
+}
+
+func testCheckpoint(t *testing.T, s *suite) {
+	st := s.open(t, "")
+	ctx := context.Background()
+	cp := func(name string) uint64 {
+		t.Helper()
+		n, err := st.Checkpoint(ctx, name)
+		if err != nil {
+			t.Fatalf("Checkpoint(%q): %v", name, err)
+		}
+		return n
+	}
+	if n := cp("projector"); n != 0 {
+		t.Fatalf("fresh checkpoint = %d, want 0", n)
+	}
+	apply(t, st, rec(10, events.ExecutionStarted, "p", "a"), rec(7, events.ExecutionStarted, "p", "b"))
+	if n := cp("projector"); n != 10 {
+		t.Fatalf("checkpoint = %d, want 10", n)
+	}
+	apply(t, st, rec(5, events.ExecutionStarted, "p", "c"))
+	if n := cp("projector"); n != 10 {
+		t.Fatalf("checkpoint went back to %d, want 10", n)
+	}
+	if err := st.Apply(ctx, stores.Batch{Checkpoint: "replay", Records: []stores.Record{rec(3, events.ExecutionStarted, "p", "d")}}); err != nil {
+		t.Fatal(err)
+	}
+	if a, b := cp("projector"), cp("replay"); a != 10 || b != 3 {
+		t.Fatalf("checkpoints projector=%d replay=%d, want 10 and 3", a, b)
+	}
+	apply(t, st) // an empty batch changes nothing
+	if n := cp("projector"); n != 10 {
+		t.Fatalf("empty batch moved the checkpoint to %d", n)
+	}
+}
+
+func testReset(t *testing.T, s *suite) {
+	st, other := s.open(t, "a"), s.open(t, "b")
+	data := dataset()
+	apply(t, st, data...)
+	apply(t, other, data[:3]...)
+	if err := st.Reset(context.Background()); err != nil {
+		t.Fatalf("Reset: %v", err)
+	}
+	if got := history(t, st, stores.HistoryQuery{}); len(got) != 0 {
+		t.Fatalf("history after reset has %d rows", len(got))
+	}
+	if got := issues(t, st, stores.IssueQuery{}); len(got) != 0 {
+		t.Fatalf("issues after reset has %d rows", len(got))
+	}
+	if n, err := st.Checkpoint(context.Background(), "projector"); err != nil || n != 0 {
+		t.Fatalf("checkpoint after reset = %d, %v", n, err)
+	}
+	if got := history(t, other, stores.HistoryQuery{}); len(got) != 3 {
+		t.Fatalf("reset of one store removed rows of another: %d left, want 3", len(got))
+	}
+	// The store is usable after a reset, and a replay rebuilds it exactly.
+	apply(t, st, data...)
+	wantRecords(t, "history after rebuild", history(t, st, stores.HistoryQuery{}), newestFirst(data))
+	// Resetting twice, or an empty store, is fine.
+	for range 2 {
+		if err := st.Reset(context.Background()); err != nil {
+			t.Fatalf("second Reset: %v", err)
+		}
+	}
+}
+
+func testConcurrentWorkers(t *testing.T, s *suite) {
+	st := s.open(t, "")
+	// 24 changes × 5 events, split in batches that two workers apply in
+	// opposite orders, with an overlap that both apply.
+	var data []stores.Record
+	seq := uint64(0)
+	for c := range 24 {
+		for _, typ := range []events.Type{events.ExecutionStarted, events.ExecutionFailed, events.ExecutionStarted, events.ExecutionFailed, events.ManuallyResolved} {
+			seq++
+			data = append(data, rec(seq, typ, "p", fmt.Sprintf("c%02d", c)))
+		}
+	}
+	var batches [][]stores.Record
+	for i := 0; i < len(data); i += 7 {
+		batches = append(batches, data[i:min(i+7, len(data))])
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for w := range 4 {
+		wg.Go(func() {
+			for i := range batches {
+				b := batches[i]
+				if w%2 == 1 {
+					b = batches[len(batches)-1-i]
+				}
+				if w >= 2 && i%3 != 0 { // the other two apply an overlapping third
+					continue
+				}
+				if err := st.Apply(context.Background(), stores.Batch{Checkpoint: "projector", Records: b}); err != nil {
+					errs <- fmt.Errorf("worker %d: %w", w, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	wantRecords(t, "history", history(t, st, stores.HistoryQuery{Limit: stores.MaxLimit}), newestFirst(data))
+	for _, r := range (stores.Batch{Records: data}).LatestPerChange() {
+		if i := issueOf(t, st, "p", r.ChangeID); i.Seq != r.Seq || i.Status != stores.IssueClosed {
+			t.Fatalf("issue %s: seq %d status %s, want seq %d CLOSED", r.ChangeID, i.Seq, i.Status, r.Seq)
+		}
+	}
+	if n, err := st.Checkpoint(context.Background(), "projector"); err != nil || n != seq {
+		t.Fatalf("checkpoint = %d, %v; want %d", n, err, seq)
+	}
+}
+
+func testCancelledContext(t *testing.T, s *suite) {
+	st := s.open(t, "")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	b := stores.Batch{Checkpoint: "projector", Records: dataset()}
+	if err := st.Apply(ctx, b); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Apply with a cancelled context = %v, want context.Canceled", err)
+	}
+	if s.features.AtomicBatch {
+		if got := history(t, st, stores.HistoryQuery{}); len(got) != 0 {
+			t.Fatalf("a cancelled atomic Apply left %d rows", len(got))
+		}
+	}
+	if _, err := st.History(ctx, stores.HistoryQuery{}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("History with a cancelled context = %v", err)
+	}
+	if _, err := st.Issues(ctx, stores.IssueQuery{}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Issues with a cancelled context = %v", err)
+	}
+	if _, err := st.Checkpoint(ctx, "projector"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Checkpoint with a cancelled context = %v", err)
+	}
+	// A deadline in the past counts too.
+	dctx, dcancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer dcancel()
+	if err := st.Apply(dctx, b); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Apply past its deadline = %v, want context.DeadlineExceeded", err)
+	}
+	// The store is still whole and usable: a retry lands everything.
+	apply(t, st, b.Records...)
+	wantRecords(t, "history after retry", history(t, st, stores.HistoryQuery{}), newestFirst(b.Records))
+}
+
+func testNamesDoNotCollide(t *testing.T, s *suite) {
+	a, b := s.open(t, "a"), s.open(t, "b")
+	apply(t, a, rec(1, events.ExecutionStarted, "p", "c"), rec(2, events.ExecutionFailed, "p", "c"))
+	if got := history(t, b, stores.HistoryQuery{}); len(got) != 0 {
+		t.Fatalf("store b sees %d rows of store a", len(got))
+	}
+	if got := issues(t, b, stores.IssueQuery{}); len(got) != 0 {
+		t.Fatalf("store b sees %d issues of store a", len(got))
+	}
+	if n, _ := b.Checkpoint(context.Background(), "projector"); n != 0 {
+		t.Fatalf("store b sees store a's checkpoint %d", n)
+	}
+	// Same event ids in both: each keeps its own copy.
+	apply(t, b, rec(1, events.ExecutionStarted, "p", "c"))
+	if got := history(t, a, stores.HistoryQuery{}); len(got) != 2 {
+		t.Fatalf("store a has %d rows, want 2", len(got))
+	}
+	if i := issueOf(t, b, "p", "c"); i.Status != stores.IssueInProgress {
+		t.Fatalf("store b issue = %+v", i)
+	}
+	// Reopening a namespace sees its data.
+	if got := history(t, s.open(t, "a"), stores.HistoryQuery{}); len(got) != 2 {
+		t.Fatalf("reopened store a has %d rows, want 2", len(got))
+	}
+}
+
+func testInvalidInput(t *testing.T, s *suite) {
+	st := s.open(t, "")
+	ctx := context.Background()
+	bad := rec(1, events.ExecutionStarted, "p", "c")
+	bad.Seq = 0
+	noExec := rec(2, events.ExecutionStarted, "p", "c")
+	noExec.ExecutionID = ""
+	for name, b := range map[string]stores.Batch{
+		"sequence 0":    {Checkpoint: "projector", Records: []stores.Record{bad}},
+		"invalid event": {Checkpoint: "projector", Records: []stores.Record{rec(3, events.ExecutionStarted, "p", "c"), noExec}},
+		"no checkpoint": {Records: []stores.Record{rec(1, events.ExecutionStarted, "p", "c")}},
+	} {
+		if err := st.Apply(ctx, b); !errors.Is(err, stores.ErrInvalidRecord) {
+			t.Errorf("Apply(%s) = %v, want ErrInvalidRecord", name, err)
+		}
+	}
+	if got := history(t, st, stores.HistoryQuery{}); len(got) != 0 {
+		t.Fatalf("a rejected batch wrote %d rows", len(got))
+	}
+	for _, q := range []stores.HistoryQuery{{Limit: -1}, {Limit: stores.MaxLimit + 1}, {State: "EXPLODED"}} {
+		if _, err := st.History(ctx, q); !errors.Is(err, stores.ErrInvalidQuery) {
+			t.Errorf("History(%+v) = %v, want ErrInvalidQuery", q, err)
+		}
+	}
+	for _, q := range []stores.IssueQuery{{Limit: -5}, {Status: "MAYBE"}} {
+		if _, err := st.Issues(ctx, q); !errors.Is(err, stores.ErrInvalidQuery) {
+			t.Errorf("Issues(%+v) = %v, want ErrInvalidQuery", q, err)
+		}
+	}
+}
+
+func testLargeBatch(t *testing.T, s *suite) {
+	st := s.open(t, "")
+	var data []stores.Record
+	for i := range 300 {
+		data = append(data, rec(uint64(i+1), events.ExecutionStarted, "p", fmt.Sprintf("c%03d", i%120)))
+	}
+	apply(t, st, data...)
+	apply(t, st, data...) // and again: 300 idempotent writes hitting existing rows
+	if got := history(t, st, stores.HistoryQuery{Limit: 1000}); len(got) != 300 {
+		t.Fatalf("history rows = %d, want 300", len(got))
+	}
+	if got := issues(t, st, stores.IssueQuery{Limit: 1000}); len(got) != 120 {
+		t.Fatalf("issues = %d, want 120", len(got))
+	}
+	if i := issueOf(t, st, "p", "c005"); i.Seq != 246 {
+		t.Fatalf("issue c005 seq = %d, want 246 (the last of its 3 events)", i.Seq)
+	}
+}
