@@ -1,0 +1,73 @@
+// Package natstest starts a real, in-process NATS JetStream server for
+// tests. Tests never mock NATS: what they check is what production runs.
+package natstest
+
+import (
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/auditflow/auditflow/internal/embedded"
+)
+
+// Server is a test server with one client connection.
+type Server struct {
+	*embedded.Server
+	Conn *nats.Conn
+	JS   jetstream.JetStream
+}
+
+// Start starts a JetStream server in t.TempDir() and connects to it. Both
+// are closed when the test ends.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	s, err := embedded.Start(embedded.Config{DataDir: t.TempDir(), Logger: Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	srv := &Server{Server: s}
+	srv.Conn, srv.JS = srv.Connect(t)
+	return srv
+}
+
+// Connect opens another client connection, closed when the test ends; a
+// test can close it earlier to simulate a crashed process.
+func (s *Server) Connect(t testing.TB) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := s.Server.Connect(t.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nc, js
+}
+
+// Logger routes slog output to t.Log until the test's cleanup has run;
+// later lines (from goroutines still winding down) are dropped, since
+// t.Log after a test ends panics.
+func Logger(t testing.TB) *slog.Logger {
+	w := &tWriter{t: t}
+	t.Cleanup(func() { w.done.Store(true) })
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct {
+	t    testing.TB
+	done atomic.Bool
+}
+
+func (w *tWriter) Write(p []byte) (int, error) {
+	if !w.done.Load() {
+		w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	}
+	return len(p), nil
+}

@@ -1,0 +1,22 @@
+// Package producer publishes execution events to the audit stream and reads
+// a change's current state back from it.
+//
+// The stream ([EnsureStream]) is created with the defaults a source of truth
+// needs: file storage, no limits, every message of every subject kept,
+// delete and purge denied, direct gets allowed. An existing stream is
+// checked, never silently changed.
+//
+// Each change has its own subject, <prefix>.<pipeline>.<changeId> (see
+// events.Subject), so:
+//
+//   - the last message on the subject is the change's state ([Producer.Last]);
+//   - a publish can require that the change has not moved since the writer
+//     looked ([ExpectLastSeq], Nats-Expected-Last-Subject-Sequence), so two
+//     runners racing on one change cannot both record a start;
+//   - every publish carries Nats-Msg-Id = event id, so retries after a lost
+//     acknowledgement are deduplicated by the server.
+//
+// Transient failures are retried with exponential back-off
+// (cenkalti/backoff/v4); a server's refusal is returned at once.
+// [Batch] publishes asynchronously for bulk emitters.
+package producer

@@ -1,0 +1,181 @@
+package producer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/auditflow/auditflow/events"
+)
+
+// Config configures a Producer.
+type Config struct {
+	Stream StreamConfig
+	// RetryFor bounds how long transient failures (timeouts, no responders
+	// during a leader election, a reconnecting client) are retried.
+	// Default 30s.
+	RetryFor time.Duration
+	// AttemptTimeout bounds one publish attempt. Default 5s.
+	AttemptTimeout time.Duration
+	Logger         *slog.Logger // nil discards
+}
+
+// Producer publishes execution events to the audit stream.
+type Producer struct {
+	js     jetstream.JetStream
+	stream jetstream.Stream
+	cfg    Config
+	log    *slog.Logger
+}
+
+// New ensures the audit stream exists (see EnsureStream) and returns a
+// Producer for it.
+func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Producer, error) {
+	if cfg.RetryFor == 0 {
+		cfg.RetryFor = 30 * time.Second
+	}
+	if cfg.AttemptTimeout == 0 {
+		cfg.AttemptTimeout = 5 * time.Second
+	}
+	if cfg.RetryFor < 0 || cfg.AttemptTimeout < 0 {
+		return nil, fmt.Errorf("%w: negative retry duration", ErrInvalidConfig)
+	}
+	s, err := EnsureStream(ctx, js, cfg.Stream)
+	if err != nil {
+		return nil, err
+	}
+	_ = cfg.Stream.Validate() // already validated by EnsureStream; fills defaults in our copy
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Producer{js: js, stream: s, cfg: cfg, log: log}, nil
+}
+
+// PublishOpt modifies one Publish.
+type PublishOpt func(*publishOpts)
+
+type publishOpts struct {
+	expect    bool
+	expectSeq uint64
+}
+
+// ExpectLastSeq makes the publish succeed only if the change's newest event
+// is at stream sequence seq (0: the change has no events yet). Two writers
+// racing on one change cannot both succeed: the loser gets ErrConflict.
+func ExpectLastSeq(seq uint64) PublishOpt {
+	return func(o *publishOpts) { o.expect, o.expectSeq = true, seq }
+}
+
+// Subject returns the subject of a change's events on this producer's stream.
+func (p *Producer) Subject(pipeline, changeID string) string {
+	return events.Subject(p.cfg.Stream.SubjectPrefix, pipeline, changeID)
+}
+
+// Publish validates, encodes and publishes e, waiting for the stream's
+// acknowledgement, and returns its stream sequence.
+//
+// The message id is the event id, so a retry of a publish whose ack was lost
+// is deduplicated by the stream rather than stored twice. Transient failures
+// are retried with exponential back-off for up to Config.RetryFor.
+func (p *Producer) Publish(ctx context.Context, e events.Event, opts ...PublishOpt) (uint64, error) {
+	var o publishOpts
+	for _, opt := range opts {
+		opt(&o)
+	}
+	data, err := events.Encode(e)
+	if err != nil {
+		return 0, err
+	}
+	msg := &nats.Msg{Subject: p.Subject(e.Pipeline, e.ChangeID), Data: data, Header: nats.Header{}}
+	pubOpts := []jetstream.PublishOpt{jetstream.WithMsgID(e.ID), jetstream.WithExpectStream(p.cfg.Stream.Name)}
+	if o.expect {
+		pubOpts = append(pubOpts, jetstream.WithExpectLastSequencePerSubject(o.expectSeq))
+	}
+	attempt := 0
+	op := func() (uint64, error) {
+		attempt++
+		actx, cancel := context.WithTimeout(ctx, p.cfg.AttemptTimeout)
+		defer cancel()
+		ack, err := p.js.PublishMsg(actx, msg, pubOpts...)
+		if err == nil {
+			return ack.Sequence, nil
+		}
+		if isWrongLastSeq(err) {
+			// The server checks the expected sequence before duplicates,
+			// so a retry of our own landed publish looks like a conflict.
+			if seq, ok := p.isLast(ctx, msg.Subject, e.ID); ok {
+				return seq, nil
+			}
+			return 0, backoff.Permanent(fmt.Errorf("%w: %s %s/%s: %w", ErrConflict, e.Type, e.Pipeline, e.ChangeID, err))
+		}
+		if ctx.Err() != nil || !transient(err) {
+			return 0, backoff.Permanent(err)
+		}
+		return 0, err
+	}
+	b := backoff.WithContext(backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(50*time.Millisecond), backoff.WithMaxElapsedTime(p.cfg.RetryFor)), ctx)
+	seq, err := backoff.RetryNotifyWithData(op, b, func(err error, wait time.Duration) {
+		p.log.Warn("publish failed, retrying", "event", e.ID, "subject", msg.Subject, "attempt", attempt, "wait", wait, "err", err)
+	})
+	if err != nil {
+		if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
+			err = fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
+		}
+		return 0, fmt.Errorf("producer: publish %s %s: %w", e.Type, e.ID, err)
+	}
+	return seq, nil
+}
+
+// isLast reports whether the newest message on subject carries message id
+// id, and its sequence.
+func (p *Producer) isLast(ctx context.Context, subject, id string) (uint64, bool) {
+	m, err := p.stream.GetLastMsgForSubject(ctx, subject)
+	if err != nil || m.Header.Get(jetstream.MsgIDHeader) != id {
+		return 0, false
+	}
+	return m.Sequence, true
+}
+
+// Last returns the newest event of a change and its stream sequence, or
+// ErrNoEvents if the change has none. It reads one message (a direct get).
+func (p *Producer) Last(ctx context.Context, pipeline, changeID string) (events.Event, uint64, error) {
+	m, err := p.stream.GetLastMsgForSubject(ctx, p.Subject(pipeline, changeID))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return events.Event{}, 0, ErrNoEvents
+	}
+	if err != nil {
+		return events.Event{}, 0, fmt.Errorf("producer: last event of %s/%s: %w", pipeline, changeID, err)
+	}
+	e, err := events.Decode(m.Data)
+	if err != nil {
+		return events.Event{}, m.Sequence, fmt.Errorf("producer: last event of %s/%s (seq %d): %w", pipeline, changeID, m.Sequence, err)
+	}
+	return e, m.Sequence, nil
+}
+
+func isWrongLastSeq(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
+// transient reports whether a publish error may succeed if tried again.
+// An error the server answered with is a decision, not a glitch; anything
+// else (no answer, no responders while a leader is elected, a reconnect in
+// progress) is worth another attempt, which the message id makes safe.
+func transient(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		return false
+	}
+	return !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubject) &&
+		!errors.Is(err, nats.ErrMaxPayload) && !errors.Is(err, jetstream.ErrInvalidSubject)
+}
