@@ -1,0 +1,405 @@
+package lock
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Config configures a Locker. The defaults are Flamingock's.
+type Config struct {
+	Bucket   string // KV bucket, default "auditflow_locks"
+	Replicas int    // bucket replicas, default 1; 3 on a cluster
+	// Lease is how long a lock outlives its holder's last refresh. It is the
+	// bucket's TTL, enforced by the server: a holder that dies loses the
+	// lock after at most Lease. Default 60s. All lockers of a bucket must
+	// agree on it (New checks).
+	Lease time.Duration
+	// RetryInterval is the first wait between attempts on a held lock; it
+	// grows by half each time up to 4× (with jitter). Default 1s.
+	RetryInterval time.Duration
+	// GiveUpAfter bounds how long Acquire waits for a held lock before
+	// returning ErrHeld. Default 3m.
+	GiveUpAfter time.Duration
+	// Owner names the holder in the lock's value (shown by lock list).
+	// Default host:pid.
+	Owner  string
+	Logger *slog.Logger // nil discards
+}
+
+// Defaults.
+const (
+	DefaultBucket        = "auditflow_locks"
+	DefaultLease         = 60 * time.Second
+	DefaultRetryInterval = time.Second
+	DefaultGiveUpAfter   = 3 * time.Minute
+)
+
+// Validate fills in defaults and checks values.
+func (c *Config) Validate() error {
+	if c.Bucket == "" {
+		c.Bucket = DefaultBucket
+	}
+	if c.Replicas == 0 {
+		c.Replicas = 1
+	}
+	if c.Lease == 0 {
+		c.Lease = DefaultLease
+	}
+	if c.RetryInterval == 0 {
+		c.RetryInterval = DefaultRetryInterval
+	}
+	if c.GiveUpAfter == 0 {
+		c.GiveUpAfter = DefaultGiveUpAfter
+	}
+	if c.Owner == "" {
+		host, _ := os.Hostname()
+		c.Owner = fmt.Sprintf("%s:%d", host, os.Getpid())
+	}
+	switch {
+	case c.Lease < 100*time.Millisecond:
+		return fmt.Errorf("%w: lease %s is shorter than 100ms", ErrInvalidConfig, c.Lease)
+	case c.RetryInterval < 0 || c.GiveUpAfter < 0:
+		return fmt.Errorf("%w: negative retry interval or give-up time", ErrInvalidConfig)
+	case c.Replicas < 1 || c.Replicas > 5:
+		return fmt.Errorf("%w: replicas %d is outside 1..5", ErrInvalidConfig, c.Replicas)
+	case strings.ContainsAny(c.Bucket, " .*>/\\"):
+		return fmt.Errorf("%w: bucket name %q", ErrInvalidConfig, c.Bucket)
+	}
+	return nil
+}
+
+// Locker takes named locks (one per pipeline) in a JetStream KV bucket.
+type Locker struct {
+	kv  jetstream.KeyValue
+	cfg Config
+	log *slog.Logger
+}
+
+// New opens the lock bucket, creating it if missing.
+func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Locker, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	kv, err := js.KeyValue(ctx, cfg.Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      cfg.Bucket,
+			Description: "auditflow pipeline locks",
+			History:     1,
+			TTL:         cfg.Lease,
+			Storage:     jetstream.FileStorage,
+			Replicas:    cfg.Replicas,
+		})
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			kv, err = js.KeyValue(ctx, cfg.Bucket) // created concurrently
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("lock: bucket %s: %w", cfg.Bucket, err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("lock: bucket %s: %w", cfg.Bucket, err)
+	}
+	if st.TTL() != cfg.Lease {
+		return nil, fmt.Errorf("%w: bucket %s has a lease (TTL) of %s, this locker is configured for %s",
+			ErrInvalidConfig, cfg.Bucket, st.TTL(), cfg.Lease)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Locker{kv: kv, cfg: cfg, log: log}, nil
+}
+
+// Info is what a lock's value records about its holder.
+type Info struct {
+	Name        string    `json:"name"`
+	Owner       string    `json:"owner"`
+	Token       uint64    `json:"token"`
+	AcquiredAt  time.Time `json:"acquiredAt"`
+	RefreshedAt time.Time `json:"refreshedAt"`
+	// ExpiresAt is when the server drops the lock unless it is refreshed.
+	ExpiresAt time.Time `json:"expiresAt"`
+}
+
+// Acquire takes the named lock, waiting with back-off while another holder
+// has it, for up to Config.GiveUpAfter; then it returns an error wrapping
+// ErrHeld that names the holder.
+func (l *Locker) Acquire(ctx context.Context, name string) (*Lease, error) {
+	b := backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(l.cfg.RetryInterval), backoff.WithMultiplier(1.5),
+		backoff.WithMaxInterval(4*l.cfg.RetryInterval), backoff.WithMaxElapsedTime(l.cfg.GiveUpAfter))
+	lease, err := backoff.RetryNotifyWithData(func() (*Lease, error) {
+		lease, err := l.TryAcquire(ctx, name)
+		if err != nil && !errors.Is(err, ErrHeld) && ctx.Err() == nil && !errors.Is(err, ErrInvalidName) {
+			return nil, err // transient: retry
+		}
+		if err != nil && !errors.Is(err, ErrHeld) {
+			return nil, backoff.Permanent(err)
+		}
+		return lease, err
+	}, backoff.WithContext(b, ctx), func(err error, wait time.Duration) {
+		l.log.Info("lock busy, waiting", "lock", name, "wait", wait.Round(time.Millisecond), "reason", err)
+	})
+	if err != nil && ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
+		err = fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
+	}
+	return lease, err
+}
+
+// TryAcquire makes one attempt: it returns ErrHeld at once if the lock is taken.
+func (l *Locker) TryAcquire(ctx context.Context, name string) (*Lease, error) {
+	key, err := Key(name)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now().UTC()
+	info := Info{Name: name, Owner: l.cfg.Owner, AcquiredAt: now, RefreshedAt: now, ExpiresAt: now.Add(l.cfg.Lease)}
+	val, _ := json.Marshal(info)
+	rev, err := l.kv.Create(ctx, key, val)
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		if holder, herr := l.holder(ctx, key); herr == nil {
+			return nil, fmt.Errorf("%w: %q by %s (token %d) until %s", ErrHeld, name, holder.Owner, holder.Token, holder.ExpiresAt.Format(time.RFC3339))
+		}
+		return nil, fmt.Errorf("%w: %q", ErrHeld, name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("lock: acquire %q: %w", name, err)
+	}
+	info.Token = rev
+	lease := &Lease{l: l, name: name, key: key, info: info, rev: rev, refreshed: now,
+		lost: make(chan struct{}), stop: make(chan struct{})}
+	lease.wg.Go(lease.refreshLoop)
+	l.log.Debug("lock acquired", "lock", name, "token", rev)
+	return lease, nil
+}
+
+func (l *Locker) holder(ctx context.Context, key string) (Info, error) {
+	e, err := l.kv.Get(ctx, key)
+	if err != nil {
+		return Info{}, err
+	}
+	var info Info
+	if err := json.Unmarshal(e.Value(), &info); err != nil {
+		return Info{}, fmt.Errorf("lock: value of %s: %w", key, err)
+	}
+	if info.Token == 0 {
+		info.Token = e.Revision() // the first value is written before its revision is known
+	}
+	return info, nil
+}
+
+// List returns the locks currently held.
+func (l *Locker) List(ctx context.Context) ([]Info, error) {
+	lister, err := l.kv.ListKeys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("lock: list: %w", err)
+	}
+	defer func() { _ = lister.Stop() }()
+	var out []Info
+	for key := range lister.Keys() {
+		info, err := l.holder(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+			continue // released or expired since listed
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, info)
+	}
+	return out, nil
+}
+
+// ForceRelease removes a lock whoever holds it: for an operator clearing a
+// lock whose holder is known to be dead and whose lease is long. The
+// holder, if alive, notices at its next refresh (its Lost channel closes).
+func (l *Locker) ForceRelease(ctx context.Context, name string) error {
+	key, err := Key(name)
+	if err != nil {
+		return err
+	}
+	if _, err := l.kv.Get(ctx, key); err != nil {
+		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+			return fmt.Errorf("%w: %q", ErrNotHeld, name)
+		}
+		return fmt.Errorf("lock: force release %q: %w", name, err)
+	}
+	if err := l.kv.Delete(ctx, key); err != nil {
+		return fmt.Errorf("lock: force release %q: %w", name, err)
+	}
+	return nil
+}
+
+// Lease is a held lock. It refreshes itself in the background at a third
+// of the lease until Release, or until a refresh cannot succeed before the
+// lease would expire: then Lost is closed and the holder must stop starting
+// new work.
+type Lease struct {
+	l    *Locker
+	name string
+	key  string
+	info Info
+
+	mu        sync.Mutex
+	rev       uint64
+	refreshed time.Time
+	released  bool
+
+	lost     chan struct{}
+	lostOnce sync.Once
+	stop     chan struct{}
+	wg       sync.WaitGroup
+}
+
+// Token is the fencing token: the KV revision at which this lease was
+// acquired. It grows with every new holder of any lock in the bucket, so a
+// write stamped with an older token can be recognised as stale.
+func (ls *Lease) Token() uint64 { return ls.info.Token }
+
+// Name is the lock's name.
+func (ls *Lease) Name() string { return ls.name }
+
+// Lost is closed when the lease is lost (it expired, or another holder
+// took it after expiry, or it was force-released).
+func (ls *Lease) Lost() <-chan struct{} { return ls.lost }
+
+func (ls *Lease) markLost(reason string, err error) {
+	ls.lostOnce.Do(func() {
+		ls.l.log.Warn("lock lost", "lock", ls.name, "token", ls.info.Token, "reason", reason, "err", err)
+		close(ls.lost)
+	})
+}
+
+func (ls *Lease) refreshLoop() {
+	interval := ls.l.cfg.Lease / 3
+	t := time.NewTimer(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ls.stop:
+			return
+		case <-t.C:
+		}
+		if ok := ls.refresh(); !ok {
+			return
+		}
+		// After a failed attempt retry sooner, so a brief outage does not
+		// eat the whole lease.
+		ls.mu.Lock()
+		next := interval
+		if since := time.Since(ls.refreshed); since >= interval {
+			next = min(interval/4+time.Millisecond, ls.l.cfg.Lease-since)
+		}
+		ls.mu.Unlock()
+		t.Reset(max(next, time.Millisecond))
+	}
+}
+
+// refresh renews the lease once; it returns false when the lease is lost.
+func (ls *Lease) refresh() bool {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if ls.released {
+		return false
+	}
+	deadline := ls.refreshed.Add(ls.l.cfg.Lease)
+	if time.Now().After(deadline) {
+		ls.markLost("lease expired before it could be refreshed", nil)
+		return false
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	now := time.Now().UTC()
+	info := ls.info
+	info.RefreshedAt, info.ExpiresAt = now, now.Add(ls.l.cfg.Lease)
+	val, _ := json.Marshal(info)
+	rev, err := ls.l.kv.Update(ctx, ls.key, val, ls.rev)
+	if err == nil {
+		ls.rev, ls.refreshed = rev, now
+		return true
+	}
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyNotFound) {
+		// On a replicated bucket a stale-revision answer can be spurious
+		// (an update whose ack we lost, or code 10164 right after create).
+		// The value decides: still our token means still our lease.
+		e, gerr := ls.l.kv.Get(ctx, ls.key)
+		if gerr == nil {
+			var cur Info
+			if json.Unmarshal(e.Value(), &cur) == nil && (cur.Token == ls.info.Token || e.Revision() == ls.info.Token) {
+				ls.rev = e.Revision()
+				return true // retry the update at the next tick
+			}
+			ls.markLost("another holder has the lock", err)
+			return false
+		}
+		if errors.Is(gerr, jetstream.ErrKeyNotFound) || errors.Is(gerr, jetstream.ErrKeyDeleted) {
+			ls.markLost("lock expired or was force-released", err)
+			return false
+		}
+	}
+	ls.l.log.Warn("lock refresh failed, retrying", "lock", ls.name, "until", deadline, "err", err)
+	return true
+}
+
+// Release stops refreshing and deletes the lock if this lease still holds
+// it. Releasing a lost lease returns ErrNotHeld; releasing twice is a no-op.
+func (ls *Lease) Release(ctx context.Context) error {
+	ls.mu.Lock()
+	if ls.released {
+		ls.mu.Unlock()
+		return nil
+	}
+	ls.released = true
+	close(ls.stop)
+	rev := ls.rev
+	ls.mu.Unlock()
+	ls.wg.Wait()
+	select {
+	case <-ls.lost:
+		return fmt.Errorf("%w: %q was lost before release", ErrNotHeld, ls.name)
+	default:
+	}
+	// Delete only if the lock is still at our revision: never another's.
+	if err := ls.l.kv.Delete(ctx, ls.key, jetstream.LastRevision(rev)); err != nil {
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+			return fmt.Errorf("%w: %q is held by another owner now", ErrNotHeld, ls.name)
+		}
+		return fmt.Errorf("lock: release %q: %w", ls.name, err)
+	}
+	ls.l.log.Debug("lock released", "lock", ls.name, "token", ls.info.Token)
+	return nil
+}
+
+// Key maps a lock name (a pipeline) to a KV key. KV keys allow only
+// [-/_=.A-Za-z0-9]; letters, digits, '-' and '_' pass unchanged and every
+// other byte becomes =XX (hex), so distinct names never share a key.
+func Key(name string) (string, error) {
+	if name == "" {
+		return "", fmt.Errorf("%w: empty lock name", ErrInvalidName)
+	}
+	const hex = "0123456789ABCDEF"
+	var b strings.Builder
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' {
+			b.WriteByte(c)
+			continue
+		}
+		b.WriteByte('=')
+		b.WriteByte(hex[c>>4])
+		b.WriteByte(hex[c&15])
+	}
+	return b.String(), nil
+}
