@@ -1,0 +1,25 @@
+// Package projector consumes the audit stream and materialises it into an
+// audit store.
+//
+// Workers share one durable pull consumer (explicit acks, bounded ack
+// pending, unlimited redelivery). Each worker loops: fetch up to a batch,
+// decode, Apply the batch to the store, and only after Apply returns
+// (the write is durable) acknowledge the batch's messages. A failed write is
+// retried with back-off, and its messages are kept from redelivery
+// meanwhile; nothing is acknowledged that is not stored, so a crash at any
+// point means redelivery, never loss. Redelivery and replay are harmless
+// because every store write is idempotent and sequence-guarded (see
+// stores.Store), which also keeps the effect of events on a change in stream
+// order when workers apply batches concurrently.
+//
+// An event that cannot be decoded (malformed, unknown type, newer schema
+// version) would block nothing but itself: it is copied to the dead-letter
+// stream (<prefix>.<original subject>, with the reason in a header),
+// terminated, counted and logged once.
+//
+// After every write attempt the projector publishes an [AuditWrite] on
+// audit.writes.<store> for metrics and alerting ([SubscribeWrites]).
+//
+// On cancellation, Run finishes the batch in flight (within
+// ShutdownTimeout), acknowledges it and returns.
+package projector

@@ -1,0 +1,407 @@
+package projector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/producer"
+	"github.com/auditflow/auditflow/stores"
+)
+
+// Config configures a Projector. Zero fields take the defaults shown.
+type Config struct {
+	// Stream is the audit stream (its name and subject prefix).
+	Stream producer.StreamConfig
+	// StoreName names the store in AuditWrite subjects
+	// (audit.writes.<StoreName>) and the default consumer. Required.
+	StoreName string
+	// Consumer is the durable consumer's name, shared by every worker and
+	// process projecting into the same store. Default "projector-<StoreName>".
+	Consumer string
+	// Workers is the number of concurrent fetch-apply-ack loops. Default 2.
+	Workers int
+	// BatchSize is the most messages applied in one store write. Default 500.
+	BatchSize int
+	// MaxAckPending bounds messages delivered but not yet acknowledged,
+	// across all workers and processes. Default 4 × Workers × BatchSize.
+	MaxAckPending int
+	// AckWait is how long the server waits for an ack before redelivering.
+	// Default 30s; batches still being retried are kept alive.
+	AckWait time.Duration
+	// IdleWait is how long an idle worker's fetch waits for a message.
+	// Default 1s.
+	IdleWait time.Duration
+	// RetryMax caps the back-off between attempts at a failing store write.
+	// Attempts never stop: an event is acknowledged only once stored.
+	// Default 10s.
+	RetryMax time.Duration
+	// ShutdownTimeout bounds how long a cancelled Run keeps trying to store
+	// the batch in flight before leaving it unacknowledged for redelivery.
+	// Default 30s.
+	ShutdownTimeout time.Duration
+	// DeadLetterPrefix is where undecodable events are copied, as
+	// <prefix>.<original subject>. Default "audit.deadletter".
+	DeadLetterPrefix string
+	// WritesPrefix is where AuditWrite events go. Default "audit.writes".
+	WritesPrefix string
+	Logger       *slog.Logger // nil discards
+}
+
+// Defaults.
+const (
+	DefaultWorkers          = 2
+	DefaultBatchSize        = 500
+	DefaultDeadLetterPrefix = "audit.deadletter"
+	DefaultWritesPrefix     = "audit.writes"
+	DeadLetterStream        = "AUDIT_DEADLETTER"
+	WritesStream            = "AUDIT_WRITES"
+)
+
+// Validate fills in defaults and checks values.
+func (c *Config) Validate() error {
+	if err := c.Stream.Validate(); err != nil {
+		return err
+	}
+	if c.StoreName == "" {
+		return fmt.Errorf("%w: StoreName is required", ErrInvalidConfig)
+	}
+	if c.Consumer == "" {
+		c.Consumer = "projector-" + c.StoreName
+	}
+	setDefault(&c.Workers, DefaultWorkers)
+	setDefault(&c.BatchSize, DefaultBatchSize)
+	setDefault(&c.MaxAckPending, 4*c.Workers*c.BatchSize)
+	setDefault(&c.AckWait, 30*time.Second)
+	setDefault(&c.IdleWait, time.Second)
+	setDefault(&c.RetryMax, 10*time.Second)
+	setDefault(&c.ShutdownTimeout, 30*time.Second)
+	setDefault(&c.DeadLetterPrefix, DefaultDeadLetterPrefix)
+	setDefault(&c.WritesPrefix, DefaultWritesPrefix)
+	switch {
+	case c.Workers < 1 || c.Workers > 64:
+		return fmt.Errorf("%w: workers %d is outside 1..64", ErrInvalidConfig, c.Workers)
+	case c.BatchSize < 1 || c.BatchSize > 10_000:
+		return fmt.Errorf("%w: batch size %d is outside 1..10000", ErrInvalidConfig, c.BatchSize)
+	case c.MaxAckPending < c.BatchSize:
+		return fmt.Errorf("%w: max ack pending %d is below the batch size %d", ErrInvalidConfig, c.MaxAckPending, c.BatchSize)
+	case c.AckWait < time.Second || c.IdleWait <= 0 || c.RetryMax <= 0 || c.ShutdownTimeout <= 0:
+		return fmt.Errorf("%w: ack wait must be at least 1s and other durations positive", ErrInvalidConfig)
+	}
+	return nil
+}
+
+func setDefault[T comparable](v *T, def T) {
+	var zero T
+	if *v == zero {
+		*v = def
+	}
+}
+
+// Projector consumes the audit stream and applies it to a store.
+type Projector struct {
+	js    jetstream.JetStream
+	nc    *nats.Conn
+	store stores.Store
+	cfg   Config
+	log   *slog.Logger
+	cons  jetstream.Consumer
+
+	applied, batches, retries, deadLettered atomic.Uint64
+}
+
+// New checks the configuration and creates what the projector needs on the
+// server, if missing: the audit stream, the dead-letter and writes streams,
+// and the durable consumer.
+func New(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg Config) (*Projector, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	p := &Projector{js: js, nc: js.Conn(), store: store, cfg: cfg, log: log.With("store", cfg.StoreName)}
+	if err := p.setup(ctx); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// Stats are the projector's counters since it was created.
+type Stats struct {
+	Applied      uint64 // events applied to the store (including redeliveries)
+	Batches      uint64 // successful store writes
+	Retries      uint64 // failed store writes that were retried
+	DeadLettered uint64 // undecodable events moved to the dead letter
+}
+
+// Stats returns the counters.
+func (p *Projector) Stats() Stats {
+	return Stats{Applied: p.applied.Load(), Batches: p.batches.Load(), Retries: p.retries.Load(), DeadLettered: p.deadLettered.Load()}
+}
+
+func (p *Projector) setup(ctx context.Context) error {
+	if _, err := producer.EnsureStream(ctx, p.js, p.cfg.Stream); err != nil {
+		return err
+	}
+	for _, s := range []jetstream.StreamConfig{
+		{Name: DeadLetterStream, Subjects: []string{p.cfg.DeadLetterPrefix + ".>"}, Storage: jetstream.FileStorage,
+			Replicas: p.cfg.Stream.Replicas, Description: "auditflow events a projector could not decode"},
+		{Name: WritesStream, Subjects: []string{p.cfg.WritesPrefix + ".>"}, Storage: jetstream.FileStorage,
+			Replicas: p.cfg.Stream.Replicas, MaxAge: 7 * 24 * time.Hour, Description: "auditflow AuditWrite events (projector telemetry)"},
+	} {
+		if _, err := p.js.Stream(ctx, s.Name); errors.Is(err, jetstream.ErrStreamNotFound) {
+			if _, err := p.js.CreateStream(ctx, s); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+				return fmt.Errorf("projector: create stream %s: %w", s.Name, err)
+			}
+		} else if err != nil {
+			return fmt.Errorf("projector: stream %s: %w", s.Name, err)
+		}
+	}
+	cons, err := p.js.CreateOrUpdateConsumer(ctx, p.cfg.Stream.Name, jetstream.ConsumerConfig{
+		Durable:       p.cfg.Consumer,
+		Description:   "auditflow projector into " + p.cfg.StoreName,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       p.cfg.AckWait,
+		MaxDeliver:    -1, // a store outage must never drop an event
+		MaxAckPending: p.cfg.MaxAckPending,
+		FilterSubject: p.cfg.Stream.SubjectPrefix + ".>",
+	})
+	if err != nil {
+		return fmt.Errorf("projector: consumer %s: %w", p.cfg.Consumer, err)
+	}
+	p.cons = cons
+	return nil
+}
+
+// Run projects until ctx is cancelled, then finishes the batch in flight,
+// acknowledges it and returns nil. Failures along the way (fetch errors,
+// store outages) are retried, never returned: the stream keeps every event
+// until it is stored.
+func (p *Projector) Run(ctx context.Context) error {
+	p.log.Info("projector running", "stream", p.cfg.Stream.Name, "consumer", p.cfg.Consumer,
+		"workers", p.cfg.Workers, "batch", p.cfg.BatchSize)
+	var wg sync.WaitGroup
+	for i := range p.cfg.Workers {
+		wg.Go(func() { p.work(ctx, i) })
+	}
+	wg.Wait()
+	p.log.Info("projector stopped", "applied", p.applied.Load(), "deadLettered", p.deadLettered.Load())
+	return nil
+}
+
+func (p *Projector) work(ctx context.Context, worker int) {
+	log := p.log.With("worker", worker)
+	fails := backoff.NewExponentialBackOff(backoff.WithMaxInterval(p.cfg.RetryMax), backoff.WithMaxElapsedTime(0))
+	for ctx.Err() == nil {
+		msgs, err := p.fetch(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			wait := fails.NextBackOff()
+			log.Warn("fetch failed", "err", err, "retryIn", wait)
+			sleep(ctx, wait)
+			continue
+		}
+		fails.Reset()
+		if len(msgs) > 0 {
+			p.handle(ctx, log, worker, msgs)
+		}
+	}
+}
+
+// fetch returns up to BatchSize messages without waiting if any are
+// available, and otherwise waits up to IdleWait for the first one (then
+// takes whatever else has arrived), so a busy stream gets full batches and
+// a quiet one low latency.
+func (p *Projector) fetch(ctx context.Context) ([]jetstream.Msg, error) {
+	msgs, err := drain(p.cons.FetchNoWait(p.cfg.BatchSize))
+	if err != nil || len(msgs) > 0 {
+		return msgs, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, p.cfg.IdleWait)
+	defer cancel()
+	msgs, err = drain(p.cons.Fetch(1, jetstream.FetchContext(wctx)))
+	if err != nil || len(msgs) == 0 || p.cfg.BatchSize == 1 {
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			err = nil // idle
+		}
+		return msgs, err
+	}
+	more, err := drain(p.cons.FetchNoWait(p.cfg.BatchSize - 1))
+	return append(msgs, more...), err
+}
+
+func drain(b jetstream.MessageBatch, err error) ([]jetstream.Msg, error) {
+	if err != nil {
+		return nil, err
+	}
+	var out []jetstream.Msg
+	for m := range b.Messages() {
+		out = append(out, m)
+	}
+	if err := b.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+		return out, err
+	}
+	return out, nil
+}
+
+// handle decodes a batch, dead-letters what cannot be decoded, stores the
+// rest (retrying until it succeeds) and only then acknowledges.
+func (p *Projector) handle(ctx context.Context, log *slog.Logger, worker int, msgs []jetstream.Msg) {
+	// From here on the batch is finished even if ctx is cancelled, within
+	// ShutdownTimeout of the cancellation.
+	bctx, cancel := shutdownContext(ctx, p.cfg.ShutdownTimeout)
+	defer cancel()
+
+	recs := make([]stores.Record, 0, len(msgs))
+	ok := make([]jetstream.Msg, 0, len(msgs))
+	for _, m := range msgs {
+		md, err := m.Metadata()
+		if err != nil { // not a JetStream message: cannot happen on a pull consumer
+			log.Error("message without metadata", "subject", m.Subject(), "err", err)
+			continue
+		}
+		e, err := events.Decode(m.Data())
+		if err != nil {
+			p.deadLetter(bctx, log, m, md.Sequence.Stream, err)
+			continue
+		}
+		recs = append(recs, stores.Record{Seq: md.Sequence.Stream, Event: e})
+		ok = append(ok, m)
+	}
+	if len(recs) == 0 {
+		return
+	}
+	batch := stores.Batch{Checkpoint: p.cfg.Consumer, Records: recs}
+	b := backoff.WithContext(backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxInterval(p.cfg.RetryMax),
+		backoff.WithMaxElapsedTime(0)), bctx)
+	err := backoff.RetryNotify(func() error {
+		start := time.Now()
+		err := p.store.Apply(bctx, batch)
+		p.publishWrite(AuditWrite{Store: p.cfg.StoreName, Consumer: p.cfg.Consumer, Worker: worker,
+			Count: len(recs), FirstSeq: recs[0].Seq, LastSeq: recs[len(recs)-1].Seq,
+			Duration: time.Since(start), At: time.Now().UTC(), Error: errString(err)})
+		return err
+	}, b, func(err error, wait time.Duration) {
+		p.retries.Add(1)
+		log.Warn("store write failed, retrying", "events", len(recs), "firstSeq", recs[0].Seq, "err", err, "retryIn", wait)
+		for _, m := range ok {
+			_ = m.InProgress() // keep the batch from being redelivered while we retry
+		}
+	})
+	if err != nil {
+		log.Warn("batch left unacknowledged for redelivery", "events", len(recs), "firstSeq", recs[0].Seq, "err", err)
+		return
+	}
+	for _, m := range ok {
+		if err := m.Ack(); err != nil {
+			// The write is durable; a lost ack means a harmless redelivery.
+			log.Debug("ack failed", "err", err)
+		}
+	}
+	p.applied.Add(uint64(len(recs)))
+	p.batches.Add(1)
+}
+
+// deadLetter copies an undecodable message to the dead-letter subject and
+// terminates it, so it never blocks the events behind it.
+func (p *Projector) deadLetter(ctx context.Context, log *slog.Logger, m jetstream.Msg, seq uint64, reason error) {
+	dl := &nats.Msg{Subject: p.cfg.DeadLetterPrefix + "." + m.Subject(), Data: m.Data(), Header: nats.Header{}}
+	for k, v := range m.Headers() {
+		dl.Header[k] = v
+	}
+	dl.Header.Del(jetstream.MsgIDHeader)
+	dl.Header.Set(HeaderReason, reason.Error())
+	dl.Header.Set(HeaderSubject, m.Subject())
+	dl.Header.Set(HeaderSequence, strconv.FormatUint(seq, 10))
+	dl.Header.Set(HeaderConsumer, p.cfg.Consumer)
+	b := backoff.WithContext(backoff.NewExponentialBackOff(backoff.WithMaxInterval(p.cfg.RetryMax), backoff.WithMaxElapsedTime(0)), ctx)
+	err := backoff.Retry(func() error {
+		// The id makes the copy idempotent if this message is redelivered.
+		_, err := p.js.PublishMsg(ctx, dl, jetstream.WithMsgID(fmt.Sprintf("%s-%d", p.cfg.Consumer, seq)))
+		return err
+	}, b)
+	if err != nil {
+		log.Warn("dead letter not written; message left for redelivery", "seq", seq, "err", err)
+		return
+	}
+	if err := m.TermWithReason(truncate(reason.Error(), 256)); err != nil {
+		log.Warn("terminate failed", "seq", seq, "err", err)
+	}
+	p.deadLettered.Add(1)
+	log.Error("dead-lettered an undecodable event", "seq", seq, "subject", m.Subject(), "to", dl.Subject, "reason", reason)
+}
+
+// Headers on dead-lettered messages.
+const (
+	HeaderReason   = "Auditflow-Deadletter-Reason"
+	HeaderSubject  = "Auditflow-Original-Subject"
+	HeaderSequence = "Auditflow-Original-Sequence"
+	HeaderConsumer = "Auditflow-Consumer"
+)
+
+// shutdownContext returns a context that is not cancelled with parent, but
+// ends timeout after parent is.
+func shutdownContext(parent context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(parent))
+	stop := context.AfterFunc(parent, func() {
+		t := time.AfterFunc(timeout, cancel)
+		context.AfterFunc(ctx, func() { t.Stop() })
+	})
+	return ctx, func() { stop(); cancel() }
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
+
+// WaitCaughtUp blocks until every event on the stream has been applied and
+// acknowledged (or dead-lettered) by this projector's consumer, or ctx ends.
+// The embedded runner uses it to show a complete changeLog.
+func (p *Projector) WaitCaughtUp(ctx context.Context) error {
+	for {
+		info, err := p.cons.Info(ctx)
+		if err == nil && info.NumPending == 0 && info.NumAckPending == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
