@@ -1,0 +1,112 @@
+package runner
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/auditflow/auditflow/events"
+)
+
+// Sentinel errors; cmd/runner maps each to its own exit code.
+var (
+	// ErrChangeFailed: a change's Apply failed; the run stopped there.
+	ErrChangeFailed = errors.New("change failed")
+	// ErrManualIntervention: a change's last execution did not end cleanly
+	// and its recovery strategy does not allow a re-run.
+	ErrManualIntervention = errors.New("manual intervention required")
+	// ErrLockNotObtained: another runner held the pipeline lock for longer
+	// than the lock's give-up time.
+	ErrLockNotObtained = errors.New("pipeline lock not obtained")
+	// ErrLeaseLost: the lock's lease was lost mid-run; no further change
+	// was started.
+	ErrLeaseLost = errors.New("pipeline lock lost")
+	// ErrConcurrentRun: another writer recorded an event for a change this
+	// runner was about to start, although this runner held the lock (its
+	// lease must have expired unnoticed). Nothing was applied.
+	ErrConcurrentRun = errors.New("change recorded concurrently")
+	// ErrInvalidChange: a change definition is unusable.
+	ErrInvalidChange = errors.New("invalid change")
+	// ErrInvalidConfig: a Config value is not allowed.
+	ErrInvalidConfig = errors.New("invalid runner config")
+	// ErrNothingToResolve: Resolve was asked about a change that does not
+	// need an operator.
+	ErrNothingToResolve = errors.New("nothing to resolve")
+)
+
+// ChangeError says which change stopped a run, in what state, and what an
+// operator can do about it.
+type ChangeError struct {
+	Pipeline     string
+	ChangeID     string
+	TargetSystem string
+	State        events.State
+	Reason       string
+	Err          error // ErrChangeFailed or ErrManualIntervention
+	Cause        error // the Apply error, if the change failed in this run
+	Rollback     error // the Rollback error, if it failed too
+
+	lastError string // the last recorded error, for guidance
+}
+
+func (e *ChangeError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s: change %q of pipeline %q is %s", e.Err, e.ChangeID, e.Pipeline, e.State)
+	if e.Cause != nil {
+		fmt.Fprintf(&b, ": %v", firstLine(e.Cause.Error()))
+	}
+	if e.Rollback != nil {
+		fmt.Fprintf(&b, "; rollback failed: %v", firstLine(e.Rollback.Error()))
+	}
+	if e.Reason != "" {
+		fmt.Fprintf(&b, " (%s)", e.Reason)
+	}
+	return b.String()
+}
+
+func (e *ChangeError) Unwrap() []error {
+	out := []error{e.Err}
+	if e.Cause != nil {
+		out = append(out, e.Cause)
+	}
+	return out
+}
+
+// Guidance tells an operator what to do next. resolve is the command line
+// that records a manual resolution in the caller's tool, with %s for the
+// pipeline and the change id (shell-quoted).
+func (e *ChangeError) Guidance(resolve string) string {
+	fix := fmt.Sprintf(resolve, shellQuote(e.Pipeline), shellQuote(e.ChangeID))
+	switch {
+	case errors.Is(e.Err, ErrChangeFailed) && e.State == events.StateRolledBack:
+		return "The change failed and was rolled back. Fix the change (or the target system) and run again: it will be applied again."
+	case errors.Is(e.Err, ErrChangeFailed):
+		return "The change failed and may be partly applied. Inspect " + target(e) + ", then either finish or undo the change by hand and record what you did:\n  " + fix +
+			"\nIf the change is idempotent, set its recovery to ALWAYS_RETRY instead and run again."
+	case e.State == events.StateUncertain || e.State == events.StateStarted:
+		return "The change started but its runner never recorded an outcome (it crashed, was killed, or lost the stream). Check whether it took effect on " + target(e) +
+			", then record it:\n  " + fix + "\nIf the change is idempotent, set its recovery to ALWAYS_RETRY instead and run again."
+	default:
+		msg := "The last execution ended " + string(e.State)
+		if e.lastError != "" {
+			msg += " (" + e.lastError + ")"
+		}
+		return msg + ". Inspect " + target(e) + ", repair it by hand, then record what you did:\n  " + fix
+	}
+}
+
+func target(e *ChangeError) string {
+	if e.TargetSystem != "" {
+		return "the target system " + e.TargetSystem
+	}
+	return "the target system"
+}
+
+func shellQuote(s string) string {
+	if s != "" && strings.IndexFunc(s, func(r rune) bool {
+		return !(r == '-' || r == '_' || r == '.' || r == '/' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z')
+	}) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}

@@ -1,0 +1,192 @@
+package runner
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/lock"
+	"github.com/auditflow/auditflow/producer"
+)
+
+// Change is a change unit: a versioned step applied once to a target system.
+type Change struct {
+	ID     string
+	Author string
+	// Order positions the change in its pipeline; changes run in ascending
+	// Order (byte-wise), then ID. Zero-pad numbers ("0042") so they sort.
+	Order string
+	Apply func(ctx context.Context) error
+	// Rollback, if set, undoes a failed Apply. Without it a failure leaves
+	// the change FAILED for its recovery strategy or an operator to settle.
+	Rollback     func(ctx context.Context) error
+	Recovery     events.Recovery // default MANUAL_INTERVENTION
+	TargetSystem string
+	Metadata     map[string]string
+	// Transactional says Apply runs in one transaction on the target, so a
+	// failure leaves nothing behind and the change may simply run again.
+	Transactional bool
+}
+
+// Config configures a Runner.
+type Config struct {
+	Pipeline string // required: the fleet or service whose changes these are
+	RunnerID string // default host-pid
+	Host     string // default os.Hostname()
+	// MaxTrace bounds the error trace recorded in events. Default 64 KiB.
+	MaxTrace int
+	// RecordTimeout bounds recording an outcome after the caller's context
+	// is cancelled (Ctrl-C during a change): the outcome is still recorded.
+	// Default 30s.
+	RecordTimeout time.Duration
+	Logger        *slog.Logger // nil discards
+}
+
+// Runner applies a pipeline's changes under the pipeline lock, recording
+// each execution on the audit stream.
+type Runner struct {
+	prod   *producer.Producer
+	locker *lock.Locker
+	cfg    Config
+	log    *slog.Logger
+}
+
+// New returns a Runner.
+func New(prod *producer.Producer, locker *lock.Locker, cfg Config) (*Runner, error) {
+	if cfg.Pipeline == "" {
+		return nil, fmt.Errorf("%w: pipeline is required", ErrInvalidConfig)
+	}
+	if cfg.Host == "" {
+		cfg.Host, _ = os.Hostname()
+	}
+	if cfg.RunnerID == "" {
+		cfg.RunnerID = fmt.Sprintf("%s-%d", cfg.Host, os.Getpid())
+	}
+	if cfg.MaxTrace == 0 {
+		cfg.MaxTrace = 64 << 10
+	}
+	if cfg.RecordTimeout == 0 {
+		cfg.RecordTimeout = 30 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Runner{prod: prod, locker: locker, cfg: cfg, log: log.With("pipeline", cfg.Pipeline)}, nil
+}
+
+// Action is what a plan will do with a change.
+type Action string
+
+// Actions.
+const (
+	ActionSkip  Action = "SKIP"  // applied already
+	ActionRun   Action = "RUN"   // never run, or rolled back
+	ActionRetry Action = "RETRY" // last run did not finish cleanly; its recovery allows a re-run
+	// ActionBlocked: the last run did not finish cleanly and only an
+	// operator can say what state the target is in.
+	ActionBlocked Action = "BLOCKED"
+)
+
+// Step is one change's entry in a plan.
+type Step struct {
+	Change Change
+	Action Action
+	// State and Seq describe the change's newest event ("" and 0 if none).
+	State  events.State
+	Seq    uint64
+	Reason string
+	last   events.Event
+}
+
+// Plan reads each change's newest event from the stream and decides what a
+// run would do. It takes no lock: Run plans again once it holds the lock.
+func (r *Runner) Plan(ctx context.Context, changes []Change) ([]Step, error) {
+	sorted, err := sortChanges(changes)
+	if err != nil {
+		return nil, err
+	}
+	plan := make([]Step, 0, len(sorted))
+	for _, c := range sorted {
+		last, seq, err := r.prod.Last(ctx, r.cfg.Pipeline, c.ID)
+		if errors.Is(err, producer.ErrNoEvents) {
+			plan = append(plan, Step{Change: c, Action: ActionRun, Reason: "never run"})
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("runner: plan: %w", err)
+		}
+		plan = append(plan, decide(c, last, seq))
+	}
+	return plan, nil
+}
+
+// decide maps a change's newest event to an action (Flamingock's rules).
+func decide(c Change, last events.Event, seq uint64) Step {
+	s := Step{Change: c, State: last.State(), Seq: seq, last: last}
+	retry := c.Recovery == events.AlwaysRetry
+	switch s.State {
+	case events.StateApplied, events.StateManuallyApplied:
+		s.Action, s.Reason = ActionSkip, "applied"
+	case events.StateRolledBack, events.StateManuallyRolledBack:
+		s.Action, s.Reason = ActionRun, "rolled back"
+	case events.StateFailed:
+		switch {
+		case retry:
+			s.Action, s.Reason = ActionRetry, "failed; recovery is ALWAYS_RETRY"
+		case last.Transactional:
+			s.Action, s.Reason = ActionRetry, "failed inside a transaction, so nothing was applied"
+		default:
+			s.Action, s.Reason = ActionBlocked, "failed and may have been partly applied"
+		}
+	case events.StateStarted, events.StateUncertain, events.StateRollbackFailed:
+		what := map[events.State]string{
+			events.StateStarted:        "started and never finished (the runner died or lost the stream)",
+			events.StateUncertain:      "started and never finished (the runner died or lost the stream)",
+			events.StateRollbackFailed: "failed and its rollback failed too",
+		}[s.State]
+		if retry {
+			s.Action, s.Reason = ActionRetry, what+"; recovery is ALWAYS_RETRY"
+		} else {
+			s.Action, s.Reason = ActionBlocked, what
+		}
+	default:
+		s.Action, s.Reason = ActionBlocked, fmt.Sprintf("unknown state %q", s.State)
+	}
+	return s
+}
+
+func sortChanges(changes []Change) ([]Change, error) {
+	seen := make(map[string]bool, len(changes))
+	for i, c := range changes {
+		switch {
+		case c.ID == "":
+			return nil, fmt.Errorf("%w: change %d has no id", ErrInvalidChange, i)
+		case seen[c.ID]:
+			return nil, fmt.Errorf("%w: duplicate change id %q", ErrInvalidChange, c.ID)
+		case c.Apply == nil:
+			return nil, fmt.Errorf("%w: change %q has no apply", ErrInvalidChange, c.ID)
+		case c.Recovery != "" && !c.Recovery.Valid():
+			return nil, fmt.Errorf("%w: change %q: recovery %q is not %s or %s", ErrInvalidChange, c.ID, c.Recovery, events.ManualIntervention, events.AlwaysRetry)
+		case len(c.ID) > events.MaxKeyLen:
+			return nil, fmt.Errorf("%w: change id %q is longer than %d bytes", ErrInvalidChange, c.ID, events.MaxKeyLen)
+		}
+		seen[c.ID] = true
+	}
+	sorted := slices.Clone(changes)
+	slices.SortStableFunc(sorted, func(a, b Change) int {
+		return cmp.Or(cmp.Compare(a.Order, b.Order), cmp.Compare(a.ID, b.ID))
+	})
+	for i := range sorted {
+		if sorted[i].Recovery == "" {
+			sorted[i].Recovery = events.ManualIntervention
+		}
+	}
+	return sorted, nil
+}
