@@ -1,0 +1,20 @@
+// Command runner applies a pipeline's change files under the pipeline lock
+// and records every execution on the audit stream. See the README, or run
+// it with -h.
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/auditflow/auditflow/internal/runnercmd"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := runnercmd.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}

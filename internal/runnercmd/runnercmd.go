@@ -1,0 +1,355 @@
+// Package runnercmd is the runner command: flags, wiring and output. It
+// lives in a package, not in main, so it can be tested end to end.
+package runnercmd
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/internal/embedded"
+	"github.com/auditflow/auditflow/internal/natsconn"
+	"github.com/auditflow/auditflow/lock"
+	"github.com/auditflow/auditflow/producer"
+	"github.com/auditflow/auditflow/projector"
+	"github.com/auditflow/auditflow/runner"
+	"github.com/auditflow/auditflow/runner/changefile"
+	"github.com/auditflow/auditflow/stores"
+	"github.com/auditflow/auditflow/stores/sqlitestore"
+)
+
+// Exit codes, documented in the README.
+const (
+	ExitOK                 = 0
+	ExitError              = 1 // infrastructure or unexpected error
+	ExitUsage              = 2 // bad flags, config or change files
+	ExitChangeFailed       = 3
+	ExitManualIntervention = 4
+	ExitLockNotObtained    = 5 // includes a lock lost mid-run
+)
+
+type options struct {
+	nats       natsconn.Config
+	changes    string
+	pipeline   string
+	dryRun     bool
+	embedded   bool
+	dataDir    string
+	syncAlways bool
+	replicas   int
+	lease      time.Duration
+	lockRetry  time.Duration
+	lockGiveUp time.Duration
+	runnerID   string
+	resolve    string
+	resolution string
+	reason     string
+	operator   string
+	logLevel   string
+}
+
+func parse(args []string, stderr io.Writer) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("runner", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, `Usage: runner --changes DIR [flags]          apply a pipeline's change files
+       runner --resolve CHANGE --resolution applied|rolled-back --reason TEXT
+                                              record an operator's decision
+
+Exit codes: 0 ok, 1 error, 2 bad usage/config, 3 change failed,
+            4 manual intervention needed, 5 lock not obtained or lost.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	o.nats.RegisterFlags(fs)
+	fs.StringVar(&o.changes, "changes", "", "directory of *.yaml change files")
+	fs.StringVar(&o.pipeline, "pipeline", natsconn.Env("AUDITFLOW_PIPELINE", "default"), "pipeline (service or fleet) name [AUDITFLOW_PIPELINE]")
+	fs.BoolVar(&o.dryRun, "dry-run", false, "print the plan and change nothing")
+	fs.BoolVar(&o.embedded, "embedded", false, "run an in-process NATS server and projector into SQLite under --data-dir, then print the changeLog")
+	fs.StringVar(&o.dataDir, "data-dir", ".auditflow", "where --embedded keeps its stream and SQLite store")
+	fs.BoolVar(&o.syncAlways, "sync-always", true, "with --embedded: fsync every event before acknowledging it")
+	fs.IntVar(&o.replicas, "stream-replicas", 1, "replicas of the audit stream and lock bucket when creating them")
+	fs.DurationVar(&o.lease, "lock-lease", lock.DefaultLease, "pipeline lock lease")
+	fs.DurationVar(&o.lockRetry, "lock-retry", lock.DefaultRetryInterval, "first wait between attempts on a held lock")
+	fs.DurationVar(&o.lockGiveUp, "lock-give-up", lock.DefaultGiveUpAfter, "how long to wait for a held lock")
+	fs.StringVar(&o.runnerID, "runner-id", natsconn.Env("AUDITFLOW_RUNNER_ID", ""), "this runner's id in events (default host-pid) [AUDITFLOW_RUNNER_ID]")
+	fs.StringVar(&o.resolve, "resolve", "", "change id to record a manual resolution for")
+	fs.StringVar(&o.resolution, "resolution", "", "with --resolve: applied or rolled-back")
+	fs.StringVar(&o.reason, "reason", "", "with --resolve: why (recorded in the audit log)")
+	fs.StringVar(&o.operator, "operator", natsconn.Env("USER", ""), "with --resolve: who decides (default $USER)")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	switch {
+	case o.resolve == "" && o.changes == "":
+		return nil, errors.New("--changes: required (a directory of change files)")
+	case o.resolve != "" && o.changes != "":
+		return nil, errors.New("--resolve and --changes: choose one")
+	case o.resolve != "" && o.resolution != "applied" && o.resolution != "rolled-back":
+		return nil, fmt.Errorf("--resolution: want applied or rolled-back, got %q", o.resolution)
+	case o.resolve != "" && strings.TrimSpace(o.reason) == "":
+		return nil, errors.New("--reason: required with --resolve; it goes into the audit log")
+	case o.resolve != "" && o.operator == "":
+		return nil, errors.New("--operator: required with --resolve (no $USER to default to)")
+	case o.pipeline == "":
+		return nil, errors.New("--pipeline: empty")
+	}
+	return o, nil
+}
+
+// Main runs the command and returns its exit code.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	o, err := parse(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return ExitOK
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "runner:", err)
+		return ExitUsage
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		fmt.Fprintln(stderr, "runner: --log-level:", err)
+		return ExitUsage
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	code, err := run(ctx, o, log, stdout)
+	if err != nil {
+		fmt.Fprintln(stderr, "runner:", err)
+		var ce *runner.ChangeError
+		if errors.As(err, &ce) {
+			fmt.Fprintln(stderr, "\n"+ce.Guidance(resolveHint(o)))
+		}
+	}
+	return code
+}
+
+func resolveHint(o *options) string {
+	hint := "runner --pipeline %s --resolve %s --resolution applied|rolled-back --reason \"...\""
+	if o.embedded {
+		hint = "runner --embedded --data-dir " + o.dataDir + " --pipeline %s --resolve %s --resolution applied|rolled-back --reason \"...\""
+	}
+	return hint
+}
+
+func run(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) (int, error) {
+	var changes []runner.Change
+	if o.changes != "" {
+		dataDir, err := filepath.Abs(o.dataDir)
+		if err != nil {
+			return ExitUsage, err
+		}
+		if changes, err = changefile.Load(o.changes, changefile.Options{Pipeline: o.pipeline, Output: stdout,
+			Env: []string{"AUDITFLOW_DATA_DIR=" + dataDir}}); err != nil {
+			return ExitUsage, err
+		}
+	}
+	var nc *nats.Conn
+	if o.embedded {
+		srv, err := embedded.Start(embedded.Config{DataDir: filepath.Join(o.dataDir, "nats"), SyncAlways: o.syncAlways, Logger: log})
+		if err != nil {
+			return ExitError, err
+		}
+		defer srv.Close()
+		if nc, err = srv.Connect("auditflow-runner"); err != nil {
+			return ExitError, err
+		}
+	} else {
+		o.nats.Name = "auditflow-runner"
+		var err error
+		if nc, err = natsconn.Connect(o.nats, log); err != nil {
+			return ExitError, err
+		}
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return ExitError, err
+	}
+	streamCfg := producer.StreamConfig{Replicas: o.replicas}
+	prod, err := producer.New(ctx, js, producer.Config{Stream: streamCfg, Logger: log})
+	if err != nil {
+		return codeFor(err), err
+	}
+	locker, err := lock.New(ctx, js, lock.Config{Replicas: o.replicas, Lease: o.lease, RetryInterval: o.lockRetry,
+		GiveUpAfter: o.lockGiveUp, Owner: o.runnerID, Logger: log})
+	if err != nil {
+		return codeFor(err), err
+	}
+	r, err := runner.New(prod, locker, runner.Config{Pipeline: o.pipeline, RunnerID: o.runnerID, Logger: log})
+	if err != nil {
+		return ExitUsage, err
+	}
+
+	var proj *projector.Projector
+	var store *sqlitestore.Store
+	if o.embedded {
+		var stop func()
+		if proj, store, stop, err = startProjector(ctx, o, js, streamCfg, log); err != nil {
+			return ExitError, err
+		}
+		defer stop()
+	}
+
+	switch {
+	case o.resolve != "":
+		res := events.ResolvedApplied
+		if o.resolution == "rolled-back" {
+			res = events.ResolvedRolledBack
+		}
+		seq, err := r.Resolve(ctx, o.resolve, res, o.operator, o.reason)
+		if err != nil {
+			return codeFor(err), err
+		}
+		fmt.Fprintf(stdout, "recorded: change %s of %s resolved as %s by %s (stream sequence %d)\n", o.resolve, o.pipeline, res, o.operator, seq)
+	case o.dryRun:
+		plan, err := r.Plan(ctx, changes)
+		if err != nil {
+			return codeFor(err), err
+		}
+		printPlan(stdout, plan)
+		return ExitOK, nil
+	default:
+		rep, runErr := r.Run(ctx, changes)
+		printReport(stdout, rep)
+		if runErr != nil && proj == nil {
+			return codeFor(runErr), runErr
+		}
+		if proj != nil {
+			if err := showChangeLog(ctx, stdout, proj, store, o.pipeline); err != nil && runErr == nil {
+				runErr = err
+			}
+		}
+		if runErr != nil {
+			return codeFor(runErr), runErr
+		}
+	}
+	return ExitOK, nil
+}
+
+func startProjector(ctx context.Context, o *options, js jetstream.JetStream, streamCfg producer.StreamConfig, log *slog.Logger) (*projector.Projector, *sqlitestore.Store, func(), error) {
+	store, err := sqlitestore.Open(ctx, filepath.Join(o.dataDir, "audit.db"), sqlitestore.Config{})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	proj, err := projector.New(ctx, js, store, projector.Config{Stream: streamCfg, StoreName: "sqlite", Logger: log})
+	if err != nil {
+		_ = store.Close()
+		return nil, nil, nil, err
+	}
+	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() { defer close(done); _ = proj.Run(pctx) }()
+	return proj, store, func() { cancel(); <-done; _ = store.Close() }, nil
+}
+
+func codeFor(err error) int {
+	switch {
+	case errors.Is(err, runner.ErrManualIntervention):
+		return ExitManualIntervention
+	case errors.Is(err, runner.ErrChangeFailed):
+		return ExitChangeFailed
+	case errors.Is(err, runner.ErrLockNotObtained), errors.Is(err, runner.ErrLeaseLost):
+		return ExitLockNotObtained
+	case errors.Is(err, runner.ErrInvalidChange), errors.Is(err, runner.ErrInvalidConfig), errors.Is(err, runner.ErrNothingToResolve),
+		errors.Is(err, lock.ErrInvalidConfig), errors.Is(err, producer.ErrInvalidConfig), errors.Is(err, producer.ErrStreamMismatch):
+		return ExitUsage
+	}
+	return ExitError
+}
+
+func printPlan(w io.Writer, plan []runner.Step) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ORDER\tCHANGE\tACTION\tLAST STATE\tWHY")
+	for _, s := range plan {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", dash(s.Change.Order), s.Change.ID, s.Action, dash(string(s.State)), s.Reason)
+	}
+	_ = tw.Flush()
+}
+
+func printReport(w io.Writer, rep *runner.Report) {
+	if rep == nil || len(rep.Results) == 0 {
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "\nRun of pipeline %s", rep.Pipeline)
+	if rep.LockToken != 0 {
+		fmt.Fprintf(tw, " (lock token %d)", rep.LockToken)
+	}
+	fmt.Fprintln(tw, ":\nCHANGE\tOUTCOME\tDURATION")
+	for _, r := range rep.Results {
+		d := "-"
+		if r.Outcome != runner.OutcomeSkipped && r.Outcome != runner.OutcomeNotRun && r.Outcome != runner.OutcomeBlocked {
+			d = r.Duration.Round(time.Millisecond).String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", r.ChangeID, r.Outcome, d)
+	}
+	_ = tw.Flush()
+}
+
+// showChangeLog waits for the embedded projector to store everything, then
+// prints the pipeline's changeLog oldest first.
+func showChangeLog(ctx context.Context, w io.Writer, proj *projector.Projector, store stores.Store, pipeline string) error {
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := proj.WaitCaughtUp(wctx); err != nil {
+		return fmt.Errorf("projector did not catch up: %w", err)
+	}
+	rows, err := store.History(ctx, stores.HistoryQuery{Pipeline: pipeline, Limit: stores.MaxLimit})
+	if err != nil {
+		return err
+	}
+	slices.Reverse(rows)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "\nchangeLog of pipeline %s (%d events, from the audit store):\n", pipeline, len(rows))
+	fmt.Fprintln(tw, "SEQ\tTIME (UTC)\tCHANGE\tSTATE\tDURATION\tAUTHOR\tRUNNER\tERROR")
+	for _, r := range rows {
+		d := "-"
+		if r.Type != events.ExecutionStarted && r.Type != events.ManuallyResolved {
+			d = r.Duration.String()
+		}
+		runnerOrOperator := r.RunnerID
+		if r.Operator != "" {
+			runnerOrOperator = "operator " + r.Operator
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Seq, r.OccurredAt.Format("2006-01-02 15:04:05.000"),
+			r.ChangeID, r.State(), d, dash(r.Author), dash(runnerOrOperator), dash(firstLine(r.ErrorMessage+r.Reason)))
+	}
+	return tw.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	if len(s) > 80 {
+		s = s[:77] + "..."
+	}
+	return s
+}

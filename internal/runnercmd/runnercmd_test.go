@@ -1,0 +1,94 @@
+package runnercmd_test
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/auditflow/auditflow/internal/runnercmd"
+)
+
+func runCmd(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code := runnercmd.Main(context.Background(), args, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+// TestEmbeddedQuickstart is the README's first command, twice.
+func TestEmbeddedQuickstart(t *testing.T) {
+	data := t.TempDir()
+	code, out, stderr := runCmd(t, "--embedded", "--data-dir", data, "--changes", "../../examples/changes")
+	if code != runnercmd.ExitOK {
+		t.Fatalf("exit %d\n%s\n%s", code, out, stderr)
+	}
+	if n := strings.Count(out, "APPLIED"); n != 8 { // 4 in the report, 4 in the changeLog
+		t.Fatalf("want 4 changes applied and shown, got %d APPLIED:\n%s", n, out)
+	}
+	if !strings.Contains(out, "changeLog of pipeline default (8 events") {
+		t.Fatalf("changeLog not printed:\n%s", out)
+	}
+	if _, err := os.Stat(filepath.Join(data, "target", "flags", "checkout.json")); err != nil {
+		t.Fatalf("example change did not apply: %v", err)
+	}
+	code, out, stderr = runCmd(t, "--embedded", "--data-dir", data, "--changes", "../../examples/changes")
+	if code != runnercmd.ExitOK || strings.Count(out, "SKIPPED") != 4 {
+		t.Fatalf("second run: exit %d\n%s\n%s", code, out, stderr)
+	}
+}
+
+func TestExitCodesAndOperatorFix(t *testing.T) {
+	data, changes := t.TempDir(), t.TempDir()
+	write := func(name, body string) {
+		if err := os.WriteFile(filepath.Join(changes, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("1.yaml", "id: 001-ok\norder: '1'\napply: 'true'\n")
+	write("2.yaml", "id: 002-broken\norder: '2'\ntargetSystem: users-db\napply: |\n  echo 'duplicate key' >&2\n  exit 1\n")
+	write("3.yaml", "id: 003-later\norder: '3'\napply: 'true'\n")
+	args := []string{"--embedded", "--data-dir", data, "--changes", changes, "--pipeline", "billing"}
+
+	code, out, stderr := runCmd(t, args...)
+	if code != runnercmd.ExitChangeFailed || !strings.Contains(stderr, "duplicate key") || !strings.Contains(out, "NOT_RUN") {
+		t.Fatalf("failing change: exit %d\n%s\n%s", code, out, stderr)
+	}
+	code, out, stderr = runCmd(t, args...)
+	if code != runnercmd.ExitManualIntervention || !strings.Contains(stderr, "--resolve 002-broken") || !strings.Contains(stderr, "users-db") {
+		t.Fatalf("blocked change: exit %d, want guidance naming the change and target\n%s\n%s", code, out, stderr)
+	}
+	code, out, stderr = runCmd(t, "--embedded", "--data-dir", data, "--pipeline", "billing",
+		"--resolve", "002-broken", "--resolution", "applied", "--reason", "fixed by hand", "--operator", "bob")
+	if code != runnercmd.ExitOK || !strings.Contains(out, "resolved as APPLIED by bob") {
+		t.Fatalf("resolve: exit %d\n%s\n%s", code, out, stderr)
+	}
+	code, out, stderr = runCmd(t, args...)
+	if code != runnercmd.ExitOK || !strings.Contains(out, "003-later                 APPLIED") && !strings.Contains(out, "003-later") {
+		t.Fatalf("after resolution: exit %d\n%s\n%s", code, out, stderr)
+	}
+	if !strings.Contains(out, "MANUALLY_APPLIED") || !strings.Contains(out, "operator bob") {
+		t.Fatalf("changeLog does not show the manual resolution:\n%s", out)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	bad := t.TempDir()
+	if err := os.WriteFile(filepath.Join(bad, "x.yaml"), []byte("id: x\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for name, args := range map[string][]string{
+		"no changes":      {},
+		"unknown flag":    {"--bogus"},
+		"bad resolution":  {"--resolve", "x", "--resolution", "maybe", "--reason", "r"},
+		"no reason":       {"--resolve", "x", "--resolution", "applied"},
+		"bad change file": {"--embedded", "--data-dir", t.TempDir(), "--changes", bad},
+		"bad log level":   {"--changes", bad, "--log-level", "loud"},
+	} {
+		if code, _, stderr := runCmd(t, args...); code != runnercmd.ExitUsage || stderr == "" {
+			t.Errorf("%s: exit %d, want %d with a message; stderr %q", name, code, runnercmd.ExitUsage, stderr)
+		}
+	}
+}

@@ -1,0 +1,7 @@
+//go:build !unix
+
+package changefile
+
+import "os/exec"
+
+func configureKill(*exec.Cmd) {}
