@@ -23,8 +23,8 @@ type Config struct {
 	// loss); it costs throughput. Default false keeps NATS's default
 	// (fsync every 2 minutes; survives a process crash, not a power cut).
 	SyncAlways bool
-	// Port to listen on for other processes; 0 means no network listener
-	// (in-process connections only).
+	// Port to listen on for other processes on 127.0.0.1; 0 means no
+	// network listener (in-process connections only), -1 a random port.
 	Port int
 	// Logger receives server errors and warnings; nil discards them.
 	Logger *slog.Logger
