@@ -110,34 +110,25 @@ func Decode(b []byte) (Event, error) {
 	if len(env.Data) == 0 || bytes.Equal(env.Data, []byte("null")) {
 		return Event{}, fieldErr(ErrMissingField, "data", "the event has no data")
 	}
-	// Check the version before decoding strictly, so that an event from a
-	// newer producer says "newer version", not "unknown field".
-	var peek struct {
-		SchemaVersion json.RawMessage `json:"schemaVersion"`
-	}
-	if err := json.Unmarshal(env.Data, &peek); err != nil {
-		return Event{}, jsonErr(err, "data")
-	}
-	if len(peek.SchemaVersion) == 0 {
-		return Event{}, fieldErr(ErrMissingField, "data.schemaVersion", "")
-	}
-	var version int
-	if err := json.Unmarshal(peek.SchemaVersion, &version); err != nil || version < 1 {
-		return Event{}, fieldErr(ErrUnsupportedVersion, "data.schemaVersion", "want an integer from 1 to %d, got %s", SchemaVersion, peek.SchemaVersion)
-	}
-	if version > SchemaVersion {
-		return Event{}, fieldErr(ErrUnsupportedVersion, "data.schemaVersion", "version %d is newer than %d, the newest this build reads; upgrade the consumer", version, SchemaVersion)
-	}
-	t, ok := strings.CutPrefix(env.Type, TypePrefix)
-	if !ok || !Type(t).Known() {
-		return Event{}, fieldErr(ErrUnknownType, "type", "%q", env.Type)
-	}
-
 	var d data
 	dec := json.NewDecoder(bytes.NewReader(env.Data))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&d); err != nil {
-		return Event{}, jsonErr(err, "data")
+	strictErr := dec.Decode(&d)
+	// A newer producer's event must say "newer version", not "unknown
+	// field": on any failure, or a version other than ours, look at the
+	// version alone before blaming a field.
+	if strictErr != nil || d.SchemaVersion == nil || *d.SchemaVersion != SchemaVersion {
+		if err := checkVersion(env.Data); err != nil {
+			return Event{}, err
+		}
+		if strictErr != nil {
+			return Event{}, jsonErr(strictErr, "data")
+		}
+	}
+	version := *d.SchemaVersion
+	t, ok := strings.CutPrefix(env.Type, TypePrefix)
+	if !ok || !Type(t).Known() {
+		return Event{}, fieldErr(ErrUnknownType, "type", "%q", env.Type)
 	}
 	if env.Time == "" {
 		return Event{}, fieldErr(ErrMissingField, "time", "")
@@ -173,6 +164,27 @@ func Decode(b []byte) (Event, error) {
 		return Event{}, err
 	}
 	return e, nil
+}
+
+// checkVersion reports a missing, malformed or unsupported schemaVersion.
+func checkVersion(raw json.RawMessage) error {
+	var peek struct {
+		SchemaVersion json.RawMessage `json:"schemaVersion"`
+	}
+	if err := json.Unmarshal(raw, &peek); err != nil {
+		return jsonErr(err, "data")
+	}
+	if len(peek.SchemaVersion) == 0 {
+		return fieldErr(ErrMissingField, "data.schemaVersion", "")
+	}
+	var version int
+	if err := json.Unmarshal(peek.SchemaVersion, &version); err != nil || version < 1 {
+		return fieldErr(ErrUnsupportedVersion, "data.schemaVersion", "want an integer from 1 to %d, got %s", SchemaVersion, peek.SchemaVersion)
+	}
+	if version > SchemaVersion {
+		return fieldErr(ErrUnsupportedVersion, "data.schemaVersion", "version %d is newer than %d, the newest this build reads; upgrade the consumer", version, SchemaVersion)
+	}
+	return nil
 }
 
 // Validate checks what Encode and Decode require of an event.

@@ -140,10 +140,11 @@ func New(ctx context.Context, db *sql.DB, cfg Config) (*Store, error) {
 }
 
 type queries struct {
-	schema                           []string
-	insertLog, upsertIssue, upsertCP string
-	selectLog, selectIssue           string
-	reset                            []string
+	schema                 []string
+	insertLog, upsertIssue multiRow
+	upsertCP               string
+	selectLog, selectIssue string
+	reset                  []string
 }
 
 const logColumns = `seq, event_id, type, state, schema_version, pipeline, change_id, author, execution_id,
@@ -159,13 +160,12 @@ func newQueries(c Config) queries {
 	return queries{
 		schema: []string{
 			`CREATE TABLE IF NOT EXISTS ` + lg + ` (
-	seq INTEGER NOT NULL, event_id TEXT NOT NULL PRIMARY KEY, type TEXT NOT NULL, state TEXT NOT NULL,
+	seq INTEGER NOT NULL PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, type TEXT NOT NULL, state TEXT NOT NULL,
 	schema_version INTEGER NOT NULL, pipeline TEXT NOT NULL, change_id TEXT NOT NULL, author TEXT NOT NULL,
 	execution_id TEXT NOT NULL, change_order TEXT NOT NULL, target_system TEXT NOT NULL, host TEXT NOT NULL,
 	runner_id TEXT NOT NULL, lock_token INTEGER NOT NULL, occurred_at TEXT NOT NULL, duration_ms INTEGER NOT NULL,
 	error_message TEXT NOT NULL, error_trace TEXT NOT NULL, metadata TEXT NOT NULL, recovery TEXT NOT NULL,
 	transactional INTEGER NOT NULL, resolution TEXT NOT NULL, operator TEXT NOT NULL, reason TEXT NOT NULL)`,
-			`CREATE INDEX IF NOT EXISTS ` + idx(c.ChangeLogTable, "seq") + ` ON ` + lg + ` (seq)`,
 			`CREATE INDEX IF NOT EXISTS ` + idx(c.ChangeLogTable, "change") + ` ON ` + lg + ` (pipeline, change_id, seq)`,
 			`CREATE INDEX IF NOT EXISTS ` + idx(c.ChangeLogTable, "state") + ` ON ` + lg + ` (state, seq)`,
 			`CREATE TABLE IF NOT EXISTS ` + is + ` (
@@ -178,16 +178,16 @@ func newQueries(c Config) queries {
 			`CREATE INDEX IF NOT EXISTS ` + idx(c.IssuesTable, "seq") + ` ON ` + is + ` (seq)`,
 			`CREATE TABLE IF NOT EXISTS ` + cp + ` (name TEXT NOT NULL PRIMARY KEY, seq INTEGER NOT NULL)`,
 		},
-		insertLog: `INSERT INTO ` + lg + ` (` + logColumns + `)
-	VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (event_id) DO NOTHING`,
+		insertLog: multiRow{head: `INSERT INTO ` + lg + ` (` + logColumns + `) VALUES `,
+			row: placeholders(24), tail: ` ON CONFLICT DO NOTHING`},
 		// The sequence guard: an older event never replaces newer state.
-		upsertIssue: `INSERT INTO ` + is + ` (` + issueColumns + `) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
-	ON CONFLICT (pipeline, change_id) DO UPDATE SET status=excluded.status, state=excluded.state,
+		upsertIssue: multiRow{head: `INSERT INTO ` + is + ` (` + issueColumns + `) VALUES `, row: placeholders(15),
+			tail: ` ON CONFLICT (pipeline, change_id) DO UPDATE SET status=excluded.status, state=excluded.state,
 	seq=excluded.seq, event_id=excluded.event_id, execution_id=excluded.execution_id, author=excluded.author,
 	target_system=excluded.target_system, recovery=excluded.recovery, error_message=excluded.error_message,
 	error_trace=excluded.error_trace, updated_at=excluded.updated_at, operator=excluded.operator,
 	reason=excluded.reason
-	WHERE excluded.seq > ` + is + `.seq`,
+	WHERE excluded.seq > ` + is + `.seq`},
 		upsertCP: `INSERT INTO ` + cp + ` (name, seq) VALUES (?, ?)
 	ON CONFLICT (name) DO UPDATE SET seq = max(seq, excluded.seq)`,
 		selectLog:   `SELECT ` + logColumns + ` FROM ` + lg,
@@ -210,40 +210,79 @@ func (s *Store) Apply(ctx context.Context, b stores.Batch) error {
 		return ctx.Err()
 	}
 	return s.inTx(ctx, func(tx *sql.Tx) error {
-		ins, err := tx.PrepareContext(ctx, s.sql.insertLog)
-		if err != nil {
-			return err
-		}
-		defer ins.Close()
-		for _, r := range b.Records {
+		err := execRows(ctx, tx, s.sql.insertLog, len(b.Records), func(i int, args []any) ([]any, error) {
+			r := b.Records[i]
 			md, err := json.Marshal(r.Metadata)
-			if err != nil {
-				return err
-			}
-			if _, err := ins.ExecContext(ctx, r.Seq, r.ID, string(r.Type), string(r.State()), r.SchemaVersion,
+			return append(args, r.Seq, r.ID, string(r.Type), string(r.State()), r.SchemaVersion,
 				r.Pipeline, r.ChangeID, r.Author, r.ExecutionID, r.Order, r.TargetSystem, r.Host, r.RunnerID,
 				int64(r.LockToken), r.OccurredAt.UTC().Format(timeLayout), r.Duration.Milliseconds(),
 				r.ErrorMessage, r.ErrorTrace, string(md), string(r.Recovery), r.Transactional,
-				string(r.Resolution), r.Operator, r.Reason); err != nil {
-				return fmt.Errorf("insert event %s: %w", r.ID, err)
-			}
-		}
-		up, err := tx.PrepareContext(ctx, s.sql.upsertIssue)
+				string(r.Resolution), r.Operator, r.Reason), err
+		})
 		if err != nil {
-			return err
+			return fmt.Errorf("insert events: %w", err)
 		}
-		defer up.Close()
-		for _, r := range b.LatestPerChange() {
-			i := stores.IssueOf(r)
-			if _, err := up.ExecContext(ctx, i.Pipeline, i.ChangeID, string(i.Status), string(i.State), i.Seq,
+		latest := b.LatestPerChange() // one row per change: a statement may not upsert a key twice
+		err = execRows(ctx, tx, s.sql.upsertIssue, len(latest), func(j int, args []any) ([]any, error) {
+			i := stores.IssueOf(latest[j])
+			return append(args, i.Pipeline, i.ChangeID, string(i.Status), string(i.State), i.Seq,
 				i.EventID, i.ExecutionID, i.Author, i.TargetSystem, string(i.Recovery), i.ErrorMessage,
-				i.ErrorTrace, i.UpdatedAt.UTC().Format(timeLayout), i.Operator, i.Reason); err != nil {
-				return fmt.Errorf("upsert issue %s/%s: %w", i.Pipeline, i.ChangeID, err)
-			}
+				i.ErrorTrace, i.UpdatedAt.UTC().Format(timeLayout), i.Operator, i.Reason), nil
+		})
+		if err != nil {
+			return fmt.Errorf("upsert issues: %w", err)
 		}
 		_, err = tx.ExecContext(ctx, s.sql.upsertCP, b.Checkpoint, b.MaxSeq())
 		return err
 	})
+}
+
+// multiRow is an INSERT whose VALUES list takes any number of rows: one
+// statement per chunk of rows costs far less than one per row.
+type multiRow struct{ head, row, tail string }
+
+func (m multiRow) sql(rows int) string {
+	return m.head + strings.Repeat(m.row+",", rows-1) + m.row + m.tail
+}
+
+func placeholders(n int) string { return "(" + strings.Repeat("?,", n-1) + "?)" }
+
+// rowsPerStatement keeps a statement's parameters (24 per changeLog row)
+// well under SQLite's limit of 32766.
+const rowsPerStatement = 32
+
+// execRows executes m over n rows, in chunks; args appends row i's values.
+func execRows(ctx context.Context, tx *sql.Tx, m multiRow, n int, args func(i int, dst []any) ([]any, error)) error {
+	stmts := map[int]*sql.Stmt{}
+	defer func() {
+		for _, st := range stmts {
+			_ = st.Close()
+		}
+	}()
+	var vals []any
+	for i := 0; i < n; {
+		k := min(rowsPerStatement, n-i)
+		st, ok := stmts[k]
+		if !ok {
+			var err error
+			if st, err = tx.PrepareContext(ctx, m.sql(k)); err != nil {
+				return err
+			}
+			stmts[k] = st
+		}
+		vals = vals[:0]
+		for j := i; j < i+k; j++ {
+			var err error
+			if vals, err = args(j, vals); err != nil {
+				return err
+			}
+		}
+		if _, err := st.ExecContext(ctx, vals...); err != nil {
+			return err
+		}
+		i += k
+	}
+	return nil
 }
 
 func (s *Store) inTx(ctx context.Context, fn func(*sql.Tx) error) error {
