@@ -1,0 +1,31 @@
+package events_test
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/auditflow/auditflow/events"
+)
+
+func ExampleEncode() {
+	e := events.New(events.ExecutionSucceeded, "billing-service", "0042-add-invoice-index")
+	e.ID = "019ac1f2-80a1-7b55-8c31-55d0c8a2f001" // normally a fresh UUIDv7 from New
+	e.OccurredAt = time.Date(2026, 11, 26, 10, 30, 1, 0, time.UTC)
+	e.ExecutionID, e.Duration = "exec-1", 1780*time.Millisecond
+	b, err := events.Encode(e)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println(string(b))
+
+	back, err := events.Decode(b)
+	fmt.Println(back.State(), back.Duration, err)
+	// Output:
+	// {"specversion":"1.0","id":"019ac1f2-80a1-7b55-8c31-55d0c8a2f001","source":"urn:auditflow:pipeline:billing-service","type":"io.auditflow.ExecutionSucceeded","time":"2026-11-26T10:30:01Z","subject":"0042-add-invoice-index","datacontenttype":"application/json","dataschema":"https://auditflow.dev/schemas/execution-event/v1.json","data":{"schemaVersion":1,"pipeline":"billing-service","changeId":"0042-add-invoice-index","executionId":"exec-1","durationMs":1780,"recovery":"MANUAL_INTERVENTION"}}
+	// APPLIED 1.78s <nil>
+}
+
+func ExampleSubject() {
+	fmt.Println(events.Subject(events.DefaultSubjectPrefix, "billing", "db.users v2"))
+	// Output: audit.exec.billing.db%2Eusers%20v2
+}
