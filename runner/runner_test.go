@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/internal/embedded"
 	"github.com/auditflow/auditflow/internal/natstest"
 	"github.com/auditflow/auditflow/lock"
 	"github.com/auditflow/auditflow/producer"
@@ -381,7 +382,13 @@ func TestInvalidChanges(t *testing.T) {
 // (start published and acknowledged, success published and acknowledged)
 // and the whole run's time per change (plans, lock included).
 func BenchmarkRunnerOverhead(b *testing.B) {
-	srv := natstest.Start(b)
+	for _, sync := range []bool{false, true} {
+		b.Run(fmt.Sprintf("sync=%v", sync), func(b *testing.B) { benchRunner(b, sync) })
+	}
+}
+
+func benchRunner(b *testing.B, sync bool) {
+	srv := natstest.StartWith(b, embedded.Config{SyncAlways: sync})
 	const perRun = 50
 	var per []time.Duration
 	var total time.Duration

@@ -25,7 +25,20 @@ type Server struct {
 // are closed when the test ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	s, err := embedded.Start(embedded.Config{DataDir: t.TempDir(), Logger: Logger(t)})
+	return StartWith(t, embedded.Config{})
+}
+
+// StartWith is Start with server settings (DataDir and Logger are filled
+// in if empty).
+func StartWith(t testing.TB, cfg embedded.Config) *Server {
+	t.Helper()
+	if cfg.DataDir == "" {
+		cfg.DataDir = t.TempDir()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = Logger(t)
+	}
+	s, err := embedded.Start(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/internal/embedded"
+	"github.com/auditflow/auditflow/internal/logging"
 	"github.com/auditflow/auditflow/internal/natsconn"
 	"github.com/auditflow/auditflow/lock"
 	"github.com/auditflow/auditflow/producer"
@@ -58,6 +59,7 @@ type options struct {
 	reason     string
 	operator   string
 	logLevel   string
+	logFormat  string
 }
 
 func parse(args []string, stderr io.Writer) (*options, error) {
@@ -92,7 +94,8 @@ Flags:
 	fs.StringVar(&o.resolution, "resolution", "", "with --resolve: applied or rolled-back")
 	fs.StringVar(&o.reason, "reason", "", "with --resolve: why (recorded in the audit log)")
 	fs.StringVar(&o.operator, "operator", natsconn.Env("USER", ""), "with --resolve: who decides (default $USER)")
-	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&o.logLevel, "log-level", natsconn.Env("AUDITFLOW_LOG_LEVEL", "info"), "debug, info, warn or error [AUDITFLOW_LOG_LEVEL]")
+	fs.StringVar(&o.logFormat, "log-format", natsconn.Env("AUDITFLOW_LOG_FORMAT", "text"), "text or json [AUDITFLOW_LOG_FORMAT]")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -126,12 +129,11 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "runner:", err)
 		return ExitUsage
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
-		fmt.Fprintln(stderr, "runner: --log-level:", err)
+	log, err := logging.New(stderr, o.logLevel, o.logFormat)
+	if err != nil {
+		fmt.Fprintln(stderr, "runner:", err)
 		return ExitUsage
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	code, err := run(ctx, o, log, stdout)
 	if err != nil {
 		fmt.Fprintln(stderr, "runner:", err)

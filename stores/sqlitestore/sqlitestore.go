@@ -345,38 +345,26 @@ func (s *Store) History(ctx context.Context, q stores.HistoryQuery) ([]stores.Re
 	w.add("state = ?", string(q.State), q.State != "")
 	w.add("occurred_at >= ?", q.Since.UTC().Format(timeLayout), !q.Since.IsZero())
 	w.add("seq < ?", q.BeforeSeq, q.BeforeSeq != 0)
-	rows, err := s.db.QueryContext(ctx, s.sql.selectLog+w.String()+" ORDER BY seq DESC LIMIT ?", append(w.args, q.Limit)...)
-	if err != nil {
-		return nil, fmt.Errorf("sqlitestore: history: %w", ctxErr(ctx, err))
-	}
-	defer rows.Close()
-	var out []stores.Record
-	for rows.Next() {
-		var (
-			r                                        stores.Record
-			typ, state, at, md, recovery, resolution string
-			lockToken, durMs                         int64
-		)
-		if err := rows.Scan(&r.Seq, &r.ID, &typ, &state, &r.SchemaVersion, &r.Pipeline, &r.ChangeID, &r.Author,
-			&r.ExecutionID, &r.Order, &r.TargetSystem, &r.Host, &r.RunnerID, &lockToken, &at, &durMs,
-			&r.ErrorMessage, &r.ErrorTrace, &md, &recovery, &r.Transactional, &resolution, &r.Operator,
-			&r.Reason); err != nil {
-			return nil, fmt.Errorf("sqlitestore: history: %w", ctxErr(ctx, err))
-		}
-		r.Type, r.Recovery, r.Resolution = events.Type(typ), events.Recovery(recovery), events.Resolution(resolution)
-		r.LockToken, r.Duration = uint64(lockToken), time.Duration(durMs)*time.Millisecond
-		if r.OccurredAt, err = time.Parse(timeLayout, at); err != nil {
-			return nil, fmt.Errorf("sqlitestore: event %s: bad occurred_at %q: %w", r.ID, at, err)
-		}
-		if err := json.Unmarshal([]byte(md), &r.Metadata); err != nil {
-			return nil, fmt.Errorf("sqlitestore: event %s: bad metadata: %w", r.ID, err)
-		}
-		out = append(out, r)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("sqlitestore: history: %w", ctxErr(ctx, err))
-	}
-	return out, nil
+	return query(ctx, s.db, "history", s.sql.selectLog+w.String()+" ORDER BY seq DESC LIMIT ?", append(w.args, q.Limit),
+		func(rows *sql.Rows) (r stores.Record, err error) {
+			var typ, state, at, md, recovery, resolution string
+			var lockToken, durMs int64
+			if err := rows.Scan(&r.Seq, &r.ID, &typ, &state, &r.SchemaVersion, &r.Pipeline, &r.ChangeID, &r.Author,
+				&r.ExecutionID, &r.Order, &r.TargetSystem, &r.Host, &r.RunnerID, &lockToken, &at, &durMs,
+				&r.ErrorMessage, &r.ErrorTrace, &md, &recovery, &r.Transactional, &resolution, &r.Operator,
+				&r.Reason); err != nil {
+				return r, err
+			}
+			r.Type, r.Recovery, r.Resolution = events.Type(typ), events.Recovery(recovery), events.Resolution(resolution)
+			r.LockToken, r.Duration = uint64(lockToken), time.Duration(durMs)*time.Millisecond
+			if r.OccurredAt, err = time.Parse(timeLayout, at); err != nil {
+				return r, fmt.Errorf("event %s: bad occurred_at %q: %w", r.ID, at, err)
+			}
+			if err := json.Unmarshal([]byte(md), &r.Metadata); err != nil {
+				return r, fmt.Errorf("event %s: bad metadata: %w", r.ID, err)
+			}
+			return r, nil
+		})
 }
 
 // Issues returns issue rows, most recently changed first.
@@ -390,30 +378,39 @@ func (s *Store) Issues(ctx context.Context, q stores.IssueQuery) ([]stores.Issue
 	w.add("change_id = ?", q.ChangeID, q.ChangeID != "")
 	w.add("status = ?", string(q.Status), q.Status != "")
 	w.add("seq < ?", q.BeforeSeq, q.BeforeSeq != 0)
-	rows, err := s.db.QueryContext(ctx, s.sql.selectIssue+w.String()+" ORDER BY seq DESC LIMIT ?", append(w.args, q.Limit)...)
+	return query(ctx, s.db, "issues", s.sql.selectIssue+w.String()+" ORDER BY seq DESC LIMIT ?", append(w.args, q.Limit),
+		func(rows *sql.Rows) (i stores.Issue, err error) {
+			var status, state, recovery, at string
+			if err := rows.Scan(&i.Pipeline, &i.ChangeID, &status, &state, &i.Seq, &i.EventID, &i.ExecutionID,
+				&i.Author, &i.TargetSystem, &recovery, &i.ErrorMessage, &i.ErrorTrace, &at, &i.Operator,
+				&i.Reason); err != nil {
+				return i, err
+			}
+			i.Status, i.State, i.Recovery = stores.IssueStatus(status), events.State(state), events.Recovery(recovery)
+			if i.UpdatedAt, err = time.Parse(timeLayout, at); err != nil {
+				return i, fmt.Errorf("issue %s/%s: bad updated_at %q: %w", i.Pipeline, i.ChangeID, at, err)
+			}
+			return i, nil
+		})
+}
+
+// query runs a SELECT and scans every row with scan.
+func query[T any](ctx context.Context, db *sql.DB, what, stmt string, args []any, scan func(*sql.Rows) (T, error)) ([]T, error) {
+	rows, err := db.QueryContext(ctx, stmt, args...)
 	if err != nil {
-		return nil, fmt.Errorf("sqlitestore: issues: %w", ctxErr(ctx, err))
+		return nil, fmt.Errorf("sqlitestore: %s: %w", what, ctxErr(ctx, err))
 	}
 	defer rows.Close()
-	var out []stores.Issue
+	var out []T
 	for rows.Next() {
-		var (
-			i                           stores.Issue
-			status, state, recovery, at string
-		)
-		if err := rows.Scan(&i.Pipeline, &i.ChangeID, &status, &state, &i.Seq, &i.EventID, &i.ExecutionID,
-			&i.Author, &i.TargetSystem, &recovery, &i.ErrorMessage, &i.ErrorTrace, &at, &i.Operator,
-			&i.Reason); err != nil {
-			return nil, fmt.Errorf("sqlitestore: issues: %w", ctxErr(ctx, err))
+		v, err := scan(rows)
+		if err != nil {
+			return nil, fmt.Errorf("sqlitestore: %s: %w", what, ctxErr(ctx, err))
 		}
-		i.Status, i.State, i.Recovery = stores.IssueStatus(status), events.State(state), events.Recovery(recovery)
-		if i.UpdatedAt, err = time.Parse(timeLayout, at); err != nil {
-			return nil, fmt.Errorf("sqlitestore: issue %s/%s: bad updated_at %q: %w", i.Pipeline, i.ChangeID, at, err)
-		}
-		out = append(out, i)
+		out = append(out, v)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("sqlitestore: issues: %w", ctxErr(ctx, err))
+		return nil, fmt.Errorf("sqlitestore: %s: %w", what, ctxErr(ctx, err))
 	}
 	return out, nil
 }
