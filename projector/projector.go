@@ -39,8 +39,10 @@ type Config struct {
 	// AckWait is how long the server waits for an ack before redelivering.
 	// Default 30s; batches still being retried are kept alive.
 	AckWait time.Duration
-	// IdleWait is how long an idle worker's fetch waits for a message.
-	// Default 1s.
+	// IdleWait is how long an idle worker's fetch waits for a message
+	// before asking again; it bounds how long shutdown waits for an idle
+	// worker. A message is delivered as soon as it arrives whatever this
+	// is. Default 250ms.
 	IdleWait time.Duration
 	// RetryMax caps the back-off between attempts at a failing store write.
 	// Attempts never stop: an event is acknowledged only once stored.
@@ -83,7 +85,7 @@ func (c *Config) Validate() error {
 	setDefault(&c.BatchSize, DefaultBatchSize)
 	setDefault(&c.MaxAckPending, 4*c.Workers*c.BatchSize)
 	setDefault(&c.AckWait, 30*time.Second)
-	setDefault(&c.IdleWait, time.Second)
+	setDefault(&c.IdleWait, 250*time.Millisecond)
 	setDefault(&c.RetryMax, 10*time.Second)
 	setDefault(&c.ShutdownTimeout, 30*time.Second)
 	setDefault(&c.DeadLetterPrefix, DefaultDeadLetterPrefix)
@@ -232,13 +234,12 @@ func (p *Projector) fetch(ctx context.Context) ([]jetstream.Msg, error) {
 	if err != nil || len(msgs) > 0 {
 		return msgs, err
 	}
-	wctx, cancel := context.WithTimeout(ctx, p.cfg.IdleWait)
-	defer cancel()
-	msgs, err = drain(p.cons.Fetch(1, jetstream.FetchContext(wctx)))
+	// Not FetchContext: a message delivered just as a client-side deadline
+	// fires can be dropped by the client, and then sits unacknowledged for
+	// AckWait. With a server-side expiry the server ends the request, so
+	// nothing it delivered is lost; shutdown waits at most IdleWait.
+	msgs, err = drain(p.cons.Fetch(1, jetstream.FetchMaxWait(p.cfg.IdleWait)))
 	if err != nil || len(msgs) == 0 || p.cfg.BatchSize == 1 {
-		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
-			err = nil // idle
-		}
 		return msgs, err
 	}
 	more, err := drain(p.cons.FetchNoWait(p.cfg.BatchSize - 1))

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/auditflow/auditflow/internal/runnercmd"
 )
@@ -14,7 +15,11 @@ import (
 func runCmd(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
 	var out, errOut bytes.Buffer
+	start := time.Now()
 	code := runnercmd.Main(context.Background(), args, &out, &errOut)
+	if d := time.Since(start); d > 5*time.Second {
+		t.Logf("slow (%s): %v\n%s\n%s", d, args, out.String(), errOut.String())
+	}
 	return code, out.String(), errOut.String()
 }
 
