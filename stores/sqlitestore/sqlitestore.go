@@ -198,9 +198,6 @@ func newQueries(c Config) queries {
 
 func quote(id string) string { return `"` + id + `"` }
 
-// timeLayout is fixed-width so that text order is time order in SQL.
-const timeLayout = "2006-01-02T15:04:05.000000000Z"
-
 // Apply writes the batch in one transaction.
 func (s *Store) Apply(ctx context.Context, b stores.Batch) error {
 	if err := b.Validate(); err != nil {
@@ -215,7 +212,7 @@ func (s *Store) Apply(ctx context.Context, b stores.Batch) error {
 			md, err := json.Marshal(r.Metadata)
 			return append(args, r.Seq, r.ID, string(r.Type), string(r.State()), r.SchemaVersion,
 				r.Pipeline, r.ChangeID, r.Author, r.ExecutionID, r.Order, r.TargetSystem, r.Host, r.RunnerID,
-				int64(r.LockToken), r.OccurredAt.UTC().Format(timeLayout), r.Duration.Milliseconds(),
+				int64(r.LockToken), stores.FormatTime(r.OccurredAt), r.Duration.Milliseconds(),
 				r.ErrorMessage, r.ErrorTrace, string(md), string(r.Recovery), r.Transactional,
 				string(r.Resolution), r.Operator, r.Reason), err
 		})
@@ -227,7 +224,7 @@ func (s *Store) Apply(ctx context.Context, b stores.Batch) error {
 			i := stores.IssueOf(latest[j])
 			return append(args, i.Pipeline, i.ChangeID, string(i.Status), string(i.State), i.Seq,
 				i.EventID, i.ExecutionID, i.Author, i.TargetSystem, string(i.Recovery), i.ErrorMessage,
-				i.ErrorTrace, i.UpdatedAt.UTC().Format(timeLayout), i.Operator, i.Reason), nil
+				i.ErrorTrace, stores.FormatTime(i.UpdatedAt), i.Operator, i.Reason), nil
 		})
 		if err != nil {
 			return fmt.Errorf("upsert issues: %w", err)
@@ -288,14 +285,14 @@ func execRows(ctx context.Context, tx *sql.Tx, m multiRow, n int, args func(i in
 func (s *Store) inTx(ctx context.Context, fn func(*sql.Tx) error) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("sqlitestore: begin: %w", ctxErr(ctx, err))
+		return fmt.Errorf("sqlitestore: begin: %w", stores.ContextError(ctx, err))
 	}
 	if err := fn(tx); err != nil {
 		_ = tx.Rollback()
-		return fmt.Errorf("sqlitestore: %w", ctxErr(ctx, err))
+		return fmt.Errorf("sqlitestore: %w", stores.ContextError(ctx, err))
 	}
 	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("sqlitestore: commit: %w", ctxErr(ctx, err))
+		return fmt.Errorf("sqlitestore: commit: %w", stores.ContextError(ctx, err))
 	}
 	return nil
 }
@@ -308,7 +305,7 @@ func (s *Store) Checkpoint(ctx context.Context, name string) (uint64, error) {
 		return 0, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("sqlitestore: checkpoint %q: %w", name, ctxErr(ctx, err))
+		return 0, fmt.Errorf("sqlitestore: checkpoint %q: %w", name, stores.ContextError(ctx, err))
 	}
 	return uint64(seq), nil
 }
@@ -343,7 +340,7 @@ func (s *Store) History(ctx context.Context, q stores.HistoryQuery) ([]stores.Re
 	w.add("pipeline = ?", q.Pipeline, q.Pipeline != "")
 	w.add("change_id = ?", q.ChangeID, q.ChangeID != "")
 	w.add("state = ?", string(q.State), q.State != "")
-	w.add("occurred_at >= ?", q.Since.UTC().Format(timeLayout), !q.Since.IsZero())
+	w.add("occurred_at >= ?", stores.FormatTime(q.Since), !q.Since.IsZero())
 	w.add("seq < ?", q.BeforeSeq, q.BeforeSeq != 0)
 	return query(ctx, s.db, "history", s.sql.selectLog+w.String()+" ORDER BY seq DESC LIMIT ?", append(w.args, q.Limit),
 		func(rows *sql.Rows) (r stores.Record, err error) {
@@ -357,7 +354,7 @@ func (s *Store) History(ctx context.Context, q stores.HistoryQuery) ([]stores.Re
 			}
 			r.Type, r.Recovery, r.Resolution = events.Type(typ), events.Recovery(recovery), events.Resolution(resolution)
 			r.LockToken, r.Duration = uint64(lockToken), time.Duration(durMs)*time.Millisecond
-			if r.OccurredAt, err = time.Parse(timeLayout, at); err != nil {
+			if r.OccurredAt, err = stores.ParseTime(at); err != nil {
 				return r, fmt.Errorf("event %s: bad occurred_at %q: %w", r.ID, at, err)
 			}
 			if err := json.Unmarshal([]byte(md), &r.Metadata); err != nil {
@@ -387,7 +384,7 @@ func (s *Store) Issues(ctx context.Context, q stores.IssueQuery) ([]stores.Issue
 				return i, err
 			}
 			i.Status, i.State, i.Recovery = stores.IssueStatus(status), events.State(state), events.Recovery(recovery)
-			if i.UpdatedAt, err = time.Parse(timeLayout, at); err != nil {
+			if i.UpdatedAt, err = stores.ParseTime(at); err != nil {
 				return i, fmt.Errorf("issue %s/%s: bad updated_at %q: %w", i.Pipeline, i.ChangeID, at, err)
 			}
 			return i, nil
@@ -398,19 +395,19 @@ func (s *Store) Issues(ctx context.Context, q stores.IssueQuery) ([]stores.Issue
 func query[T any](ctx context.Context, db *sql.DB, what, stmt string, args []any, scan func(*sql.Rows) (T, error)) ([]T, error) {
 	rows, err := db.QueryContext(ctx, stmt, args...)
 	if err != nil {
-		return nil, fmt.Errorf("sqlitestore: %s: %w", what, ctxErr(ctx, err))
+		return nil, fmt.Errorf("sqlitestore: %s: %w", what, stores.ContextError(ctx, err))
 	}
 	defer rows.Close()
 	var out []T
 	for rows.Next() {
 		v, err := scan(rows)
 		if err != nil {
-			return nil, fmt.Errorf("sqlitestore: %s: %w", what, ctxErr(ctx, err))
+			return nil, fmt.Errorf("sqlitestore: %s: %w", what, stores.ContextError(ctx, err))
 		}
 		out = append(out, v)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("sqlitestore: %s: %w", what, ctxErr(ctx, err))
+		return nil, fmt.Errorf("sqlitestore: %s: %w", what, stores.ContextError(ctx, err))
 	}
 	return out, nil
 }
@@ -433,15 +430,6 @@ func (s *Store) Close() error {
 		return s.db.Close()
 	}
 	return nil
-}
-
-// ctxErr prefers the context's error: drivers report cancellation in their
-// own words ("interrupted"), and callers test for context.Canceled.
-func ctxErr(ctx context.Context, err error) error {
-	if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
-		return fmt.Errorf("%w (%v)", cerr, err)
-	}
-	return err
 }
 
 func firstLine(s string) string {

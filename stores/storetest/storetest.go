@@ -62,6 +62,8 @@ func Run(t *testing.T, newStore NewStore, f Features) {
 		{"NamesDoNotCollide", testNamesDoNotCollide},
 		{"InvalidInput", testInvalidInput},
 		{"LargeBatch", testLargeBatch},
+		{"NewerIssueDoesNotHideOthers", testNewerIssueDoesNotHideOthers},
+		{"SparseSequences", testSparseSequences},
 	}
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -686,5 +688,73 @@ func testLargeBatch(t *testing.T, s *suite) {
 	}
 	if i := issueOf(t, st, "p", "c005"); i.Seq != 246 {
 		t.Fatalf("issue c005 seq = %d, want 246 (the last of its 3 events)", i.Seq)
+	}
+}
+
+// testNewerIssueDoesNotHideOthers: in a batch where one change's stored
+// issue is already newer (its write is refused by the sequence guard), the
+// other changes' issues must still be written. Backends that send issue
+// writes in bulk must not stop at the first refusal.
+func testNewerIssueDoesNotHideOthers(t *testing.T, s *suite) {
+	st := s.open(t, "")
+	apply(t, st, rec(100, events.ExecutionSucceeded, "p", "a"))
+	apply(t, st, rec(1, events.ExecutionStarted, "p", "a"), rec(2, events.ExecutionStarted, "p", "b"),
+		rec(3, events.ExecutionFailed, "p", "c"), rec(4, events.ExecutionStarted, "p", "d"))
+	if i := issueOf(t, st, "p", "a"); i.Seq != 100 {
+		t.Fatalf("issue a went back to seq %d", i.Seq)
+	}
+	for change, seq := range map[string]uint64{"b": 2, "c": 3, "d": 4} {
+		if i := issueOf(t, st, "p", change); i.Seq != seq {
+			t.Fatalf("issue %s has seq %d, want %d", change, i.Seq, seq)
+		}
+	}
+}
+
+// testSparseSequences uses stream sequences far apart (a long-lived stream
+// shared with other pipelines), so that backends which bucket or page by
+// sequence cross their boundaries in every query.
+func testSparseSequences(t *testing.T, s *suite) {
+	st := s.open(t, "")
+	seqs := []uint64{1, 255, 256, 257, 4095, 4096, 65_537, 1 << 20, 1<<32 + 7, 1 << 40}
+	var data []stores.Record
+	for i, seq := range seqs {
+		typ := events.ExecutionStarted
+		if i%3 == 2 {
+			typ = events.ExecutionFailed
+		}
+		data = append(data, rec(seq, typ, []string{"p", "q"}[i%2], fmt.Sprintf("c%d", i%4)))
+	}
+	// Apply out of order, in two batches.
+	apply(t, st, data[5:]...)
+	apply(t, st, data[:5]...)
+	wantRecords(t, "all", history(t, st, stores.HistoryQuery{}), newestFirst(data))
+	for _, q := range []stores.HistoryQuery{
+		{Pipeline: "p"}, {ChangeID: "c1"}, {State: events.StateFailed}, {BeforeSeq: 1 << 32}, {BeforeSeq: 4096, Limit: 2},
+		{Pipeline: "q", BeforeSeq: 1 << 20}, {Since: data[6].OccurredAt},
+	} {
+		want := filter(data, q)
+		if q.Limit > 0 && len(want) > q.Limit {
+			want = want[:q.Limit]
+		}
+		wantRecords(t, fmt.Sprintf("History(%+v)", q), history(t, st, q), want)
+	}
+	var paged []stores.Record
+	q := stores.HistoryQuery{Limit: 3}
+	for {
+		page := history(t, st, q)
+		if len(page) == 0 {
+			break
+		}
+		paged = append(paged, page...)
+		q.BeforeSeq = page[len(page)-1].Seq
+	}
+	wantRecords(t, "paged", paged, newestFirst(data))
+	for _, r := range (stores.Batch{Records: data}).LatestPerChange() {
+		if i := issueOf(t, st, r.Pipeline, r.ChangeID); i.Seq != r.Seq {
+			t.Fatalf("issue %s/%s seq %d, want %d", r.Pipeline, r.ChangeID, i.Seq, r.Seq)
+		}
+	}
+	if n, err := st.Checkpoint(context.Background(), "projector"); err != nil || n != 1<<40 {
+		t.Fatalf("checkpoint = %d, %v", n, err)
 	}
 }

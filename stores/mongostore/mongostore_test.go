@@ -1,0 +1,359 @@
+package mongostore_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"sync"
+	"testing"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+	"go.mongodb.org/mongo-driver/v2/mongo/writeconcern"
+
+	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/stores"
+	"github.com/auditflow/auditflow/stores/mongostore"
+	"github.com/auditflow/auditflow/stores/storetest"
+)
+
+const uriEnv = "AUDITFLOW_TEST_MONGO_URI"
+
+// testBatchSize stays under FerretDB's 50-statement limit.
+const testBatchSize = 40
+
+// connect returns a client for the test server and a database name of its
+// own, dropped (with everything every namespace wrote) when tb ends.
+func connect(tb testing.TB) (*mongo.Client, string) {
+	tb.Helper()
+	client, err := mongo.Connect(options.Client().ApplyURI(storetest.ServerAddr(tb, uriEnv)))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = client.Disconnect(context.Background()) })
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	db := "aftest_" + hex.EncodeToString(b)
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := client.Database(db).Drop(ctx); err != nil {
+			tb.Logf("drop %s: %v", db, err)
+		}
+	})
+	return client, db
+}
+
+func TestConformance(t *testing.T) {
+	client, db := connect(t)
+	storetest.Run(t, func(t *testing.T, ns string) stores.Store {
+		s, err := mongostore.New(context.Background(), client, mongostore.Config{
+			Database: db, ChangeLogCollection: ns + "_changeLog", IssuesCollection: ns + "_issues",
+			CheckpointsCollection: ns + "_checkpoints", BatchSize: testBatchSize,
+			Logger: slog.New(slog.NewTextHandler(tlog{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Close() })
+		return s
+	}, storetest.Features{AtomicBatch: false}) // no transactions: see the package doc
+}
+
+// tlog routes a store's log lines to t.Log.
+type tlog struct{ t *testing.T }
+
+func (w tlog) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
+
+func TestConfigErrors(t *testing.T) {
+	client, err := mongo.Connect(options.Client().ApplyURI("mongodb://127.0.0.1:1/")) // never dialled
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = client.Disconnect(context.Background()) }()
+	for _, cfg := range []mongostore.Config{
+		{Database: "a.b"},
+		{Database: "has space"},
+		{ChangeLogCollection: "system.profile"},
+		{IssuesCollection: "$cmd"},
+		{ChangeLogCollection: "same", IssuesCollection: "SAME"},
+		{BatchSize: -1},
+		{BatchSize: mongostore.MaxBatchSize + 1},
+		{WriteConcern: writeconcern.Unacknowledged()},
+	} {
+		if _, err := mongostore.New(context.Background(), client, cfg); !errors.Is(err, stores.ErrInvalidConfig) {
+			t.Errorf("New(%+v) = %v, want ErrInvalidConfig", cfg, err)
+		}
+	}
+	if _, err := mongostore.New(context.Background(), nil, mongostore.Config{}); !errors.Is(err, stores.ErrInvalidConfig) {
+		t.Errorf("New with no client = %v", err)
+	}
+	var cfg mongostore.Config
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Database != "auditflow" || cfg.ChangeLogCollection != "changeLog" || cfg.IssuesCollection != "issues" ||
+		cfg.CheckpointsCollection != "auditCheckpoints" || cfg.BatchSize != mongostore.DefaultBatchSize ||
+		cfg.WriteConcern.W != "majority" || cfg.WriteConcern.Journal == nil || !*cfg.WriteConcern.Journal ||
+		cfg.ReadConcern.Level != "majority" || cfg.ReadPreference.Mode().String() != "primary" {
+		t.Errorf("defaults: %+v", cfg)
+	}
+}
+
+// open returns a store in namespace ns of database db.
+func open(t *testing.T, client *mongo.Client, db, ns string) *mongostore.Store {
+	t.Helper()
+	s, err := mongostore.New(context.Background(), client, mongostore.Config{
+		Database: db, ChangeLogCollection: ns + "_changeLog", IssuesCollection: ns + "_issues",
+		CheckpointsCollection: ns + "_checkpoints", BatchSize: testBatchSize,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func event(seq uint64, typ events.Type, pipeline, change string) stores.Record {
+	e := events.New(typ, pipeline, change)
+	e.ExecutionID = "exec-" + change
+	if typ == events.ExecutionFailed {
+		e.ErrorMessage = "boom"
+	}
+	return stores.Record{Seq: seq, Event: e}
+}
+
+// An issue that is already newer must not stop the rest of its batch.
+// FerretDB stops an unordered update batch at its first failure and says
+// so only by its counts; a store trusting the reported failures alone
+// would drop the other issues.
+func TestNewerIssueDoesNotHideOthers(t *testing.T) {
+	client, db := connect(t)
+	s := open(t, client, db, "newer")
+	ctx := context.Background()
+	if err := s.Apply(ctx, stores.Batch{Checkpoint: "p", Records: []stores.Record{
+		event(10, events.ExecutionSucceeded, "p", "a"), event(11, events.ExecutionSucceeded, "p", "c"),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	batch := []stores.Record{event(5, events.ExecutionStarted, "p", "a")}
+	for i := range 20 {
+		batch = append(batch, event(uint64(20+i), events.ExecutionStarted, "p", fmt.Sprintf("n%02d", i)))
+		if i == 10 {
+			batch = append(batch, event(6, events.ExecutionStarted, "p", "c"))
+		}
+	}
+	if err := s.Apply(ctx, stores.Batch{Checkpoint: "p", Records: batch}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Issues(ctx, stores.IssueQuery{Limit: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seqs := map[string]uint64{}
+	for _, i := range got {
+		seqs[i.ChangeID] = i.Seq
+	}
+	if len(got) != 22 || seqs["a"] != 10 || seqs["c"] != 11 || seqs["n00"] != 20 || seqs["n19"] != 39 {
+		t.Fatalf("issues after a batch with older events: %v", seqs)
+	}
+}
+
+// Writers racing to create one issue converge on the newest event: an
+// upsert that loses the insert race is retried against the winner's
+// document rather than taken for "already newer".
+//
+// It cannot pass on FerretDB v1.24: its update reads the matching document,
+// then writes it back by _id without checking the filter again, so two
+// concurrent conditional updates of one document can lose the newer one.
+// MongoDB applies a filtered update to a document atomically.
+func TestIssueCreationRace(t *testing.T) {
+	client, db := connect(t)
+	if ferretDB(t, client) {
+		t.Skip("FerretDB's updates are not atomic read-modify-writes (see the comment)")
+	}
+	s := open(t, client, db, "race")
+	const writers, rounds = 6, 8
+	for round := range rounds {
+		change := fmt.Sprintf("c%d", round)
+		var wg sync.WaitGroup
+		errs := make(chan error, writers)
+		for w := range writers {
+			wg.Go(func() {
+				r := event(uint64(round*100+w+1), events.ExecutionStarted, "p", change)
+				if err := s.Apply(context.Background(), stores.Batch{Checkpoint: "p", Records: []stores.Record{r}}); err != nil {
+					errs <- err
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		is, err := s.Issues(context.Background(), stores.IssueQuery{Pipeline: "p", ChangeID: change})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := uint64(round*100 + writers); len(is) != 1 || is[0].Seq != want {
+			t.Fatalf("round %d: issues %+v, want one at seq %d", round, is, want)
+		}
+	}
+}
+
+// ferretDB reports whether the server is FerretDB, which says so in buildInfo.
+func ferretDB(t *testing.T, client *mongo.Client) bool {
+	var info bson.Raw
+	if err := client.Database("admin").RunCommand(context.Background(), bson.D{{Key: "buildInfo", Value: 1}}).Decode(&info); err != nil {
+		t.Fatal(err)
+	}
+	_, err := info.LookupErr("ferretdbVersion")
+	return err == nil
+}
+
+// Text the audit must keep byte for byte although FerretDB cannot hold it
+// as a string, metadata keys MongoDB restricts, and times finer than BSON's
+// milliseconds, in filters too.
+func TestExoticValues(t *testing.T) {
+	client, db := connect(t)
+	s := open(t, client, db, "exotic")
+	ctx := context.Background()
+	r := event(1, events.ExecutionFailed, "pipe\x00line", "change\x00id")
+	r.ErrorMessage, r.Author = "nul\x00inside", "not utf-8: \xc3\x28"
+	r.Metadata = map[string]string{"a.b": "dotted", "$x": "dollar", "k\x00": "v\x00"}
+	r.OccurredAt = time.Date(2026, 3, 4, 5, 6, 7, 123456789, time.UTC)
+	r.LockToken = 1<<64 - 1
+	if err := s.Apply(ctx, stores.Batch{Checkpoint: "nul\x00name", Records: []stores.Record{r}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		since time.Time
+		want  int
+	}{{r.OccurredAt, 1}, {r.OccurredAt.Add(-1), 1}, {r.OccurredAt.Add(1), 0}, {r.OccurredAt.Truncate(time.Millisecond), 1}} {
+		got, err := s.History(ctx, stores.HistoryQuery{Pipeline: r.Pipeline, ChangeID: r.ChangeID, Since: c.since})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != c.want {
+			t.Fatalf("History since %s: %d rows, want %d", c.since.Format(time.RFC3339Nano), len(got), c.want)
+		}
+		if c.want == 1 && !reflect.DeepEqual(got[0], r) {
+			t.Fatalf("round trip:\n got %+v\nwant %+v", got[0], r)
+		}
+	}
+	is, err := s.Issues(ctx, stores.IssueQuery{Pipeline: r.Pipeline, ChangeID: r.ChangeID})
+	if err != nil || len(is) != 1 || !reflect.DeepEqual(is[0], stores.IssueOf(r)) {
+		t.Fatalf("issue: %+v, %v; want %+v", is, err, stores.IssueOf(r))
+	}
+	if n, err := s.Checkpoint(ctx, "nul\x00name"); err != nil || n != 1 {
+		t.Fatalf("checkpoint = %d, %v", n, err)
+	}
+}
+
+// BenchmarkApply measures Store.Apply against the driver's raw unordered
+// insert rate of the same documents into a scratch collection without
+// secondary indexes, in the same run. On FerretDB (the test server here)
+// the absolute numbers are FerretDB's, not this store's or MongoDB's: only
+// the ratio store/raw means anything. Keep N small there (FerretDB slows as
+// collections grow) and run it once:
+//
+//	go test -run '^$' -bench Apply -benchtime 1x ./stores/mongostore/
+func BenchmarkApply(b *testing.B) {
+	const (
+		n     = 2000 // events per run
+		batch = 40   // records per Apply, and statements per write command
+	)
+	client, db := connect(b)
+	ctx := context.Background()
+	var storeTime, rawTime time.Duration
+	for i := range b.N {
+		recs := benchEvents(n)
+		s, err := mongostore.New(ctx, client, mongostore.Config{
+			Database: db, ChangeLogCollection: fmt.Sprintf("b%d_changeLog", i),
+			IssuesCollection: fmt.Sprintf("b%d_issues", i), CheckpointsCollection: fmt.Sprintf("b%d_cp", i),
+			BatchSize: batch,
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		start := time.Now()
+		for lo := 0; lo < n; lo += batch {
+			if err := s.Apply(ctx, stores.Batch{Checkpoint: "bench", Records: recs[lo:min(lo+batch, n)]}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		storeTime += time.Since(start)
+
+		raw := client.Database(db).Collection(fmt.Sprintf("b%d_raw", i))
+		docs := make([]any, n)
+		for j, r := range recs {
+			docs[j] = rawDoc(r)
+		}
+		start = time.Now()
+		for lo := 0; lo < n; lo += batch {
+			if _, err := raw.InsertMany(ctx, docs[lo:min(lo+batch, n)], options.InsertMany().SetOrdered(false)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		rawTime += time.Since(start)
+	}
+	total := float64(n * b.N)
+	storeRate, rawRate := total/storeTime.Seconds(), total/rawTime.Seconds()
+	b.ReportMetric(storeRate, "store-events/s")
+	b.ReportMetric(rawRate, "raw-events/s")
+	b.ReportMetric(storeRate/rawRate, "store/raw")
+}
+
+// benchEvents is a stream as runners produce it: changes started and then
+// finished a few events later, one in five failing first and retried.
+func benchEvents(n int) []stores.Record {
+	out := make([]stores.Record, 0, n)
+	base := time.Now().UTC()
+	for c := 0; len(out) < n; c++ {
+		change := fmt.Sprintf("%04d-change", c)
+		steps := []events.Type{events.ExecutionStarted, events.ExecutionSucceeded}
+		if c%5 == 0 {
+			steps = []events.Type{events.ExecutionStarted, events.ExecutionFailed, events.ExecutionStarted, events.ExecutionSucceeded}
+		}
+		for _, typ := range steps {
+			if len(out) == n {
+				break
+			}
+			e := events.New(typ, fmt.Sprintf("service-%d", c%7), change)
+			e.OccurredAt = base.Add(time.Duration(len(out)) * time.Millisecond)
+			e.ExecutionID = fmt.Sprintf("exec-%d", c)
+			e.Author, e.Order, e.TargetSystem = "alice", fmt.Sprintf("%04d", c), "orders-db"
+			e.Host, e.RunnerID, e.LockToken = "host-1", "runner-1", 7
+			e.Duration = 1500 * time.Millisecond
+			e.Metadata = map[string]string{"ticket": "OPS-1"}
+			if typ == events.ExecutionFailed {
+				e.ErrorMessage = "duplicate key value violates unique constraint"
+				e.ErrorTrace = "at migrate()\nat run()\n"
+			}
+			out = append(out, stores.Record{Seq: uint64(len(out) + 1), Event: e})
+		}
+	}
+	return out
+}
+
+// rawDoc is the same event as a plain document of the same fields.
+func rawDoc(r stores.Record) bson.D {
+	return bson.D{
+		{Key: "_id", Value: r.ID}, {Key: "seq", Value: int64(r.Seq)}, {Key: "type", Value: string(r.Type)},
+		{Key: "state", Value: string(r.State())}, {Key: "schemaVersion", Value: int32(r.SchemaVersion)},
+		{Key: "pipeline", Value: r.Pipeline}, {Key: "changeId", Value: r.ChangeID}, {Key: "author", Value: r.Author},
+		{Key: "executionId", Value: r.ExecutionID}, {Key: "order", Value: r.Order},
+		{Key: "targetSystem", Value: r.TargetSystem}, {Key: "host", Value: r.Host}, {Key: "runnerId", Value: r.RunnerID},
+		{Key: "lockToken", Value: int64(r.LockToken)}, {Key: "occurredAt", Value: r.OccurredAt},
+		{Key: "occurredAtNanos", Value: int32(r.OccurredAt.Nanosecond() % 1e6)},
+		{Key: "durationNanos", Value: int64(r.Duration)}, {Key: "errorMessage", Value: r.ErrorMessage},
+		{Key: "errorTrace", Value: r.ErrorTrace},
+		{Key: "metadata", Value: bson.A{bson.D{{Key: "k", Value: "ticket"}, {Key: "v", Value: r.Metadata["ticket"]}}}},
+		{Key: "recovery", Value: string(r.Recovery)}, {Key: "transactional", Value: r.Transactional},
+	}
+}
