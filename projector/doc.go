@@ -1,10 +1,13 @@
 // Package projector consumes the audit stream and materialises it into an
 // audit store.
 //
-// Workers share one durable pull consumer (explicit acks, bounded ack
-// pending, unlimited redelivery). Each worker loops: fetch up to a batch,
-// decode, Apply the batch to the store, and only after Apply returns
-// (the write is durable) acknowledge the batch's messages. A failed write is
+// A projector reads one durable pull consumer (explicit acks, bounded ack
+// pending, unlimited redelivery); several projector processes may share
+// it. In each, one fetcher takes batches, decodes them and routes every
+// event by its change to one of Workers apply loops, so a change's events
+// are applied in stream order by one loop. Each loop applies what has
+// queued for it as one batch, and only after Apply returns (the write is
+// durable) acknowledges the batch's messages. A failed write is
 // retried with back-off, and its messages are kept from redelivery
 // meanwhile; nothing is acknowledged that is not stored, so a crash at any
 // point means redelivery, never loss. Redelivery and replay are harmless

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"strconv"
 	"sync"
@@ -29,7 +30,8 @@ type Config struct {
 	// Consumer is the durable consumer's name, shared by every worker and
 	// process projecting into the same store. Default "projector-<StoreName>".
 	Consumer string
-	// Workers is the number of concurrent fetch-apply-ack loops. Default 2.
+	// Workers is the number of concurrent apply-ack loops fed by one
+	// fetcher; each owns a share of the changes. Default 2.
 	Workers int
 	// BatchSize is the most messages applied in one store write. Default 500.
 	BatchSize int
@@ -95,8 +97,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: workers %d is outside 1..64", ErrInvalidConfig, c.Workers)
 	case c.BatchSize < 1 || c.BatchSize > 10_000:
 		return fmt.Errorf("%w: batch size %d is outside 1..10000", ErrInvalidConfig, c.BatchSize)
-	case c.MaxAckPending < c.BatchSize:
-		return fmt.Errorf("%w: max ack pending %d is below the batch size %d", ErrInvalidConfig, c.MaxAckPending, c.BatchSize)
+	case c.MaxAckPending < c.BatchSize*c.Workers:
+		return fmt.Errorf("%w: max ack pending %d is below batch size × workers (%d)", ErrInvalidConfig, c.MaxAckPending, c.BatchSize*c.Workers)
 	case c.AckWait < time.Second || c.IdleWait <= 0 || c.RetryMax <= 0 || c.ShutdownTimeout <= 0:
 		return fmt.Errorf("%w: ack wait must be at least 1s and other durations positive", ErrInvalidConfig)
 	}
@@ -188,24 +190,44 @@ func (p *Projector) setup(ctx context.Context) error {
 	return nil
 }
 
-// Run projects until ctx is cancelled, then finishes the batch in flight,
-// acknowledges it and returns nil. Failures along the way (fetch errors,
-// store outages) are retried, never returned: the stream keeps every event
-// until it is stored.
+// Run projects until ctx is cancelled, then finishes the batches in
+// flight, acknowledges them and returns nil. Failures along the way (fetch
+// errors, store outages) are retried, never returned: the stream keeps
+// every event until it is stored.
+//
+// One fetcher feeds Workers apply loops, routing each event by its change:
+// all events of a change go to the same loop, in stream order, so a change's
+// events are applied in order and two loops never write one issue at once.
+// (JetStream spreads messages across concurrent pull requests, so workers
+// fetching for themselves would each see every change.)
 func (p *Projector) Run(ctx context.Context) error {
 	p.log.Info("projector running", "stream", p.cfg.Stream.Name, "consumer", p.cfg.Consumer,
 		"workers", p.cfg.Workers, "batch", p.cfg.BatchSize)
+	parts := make([]chan []delivery, p.cfg.Workers)
 	var wg sync.WaitGroup
-	for i := range p.cfg.Workers {
-		wg.Go(func() { p.work(ctx, i) })
+	for i := range parts {
+		parts[i] = make(chan []delivery, 2)
+		wg.Go(func() { p.work(ctx, i, parts[i]) })
+	}
+	p.fetchLoop(ctx, parts)
+	for _, c := range parts {
+		close(c) // the loops store what is queued, then return
 	}
 	wg.Wait()
 	p.log.Info("projector stopped", "applied", p.applied.Load(), "deadLettered", p.deadLettered.Load())
 	return nil
 }
 
-func (p *Projector) work(ctx context.Context, worker int) {
-	log := p.log.With("worker", worker)
+// delivery is a decoded message on its way to an apply loop.
+type delivery struct {
+	msg jetstream.Msg
+	rec stores.Record
+}
+
+// fetchLoop fetches, decodes and routes until ctx is cancelled. Each
+// fetch is split by change and each loop's share handed over whole, so
+// loops apply batches, not the first message they happen to wake up to.
+func (p *Projector) fetchLoop(ctx context.Context, parts []chan []delivery) {
 	fails := backoff.NewExponentialBackOff(backoff.WithMaxInterval(p.cfg.RetryMax), backoff.WithMaxElapsedTime(0))
 	for ctx.Err() == nil {
 		msgs, err := p.fetch(ctx)
@@ -214,23 +236,47 @@ func (p *Projector) work(ctx context.Context, worker int) {
 				break
 			}
 			wait := fails.NextBackOff()
-			log.Warn("fetch failed", "err", err, "retryIn", wait)
+			p.log.Warn("fetch failed", "err", err, "retryIn", wait)
 			sleep(ctx, wait)
 			continue
 		}
 		fails.Reset()
-		if len(msgs) > 0 {
-			p.handle(ctx, log, worker, msgs)
+		shares := make([][]delivery, len(parts))
+		for _, m := range msgs {
+			md, err := m.Metadata()
+			if err != nil { // not a JetStream message: cannot happen on a pull consumer
+				p.log.Error("message without metadata", "subject", m.Subject(), "err", err)
+				continue
+			}
+			e, err := events.Decode(m.Data())
+			if err != nil {
+				dctx, cancel := shutdownContext(ctx, p.cfg.ShutdownTimeout)
+				p.deadLetter(dctx, m, md.Sequence.Stream, err)
+				cancel()
+				continue
+			}
+			h := fnv.New32a()
+			h.Write([]byte(e.Pipeline))
+			h.Write([]byte{0})
+			h.Write([]byte(e.ChangeID))
+			i := h.Sum32() % uint32(len(parts))
+			shares[i] = append(shares[i], delivery{msg: m, rec: stores.Record{Seq: md.Sequence.Stream, Event: e}})
+		}
+		for i, share := range shares {
+			if len(share) > 0 {
+				parts[i] <- share // blocks while that loop is behind: in-flight work stays bounded
+			}
 		}
 	}
 }
 
-// fetch returns up to BatchSize messages without waiting if any are
-// available, and otherwise waits up to IdleWait for the first one (then
-// takes whatever else has arrived), so a busy stream gets full batches and
-// a quiet one low latency.
+// fetch returns up to a batch for every apply loop without waiting if any
+// messages are available, and otherwise waits up to IdleWait for the first
+// one (then takes whatever else has arrived), so a busy stream gets full
+// batches and a quiet one low latency.
 func (p *Projector) fetch(ctx context.Context) ([]jetstream.Msg, error) {
-	msgs, err := drain(p.cons.FetchNoWait(p.cfg.BatchSize))
+	n := p.cfg.BatchSize * p.cfg.Workers
+	msgs, err := drain(p.cons.FetchNoWait(n))
 	if err != nil || len(msgs) > 0 {
 		return msgs, err
 	}
@@ -239,10 +285,10 @@ func (p *Projector) fetch(ctx context.Context) ([]jetstream.Msg, error) {
 	// AckWait. With a server-side expiry the server ends the request, so
 	// nothing it delivered is lost; shutdown waits at most IdleWait.
 	msgs, err = drain(p.cons.Fetch(1, jetstream.FetchMaxWait(p.cfg.IdleWait)))
-	if err != nil || len(msgs) == 0 || p.cfg.BatchSize == 1 {
+	if err != nil || len(msgs) == 0 || n == 1 {
 		return msgs, err
 	}
-	more, err := drain(p.cons.FetchNoWait(p.cfg.BatchSize - 1))
+	more, err := drain(p.cons.FetchNoWait(n - 1))
 	return append(msgs, more...), err
 }
 
@@ -260,40 +306,49 @@ func drain(b jetstream.MessageBatch, err error) ([]jetstream.Msg, error) {
 	return out, nil
 }
 
-// handle decodes a batch, dead-letters what cannot be decoded, stores the
-// rest (retrying until it succeeds) and only then acknowledges.
-func (p *Projector) handle(ctx context.Context, log *slog.Logger, worker int, msgs []jetstream.Msg) {
-	// From here on the batch is finished even if ctx is cancelled, within
+// work applies what the fetcher routes to it, joining the shares that have
+// queued up into batches of at most about BatchSize, until its channel is
+// closed and empty.
+func (p *Projector) work(ctx context.Context, worker int, in <-chan []delivery) {
+	log := p.log.With("worker", worker)
+	for {
+		batch, ok := <-in
+		if !ok {
+			return
+		}
+	more:
+		for len(batch) < p.cfg.BatchSize {
+			select {
+			case share, ok := <-in:
+				if !ok {
+					break more
+				}
+				batch = append(batch, share...)
+			default:
+				break more
+			}
+		}
+		p.apply(ctx, log, worker, batch)
+	}
+}
+
+// apply stores a batch, retrying until it succeeds, and only then
+// acknowledges its messages.
+func (p *Projector) apply(ctx context.Context, log *slog.Logger, worker int, batch []delivery) {
+	// The batch is finished even if ctx is cancelled, within
 	// ShutdownTimeout of the cancellation.
 	bctx, cancel := shutdownContext(ctx, p.cfg.ShutdownTimeout)
 	defer cancel()
-
-	recs := make([]stores.Record, 0, len(msgs))
-	ok := make([]jetstream.Msg, 0, len(msgs))
-	for _, m := range msgs {
-		md, err := m.Metadata()
-		if err != nil { // not a JetStream message: cannot happen on a pull consumer
-			log.Error("message without metadata", "subject", m.Subject(), "err", err)
-			continue
-		}
-		e, err := events.Decode(m.Data())
-		if err != nil {
-			p.deadLetter(bctx, log, m, md.Sequence.Stream, err)
-			continue
-		}
-		recs = append(recs, stores.Record{Seq: md.Sequence.Stream, Event: e})
-		ok = append(ok, m)
+	recs := make([]stores.Record, len(batch))
+	for i, d := range batch {
+		recs[i] = d.rec
 	}
-	if len(recs) == 0 {
-		return
-	}
-	batch := stores.Batch{Checkpoint: p.cfg.Consumer, Records: recs}
 	b := backoff.WithContext(backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxInterval(p.cfg.RetryMax),
 		backoff.WithMaxElapsedTime(0)), bctx)
 	err := backoff.RetryNotify(func() error {
 		start := time.Now()
-		err := p.store.Apply(bctx, batch)
+		err := p.store.Apply(bctx, stores.Batch{Checkpoint: p.cfg.Consumer, Records: recs})
 		p.publishWrite(AuditWrite{Store: p.cfg.StoreName, Consumer: p.cfg.Consumer, Worker: worker,
 			Count: len(recs), FirstSeq: recs[0].Seq, LastSeq: recs[len(recs)-1].Seq,
 			Duration: time.Since(start), At: time.Now().UTC(), Error: errString(err)})
@@ -301,16 +356,16 @@ func (p *Projector) handle(ctx context.Context, log *slog.Logger, worker int, ms
 	}, b, func(err error, wait time.Duration) {
 		p.retries.Add(1)
 		log.Warn("store write failed, retrying", "events", len(recs), "firstSeq", recs[0].Seq, "err", err, "retryIn", wait)
-		for _, m := range ok {
-			_ = m.InProgress() // keep the batch from being redelivered while we retry
+		for _, d := range batch {
+			_ = d.msg.InProgress() // keep the batch from being redelivered while we retry
 		}
 	})
 	if err != nil {
 		log.Warn("batch left unacknowledged for redelivery", "events", len(recs), "firstSeq", recs[0].Seq, "err", err)
 		return
 	}
-	for _, m := range ok {
-		if err := m.Ack(); err != nil {
+	for _, d := range batch {
+		if err := d.msg.Ack(); err != nil {
 			// The write is durable; a lost ack means a harmless redelivery.
 			log.Debug("ack failed", "err", err)
 		}
@@ -321,7 +376,8 @@ func (p *Projector) handle(ctx context.Context, log *slog.Logger, worker int, ms
 
 // deadLetter copies an undecodable message to the dead-letter subject and
 // terminates it, so it never blocks the events behind it.
-func (p *Projector) deadLetter(ctx context.Context, log *slog.Logger, m jetstream.Msg, seq uint64, reason error) {
+func (p *Projector) deadLetter(ctx context.Context, m jetstream.Msg, seq uint64, reason error) {
+	log := p.log
 	dl := &nats.Msg{Subject: p.cfg.DeadLetterPrefix + "." + m.Subject(), Data: m.Data(), Header: nats.Header{}}
 	for k, v := range m.Headers() {
 		dl.Header[k] = v

@@ -1,7 +1,6 @@
 package dynamostore_test
 
 import (
-	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -26,9 +25,10 @@ import (
 
 const endpointEnv = "AUDITFLOW_TEST_DYNAMO_ENDPOINT"
 
-func TestConformance(t *testing.T) {
-	client := newClient(storetest.ServerAddr(t, endpointEnv))
-	storetest.Run(t, func(t *testing.T, ns string) stores.Store {
+// newStore opens stores with the namespace as table prefix; their tables
+// are dropped when the test ends, to keep the in-memory server small.
+func newStore(client *dynamodb.Client) storetest.NewStore {
+	return func(t testing.TB, ns string) stores.Store {
 		prefix := ns + "_"
 		s, err := dynamostore.New(context.Background(), client, dynamostore.Config{TablePrefix: prefix})
 		if err != nil {
@@ -36,10 +36,36 @@ func TestConformance(t *testing.T) {
 		}
 		t.Cleanup(func() {
 			_ = s.Close()
-			dropTables(t, client, prefix) // keep the in-memory server small
+			dropTables(t, client, prefix)
 		})
 		return s
-	}, storetest.Features{AtomicBatch: false}) // no transactions: see the package doc
+	}
+}
+
+func TestConformance(t *testing.T) {
+	client := newClient(storetest.ServerAddr(t, endpointEnv))
+	storetest.Run(t, newStore(client), storetest.Features{AtomicBatch: false}) // no transactions: see the package doc
+}
+
+// BenchmarkProjector compares the projector into DynamoDB with raw
+// BatchWriteItem calls (25 items each) of one plain item per event into a
+// table keyed by event id with no indexes. On dynalite (single-threaded
+// Node.js) only the ratio means anything. Keep it short:
+//
+//	go test ./stores/dynamostore -run '^$' -bench Projector -benchtime 2x
+func BenchmarkProjector(b *testing.B) {
+	client := newClient(storetest.ServerAddr(b, endpointEnv))
+	var tables sync.Map // namespace → *sync.Once creating its raw table
+	storetest.Bench(b, newStore(client), func(ctx context.Context, ns string, recs []stores.Record) error {
+		table := ns + "_raw"
+		once, _ := tables.LoadOrStore(ns, &sync.Once{})
+		once.(*sync.Once).Do(func() { createRawTable(b, client, table) })
+		items := make([]map[string]types.AttributeValue, len(recs))
+		for i, r := range recs {
+			items[i] = rawItem(r)
+		}
+		return rawWrite(ctx, client, table, items)
+	}, storetest.BenchConfig{Events: 2000, BatchSize: 100})
 }
 
 func TestConfigErrors(t *testing.T) {
@@ -221,160 +247,59 @@ func dropTables(tb testing.TB, client *dynamodb.Client, prefix string) {
 	}
 }
 
-// eventSource makes realistic event streams: changes across a few
-// pipelines, most applied on the first attempt, some failing with a stack
-// trace before a retry succeeds.
-type eventSource struct {
-	seq    uint64
-	change int
-	queue  []stores.Record
-}
-
-var trace = strings.Repeat("\tat com.example.orders.Migration0042.apply(Migration0042.java:17)\n", 30) // ~2 KB
-
-func (g *eventSource) next(n int) []stores.Record {
-	for len(g.queue) < n {
-		g.change++
-		pipeline := []string{"billing", "shipping", "identity"}[g.change%3]
-		change := fmt.Sprintf("%04d-migrate-%d", g.change, g.change*7919%1000)
-		steps := []events.Type{events.ExecutionStarted, events.ExecutionSucceeded}
-		if g.change%5 == 0 {
-			steps = []events.Type{events.ExecutionStarted, events.ExecutionFailed, events.ExecutionStarted, events.ExecutionSucceeded}
-		}
-		for i, typ := range steps {
-			g.seq++
-			e := events.New(typ, pipeline, change)
-			e.ExecutionID = fmt.Sprintf("exec-%d-%d", g.change, i/2)
-			e.Author, e.Order, e.TargetSystem = "alice@example.com", fmt.Sprintf("%04d", g.change), "orders-db"
-			e.Host, e.RunnerID, e.LockToken = "runner-host-7", "runner-7f3a", uint64(g.change)
-			e.Metadata = map[string]string{"ticket": fmt.Sprintf("OPS-%d", g.change), "git": "3f9c2e1"}
-			if typ != events.ExecutionStarted {
-				e.Duration = time.Duration(g.change%900) * time.Millisecond
-			}
-			if typ == events.ExecutionFailed {
-				e.ErrorMessage, e.ErrorTrace = "duplicate key value violates unique constraint \"orders_pkey\"", trace
-			}
-			g.queue = append(g.queue, stores.Record{Seq: g.seq, Event: e})
-		}
-	}
-	out := g.queue[:n]
-	g.queue = g.queue[n:]
-	return out
-}
-
-// BenchmarkApply measures Store.Apply against the raw BatchWriteItem rate
-// of the same items on the same server in the same run, so the ratio
-// carries over between machines even though dynalite's absolute numbers do
-// not. Keep it short, e.g.
-//
-//	go test ./stores/dynamostore/ -run '^$' -bench Apply -benchtime 20x -count 1
-//
-// (20 batches of 100 events).
-func BenchmarkApply(b *testing.B) {
-	const batchSize = 100
+func createRawTable(tb testing.TB, client *dynamodb.Client, table string) {
 	ctx := context.Background()
-	client := newClient(storetest.ServerAddr(b, endpointEnv))
-	prefix := fmt.Sprintf("bench%d_", time.Now().UnixNano()%1e9)
-	b.Cleanup(func() { dropTables(b, client, prefix) })
-	cfg := dynamostore.Config{TablePrefix: prefix}
-	st, err := dynamostore.New(ctx, client, cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer st.Close()
-	_ = cfg.Validate() // for the defaults used below
-
-	var (
-		src     eventSource
-		applied int
-		elapsed time.Duration
-	)
-	for b.Loop() {
-		batch := stores.Batch{Checkpoint: "bench", Records: src.next(batchSize)}
-		start := time.Now()
-		if err := st.Apply(ctx, batch); err != nil {
-			b.Fatal(err)
-		}
-		elapsed += time.Since(start)
-		applied += batchSize
-	}
-	b.StopTimer()
-	storeRate := float64(applied) / elapsed.Seconds()
-
-	// Raw: the very items the store wrote to its changeLog, written again
-	// with BatchWriteItem (25 per call, as many calls in flight as the
-	// store uses) into a table that has the same key and no indexes.
-	items := scanAll(b, client, prefix+cfg.ChangeLogTable)
-	raw := prefix + "raw"
 	if _, err := client.CreateTable(ctx, &dynamodb.CreateTableInput{
-		TableName:            aws.String(raw),
+		TableName:            aws.String(table),
 		AttributeDefinitions: []types.AttributeDefinition{{AttributeName: aws.String("id"), AttributeType: types.ScalarAttributeTypeS}},
 		KeySchema:            []types.KeySchemaElement{{AttributeName: aws.String("id"), KeyType: types.KeyTypeHash}},
 		BillingMode:          types.BillingModePayPerRequest,
 	}); err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	if err := dynamodb.NewTableExistsWaiter(client, func(o *dynamodb.TableExistsWaiterOptions) {
 		o.MinDelay, o.MaxDelay = 50*time.Millisecond, time.Second
-	}).Wait(ctx, &dynamodb.DescribeTableInput{TableName: aws.String(raw)}, time.Minute); err != nil {
-		b.Fatal(err)
+	}).Wait(ctx, &dynamodb.DescribeTableInput{TableName: aws.String(table)}, time.Minute); err != nil {
+		tb.Fatal(err)
 	}
-	start := time.Now()
-	rawWrite(b, client, raw, items, cfg.Concurrency)
-	rawRate := float64(len(items)) / time.Since(start).Seconds()
-
-	b.ReportMetric(storeRate, "store-events/s")
-	b.ReportMetric(rawRate, "raw-events/s")
-	b.ReportMetric(storeRate/rawRate, "store/raw")
+	tb.Cleanup(func() { dropTables(tb, client, table) })
 }
 
-func scanAll(tb testing.TB, client *dynamodb.Client, table string) []map[string]types.AttributeValue {
-	var out []map[string]types.AttributeValue
-	pages := dynamodb.NewScanPaginator(client, &dynamodb.ScanInput{TableName: aws.String(table)})
-	for pages.HasMorePages() {
-		page, err := pages.NextPage(context.Background())
-		if err != nil {
-			tb.Fatal(err)
-		}
-		out = append(out, page.Items...)
+// rawItem is one event as a plain item with the event's fields.
+func rawItem(r stores.Record) map[string]types.AttributeValue {
+	s := func(v string) types.AttributeValue { return &types.AttributeValueMemberS{Value: v} }
+	n := func(v any) types.AttributeValue { return &types.AttributeValueMemberN{Value: fmt.Sprint(v)} }
+	item := map[string]types.AttributeValue{
+		"id": s(r.ID), "seq": n(r.Seq), "type": s(string(r.Type)), "state": s(string(r.State())),
+		"schemaVersion": n(r.SchemaVersion), "pipeline": s(r.Pipeline), "changeId": s(r.ChangeID),
+		"author": s(r.Author), "executionId": s(r.ExecutionID), "order": s(r.Order), "targetSystem": s(r.TargetSystem),
+		"host": s(r.Host), "runnerId": s(r.RunnerID), "lockToken": n(r.LockToken),
+		"occurredAt": s(stores.FormatTime(r.OccurredAt)), "durationNanos": n(int64(r.Duration)),
+		"recovery": s(string(r.Recovery)), "transactional": &types.AttributeValueMemberBOOL{Value: r.Transactional},
+		"metadata": &types.AttributeValueMemberM{Value: map[string]types.AttributeValue{"ticket": s(r.Metadata["ticket"])}},
 	}
-	return out
+	if r.ErrorMessage != "" {
+		item["errorMessage"], item["errorTrace"] = s(r.ErrorMessage), s(r.ErrorTrace)
+	}
+	return item
 }
 
-func rawWrite(tb testing.TB, client *dynamodb.Client, table string, items []map[string]types.AttributeValue, workers int) {
-	jobs := make(chan []types.WriteRequest)
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		first error
-	)
-	for range workers {
-		wg.Go(func() {
-			for reqs := range jobs { // drain even after an error, so the feeder never blocks
-				pending := map[string][]types.WriteRequest{table: reqs}
-				for len(pending[table]) > 0 {
-					out, err := client.BatchWriteItem(context.Background(), &dynamodb.BatchWriteItemInput{RequestItems: pending})
-					if err != nil {
-						mu.Lock()
-						first = cmp.Or(first, err)
-						mu.Unlock()
-						break
-					}
-					pending = out.UnprocessedItems
-				}
-			}
-		})
-	}
+// rawWrite writes items with BatchWriteItem, 25 per call, retrying
+// unprocessed items.
+func rawWrite(ctx context.Context, client *dynamodb.Client, table string, items []map[string]types.AttributeValue) error {
 	for c := range slices.Chunk(items, 25) {
 		reqs := make([]types.WriteRequest, len(c))
 		for i, it := range c {
 			reqs[i] = types.WriteRequest{PutRequest: &types.PutRequest{Item: it}}
 		}
-		jobs <- reqs
+		pending := map[string][]types.WriteRequest{table: reqs}
+		for len(pending[table]) > 0 {
+			out, err := client.BatchWriteItem(ctx, &dynamodb.BatchWriteItemInput{RequestItems: pending})
+			if err != nil {
+				return err
+			}
+			pending = out.UnprocessedItems
+		}
 	}
-	close(jobs)
-	wg.Wait()
-	if first != nil {
-		tb.Fatal(first)
-	}
+	return nil
 }

@@ -11,9 +11,9 @@ import (
 	"github.com/auditflow/auditflow/stores/storetest"
 )
 
-func TestConformance(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "audit.db") // one file, many namespaces
-	storetest.Run(t, func(t *testing.T, ns string) stores.Store {
+// newStore opens stores in one file, with the namespace as table prefix.
+func newStore(path string) storetest.NewStore {
+	return func(t testing.TB, ns string) stores.Store {
 		s, err := sqlitestore.Open(context.Background(), path, sqlitestore.Config{
 			ChangeLogTable: ns + "_changeLog", IssuesTable: ns + "_issues", CheckpointsTable: ns + "_checkpoints",
 		})
@@ -22,7 +22,11 @@ func TestConformance(t *testing.T) {
 		}
 		t.Cleanup(func() { _ = s.Close() })
 		return s
-	}, storetest.Features{AtomicBatch: true})
+	}
+}
+
+func TestConformance(t *testing.T) {
+	storetest.Run(t, newStore(filepath.Join(t.TempDir(), "audit.db")), storetest.Features{AtomicBatch: true})
 }
 
 func TestConfigErrors(t *testing.T) {

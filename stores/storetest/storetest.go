@@ -38,7 +38,7 @@ type Features struct {
 // with the same namespace must open the same data; different namespaces must
 // never share data. A namespace is 1 to 24 characters from [a-z0-9_],
 // starting with a letter.
-type NewStore func(t *testing.T, namespace string) stores.Store
+type NewStore func(t testing.TB, namespace string) stores.Store
 
 // Run runs the whole conformance suite.
 func Run(t *testing.T, newStore NewStore, f Features) {

@@ -1,0 +1,197 @@
+package storetest
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/internal/embedded"
+	"github.com/auditflow/auditflow/internal/natstest"
+	"github.com/auditflow/auditflow/producer"
+	"github.com/auditflow/auditflow/projector"
+	"github.com/auditflow/auditflow/stores"
+)
+
+// RawWriter writes records to the backend the fastest way it allows — its
+// bulk primitive, one plain document per event, no idempotency or ordering
+// guards, no issue rows, no secondary indexes beyond the key — into a place
+// of its own (namespace is fresh per call site). It is the baseline the
+// projector is measured against: what the database itself can ingest.
+type RawWriter func(ctx context.Context, namespace string, recs []stores.Record) error
+
+// BenchConfig shapes Bench. Zero fields take the defaults shown.
+type BenchConfig struct {
+	Events    int // events per iteration, default 4000
+	BatchSize int // projector batch and raw chunk, default 500
+	Workers   int // projector workers and raw writers, default 4
+}
+
+// Bench measures, in one run and on the same events, three rates:
+//
+//   - raw-events/s: raw writing the events in chunks of BatchSize from
+//     Workers goroutines;
+//   - apply-events/s: Store.Apply of the same chunks from Workers
+//     goroutines;
+//   - events/s: the whole projector — the events already on an in-process
+//     JetStream stream, Workers workers fetching batches of BatchSize,
+//     decoding, applying and acknowledging — until the last is stored;
+//
+// and reports projector/raw, the figure the store is judged by.
+func Bench(b *testing.B, newStore NewStore, raw RawWriter, cfg BenchConfig) {
+	if cfg.Events == 0 {
+		cfg.Events = 4000
+	}
+	if cfg.BatchSize == 0 {
+		cfg.BatchSize = 500
+	}
+	if cfg.Workers == 0 {
+		cfg.Workers = 4
+	}
+	ctx := context.Background()
+	run := randomID()
+	recs := BenchEvents(cfg.Events)
+	var chunks [][]stores.Record
+	for lo := 0; lo < len(recs); lo += cfg.BatchSize {
+		chunks = append(chunks, recs[lo:min(lo+cfg.BatchSize, len(recs))])
+	}
+	var rawT, applyT, projT time.Duration
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		ns := func(kind string) string { return fmt.Sprintf("bn%s%d%s", run, i, kind) }
+
+		start := time.Now()
+		rawNS := ns("r")
+		if err := parallel(cfg.Workers, chunks, func(c []stores.Record) error { return raw(ctx, rawNS, c) }); err != nil {
+			b.Fatalf("raw: %v", err)
+		}
+		rawT += time.Since(start)
+
+		st := newStore(b, ns("a"))
+		start = time.Now()
+		if err := parallel(cfg.Workers, chunks, func(c []stores.Record) error {
+			return st.Apply(ctx, stores.Batch{Checkpoint: "bench", Records: c})
+		}); err != nil {
+			b.Fatalf("apply: %v", err)
+		}
+		applyT += time.Since(start)
+
+		projT += benchProjector(b, newStore(b, ns("p")), recs, cfg)
+	}
+	n := float64(b.N * len(recs))
+	rawRate, applyRate, projRate := n/rawT.Seconds(), n/applyT.Seconds(), n/projT.Seconds()
+	b.ReportMetric(projRate, "events/s")
+	b.ReportMetric(applyRate, "apply-events/s")
+	b.ReportMetric(rawRate, "raw-events/s")
+	b.ReportMetric(projRate/rawRate, "projector/raw")
+}
+
+// benchProjector publishes recs (untimed), then times a projector storing
+// them all.
+func benchProjector(b *testing.B, st stores.Store, recs []stores.Record, cfg BenchConfig) time.Duration {
+	srv := natstest.StartWith(b, embedded.Config{Logger: slog.New(slog.DiscardHandler)})
+	ctx := context.Background()
+	prod, err := producer.New(ctx, srv.JS, producer.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	batch := prod.NewBatch()
+	for _, r := range recs {
+		if err := batch.Add(r.Event); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if _, err := batch.Wait(ctx); err != nil {
+		b.Fatal(err)
+	}
+	p, err := projector.New(ctx, srv.JS, st, projector.Config{StoreName: "bench", Workers: cfg.Workers, BatchSize: cfg.BatchSize,
+		Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error)
+	start := time.Now()
+	go func() { done <- p.Run(rctx) }()
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer wcancel()
+	if err := p.WaitCaughtUp(wctx); err != nil {
+		b.Fatalf("projector: %v (stats %+v)", err, p.Stats())
+	}
+	elapsed := time.Since(start)
+	cancel()
+	<-done
+	if got := p.Stats().Applied; got != uint64(len(recs)) {
+		b.Fatalf("projector applied %d of %d", got, len(recs))
+	}
+	return elapsed
+}
+
+func parallel(workers int, chunks [][]stores.Record, fn func([]stores.Record) error) error {
+	next := make(chan []stores.Record)
+	errs := make(chan error, workers)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for c := range next {
+				if err := fn(c); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	for _, c := range chunks {
+		select {
+		case next <- c:
+		case err := <-errs:
+			close(next)
+			wg.Wait()
+			return err
+		}
+	}
+	close(next)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return err
+	default:
+		return nil
+	}
+}
+
+// BenchEvents is a stream as runners produce it: changes of seven services
+// started and then finished, one in five failing first and retried.
+// Sequences are 1..n.
+func BenchEvents(n int) []stores.Record {
+	out := make([]stores.Record, 0, n)
+	base := time.Now().UTC()
+	for c := 0; len(out) < n; c++ {
+		change := fmt.Sprintf("%05d-change", c)
+		steps := []events.Type{events.ExecutionStarted, events.ExecutionSucceeded}
+		if c%5 == 0 {
+			steps = []events.Type{events.ExecutionStarted, events.ExecutionFailed, events.ExecutionStarted, events.ExecutionSucceeded}
+		}
+		for _, typ := range steps {
+			if len(out) == n {
+				break
+			}
+			e := events.New(typ, fmt.Sprintf("service-%d", c%7), change)
+			e.OccurredAt = base.Add(time.Duration(len(out)) * time.Millisecond)
+			e.ExecutionID = fmt.Sprintf("exec-%d", c)
+			e.Author, e.Order, e.TargetSystem = "alice@example.com", fmt.Sprintf("%05d", c), "orders-db"
+			e.Host, e.RunnerID, e.LockToken = "deploy-7f9c", "runner-1", 118
+			e.Duration = 1500 * time.Millisecond
+			e.Metadata = map[string]string{"ticket": "OPS-1234"}
+			if typ == events.ExecutionFailed {
+				e.ErrorMessage = "duplicate key value violates unique constraint"
+				e.ErrorTrace = "at migrate()\nat run()\n"
+			}
+			out = append(out, stores.Record{Seq: uint64(len(out) + 1), Event: e})
+		}
+	}
+	return out
+}
