@@ -3,8 +3,11 @@ package projectorcmd_test
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,11 +17,47 @@ import (
 	"github.com/auditflow/auditflow/internal/embedded"
 	"github.com/auditflow/auditflow/internal/projectorcmd"
 	"github.com/auditflow/auditflow/producer"
-	"github.com/auditflow/auditflow/stores"
-	"github.com/auditflow/auditflow/stores/sqlitestore"
+	"github.com/auditflow/auditflow/stores/storetest"
 )
 
-func TestProjectsIntoSQLiteAndStopsCleanly(t *testing.T) {
+// TestEveryStore runs the command into each backend's real server (the
+// ones scripts/testservers.sh starts) and checks that it stores the events
+// and stops cleanly on cancellation.
+func TestEveryStore(t *testing.T) {
+	ns := fmt.Sprintf("cmd%d", time.Now().UnixNano()%1e6)
+	cases := []struct {
+		kind string
+		args func(t *testing.T) []string
+	}{
+		{"sqlite", func(t *testing.T) []string {
+			return []string{"--sqlite-path", filepath.Join(t.TempDir(), "audit.db")}
+		}},
+		{"mongo", func(t *testing.T) []string {
+			t.Setenv("AUDITFLOW_MONGO_URI", storetest.ServerAddr(t, "AUDITFLOW_TEST_MONGO_URI"))
+			return []string{"--mongo-database", ns, "--mongo-batch", "40"}
+		}},
+		{"dynamodb", func(t *testing.T) []string {
+			t.Setenv("AWS_ACCESS_KEY_ID", "test")
+			t.Setenv("AWS_SECRET_ACCESS_KEY", "test")
+			return []string{"--dynamo-endpoint", storetest.ServerAddr(t, "AUDITFLOW_TEST_DYNAMO_ENDPOINT"),
+				"--dynamo-region", "us-east-1", "--dynamo-table-prefix", ns + "_"}
+		}},
+		{"couchbase", func(t *testing.T) []string {
+			t.Setenv("AUDITFLOW_COUCHBASE_PASSWORD", os.Getenv("AUDITFLOW_TEST_COUCHBASE_PASSWORD"))
+			return []string{"--couchbase-connstr", storetest.ServerAddr(t, "AUDITFLOW_TEST_COUCHBASE_CONNSTR"),
+				"--couchbase-user", os.Getenv("AUDITFLOW_TEST_COUCHBASE_USER"), "--couchbase-bucket", os.Getenv("AUDITFLOW_TEST_COUCHBASE_BUCKET"),
+				"--couchbase-scope", "auditflow_test", "--couchbase-collection", ns}
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.kind, func(t *testing.T) {
+			args := append([]string{"--store", c.kind}, c.args(t)...)
+			projectInto(t, args)
+		})
+	}
+}
+
+func projectInto(t *testing.T, storeArgs []string) {
 	srv, err := embedded.Start(embedded.Config{DataDir: t.TempDir(), Port: -1})
 	if err != nil {
 		t.Fatal(err)
@@ -35,33 +74,38 @@ func TestProjectsIntoSQLiteAndStopsCleanly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := range 10 {
-		e := events.New(events.ExecutionStarted, "billing", string(rune('a'+i)))
+	const n = 20
+	for i := range n {
+		e := events.New(events.ExecutionStarted, "billing", fmt.Sprintf("change-%d", i))
 		e.ExecutionID = "x"
 		if _, err := prod.Publish(ctx, e); err != nil {
 			t.Fatal(err)
 		}
 	}
-	db := filepath.Join(t.TempDir(), "audit.db")
 	rctx, cancel := context.WithCancel(ctx)
-	var stderr bytes.Buffer
+	var stderr syncBuffer
 	done := make(chan int)
 	go func() {
-		done <- projectorcmd.Main(rctx, []string{"--nats-url", srv.ClientURL(), "--store", "sqlite", "--sqlite-path", db, "--log-format", "json"}, &stderr)
+		done <- projectorcmd.Main(rctx, append([]string{"--nats-url", srv.ClientURL(), "--log-format", "json"}, storeArgs...), &stderr)
 	}()
-	st, err := sqlitestore.Open(ctx, db, sqlitestore.Config{})
-	if err != nil {
-		t.Fatal(err)
+	cons, err := js.Consumer(ctx, producer.DefaultStreamName, "projector-"+storeArgs[1])
+	for err != nil {
+		time.Sleep(20 * time.Millisecond)
+		cons, err = js.Consumer(ctx, producer.DefaultStreamName, "projector-"+storeArgs[1])
+		select {
+		case code := <-done:
+			t.Fatalf("exit %d before consuming\n%s", code, stderr.String())
+		default:
+		}
 	}
-	defer st.Close()
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
-		rows, _ := st.History(ctx, stores.HistoryQuery{})
-		if len(rows) == 10 {
+		info, err := cons.Info(ctx)
+		if err == nil && info.AckFloor.Stream == n && info.NumAckPending == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("projected %d of 10 events\n%s", len(rows), stderr.String())
+			t.Fatalf("events not all stored and acknowledged: %+v\n%s", info, stderr.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -74,16 +118,41 @@ func TestProjectsIntoSQLiteAndStopsCleanly(t *testing.T) {
 	}
 }
 
+// syncBuffer is a bytes.Buffer safe for the command's goroutine and ours.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
 func TestUsageErrors(t *testing.T) {
-	for name, args := range map[string][]string{
-		"unknown store":  {"--store", "oracle"},
-		"bad log format": {"--log-format", "xml"},
-		"bad table name": {"--sqlite-path", filepath.Join(t.TempDir(), "x.db"), "--sqlite-issues-table", "drop table"},
-		"stray argument": {"now"},
+	t.Setenv("AUDITFLOW_MONGO_URI", "")
+	t.Setenv("AUDITFLOW_COUCHBASE_PASSWORD", "")
+	for name, c := range map[string]struct {
+		args []string
+		flag string // the flag the one-line error must name
+	}{
+		"unknown store":       {[]string{"--store", "oracle"}, "--store"},
+		"bad log format":      {[]string{"--log-format", "xml"}, "--log-format"},
+		"bad table name":      {[]string{"--sqlite-path", filepath.Join(t.TempDir(), "x.db"), "--sqlite-issues-table", "drop table"}, "IssuesTable"},
+		"stray argument":      {[]string{"now"}, "now"},
+		"mongo without uri":   {[]string{"--store", "mongo"}, "--mongo-uri"},
+		"mongo bad concern":   {[]string{"--store", "mongo", "--mongo-uri", "mongodb://x", "--mongo-write-concern", "lots"}, "--mongo-write-concern"},
+		"dynamo billing":      {[]string{"--store", "dynamodb", "--dynamo-billing", "provisioned"}, "--dynamo-read-capacity"},
+		"dynamo endpoint":     {[]string{"--store", "dynamodb", "--dynamo-endpoint", "localhost"}, "--dynamo-endpoint"},
+		"couchbase no pass":   {[]string{"--store", "couchbase", "--couchbase-connstr", "couchbase://x", "--couchbase-bucket", "b", "--couchbase-user", "u"}, "--couchbase-password-file"},
+		"couchbase no bucket": {[]string{"--store", "couchbase", "--couchbase-connstr", "couchbase://x"}, "--couchbase-bucket"},
 	} {
 		var stderr bytes.Buffer
-		if code := projectorcmd.Main(context.Background(), args, &stderr); code != projectorcmd.ExitUsage {
-			t.Errorf("%s: exit %d, want %d\n%s", name, code, projectorcmd.ExitUsage, stderr.String())
+		code := projectorcmd.Main(context.Background(), c.args, &stderr)
+		if code != projectorcmd.ExitUsage || !strings.Contains(stderr.String(), c.flag) {
+			t.Errorf("%s: exit %d, want %d with an error naming %s\n%s", name, code, projectorcmd.ExitUsage, c.flag, stderr.String())
 		}
 	}
 }

@@ -1,0 +1,364 @@
+// Package storeflags holds the command-line configuration of every audit
+// store backend — flags with AUDITFLOW_* environment defaults — and opens
+// the configured one. The projector and the operator tools share it, so a
+// store is configured the same way everywhere.
+//
+// Secrets come from the environment or from files, never from a flag's
+// default shown by -h, and never reach a log: MongoDB URIs are redacted,
+// Couchbase passwords and AWS credentials are not printed at all (AWS uses
+// its standard credential chain: environment, shared files, instance or
+// pod roles).
+package storeflags
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+	"github.com/couchbase/gocb/v2"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+	"go.mongodb.org/mongo-driver/v2/mongo/readconcern"
+	"go.mongodb.org/mongo-driver/v2/mongo/readpref"
+	"go.mongodb.org/mongo-driver/v2/mongo/writeconcern"
+
+	"github.com/auditflow/auditflow/stores"
+	"github.com/auditflow/auditflow/stores/couchbasestore"
+	"github.com/auditflow/auditflow/stores/dynamostore"
+	"github.com/auditflow/auditflow/stores/mongostore"
+	"github.com/auditflow/auditflow/stores/sqlitestore"
+)
+
+// Kinds lists the backends.
+var Kinds = []string{"sqlite", "mongo", "dynamodb", "couchbase"}
+
+// Config is every backend's settings; Kind picks one.
+type Config struct {
+	Kind   string
+	SQLite struct {
+		Path, ChangeLog, Issues, Checkpoints string
+	}
+	Mongo struct {
+		URI, Database, ChangeLog, Issues, Checkpoints string
+		WriteConcern, ReadConcern, ReadPreference     string
+		Journal, SkipIndexes                          bool
+		BatchSize                                     int
+	}
+	Dynamo struct {
+		Region, Endpoint, TablePrefix, ChangeLog, Issues, Checkpoints string
+		Billing                                                       string
+		ReadCapacity, WriteCapacity                                   int64
+		EventuallyConsistent, SkipCreate                              bool
+		Concurrency                                                   int
+	}
+	Couchbase struct {
+		ConnStr, User, PasswordFile, Bucket, Scope, Collection, Durability string
+		Concurrency                                                        int
+		Timeout                                                            time.Duration
+		password                                                           string
+	}
+}
+
+func env(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok {
+		return v
+	}
+	return def
+}
+
+// RegisterFlags adds --store and every backend's flags.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.Kind, "store", env("AUDITFLOW_STORE", "sqlite"), "audit store: "+strings.Join(Kinds, ", ")+" [AUDITFLOW_STORE]")
+
+	s := &c.SQLite
+	fs.StringVar(&s.Path, "sqlite-path", env("AUDITFLOW_SQLITE_PATH", "auditflow.db"), "SQLite: database file [AUDITFLOW_SQLITE_PATH]")
+	fs.StringVar(&s.ChangeLog, "sqlite-changelog-table", sqlitestore.DefaultChangeLogTable, "SQLite: changeLog table")
+	fs.StringVar(&s.Issues, "sqlite-issues-table", sqlitestore.DefaultIssuesTable, "SQLite: issues table")
+	fs.StringVar(&s.Checkpoints, "sqlite-checkpoints-table", sqlitestore.DefaultCheckpointsTable, "SQLite: checkpoints table")
+
+	m := &c.Mongo
+	fs.StringVar(&m.URI, "mongo-uri", "", "MongoDB: connection URI; pool sizes, TLS, auth source and replica set are URI options (default $AUDITFLOW_MONGO_URI; prefer the variable: it keeps the password out of ps)")
+	fs.StringVar(&m.Database, "mongo-database", env("AUDITFLOW_MONGO_DATABASE", mongostore.DefaultDatabase), "MongoDB: database, a dedicated one or the target system's own [AUDITFLOW_MONGO_DATABASE]")
+	fs.StringVar(&m.ChangeLog, "mongo-changelog-collection", mongostore.DefaultChangeLogCollection, "MongoDB: changeLog collection")
+	fs.StringVar(&m.Issues, "mongo-issues-collection", mongostore.DefaultIssuesCollection, "MongoDB: issues collection")
+	fs.StringVar(&m.Checkpoints, "mongo-checkpoints-collection", mongostore.DefaultCheckpointsCollection, "MongoDB: checkpoints collection")
+	fs.StringVar(&m.WriteConcern, "mongo-write-concern", "majority", "MongoDB: write concern w: majority or a number of nodes")
+	fs.BoolVar(&m.Journal, "mongo-journal", true, "MongoDB: write concern j (wait for the journal)")
+	fs.StringVar(&m.ReadConcern, "mongo-read-concern", "majority", "MongoDB: read concern: majority, local or linearizable")
+	fs.StringVar(&m.ReadPreference, "mongo-read-preference", "primary", "MongoDB: read preference: primary, primaryPreferred, secondary, secondaryPreferred or nearest")
+	fs.IntVar(&m.BatchSize, "mongo-batch", mongostore.DefaultBatchSize, "MongoDB: most statements per write command (below 50 on FerretDB)")
+	fs.BoolVar(&m.SkipIndexes, "mongo-skip-indexes", false, "MongoDB: do not create indexes (they are managed elsewhere)")
+
+	d := &c.Dynamo
+	fs.StringVar(&d.Region, "dynamo-region", env("AUDITFLOW_DYNAMO_REGION", ""), "DynamoDB: region (default from the AWS config: AWS_REGION, profile) [AUDITFLOW_DYNAMO_REGION]")
+	fs.StringVar(&d.Endpoint, "dynamo-endpoint", env("AUDITFLOW_DYNAMO_ENDPOINT", ""), "DynamoDB: endpoint override, e.g. http://localhost:8000 for DynamoDB Local [AUDITFLOW_DYNAMO_ENDPOINT]")
+	fs.StringVar(&d.TablePrefix, "dynamo-table-prefix", env("AUDITFLOW_DYNAMO_TABLE_PREFIX", ""), "DynamoDB: prefix of every table name [AUDITFLOW_DYNAMO_TABLE_PREFIX]")
+	fs.StringVar(&d.ChangeLog, "dynamo-changelog-table", dynamostore.DefaultChangeLogTable, "DynamoDB: changeLog table (after the prefix)")
+	fs.StringVar(&d.Issues, "dynamo-issues-table", dynamostore.DefaultIssuesTable, "DynamoDB: issues table (after the prefix)")
+	fs.StringVar(&d.Checkpoints, "dynamo-checkpoints-table", dynamostore.DefaultCheckpointsTable, "DynamoDB: checkpoints table (after the prefix)")
+	fs.StringVar(&d.Billing, "dynamo-billing", "on-demand", "DynamoDB: billing mode of created tables: on-demand or provisioned")
+	fs.Int64Var(&d.ReadCapacity, "dynamo-read-capacity", 0, "DynamoDB: read capacity units per table and index (provisioned)")
+	fs.Int64Var(&d.WriteCapacity, "dynamo-write-capacity", 0, "DynamoDB: write capacity units per table and index (provisioned)")
+	fs.BoolVar(&d.EventuallyConsistent, "dynamo-eventually-consistent", false, "DynamoDB: eventually consistent reads (half the cost; checkpoints may read stale)")
+	fs.BoolVar(&d.SkipCreate, "dynamo-skip-create-tables", false, "DynamoDB: do not create tables (they come from infrastructure code)")
+	fs.IntVar(&d.Concurrency, "dynamo-concurrency", dynamostore.DefaultConcurrency, "DynamoDB: requests in flight per store call")
+
+	cb := &c.Couchbase
+	fs.StringVar(&cb.ConnStr, "couchbase-connstr", env("AUDITFLOW_COUCHBASE_CONNSTR", ""), "Couchbase: connection string, e.g. couchbases://cb.example.com [AUDITFLOW_COUCHBASE_CONNSTR]")
+	fs.StringVar(&cb.User, "couchbase-user", env("AUDITFLOW_COUCHBASE_USER", ""), "Couchbase: user [AUDITFLOW_COUCHBASE_USER]")
+	fs.StringVar(&cb.PasswordFile, "couchbase-password-file", env("AUDITFLOW_COUCHBASE_PASSWORD_FILE", ""), "Couchbase: file holding the password; or set AUDITFLOW_COUCHBASE_PASSWORD [AUDITFLOW_COUCHBASE_PASSWORD_FILE]")
+	fs.StringVar(&cb.Bucket, "couchbase-bucket", env("AUDITFLOW_COUCHBASE_BUCKET", ""), "Couchbase: bucket (must exist) [AUDITFLOW_COUCHBASE_BUCKET]")
+	fs.StringVar(&cb.Scope, "couchbase-scope", env("AUDITFLOW_COUCHBASE_SCOPE", couchbasestore.DefaultScope), "Couchbase: scope, created if missing [AUDITFLOW_COUCHBASE_SCOPE]")
+	fs.StringVar(&cb.Collection, "couchbase-collection", env("AUDITFLOW_COUCHBASE_COLLECTION", couchbasestore.DefaultCollection), "Couchbase: collection, created if missing [AUDITFLOW_COUCHBASE_COLLECTION]")
+	fs.StringVar(&cb.Durability, "couchbase-durability", "majority", "Couchbase: none, majority, majorityAndPersistActive or persistToMajority")
+	fs.IntVar(&cb.Concurrency, "couchbase-concurrency", couchbasestore.DefaultConcurrency, "Couchbase: KV operations in flight per store call")
+	fs.DurationVar(&cb.Timeout, "couchbase-timeout", 0, "Couchbase: per-operation KV timeout (0: the SDK's)")
+}
+
+// Validate checks the selected backend's settings and names the flag at
+// fault. It reads secrets from the environment or their files.
+func (c *Config) Validate() error {
+	switch c.Kind {
+	case "sqlite":
+		if c.SQLite.Path == "" {
+			return errors.New("--sqlite-path: required with --store sqlite")
+		}
+	case "mongo":
+		if c.Mongo.URI == "" {
+			c.Mongo.URI = os.Getenv("AUDITFLOW_MONGO_URI")
+		}
+		if c.Mongo.URI == "" {
+			return errors.New("--mongo-uri (or AUDITFLOW_MONGO_URI): required with --store mongo")
+		}
+		if !strings.HasPrefix(c.Mongo.URI, "mongodb://") && !strings.HasPrefix(c.Mongo.URI, "mongodb+srv://") {
+			return errors.New("--mongo-uri: want mongodb:// or mongodb+srv://")
+		}
+		if _, err := c.writeConcern(); err != nil {
+			return err
+		}
+		if _, err := c.readPref(); err != nil {
+			return err
+		}
+		switch c.Mongo.ReadConcern {
+		case "majority", "local", "linearizable":
+		default:
+			return fmt.Errorf("--mongo-read-concern: want majority, local or linearizable, got %q", c.Mongo.ReadConcern)
+		}
+	case "dynamodb":
+		switch c.Dynamo.Billing {
+		case "on-demand":
+		case "provisioned":
+			if c.Dynamo.ReadCapacity < 1 || c.Dynamo.WriteCapacity < 1 {
+				return errors.New("--dynamo-read-capacity and --dynamo-write-capacity: required (at least 1) with --dynamo-billing provisioned")
+			}
+		default:
+			return fmt.Errorf("--dynamo-billing: want on-demand or provisioned, got %q", c.Dynamo.Billing)
+		}
+		if c.Dynamo.Endpoint != "" {
+			if u, err := url.Parse(c.Dynamo.Endpoint); err != nil || u.Scheme == "" || u.Host == "" {
+				return fmt.Errorf("--dynamo-endpoint: %q is not a URL like http://localhost:8000", c.Dynamo.Endpoint)
+			}
+		}
+	case "couchbase":
+		cb := &c.Couchbase
+		switch {
+		case cb.ConnStr == "":
+			return errors.New("--couchbase-connstr: required with --store couchbase")
+		case cb.Bucket == "":
+			return errors.New("--couchbase-bucket: required with --store couchbase")
+		case cb.User == "":
+			return errors.New("--couchbase-user: required with --store couchbase")
+		}
+		cb.password = os.Getenv("AUDITFLOW_COUCHBASE_PASSWORD")
+		if cb.PasswordFile != "" {
+			b, err := os.ReadFile(cb.PasswordFile)
+			if err != nil {
+				return fmt.Errorf("--couchbase-password-file: %w", err)
+			}
+			cb.password = strings.TrimRight(string(b), "\r\n")
+		}
+		if cb.password == "" {
+			return errors.New("--couchbase-password-file (or AUDITFLOW_COUCHBASE_PASSWORD): required with --store couchbase")
+		}
+		if _, err := c.durability(); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("--store: want one of %s, got %q", strings.Join(Kinds, ", "), c.Kind)
+	}
+	return nil
+}
+
+func (c *Config) writeConcern() (*writeconcern.WriteConcern, error) {
+	j := c.Mongo.Journal
+	if c.Mongo.WriteConcern == "majority" {
+		return &writeconcern.WriteConcern{W: writeconcern.WCMajority, Journal: &j}, nil
+	}
+	n, err := strconv.Atoi(c.Mongo.WriteConcern)
+	if err != nil || n < 1 {
+		return nil, fmt.Errorf("--mongo-write-concern: want majority or a number of nodes ≥ 1, got %q", c.Mongo.WriteConcern)
+	}
+	return &writeconcern.WriteConcern{W: n, Journal: &j}, nil
+}
+
+func (c *Config) readPref() (*readpref.ReadPref, error) {
+	mode, err := readpref.ModeFromString(c.Mongo.ReadPreference)
+	if err != nil {
+		return nil, fmt.Errorf("--mongo-read-preference: %w", err)
+	}
+	return readpref.New(mode)
+}
+
+func (c *Config) durability() (gocb.DurabilityLevel, error) {
+	switch c.Couchbase.Durability {
+	case "none":
+		return gocb.DurabilityLevelNone, nil
+	case "majority":
+		return gocb.DurabilityLevelMajority, nil
+	case "majorityAndPersistActive":
+		return gocb.DurabilityLevelMajorityAndPersistOnMaster, nil
+	case "persistToMajority":
+		return gocb.DurabilityLevelPersistToMajority, nil
+	}
+	return 0, fmt.Errorf("--couchbase-durability: want none, majority, majorityAndPersistActive or persistToMajority, got %q", c.Couchbase.Durability)
+}
+
+// Describe names the configured store for logs, without secrets.
+func (c *Config) Describe() string {
+	switch c.Kind {
+	case "sqlite":
+		return "sqlite " + c.SQLite.Path
+	case "mongo":
+		return "mongo " + RedactURI(c.Mongo.URI) + " database " + c.Mongo.Database
+	case "dynamodb":
+		where := c.Dynamo.Region
+		if c.Dynamo.Endpoint != "" {
+			where = c.Dynamo.Endpoint
+		}
+		return "dynamodb " + where + " tables " + c.Dynamo.TablePrefix + "*"
+	case "couchbase":
+		return "couchbase " + c.Couchbase.ConnStr + " " + c.Couchbase.Bucket + "." + c.Couchbase.Scope + "." + c.Couchbase.Collection
+	}
+	return c.Kind
+}
+
+// RedactURI hides the password of a URI.
+func RedactURI(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(unparseable URI)"
+	}
+	if _, has := u.User.Password(); has {
+		u.User = url.UserPassword(u.User.Username(), "redacted")
+	}
+	return u.String()
+}
+
+// Open validates the configuration and opens the store; the returned
+// close function closes the store and its client.
+func (c *Config) Open(ctx context.Context, log *slog.Logger) (stores.Store, func(), error) {
+	if err := c.Validate(); err != nil {
+		return nil, nil, fmt.Errorf("%w: %w", stores.ErrInvalidConfig, err)
+	}
+	switch c.Kind {
+	case "sqlite":
+		s := c.SQLite
+		st, err := sqlitestore.Open(ctx, s.Path, sqlitestore.Config{ChangeLogTable: s.ChangeLog, IssuesTable: s.Issues, CheckpointsTable: s.Checkpoints})
+		if err != nil {
+			return nil, nil, err
+		}
+		return st, func() { _ = st.Close() }, nil
+	case "mongo":
+		return c.openMongo(ctx, log)
+	case "dynamodb":
+		return c.openDynamo(ctx, log)
+	default:
+		return c.openCouchbase(ctx, log)
+	}
+}
+
+func (c *Config) openMongo(ctx context.Context, log *slog.Logger) (stores.Store, func(), error) {
+	m := c.Mongo
+	wc, _ := c.writeConcern()
+	rp, _ := c.readPref()
+	client, err := mongo.Connect(options.Client().ApplyURI(m.URI).SetAppName("auditflow"))
+	if err != nil {
+		return nil, nil, fmt.Errorf("mongo: %s: %w", RedactURI(m.URI), err)
+	}
+	closeClient := func() { _ = client.Disconnect(context.Background()) }
+	st, err := mongostore.New(ctx, client, mongostore.Config{
+		Database: m.Database, ChangeLogCollection: m.ChangeLog, IssuesCollection: m.Issues,
+		CheckpointsCollection: m.Checkpoints, WriteConcern: wc, ReadConcern: &readconcern.ReadConcern{Level: m.ReadConcern},
+		ReadPreference: rp, BatchSize: m.BatchSize, SkipIndexes: m.SkipIndexes, Logger: log,
+	})
+	if err != nil {
+		closeClient()
+		return nil, nil, fmt.Errorf("mongo %s: %w (check the URI, that the user may read and write database %s and create indexes)", RedactURI(m.URI), err, m.Database)
+	}
+	return st, func() { _ = st.Close(); closeClient() }, nil
+}
+
+func (c *Config) openDynamo(ctx context.Context, log *slog.Logger) (stores.Store, func(), error) {
+	d := c.Dynamo
+	var opts []func(*awsconfig.LoadOptions) error
+	if d.Region != "" {
+		opts = append(opts, awsconfig.WithRegion(d.Region))
+	}
+	awsCfg, err := awsconfig.LoadDefaultConfig(ctx, opts...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("dynamodb: AWS configuration: %w", err)
+	}
+	if awsCfg.Region == "" {
+		return nil, nil, fmt.Errorf("%w: --dynamo-region (or AWS_REGION): no region configured", stores.ErrInvalidConfig)
+	}
+	client := dynamodb.NewFromConfig(awsCfg, func(o *dynamodb.Options) {
+		if d.Endpoint != "" {
+			o.BaseEndpoint = aws.String(d.Endpoint)
+		}
+	})
+	billing := types.BillingModePayPerRequest
+	if d.Billing == "provisioned" {
+		billing = types.BillingModeProvisioned
+	}
+	st, err := dynamostore.New(ctx, client, dynamostore.Config{
+		TablePrefix: d.TablePrefix, ChangeLogTable: d.ChangeLog, IssuesTable: d.Issues, CheckpointsTable: d.Checkpoints,
+		EventuallyConsistentReads: d.EventuallyConsistent, BillingMode: billing, ReadCapacity: d.ReadCapacity,
+		WriteCapacity: d.WriteCapacity, SkipCreateTables: d.SkipCreate, Concurrency: d.Concurrency, Logger: log,
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("dynamodb: %w (check the region/endpoint, the credentials, and permission to describe, create, read and write tables %s*)", err, d.TablePrefix)
+	}
+	return st, func() { _ = st.Close() }, nil
+}
+
+func (c *Config) openCouchbase(ctx context.Context, log *slog.Logger) (stores.Store, func(), error) {
+	cb := c.Couchbase
+	dur, _ := c.durability()
+	cluster, err := gocb.Connect(cb.ConnStr, gocb.ClusterOptions{
+		Authenticator: gocb.PasswordAuthenticator{Username: cb.User, Password: cb.password},
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("couchbase %s: %w", cb.ConnStr, err)
+	}
+	closeCluster := func() { _ = cluster.Close(nil) }
+	st, err := couchbasestore.New(ctx, cluster, couchbasestore.Config{
+		Bucket: cb.Bucket, Scope: cb.Scope, Collection: cb.Collection, Durability: dur,
+		Concurrency: cb.Concurrency, OpTimeout: cb.Timeout, Logger: log,
+	})
+	if err != nil {
+		closeCluster()
+		return nil, nil, fmt.Errorf("couchbase %s: %w (check the connection string, user %s's access to bucket %s, and that it may create scopes and collections)", cb.ConnStr, err, cb.User, cb.Bucket)
+	}
+	return st, func() { _ = st.Close(); closeCluster() }, nil
+}
