@@ -67,6 +67,14 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	return o, nil
 }
 
+// CheckArgs reports whether args are valid projector flags with a valid
+// store configuration, without connecting to anything (for deployment
+// files' tests).
+func CheckArgs(args []string) error {
+	_, err := parse(args, io.Discard)
+	return err
+}
+
 // Main runs the command and returns its exit code.
 func Main(ctx context.Context, args []string, stderr io.Writer) int {
 	o, err := parse(args, stderr)

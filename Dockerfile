@@ -1,0 +1,18 @@
+# Builds the runner and projector into one small image. Pure Go (the SQLite
+# driver needs no cgo), so the binaries are static. The final image keeps a
+# shell because change files run their commands with sh -c.
+FROM golang:1.26 AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+RUN CGO_ENABLED=0 go build -trimpath -ldflags=-s -o /out/runner ./cmd/runner && \
+    CGO_ENABLED=0 go build -trimpath -ldflags=-s -o /out/projector ./cmd/projector
+
+FROM alpine:3.22
+RUN adduser -D -H -u 10001 auditflow && mkdir -p /var/lib/auditflow && chown auditflow /var/lib/auditflow
+COPY --from=build /out/runner /out/projector /usr/local/bin/
+COPY examples /examples
+USER auditflow
+WORKDIR /var/lib/auditflow
+ENTRYPOINT []
