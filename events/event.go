@@ -1,6 +1,8 @@
 package events
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"time"
 
 	"github.com/google/uuid"
@@ -8,8 +10,9 @@ import (
 
 // SchemaVersion is the newest schema version this package writes and reads.
 // Decoders reject events with a newer version instead of dropping fields
-// they do not understand.
-const SchemaVersion = 1
+// they do not understand. Version 2 added prevHash; version 1 events (no
+// prevHash) are still read.
+const SchemaVersion = 2
 
 // Type is the kind of an event. Names are past tense: each records a fact.
 type Type string
@@ -129,6 +132,18 @@ type Event struct {
 	Resolution Resolution
 	Operator   string
 	Reason     string
+	// PrevHash chains the events of a change: Hash of the exact bytes of
+	// the change's previous event on the stream, "" for its first event
+	// (or from a writer that does not chain). Altering a stored event
+	// breaks the link from its successor, which verify reports.
+	PrevHash string
+}
+
+// Hash is the hash an event's successor carries in PrevHash: "sha256:"
+// and the hex SHA-256 of the event's exact bytes as published.
+func Hash(encoded []byte) string {
+	sum := sha256.Sum256(encoded)
+	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
 // NewID returns a new time-ordered event id (UUIDv7), so ids sort roughly by

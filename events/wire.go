@@ -15,7 +15,7 @@ const (
 	TypePrefix      = "io.auditflow."    // CloudEvents type = TypePrefix + Type
 	DataContentType = "application/json" // the only data encoding accepted
 	// DataSchemaURI names the JSON Schema of data (see schema/).
-	DataSchemaURI = "https://auditflow.dev/schemas/execution-event/v1.json"
+	DataSchemaURI = "https://auditflow.dev/schemas/execution-event/v2.json"
 	// SourcePrefix starts the CloudEvents source: SourcePrefix + pipeline.
 	SourcePrefix = "urn:auditflow:pipeline:"
 
@@ -61,6 +61,7 @@ type data struct {
 	Resolution    Resolution        `json:"resolution,omitempty"`
 	Operator      string            `json:"operator,omitempty"`
 	Reason        string            `json:"reason,omitempty"`
+	PrevHash      string            `json:"prevHash,omitempty"`
 }
 
 // Encode validates e and returns its CloudEvents JSON. Duration is written
@@ -82,7 +83,7 @@ func Encode(e Event) ([]byte, error) {
 		RunnerID: e.RunnerID, LockToken: e.LockToken, DurationMs: e.Duration.Milliseconds(),
 		ErrorMessage: e.ErrorMessage, ErrorTrace: e.ErrorTrace, Metadata: e.Metadata,
 		Recovery: e.Recovery, Transactional: e.Transactional, Resolution: e.Resolution,
-		Operator: e.Operator, Reason: e.Reason,
+		Operator: e.Operator, Reason: e.Reason, PrevHash: e.PrevHash,
 	})
 	if err != nil {
 		return nil, err
@@ -117,7 +118,7 @@ func Decode(b []byte) (Event, error) {
 	// A newer producer's event must say "newer version", not "unknown
 	// field": on any failure, or a version other than ours, look at the
 	// version alone before blaming a field.
-	if strictErr != nil || d.SchemaVersion == nil || *d.SchemaVersion != SchemaVersion {
+	if strictErr != nil || d.SchemaVersion == nil || *d.SchemaVersion < 1 || *d.SchemaVersion > SchemaVersion {
 		if err := checkVersion(env.Data); err != nil {
 			return Event{}, err
 		}
@@ -159,6 +160,7 @@ func Decode(b []byte) (Event, error) {
 		Duration: time.Duration(d.DurationMs) * time.Millisecond, ErrorMessage: d.ErrorMessage,
 		ErrorTrace: d.ErrorTrace, Metadata: d.Metadata, Recovery: d.Recovery,
 		Transactional: d.Transactional, Resolution: d.Resolution, Operator: d.Operator, Reason: d.Reason,
+		PrevHash: d.PrevHash,
 	}
 	if err := Validate(e); err != nil {
 		return Event{}, err
@@ -220,6 +222,14 @@ func Validate(e Event) error {
 	for k := range e.Metadata {
 		if k == "" {
 			return fieldErr(ErrInvalidField, "data.metadata", "empty key")
+		}
+	}
+	if e.PrevHash != "" {
+		if e.SchemaVersion < 2 {
+			return fieldErr(ErrInvalidField, "data.prevHash", "needs schemaVersion 2")
+		}
+		if h, ok := strings.CutPrefix(e.PrevHash, "sha256:"); !ok || len(h) != 64 || strings.Trim(h, "0123456789abcdef") != "" {
+			return fieldErr(ErrInvalidField, "data.prevHash", "want sha256: and 64 lower-case hex digits")
 		}
 	}
 	if e.Type == ManuallyResolved {

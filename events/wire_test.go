@@ -23,6 +23,7 @@ func sample(t events.Type) events.Event {
 	e.Duration = 1500 * time.Millisecond
 	e.Metadata = map[string]string{"ticket": "OPS-7", "ünïcode": "✓"}
 	e.Recovery, e.Transactional = events.AlwaysRetry, true
+	e.PrevHash = events.Hash([]byte("the previous event"))
 	switch t {
 	case events.ExecutionFailed, events.RollbackFailed:
 		e.ErrorMessage, e.ErrorTrace = "duplicate key", "trace\n\tat line 1"
@@ -102,7 +103,9 @@ func TestDecodeErrors(t *testing.T) {
 		{"no data", edit(func(e, d map[string]any) { delete(e, "data") }), events.ErrMissingField, "data"},
 		{"unknown type", edit(func(e, d map[string]any) { e["type"] = "io.auditflow.ExecutionExploded" }), events.ErrUnknownType, "type"},
 		{"foreign type", edit(func(e, d map[string]any) { e["type"] = "com.example.Thing" }), events.ErrUnknownType, "type"},
-		{"newer version", edit(func(e, d map[string]any) { d["schemaVersion"] = 2; d["newField"] = 1 }), events.ErrUnsupportedVersion, "data.schemaVersion"},
+		{"newer version", edit(func(e, d map[string]any) { d["schemaVersion"] = 3; d["newField"] = 1 }), events.ErrUnsupportedVersion, "data.schemaVersion"},
+		{"bad prev hash", edit(func(e, d map[string]any) { d["prevHash"] = "md5:abc" }), events.ErrInvalidField, "data.prevHash"},
+		{"prev hash in v1", edit(func(e, d map[string]any) { d["schemaVersion"] = 1; d["prevHash"] = events.Hash([]byte("x")) }), events.ErrInvalidField, "data.prevHash"},
 		{"version zero", edit(func(e, d map[string]any) { d["schemaVersion"] = 0 }), events.ErrUnsupportedVersion, "data.schemaVersion"},
 		{"version string", edit(func(e, d map[string]any) { d["schemaVersion"] = "1" }), events.ErrUnsupportedVersion, "data.schemaVersion"},
 		{"no version", edit(func(e, d map[string]any) { delete(d, "schemaVersion") }), events.ErrMissingField, "data.schemaVersion"},

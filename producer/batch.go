@@ -71,11 +71,11 @@ func (b *Batch) Wait(ctx context.Context) ([]uint64, error) {
 			errs = append(errs, fmt.Errorf("event %s: %w", b.events[i].ID, err))
 			continue
 		}
-		seq, err := b.p.Publish(ctx, b.events[i])
+		h, err := b.p.Publish(ctx, b.events[i])
 		if err != nil {
 			errs = append(errs, fmt.Errorf("event %s: %w", b.events[i].ID, err))
 		}
-		seqs[i] = seq
+		seqs[i] = h.Seq
 	}
 	b.events, b.futures, b.errs = b.events[:0], b.futures[:0], b.errs[:0]
 	if len(errs) > 0 {

@@ -14,7 +14,9 @@
 //     looked ([ExpectLastSeq], Nats-Expected-Last-Subject-Sequence), so two
 //     runners racing on one change cannot both record a start;
 //   - every publish carries Nats-Msg-Id = event id, so retries after a lost
-//     acknowledgement are deduplicated by the server.
+//     acknowledgement are deduplicated by the server;
+//   - [After] chains a change's events: each carries the hash of its
+//     predecessor's exact bytes ([Head]), so an altered event is detectable.
 //
 // Transient failures are retried with exponential back-off
 // (cenkalti/backoff/v4); a server's refusal is returned at once.

@@ -64,6 +64,14 @@ type PublishOpt func(*publishOpts)
 type publishOpts struct {
 	expect    bool
 	expectSeq uint64
+	prevHash  string
+}
+
+// Head is where a change stands on the stream: its newest event's sequence
+// and hash (events.Hash of its bytes). The zero Head means "no events".
+type Head struct {
+	Seq  uint64
+	Hash string
 }
 
 // ExpectLastSeq makes the publish succeed only if the change's newest event
@@ -73,25 +81,36 @@ func ExpectLastSeq(seq uint64) PublishOpt {
 	return func(o *publishOpts) { o.expect, o.expectSeq = true, seq }
 }
 
+// After publishes the event as the successor of h: it expects h.Seq (as
+// ExpectLastSeq) and links the event to h in the change's hash chain
+// (PrevHash = h.Hash). Pass the Head that Last or the previous Publish
+// returned.
+func After(h Head) PublishOpt {
+	return func(o *publishOpts) { o.expect, o.expectSeq, o.prevHash = true, h.Seq, h.Hash }
+}
+
 // Subject returns the subject of a change's events on this producer's stream.
 func (p *Producer) Subject(pipeline, changeID string) string {
 	return events.Subject(p.cfg.Stream.SubjectPrefix, pipeline, changeID)
 }
 
 // Publish validates, encodes and publishes e, waiting for the stream's
-// acknowledgement, and returns its stream sequence.
+// acknowledgement, and returns its Head: its stream sequence and hash.
 //
 // The message id is the event id, so a retry of a publish whose ack was lost
 // is deduplicated by the stream rather than stored twice. Transient failures
 // are retried with exponential back-off for up to Config.RetryFor.
-func (p *Producer) Publish(ctx context.Context, e events.Event, opts ...PublishOpt) (uint64, error) {
+func (p *Producer) Publish(ctx context.Context, e events.Event, opts ...PublishOpt) (Head, error) {
 	var o publishOpts
 	for _, opt := range opts {
 		opt(&o)
 	}
+	if o.prevHash != "" {
+		e.PrevHash = o.prevHash
+	}
 	data, err := events.Encode(e)
 	if err != nil {
-		return 0, err
+		return Head{}, err
 	}
 	msg := &nats.Msg{Subject: p.Subject(e.Pipeline, e.ChangeID), Data: data, Header: nats.Header{}}
 	pubOpts := []jetstream.PublishOpt{jetstream.WithMsgID(e.ID), jetstream.WithExpectStream(p.cfg.Stream.Name)}
@@ -129,9 +148,9 @@ func (p *Producer) Publish(ctx context.Context, e events.Event, opts ...PublishO
 		if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
 			err = fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
 		}
-		return 0, fmt.Errorf("producer: publish %s %s: %w", e.Type, e.ID, err)
+		return Head{}, fmt.Errorf("producer: publish %s %s: %w", e.Type, e.ID, err)
 	}
-	return seq, nil
+	return Head{Seq: seq, Hash: events.Hash(data)}, nil
 }
 
 // isLast reports whether the newest message on subject carries message id
@@ -144,21 +163,22 @@ func (p *Producer) isLast(ctx context.Context, subject, id string) (uint64, bool
 	return m.Sequence, true
 }
 
-// Last returns the newest event of a change and its stream sequence, or
-// ErrNoEvents if the change has none. It reads one message (a direct get).
-func (p *Producer) Last(ctx context.Context, pipeline, changeID string) (events.Event, uint64, error) {
+// Last returns the newest event of a change and its Head, or ErrNoEvents
+// if the change has none. It reads one message (a direct get).
+func (p *Producer) Last(ctx context.Context, pipeline, changeID string) (events.Event, Head, error) {
 	m, err := p.stream.GetLastMsgForSubject(ctx, p.Subject(pipeline, changeID))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return events.Event{}, 0, ErrNoEvents
+		return events.Event{}, Head{}, ErrNoEvents
 	}
 	if err != nil {
-		return events.Event{}, 0, fmt.Errorf("producer: last event of %s/%s: %w", pipeline, changeID, err)
+		return events.Event{}, Head{}, fmt.Errorf("producer: last event of %s/%s: %w", pipeline, changeID, err)
 	}
+	h := Head{Seq: m.Sequence, Hash: events.Hash(m.Data)}
 	e, err := events.Decode(m.Data)
 	if err != nil {
-		return events.Event{}, m.Sequence, fmt.Errorf("producer: last event of %s/%s (seq %d): %w", pipeline, changeID, m.Sequence, err)
+		return events.Event{}, h, fmt.Errorf("producer: last event of %s/%s (seq %d): %w", pipeline, changeID, m.Sequence, err)
 	}
-	return e, m.Sequence, nil
+	return e, h, nil
 }
 
 func isWrongLastSeq(err error) bool {

@@ -52,11 +52,11 @@ func TestEnsureStreamIsIdempotentAndSafe(t *testing.T) {
 	}
 	// The source of truth refuses deletes and purges.
 	p := newProducer(t, srv.JS)
-	seq, err := p.Publish(ctx, started("c1"))
+	h, err := p.Publish(ctx, started("c1"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.DeleteMsg(ctx, seq); err == nil {
+	if err := s.DeleteMsg(ctx, h.Seq); err == nil {
 		t.Fatal("deleting an audit event succeeded")
 	}
 	if err := s.Purge(ctx); err == nil {
@@ -89,13 +89,28 @@ func TestPublishAndLast(t *testing.T) {
 		t.Fatalf("Last of an unknown change = %v, want ErrNoEvents", err)
 	}
 	e := started("db.users v2") // needs subject encoding
-	seq, err := p.Publish(ctx, e, producer.ExpectLastSeq(0))
+	h, err := p.Publish(ctx, e, producer.ExpectLastSeq(0))
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, gotSeq, err := p.Last(ctx, "billing", "db.users v2")
-	if err != nil || gotSeq != seq || got.ID != e.ID {
-		t.Fatalf("Last = %v seq %d %v; want %s seq %d", got.ID, gotSeq, err, e.ID, seq)
+	got, gotHead, err := p.Last(ctx, "billing", "db.users v2")
+	if err != nil || gotHead != h || got.ID != e.ID || h.Hash == "" {
+		t.Fatalf("Last = %v %+v %v; want %s %+v", got.ID, gotHead, err, e.ID, h)
+	}
+	// After chains: the successor carries its predecessor's hash.
+	next := events.New(events.ExecutionSucceeded, "billing", "db.users v2")
+	next.ExecutionID = e.ExecutionID
+	h2, err := p.Publish(ctx, next, producer.After(h))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, gotHead, err = p.Last(ctx, "billing", "db.users v2")
+	if err != nil || gotHead != h2 || got.PrevHash != h.Hash {
+		t.Fatalf("chained event: prevHash %q (want %q), head %+v (want %+v), %v", got.PrevHash, h.Hash, gotHead, h2, err)
+	}
+	next.ID = events.NewID() // another event: not a retry of the last one
+	if _, err := p.Publish(ctx, next, producer.After(h)); !errors.Is(err, producer.ErrConflict) {
+		t.Fatalf("publishing after a stale head = %v, want ErrConflict", err)
 	}
 	if subj := p.Subject("billing", "db.users v2"); subj != "audit.exec.billing.db%2Eusers%20v2" {
 		t.Fatalf("subject = %s", subj)
@@ -113,7 +128,7 @@ func TestPublishDeduplicatesRetries(t *testing.T) {
 	}
 	again, err := p.Publish(ctx, e)
 	if err != nil || again != first {
-		t.Fatalf("republish = %d, %v; want the first sequence %d", again, err, first)
+		t.Fatalf("republish = %+v, %v; want the first %+v", again, err, first)
 	}
 	// The same with an expected sequence: the server checks the expectation
 	// before duplicates, so the producer must recognise its own event.
@@ -124,7 +139,7 @@ func TestPublishDeduplicatesRetries(t *testing.T) {
 	}
 	again, err = p.Publish(ctx, e2, producer.ExpectLastSeq(0))
 	if err != nil || again != first {
-		t.Fatalf("retried expected publish = %d, %v; want %d", again, err, first)
+		t.Fatalf("retried expected publish = %+v, %v; want %+v", again, err, first)
 	}
 	info, err := srv.JS.Stream(ctx, producer.DefaultStreamName)
 	if err != nil {

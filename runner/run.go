@@ -130,7 +130,7 @@ func (r *Runner) step(ctx context.Context, s Step, token uint64) (Result, error)
 			// its outcome is unknown, which opens an issue for an operator.
 			e := r.event(events.ExecutionMarkedUncertain, s.Change, s.last.ExecutionID, token)
 			e.ErrorMessage = "found started without an end by " + r.cfg.RunnerID
-			if _, err := r.record(ctx, e, producer.ExpectLastSeq(s.Seq)); err != nil {
+			if _, err := r.record(ctx, e, producer.After(s.Head)); err != nil {
 				r.log.Warn("could not mark change uncertain", "change", s.Change.ID, "err", err)
 			}
 			s.State = events.StateUncertain
@@ -150,7 +150,7 @@ func (r *Runner) execute(ctx context.Context, s Step, token uint64) (Result, err
 	execID := events.NewID()
 	t0 := time.Now()
 	started := r.event(events.ExecutionStarted, c, execID, token)
-	startSeq, err := r.prod.Publish(ctx, started, producer.ExpectLastSeq(s.Seq))
+	startHead, err := r.prod.Publish(ctx, started, producer.After(s.Head))
 	if err != nil {
 		if errors.Is(err, producer.ErrConflict) {
 			return res, fmt.Errorf("%w: change %q was recorded by another runner while this one held the lock; nothing was applied: %w", ErrConcurrentRun, c.ID, err)
@@ -167,7 +167,7 @@ func (r *Runner) execute(ctx context.Context, s Step, token uint64) (Result, err
 		done := r.event(events.ExecutionSucceeded, c, execID, token)
 		done.Duration = res.Duration
 		t2 := time.Now()
-		_, err := r.record(ctx, done, producer.ExpectLastSeq(startSeq))
+		_, err := r.record(ctx, done, producer.After(startHead))
 		res.Overhead = overhead + time.Since(t2)
 		if err != nil {
 			return res, fmt.Errorf("runner: change %q was applied but its success could not be recorded; the next run will ask for manual intervention: %w", c.ID, err)
@@ -180,7 +180,7 @@ func (r *Runner) execute(ctx context.Context, s Step, token uint64) (Result, err
 	r.log.Error("change failed", "change", c.ID, "err", applyErr)
 	failed := r.event(events.ExecutionFailed, c, execID, token)
 	failed.Duration, failed.ErrorMessage, failed.ErrorTrace = res.Duration, firstLine(applyErr.Error()), r.trace(applyErr)
-	seq, err := r.record(ctx, failed, producer.ExpectLastSeq(startSeq))
+	failedHead, err := r.record(ctx, failed, producer.After(startHead))
 	res.Outcome, res.Overhead = OutcomeFailed, overhead
 	cerr := &ChangeError{Pipeline: r.cfg.Pipeline, ChangeID: c.ID, TargetSystem: c.TargetSystem, State: events.StateFailed, Err: ErrChangeFailed, Cause: applyErr}
 	if err != nil {
@@ -201,7 +201,7 @@ func (r *Runner) execute(ctx context.Context, s Step, token uint64) (Result, err
 		if rbErr != nil {
 			e.ErrorMessage, e.ErrorTrace = firstLine(rbErr.Error()), r.trace(rbErr)
 		}
-		if _, err := r.record(ctx, e, producer.ExpectLastSeq(seq)); err != nil {
+		if _, err := r.record(ctx, e, producer.After(failedHead)); err != nil {
 			cerr.Reason = "the rollback's outcome could not be recorded: " + err.Error()
 		}
 		cerr.State = state
@@ -212,7 +212,7 @@ func (r *Runner) execute(ctx context.Context, s Step, token uint64) (Result, err
 
 // record publishes an outcome even if ctx was cancelled while the change
 // ran: an applied change must not go unrecorded because of a Ctrl-C.
-func (r *Runner) record(ctx context.Context, e events.Event, opts ...producer.PublishOpt) (uint64, error) {
+func (r *Runner) record(ctx context.Context, e events.Event, opts ...producer.PublishOpt) (producer.Head, error) {
 	rctx, cancel := r.recordContext(ctx)
 	defer cancel()
 	return r.prod.Publish(rctx, e, opts...)
@@ -260,7 +260,7 @@ func firstLine(s string) string {
 // refused if the change has moved since it was read, and when the change is
 // not waiting for an operator.
 func (r *Runner) Resolve(ctx context.Context, changeID string, res events.Resolution, operator, reason string) (uint64, error) {
-	last, seq, err := r.prod.Last(ctx, r.cfg.Pipeline, changeID)
+	last, head, err := r.prod.Last(ctx, r.cfg.Pipeline, changeID)
 	if errors.Is(err, producer.ErrNoEvents) {
 		return 0, fmt.Errorf("%w: change %q of %q has never run", ErrNothingToResolve, changeID, r.cfg.Pipeline)
 	}
@@ -276,5 +276,6 @@ func (r *Runner) Resolve(ctx context.Context, changeID string, res events.Resolu
 	e.Resolution, e.Operator, e.Reason = res, operator, reason
 	e.Author, e.Order, e.TargetSystem, e.Host = last.Author, last.Order, last.TargetSystem, r.cfg.Host
 	e.RunnerID, e.Recovery = r.cfg.RunnerID, last.Recovery
-	return r.prod.Publish(ctx, e, producer.ExpectLastSeq(seq))
+	h, err := r.prod.Publish(ctx, e, producer.After(head))
+	return h.Seq, err
 }

@@ -98,9 +98,10 @@ const (
 type Step struct {
 	Change Change
 	Action Action
-	// State and Seq describe the change's newest event ("" and 0 if none).
+	// State and Head describe the change's newest event ("" and the zero
+	// Head if none).
 	State  events.State
-	Seq    uint64
+	Head   producer.Head
 	Reason string
 	last   events.Event
 }
@@ -114,7 +115,7 @@ func (r *Runner) Plan(ctx context.Context, changes []Change) ([]Step, error) {
 	}
 	plan := make([]Step, 0, len(sorted))
 	for _, c := range sorted {
-		last, seq, err := r.prod.Last(ctx, r.cfg.Pipeline, c.ID)
+		last, head, err := r.prod.Last(ctx, r.cfg.Pipeline, c.ID)
 		if errors.Is(err, producer.ErrNoEvents) {
 			plan = append(plan, Step{Change: c, Action: ActionRun, Reason: "never run"})
 			continue
@@ -122,14 +123,14 @@ func (r *Runner) Plan(ctx context.Context, changes []Change) ([]Step, error) {
 		if err != nil {
 			return nil, fmt.Errorf("runner: plan: %w", err)
 		}
-		plan = append(plan, decide(c, last, seq))
+		plan = append(plan, decide(c, last, head))
 	}
 	return plan, nil
 }
 
 // decide maps a change's newest event to an action (Flamingock's rules).
-func decide(c Change, last events.Event, seq uint64) Step {
-	s := Step{Change: c, State: last.State(), Seq: seq, last: last}
+func decide(c Change, last events.Event, head producer.Head) Step {
+	s := Step{Change: c, State: last.State(), Head: head, last: last}
 	retry := c.Recovery == events.AlwaysRetry
 	switch s.State {
 	case events.StateApplied, events.StateManuallyApplied:

@@ -67,7 +67,9 @@ func outcomes(rep *runner.Report) []runner.Outcome {
 	return out
 }
 
-// typesOf lists the event types recorded for a change, oldest first.
+// typesOf lists the event types recorded for a change, oldest first, and
+// checks that the runner chained them: each event carries the hash of the
+// bytes of the one before.
 func typesOf(t *testing.T, js jetstream.JetStream, pipeline, change string) []events.Type {
 	t.Helper()
 	ctx := context.Background()
@@ -80,6 +82,7 @@ func typesOf(t *testing.T, js jetstream.JetStream, pipeline, change string) []ev
 		t.Fatal(err)
 	}
 	var out []events.Type
+	prev := ""
 	for {
 		batch, err := c.FetchNoWait(100)
 		if err != nil {
@@ -91,6 +94,10 @@ func typesOf(t *testing.T, js jetstream.JetStream, pipeline, change string) []ev
 			if err != nil {
 				t.Fatal(err)
 			}
+			if e.PrevHash != prev {
+				t.Fatalf("%s/%s event %d (%s): prevHash %q, want %q", pipeline, change, len(out), e.Type, e.PrevHash, prev)
+			}
+			prev = events.Hash(m.Data())
 			out = append(out, e.Type)
 			n++
 		}

@@ -178,7 +178,8 @@ func TestSoak(t *testing.T) {
 	prod, _ := producer.New(ctx, srv.JS, producer.Config{})
 	for p := range pipelines {
 		for c := range changesPer * rounds {
-			last, seq, err := prod.Last(ctx, fmt.Sprint("pipeline-", p), fmt.Sprintf("%03d", c))
+			last, head, err := prod.Last(ctx, fmt.Sprint("pipeline-", p), fmt.Sprintf("%03d", c))
+			seq := head.Seq
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -3,16 +3,21 @@ package stores
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/auditflow/auditflow/events"
 )
 
-// Record is an event as it sits in the stream: the event and the stream
-// sequence it was stored at. The sequence orders events totally, so it
-// decides which of two events about one change is newer.
+// Record is an event as it sits in the stream: the event, the stream
+// sequence it was stored at, and the hash of its exact bytes there. The
+// sequence orders events totally, so it decides which of two events about
+// one change is newer. Hash (events.Hash of the message data) is what the
+// change's next event carries as PrevHash: with it a store can check its
+// own rows' hash chain without the stream.
 type Record struct {
-	Seq uint64
+	Seq  uint64
+	Hash string
 	events.Event
 }
 
@@ -135,6 +140,11 @@ func limit(n int) (int, error) {
 	return n, nil
 }
 
+func validHash(h string) bool {
+	hex, ok := strings.CutPrefix(h, "sha256:")
+	return ok && len(hex) == 64 && strings.Trim(hex, "0123456789abcdef") == ""
+}
+
 func validState(s events.State) bool {
 	for _, k := range events.States {
 		if s == k {
@@ -152,6 +162,9 @@ func (b Batch) Validate() error {
 	for i, r := range b.Records {
 		if r.Seq == 0 {
 			return fmt.Errorf("%w: record %d (event %q) has sequence 0", ErrInvalidRecord, i, r.ID)
+		}
+		if r.Hash != "" && !validHash(r.Hash) {
+			return fmt.Errorf("%w: record %d (event %q): hash %q is not sha256:<64 hex digits>", ErrInvalidRecord, i, r.ID, r.Hash)
 		}
 		if err := events.Validate(r.Event); err != nil {
 			return fmt.Errorf("%w: record %d (seq %d): %w", ErrInvalidRecord, i, r.Seq, err)

@@ -131,7 +131,7 @@ func New(ctx context.Context, db *sql.DB, cfg Config) (*Store, error) {
 				return fmt.Errorf("create schema (%s): %w", firstLine(stmt), err)
 			}
 		}
-		return nil
+		return s.migrate(ctx, tx)
 	})
 	if err != nil {
 		return nil, err
@@ -140,6 +140,7 @@ func New(ctx context.Context, db *sql.DB, cfg Config) (*Store, error) {
 }
 
 type queries struct {
+	indexes                []string // names of the secondary indexes
 	schema                 []string
 	insertLog, upsertIssue multiRow
 	upsertCP               string
@@ -149,7 +150,7 @@ type queries struct {
 
 const logColumns = `seq, event_id, type, state, schema_version, pipeline, change_id, author, execution_id,
 	change_order, target_system, host, runner_id, lock_token, occurred_at, duration_ms, error_message,
-	error_trace, metadata, recovery, transactional, resolution, operator, reason`
+	error_trace, metadata, recovery, transactional, resolution, operator, reason, hash, prev_hash`
 
 const issueColumns = `pipeline, change_id, status, state, seq, event_id, execution_id, author,
 	target_system, recovery, error_message, error_trace, updated_at, operator, reason`
@@ -158,6 +159,7 @@ func newQueries(c Config) queries {
 	lg, is, cp := quote(c.ChangeLogTable), quote(c.IssuesTable), quote(c.CheckpointsTable)
 	idx := func(table, suffix string) string { return quote(table + "_" + suffix) }
 	return queries{
+		indexes: []string{c.ChangeLogTable + "_change", c.ChangeLogTable + "_state", c.IssuesTable + "_status", c.IssuesTable + "_seq"},
 		schema: []string{
 			`CREATE TABLE IF NOT EXISTS ` + lg + ` (
 	seq INTEGER NOT NULL PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, type TEXT NOT NULL, state TEXT NOT NULL,
@@ -165,7 +167,8 @@ func newQueries(c Config) queries {
 	execution_id TEXT NOT NULL, change_order TEXT NOT NULL, target_system TEXT NOT NULL, host TEXT NOT NULL,
 	runner_id TEXT NOT NULL, lock_token INTEGER NOT NULL, occurred_at TEXT NOT NULL, duration_ms INTEGER NOT NULL,
 	error_message TEXT NOT NULL, error_trace TEXT NOT NULL, metadata TEXT NOT NULL, recovery TEXT NOT NULL,
-	transactional INTEGER NOT NULL, resolution TEXT NOT NULL, operator TEXT NOT NULL, reason TEXT NOT NULL)`,
+	transactional INTEGER NOT NULL, resolution TEXT NOT NULL, operator TEXT NOT NULL, reason TEXT NOT NULL,
+	hash TEXT NOT NULL DEFAULT '', prev_hash TEXT NOT NULL DEFAULT '')`,
 			`CREATE INDEX IF NOT EXISTS ` + idx(c.ChangeLogTable, "change") + ` ON ` + lg + ` (pipeline, change_id, seq)`,
 			`CREATE INDEX IF NOT EXISTS ` + idx(c.ChangeLogTable, "state") + ` ON ` + lg + ` (state, seq)`,
 			`CREATE TABLE IF NOT EXISTS ` + is + ` (
@@ -179,7 +182,7 @@ func newQueries(c Config) queries {
 			`CREATE TABLE IF NOT EXISTS ` + cp + ` (name TEXT NOT NULL PRIMARY KEY, seq INTEGER NOT NULL)`,
 		},
 		insertLog: multiRow{head: `INSERT INTO ` + lg + ` (` + logColumns + `) VALUES `,
-			row: placeholders(24), tail: ` ON CONFLICT DO NOTHING`},
+			row: placeholders(26), tail: ` ON CONFLICT DO NOTHING`},
 		// The sequence guard: an older event never replaces newer state.
 		upsertIssue: multiRow{head: `INSERT INTO ` + is + ` (` + issueColumns + `) VALUES `, row: placeholders(15),
 			tail: ` ON CONFLICT (pipeline, change_id) DO UPDATE SET status=excluded.status, state=excluded.state,
@@ -208,23 +211,14 @@ func (s *Store) Apply(ctx context.Context, b stores.Batch) error {
 	}
 	return s.inTx(ctx, func(tx *sql.Tx) error {
 		err := execRows(ctx, tx, s.sql.insertLog, len(b.Records), func(i int, args []any) ([]any, error) {
-			r := b.Records[i]
-			md, err := json.Marshal(r.Metadata)
-			return append(args, r.Seq, r.ID, string(r.Type), string(r.State()), r.SchemaVersion,
-				r.Pipeline, r.ChangeID, r.Author, r.ExecutionID, r.Order, r.TargetSystem, r.Host, r.RunnerID,
-				int64(r.LockToken), stores.FormatTime(r.OccurredAt), r.Duration.Milliseconds(),
-				r.ErrorMessage, r.ErrorTrace, string(md), string(r.Recovery), r.Transactional,
-				string(r.Resolution), r.Operator, r.Reason), err
+			return logArgs(b.Records[i], args)
 		})
 		if err != nil {
 			return fmt.Errorf("insert events: %w", err)
 		}
 		latest := b.LatestPerChange() // one row per change: a statement may not upsert a key twice
 		err = execRows(ctx, tx, s.sql.upsertIssue, len(latest), func(j int, args []any) ([]any, error) {
-			i := stores.IssueOf(latest[j])
-			return append(args, i.Pipeline, i.ChangeID, string(i.Status), string(i.State), i.Seq,
-				i.EventID, i.ExecutionID, i.Author, i.TargetSystem, string(i.Recovery), i.ErrorMessage,
-				i.ErrorTrace, stores.FormatTime(i.UpdatedAt), i.Operator, i.Reason), nil
+			return issueArgs(stores.IssueOf(latest[j]), args), nil
 		})
 		if err != nil {
 			return fmt.Errorf("upsert issues: %w", err)
@@ -232,6 +226,21 @@ func (s *Store) Apply(ctx context.Context, b stores.Batch) error {
 		_, err = tx.ExecContext(ctx, s.sql.upsertCP, b.Checkpoint, b.MaxSeq())
 		return err
 	})
+}
+
+func logArgs(r stores.Record, args []any) ([]any, error) {
+	md, err := json.Marshal(r.Metadata)
+	return append(args, r.Seq, r.ID, string(r.Type), string(r.State()), r.SchemaVersion,
+		r.Pipeline, r.ChangeID, r.Author, r.ExecutionID, r.Order, r.TargetSystem, r.Host, r.RunnerID,
+		int64(r.LockToken), stores.FormatTime(r.OccurredAt), r.Duration.Milliseconds(),
+		r.ErrorMessage, r.ErrorTrace, string(md), string(r.Recovery), r.Transactional,
+		string(r.Resolution), r.Operator, r.Reason, r.Hash, r.PrevHash), err
+}
+
+func issueArgs(i stores.Issue, args []any) []any {
+	return append(args, i.Pipeline, i.ChangeID, string(i.Status), string(i.State), i.Seq,
+		i.EventID, i.ExecutionID, i.Author, i.TargetSystem, string(i.Recovery), i.ErrorMessage,
+		i.ErrorTrace, stores.FormatTime(i.UpdatedAt), i.Operator, i.Reason)
 }
 
 // multiRow is an INSERT whose VALUES list takes any number of rows: one
@@ -349,7 +358,7 @@ func (s *Store) History(ctx context.Context, q stores.HistoryQuery) ([]stores.Re
 			if err := rows.Scan(&r.Seq, &r.ID, &typ, &state, &r.SchemaVersion, &r.Pipeline, &r.ChangeID, &r.Author,
 				&r.ExecutionID, &r.Order, &r.TargetSystem, &r.Host, &r.RunnerID, &lockToken, &at, &durMs,
 				&r.ErrorMessage, &r.ErrorTrace, &md, &recovery, &r.Transactional, &resolution, &r.Operator,
-				&r.Reason); err != nil {
+				&r.Reason, &r.Hash, &r.PrevHash); err != nil {
 				return r, err
 			}
 			r.Type, r.Recovery, r.Resolution = events.Type(typ), events.Recovery(recovery), events.Resolution(resolution)

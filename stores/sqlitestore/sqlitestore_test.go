@@ -2,8 +2,10 @@ package sqlitestore_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/auditflow/auditflow/stores"
@@ -26,7 +28,7 @@ func newStore(path string) storetest.NewStore {
 }
 
 func TestConformance(t *testing.T) {
-	storetest.Run(t, newStore(filepath.Join(t.TempDir(), "audit.db")), storetest.Features{AtomicBatch: true})
+	storetest.Run(t, newStore(filepath.Join(t.TempDir(), "audit.db")), storetest.Features{AtomicBatch: true, Repairer: true, SchemaChecker: true})
 }
 
 func TestConfigErrors(t *testing.T) {
@@ -42,5 +44,43 @@ func TestConfigErrors(t *testing.T) {
 	}
 	if _, err := sqlitestore.Open(context.Background(), "", sqlitestore.Config{}); !errors.Is(err, stores.ErrInvalidConfig) {
 		t.Errorf("Open with no path = %v", err)
+	}
+}
+
+// TestMigratesAndChecksSchema opens a file whose changeLog predates the
+// hash chain, then breaks an index: CheckSchema must name it.
+func TestMigratesAndChecksSchema(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "old.db")
+	db, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`CREATE TABLE "changeLog" (seq INTEGER NOT NULL PRIMARY KEY, event_id TEXT NOT NULL UNIQUE,
+		type TEXT NOT NULL, state TEXT NOT NULL, schema_version INTEGER NOT NULL, pipeline TEXT NOT NULL,
+		change_id TEXT NOT NULL, author TEXT NOT NULL, execution_id TEXT NOT NULL, change_order TEXT NOT NULL,
+		target_system TEXT NOT NULL, host TEXT NOT NULL, runner_id TEXT NOT NULL, lock_token INTEGER NOT NULL,
+		occurred_at TEXT NOT NULL, duration_ms INTEGER NOT NULL, error_message TEXT NOT NULL, error_trace TEXT NOT NULL,
+		metadata TEXT NOT NULL, recovery TEXT NOT NULL, transactional INTEGER NOT NULL, resolution TEXT NOT NULL,
+		operator TEXT NOT NULL, reason TEXT NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	_ = db.Close()
+	ctx := context.Background()
+	st, err := sqlitestore.Open(ctx, path, sqlitestore.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if p, err := st.CheckSchema(ctx); err != nil || len(p) != 0 {
+		t.Fatalf("after migration: %v %v", p, err)
+	}
+	db, _ = sql.Open("sqlite", "file:"+path)
+	defer db.Close()
+	if _, err := db.Exec(`DROP INDEX "changeLog_state"`); err != nil {
+		t.Fatal(err)
+	}
+	p, err := st.CheckSchema(ctx)
+	if err != nil || len(p) != 1 || !strings.Contains(p[0], "changeLog_state") {
+		t.Fatalf("CheckSchema after dropping an index = %v, %v", p, err)
 	}
 }

@@ -31,6 +31,12 @@ type Features struct {
 	// backend writes a batch in one transaction). Without it a failed Apply
 	// may leave some rows, which the projector's retry makes whole.
 	AtomicBatch bool
+	// Repairer: the store implements stores.Repairer (targeted repair);
+	// without it, repair rebuilds the store by replay. The suite checks the
+	// flag both ways, so it cannot be claimed or forgotten.
+	Repairer bool
+	// SchemaChecker: the store implements stores.SchemaChecker.
+	SchemaChecker bool
 }
 
 // NewStore opens a store whose names (tables, collections, key prefixes) are
@@ -64,6 +70,8 @@ func Run(t *testing.T, newStore NewStore, f Features) {
 		{"LargeBatch", testLargeBatch},
 		{"NewerIssueDoesNotHideOthers", testNewerIssueDoesNotHideOthers},
 		{"SparseSequences", testSparseSequences},
+		{"Repair", testRepair},
+		{"SchemaCheck", testSchemaCheck},
 	}
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -101,6 +109,9 @@ var base = time.Date(2026, 11, 26, 9, 0, 0, 123456789, time.UTC)
 func rec(seq uint64, typ events.Type, pipeline, change string) stores.Record {
 	e := events.New(typ, pipeline, change)
 	e.ID = fmt.Sprintf("evt-%s-%s-%d", pipeline, change, seq)
+	if seq > 1 {
+		e.PrevHash = events.Hash([]byte(fmt.Sprint("event before ", seq)))
+	}
 	e.OccurredAt = base.Add(time.Duration(seq) * time.Second)
 	e.ExecutionID = "exec-" + change
 	e.Author, e.Order, e.TargetSystem = "alice", "0001", "orders-db"
@@ -112,7 +123,7 @@ func rec(seq uint64, typ events.Type, pipeline, change string) stores.Record {
 		e.ExecutionID = ""
 		e.Resolution, e.Operator, e.Reason = events.ResolvedApplied, "bob", "checked by hand"
 	}
-	return stores.Record{Seq: seq, Event: e}
+	return stores.Record{Seq: seq, Hash: events.Hash([]byte(e.ID)), Event: e}
 }
 
 func apply(t *testing.T, s stores.Store, recs ...stores.Record) {
@@ -756,5 +767,82 @@ func testSparseSequences(t *testing.T, s *suite) {
 	}
 	if n, err := st.Checkpoint(context.Background(), "projector"); err != nil || n != 1<<40 {
 		t.Fatalf("checkpoint = %d, %v", n, err)
+	}
+}
+
+func testRepair(t *testing.T, s *suite) {
+	st := s.open(t, "")
+	r, ok := st.(stores.Repairer)
+	if ok != s.features.Repairer {
+		t.Fatalf("store implements Repairer: %v; Features.Repairer says %v", ok, s.features.Repairer)
+	}
+	if !ok {
+		t.Skip("no targeted repair: repair rebuilds by replay")
+	}
+	ctx := context.Background()
+	data := dataset()
+	apply(t, st, data...)
+	want := history(t, st, stores.HistoryQuery{})
+	wantIssues := issues(t, st, stores.IssueQuery{})
+
+	// Corrupt: alter a row, lose a row, add a stray row, falsify an issue,
+	// add an issue for a change the stream never saw.
+	altered := data[2]
+	altered.ErrorMessage, altered.Author = "tampered", "mallory"
+	stray := rec(999, events.ExecutionSucceeded, "billing", "ghost")
+	badIssue := stores.IssueOf(data[1])
+	badIssue.Status, badIssue.Seq = stores.IssueClosed, 12345
+	ghostIssue := stores.IssueOf(stray)
+	if err := r.Repair(ctx, stores.Repair{Put: []stores.Record{altered, stray}, Delete: []stores.Record{data[5]},
+		Issues: []stores.Issue{badIssue, ghostIssue}}); err != nil {
+		t.Fatalf("Repair (corrupting): %v", err)
+	}
+	got := history(t, st, stores.HistoryQuery{})
+	if len(got) != len(want) { // one lost, one stray
+		t.Fatalf("after corruption: %d rows, want %d", len(got), len(want))
+	}
+	if row := history(t, st, stores.HistoryQuery{Pipeline: altered.Pipeline, ChangeID: altered.ChangeID}); !slices.ContainsFunc(row, func(r stores.Record) bool { return r.Author == "mallory" }) {
+		t.Fatal("Put did not replace the existing row")
+	}
+	if i := issueOf(t, st, badIssue.Pipeline, badIssue.ChangeID); i.Seq != 12345 {
+		t.Fatalf("Issues did not replace the row regardless of sequence: %+v", i)
+	}
+	// Repair back.
+	if err := r.Repair(ctx, stores.Repair{Put: []stores.Record{data[2], data[5]}, Delete: []stores.Record{stray},
+		Issues: []stores.Issue{stores.IssueOf(latestOf(data, badIssue.Pipeline, badIssue.ChangeID))},
+		DeleteIssues: []stores.Issue{ghostIssue}}); err != nil {
+		t.Fatalf("Repair (fixing): %v", err)
+	}
+	wantRecords(t, "history after repair", history(t, st, stores.HistoryQuery{}), want)
+	if got := issues(t, st, stores.IssueQuery{}); !reflect.DeepEqual(normIssues(got), normIssues(wantIssues)) {
+		t.Fatalf("issues after repair:\n got %+v\nwant %+v", got, wantIssues)
+	}
+	if err := r.Repair(ctx, stores.Repair{}); err != nil {
+		t.Fatalf("empty Repair: %v", err)
+	}
+}
+
+func latestOf(data []stores.Record, pipeline, change string) stores.Record {
+	var out stores.Record
+	for _, r := range data {
+		if r.Pipeline == pipeline && r.ChangeID == change && r.Seq > out.Seq {
+			out = r
+		}
+	}
+	return out
+}
+
+func testSchemaCheck(t *testing.T, s *suite) {
+	st := s.open(t, "")
+	c, ok := st.(stores.SchemaChecker)
+	if ok != s.features.SchemaChecker {
+		t.Fatalf("store implements SchemaChecker: %v; Features.SchemaChecker says %v", ok, s.features.SchemaChecker)
+	}
+	if !ok {
+		t.Skip("no schema check")
+	}
+	problems, err := c.CheckSchema(context.Background())
+	if err != nil || len(problems) != 0 {
+		t.Fatalf("fresh store: CheckSchema = %v, %v", problems, err)
 	}
 }

@@ -1,0 +1,40 @@
+package stores
+
+import "context"
+
+// Optional capabilities. The Store contract is what a projector needs;
+// operator tools discover these by type assertion and fall back when a
+// backend lacks one (a repair becomes a rebuild by replay).
+
+// SchemaChecker is implemented by stores that can check their tables or
+// collections and indexes against what they expect (verify-schema).
+type SchemaChecker interface {
+	// CheckSchema returns one line per problem found (a missing table or
+	// index, a wrong key), none when the schema is as expected. The error
+	// is for failing to check at all.
+	CheckSchema(ctx context.Context) ([]string, error)
+}
+
+// Repairer is implemented by stores that can correct individual rows, which
+// verify/repair uses to fix drift without a full rebuild.
+type Repairer interface {
+	// Repair writes Put rows exactly as given (replacing the row with the
+	// same event id), deletes the Delete rows (by event id), writes Issues
+	// exactly as given (replacing the change's row whatever its sequence)
+	// and deletes the DeleteIssues rows. Unlike Apply it overrides the guards: it is for making a
+	// store equal to the stream, which the caller has read.
+	Repair(ctx context.Context, r Repair) error
+}
+
+// Repair is a set of corrections.
+type Repair struct {
+	Put          []Record
+	Delete       []Record
+	Issues       []Issue
+	DeleteIssues []Issue // by pipeline and change id
+}
+
+// Empty reports whether there is nothing to correct.
+func (r Repair) Empty() bool {
+	return len(r.Put)+len(r.Delete)+len(r.Issues)+len(r.DeleteIssues) == 0
+}

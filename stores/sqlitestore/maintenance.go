@@ -1,0 +1,131 @@
+package sqlitestore
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/auditflow/auditflow/stores"
+)
+
+var (
+	_ stores.Repairer      = (*Store)(nil)
+	_ stores.SchemaChecker = (*Store)(nil)
+)
+
+// migrate adds the columns later versions introduced to tables an older
+// version created (CREATE TABLE IF NOT EXISTS leaves those alone).
+func (s *Store) migrate(ctx context.Context, tx *sql.Tx) error {
+	have, err := columns(ctx, tx, s.cfg.ChangeLogTable)
+	if err != nil {
+		return err
+	}
+	for _, col := range []string{"hash", "prev_hash"} { // schema version 2: the hash chain
+		if !slices.Contains(have, col) {
+			if _, err := tx.ExecContext(ctx, `ALTER TABLE `+quote(s.cfg.ChangeLogTable)+` ADD COLUMN `+col+` TEXT NOT NULL DEFAULT ''`); err != nil {
+				return fmt.Errorf("add column %s: %w", col, err)
+			}
+		}
+	}
+	return nil
+}
+
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+// columns lists a table's column names, or none if it does not exist.
+func columns(ctx context.Context, q querier, table string) ([]string, error) {
+	return names(ctx, q, `SELECT name FROM pragma_table_info(?)`, table)
+}
+
+func names(ctx context.Context, q querier, stmt string, args ...any) ([]string, error) {
+	rows, err := q.QueryContext(ctx, stmt, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return nil, err
+		}
+		out = append(out, n)
+	}
+	return out, rows.Err()
+}
+
+// CheckSchema reports missing tables, columns and indexes.
+func (s *Store) CheckSchema(ctx context.Context) ([]string, error) {
+	want := map[string]string{
+		s.cfg.ChangeLogTable:   logColumns,
+		s.cfg.IssuesTable:      issueColumns,
+		s.cfg.CheckpointsTable: "name, seq",
+	}
+	var problems []string
+	for table, cols := range want {
+		have, err := columns(ctx, s.db, table)
+		if err != nil {
+			return nil, fmt.Errorf("sqlitestore: check schema: %w", stores.ContextError(ctx, err))
+		}
+		if len(have) == 0 {
+			problems = append(problems, fmt.Sprintf("table %s is missing", table))
+			continue
+		}
+		for col := range strings.SplitSeq(cols, ",") {
+			if col = strings.TrimSpace(col); !slices.Contains(have, col) {
+				problems = append(problems, fmt.Sprintf("table %s has no column %s", table, col))
+			}
+		}
+	}
+	indexes, err := names(ctx, s.db, `SELECT name FROM sqlite_master WHERE type = 'index'`)
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: check schema: %w", stores.ContextError(ctx, err))
+	}
+	for _, idx := range s.sql.indexes {
+		if !slices.Contains(indexes, idx) {
+			problems = append(problems, fmt.Sprintf("index %s is missing", idx))
+		}
+	}
+	slices.Sort(problems)
+	return problems, nil
+}
+
+// Repair makes rows exactly as given, in one transaction.
+func (s *Store) Repair(ctx context.Context, r stores.Repair) error {
+	if r.Empty() {
+		return ctx.Err()
+	}
+	lg, is := quote(s.cfg.ChangeLogTable), quote(s.cfg.IssuesTable)
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		for _, rec := range r.Delete {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM `+lg+` WHERE event_id = ?`, rec.ID); err != nil {
+				return err
+			}
+		}
+		for _, rec := range r.Put {
+			args, err := logArgs(rec, nil)
+			if err != nil {
+				return err
+			}
+			// REPLACE drops any row that has this event id or this sequence.
+			if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO `+lg+` (`+logColumns+`) VALUES `+placeholders(26), args...); err != nil {
+				return err
+			}
+		}
+		for _, i := range r.DeleteIssues {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM `+is+` WHERE pipeline = ? AND change_id = ?`, i.Pipeline, i.ChangeID); err != nil {
+				return err
+			}
+		}
+		for _, i := range r.Issues {
+			if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO `+is+` (`+issueColumns+`) VALUES `+placeholders(15), issueArgs(i, nil)...); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
