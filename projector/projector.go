@@ -260,7 +260,8 @@ func (p *Projector) fetchLoop(ctx context.Context, parts []chan []delivery) {
 			h.Write([]byte{0})
 			h.Write([]byte(e.ChangeID))
 			i := h.Sum32() % uint32(len(parts))
-			shares[i] = append(shares[i], delivery{msg: m, rec: stores.Record{Seq: md.Sequence.Stream, Event: e}})
+			rec := stores.Record{Seq: md.Sequence.Stream, Hash: events.Hash(m.Data()), Event: e}
+			shares[i] = append(shares[i], delivery{msg: m, rec: rec})
 		}
 		for i, share := range shares {
 			if len(share) > 0 {

@@ -38,3 +38,13 @@ type Repair struct {
 func (r Repair) Empty() bool {
 	return len(r.Put)+len(r.Delete)+len(r.Issues)+len(r.DeleteIssues) == 0
 }
+
+// BulkLoader is implemented by stores that load much faster when told a
+// large load into an empty store is coming (a rebuild by replay), e.g. by
+// building indexes once at the end. Between BeginBulk and EndBulk only the
+// loader writes; after EndBulk the store must be exactly as if every batch
+// had been applied normally, and durable.
+type BulkLoader interface {
+	BeginBulk(ctx context.Context) error
+	EndBulk(ctx context.Context) error
+}

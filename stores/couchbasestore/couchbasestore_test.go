@@ -2,8 +2,11 @@ package couchbasestore_test
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
 	"errors"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -41,7 +44,52 @@ func newStore(tb testing.TB) storetest.NewStore {
 }
 
 func TestConformance(t *testing.T) {
-	storetest.Run(t, newStore(t), storetest.Features{AtomicBatch: false})
+	// No Repairer: see doc.go. The operator tools rebuild by replay.
+	storetest.Run(t, newStore(t), storetest.Features{AtomicBatch: false, Repairer: false, SchemaChecker: true})
+}
+
+// TestCheckSchema breaks what CheckSchema checks, one thing at a time:
+// the meta document's layout, the meta document, the collection.
+func TestCheckSchema(t *testing.T) {
+	ctx := context.Background()
+	cluster, bucket := connect(t)
+	b := make([]byte, 4)
+	_, _ = crand.Read(b)
+	name := "schema" + hex.EncodeToString(b)
+	t.Cleanup(func() { dropCollection(cluster, bucket, name) })
+	st, err := couchbasestore.New(ctx, cluster, couchbasestore.Config{Bucket: bucket, Scope: testScope, Collection: name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	var _ stores.SchemaChecker = st
+	coll := cluster.Bucket(bucket).Scope(testScope).Collection(name)
+	check := func(want string) {
+		t.Helper()
+		problems, err := st.CheckSchema(ctx)
+		if err != nil {
+			t.Fatalf("CheckSchema: %v", err)
+		}
+		switch {
+		case want == "" && len(problems) != 0:
+			t.Fatalf("CheckSchema = %q, want no problems", problems)
+		case want != "" && (len(problems) != 1 || !strings.Contains(problems[0], want)):
+			t.Fatalf("CheckSchema = %q, want one problem containing %q", problems, want)
+		}
+	}
+	check("")
+	if _, err := coll.Upsert("auditflow:meta", map[string]any{"layout": 99, "gen": 0, "clean": 0}, nil); err != nil {
+		t.Fatal(err)
+	}
+	check("has layout 99; this version reads layout 1")
+	if _, err := coll.Remove("auditflow:meta", nil); err != nil {
+		t.Fatal(err)
+	}
+	check("auditflow:meta in " + testScope + "." + name + " is missing")
+	if err := cluster.Bucket(bucket).CollectionsV2().DropCollection(testScope, name, nil); err != nil {
+		t.Fatal(err)
+	}
+	check("collection " + testScope + "." + name + " is missing")
 }
 
 // BenchmarkProjector compares the projector into Couchbase with raw

@@ -11,7 +11,8 @@
 // raised by Reset. seg(q) = q>>8 and page(s) = s>>10, so a leaf covers 256
 // stream sequences and a page lists up to 1024 leaves. h is a SHA-256 prefix.
 //
-//	g:e:<event id>            changeLog row: one event (g:e#<h> if the id is not plain ASCII)
+//	g:e:<event id>            changeLog row: one event, with its stream Hash and PrevHash
+//	                          (g:e#<h> if the id is not plain ASCII)
 //	g:i:<h(pipeline,change)>  issue row: the change's newest event, plus the
 //	                          segments holding the change's events
 //	g:P                       every pipeline with events
@@ -23,7 +24,8 @@
 //	g:m:<status>:<0-f>        members: OPEN and IN_PROGRESS issues, in 16 buckets
 //	g:k:<name>, g:K           checkpoints, and the list of their names
 //
-// Each event is in three indexes: ix = "a" (the whole log), "p<h(pipeline)>"
+// Hash and PrevHash (the hash chain) were added without a layout change:
+// rows written before them read as "". Each event is in three indexes: ix = "a" (the whole log), "p<h(pipeline)>"
 // and "s<state>". Every document is bounded, well below Couchbase's 20 MB:
 // a leaf holds at most 256 entries (~50 KB with UUID ids, ~80 KB at the
 // longest), a page 1024 leaves (~40 KB), a root one entry per 2^18
@@ -99,4 +101,23 @@
 // gocaves never does, serving the old data. An event whose Apply failed
 // before indexing it and was never retried is reachable from nothing: it
 // is invisible, and only costs space.
+//
+// # Schema check, and no targeted repair
+//
+// CheckSchema (stores.SchemaChecker) reports the bucket, scope or
+// collection missing, and the meta document missing, unreadable or of
+// another layout. There are no indexes to check.
+//
+// The store is not a stores.Repairer: operator tools repair it by Reset
+// and replay from the stream, which rebuilds every document from the
+// source of truth. The listings are derived from leaf entries and from
+// documents that Apply only ever grows or raises — what makes concurrent
+// workers correct without transactions. Repair would have to undo each of
+// them (remove entries from three leaves, clear superseded marks, lower
+// members, keep a change's segments when its issue is deleted), and some
+// repairs cannot be represented at all: issue listings find an issue
+// through the leaf entry at its sequence, so an issue written "exactly as
+// given" with a sequence that is not one of its change's rows, or a status
+// not of that row's state, would be found by change id and missing from
+// other listings; and a leaf holds one entry per sequence.
 package couchbasestore

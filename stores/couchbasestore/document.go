@@ -160,6 +160,10 @@ type eventDoc struct {
 	Resolution    events.Resolution `json:"resolution,omitempty"`
 	Operator      string            `json:"operator,omitempty"`
 	Reason        string            `json:"reason,omitempty"`
+	// Hash and PrevHash came with the hash chain (events schema version
+	// 2); documents written before lack them, and read as "".
+	Hash     string `json:"hash,omitempty"`
+	PrevHash string `json:"prevHash,omitempty"`
 }
 
 func eventDocOf(r stores.Record) eventDoc {
@@ -170,6 +174,7 @@ func eventDocOf(r stores.Record) eventDoc {
 		LockToken: r.LockToken, OccurredAt: stores.FormatTime(r.OccurredAt), DurationNanos: int64(r.Duration),
 		ErrorMessage: r.ErrorMessage, ErrorTrace: r.ErrorTrace, Metadata: r.Metadata, Recovery: r.Recovery,
 		Transactional: r.Transactional, Resolution: r.Resolution, Operator: r.Operator, Reason: r.Reason,
+		Hash: r.Hash, PrevHash: r.PrevHash,
 	}
 }
 
@@ -178,13 +183,13 @@ func (d eventDoc) record() (stores.Record, error) {
 	if err != nil {
 		return stores.Record{}, fmt.Errorf("event %s: bad occurredAt %q: %w", d.ID, d.OccurredAt, err)
 	}
-	return stores.Record{Seq: d.Seq, Event: events.Event{
+	return stores.Record{Seq: d.Seq, Hash: d.Hash, Event: events.Event{
 		ID: d.ID, Type: d.Type, SchemaVersion: d.SchemaVersion, Pipeline: d.Pipeline, ChangeID: d.ChangeID,
 		Author: d.Author, ExecutionID: d.ExecutionID, Order: d.Order, TargetSystem: d.TargetSystem,
 		Host: d.Host, RunnerID: d.RunnerID, LockToken: d.LockToken, OccurredAt: at,
 		Duration: time.Duration(d.DurationNanos), ErrorMessage: d.ErrorMessage, ErrorTrace: d.ErrorTrace,
 		Metadata: d.Metadata, Recovery: d.Recovery, Transactional: d.Transactional,
-		Resolution: d.Resolution, Operator: d.Operator, Reason: d.Reason,
+		Resolution: d.Resolution, Operator: d.Operator, Reason: d.Reason, PrevHash: d.PrevHash,
 	}}, nil
 }
 

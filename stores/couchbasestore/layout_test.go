@@ -170,7 +170,7 @@ func TestMatchesReferenceAcrossLeavesAndPages(t *testing.T) {
 
 // modelData: 5 pipelines (one with a non-ASCII name and long ids) whose
 // changes share ids, sequences with gaps that cross leaves and pages,
-// times that do not follow sequence order.
+// times that do not follow sequence order, and hash chains.
 func modelData(rng *rand.Rand) []stores.Record {
 	pipelines := []string{"billing", "shipping", "zahlungsdienst-ü", "search", "auth"}
 	types := [][]events.Type{
@@ -187,6 +187,7 @@ func modelData(rng *rand.Rand) []stores.Record {
 	for c := range 70 {
 		p := pipelines[rng.IntN(len(pipelines))]
 		change := fmt.Sprintf("%04d-change", c%25) // ids repeat across pipelines
+		prev := ""                                 // the hash chain of the change
 		for _, typ := range types[rng.IntN(len(types))] {
 			if rng.IntN(4) == 0 {
 				seq += 1 + uint64(rng.IntN(40_000)) // sparse: skip leaves and pages
@@ -206,7 +207,10 @@ func modelData(rng *rand.Rand) []stores.Record {
 			case events.ManuallyResolved:
 				e.ExecutionID, e.Resolution, e.Operator, e.Reason = "", events.ResolvedRolledBack, "bob", "undone"
 			}
-			out = append(out, stores.Record{Seq: seq, Event: e})
+			e.PrevHash = prev
+			h := events.Hash([]byte(e.ID))
+			prev = h
+			out = append(out, stores.Record{Seq: seq, Hash: h, Event: e})
 		}
 	}
 	return out

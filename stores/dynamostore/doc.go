@@ -102,11 +102,25 @@
 // reason. What the lack of transactions does allow is a reader seeing part
 // of a batch while it is being applied, hence Features.AtomicBatch false.
 //
+// # Repair and schema checks
+//
+// Store implements stores.Repairer and stores.SchemaChecker. Repair
+// overrides the guards above: its rows are BatchWriteItem puts and deletes
+// by key (an issue put replaces the change's row whatever its sequence).
+// It is no more atomic than Apply, and as idempotent: a failed Repair,
+// repeated, completes. CheckSchema describes the three tables and reports,
+// one line each, a missing table, a key with other attributes or types,
+// and a missing, differently keyed, under-projected or not yet ACTIVE
+// index: the checks New makes on an existing table, which it refuses with
+// any of these problems but index status.
+//
 // Items follow the event's JSON field names. Sequences, lock tokens,
 // durations (in nanoseconds) are DynamoDB numbers, exact to 38 digits, so a
 // uint64 survives; times are UTC strings with nine fractional digits. A
 // trace over 8 KB is stored gzip-compressed (errorTraceGz) so that events
 // the stream accepted fit DynamoDB's 400 KB item limit; an event too large
 // even then fails its batch with stores.ErrInvalidRecord before anything is
-// written.
+// written. The record's stream hash (hash) and the event's link to its
+// predecessor (prevHash) are plain strings like the other fields; items
+// written before the hash chain lack them and read back as "".
 package dynamostore

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -44,7 +45,8 @@ func newStore(client *dynamodb.Client) storetest.NewStore {
 
 func TestConformance(t *testing.T) {
 	client := newClient(storetest.ServerAddr(t, endpointEnv))
-	storetest.Run(t, newStore(client), storetest.Features{AtomicBatch: false}) // no transactions: see the package doc
+	// No transactions (see the package doc), so no atomic batches.
+	storetest.Run(t, newStore(client), storetest.Features{AtomicBatch: false, Repairer: true, SchemaChecker: true})
 }
 
 // BenchmarkProjector compares the projector into DynamoDB with raw
@@ -135,8 +137,106 @@ func TestBackend(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := open(t, dynamostore.Config{}); !errors.Is(err, stores.ErrInvalidConfig) {
+		_, err := open(t, dynamostore.Config{})
+		if !errors.Is(err, stores.ErrInvalidConfig) {
 			t.Fatalf("New over a table with another key = %v, want ErrInvalidConfig", err)
+		}
+		t.Log(err)
+	})
+
+	t.Run("SchemaCheck", func(t *testing.T) {
+		st, err := open(t, dynamostore.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if problems, err := st.CheckSchema(ctx); err != nil || len(problems) != 0 {
+			t.Fatalf("fresh store: CheckSchema = %q, %v", problems, err)
+		}
+		// Replace the changeLog with a table keyed otherwise, the issues
+		// table with one without indexes, and drop the checkpoints.
+		p := prefix + "TestBackend_SchemaCheck_"
+		recreate := func(table string, keys ...string) {
+			t.Helper()
+			deleteTable(t, client, p+table)
+			if keys == nil {
+				return
+			}
+			in := &dynamodb.CreateTableInput{TableName: aws.String(p + table), BillingMode: types.BillingModePayPerRequest}
+			for i, k := range keys {
+				kt := types.KeyTypeHash
+				if i > 0 {
+					kt = types.KeyTypeRange
+				}
+				in.AttributeDefinitions = append(in.AttributeDefinitions, types.AttributeDefinition{AttributeName: aws.String(k), AttributeType: types.ScalarAttributeTypeS})
+				in.KeySchema = append(in.KeySchema, types.KeySchemaElement{AttributeName: aws.String(k), KeyType: kt})
+			}
+			if _, err := client.CreateTable(ctx, in); err != nil {
+				t.Fatal(err)
+			}
+		}
+		recreate("changeLog", "pk")
+		recreate("issues", "pipeline", "changeId")
+		recreate("checkpoints")
+		problems, err := st.CheckSchema(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("problems:\n%s", strings.Join(problems, "\n"))
+		want := []string{
+			"table " + p + "changeLog: key is [pk], want [id]",
+			"table " + p + "changeLog: index bySeq is missing",
+			"table " + p + "changeLog: index byState is missing",
+			"table " + p + "issues: index bySeq is missing",
+			"table " + p + "issues: index byStatus is missing",
+			"table " + p + "checkpoints is missing",
+		}
+		for _, w := range want {
+			if !slices.Contains(problems, w) {
+				t.Errorf("CheckSchema does not report %q", w)
+			}
+		}
+		if len(problems) != 10 { // 1 key + 4 + 4 indexes + 1 table
+			t.Errorf("CheckSchema reports %d problems, want 10", len(problems))
+		}
+	})
+
+	t.Run("RowsWithoutHashes", func(t *testing.T) {
+		// Items written before the hash chain have no hash attributes.
+		st, err := open(t, dynamostore.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		old := event(1, "old")
+		old.SchemaVersion = 1
+		if _, err := client.PutItem(ctx, &dynamodb.PutItemInput{
+			TableName: aws.String(prefix + "TestBackend_RowsWithoutHashes_changeLog"),
+			Item: map[string]types.AttributeValue{
+				"id": &types.AttributeValueMemberS{Value: old.ID}, "seq": &types.AttributeValueMemberN{Value: "1"},
+				"shard": &types.AttributeValueMemberS{Value: "0"}, "type": &types.AttributeValueMemberS{Value: string(old.Type)},
+				"state": &types.AttributeValueMemberS{Value: string(old.State())}, "schemaVersion": &types.AttributeValueMemberN{Value: "1"},
+				"pipeline": &types.AttributeValueMemberS{Value: old.Pipeline}, "changeId": &types.AttributeValueMemberS{Value: old.ChangeID},
+				"executionId": &types.AttributeValueMemberS{Value: old.ExecutionID}, "errorMessage": &types.AttributeValueMemberS{Value: old.ErrorMessage},
+				"recovery":   &types.AttributeValueMemberS{Value: string(old.Recovery)},
+				"occurredAt": &types.AttributeValueMemberS{Value: stores.FormatTime(old.OccurredAt)},
+			},
+		}); err != nil {
+			t.Fatal(err)
+		}
+		newer := event(2, "old")
+		newer.Hash, newer.PrevHash = events.Hash([]byte("2")), events.Hash([]byte("1"))
+		if err := st.Apply(ctx, stores.Batch{Checkpoint: "c", Records: []stores.Record{newer}}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := st.History(ctx, stores.HistoryQuery{ChangeID: "old"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 2 {
+			t.Fatalf("history = %+v, want 2 rows", got)
+		}
+		old.OccurredAt, got[1].OccurredAt = old.OccurredAt.UTC(), got[1].OccurredAt.UTC()
+		if got[0].Hash != newer.Hash || got[0].PrevHash != newer.PrevHash || !reflect.DeepEqual(got[1], old) {
+			t.Fatalf("history = %+v\nwant [%+v %+v]", got, newer, old)
 		}
 	})
 
@@ -244,6 +344,20 @@ func dropTables(tb testing.TB, client *dynamodb.Client, prefix string) {
 				tb.Logf("delete table %s: %v", name, err)
 			}
 		}
+	}
+}
+
+// deleteTable deletes a table and waits until it is gone.
+func deleteTable(tb testing.TB, client *dynamodb.Client, table string) {
+	tb.Helper()
+	ctx := context.Background()
+	if _, err := client.DeleteTable(ctx, &dynamodb.DeleteTableInput{TableName: aws.String(table)}); err != nil {
+		tb.Fatal(err)
+	}
+	if err := dynamodb.NewTableNotExistsWaiter(client, func(o *dynamodb.TableNotExistsWaiterOptions) {
+		o.MinDelay, o.MaxDelay = 50*time.Millisecond, time.Second
+	}).Wait(ctx, &dynamodb.DescribeTableInput{TableName: aws.String(table)}, time.Minute); err != nil {
+		tb.Fatal(err)
 	}
 }
 

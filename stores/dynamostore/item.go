@@ -41,6 +41,11 @@ const (
 	attrReason        = "reason"
 	attrEventID       = "eventId"
 	attrUpdatedAt     = "updatedAt"
+	// attrHash is the record's stream hash (stores.Record.Hash), attrPrevHash
+	// the event's link to its predecessor. Items written before the hash
+	// chain lack both; they read back as "".
+	attrHash     = "hash"
+	attrPrevHash = "prevHash"
 )
 
 // compressTraceOver is the trace length above which a trace is stored
@@ -142,6 +147,9 @@ func recordItem(r stores.Record) (item, error) {
 	e.s(attrResolution, string(r.Resolution))
 	e.s(attrOperator, r.Operator)
 	e.s(attrReason, r.Reason)
+	e.s(attrHash, r.Hash)
+	e.s(attrPrevHash, r.PrevHash)
+	// Last, so the size counted is that of the whole item.
 	return item(e), checkSize(e, "event "+r.ID)
 }
 
@@ -310,7 +318,7 @@ func (d *decoder) metadata() map[string]string {
 
 func decodeRecord(it item) (stores.Record, error) {
 	d := decoder{it: it}
-	r := stores.Record{Seq: d.u(attrSeq), Event: events.Event{
+	r := stores.Record{Seq: d.u(attrSeq), Hash: d.s(attrHash), Event: events.Event{
 		ID:            d.s(attrID),
 		Type:          events.Type(d.s(attrType)),
 		SchemaVersion: int(d.i(attrSchemaVersion)),
@@ -333,6 +341,7 @@ func decodeRecord(it item) (stores.Record, error) {
 		Resolution:    events.Resolution(d.s(attrResolution)),
 		Operator:      d.s(attrOperator),
 		Reason:        d.s(attrReason),
+		PrevHash:      d.s(attrPrevHash),
 	}}
 	if d.err != nil {
 		return r, fmt.Errorf("dynamostore: changeLog row %q: %w", r.ID, d.err)

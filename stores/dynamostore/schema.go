@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -115,7 +116,14 @@ func (s *Store) ensureTable(ctx context.Context, def tableDef) error {
 			return fmt.Errorf("dynamostore: wait for table %s: %w", def.name, stores.ContextError(ctx, err))
 		}
 	}
-	return checkTable(def, desc.Table)
+	if problems := checkTable(def, desc.Table); len(problems) > 0 {
+		for i, p := range problems {
+			problems[i] = strings.TrimPrefix(p, "table "+def.name+": ")
+		}
+		return fmt.Errorf("%w: dynamostore: table %s exists but was not created by this package (or by another version of it): %s",
+			stores.ErrInvalidConfig, def.name, strings.Join(problems, "; "))
+	}
+	return nil
 }
 
 func (s *Store) createTable(ctx context.Context, def tableDef) error {
@@ -175,43 +183,102 @@ func (s *Store) createTable(ctx context.Context, def tableDef) error {
 	return nil
 }
 
-// checkTable reports a table whose keys or indexes differ from what this
-// package queries, so a mismatch fails at start rather than on the first
-// query. Extra indexes are fine.
-func checkTable(def tableDef, t *types.TableDescription) error {
-	mismatch := func(what string) error {
-		return fmt.Errorf("%w: dynamostore: table %s exists but %s; it was not created by this package (or by another version of it)",
-			stores.ErrInvalidConfig, def.name, what)
+// checkTable lists how a table's keys and indexes differ from what this
+// package writes and queries: the key attributes and their types, and each
+// index's keys and projected attributes. Extra indexes and attributes are
+// fine. New refuses a table with problems, so a mismatch fails at start
+// rather than on the first query; CheckSchema reports them.
+func checkTable(def tableDef, t *types.TableDescription) []string {
+	var problems []string
+	report := func(format string, args ...any) {
+		problems = append(problems, fmt.Sprintf("table %s: "+format, append([]any{def.name}, args...)...))
+	}
+	attrTypes := map[string]types.ScalarAttributeType{}
+	for _, a := range t.AttributeDefinitions {
+		attrTypes[aws.ToString(a.AttributeName)] = a.AttributeType
+	}
+	// keyed checks the key attributes of the table or of an index (what,
+	// as "key" or "index NAME key"), and their types. A type belongs to
+	// the table, so a wrong one is reported once.
+	typeChecked := map[string]bool{}
+	keyed := func(what string, ks []types.KeySchemaElement, want []string) {
+		got := keyNames(ks)
+		if !slices.Equal(got, want) {
+			report("%s is %v, want %v", what, got, want)
+			return
+		}
+		for _, a := range want {
+			wantType := types.ScalarAttributeTypeS
+			if a == attrSeq {
+				wantType = types.ScalarAttributeTypeN
+			}
+			if typ := attrTypes[a]; typ != wantType && !typeChecked[a] {
+				report("key attribute %s has type %q, want %q", a, typ, wantType)
+			}
+			typeChecked[a] = true
+		}
 	}
 	want := []string{def.hash}
 	if def.rng != "" {
 		want = append(want, def.rng)
 	}
-	if got := keyNames(t.KeySchema); !slices.Equal(got, want) {
-		return mismatch(fmt.Sprintf("its key is %v, not %v", got, want))
-	}
+	keyed("key", t.KeySchema, want)
 	for _, ix := range def.indexes {
 		i := slices.IndexFunc(t.GlobalSecondaryIndexes, func(g types.GlobalSecondaryIndexDescription) bool {
 			return aws.ToString(g.IndexName) == ix.name
 		})
 		if i < 0 {
-			return mismatch("it has no index " + ix.name)
+			report("index %s is missing", ix.name)
+			continue
 		}
 		g := t.GlobalSecondaryIndexes[i]
-		if got := keyNames(g.KeySchema); !slices.Equal(got, []string{ix.hash, attrSeq}) {
-			return mismatch(fmt.Sprintf("index %s is keyed by %v, not [%s %s]", ix.name, got, ix.hash, attrSeq))
-		}
-		if p := g.Projection; p != nil && p.ProjectionType == types.ProjectionTypeInclude {
+		keyed("index "+ix.name+" key", g.KeySchema, []string{ix.hash, attrSeq})
+		switch p := g.Projection; {
+		case p == nil || p.ProjectionType == types.ProjectionTypeAll:
+		case p.ProjectionType == types.ProjectionTypeKeysOnly && len(ix.include) > 0:
+			report("index %s projects keys only, want also %v", ix.name, ix.include)
+		case p.ProjectionType == types.ProjectionTypeInclude:
 			for _, a := range ix.include {
 				if !slices.Contains(p.NonKeyAttributes, a) {
-					return mismatch(fmt.Sprintf("index %s does not project %s", ix.name, a))
+					report("index %s does not project %s", ix.name, a)
 				}
 			}
-		} else if p != nil && p.ProjectionType == types.ProjectionTypeKeysOnly && len(ix.include) > 0 {
-			return mismatch(fmt.Sprintf("index %s projects keys only", ix.name))
 		}
 	}
-	return nil
+	return problems
+}
+
+// CheckSchema describes the store's tables and returns one line per
+// problem: a missing table, a key that differs (attributes or types), a
+// missing index or one keyed or projected otherwise than this package
+// queries it. A table New would refuse has at least one. It also reports an
+// index that is not ACTIVE (a backfilling index answers no Query). The error
+// is for failing to describe a table.
+func (s *Store) CheckSchema(ctx context.Context) ([]string, error) {
+	if err := s.check(ctx, "check schema"); err != nil {
+		return nil, err
+	}
+	var problems []string
+	for _, def := range s.tableDefs() {
+		desc, err := s.client.DescribeTable(ctx, &dynamodb.DescribeTableInput{TableName: &def.name})
+		var notFound *types.ResourceNotFoundException
+		if errors.As(err, &notFound) && ctx.Err() == nil {
+			problems = append(problems, fmt.Sprintf("table %s is missing", def.name))
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("dynamostore: check schema: describe table %s: %w", def.name, stores.ContextError(ctx, err))
+		}
+		problems = append(problems, checkTable(def, desc.Table)...)
+		for _, g := range desc.Table.GlobalSecondaryIndexes {
+			if st := g.IndexStatus; st != "" && st != types.IndexStatusActive && slices.ContainsFunc(def.indexes, func(ix index) bool {
+				return ix.name == aws.ToString(g.IndexName)
+			}) {
+				problems = append(problems, fmt.Sprintf("table %s: index %s is %s, not ACTIVE", def.name, aws.ToString(g.IndexName), st))
+			}
+		}
+	}
+	return problems, nil
 }
 
 // keyNames lists key attributes, hash key first.

@@ -15,14 +15,17 @@
 // a long. Metadata is an array of {k, v} pairs because its keys are
 // arbitrary text. Text that contains NUL or is not UTF-8 is stored as
 // binary (see text in document.go): FerretDB's PostgreSQL backend cannot
-// hold U+0000.
+// hold U+0000. The record's hash and the event's prevHash (the hash chain,
+// schema version 2) are plain fields, left out when empty; documents an
+// older version wrote lack them and read as "", so no migration is needed.
 //
 // issues: one document per change, _id = "pipeline/changeId" (a '/' or '%'
 // in the pipeline escaped as in URLs, so the id is unambiguous), holding
 // the projection of the newest event (highest stream sequence) and that
 // seq, with pipeline and changeId also as fields of their own.
 //
-// auditCheckpoints: {_id: consumer name, seq}.
+// auditCheckpoints: {_id: consumer name, seq}. New creates it (with the
+// indexes) so a new store's schema is complete before its first Apply.
 //
 // # Why no transactions are needed
 //
@@ -88,6 +91,18 @@
 // An issue looked up by pipeline and change id is an _id lookup. The
 // targetSystem, author and updatedAt indexes serve operators' own queries
 // rather than this package's.
+//
+// # Schema check and repair
+//
+// The Store is a stores.SchemaChecker: CheckSchema (verify-schema) reports
+// each missing collection and each of the indexes above that no index with
+// the same key pattern provides; reopening with New creates them.
+//
+// It is a stores.Repairer: Repair deletes and replaces changeLog documents
+// by _id and issues by their _id, as given, without Apply's seq guard
+// (replacement upserts, in the same unordered bulk writes of at most
+// BatchSize statements). Like Apply it has no transaction: a failed Repair
+// leaves some corrections made, and running it again completes them.
 //
 // # FerretDB
 //

@@ -55,6 +55,10 @@ type logDoc struct {
 	Resolution      string        `bson:"resolution,omitempty"`
 	Operator        text          `bson:"operator,omitempty"`
 	Reason          text          `bson:"reason,omitempty"`
+	// Hash and PrevHash (schema version 2) are absent from documents an
+	// older version wrote, and from events without them: both read as "".
+	Hash     text `bson:"hash,omitempty"`
+	PrevHash text `bson:"prevHash,omitempty"`
 }
 
 // entry is one metadata pair. Metadata is an array of pairs, not a
@@ -104,7 +108,7 @@ func toLogDoc(r stores.Record) logDoc {
 		LockToken: int64(r.LockToken), OccurredAt: at, OccurredAtNanos: nanos,
 		DurationNanos: int64(r.Duration), ErrorMessage: text(r.ErrorMessage), ErrorTrace: text(r.ErrorTrace),
 		Recovery: string(r.Recovery), Transactional: r.Transactional, Resolution: string(r.Resolution),
-		Operator: text(r.Operator), Reason: text(r.Reason),
+		Operator: text(r.Operator), Reason: text(r.Reason), Hash: text(r.Hash), PrevHash: text(r.PrevHash),
 	}
 	if len(r.Metadata) > 0 {
 		keys := make([]string, 0, len(r.Metadata))
@@ -121,7 +125,7 @@ func toLogDoc(r stores.Record) logDoc {
 }
 
 func (d logDoc) record() stores.Record {
-	r := stores.Record{Seq: uint64(d.Seq), Event: events.Event{
+	r := stores.Record{Seq: uint64(d.Seq), Hash: string(d.Hash), Event: events.Event{
 		ID: string(d.ID), Type: events.Type(d.Type), SchemaVersion: int(d.SchemaVersion),
 		Pipeline: string(d.Pipeline), ChangeID: string(d.ChangeID), Author: string(d.Author),
 		ExecutionID: string(d.ExecutionID), Order: string(d.Order), TargetSystem: string(d.TargetSystem),
@@ -130,6 +134,7 @@ func (d logDoc) record() stores.Record {
 		ErrorMessage: string(d.ErrorMessage), ErrorTrace: string(d.ErrorTrace),
 		Recovery: events.Recovery(d.Recovery), Transactional: d.Transactional,
 		Resolution: events.Resolution(d.Resolution), Operator: string(d.Operator), Reason: string(d.Reason),
+		PrevHash: string(d.PrevHash),
 	}}
 	if len(d.Metadata) > 0 {
 		r.Metadata = make(map[string]string, len(d.Metadata))

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"math"
 	"regexp"
-	"slices"
 	"strings"
 	"sync/atomic"
 
@@ -50,9 +49,10 @@ type Config struct {
 	// statements that match existing documents: use less than 50 there.
 	BatchSize int
 
-	// SkipIndexes turns off creating the indexes on New, for deployments
-	// that manage indexes themselves. The queries need them (see the
-	// package documentation).
+	// SkipIndexes turns off creating the indexes (and the checkpoints
+	// collection, which has none) on New, for deployments that manage
+	// their schema themselves. The queries need the indexes (see the
+	// package documentation); CheckSchema reports any that are missing.
 	SkipIndexes bool
 
 	// Logger receives diagnostics; nil discards them.
@@ -143,7 +143,8 @@ var _ stores.Store = (*Store)(nil)
 
 // New returns a store in cfg.Database of client's deployment and, unless
 // cfg.SkipIndexes, creates the indexes it needs (an existing identical index
-// is left alone). The caller keeps ownership of client: Close does not
+// is left alone) and the checkpoints collection, so that a new store's
+// schema is complete before its first Apply. The caller keeps ownership of client: Close does not
 // disconnect it.
 func New(ctx context.Context, client *mongo.Client, cfg Config) (*Store, error) {
 	if client == nil {
@@ -164,6 +165,9 @@ func New(ctx context.Context, client *mongo.Client, cfg Config) (*Store, error) 
 		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	if !cfg.SkipIndexes {
+		if err := s.createCheckpoints(ctx); err != nil {
+			return nil, err
+		}
 		if err := s.createIndexes(ctx); err != nil {
 			return nil, err
 		}
@@ -218,16 +222,12 @@ func (s *Store) createIndexes(ctx context.Context) error {
 		coll *mongo.Collection
 		keys []bson.D
 	}{{s.changeLog, changeLogIndexes}, {s.issues, issueIndexes}} {
-		cur, err := c.coll.Indexes().List(ctx)
+		have, err := listIndexes(ctx, c.coll)
 		if err != nil {
 			return fail(ctx, "list indexes of "+c.coll.Name(), err)
 		}
-		var have []listedIndex
-		if err := cur.All(ctx, &have); err != nil {
-			return fail(ctx, "list indexes of "+c.coll.Name(), err)
-		}
 		for _, k := range c.keys {
-			if slices.ContainsFunc(have, func(h listedIndex) bool { return sameKeys(k, h.Key) }) {
+			if hasIndex(have, k) {
 				continue
 			}
 			if _, err := c.coll.Indexes().CreateOne(ctx, mongo.IndexModel{Keys: k}); err != nil {
@@ -292,7 +292,7 @@ func (s *Store) Apply(ctx context.Context, b stores.Batch) error {
 			continue // a duplicate in the batch would only come back as a duplicate key
 		}
 		seen[r.ID] = true
-		doc, err := encode(toLogDoc(r), r)
+		doc, err := encode(toLogDoc(r), r.ID, r.Seq)
 		if err != nil {
 			return err
 		}
@@ -301,7 +301,7 @@ func (s *Store) Apply(ctx context.Context, b stores.Batch) error {
 	latest := b.LatestPerChange()
 	upserts := make([]mongo.WriteModel, len(latest))
 	for i, r := range latest {
-		doc, err := encode(toIssueDoc(stores.IssueOf(r)), r)
+		doc, err := encode(toIssueDoc(stores.IssueOf(r)), r.ID, r.Seq)
 		if err != nil {
 			return err
 		}
@@ -323,13 +323,15 @@ func (s *Store) Apply(ctx context.Context, b stores.Batch) error {
 	return s.raiseCheckpoint(ctx, b.Checkpoint, int64(b.MaxSeq()))
 }
 
-func encode(doc any, r stores.Record) (bson.Raw, error) {
+// encode marshals the document of event id at seq, and refuses it if it is
+// larger than MongoDB can hold.
+func encode(doc any, id string, seq uint64) (bson.Raw, error) {
 	raw, err := bson.Marshal(doc)
 	if err != nil {
-		return nil, fmt.Errorf("%w: event %q (seq %d): %w", stores.ErrInvalidRecord, r.ID, r.Seq, err)
+		return nil, fmt.Errorf("%w: event %q (seq %d): %w", stores.ErrInvalidRecord, id, seq, err)
 	}
 	if len(raw) > maxDocumentSize {
-		return nil, fmt.Errorf("%w: event %q (seq %d) is %d bytes as BSON, over MongoDB's %d", stores.ErrInvalidRecord, r.ID, r.Seq, len(raw), maxDocumentSize)
+		return nil, fmt.Errorf("%w: event %q (seq %d) is %d bytes as BSON, over MongoDB's %d", stores.ErrInvalidRecord, id, seq, len(raw), maxDocumentSize)
 	}
 	return raw, nil
 }
@@ -391,8 +393,9 @@ func (s *Store) upsertIssues(ctx context.Context, models []mongo.WriteModel) err
 // nothing, although the statements before it did run. So an answer that
 // does not account for every statement is not trusted: the statements are
 // sent again one per command, which is exact everywhere. Every statement
-// here is idempotent (an insert by id, a seq-guarded replacement), so
-// running one twice changes nothing.
+// here is idempotent (an insert by id, a seq-guarded replacement, and
+// Repair's replacements and deletes by id), so running one twice changes
+// nothing.
 func bulkWrite(ctx context.Context, coll *mongo.Collection, models []mongo.WriteModel) ([]int, error) {
 	res, err := coll.BulkWrite(ctx, models, unordered)
 	if err == nil {

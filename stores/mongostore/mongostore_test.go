@@ -67,7 +67,11 @@ func newStore(client *mongo.Client, db string) storetest.NewStore {
 
 func TestConformance(t *testing.T) {
 	client, db := connect(t)
-	storetest.Run(t, newStore(client, db), storetest.Features{AtomicBatch: false}) // no transactions: see the package doc
+	storetest.Run(t, newStore(client, db), storetest.Features{
+		AtomicBatch:   false, // no transactions: see the package doc
+		Repairer:      true,
+		SchemaChecker: true,
+	})
 }
 
 // BenchmarkProjector: on FerretDB the absolute numbers are FerretDB's
@@ -242,6 +246,7 @@ func TestExoticValues(t *testing.T) {
 	r.Metadata = map[string]string{"a.b": "dotted", "$x": "dollar", "k\x00": "v\x00"}
 	r.OccurredAt = time.Date(2026, 3, 4, 5, 6, 7, 123456789, time.UTC)
 	r.LockToken = 1<<64 - 1
+	r.Hash, r.PrevHash = events.Hash([]byte("this one")), events.Hash([]byte("the one before"))
 	if err := s.Apply(ctx, stores.Batch{Checkpoint: "nul\x00name", Records: []stores.Record{r}}); err != nil {
 		t.Fatal(err)
 	}
@@ -266,6 +271,62 @@ func TestExoticValues(t *testing.T) {
 	}
 	if n, err := s.Checkpoint(ctx, "nul\x00name"); err != nil || n != 1 {
 		t.Fatalf("checkpoint = %d, %v", n, err)
+	}
+}
+
+// Documents an older version wrote have no hash fields: they read as "".
+func TestDocumentsWithoutHashes(t *testing.T) {
+	client, db := connect(t)
+	s := open(t, client, db, "old")
+	ctx := context.Background()
+	r := event(1, events.ExecutionStarted, "p", "c")
+	if _, err := client.Database(db).Collection("old_changeLog").InsertOne(ctx, rawDoc(r)); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.History(ctx, stores.HistoryQuery{})
+	if err != nil || len(got) != 1 {
+		t.Fatalf("History = %+v, %v", got, err)
+	}
+	if g := got[0]; g.ID != r.ID || g.Seq != 1 || g.Hash != "" || g.PrevHash != "" {
+		t.Fatalf("old document read as %+v", g)
+	}
+}
+
+// CheckSchema names a dropped index and a dropped collection, and New puts
+// them back.
+func TestCheckSchemaFindsMissing(t *testing.T) {
+	client, db := connect(t)
+	s := open(t, client, db, "schema")
+	ctx := context.Background()
+	if problems, err := s.CheckSchema(ctx); err != nil || len(problems) != 0 {
+		t.Fatalf("fresh store: CheckSchema = %q, %v", problems, err)
+	}
+	if err := client.Database(db).Collection("schema_changeLog").Indexes().DropOne(ctx, "state_1_seq_-1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := client.Database(db).Collection("schema_checkpoints").Drop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	problems, err := s.CheckSchema(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"collection " + db + ".schema_changeLog has no index {state: 1, seq: -1}",
+		"collection " + db + ".schema_checkpoints is missing",
+	}
+	if !reflect.DeepEqual(problems, want) {
+		t.Fatalf("CheckSchema = %q, want %q", problems, want)
+	}
+	if problems, err := open(t, client, db, "schema").CheckSchema(ctx); err != nil || len(problems) != 0 {
+		t.Fatalf("after reopening: CheckSchema = %q, %v", problems, err)
+	}
+	_ = s.Close()
+	if _, err := s.CheckSchema(ctx); !errors.Is(err, stores.ErrClosed) {
+		t.Fatalf("CheckSchema after Close = %v", err)
+	}
+	if err := s.Repair(ctx, stores.Repair{}); !errors.Is(err, stores.ErrClosed) {
+		t.Fatalf("Repair after Close = %v", err)
 	}
 }
 

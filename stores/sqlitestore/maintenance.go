@@ -129,3 +129,62 @@ func (s *Store) Repair(ctx context.Context, r stores.Repair) error {
 		return nil
 	})
 }
+
+var _ stores.BulkLoader = (*Store)(nil)
+
+// BeginBulk prepares for a large load into an empty store (a rebuild by
+// replay): the secondary indexes are dropped, to be built once at the end,
+// and commits stop waiting for the disk (synchronous=NORMAL: in WAL mode a
+// crash may lose the last commits, never corrupt the file; the replay's
+// checkpoint is in the same commits, so a resumed replay repeats exactly
+// what was lost). Writes go through one connection until EndBulk.
+func (s *Store) BeginBulk(ctx context.Context) error {
+	s.bulkMu.Lock()
+	defer s.bulkMu.Unlock()
+	if s.bulk != nil {
+		return nil
+	}
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("sqlitestore: bulk: %w", stores.ContextError(ctx, err))
+	}
+	stmts := []string{"PRAGMA synchronous = NORMAL"}
+	for _, idx := range s.sql.indexes {
+		stmts = append(stmts, "DROP INDEX IF EXISTS "+quote(idx))
+	}
+	for _, st := range stmts {
+		if _, err := conn.ExecContext(ctx, st); err != nil {
+			_ = conn.Close()
+			return fmt.Errorf("sqlitestore: bulk: %s: %w", st, stores.ContextError(ctx, err))
+		}
+	}
+	s.bulk = conn
+	return nil
+}
+
+// EndBulk rebuilds the indexes, makes everything loaded durable and returns
+// to normal writes. (Should a bulk load die before EndBulk, the next Open
+// recreates the indexes.)
+func (s *Store) EndBulk(ctx context.Context) error {
+	s.bulkMu.Lock()
+	defer s.bulkMu.Unlock()
+	if s.bulk == nil {
+		return nil
+	}
+	conn := s.bulk
+	s.bulk = nil
+	defer conn.Close()
+	stmts := []string{"PRAGMA synchronous = FULL"}
+	for _, st := range s.sql.schema {
+		if strings.HasPrefix(st, "CREATE INDEX") {
+			stmts = append(stmts, st)
+		}
+	}
+	stmts = append(stmts, "PRAGMA wal_checkpoint(FULL)") // syncs what NORMAL commits left unsynced
+	for _, st := range stmts {
+		if _, err := conn.ExecContext(ctx, st); err != nil {
+			return fmt.Errorf("sqlitestore: end bulk: %s: %w", firstLine(st), stores.ContextError(ctx, err))
+		}
+	}
+	return nil
+}

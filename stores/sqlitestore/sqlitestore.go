@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/auditflow/auditflow/events"
@@ -64,6 +65,9 @@ type Store struct {
 	cfg Config
 	own bool // Close closes db: Open created it
 	sql queries
+
+	bulkMu sync.Mutex
+	bulk   *sql.Conn // set between BeginBulk and EndBulk: writes go through it
 }
 
 var _ stores.Store = (*Store)(nil)
@@ -292,7 +296,20 @@ func execRows(ctx context.Context, tx *sql.Tx, m multiRow, n int, args func(i in
 }
 
 func (s *Store) inTx(ctx context.Context, fn func(*sql.Tx) error) error {
-	tx, err := s.db.BeginTx(ctx, nil)
+	s.bulkMu.Lock()
+	conn := s.bulk
+	if conn != nil {
+		defer s.bulkMu.Unlock() // one writer in bulk mode: its connection
+	} else {
+		s.bulkMu.Unlock()
+	}
+	var tx *sql.Tx
+	var err error
+	if conn != nil {
+		tx, err = conn.BeginTx(ctx, nil)
+	} else {
+		tx, err = s.db.BeginTx(ctx, nil)
+	}
 	if err != nil {
 		return fmt.Errorf("sqlitestore: begin: %w", stores.ContextError(ctx, err))
 	}

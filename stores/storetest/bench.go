@@ -34,11 +34,16 @@ type BenchConfig struct {
 //
 //   - raw-events/s: raw writing the events in chunks of BatchSize from
 //     Workers goroutines;
+//
 //   - apply-events/s: Store.Apply of the same chunks from Workers
 //     goroutines;
+//
 //   - events/s: the whole projector — the events already on an in-process
 //     JetStream stream, Workers workers fetching batches of BatchSize,
 //     decoding, applying and acknowledging — until the last is stored;
+//
+//   - replay-events/s: projector.Replay of the same stream into a fresh
+//     store (one reader, batches of at least 1000);
 //
 // and reports projector/raw, the figure the store is judged by.
 func Bench(b *testing.B, newStore NewStore, raw RawWriter, cfg BenchConfig) {
@@ -58,7 +63,7 @@ func Bench(b *testing.B, newStore NewStore, raw RawWriter, cfg BenchConfig) {
 	for lo := 0; lo < len(recs); lo += cfg.BatchSize {
 		chunks = append(chunks, recs[lo:min(lo+cfg.BatchSize, len(recs))])
 	}
-	var rawT, applyT, projT time.Duration
+	var rawT, applyT, projT, replayT time.Duration
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
 		ns := func(kind string) string { return fmt.Sprintf("bn%s%d%s", run, i, kind) }
@@ -79,7 +84,9 @@ func Bench(b *testing.B, newStore NewStore, raw RawWriter, cfg BenchConfig) {
 		}
 		applyT += time.Since(start)
 
-		projT += benchProjector(b, newStore(b, ns("p")), recs, cfg)
+		p, r := benchProjector(b, newStore(b, ns("p")), newStore(b, ns("x")), recs, cfg)
+		projT += p
+		replayT += r
 	}
 	n := float64(b.N * len(recs))
 	rawRate, applyRate, projRate := n/rawT.Seconds(), n/applyT.Seconds(), n/projT.Seconds()
@@ -87,11 +94,12 @@ func Bench(b *testing.B, newStore NewStore, raw RawWriter, cfg BenchConfig) {
 	b.ReportMetric(applyRate, "apply-events/s")
 	b.ReportMetric(rawRate, "raw-events/s")
 	b.ReportMetric(projRate/rawRate, "projector/raw")
+	b.ReportMetric(n/replayT.Seconds(), "replay-events/s")
 }
 
 // benchProjector publishes recs (untimed), then times a projector storing
-// them all.
-func benchProjector(b *testing.B, st stores.Store, recs []stores.Record, cfg BenchConfig) time.Duration {
+// them all into st, and a replay of them all into fresh.
+func benchProjector(b *testing.B, st, fresh stores.Store, recs []stores.Record, cfg BenchConfig) (time.Duration, time.Duration) {
 	srv := natstest.StartWith(b, embedded.Config{Logger: slog.New(slog.DiscardHandler)})
 	ctx := context.Background()
 	prod, err := producer.New(ctx, srv.JS, producer.Config{})
@@ -127,7 +135,12 @@ func benchProjector(b *testing.B, st stores.Store, recs []stores.Record, cfg Ben
 	if got := p.Stats().Applied; got != uint64(len(recs)) {
 		b.Fatalf("projector applied %d of %d", got, len(recs))
 	}
-	return elapsed
+	start = time.Now()
+	prog, err := projector.Replay(ctx, srv.JS, fresh, projector.ReplayConfig{BatchSize: max(cfg.BatchSize, 1000)})
+	if err != nil || prog.Applied != uint64(len(recs)) {
+		b.Fatalf("replay: %+v, %v", prog, err)
+	}
+	return elapsed, time.Since(start)
 }
 
 func parallel(workers int, chunks [][]stores.Record, fn func([]stores.Record) error) error {

@@ -809,7 +809,7 @@ func testRepair(t *testing.T, s *suite) {
 	}
 	// Repair back.
 	if err := r.Repair(ctx, stores.Repair{Put: []stores.Record{data[2], data[5]}, Delete: []stores.Record{stray},
-		Issues: []stores.Issue{stores.IssueOf(latestOf(data, badIssue.Pipeline, badIssue.ChangeID))},
+		Issues:       []stores.Issue{stores.IssueOf(latestOf(data, badIssue.Pipeline, badIssue.ChangeID))},
 		DeleteIssues: []stores.Issue{ghostIssue}}); err != nil {
 		t.Fatalf("Repair (fixing): %v", err)
 	}

@@ -1,0 +1,238 @@
+package projector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/producer"
+	"github.com/auditflow/auditflow/stores"
+)
+
+// ReplayConfig configures Replay. Zero fields take the defaults shown.
+type ReplayConfig struct {
+	Stream producer.StreamConfig
+	// Where to start. FromSeq > 0 starts at that sequence; a non-zero
+	// Since starts at the first event stored at or after that time.
+	// Neither: resume after the Checkpoint (from the first event if none),
+	// so an interrupted replay continues where it stopped.
+	FromSeq uint64
+	Since   time.Time
+	// Checkpoint names the progress record kept in the target store.
+	// Default "replay".
+	Checkpoint string
+	// BatchSize is the most events per store write. Default 1000.
+	BatchSize int
+	// RetryFor bounds retries of a failing store write before Replay gives
+	// up (it can be resumed). Default 2m.
+	RetryFor time.Duration
+	// Progress, if set, is called after every stored batch.
+	Progress func(ReplayProgress)
+	Logger   *slog.Logger // nil discards
+}
+
+// ReplayProgress is how far a replay has got.
+type ReplayProgress struct {
+	Applied    uint64 // events stored by this replay
+	Skipped    uint64 // undecodable events passed over
+	Seq        uint64 // last sequence stored
+	First      uint64 // first sequence of this replay
+	Target     uint64 // the stream's last sequence when the replay began
+	Elapsed    time.Duration
+	EventsPerS float64
+}
+
+// Remaining estimates the time left at the current rate.
+func (p ReplayProgress) Remaining() time.Duration {
+	if p.EventsPerS <= 0 || p.Seq >= p.Target {
+		return 0
+	}
+	return time.Duration(float64(p.Target-p.Seq) / p.EventsPerS * float64(time.Second))
+}
+
+// Replay rebuilds or brings up to date a store from the stream: it reads
+// the stream with an ordered consumer (ephemeral, unacknowledged, so the
+// live projectors' durable consumers are untouched) from the configured
+// start up to the last event present when it began, and applies it in
+// batches, recording its progress under the Checkpoint name in the store.
+// Applying is idempotent, so a replay over rows already there, or run
+// twice, changes nothing; an interrupted replay resumes after its
+// checkpoint. Undecodable events are skipped and counted (the live
+// projector dead-letters them).
+func Replay(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg ReplayConfig) (ReplayProgress, error) {
+	if err := cfg.Stream.Validate(); err != nil {
+		return ReplayProgress{}, err
+	}
+	setDefault(&cfg.Checkpoint, "replay")
+	setDefault(&cfg.BatchSize, 1000)
+	setDefault(&cfg.RetryFor, 2*time.Minute)
+	if cfg.BatchSize < 1 || cfg.BatchSize > 100_000 {
+		return ReplayProgress{}, fmt.Errorf("%w: replay batch size %d is outside 1..100000", ErrInvalidConfig, cfg.BatchSize)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	stream, err := js.Stream(ctx, cfg.Stream.Name)
+	if err != nil {
+		return ReplayProgress{}, fmt.Errorf("replay: stream %s: %w", cfg.Stream.Name, err)
+	}
+	info := stream.CachedInfo()
+	prog := ReplayProgress{Target: info.State.LastSeq}
+	occ := jetstream.OrderedConsumerConfig{FilterSubjects: []string{cfg.Stream.SubjectPrefix + ".>"}}
+	switch {
+	case !cfg.Since.IsZero():
+		occ.DeliverPolicy, occ.OptStartTime = jetstream.DeliverByStartTimePolicy, &cfg.Since
+	case cfg.FromSeq > 0:
+		occ.DeliverPolicy, occ.OptStartSeq = jetstream.DeliverByStartSequencePolicy, cfg.FromSeq
+	default:
+		cp, err := store.Checkpoint(ctx, cfg.Checkpoint)
+		if err != nil {
+			return prog, fmt.Errorf("replay: read checkpoint %q: %w", cfg.Checkpoint, err)
+		}
+		occ.DeliverPolicy, occ.OptStartSeq = jetstream.DeliverByStartSequencePolicy, cp+1
+		if cp > 0 {
+			log.Info("resuming replay after its checkpoint", "checkpoint", cfg.Checkpoint, "seq", cp)
+		}
+	}
+	if occ.OptStartSeq > prog.Target || info.State.Msgs == 0 {
+		return prog, nil // nothing to do
+	}
+	cons, err := stream.OrderedConsumer(ctx, occ)
+	if err != nil {
+		return prog, fmt.Errorf("replay: consumer: %w", err)
+	}
+	// A rebuild into an empty store may use the store's bulk path.
+	if bl, ok := store.(stores.BulkLoader); ok {
+		if rows, err := store.History(ctx, stores.HistoryQuery{Limit: 1}); err == nil && len(rows) == 0 {
+			if err := bl.BeginBulk(ctx); err != nil {
+				return prog, fmt.Errorf("replay: %w", err)
+			}
+			log.Info("replay: empty store, loading in bulk")
+			defer func() {
+				if err := bl.EndBulk(context.WithoutCancel(ctx)); err != nil {
+					log.Error("replay: ending the bulk load failed; reopening the store rebuilds its indexes", "err", err)
+				}
+			}()
+		}
+	}
+
+	// Read and decode ahead of the store, one batch in flight.
+	batches := make(chan []stores.Record, 2)
+	readErr := make(chan error, 1)
+	var skipped atomic.Uint64
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() { readErr <- readBatches(rctx, cons, cfg.BatchSize, prog.Target, batches, &skipped, log) }()
+
+	start := time.Now()
+	for batch := range batches {
+		if prog.First == 0 {
+			prog.First = batch[0].Seq
+		}
+		b := backoff.WithContext(backoff.NewExponentialBackOff(
+			backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxElapsedTime(cfg.RetryFor)), ctx)
+		err := backoff.RetryNotify(func() error {
+			return store.Apply(ctx, stores.Batch{Checkpoint: cfg.Checkpoint, Records: batch})
+		}, b, func(err error, wait time.Duration) {
+			log.Warn("replay: store write failed, retrying", "firstSeq", batch[0].Seq, "err", err, "retryIn", wait)
+		})
+		if err != nil {
+			stop()
+			for range batches { // let the reader finish
+			}
+			return prog, fmt.Errorf("replay: store write at seq %d (resume with the same command): %w", batch[0].Seq, err)
+		}
+		prog.Applied += uint64(len(batch))
+		prog.Skipped = skipped.Load()
+		prog.Seq = batch[len(batch)-1].Seq
+		prog.Elapsed = time.Since(start)
+		prog.EventsPerS = float64(prog.Applied) / prog.Elapsed.Seconds()
+		if cfg.Progress != nil {
+			cfg.Progress(prog)
+		}
+	}
+	prog.Skipped = skipped.Load()
+	if err := <-readErr; err != nil {
+		return prog, err
+	}
+	prog.Elapsed = time.Since(start)
+	return prog, nil
+}
+
+// readBatches fetches and decodes until it has passed target, sending
+// batches of decoded records; it closes out when done.
+func readBatches(ctx context.Context, cons jetstream.Consumer, size int, target uint64, out chan<- []stores.Record, skipped *atomic.Uint64, log *slog.Logger) error {
+	defer close(out)
+	empty := 0
+	for {
+		// The events are already stored: take what is there at once, and
+		// wait only if nothing was (a consumer just created).
+		var mb jetstream.MessageBatch
+		var err error
+		if empty == 0 {
+			mb, err = cons.FetchNoWait(size)
+		} else {
+			mb, err = cons.Fetch(size, jetstream.FetchMaxWait(time.Second))
+		}
+		if err != nil {
+			return fmt.Errorf("replay: fetch: %w", err)
+		}
+		batch := make([]stores.Record, 0, size)
+		var last uint64
+		for m := range mb.Messages() {
+			md, err := m.Metadata()
+			if err != nil {
+				return fmt.Errorf("replay: %w", err)
+			}
+			last = md.Sequence.Stream
+			if last > target {
+				break
+			}
+			e, err := events.Decode(m.Data())
+			if err != nil {
+				skipped.Add(1)
+				log.Warn("replay: skipping an undecodable event", "seq", last, "subject", m.Subject(), "err", err)
+				continue
+			}
+			batch = append(batch, stores.Record{Seq: last, Hash: events.Hash(m.Data()), Event: e})
+		}
+		if err := mb.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("replay: fetch: %w", err)
+		}
+		if len(batch) > 0 {
+			select {
+			case out <- batch:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		if last >= target {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if last == 0 {
+			empty++
+		} else {
+			empty = 0
+		}
+		if empty > 1 { // nothing came even after waiting: done if nothing is left
+			info, err := cons.Info(ctx)
+			if err != nil {
+				return fmt.Errorf("replay: consumer info: %w", err)
+			}
+			if info.NumPending == 0 {
+				return nil
+			}
+		}
+	}
+}
