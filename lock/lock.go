@@ -21,8 +21,8 @@ type Config struct {
 	Replicas int    // bucket replicas, default 1; 3 on a cluster
 	// Lease is how long a lock outlives its holder's last refresh. It is the
 	// bucket's TTL, enforced by the server: a holder that dies loses the
-	// lock after at most Lease. Default 60s. All lockers of a bucket must
-	// agree on it (New checks).
+	// lock after at most Lease. All lockers of a bucket must agree on it
+	// (New checks). Zero takes the existing bucket's, or 60s for a new one.
 	Lease time.Duration
 	// RetryInterval is the first wait between attempts on a held lock; it
 	// grows by half each time up to 4× (with jitter). Default 1s.
@@ -52,9 +52,6 @@ func (c *Config) Validate() error {
 	if c.Replicas == 0 {
 		c.Replicas = 1
 	}
-	if c.Lease == 0 {
-		c.Lease = DefaultLease
-	}
 	if c.RetryInterval == 0 {
 		c.RetryInterval = DefaultRetryInterval
 	}
@@ -66,7 +63,7 @@ func (c *Config) Validate() error {
 		c.Owner = fmt.Sprintf("%s:%d", host, os.Getpid())
 	}
 	switch {
-	case c.Lease < 100*time.Millisecond:
+	case c.Lease != 0 && c.Lease < 100*time.Millisecond:
 		return fmt.Errorf("%w: lease %s is shorter than 100ms", ErrInvalidConfig, c.Lease)
 	case c.RetryInterval < 0 || c.GiveUpAfter < 0:
 		return fmt.Errorf("%w: negative retry interval or give-up time", ErrInvalidConfig)
@@ -92,6 +89,9 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Locker, erro
 	}
 	kv, err := js.KeyValue(ctx, cfg.Bucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		if cfg.Lease == 0 {
+			cfg.Lease = DefaultLease
+		}
 		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
 			Bucket:      cfg.Bucket,
 			Description: "auditflow pipeline locks",
@@ -110,6 +110,9 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Locker, erro
 	st, err := kv.Status(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("lock: bucket %s: %w", cfg.Bucket, err)
+	}
+	if cfg.Lease == 0 {
+		cfg.Lease = st.TTL()
 	}
 	if st.TTL() != cfg.Lease {
 		return nil, fmt.Errorf("%w: bucket %s has a lease (TTL) of %s, this locker is configured for %s",

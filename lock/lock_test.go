@@ -228,6 +228,15 @@ func TestConfigChecks(t *testing.T) {
 	if _, err := lock.New(ctx, srv.JS, lock.Config{Lease: 2 * time.Second}); !errors.Is(err, lock.ErrInvalidConfig) {
 		t.Fatalf("locker with another lease than the bucket = %v, want ErrInvalidConfig", err)
 	}
+	adopted, err := lock.New(ctx, srv.JS, lock.Config{}) // no lease: the bucket's
+	if err != nil {
+		t.Fatalf("locker adopting the bucket's lease: %v", err)
+	}
+	if l, err := adopted.TryAcquire(ctx, "p"); err != nil {
+		t.Fatal(err)
+	} else {
+		_ = l.Release(ctx)
+	}
 	for _, c := range []lock.Config{{Lease: time.Millisecond}, {Bucket: "a.b"}, {Replicas: 9}, {GiveUpAfter: -1}} {
 		if _, err := lock.New(ctx, srv.JS, c); !errors.Is(err, lock.ErrInvalidConfig) {
 			t.Errorf("New(%+v) = %v, want ErrInvalidConfig", c, err)

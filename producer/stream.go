@@ -117,6 +117,20 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, c StreamConfig) (
 	return s, nil
 }
 
+// CheckStream compares an existing stream with c without changing or
+// creating anything: it returns the differences (none: as configured), or
+// an error wrapping jetstream.ErrStreamNotFound if there is no stream.
+func CheckStream(ctx context.Context, js jetstream.JetStream, c StreamConfig) ([]string, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	s, err := js.Stream(ctx, c.Name)
+	if err != nil {
+		return nil, fmt.Errorf("producer: stream %s: %w", c.Name, err)
+	}
+	return streamDiff(s.CachedInfo().Config, c.jsConfig()), nil
+}
+
 func streamDiff(have, want jetstream.StreamConfig) []string {
 	var d []string
 	add := func(field string, h, w any) { d = append(d, fmt.Sprintf("%s %v (want %v)", field, h, w)) }

@@ -260,9 +260,26 @@ func firstLine(s string) string {
 // refused if the change has moved since it was read, and when the change is
 // not waiting for an operator.
 func (r *Runner) Resolve(ctx context.Context, changeID string, res events.Resolution, operator, reason string) (uint64, error) {
-	last, head, err := r.prod.Last(ctx, r.cfg.Pipeline, changeID)
+	return Resolve(ctx, r.prod, Resolution{Pipeline: r.cfg.Pipeline, ChangeID: changeID, Resolution: res,
+		Operator: operator, Reason: reason, Host: r.cfg.Host, RunnerID: r.cfg.RunnerID})
+}
+
+// Resolution is an operator's decision about a change, for Resolve.
+type Resolution struct {
+	Pipeline, ChangeID string
+	Resolution         events.Resolution
+	Operator, Reason   string
+	Host, RunnerID     string // where the decision was recorded from
+}
+
+// Resolve publishes a ManuallyResolved event for a change that needs an
+// operator (FAILED, ROLLBACK_FAILED, UNCERTAIN or STARTED), chained after
+// its newest event; it is refused if the change has moved meanwhile
+// (producer.ErrConflict) or needs no resolution (ErrNothingToResolve).
+func Resolve(ctx context.Context, prod *producer.Producer, r Resolution) (uint64, error) {
+	last, head, err := prod.Last(ctx, r.Pipeline, r.ChangeID)
 	if errors.Is(err, producer.ErrNoEvents) {
-		return 0, fmt.Errorf("%w: change %q of %q has never run", ErrNothingToResolve, changeID, r.cfg.Pipeline)
+		return 0, fmt.Errorf("%w: change %q of %q has never run", ErrNothingToResolve, r.ChangeID, r.Pipeline)
 	}
 	if err != nil {
 		return 0, err
@@ -270,12 +287,12 @@ func (r *Runner) Resolve(ctx context.Context, changeID string, res events.Resolu
 	switch last.State() {
 	case events.StateFailed, events.StateRollbackFailed, events.StateUncertain, events.StateStarted:
 	default:
-		return 0, fmt.Errorf("%w: change %q is %s", ErrNothingToResolve, changeID, last.State())
+		return 0, fmt.Errorf("%w: change %q of %q is %s", ErrNothingToResolve, r.ChangeID, r.Pipeline, last.State())
 	}
-	e := events.New(events.ManuallyResolved, r.cfg.Pipeline, changeID)
-	e.Resolution, e.Operator, e.Reason = res, operator, reason
-	e.Author, e.Order, e.TargetSystem, e.Host = last.Author, last.Order, last.TargetSystem, r.cfg.Host
-	e.RunnerID, e.Recovery = r.cfg.RunnerID, last.Recovery
-	h, err := r.prod.Publish(ctx, e, producer.After(head))
+	e := events.New(events.ManuallyResolved, r.Pipeline, r.ChangeID)
+	e.Resolution, e.Operator, e.Reason = r.Resolution, r.Operator, r.Reason
+	e.Author, e.Order, e.TargetSystem, e.Host = last.Author, last.Order, last.TargetSystem, r.Host
+	e.RunnerID, e.Recovery = r.RunnerID, last.Recovery
+	h, err := prod.Publish(ctx, e, producer.After(head))
 	return h.Seq, err
 }

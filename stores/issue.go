@@ -27,22 +27,22 @@ const (
 // it converges under any delivery order. The history of how it got there is
 // in the changeLog.
 type Issue struct {
-	Pipeline     string
-	ChangeID     string
-	Status       IssueStatus
-	State        events.State
-	Seq          uint64 // sequence of the event it reflects
-	EventID      string
-	ExecutionID  string
-	Author       string
-	TargetSystem string
-	Recovery     events.Recovery
-	ErrorMessage string
-	ErrorTrace   string
-	UpdatedAt    time.Time // when that event occurred
+	Pipeline     string          `json:"pipeline"`
+	ChangeID     string          `json:"changeId"`
+	Status       IssueStatus     `json:"status"`
+	State        events.State    `json:"state"`
+	Seq          uint64          `json:"seq"` // sequence of the event it reflects
+	EventID      string          `json:"eventId"`
+	ExecutionID  string          `json:"executionId,omitempty"`
+	Author       string          `json:"author,omitempty"`
+	TargetSystem string          `json:"targetSystem,omitempty"`
+	Recovery     events.Recovery `json:"recovery"`
+	ErrorMessage string          `json:"errorMessage,omitempty"`
+	ErrorTrace   string          `json:"-"`
+	UpdatedAt    time.Time       `json:"updatedAt"` // when that event occurred
 	// Operator and Reason are set when a manual resolution closed the issue.
-	Operator string
-	Reason   string
+	Operator string `json:"operator,omitempty"`
+	Reason   string `json:"reason,omitempty"`
 }
 
 // StatusOf maps a change state to an issue status.

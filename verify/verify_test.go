@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -18,13 +17,13 @@ import (
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/internal/natstest"
 	"github.com/auditflow/auditflow/internal/storeflags"
+	"github.com/auditflow/auditflow/internal/storetestenv"
 	"github.com/auditflow/auditflow/lock"
 	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/projector"
 	"github.com/auditflow/auditflow/runner"
 	"github.com/auditflow/auditflow/stores"
 	"github.com/auditflow/auditflow/stores/sqlitestore"
-	"github.com/auditflow/auditflow/stores/storetest"
 	"github.com/auditflow/auditflow/verify"
 )
 
@@ -229,7 +228,7 @@ func TestRebuildEveryStoreFromTheStream(t *testing.T) {
 	ns := fmt.Sprintf("verify%d", time.Now().UnixNano()%1e6)
 	for _, kind := range storeflags.Kinds {
 		t.Run(kind, func(t *testing.T) {
-			st := openKind(t, kind, ns)
+			st := storetestenv.Open(t, kind, ns)
 			ctx := context.Background()
 			project(t, srv.JS, st, kind)
 			clean(t, verifyStore(t, srv.JS, st))
@@ -264,37 +263,4 @@ func TestRebuildEveryStoreFromTheStream(t *testing.T) {
 			clean(t, verifyStore(t, srv.JS, st))
 		})
 	}
-}
-
-// openKind opens a store of each kind on the test servers, namespaced.
-func openKind(t *testing.T, kind, ns string) stores.Store {
-	t.Helper()
-	var c storeflags.Config
-	c.Kind = kind
-	switch kind {
-	case "sqlite":
-		c.SQLite.Path = filepath.Join(t.TempDir(), "audit.db")
-		c.SQLite.ChangeLog, c.SQLite.Issues, c.SQLite.Checkpoints = "changeLog", "issues", "checkpoints"
-	case "mongo":
-		t.Setenv("AUDITFLOW_MONGO_URI", storetest.ServerAddr(t, "AUDITFLOW_TEST_MONGO_URI"))
-		c.Mongo.Database, c.Mongo.ChangeLog, c.Mongo.Issues, c.Mongo.Checkpoints = ns, "changeLog", "issues", "checkpoints"
-		c.Mongo.WriteConcern, c.Mongo.Journal, c.Mongo.ReadConcern, c.Mongo.ReadPreference, c.Mongo.BatchSize = "majority", true, "majority", "primary", 40
-	case "dynamodb":
-		c.Dynamo.Endpoint = storetest.ServerAddr(t, "AUDITFLOW_TEST_DYNAMO_ENDPOINT")
-		t.Setenv("AWS_ACCESS_KEY_ID", "test")
-		t.Setenv("AWS_SECRET_ACCESS_KEY", "test")
-		c.Dynamo.Region, c.Dynamo.TablePrefix, c.Dynamo.Billing, c.Dynamo.Concurrency = "us-east-1", ns+"_", "on-demand", 4
-		c.Dynamo.ChangeLog, c.Dynamo.Issues, c.Dynamo.Checkpoints = "changeLog", "issues", "checkpoints"
-	case "couchbase":
-		c.Couchbase.ConnStr = storetest.ServerAddr(t, "AUDITFLOW_TEST_COUCHBASE_CONNSTR")
-		t.Setenv("AUDITFLOW_COUCHBASE_PASSWORD", os.Getenv("AUDITFLOW_TEST_COUCHBASE_PASSWORD"))
-		c.Couchbase.User, c.Couchbase.Bucket = os.Getenv("AUDITFLOW_TEST_COUCHBASE_USER"), os.Getenv("AUDITFLOW_TEST_COUCHBASE_BUCKET")
-		c.Couchbase.Scope, c.Couchbase.Collection, c.Couchbase.Durability, c.Couchbase.Concurrency = "auditflow_test", ns, "majority", 32
-	}
-	st, closeStore, err := c.Open(context.Background(), natstest.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(closeStore)
-	return st
 }

@@ -146,7 +146,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 func resolveHint(o *options) string {
-	hint := "runner --pipeline %s --resolve %s --resolution applied|rolled-back --reason \"...\""
+	hint := "auditflow issue fix -p %s -c %s -r applied|rolled-back --reason \"...\"  (or: runner --resolve)"
 	if o.embedded {
 		hint = "runner --embedded --data-dir " + o.dataDir + " --pipeline %s --resolve %s --resolution applied|rolled-back --reason \"...\""
 	}

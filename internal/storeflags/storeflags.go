@@ -45,7 +45,11 @@ var Kinds = []string{"sqlite", "mongo", "dynamodb", "couchbase"}
 
 // Config is every backend's settings; Kind picks one.
 type Config struct {
-	Kind   string
+	Kind string
+	// CheckOnly opens the store without creating or changing its tables,
+	// collections or indexes where the backend allows (sqlite, mongo,
+	// dynamodb), so a schema check sees what is really there.
+	CheckOnly bool
 	SQLite struct {
 		Path, ChangeLog, Issues, Checkpoints string
 	}
@@ -274,7 +278,8 @@ func (c *Config) Open(ctx context.Context, log *slog.Logger) (stores.Store, func
 	switch c.Kind {
 	case "sqlite":
 		s := c.SQLite
-		st, err := sqlitestore.Open(ctx, s.Path, sqlitestore.Config{ChangeLogTable: s.ChangeLog, IssuesTable: s.Issues, CheckpointsTable: s.Checkpoints})
+		st, err := sqlitestore.Open(ctx, s.Path, sqlitestore.Config{ChangeLogTable: s.ChangeLog, IssuesTable: s.Issues,
+			CheckpointsTable: s.Checkpoints, SkipSchema: c.CheckOnly})
 		if err != nil {
 			return nil, nil, err
 		}
@@ -300,7 +305,7 @@ func (c *Config) openMongo(ctx context.Context, log *slog.Logger) (stores.Store,
 	st, err := mongostore.New(ctx, client, mongostore.Config{
 		Database: m.Database, ChangeLogCollection: m.ChangeLog, IssuesCollection: m.Issues,
 		CheckpointsCollection: m.Checkpoints, WriteConcern: wc, ReadConcern: &readconcern.ReadConcern{Level: m.ReadConcern},
-		ReadPreference: rp, BatchSize: m.BatchSize, SkipIndexes: m.SkipIndexes, Logger: log,
+		ReadPreference: rp, BatchSize: m.BatchSize, SkipIndexes: m.SkipIndexes || c.CheckOnly, Logger: log,
 	})
 	if err != nil {
 		closeClient()
@@ -334,7 +339,7 @@ func (c *Config) openDynamo(ctx context.Context, log *slog.Logger) (stores.Store
 	st, err := dynamostore.New(ctx, client, dynamostore.Config{
 		TablePrefix: d.TablePrefix, ChangeLogTable: d.ChangeLog, IssuesTable: d.Issues, CheckpointsTable: d.Checkpoints,
 		EventuallyConsistentReads: d.EventuallyConsistent, BillingMode: billing, ReadCapacity: d.ReadCapacity,
-		WriteCapacity: d.WriteCapacity, SkipCreateTables: d.SkipCreate, Concurrency: d.Concurrency, Logger: log,
+		WriteCapacity: d.WriteCapacity, SkipCreateTables: d.SkipCreate || c.CheckOnly, Concurrency: d.Concurrency, Logger: log,
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("dynamodb: %w (check the region/endpoint, the credentials, and permission to describe, create, read and write tables %s*)", err, d.TablePrefix)

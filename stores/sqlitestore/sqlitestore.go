@@ -24,6 +24,9 @@ type Config struct {
 	ChangeLogTable   string // default "changeLog"
 	IssuesTable      string // default "issues"
 	CheckpointsTable string // default "checkpoints"
+	// SkipSchema leaves the tables and indexes alone on open (no creation,
+	// no migration), for checking a schema rather than fixing it.
+	SkipSchema bool
 }
 
 // Defaults.
@@ -126,6 +129,9 @@ func New(ctx context.Context, db *sql.DB, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	s := &Store{db: db, cfg: cfg, sql: newQueries(cfg)}
+	if cfg.SkipSchema {
+		return s, nil
+	}
 	// One write transaction: a plain statement would start as a reader and
 	// fail with SQLITE_BUSY, without waiting, if another connection wrote
 	// in between.

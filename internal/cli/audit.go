@@ -1,0 +1,138 @@
+package cli
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/stores"
+)
+
+type listFlags struct {
+	pipeline, change, state string
+	since                   time.Duration
+	limit                   int
+}
+
+func (f *listFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVarP(&f.pipeline, "pipeline", "p", "", "only this pipeline")
+	cmd.Flags().StringVarP(&f.change, "change", "c", "", "only this change id")
+	cmd.Flags().StringVarP(&f.state, "state", "s", "", "only this state: "+statesList())
+	cmd.Flags().DurationVar(&f.since, "since", 0, "only events of the last duration (e.g. 24h)")
+	cmd.Flags().IntVar(&f.limit, "limit", 100, "at most this many rows")
+}
+
+func statesList() string {
+	var s []string
+	for _, st := range events.States {
+		s = append(s, string(st))
+	}
+	return strings.Join(s, ", ")
+}
+
+func (a *app) auditCommand() *cobra.Command {
+	audit := &cobra.Command{Use: "audit", Short: "The audit record: what ran where, when, by whom"}
+	var f listFlags
+	var history bool
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "Each change's current state, or with --history every execution event",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := a.openStore(cmd.Context())
+			if err != nil {
+				return err
+			}
+			state := events.State(strings.ToUpper(f.state))
+			if history {
+				q := stores.HistoryQuery{Pipeline: f.pipeline, ChangeID: f.change, State: state, Limit: f.limit}
+				if f.since > 0 {
+					q.Since = time.Now().Add(-f.since)
+				}
+				rows, err := st.History(cmd.Context(), q)
+				if err != nil {
+					return err
+				}
+				return a.emit(historyJSON(rows), func(w *tabwriter.Writer) { historyTable(w, rows) })
+			}
+			// The current state of each change is its issue row (the newest
+			// event of the change).
+			rows, err := st.Issues(cmd.Context(), stores.IssueQuery{Pipeline: f.pipeline, ChangeID: f.change, Limit: stores.MaxLimit})
+			if err != nil {
+				return err
+			}
+			rows = slices.DeleteFunc(rows, func(i stores.Issue) bool {
+				return (state != "" && i.State != state) || (f.since > 0 && i.UpdatedAt.Before(time.Now().Add(-f.since)))
+			})
+			rows = rows[:min(len(rows), f.limit)]
+			return a.emit(rows, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "PIPELINE\tCHANGE\tSTATE\tSTATUS\tUPDATED (UTC)\tAUTHOR\tTARGET\tSEQ")
+				for _, i := range rows {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", i.Pipeline, i.ChangeID, i.State, i.Status,
+						i.UpdatedAt.UTC().Format(time.DateTime), dash(i.Author), dash(i.TargetSystem), i.Seq)
+				}
+			})
+		},
+	}
+	f.register(list)
+	list.Flags().BoolVar(&history, "history", false, "every execution event, newest first, instead of each change's current state")
+	audit.AddCommand(list)
+	return audit
+}
+
+// historyRow is the JSON form of a changeLog row.
+type historyRow struct {
+	Seq          uint64            `json:"seq"`
+	EventID      string            `json:"eventId"`
+	Type         events.Type       `json:"type"`
+	State        events.State      `json:"state"`
+	Pipeline     string            `json:"pipeline"`
+	ChangeID     string            `json:"changeId"`
+	ExecutionID  string            `json:"executionId,omitempty"`
+	Author       string            `json:"author,omitempty"`
+	TargetSystem string            `json:"targetSystem,omitempty"`
+	Host         string            `json:"host,omitempty"`
+	RunnerID     string            `json:"runnerId,omitempty"`
+	LockToken    uint64            `json:"lockToken,omitempty"`
+	OccurredAt   time.Time         `json:"occurredAt"`
+	DurationMs   int64             `json:"durationMs"`
+	ErrorMessage string            `json:"errorMessage,omitempty"`
+	Operator     string            `json:"operator,omitempty"`
+	Reason       string            `json:"reason,omitempty"`
+	Metadata     map[string]string `json:"metadata,omitempty"`
+	Hash         string            `json:"hash,omitempty"`
+	PrevHash     string            `json:"prevHash,omitempty"`
+}
+
+func historyJSON(rows []stores.Record) []historyRow {
+	out := make([]historyRow, len(rows))
+	for i, r := range rows {
+		out[i] = historyRow{Seq: r.Seq, EventID: r.ID, Type: r.Type, State: r.State(), Pipeline: r.Pipeline,
+			ChangeID: r.ChangeID, ExecutionID: r.ExecutionID, Author: r.Author, TargetSystem: r.TargetSystem,
+			Host: r.Host, RunnerID: r.RunnerID, LockToken: r.LockToken, OccurredAt: r.OccurredAt,
+			DurationMs: r.Duration.Milliseconds(), ErrorMessage: r.ErrorMessage, Operator: r.Operator,
+			Reason: r.Reason, Metadata: r.Metadata, Hash: r.Hash, PrevHash: r.PrevHash}
+	}
+	return out
+}
+
+func historyTable(w *tabwriter.Writer, rows []stores.Record) {
+	fmt.Fprintln(w, "SEQ\tTIME (UTC)\tPIPELINE\tCHANGE\tSTATE\tDURATION\tBY\tDETAIL")
+	for _, r := range rows {
+		by, detail := r.RunnerID, r.ErrorMessage
+		if r.Operator != "" {
+			by, detail = "operator "+r.Operator, r.Reason
+		}
+		d := "-"
+		if r.Type != events.ExecutionStarted && r.Type != events.ManuallyResolved {
+			d = r.Duration.String()
+		}
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Seq, r.OccurredAt.UTC().Format("2006-01-02 15:04:05.000"),
+			r.Pipeline, r.ChangeID, r.State(), d, dash(by), dash(clip(detail, 60)))
+	}
+}

@@ -1,0 +1,240 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/producer"
+	"github.com/auditflow/auditflow/runner"
+	"github.com/auditflow/auditflow/stores"
+)
+
+func (a *app) issueCommand() *cobra.Command {
+	issue := &cobra.Command{Use: "issue", Short: "Changes that need an operator: list, inspect, fix"}
+	var pipeline, change string
+	var all bool
+	var staleAfter time.Duration
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "Open issues: failed, rollback failed, uncertain (and executions started long ago without an end)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := a.openStore(cmd.Context())
+			if err != nil {
+				return err
+			}
+			q := stores.IssueQuery{Pipeline: pipeline, Limit: stores.MaxLimit}
+			rows, err := st.Issues(cmd.Context(), q)
+			if err != nil {
+				return err
+			}
+			now := time.Now()
+			var out []issueView
+			for _, i := range rows {
+				v := viewOf(i, now, staleAfter)
+				if all || v.NeedsOperator {
+					out = append(out, v)
+				}
+			}
+			return a.emit(out, func(w *tabwriter.Writer) {
+				if len(out) == 0 {
+					fmt.Fprintln(w, "no open issues")
+					return
+				}
+				fmt.Fprintln(w, "PIPELINE\tCHANGE\tSTATE\tSINCE (UTC)\tRECOVERY\tTARGET\tERROR")
+				for _, v := range out {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Pipeline, v.ChangeID, v.Shown, v.UpdatedAt.UTC().Format(time.DateTime),
+						v.Recovery, dash(v.TargetSystem), dash(clip(v.ErrorMessage, 60)))
+				}
+			})
+		},
+	}
+	list.Flags().StringVarP(&pipeline, "pipeline", "p", "", "only this pipeline")
+	list.Flags().BoolVar(&all, "all", false, "every change's row, closed and running ones too")
+	list.Flags().DurationVar(&staleAfter, "stale-after", stores.DefaultStaleAfter, "report an execution started this long ago without an end as UNCERTAIN")
+
+	var guidance bool
+	get := &cobra.Command{
+		Use:   "get",
+		Short: "One change: its state, its last error, its history, and with --guidance what to do",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if pipeline == "" || change == "" {
+				return usage("--pipeline and --change are required")
+			}
+			st, err := a.openStore(cmd.Context())
+			if err != nil {
+				return err
+			}
+			rows, err := st.Issues(cmd.Context(), stores.IssueQuery{Pipeline: pipeline, ChangeID: change})
+			if err != nil {
+				return err
+			}
+			if len(rows) == 0 {
+				return fmt.Errorf("%w: no change %q in pipeline %q in this store", errNotFound, change, pipeline)
+			}
+			hist, err := st.History(cmd.Context(), stores.HistoryQuery{Pipeline: pipeline, ChangeID: change, Limit: 50})
+			if err != nil {
+				return err
+			}
+			v := viewOf(rows[0], time.Now(), staleAfter)
+			detail := issueDetail{issueView: v, ErrorTrace: rows[0].ErrorTrace, History: historyJSON(hist)}
+			if guidance {
+				detail.Guidance = guide(v)
+			}
+			return a.emit(detail, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "change\t%s of pipeline %s\n", v.ChangeID, v.Pipeline)
+				fmt.Fprintf(w, "state\t%s (%s) since %s UTC\n", v.Shown, v.Status, v.UpdatedAt.UTC().Format(time.DateTime))
+				fmt.Fprintf(w, "execution\t%s, author %s, target %s, recovery %s\n", dash(v.ExecutionID),
+					dash(v.Author), dash(v.TargetSystem), v.Recovery)
+				if v.ErrorMessage != "" {
+					fmt.Fprintf(w, "error\t%s\n", v.ErrorMessage)
+				}
+				if v.Operator != "" {
+					fmt.Fprintf(w, "resolved by\t%s: %s\n", v.Operator, v.Reason)
+				}
+				_ = w.Flush()
+				if rows[0].ErrorTrace != "" {
+					fmt.Fprintf(w, "\ntrace (last lines):\n%s\n", tail(rows[0].ErrorTrace, 15))
+				}
+				fmt.Fprintln(w, "\nhistory (newest first):")
+				historyTable(w, hist)
+				if guidance {
+					_ = w.Flush()
+					fmt.Fprintf(w, "\nwhat to do:\n%s\n", detail.Guidance)
+				}
+			})
+		},
+	}
+	get.Flags().StringVarP(&pipeline, "pipeline", "p", "", "the pipeline (required)")
+	get.Flags().StringVarP(&change, "change", "c", "", "the change id (required)")
+	get.Flags().BoolVar(&guidance, "guidance", false, "explain what happened, what to inspect and which fix applies")
+	get.Flags().DurationVar(&staleAfter, "stale-after", stores.DefaultStaleAfter, "treat an execution started this long ago without an end as UNCERTAIN")
+
+	var resolution, reason, operator string
+	fix := &cobra.Command{
+		Use:   "fix",
+		Short: "Record an operator's decision: the change is applied, or rolled back (the next run applies it again)",
+		Long: `fix publishes a ManuallyResolved event on the audit stream, with your identity
+and reason, after the change's newest event (refused if the change moved in the
+meantime). Every projector then closes the issue in its store, and the next
+runner run skips the change (applied) or runs it again (rolled-back).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			res := events.Resolution(strings.ToUpper(strings.ReplaceAll(resolution, "-", "_")))
+			switch {
+			case pipeline == "" || change == "":
+				return usage("--pipeline and --change are required")
+			case !res.Valid():
+				return usage("--resolution: want applied or rolled-back, got %q", resolution)
+			case strings.TrimSpace(reason) == "":
+				return usage("--reason is required: it is recorded in the audit log")
+			case operator == "":
+				return usage("--operator is required (no $USER to default to)")
+			}
+			js, err := a.connect()
+			if err != nil {
+				return err
+			}
+			prod, err := producer.New(cmd.Context(), js, producer.Config{Stream: a.streamConfig(), Logger: a.log})
+			if err != nil {
+				return err
+			}
+			host, _ := os.Hostname()
+			seq, err := runner.Resolve(cmd.Context(), prod, runner.Resolution{Pipeline: pipeline, ChangeID: change,
+				Resolution: res, Operator: operator, Reason: reason, Host: host, RunnerID: "auditflow-cli"})
+			if errors.Is(err, runner.ErrNothingToResolve) {
+				return fmt.Errorf("%w: %w", errNotFound, err)
+			}
+			if err != nil {
+				return err
+			}
+			out := map[string]any{"pipeline": pipeline, "changeId": change, "resolution": res, "operator": operator, "seq": seq}
+			return a.emit(out, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "recorded: %s/%s resolved as %s by %s (stream sequence %d)\n", pipeline, change, res, operator, seq)
+			})
+		},
+	}
+	fix.Flags().StringVarP(&pipeline, "pipeline", "p", "", "the pipeline (required)")
+	fix.Flags().StringVarP(&change, "change", "c", "", "the change id (required)")
+	fix.Flags().StringVarP(&resolution, "resolution", "r", "", "applied or rolled-back (required)")
+	fix.Flags().StringVar(&reason, "reason", "", "why; recorded in the audit log (required)")
+	fix.Flags().StringVar(&operator, "operator", operatorName(), "who decides (default $USER)")
+	issue.AddCommand(list, get, fix)
+	return issue
+}
+
+// issueView is an issue as shown: with its effective state.
+type issueView struct {
+	stores.Issue
+	Shown         string `json:"shownState"`    // the state to show: UNCERTAIN for a stale start
+	NeedsOperator bool   `json:"needsOperator"` // open, or stale in progress
+	Stale         bool   `json:"stale"`
+}
+
+type issueDetail struct {
+	issueView
+	ErrorTrace string       `json:"errorTrace,omitempty"`
+	History    []historyRow `json:"history"`
+	Guidance   string       `json:"guidance,omitempty"`
+}
+
+func viewOf(i stores.Issue, now time.Time, staleAfter time.Duration) issueView {
+	v := issueView{Issue: i, Shown: string(i.State), NeedsOperator: i.Status == stores.IssueOpen}
+	if i.Stale(now, staleAfter) {
+		v.Stale, v.NeedsOperator, v.Shown = true, true, string(events.StateUncertain)+" (stale start)"
+	}
+	return v
+}
+
+// guide says what happened, what to inspect and which fix applies.
+func guide(v issueView) string {
+	fix := func(r string) string {
+		return fmt.Sprintf("auditflow issue fix -p %s -c %s -r %s --reason \"...\"", v.Pipeline, v.ChangeID, r)
+	}
+	target := "the target system"
+	if v.TargetSystem != "" {
+		target = "the target system " + v.TargetSystem
+	}
+	retry := ""
+	if v.Recovery != events.AlwaysRetry {
+		retry = "\n  - If the change is idempotent, set its recovery to ALWAYS_RETRY instead: the next run re-runs it."
+	}
+	switch {
+	case v.Status == stores.IssueClosed:
+		return "Nothing to do: the change is " + string(v.State) + "."
+	case v.Status == stores.IssueInProgress && !v.Stale:
+		return "A runner is applying this change now (started " + time.Since(v.UpdatedAt).Round(time.Second).String() +
+			" ago). Wait for it; check `auditflow lock list` for the holder of the pipeline lock."
+	case v.State == events.StateFailed:
+		return "What happened: the change failed (" + v.ErrorMessage + ") and was not rolled back, so it may be partly applied.\n" +
+			"Inspect: " + target + " (the error and trace above show where it stopped).\n" +
+			"Fix, one of:\n  - You finished the change by hand, or it took effect: " + fix("applied") +
+			"\n  - You undid it, or nothing was applied: " + fix("rolled-back") + " (the next run applies it again)" + retry
+	case v.State == events.StateRollbackFailed:
+		return "What happened: the change failed, then its rollback failed too (" + v.ErrorMessage + "): the target is in an unknown, probably partial state.\n" +
+			"Inspect: " + target + "; compare it with what the change and its rollback do.\n" +
+			"Fix, one of:\n  - You completed the change by hand: " + fix("applied") +
+			"\n  - You undid it by hand: " + fix("rolled-back") + " (the next run applies it again)"
+	default: // UNCERTAIN, or a stale start
+		return "What happened: the change started but its runner never recorded an outcome (it crashed, was killed, or lost the stream).\n" +
+			"Inspect: " + target + " — did the change take effect? Check `auditflow lock list`: no runner should hold the pipeline's lock.\n" +
+			"Fix, one of:\n  - It took effect: " + fix("applied") + "\n  - It did not, or you undid it: " + fix("rolled-back") +
+			" (the next run applies it again)" + retry
+	}
+}
+
+func tail(s string, lines int) string {
+	parts := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(parts) > lines {
+		parts = parts[len(parts)-lines:]
+	}
+	return "  " + strings.Join(parts, "\n  ")
+}

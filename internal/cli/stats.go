@@ -1,0 +1,223 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+
+	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/projector"
+	"github.com/auditflow/auditflow/stores"
+)
+
+type statsOut struct {
+	Since       time.Time            `json:"since"`
+	Executions  map[events.State]int `json:"executions"`
+	Failures    int                  `json:"failures"`
+	OpenIssues  int                  `json:"openIssues"`
+	StaleStarts int                  `json:"staleStarts"`
+	Lag         *lagOut              `json:"lag,omitempty"`
+	Writes      *writesOut           `json:"writes,omitempty"`
+	Notes       []string             `json:"notes,omitempty"`
+}
+
+type lagOut struct {
+	Consumer        string `json:"consumer"`
+	Pending         uint64 `json:"pending"`    // on the stream, not yet delivered
+	AckPending      uint64 `json:"ackPending"` // delivered, not yet stored
+	StreamLastSeq   uint64 `json:"streamLastSeq"`
+	StoreCheckpoint uint64 `json:"storeCheckpoint"`
+}
+
+type writesOut struct {
+	Writes int           `json:"writes"`
+	Events int           `json:"events"`
+	Errors int           `json:"errors"`
+	P50    time.Duration `json:"p50Ns"`
+	P95    time.Duration `json:"p95Ns"`
+	Max    time.Duration `json:"maxNs"`
+}
+
+func (a *app) statsCommand() *cobra.Command {
+	var since time.Duration
+	var pipeline string
+	cmd := &cobra.Command{
+		Use:   "stats",
+		Short: "Executions by state, failures, open issues, projection lag and store write latency over a window",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			st, err := a.openStore(ctx)
+			if err != nil {
+				return err
+			}
+			out := statsOut{Since: time.Now().Add(-since).UTC(), Executions: map[events.State]int{}}
+			q := stores.HistoryQuery{Pipeline: pipeline, Since: out.Since, Limit: stores.MaxLimit}
+			for {
+				page, err := st.History(ctx, q)
+				if err != nil {
+					return err
+				}
+				if len(page) == 0 {
+					break
+				}
+				for _, r := range page {
+					out.Executions[r.State()]++
+					if r.State() == events.StateFailed || r.State() == events.StateRollbackFailed {
+						out.Failures++
+					}
+				}
+				q.BeforeSeq = page[len(page)-1].Seq
+			}
+			is, err := st.Issues(ctx, stores.IssueQuery{Pipeline: pipeline, Limit: stores.MaxLimit})
+			if err != nil {
+				return err
+			}
+			for _, i := range is {
+				switch {
+				case i.Status == stores.IssueOpen:
+					out.OpenIssues++
+				case i.Stale(time.Now(), stores.DefaultStaleAfter):
+					out.StaleStarts++
+				}
+			}
+			if js, err := a.connect(); err != nil {
+				out.Notes = append(out.Notes, "no lag or write latency: "+err.Error())
+			} else {
+				if out.Lag, err = a.lag(ctx, js, st); err != nil {
+					out.Notes = append(out.Notes, "no lag: "+err.Error())
+				}
+				if out.Writes, err = a.writes(ctx, js, out.Since); err != nil {
+					out.Notes = append(out.Notes, "no write latency: "+err.Error())
+				}
+			}
+			return a.emit(out, func(w *tabwriter.Writer) { statsTable(w, out, since) })
+		},
+	}
+	cmd.Flags().DurationVar(&since, "since", time.Hour, "the window: the last duration")
+	cmd.Flags().StringVarP(&pipeline, "pipeline", "p", "", "only this pipeline (executions and issues)")
+	return cmd
+}
+
+func statsTable(w *tabwriter.Writer, out statsOut, since time.Duration) {
+	fmt.Fprintf(w, "since\t%s UTC (last %s)\n", out.Since.Format(time.DateTime), since)
+	var states []string
+	for _, s := range events.States {
+		if n := out.Executions[s]; n > 0 {
+			states = append(states, fmt.Sprintf("%s %d", s, n))
+		}
+	}
+	if len(states) == 0 {
+		states = []string{"none"}
+	}
+	fmt.Fprintf(w, "events by state\t%s\n", joinComma(states))
+	fmt.Fprintf(w, "failures\t%d\n", out.Failures)
+	fmt.Fprintf(w, "open issues\t%d (plus %d executions started over %s ago without an end)\n", out.OpenIssues, out.StaleStarts, stores.DefaultStaleAfter)
+	if l := out.Lag; l != nil {
+		fmt.Fprintf(w, "projection lag\t%d events not yet stored (%d undelivered, %d in flight) by consumer %s; stream at %d, store checkpoint %d\n",
+			l.Pending+l.AckPending, l.Pending, l.AckPending, l.Consumer, l.StreamLastSeq, l.StoreCheckpoint)
+	}
+	if wr := out.Writes; wr != nil {
+		fmt.Fprintf(w, "store writes\t%d writes of %d events, %d failed; latency p50 %s, p95 %s, max %s\n",
+			wr.Writes, wr.Events, wr.Errors, wr.P50.Round(time.Microsecond), wr.P95.Round(time.Microsecond), wr.Max.Round(time.Microsecond))
+	}
+	for _, n := range out.Notes {
+		fmt.Fprintf(w, "note\t%s\n", n)
+	}
+}
+
+func joinComma(s []string) string {
+	out := ""
+	for i, x := range s {
+		if i > 0 {
+			out += ", "
+		}
+		out += x
+	}
+	return out
+}
+
+func (a *app) lag(ctx context.Context, js jetstream.JetStream, st stores.Store) (*lagOut, error) {
+	sc := a.streamConfig()
+	cons, err := js.Consumer(ctx, sc.Name, a.consumerName())
+	if err != nil {
+		return nil, fmt.Errorf("consumer %s: %w (is a projector for this store running? set --consumer)", a.consumerName(), err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s, err := js.Stream(ctx, sc.Name)
+	if err != nil {
+		return nil, err
+	}
+	cp, err := st.Checkpoint(ctx, a.consumerName())
+	if err != nil {
+		return nil, err
+	}
+	return &lagOut{Consumer: a.consumerName(), Pending: info.NumPending, AckPending: uint64(info.NumAckPending),
+		StreamLastSeq: s.CachedInfo().State.LastSeq, StoreCheckpoint: cp}, nil
+}
+
+// writes summarises the AuditWrite events of this store kind since then.
+func (a *app) writes(ctx context.Context, js jetstream.JetStream, since time.Time) (*writesOut, error) {
+	s, err := js.Stream(ctx, projector.WritesStream)
+	if err != nil {
+		return nil, err
+	}
+	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{projector.DefaultWritesPrefix + "." + a.store.Kind},
+		DeliverPolicy:  jetstream.DeliverByStartTimePolicy, OptStartTime: &since,
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := &writesOut{}
+	var durs []time.Duration
+	for {
+		mb, err := cons.FetchNoWait(1000)
+		if err != nil {
+			return nil, err
+		}
+		n := 0
+		for m := range mb.Messages() {
+			n++
+			var w projector.AuditWrite
+			if json.Unmarshal(m.Data(), &w) != nil {
+				continue
+			}
+			out.Writes++
+			if w.Error != "" {
+				out.Errors++
+				continue
+			}
+			out.Events += w.Count
+			durs = append(durs, w.Duration)
+		}
+		if err := mb.Error(); err != nil {
+			return nil, err
+		}
+		if n > 0 {
+			continue
+		}
+		info, err := cons.Info(ctx) // empty: done, or not delivered yet?
+		if err != nil {
+			return nil, err
+		}
+		if info.NumPending == 0 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if len(durs) > 0 {
+		slices.Sort(durs)
+		out.P50, out.P95, out.Max = durs[len(durs)/2], durs[len(durs)*95/100], durs[len(durs)-1]
+	}
+	return out, nil
+}
