@@ -21,7 +21,25 @@
 // terminated, counted and logged once.
 //
 // After every write attempt the projector publishes an [AuditWrite] on
-// audit.writes.<store> for metrics and alerting ([SubscribeWrites]).
+// audit.writes.<store> for metrics and alerting ([SubscribeWrites],
+// [NewWriteSubscription]): anyone on the bus can watch every projector.
+//
+// A projector also exports its own Prometheus metrics, on the Registerer in
+// its Config (nil: none; library code never touches the global registry),
+// each with the const labels store and consumer:
+//
+//	auditflow_projector_events_applied_total          counter: events written to the store
+//	auditflow_projector_batches_total                 counter: successful store writes
+//	auditflow_projector_store_write_duration_seconds  histogram: every write attempt, 1ms to 10s buckets
+//	auditflow_projector_store_write_failures_total    counter: failed write attempts (all retried)
+//	auditflow_projector_dead_lettered_total           counter: undecodable events dead-lettered
+//	auditflow_projector_last_applied_sequence         gauge: highest stream sequence this process applied
+//	auditflow_projector_lag_messages                  gauge: consumer NumPending + NumAckPending
+//
+// The lag is read from the server when scraped, at most once a second
+// however many scrapers there are, and is absent while the server cannot
+// be asked. [Projector.Handler] serves /metrics with /healthz (liveness)
+// and /readyz (readiness: [Projector.Ready]).
 //
 // On cancellation, Run finishes the batch in flight (within
 // ShutdownTimeout), acknowledges it and returns.

@@ -14,6 +14,7 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/producer"
@@ -59,7 +60,11 @@ type Config struct {
 	DeadLetterPrefix string
 	// WritesPrefix is where AuditWrite events go. Default "audit.writes".
 	WritesPrefix string
-	Logger       *slog.Logger // nil discards
+	// Registerer receives the projector's Prometheus metrics, labelled with
+	// store and consumer (see the package documentation); nil means no
+	// metrics. Register at most one projector per store and consumer on it.
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger // nil discards
 }
 
 // Defaults.
@@ -121,7 +126,11 @@ type Projector struct {
 	log   *slog.Logger
 	cons  jetstream.Consumer
 
-	applied, batches, retries, deadLettered atomic.Uint64
+	applied, batches, retries, deadLettered, writeFailures atomic.Uint64
+
+	lastSeq       atomic.Uint64        // highest sequence applied
+	stopping      atomic.Bool          // Run's context is done
+	writeDuration prometheus.Histogram // nil without metrics
 }
 
 // New checks the configuration and creates what the projector needs on the
@@ -139,20 +148,28 @@ func New(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg Co
 	if err := p.setup(ctx); err != nil {
 		return nil, err
 	}
+	if cfg.Registerer != nil {
+		if err := p.registerMetrics(cfg.Registerer); err != nil {
+			return nil, err
+		}
+	}
 	return p, nil
 }
 
 // Stats are the projector's counters since it was created.
 type Stats struct {
-	Applied      uint64 // events applied to the store (including redeliveries)
-	Batches      uint64 // successful store writes
-	Retries      uint64 // failed store writes that were retried
-	DeadLettered uint64 // undecodable events moved to the dead letter
+	Applied       uint64 // events applied to the store (including redeliveries)
+	Batches       uint64 // successful store writes
+	Retries       uint64 // failed store writes that were retried
+	WriteFailures uint64 // failed store writes (retried, or given up at shutdown)
+	DeadLettered  uint64 // undecodable events moved to the dead letter
+	LastSeq       uint64 // highest stream sequence applied, 0 before the first write
 }
 
 // Stats returns the counters.
 func (p *Projector) Stats() Stats {
-	return Stats{Applied: p.applied.Load(), Batches: p.batches.Load(), Retries: p.retries.Load(), DeadLettered: p.deadLettered.Load()}
+	return Stats{Applied: p.applied.Load(), Batches: p.batches.Load(), Retries: p.retries.Load(),
+		WriteFailures: p.writeFailures.Load(), DeadLettered: p.deadLettered.Load(), LastSeq: p.lastSeq.Load()}
 }
 
 func (p *Projector) setup(ctx context.Context) error {
@@ -203,6 +220,10 @@ func (p *Projector) setup(ctx context.Context) error {
 func (p *Projector) Run(ctx context.Context) error {
 	p.log.Info("projector running", "stream", p.cfg.Stream.Name, "consumer", p.cfg.Consumer,
 		"workers", p.cfg.Workers, "batch", p.cfg.BatchSize)
+	// Health checks report a stopping projector from the moment it is asked
+	// to stop, not only once it has.
+	defer p.stopping.Store(true)
+	defer context.AfterFunc(ctx, func() { p.stopping.Store(true) })()
 	parts := make([]chan []delivery, p.cfg.Workers)
 	var wg sync.WaitGroup
 	for i := range parts {
@@ -350,9 +371,13 @@ func (p *Projector) apply(ctx context.Context, log *slog.Logger, worker int, bat
 	err := backoff.RetryNotify(func() error {
 		start := time.Now()
 		err := p.store.Apply(bctx, stores.Batch{Checkpoint: p.cfg.Consumer, Records: recs})
+		took := time.Since(start)
+		// Counted before the AuditWrite and the acks, so whoever sees
+		// either sees the counters and metrics include this write.
+		p.observeWrite(took, recs, err)
 		p.publishWrite(AuditWrite{Store: p.cfg.StoreName, Consumer: p.cfg.Consumer, Worker: worker,
 			Count: len(recs), FirstSeq: recs[0].Seq, LastSeq: recs[len(recs)-1].Seq,
-			Duration: time.Since(start), At: time.Now().UTC(), Error: errString(err)})
+			Duration: took, At: time.Now().UTC(), Error: errString(err)})
 		return err
 	}, b, func(err error, wait time.Duration) {
 		p.retries.Add(1)
@@ -371,8 +396,6 @@ func (p *Projector) apply(ctx context.Context, log *slog.Logger, worker int, bat
 			log.Debug("ack failed", "err", err)
 		}
 	}
-	p.applied.Add(uint64(len(recs)))
-	p.batches.Add(1)
 }
 
 // deadLetter copies an undecodable message to the dead-letter subject and
@@ -398,10 +421,10 @@ func (p *Projector) deadLetter(ctx context.Context, m jetstream.Msg, seq uint64,
 		log.Warn("dead letter not written; message left for redelivery", "seq", seq, "err", err)
 		return
 	}
+	p.deadLettered.Add(1) // before the terminate, as applied is counted before the ack
 	if err := m.TermWithReason(truncate(reason.Error(), 256)); err != nil {
 		log.Warn("terminate failed", "seq", seq, "err", err)
 	}
-	p.deadLettered.Add(1)
 	log.Error("dead-lettered an undecodable event", "seq", seq, "subject", m.Subject(), "to", dl.Subject, "reason", reason)
 }
 

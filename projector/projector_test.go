@@ -160,11 +160,14 @@ func TestProjectsEverything(t *testing.T) {
 	e := setup(t)
 	writes := make(chan projector.AuditWrite, 1000)
 	ctx, cancel := context.WithCancel(context.Background())
+	sub, err := projector.NewWriteSubscription(ctx, e.srv.Conn, "", "sqlite")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = sub.Run(ctx, func(w projector.AuditWrite) { writes <- w }) })
+	defer wg.Wait()
 	defer cancel()
-	go func() {
-		_ = projector.SubscribeWrites(ctx, e.srv.Conn, "", "sqlite", func(w projector.AuditWrite) { writes <- w })
-	}()
-	time.Sleep(50 * time.Millisecond) // let the subscription register
 	publish(t, e.prod, "billing", 500)
 	p, _ := run(t, e.srv.JS, e.store, projector.Config{BatchSize: 100, Workers: 3})
 	waitCaughtUp(t, p)

@@ -3,7 +3,9 @@ package projector
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -41,26 +43,86 @@ func (p *Projector) publishWrite(w AuditWrite) {
 // goroutine, in arrival order. Malformed messages are skipped. It is a plain
 // subscription: a subscriber that falls far behind loses messages (NATS
 // slow-consumer protection); to read history, consume the AUDIT_WRITES
-// stream instead.
+// stream instead. It is NewWriteSubscription followed by Run; use those to
+// know when the subscription is live or to count lost messages.
 func SubscribeWrites(ctx context.Context, nc *nats.Conn, prefix, store string, fn func(AuditWrite)) error {
+	s, err := NewWriteSubscription(ctx, nc, prefix, store)
+	if err != nil {
+		return err
+	}
+	return s.Run(ctx, fn)
+}
+
+// subscribeTimeout bounds the wait for the server to confirm a
+// subscription when the caller's context has no earlier deadline.
+const subscribeTimeout = 10 * time.Second
+
+// WriteSubscription is a live subscription to AuditWrite events.
+type WriteSubscription struct {
+	sub     *nats.Subscription
+	ch      chan *nats.Msg
+	dropped atomic.Int64 // as of unsubscribing; before, the subscription knows
+}
+
+// NewWriteSubscription subscribes to the AuditWrites for store ("*" for
+// all stores) under prefix (default DefaultWritesPrefix) and returns once
+// the server has registered the subscription, so that every AuditWrite
+// published after it returns is received. Run delivers them; Close
+// unsubscribes without running.
+func NewWriteSubscription(ctx context.Context, nc *nats.Conn, prefix, store string) (*WriteSubscription, error) {
 	if prefix == "" {
 		prefix = DefaultWritesPrefix
 	}
-	ch := make(chan *nats.Msg, 1024)
-	sub, err := nc.ChanSubscribe(prefix+"."+store, ch)
+	s := &WriteSubscription{ch: make(chan *nats.Msg, 1024)}
+	sub, err := nc.ChanSubscribe(prefix+"."+store, s.ch)
 	if err != nil {
-		return fmt.Errorf("projector: subscribe writes: %w", err)
+		return nil, fmt.Errorf("projector: subscribe writes: %w", err)
 	}
-	defer func() { _ = sub.Unsubscribe() }()
+	s.sub = sub
+	// The flush's round trip means the server has the subscription.
+	fctx, cancel := context.WithTimeout(ctx, subscribeTimeout)
+	defer cancel()
+	if err := nc.FlushWithContext(fctx); err != nil {
+		_ = sub.Unsubscribe()
+		return nil, fmt.Errorf("projector: subscribe writes: %w", err)
+	}
+	return s, nil
+}
+
+// Run calls fn for every AuditWrite received, on the calling goroutine and
+// in arrival order, until ctx is cancelled; then it unsubscribes and
+// returns nil. Malformed messages are skipped.
+func (s *WriteSubscription) Run(ctx context.Context, fn func(AuditWrite)) error {
+	defer func() { _ = s.Close() }()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case m := <-ch:
+		case m := <-s.ch:
 			var w AuditWrite
 			if json.Unmarshal(m.Data, &w) == nil {
 				fn(w)
 			}
 		}
 	}
+}
+
+// Dropped returns how many AuditWrites were lost because fn fell behind
+// and the client's buffer filled (NATS slow-consumer protection).
+func (s *WriteSubscription) Dropped() int {
+	if n, err := s.sub.Dropped(); err == nil {
+		return n
+	}
+	return int(s.dropped.Load())
+}
+
+// Close unsubscribes. Messages already received are not delivered.
+func (s *WriteSubscription) Close() error {
+	if n, err := s.sub.Dropped(); err == nil {
+		s.dropped.Store(int64(n))
+	}
+	if err := s.sub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrBadSubscription) && !errors.Is(err, nats.ErrConnectionClosed) {
+		return fmt.Errorf("projector: unsubscribe writes: %w", err)
+	}
+	return nil
 }

@@ -9,8 +9,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/auditflow/auditflow/internal/logging"
 	"github.com/auditflow/auditflow/internal/natsconn"
@@ -27,15 +32,22 @@ const (
 	ExitUsage = 2
 )
 
+// DefaultMetricsAddr is where /metrics, /healthz and /readyz are served
+// unless --metrics-addr says otherwise: every interface, since containers
+// are scraped and probed from outside, on the port application exporters
+// conventionally use (OpenTelemetry's Prometheus exporter default).
+const DefaultMetricsAddr = ":9464"
+
 type options struct {
-	nats      natsconn.Config
-	store     storeflags.Config
-	replicas  int
-	consumer  string
-	workers   int
-	batch     int
-	logLevel  string
-	logFormat string
+	nats        natsconn.Config
+	store       storeflags.Config
+	replicas    int
+	consumer    string
+	workers     int
+	batch       int
+	metricsAddr string
+	logLevel    string
+	logFormat   string
 }
 
 func parse(args []string, stderr io.Writer) (*options, error) {
@@ -53,6 +65,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.consumer, "consumer", env("AUDITFLOW_CONSUMER", ""), "durable consumer name, shared by all workers of one store (default projector-<store>) [AUDITFLOW_CONSUMER]")
 	fs.IntVar(&o.workers, "workers", projector.DefaultWorkers, "concurrent fetch-apply-ack loops")
 	fs.IntVar(&o.batch, "batch", projector.DefaultBatchSize, "most events per store write")
+	fs.StringVar(&o.metricsAddr, "metrics-addr", env("AUDITFLOW_METRICS_ADDR", DefaultMetricsAddr), "host:port serving /metrics, /healthz and /readyz; empty disables [AUDITFLOW_METRICS_ADDR]")
 	fs.StringVar(&o.logLevel, "log-level", env("AUDITFLOW_LOG_LEVEL", "info"), "debug, info, warn or error [AUDITFLOW_LOG_LEVEL]")
 	fs.StringVar(&o.logFormat, "log-format", env("AUDITFLOW_LOG_FORMAT", "text"), "text or json [AUDITFLOW_LOG_FORMAT]")
 	if err := fs.Parse(args); err != nil {
@@ -63,6 +76,11 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	}
 	if err := o.store.Validate(); err != nil {
 		return nil, err
+	}
+	if o.metricsAddr != "" {
+		if _, _, err := net.SplitHostPort(o.metricsAddr); err != nil {
+			return nil, fmt.Errorf("--metrics-addr: %w (want host:port or :port, or empty to disable)", err)
+		}
 	}
 	return o, nil
 }
@@ -98,6 +116,17 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 }
 
 func run(ctx context.Context, o *options, log *slog.Logger) (int, error) {
+	// Listen first: a taken port is reported before anything is opened.
+	// Probes that connect while the store and NATS are being opened wait
+	// in the listen backlog until the projector exists to answer them.
+	var ln net.Listener
+	if o.metricsAddr != "" {
+		var err error
+		if ln, err = net.Listen("tcp", o.metricsAddr); err != nil {
+			return ExitError, fmt.Errorf("--metrics-addr: %w", err)
+		}
+		defer ln.Close()
+	}
 	log.Info("opening audit store", "store", o.store.Describe())
 	store, closeStore, err := o.store.Open(ctx, log)
 	if err != nil {
@@ -114,14 +143,44 @@ func run(ctx context.Context, o *options, log *slog.Logger) (int, error) {
 	if err != nil {
 		return ExitError, err
 	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	p, err := projector.New(ctx, js, store, projector.Config{
 		Stream: producer.StreamConfig{Replicas: o.replicas}, StoreName: o.store.Kind, Consumer: o.consumer,
-		Workers: o.workers, BatchSize: o.batch, Logger: log,
+		Workers: o.workers, BatchSize: o.batch, Registerer: reg, Logger: log,
 	})
 	if err != nil {
 		return exitFor(err), err
 	}
+	if ln != nil {
+		// Stopped after Run returns: the final batch's metrics can still
+		// be scraped, and probes see "shutting down" meanwhile.
+		defer serve(ln, p.Handler(reg), log)()
+	}
 	return ExitOK, p.Run(ctx)
+}
+
+// serve serves h on ln until the returned function is called; that
+// function shuts the server down, giving requests in flight a few seconds,
+// and waits for it.
+func serve(ln net.Listener, h http.Handler, log *slog.Logger) (stop func()) {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	log.Info("serving metrics and health checks", "addr", ln.Addr().String())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			// The projector goes on: metrics are worth less than the audit.
+			log.Error("metrics server stopped", "err", err)
+		}
+	}()
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		<-done
+	}
 }
 
 func exitFor(err error) int {

@@ -1,11 +1,17 @@
 package projectorcmd_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -86,7 +92,8 @@ func projectInto(t *testing.T, storeArgs []string) {
 	var stderr syncBuffer
 	done := make(chan int)
 	go func() {
-		done <- projectorcmd.Main(rctx, append([]string{"--nats-url", srv.ClientURL(), "--log-format", "json"}, storeArgs...), &stderr)
+		done <- projectorcmd.Main(rctx, append([]string{"--nats-url", srv.ClientURL(), "--log-format", "json",
+			"--metrics-addr", "127.0.0.1:0"}, storeArgs...), &stderr)
 	}()
 	cons, err := js.Consumer(ctx, producer.DefaultStreamName, "projector-"+storeArgs[1])
 	for err != nil {
@@ -109,12 +116,109 @@ func projectInto(t *testing.T, storeArgs []string) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	checkEndpoints(t, metricsAddr(t, &stderr), storeArgs[1], n)
 	cancel()
 	if code := <-done; code != projectorcmd.ExitOK {
 		t.Fatalf("exit %d after cancellation\n%s", code, stderr.String())
 	}
 	if !strings.Contains(stderr.String(), `"msg":"projector stopped"`) {
 		t.Fatalf("no clean stop logged:\n%s", stderr.String())
+	}
+}
+
+// metricsAddr returns the address the command logged it serves metrics on.
+func metricsAddr(t *testing.T, stderr *syncBuffer) string {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		for line := range strings.Lines(stderr.String()) {
+			var l struct{ Msg, Addr string }
+			if json.Unmarshal([]byte(line), &l) == nil && l.Msg == "serving metrics and health checks" {
+				return l.Addr
+			}
+		}
+	}
+	t.Fatalf("no metrics address logged\n%s", stderr.String())
+	return ""
+}
+
+// checkEndpoints scrapes the command's /metrics, /healthz and /readyz once
+// it has projected n events into the store kind.
+func checkEndpoints(t *testing.T, addr, kind string, n int) {
+	t.Helper()
+	labels := fmt.Sprintf(`{consumer="projector-%s",store="%s"}`, kind, kind)
+	var m map[string]float64
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		m = scrape(t, "http://"+addr+"/metrics")
+		if lag, ok := m["auditflow_projector_lag_messages"+labels]; ok && lag == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lag not 0 after catching up: %v", m["auditflow_projector_lag_messages"+labels])
+		}
+	}
+	if got := m["auditflow_projector_events_applied_total"+labels]; got != float64(n) {
+		t.Errorf("events applied = %v, want %d", got, n)
+	}
+	if got := m["auditflow_projector_last_applied_sequence"+labels]; got != float64(n) {
+		t.Errorf("last applied sequence = %v, want %d", got, n)
+	}
+	if _, ok := m["go_goroutines"]; !ok {
+		t.Error("no Go runtime metrics")
+	}
+	for _, path := range []string{"/healthz", "/readyz"} {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("%s: %s %s", path, resp.Status, b)
+		}
+	}
+}
+
+// scrape reads the text exposition format into series → value.
+func scrape(t *testing.T, url string) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			t.Fatalf("bad line %q", line)
+		}
+		out[line[:i]] = v
+	}
+	return out
+}
+
+// TestMetricsAddrInUse: a taken port stops the command before it opens
+// anything, with an error naming the flag.
+func TestMetricsAddrInUse(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var stderr bytes.Buffer
+	code := projectorcmd.Main(context.Background(), []string{"--metrics-addr", ln.Addr().String(),
+		"--sqlite-path", filepath.Join(t.TempDir(), "audit.db"), "--nats-url", "nats://127.0.0.1:1"}, &stderr)
+	if code != projectorcmd.ExitError || !strings.Contains(stderr.String(), "--metrics-addr") {
+		t.Fatalf("exit %d, want %d naming --metrics-addr\n%s", code, projectorcmd.ExitError, stderr.String())
+	}
+	if strings.Contains(stderr.String(), "opening audit store") {
+		t.Fatalf("the store was opened before the port was checked\n%s", stderr.String())
 	}
 }
 
@@ -142,6 +246,7 @@ func TestUsageErrors(t *testing.T) {
 		"bad log format":      {[]string{"--log-format", "xml"}, "--log-format"},
 		"bad table name":      {[]string{"--sqlite-path", filepath.Join(t.TempDir(), "x.db"), "--sqlite-issues-table", "drop table"}, "IssuesTable"},
 		"stray argument":      {[]string{"now"}, "now"},
+		"metrics addr":        {[]string{"--metrics-addr", "9464"}, "--metrics-addr"},
 		"mongo without uri":   {[]string{"--store", "mongo"}, "--mongo-uri"},
 		"mongo bad concern":   {[]string{"--store", "mongo", "--mongo-uri", "mongodb://x", "--mongo-write-concern", "lots"}, "--mongo-write-concern"},
 		"dynamo billing":      {[]string{"--store", "dynamodb", "--dynamo-billing", "provisioned"}, "--dynamo-read-capacity"},

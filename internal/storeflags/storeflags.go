@@ -50,7 +50,7 @@ type Config struct {
 	// collections or indexes where the backend allows (sqlite, mongo,
 	// dynamodb), so a schema check sees what is really there.
 	CheckOnly bool
-	SQLite struct {
+	SQLite    struct {
 		Path, ChangeLog, Issues, Checkpoints string
 	}
 	Mongo struct {
