@@ -1,4 +1,4 @@
-# Builds the runner and projector into one small image. Pure Go (the SQLite
+# Builds the runner, projector and operator CLI into one small image. Pure Go (the SQLite
 # driver needs no cgo), so the binaries are static. The final image keeps a
 # shell because change files run their commands with sh -c.
 FROM golang:1.26 AS build
@@ -7,11 +7,12 @@ COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
 RUN CGO_ENABLED=0 go build -trimpath -ldflags=-s -o /out/runner ./cmd/runner && \
-    CGO_ENABLED=0 go build -trimpath -ldflags=-s -o /out/projector ./cmd/projector
+    CGO_ENABLED=0 go build -trimpath -ldflags=-s -o /out/projector ./cmd/projector && \
+    CGO_ENABLED=0 go build -trimpath -ldflags=-s -o /out/auditflow ./cmd/auditflow
 
 FROM alpine:3.22
 RUN adduser -D -H -u 10001 auditflow && mkdir -p /var/lib/auditflow && chown auditflow /var/lib/auditflow
-COPY --from=build /out/runner /out/projector /usr/local/bin/
+COPY --from=build /out/runner /out/projector /out/auditflow /usr/local/bin/
 COPY examples /examples
 USER auditflow
 WORKDIR /var/lib/auditflow
