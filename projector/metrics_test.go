@@ -1,14 +1,13 @@
 package projector_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
+	"github.com/auditflow/auditflow/internal/promtest"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -52,7 +51,7 @@ func TestMetrics(t *testing.T) {
 	}
 
 	// Before Run: everything is lag.
-	before := scrape(t, web.URL+"/metrics")
+	before := promtest.Scrape(t, web.URL+"/metrics")
 	if lag := metric(before, "auditflow_projector_lag_messages"); lag != 101 {
 		t.Fatalf("lag before running = %v, want 101", lag)
 	}
@@ -82,7 +81,7 @@ func TestMetrics(t *testing.T) {
 	// The lag reading is cached for a second: it reaches 0 within about that.
 	var m map[string]float64
 	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		m = scrape(t, web.URL+"/metrics")
+		m = promtest.Scrape(t, web.URL+"/metrics")
 		if metric(m, "auditflow_projector_lag_messages") == 0 {
 			break
 		}
@@ -122,7 +121,7 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("%s: %d %q after Run returned", path, code, body)
 		}
 	}
-	if n := metric(scrape(t, web.URL+"/metrics"), "auditflow_projector_events_applied_total"); n != 100 {
+	if n := metric(promtest.Scrape(t, web.URL+"/metrics"), "auditflow_projector_events_applied_total"); n != 100 {
 		t.Errorf("applied after stop = %v", n)
 	}
 
@@ -184,7 +183,7 @@ func TestReadiness(t *testing.T) {
 	if code, _ := get(t, web.URL+"/healthz"); code != http.StatusOK {
 		t.Fatalf("healthz with NATS down: %d; liveness must not depend on it", code)
 	}
-	m := scrape(t, web.URL+"/metrics") // the first scrape: nothing cached
+	m := promtest.Scrape(t, web.URL+"/metrics") // the first scrape: nothing cached
 	const labels = `{consumer="projector-sqlite",store="sqlite"}`
 	if v, ok := m["auditflow_projector_lag_messages"+labels]; ok {
 		t.Errorf("lag = %v with NATS down; want the series absent", v)
@@ -206,32 +205,4 @@ func get(t *testing.T, url string) (int, string) {
 		t.Fatal(err)
 	}
 	return resp.StatusCode, strings.TrimSpace(string(b))
-}
-
-// scrape reads the text exposition format into series → value.
-func scrape(t *testing.T, url string) map[string]float64 {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s: %s", url, resp.Status)
-	}
-	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			t.Fatalf("bad line %q", line)
-		}
-		out[line[:i]] = v
-	}
-	return out
 }

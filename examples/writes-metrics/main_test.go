@@ -1,13 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
-	"net/http"
+	"github.com/auditflow/auditflow/internal/promtest"
 	"net/http/httptest"
-	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -68,7 +65,7 @@ func TestMetricsFromAuditWrites(t *testing.T) {
 	}
 	var got map[string]float64
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		got = scrape(t, web.URL)
+		got = promtest.Scrape(t, web.URL)
 		if got["auditflow_writes_total"+mongo] == 2 || time.Now().After(deadline) {
 			break
 		}
@@ -81,29 +78,4 @@ func TestMetricsFromAuditWrites(t *testing.T) {
 	if _, ok := got["auditflow_writes_failed_total"+sqlite]; ok {
 		t.Errorf("a failure series for sqlite, which never failed")
 	}
-}
-
-// scrape reads the text exposition format into series → value.
-func scrape(t *testing.T, url string) map[string]float64 {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			t.Fatalf("bad line %q", line)
-		}
-		out[line[:i]] = v
-	}
-	return out
 }

@@ -47,6 +47,11 @@ func (p *progress) set(done, total int64, rate float64, eta time.Duration) {
 	}
 }
 
+// replay reports a replay's progress.
+func (p *progress) replay(r projector.ReplayProgress) {
+	p.set(int64(r.Seq-r.First+1), int64(r.Target-r.First+1), r.EventsPerS, r.Remaining())
+}
+
 func (p *progress) finish() {
 	if p.bar != nil {
 		_ = p.bar.Finish()
@@ -99,9 +104,7 @@ dynamodb) and replay; to rebuild a damaged store in place, add --reset.`,
 				}
 			}
 			bar := a.newProgress("replay", 0)
-			cfg.Progress = func(p projector.ReplayProgress) {
-				bar.set(int64(p.Seq-p.First+1), int64(p.Target-p.First+1), p.EventsPerS, p.Remaining())
-			}
+			cfg.Progress = bar.replay
 			prog, err := projector.Replay(ctx, js, st, cfg)
 			bar.finish()
 			if err != nil {
@@ -260,10 +263,7 @@ store repair can fix: restore the stream from a trusted copy.`,
 				})
 			}
 			bar := a.newProgress("rebuild", 0)
-			err = verify.Repair(ctx, a.js, a.st, plan, projector.ReplayConfig{Stream: a.streamConfig(), Logger: a.log,
-				Progress: func(p projector.ReplayProgress) {
-					bar.set(int64(p.Seq-p.First+1), int64(p.Target-p.First+1), p.EventsPerS, p.Remaining())
-				}})
+			err = verify.Repair(ctx, a.js, a.st, plan, projector.ReplayConfig{Stream: a.streamConfig(), Logger: a.log, Progress: bar.replay})
 			bar.finish()
 			if err != nil {
 				return err

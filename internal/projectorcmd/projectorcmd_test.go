@@ -1,17 +1,16 @@
 package projectorcmd_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/auditflow/auditflow/internal/promtest"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -148,7 +147,7 @@ func checkEndpoints(t *testing.T, addr, kind string, n int) {
 	labels := fmt.Sprintf(`{consumer="projector-%s",store="%s"}`, kind, kind)
 	var m map[string]float64
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		m = scrape(t, "http://"+addr+"/metrics")
+		m = promtest.Scrape(t, "http://"+addr+"/metrics")
 		if lag, ok := m["auditflow_projector_lag_messages"+labels]; ok && lag == 0 {
 			break
 		}
@@ -176,31 +175,6 @@ func checkEndpoints(t *testing.T, addr, kind string, n int) {
 			t.Errorf("%s: %s %s", path, resp.Status, b)
 		}
 	}
-}
-
-// scrape reads the text exposition format into series → value.
-func scrape(t *testing.T, url string) map[string]float64 {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			t.Fatalf("bad line %q", line)
-		}
-		out[line[:i]] = v
-	}
-	return out
 }
 
 // TestMetricsAddrInUse: a taken port stops the command before it opens
