@@ -159,17 +159,26 @@ stop_recorded() {
 # if the process died, and late if TIMEOUT passes. Returns 0 ready, 1 died,
 # 2 timed out, so callers can retry a lost port race.
 wait_ready() {
-	local name=$1 timeout=$2 pid marker deadline
+	local name=$1 timeout=$2 pid deadline
 	shift 2
 	pid=$(<"$PIDS/$name.pid")
-	marker=$(<"$PIDS/$name.marker")
 	deadline=$((SECONDS + timeout))
 	while ((SECONDS < deadline)); do
 		if "$@"; then return 0; fi
-		is_ours "$pid" "$marker" || return 1
+		# Not is_ours: right after spawn the child may not have exec'd the
+		# server yet, and its command line is still this script's.
+		running "$pid" || return 1
 		sleep 0.2
 	done
 	return 2
+}
+
+# running PID: is PID alive (not gone, not a zombie)?
+running() {
+	local state
+	[[ $1 =~ ^[0-9]+$ && -r /proc/$1/stat ]] || return 1
+	state=$(sed -E 's/^[0-9]+ \(.*\) ([A-Za-z]).*/\1/' "/proc/$1/stat" 2>/dev/null) || return 1
+	[[ $state != Z && $state != X ]]
 }
 
 port_in_use_failure() { grep -qiE 'address already in use|EADDRINUSE|could not bind' "$LOGS/$1.log" 2>/dev/null; }
