@@ -130,7 +130,11 @@ func BenchmarkProjector(b *testing.B) {
 }
 
 func createCollection(tb testing.TB, cluster *gocb.Cluster, bucket, name string) {
-	err := cluster.Bucket(bucket).CollectionsV2().CreateCollection(testScope, name, nil, nil)
+	mgr := cluster.Bucket(bucket).CollectionsV2()
+	if err := mgr.CreateScope(testScope, nil); err != nil && !errors.Is(err, gocb.ErrScopeExists) {
+		tb.Fatal(err)
+	}
+	err := mgr.CreateCollection(testScope, name, nil, nil)
 	if err != nil && !errors.Is(err, gocb.ErrCollectionExists) {
 		tb.Fatal(err)
 	}
