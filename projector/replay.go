@@ -167,14 +167,49 @@ func Replay(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg
 	return prog, nil
 }
 
-// readBatches fetches and decodes until it has passed target, sending
-// batches of decoded records; it closes out when done.
+// readBatches decodes what ScanStream reads into batches of records;
+// it closes out when done.
 func readBatches(ctx context.Context, cons jetstream.Consumer, size int, target uint64, out chan<- []stores.Record, skipped *atomic.Uint64, log *slog.Logger) error {
 	defer close(out)
+	return ScanStream(ctx, cons, size, target, func(msgs []StreamMsg) error {
+		batch := make([]stores.Record, 0, len(msgs))
+		for _, m := range msgs {
+			e, err := events.Decode(m.Data)
+			if err != nil {
+				skipped.Add(1)
+				log.Warn("replay: skipping an undecodable event", "seq", m.Seq, "subject", m.Subject, "err", err)
+				continue
+			}
+			batch = append(batch, stores.Record{Seq: m.Seq, Hash: events.Hash(m.Data), Event: e})
+		}
+		if len(batch) == 0 {
+			return nil
+		}
+		select {
+		case out <- batch:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	})
+}
+
+// StreamMsg is a message as ScanStream hands it over.
+type StreamMsg struct {
+	Seq     uint64
+	Subject string
+	Data    []byte
+}
+
+// ScanStream reads an ordered consumer up to stream sequence target (the
+// stream's last sequence when the caller began), handing fn each fetched
+// batch of at most size messages in order. The events are already stored,
+// so it takes what is there without waiting, and waits only when a fetch
+// comes back empty (a consumer just created); two empty fetches with
+// nothing pending end the scan early (target was beyond the filter).
+func ScanStream(ctx context.Context, cons jetstream.Consumer, size int, target uint64, fn func([]StreamMsg) error) error {
 	empty := 0
 	for {
-		// The events are already stored: take what is there at once, and
-		// wait only if nothing was (a consumer just created).
 		var mb jetstream.MessageBatch
 		var err error
 		if empty == 0 {
@@ -183,35 +218,27 @@ func readBatches(ctx context.Context, cons jetstream.Consumer, size int, target 
 			mb, err = cons.Fetch(size, jetstream.FetchMaxWait(time.Second))
 		}
 		if err != nil {
-			return fmt.Errorf("replay: fetch: %w", err)
+			return fmt.Errorf("read stream: fetch: %w", err)
 		}
-		batch := make([]stores.Record, 0, size)
+		batch := make([]StreamMsg, 0, size)
 		var last uint64
 		for m := range mb.Messages() {
 			md, err := m.Metadata()
 			if err != nil {
-				return fmt.Errorf("replay: %w", err)
+				return fmt.Errorf("read stream: %w", err)
 			}
 			last = md.Sequence.Stream
 			if last > target {
 				break
 			}
-			e, err := events.Decode(m.Data())
-			if err != nil {
-				skipped.Add(1)
-				log.Warn("replay: skipping an undecodable event", "seq", last, "subject", m.Subject(), "err", err)
-				continue
-			}
-			batch = append(batch, stores.Record{Seq: last, Hash: events.Hash(m.Data()), Event: e})
+			batch = append(batch, StreamMsg{Seq: last, Subject: m.Subject(), Data: m.Data()})
 		}
 		if err := mb.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-			return fmt.Errorf("replay: fetch: %w", err)
+			return fmt.Errorf("read stream: fetch: %w", err)
 		}
 		if len(batch) > 0 {
-			select {
-			case out <- batch:
-			case <-ctx.Done():
-				return ctx.Err()
+			if err := fn(batch); err != nil {
+				return err
 			}
 		}
 		if last >= target {
@@ -228,7 +255,7 @@ func readBatches(ctx context.Context, cons jetstream.Consumer, size int, target 
 		if empty > 1 { // nothing came even after waiting: done if nothing is left
 			info, err := cons.Info(ctx)
 			if err != nil {
-				return fmt.Errorf("replay: consumer info: %w", err)
+				return fmt.Errorf("read stream: consumer info: %w", err)
 			}
 			if info.NumPending == 0 {
 				return nil

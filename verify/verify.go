@@ -29,6 +29,7 @@ import (
 
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/producer"
+	"github.com/auditflow/auditflow/projector"
 	"github.com/auditflow/auditflow/stores"
 )
 
@@ -195,75 +196,44 @@ func readStream(ctx context.Context, stream jetstream.Stream, cfg Config, rep *R
 		return nil, nil, fmt.Errorf("verify: consumer: %w", err)
 	}
 	prevOf := map[string]entry{} // by subject: the chain runs per subject
-	for {
-		mb, err := cons.FetchNoWait(1000)
-		if err != nil {
-			return nil, nil, fmt.Errorf("verify: fetch: %w", err)
-		}
-		n := 0
-		var last uint64
-		for m := range mb.Messages() {
-			n++
-			md, err := m.Metadata()
-			if err != nil {
-				return nil, nil, fmt.Errorf("verify: %w", err)
-			}
-			last = md.Sequence.Stream
-			if last > rep.LastSeq {
-				break
-			}
-			hash := events.Hash(m.Data())
-			e, err := events.Decode(m.Data())
+	err = projector.ScanStream(ctx, cons, 1000, rep.LastSeq, func(msgs []projector.StreamMsg) error {
+		for _, m := range msgs {
+			hash := events.Hash(m.Data)
+			e, err := events.Decode(m.Data)
 			if err != nil {
 				rep.Undecodable++
-				prevOf[m.Subject()] = entry{Row: Row{Seq: last}, hash: hash}
+				prevOf[m.Subject] = entry{Row: Row{Seq: m.Seq}, hash: hash}
 				continue
 			}
-			rec := stores.Record{Seq: last, Hash: hash, Event: e}
+			rec := stores.Record{Seq: m.Seq, Hash: hash, Event: e}
 			en := entry{Row: rowOf(rec), hash: hash, prevHash: e.PrevHash, digest: digest(rec)}
 			k := key{e.Pipeline, e.ChangeID}
 			byChange[k] = append(byChange[k], en)
 			if l, ok := latest[k]; !ok || rec.Seq > l.Seq {
 				latest[k] = rec
 			}
-			prev, hasPrev := prevOf[m.Subject()]
+			prev, hasPrev := prevOf[m.Subject]
 			switch {
 			case !hasPrev && e.PrevHash != "":
-				rep.StreamChain = append(rep.StreamChain, Break{Where: "stream", Pipeline: e.Pipeline, ChangeID: e.ChangeID, Seq: last, Got: e.PrevHash})
+				rep.StreamChain = append(rep.StreamChain, Break{Where: "stream", Pipeline: e.Pipeline, ChangeID: e.ChangeID, Seq: m.Seq, Got: e.PrevHash})
 			case hasPrev && e.PrevHash == "":
 				rep.Unchained++
 			case hasPrev && e.PrevHash != prev.hash:
 				rep.StreamChain = append(rep.StreamChain, Break{Where: "stream", Pipeline: e.Pipeline, ChangeID: e.ChangeID,
-					Seq: last, PrevSeq: prev.Seq, Want: prev.hash, Got: e.PrevHash})
+					Seq: m.Seq, PrevSeq: prev.Seq, Want: prev.hash, Got: e.PrevHash})
 			}
-			prevOf[m.Subject()] = en
+			prevOf[m.Subject] = en
 			rep.StreamEvents++
-		}
-		if err := mb.Error(); err != nil {
-			return nil, nil, fmt.Errorf("verify: fetch: %w", err)
 		}
 		if cfg.Progress != nil {
 			cfg.Progress(rep.StreamEvents+rep.Undecodable, 0)
 		}
-		if last >= rep.LastSeq {
-			return byChange, latest, nil
-		}
-		if n == 0 {
-			// Nothing yet from a just-created consumer; done if nothing is pending.
-			info, err := cons.Info(ctx)
-			if err != nil {
-				return nil, nil, fmt.Errorf("verify: %w", err)
-			}
-			if info.NumPending == 0 {
-				return byChange, latest, nil
-			}
-			select {
-			case <-ctx.Done():
-				return nil, nil, ctx.Err()
-			case <-time.After(20 * time.Millisecond):
-			}
-		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("verify: %w", err)
 	}
+	return byChange, latest, nil
 }
 
 // readStore reads every changeLog row up to lastSeq.

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"text/tabwriter"
@@ -171,25 +172,25 @@ func (a *app) writes(ctx context.Context, js jetstream.JetStream, since time.Tim
 	if err != nil {
 		return nil, err
 	}
-	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{projector.DefaultWritesPrefix + "." + a.store.Kind},
-		DeliverPolicy:  jetstream.DeliverByStartTimePolicy, OptStartTime: &since,
-	})
+	subject := projector.DefaultWritesPrefix + "." + a.store.Kind
+	out := &writesOut{}
+	last, err := s.GetLastMsgForSubject(ctx, subject)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return out, nil // this store kind has written nothing
+	}
 	if err != nil {
 		return nil, err
 	}
-	out := &writesOut{}
+	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject},
+		DeliverPolicy: jetstream.DeliverByStartTimePolicy, OptStartTime: &since})
+	if err != nil {
+		return nil, err
+	}
 	var durs []time.Duration
-	for {
-		mb, err := cons.FetchNoWait(1000)
-		if err != nil {
-			return nil, err
-		}
-		n := 0
-		for m := range mb.Messages() {
-			n++
+	err = projector.ScanStream(ctx, cons, 1000, last.Sequence, func(msgs []projector.StreamMsg) error {
+		for _, m := range msgs {
 			var w projector.AuditWrite
-			if json.Unmarshal(m.Data(), &w) != nil {
+			if json.Unmarshal(m.Data, &w) != nil {
 				continue
 			}
 			out.Writes++
@@ -200,20 +201,10 @@ func (a *app) writes(ctx context.Context, js jetstream.JetStream, since time.Tim
 			out.Events += w.Count
 			durs = append(durs, w.Duration)
 		}
-		if err := mb.Error(); err != nil {
-			return nil, err
-		}
-		if n > 0 {
-			continue
-		}
-		info, err := cons.Info(ctx) // empty: done, or not delivered yet?
-		if err != nil {
-			return nil, err
-		}
-		if info.NumPending == 0 {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	if len(durs) > 0 {
 		slices.Sort(durs)
