@@ -145,13 +145,13 @@ func (l *Locker) Acquire(ctx context.Context, name string) (*Lease, error) {
 		backoff.WithMaxInterval(4*l.cfg.RetryInterval), backoff.WithMaxElapsedTime(l.cfg.GiveUpAfter))
 	lease, err := backoff.RetryNotifyWithData(func() (*Lease, error) {
 		lease, err := l.TryAcquire(ctx, name)
-		if err != nil && !errors.Is(err, ErrHeld) && ctx.Err() == nil && !errors.Is(err, ErrInvalidName) {
-			return nil, err // transient: retry
-		}
-		if err != nil && !errors.Is(err, ErrHeld) {
+		switch {
+		case err == nil, errors.Is(err, ErrHeld):
+			return lease, err // held: wait and try again
+		case errors.Is(err, ErrInvalidName), ctx.Err() != nil:
 			return nil, backoff.Permanent(err)
 		}
-		return lease, err
+		return nil, err // a transient failure: try again
 	}, backoff.WithContext(b, ctx), func(err error, wait time.Duration) {
 		l.log.Info("lock busy, waiting", "lock", name, "wait", wait.Round(time.Millisecond), "reason", err)
 	})

@@ -251,7 +251,7 @@ type delivery struct {
 func (p *Projector) fetchLoop(ctx context.Context, parts []chan []delivery) {
 	fails := backoff.NewExponentialBackOff(backoff.WithMaxInterval(p.cfg.RetryMax), backoff.WithMaxElapsedTime(0))
 	for ctx.Err() == nil {
-		msgs, err := p.fetch(ctx)
+		msgs, err := p.fetch()
 		if err != nil {
 			if ctx.Err() != nil {
 				break
@@ -296,7 +296,7 @@ func (p *Projector) fetchLoop(ctx context.Context, parts []chan []delivery) {
 // messages are available, and otherwise waits up to IdleWait for the first
 // one (then takes whatever else has arrived), so a busy stream gets full
 // batches and a quiet one low latency.
-func (p *Projector) fetch(ctx context.Context) ([]jetstream.Msg, error) {
+func (p *Projector) fetch() ([]jetstream.Msg, error) {
 	n := p.cfg.BatchSize * p.cfg.Workers
 	msgs, err := drain(p.cons.FetchNoWait(n))
 	if err != nil || len(msgs) > 0 {
