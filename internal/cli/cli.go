@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"text/tabwriter"
 
 	"github.com/nats-io/nats.go"
@@ -198,13 +197,6 @@ func (a *app) emit(v any, table func(w *tabwriter.Writer)) error {
 	tw := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
 	table(tw)
 	return tw.Flush()
-}
-
-func operatorName() string {
-	if u := os.Getenv("USER"); u != "" {
-		return u
-	}
-	return ""
 }
 
 func dash(s string) string {

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/internal/natsconn"
 	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/runner"
 	"github.com/auditflow/auditflow/stores"
@@ -166,7 +167,7 @@ runner run skips the change (applied) or runs it again (rolled-back).`,
 	fix.Flags().StringVarP(&change, "change", "c", "", "the change id (required)")
 	fix.Flags().StringVarP(&resolution, "resolution", "r", "", "applied or rolled-back (required)")
 	fix.Flags().StringVar(&reason, "reason", "", "why; recorded in the audit log (required)")
-	fix.Flags().StringVar(&operator, "operator", operatorName(), "who decides (default $USER)")
+	fix.Flags().StringVar(&operator, "operator", natsconn.Env("USER", ""), "who decides (default $USER)")
 	issue.AddCommand(list, get, fix)
 	return issue
 }

@@ -33,6 +33,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/readpref"
 	"go.mongodb.org/mongo-driver/v2/mongo/writeconcern"
 
+	"github.com/auditflow/auditflow/internal/natsconn"
 	"github.com/auditflow/auditflow/stores"
 	"github.com/auditflow/auditflow/stores/couchbasestore"
 	"github.com/auditflow/auditflow/stores/dynamostore"
@@ -74,26 +75,19 @@ type Config struct {
 	}
 }
 
-func env(name, def string) string {
-	if v, ok := os.LookupEnv(name); ok {
-		return v
-	}
-	return def
-}
-
 // RegisterFlags adds --store and every backend's flags.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
-	fs.StringVar(&c.Kind, "store", env("AUDITFLOW_STORE", "sqlite"), "audit store: "+strings.Join(Kinds, ", ")+" [AUDITFLOW_STORE]")
+	fs.StringVar(&c.Kind, "store", natsconn.Env("AUDITFLOW_STORE", "sqlite"), "audit store: "+strings.Join(Kinds, ", ")+" [AUDITFLOW_STORE]")
 
 	s := &c.SQLite
-	fs.StringVar(&s.Path, "sqlite-path", env("AUDITFLOW_SQLITE_PATH", "auditflow.db"), "SQLite: database file [AUDITFLOW_SQLITE_PATH]")
+	fs.StringVar(&s.Path, "sqlite-path", natsconn.Env("AUDITFLOW_SQLITE_PATH", "auditflow.db"), "SQLite: database file [AUDITFLOW_SQLITE_PATH]")
 	fs.StringVar(&s.ChangeLog, "sqlite-changelog-table", sqlitestore.DefaultChangeLogTable, "SQLite: changeLog table")
 	fs.StringVar(&s.Issues, "sqlite-issues-table", sqlitestore.DefaultIssuesTable, "SQLite: issues table")
 	fs.StringVar(&s.Checkpoints, "sqlite-checkpoints-table", sqlitestore.DefaultCheckpointsTable, "SQLite: checkpoints table")
 
 	m := &c.Mongo
 	fs.StringVar(&m.URI, "mongo-uri", "", "MongoDB: connection URI; pool sizes, TLS, auth source and replica set are URI options (default $AUDITFLOW_MONGO_URI; prefer the variable: it keeps the password out of ps)")
-	fs.StringVar(&m.Database, "mongo-database", env("AUDITFLOW_MONGO_DATABASE", mongostore.DefaultDatabase), "MongoDB: database, a dedicated one or the target system's own [AUDITFLOW_MONGO_DATABASE]")
+	fs.StringVar(&m.Database, "mongo-database", natsconn.Env("AUDITFLOW_MONGO_DATABASE", mongostore.DefaultDatabase), "MongoDB: database, a dedicated one or the target system's own [AUDITFLOW_MONGO_DATABASE]")
 	fs.StringVar(&m.ChangeLog, "mongo-changelog-collection", mongostore.DefaultChangeLogCollection, "MongoDB: changeLog collection")
 	fs.StringVar(&m.Issues, "mongo-issues-collection", mongostore.DefaultIssuesCollection, "MongoDB: issues collection")
 	fs.StringVar(&m.Checkpoints, "mongo-checkpoints-collection", mongostore.DefaultCheckpointsCollection, "MongoDB: checkpoints collection")
@@ -105,9 +99,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&m.SkipIndexes, "mongo-skip-indexes", false, "MongoDB: do not create indexes (they are managed elsewhere)")
 
 	d := &c.Dynamo
-	fs.StringVar(&d.Region, "dynamo-region", env("AUDITFLOW_DYNAMO_REGION", ""), "DynamoDB: region (default from the AWS config: AWS_REGION, profile) [AUDITFLOW_DYNAMO_REGION]")
-	fs.StringVar(&d.Endpoint, "dynamo-endpoint", env("AUDITFLOW_DYNAMO_ENDPOINT", ""), "DynamoDB: endpoint override, e.g. http://localhost:8000 for DynamoDB Local [AUDITFLOW_DYNAMO_ENDPOINT]")
-	fs.StringVar(&d.TablePrefix, "dynamo-table-prefix", env("AUDITFLOW_DYNAMO_TABLE_PREFIX", ""), "DynamoDB: prefix of every table name [AUDITFLOW_DYNAMO_TABLE_PREFIX]")
+	fs.StringVar(&d.Region, "dynamo-region", natsconn.Env("AUDITFLOW_DYNAMO_REGION", ""), "DynamoDB: region (default from the AWS config: AWS_REGION, profile) [AUDITFLOW_DYNAMO_REGION]")
+	fs.StringVar(&d.Endpoint, "dynamo-endpoint", natsconn.Env("AUDITFLOW_DYNAMO_ENDPOINT", ""), "DynamoDB: endpoint override, e.g. http://localhost:8000 for DynamoDB Local [AUDITFLOW_DYNAMO_ENDPOINT]")
+	fs.StringVar(&d.TablePrefix, "dynamo-table-prefix", natsconn.Env("AUDITFLOW_DYNAMO_TABLE_PREFIX", ""), "DynamoDB: prefix of every table name [AUDITFLOW_DYNAMO_TABLE_PREFIX]")
 	fs.StringVar(&d.ChangeLog, "dynamo-changelog-table", dynamostore.DefaultChangeLogTable, "DynamoDB: changeLog table (after the prefix)")
 	fs.StringVar(&d.Issues, "dynamo-issues-table", dynamostore.DefaultIssuesTable, "DynamoDB: issues table (after the prefix)")
 	fs.StringVar(&d.Checkpoints, "dynamo-checkpoints-table", dynamostore.DefaultCheckpointsTable, "DynamoDB: checkpoints table (after the prefix)")
@@ -119,12 +113,12 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&d.Concurrency, "dynamo-concurrency", dynamostore.DefaultConcurrency, "DynamoDB: requests in flight per store call")
 
 	cb := &c.Couchbase
-	fs.StringVar(&cb.ConnStr, "couchbase-connstr", env("AUDITFLOW_COUCHBASE_CONNSTR", ""), "Couchbase: connection string, e.g. couchbases://cb.example.com [AUDITFLOW_COUCHBASE_CONNSTR]")
-	fs.StringVar(&cb.User, "couchbase-user", env("AUDITFLOW_COUCHBASE_USER", ""), "Couchbase: user [AUDITFLOW_COUCHBASE_USER]")
-	fs.StringVar(&cb.PasswordFile, "couchbase-password-file", env("AUDITFLOW_COUCHBASE_PASSWORD_FILE", ""), "Couchbase: file holding the password; or set AUDITFLOW_COUCHBASE_PASSWORD [AUDITFLOW_COUCHBASE_PASSWORD_FILE]")
-	fs.StringVar(&cb.Bucket, "couchbase-bucket", env("AUDITFLOW_COUCHBASE_BUCKET", ""), "Couchbase: bucket (must exist) [AUDITFLOW_COUCHBASE_BUCKET]")
-	fs.StringVar(&cb.Scope, "couchbase-scope", env("AUDITFLOW_COUCHBASE_SCOPE", couchbasestore.DefaultScope), "Couchbase: scope, created if missing [AUDITFLOW_COUCHBASE_SCOPE]")
-	fs.StringVar(&cb.Collection, "couchbase-collection", env("AUDITFLOW_COUCHBASE_COLLECTION", couchbasestore.DefaultCollection), "Couchbase: collection, created if missing [AUDITFLOW_COUCHBASE_COLLECTION]")
+	fs.StringVar(&cb.ConnStr, "couchbase-connstr", natsconn.Env("AUDITFLOW_COUCHBASE_CONNSTR", ""), "Couchbase: connection string, e.g. couchbases://cb.example.com [AUDITFLOW_COUCHBASE_CONNSTR]")
+	fs.StringVar(&cb.User, "couchbase-user", natsconn.Env("AUDITFLOW_COUCHBASE_USER", ""), "Couchbase: user [AUDITFLOW_COUCHBASE_USER]")
+	fs.StringVar(&cb.PasswordFile, "couchbase-password-file", natsconn.Env("AUDITFLOW_COUCHBASE_PASSWORD_FILE", ""), "Couchbase: file holding the password; or set AUDITFLOW_COUCHBASE_PASSWORD [AUDITFLOW_COUCHBASE_PASSWORD_FILE]")
+	fs.StringVar(&cb.Bucket, "couchbase-bucket", natsconn.Env("AUDITFLOW_COUCHBASE_BUCKET", ""), "Couchbase: bucket (must exist) [AUDITFLOW_COUCHBASE_BUCKET]")
+	fs.StringVar(&cb.Scope, "couchbase-scope", natsconn.Env("AUDITFLOW_COUCHBASE_SCOPE", couchbasestore.DefaultScope), "Couchbase: scope, created if missing [AUDITFLOW_COUCHBASE_SCOPE]")
+	fs.StringVar(&cb.Collection, "couchbase-collection", natsconn.Env("AUDITFLOW_COUCHBASE_COLLECTION", couchbasestore.DefaultCollection), "Couchbase: collection, created if missing [AUDITFLOW_COUCHBASE_COLLECTION]")
 	fs.StringVar(&cb.Durability, "couchbase-durability", "majority", "Couchbase: none, majority, majorityAndPersistActive or persistToMajority")
 	fs.IntVar(&cb.Concurrency, "couchbase-concurrency", couchbasestore.DefaultConcurrency, "Couchbase: KV operations in flight per store call")
 	fs.DurationVar(&cb.Timeout, "couchbase-timeout", 0, "Couchbase: per-operation KV timeout (0: the SDK's)")
