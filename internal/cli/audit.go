@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/internal/render"
 	"github.com/auditflow/auditflow/stores"
 )
 
@@ -74,7 +75,7 @@ func (a *app) auditCommand() *cobra.Command {
 				fmt.Fprintln(w, "PIPELINE\tCHANGE\tSTATE\tSTATUS\tUPDATED (UTC)\tAUTHOR\tTARGET\tSEQ")
 				for _, i := range rows {
 					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", i.Pipeline, i.ChangeID, i.State, i.Status,
-						i.UpdatedAt.UTC().Format(time.DateTime), dash(i.Author), dash(i.TargetSystem), i.Seq)
+						i.UpdatedAt.UTC().Format(time.DateTime), render.Dash(i.Author), render.Dash(i.TargetSystem), i.Seq)
 				}
 			})
 		},
@@ -124,15 +125,8 @@ func historyJSON(rows []stores.Record) []historyRow {
 func historyTable(w *tabwriter.Writer, rows []stores.Record) {
 	fmt.Fprintln(w, "SEQ\tTIME (UTC)\tPIPELINE\tCHANGE\tSTATE\tDURATION\tBY\tDETAIL")
 	for _, r := range rows {
-		by, detail := r.RunnerID, r.ErrorMessage
-		if r.Operator != "" {
-			by, detail = "operator "+r.Operator, r.Reason
-		}
-		d := "-"
-		if r.Type != events.ExecutionStarted && r.Type != events.ManuallyResolved {
-			d = r.Duration.String()
-		}
-		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Seq, r.OccurredAt.UTC().Format("2006-01-02 15:04:05.000"),
-			r.Pipeline, r.ChangeID, r.State(), d, dash(by), dash(clip(detail, 60)))
+		row := render.RowOf(r, 60)
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Seq, row.Time,
+			r.Pipeline, r.ChangeID, r.State(), row.Duration, row.By, row.Detail)
 	}
 }

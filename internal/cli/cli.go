@@ -198,23 +198,3 @@ func (a *app) emit(v any, table func(w *tabwriter.Writer)) error {
 	table(tw)
 	return tw.Flush()
 }
-
-func dash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
-}
-
-func clip(s string, n int) string {
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\n' {
-			s = s[:i]
-			break
-		}
-	}
-	if len(s) > n {
-		return s[:n-1] + "…"
-	}
-	return s
-}

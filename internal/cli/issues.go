@@ -12,6 +12,7 @@ import (
 
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/internal/natsconn"
+	"github.com/auditflow/auditflow/internal/render"
 	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/runner"
 	"github.com/auditflow/auditflow/stores"
@@ -52,7 +53,7 @@ func (a *app) issueCommand() *cobra.Command {
 				fmt.Fprintln(w, "PIPELINE\tCHANGE\tSTATE\tSINCE (UTC)\tRECOVERY\tTARGET\tERROR")
 				for _, v := range out {
 					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Pipeline, v.ChangeID, v.Shown, v.UpdatedAt.UTC().Format(time.DateTime),
-						v.Recovery, dash(v.TargetSystem), dash(clip(v.ErrorMessage, 60)))
+						v.Recovery, render.Dash(v.TargetSystem), render.Dash(render.Clip(v.ErrorMessage, 60)))
 				}
 			})
 		},
@@ -93,8 +94,8 @@ func (a *app) issueCommand() *cobra.Command {
 			return a.emit(detail, func(w *tabwriter.Writer) {
 				fmt.Fprintf(w, "change\t%s of pipeline %s\n", v.ChangeID, v.Pipeline)
 				fmt.Fprintf(w, "state\t%s (%s) since %s UTC\n", v.Shown, v.Status, v.UpdatedAt.UTC().Format(time.DateTime))
-				fmt.Fprintf(w, "execution\t%s, author %s, target %s, recovery %s\n", dash(v.ExecutionID),
-					dash(v.Author), dash(v.TargetSystem), v.Recovery)
+				fmt.Fprintf(w, "execution\t%s, author %s, target %s, recovery %s\n", render.Dash(v.ExecutionID),
+					render.Dash(v.Author), render.Dash(v.TargetSystem), v.Recovery)
 				if v.ErrorMessage != "" {
 					fmt.Fprintf(w, "error\t%s\n", v.ErrorMessage)
 				}

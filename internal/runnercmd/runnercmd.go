@@ -22,6 +22,7 @@ import (
 	"github.com/auditflow/auditflow/internal/embedded"
 	"github.com/auditflow/auditflow/internal/logging"
 	"github.com/auditflow/auditflow/internal/natsconn"
+	"github.com/auditflow/auditflow/internal/render"
 	"github.com/auditflow/auditflow/lock"
 	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/projector"
@@ -283,7 +284,7 @@ func printPlan(w io.Writer, plan []runner.Step) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ORDER\tCHANGE\tACTION\tLAST STATE\tWHY")
 	for _, s := range plan {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", dash(s.Change.Order), s.Change.ID, s.Action, dash(string(s.State)), s.Reason)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", render.Dash(s.Change.Order), s.Change.ID, s.Action, render.Dash(string(s.State)), s.Reason)
 	}
 	_ = tw.Flush()
 }
@@ -325,33 +326,9 @@ func showChangeLog(ctx context.Context, w io.Writer, proj *projector.Projector, 
 	fmt.Fprintf(tw, "\nchangeLog of pipeline %s (%d events, from the audit store):\n", pipeline, len(rows))
 	fmt.Fprintln(tw, "SEQ\tTIME (UTC)\tCHANGE\tSTATE\tDURATION\tAUTHOR\tRUNNER\tERROR")
 	for _, r := range rows {
-		d := "-"
-		if r.Type != events.ExecutionStarted && r.Type != events.ManuallyResolved {
-			d = r.Duration.String()
-		}
-		runnerOrOperator := r.RunnerID
-		if r.Operator != "" {
-			runnerOrOperator = "operator " + r.Operator
-		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Seq, r.OccurredAt.Format("2006-01-02 15:04:05.000"),
-			r.ChangeID, r.State(), d, dash(r.Author), dash(runnerOrOperator), dash(firstLine(r.ErrorMessage+r.Reason)))
+		row := render.RowOf(r, 80)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Seq, row.Time,
+			r.ChangeID, r.State(), row.Duration, render.Dash(r.Author), row.By, row.Detail)
 	}
 	return tw.Flush()
-}
-
-func dash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
-}
-
-func firstLine(s string) string {
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		s = s[:i]
-	}
-	if len(s) > 80 {
-		s = s[:77] + "..."
-	}
-	return s
 }
