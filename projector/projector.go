@@ -470,13 +470,24 @@ func truncate(s string, n int) string {
 	return s[:n]
 }
 
-// WaitCaughtUp blocks until every event on the stream has been applied and
-// acknowledged (or dead-lettered) by this projector's consumer, or ctx ends.
-// The embedded runner uses it to show a complete changeLog.
+// WaitCaughtUp blocks until every event on the stream when it is called
+// has been applied and acknowledged (or dead-lettered) by this projector's
+// consumer, or ctx ends. The embedded runner uses it to show a complete
+// changeLog.
+//
+// It waits for the consumer's ack floor to reach the stream's last
+// sequence, not for "nothing pending": the consumer learns of a new
+// message asynchronously, so right after a publish its pending count can
+// still read 0.
 func (p *Projector) WaitCaughtUp(ctx context.Context) error {
+	s, err := p.js.Stream(ctx, p.cfg.Stream.Name)
+	if err != nil {
+		return fmt.Errorf("projector: stream %s: %w", p.cfg.Stream.Name, err)
+	}
+	target := s.CachedInfo().State.LastSeq
 	for {
 		info, err := p.cons.Info(ctx)
-		if err == nil && info.NumPending == 0 && info.NumAckPending == 0 {
+		if err == nil && info.AckFloor.Stream >= target && info.NumAckPending == 0 {
 			return nil
 		}
 		select {
