@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -29,3 +31,40 @@ func FormatTime(t time.Time) string { return t.UTC().Format(TimeLayout) }
 
 // ParseTime reads a time written by FormatTime.
 func ParseTime(s string) (time.Time, error) { return time.Parse(TimeLayout, s) }
+
+// Parallel runs fn(ctx, 0) … fn(ctx, n-1) on at most limit goroutines and
+// waits for all of them. The first error cancels the context the others
+// see and is returned; if ctx ends before every call has started, its
+// error is returned. Backends use it to keep several requests in flight.
+func Parallel(ctx context.Context, limit, n int, fn func(ctx context.Context, i int) error) error {
+	if n == 1 {
+		return fn(ctx, 0)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		next  atomic.Int64
+		once  sync.Once
+		first error
+		wg    sync.WaitGroup
+	)
+	for range min(n, max(limit, 1)) {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				if err := fn(ctx, i); err != nil {
+					once.Do(func() { first = err; cancel() })
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if first == nil && next.Load() < int64(n) {
+		first = ctx.Err() // ended before every call had started
+	}
+	return first
+}

@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/couchbase/gocb/v2"
+
+	"github.com/auditflow/auditflow/stores"
 )
 
 // get reads key into v. A missing document is not an error: exists is false.
@@ -143,38 +143,6 @@ type task func(ctx context.Context) error
 
 // run runs tasks with at most Concurrency in flight. The first error
 // cancels the rest and is returned; every goroutine has ended on return.
-func (s *Store) run(parent context.Context, tasks []task) error {
-	switch len(tasks) {
-	case 0:
-		return nil
-	case 1:
-		return tasks[0](parent)
-	}
-	ctx, cancel := context.WithCancel(parent)
-	defer cancel()
-	var (
-		next  atomic.Int64
-		once  sync.Once
-		first error
-		wg    sync.WaitGroup
-	)
-	for range min(len(tasks), s.cfg.Concurrency) {
-		wg.Go(func() {
-			for ctx.Err() == nil {
-				i := int(next.Add(1) - 1)
-				if i >= len(tasks) {
-					return
-				}
-				if err := tasks[i](ctx); err != nil {
-					once.Do(func() { first = err; cancel() })
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	if first == nil {
-		first = parent.Err() // cancelled before every task had started
-	}
-	return first
+func (s *Store) run(ctx context.Context, tasks []task) error {
+	return stores.Parallel(ctx, s.cfg.Concurrency, len(tasks), func(ctx context.Context, i int) error { return tasks[i](ctx) })
 }

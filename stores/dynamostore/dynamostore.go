@@ -99,7 +99,7 @@ func (s *Store) Apply(ctx context.Context, b stores.Batch) error {
 		issueItems[i] = it
 	}
 	chunks := chunk(logReqs, s.cfg.BatchSize)
-	err := s.parallel(ctx, len(chunks)+len(issueItems), func(ctx context.Context, i int) error {
+	err := stores.Parallel(ctx, s.cfg.Concurrency, len(chunks)+len(issueItems), func(ctx context.Context, i int) error {
 		if i < len(chunks) {
 			return s.batchWrite(ctx, s.changeLog, chunks[i])
 		}
@@ -318,7 +318,7 @@ func (s *Store) deleteAll(ctx context.Context, def tableDef) error {
 			reqs[i] = types.WriteRequest{DeleteRequest: &types.DeleteRequest{Key: key}}
 		}
 		chunks := chunk(reqs, s.cfg.BatchSize)
-		if err := s.parallel(ctx, len(chunks), func(ctx context.Context, i int) error {
+		if err := stores.Parallel(ctx, s.cfg.Concurrency, len(chunks), func(ctx context.Context, i int) error {
 			return s.batchWrite(ctx, def.name, chunks[i])
 		}); err != nil {
 			return err

@@ -14,6 +14,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 	"github.com/cenkalti/backoff/v4"
+
+	"github.com/auditflow/auditflow/stores"
 )
 
 // plan is one listing: a Query on index for hash = value and seq < before,
@@ -177,7 +179,7 @@ func (s *Store) batchGet(ctx context.Context, table string, keyAttrs []string, k
 	chunks := chunk(keys, batchGetMax)
 	var mu sync.Mutex
 	rows := make(map[string]item, len(keys))
-	err := s.parallel(ctx, len(chunks), func(ctx context.Context, i int) error {
+	err := stores.Parallel(ctx, s.cfg.Concurrency, len(chunks), func(ctx context.Context, i int) error {
 		pending := map[string]types.KeysAndAttributes{table: {Keys: chunks[i], ConsistentRead: s.consistent()}}
 		return s.retryUnprocessed(ctx, "BatchGetItem", func() (int, error) {
 			out, err := s.client.BatchGetItem(ctx, &dynamodb.BatchGetItemInput{RequestItems: pending})
@@ -238,47 +240,6 @@ func (s *Store) retryUnprocessed(ctx context.Context, what string, op func() (le
 		return fmt.Errorf("%s: %d %w after retrying for %s", what, left, errUnprocessed, s.cfg.RetryTimeout)
 	}
 	return err
-}
-
-// parallel runs fn(ctx, 0..n-1) on up to cfg.Concurrency goroutines and
-// waits for all of them. The first error cancels the rest and is returned.
-func (s *Store) parallel(ctx context.Context, n int, fn func(ctx context.Context, i int) error) error {
-	if n == 1 {
-		return fn(ctx, 0)
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var (
-		wg    sync.WaitGroup
-		once  sync.Once
-		first error
-		next  = make(chan int)
-	)
-	for range min(n, s.cfg.Concurrency) {
-		wg.Go(func() {
-			for i := range next {
-				if err := fn(ctx, i); err != nil {
-					once.Do(func() { first = err; cancel() })
-				}
-			}
-		})
-	}
-	stopped := false
-feed:
-	for i := range n {
-		select {
-		case next <- i:
-		case <-ctx.Done():
-			stopped = true
-			break feed
-		}
-	}
-	close(next)
-	wg.Wait()
-	if first == nil && stopped {
-		first = ctx.Err() // the caller's ctx ended before every task ran
-	}
-	return first
 }
 
 func chunk[T any](s []T, size int) [][]T {

@@ -76,7 +76,7 @@ func (s *Store) Repair(ctx context.Context, r stores.Repair) error {
 			jobs = append(jobs, job{t.table, c})
 		}
 	}
-	if err := s.parallel(ctx, len(jobs), func(ctx context.Context, i int) error {
+	if err := stores.Parallel(ctx, s.cfg.Concurrency, len(jobs), func(ctx context.Context, i int) error {
 		return s.batchWrite(ctx, jobs[i].table, jobs[i].reqs)
 	}); err != nil {
 		return fmt.Errorf("dynamostore: repair: %w", translate(ctx, err))

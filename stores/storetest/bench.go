@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"sync"
 	"testing"
 	"time"
 
@@ -144,36 +143,7 @@ func benchProjector(b *testing.B, st, fresh stores.Store, recs []stores.Record, 
 }
 
 func parallel(workers int, chunks [][]stores.Record, fn func([]stores.Record) error) error {
-	next := make(chan []stores.Record)
-	errs := make(chan error, workers)
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for c := range next {
-				if err := fn(c); err != nil {
-					errs <- err
-					return
-				}
-			}
-		})
-	}
-	for _, c := range chunks {
-		select {
-		case next <- c:
-		case err := <-errs:
-			close(next)
-			wg.Wait()
-			return err
-		}
-	}
-	close(next)
-	wg.Wait()
-	select {
-	case err := <-errs:
-		return err
-	default:
-		return nil
-	}
+	return stores.Parallel(context.Background(), workers, len(chunks), func(_ context.Context, i int) error { return fn(chunks[i]) })
 }
 
 // BenchEvents is a stream as runners produce it: changes of seven services
