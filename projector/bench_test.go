@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/internal/embedded"
+	"github.com/auditflow/auditflow/internal/natstest"
 	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/projector"
 	"github.com/auditflow/auditflow/stores/sqlitestore"
@@ -42,6 +44,20 @@ func benchEvents(n int) []events.Event {
 		out[i] = e
 	}
 	return out
+}
+
+// benchServer starts a quiet in-process server and a producer on it.
+func benchServer(b *testing.B, cfg embedded.Config) (jetstream.JetStream, *producer.Producer) {
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	return benchServerOf(b, natstest.StartWith(b, cfg))
+}
+
+func benchServerOf(b *testing.B, srv *natstest.Server) (jetstream.JetStream, *producer.Producer) {
+	prod, err := producer.New(context.Background(), srv.JS, producer.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return srv.JS, prod
 }
 
 func publishAll(b *testing.B, prod *producer.Producer, evs []events.Event) {
@@ -68,24 +84,9 @@ func publishAll(b *testing.B, prod *producer.Producer, evs []events.Event) {
 func BenchmarkEndToEnd(b *testing.B) {
 	for _, sync := range []bool{false, true} {
 		b.Run(fmt.Sprintf("sync=%v", sync), func(b *testing.B) {
-			srv, err := embedded.Start(embedded.Config{DataDir: b.TempDir(), SyncAlways: sync})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer srv.Close()
-			nc, _ := srv.Connect("bench")
-			defer nc.Close()
-			js, _ := jetstream.New(nc)
+			js, prod := benchServer(b, embedded.Config{SyncAlways: sync})
 			ctx := context.Background()
-			prod, err := producer.New(ctx, js, producer.Config{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			st, err := sqlitestore.Open(ctx, filepath.Join(b.TempDir(), "audit.db"), sqlitestore.Config{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer st.Close()
+			st := openSQLite(b)
 			evs := benchEvents(b.N)
 			b.ResetTimer()
 			p, err := projector.New(ctx, js, st, projector.Config{StoreName: "sqlite"})
@@ -119,18 +120,8 @@ const childEnv = "AUDITFLOW_BENCH_PROJECTOR_CHILD"
 // with -benchtime=1x.
 func BenchmarkProjectorMemory(b *testing.B) {
 	const backlog = 100_000
-	srv, err := embedded.Start(embedded.Config{DataDir: b.TempDir(), Port: -1})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer srv.Close()
-	nc, _ := srv.Connect("bench")
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	prod, err := producer.New(context.Background(), js, producer.Config{})
-	if err != nil {
-		b.Fatal(err)
-	}
+	srv := natstest.StartWith(b, embedded.Config{Port: -1, Logger: slog.New(slog.DiscardHandler)})
+	_, prod := benchServerOf(b, srv)
 	publishAll(b, prod, benchEvents(backlog))
 	var rss, heap, rate float64
 	for b.Loop() {
@@ -244,25 +235,10 @@ func vmHWM() int64 {
 // b.N events (published before the clock starts). Run with
 // -benchtime=100000x.
 func BenchmarkReplay(b *testing.B) {
-	srv, err := embedded.Start(embedded.Config{DataDir: b.TempDir()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer srv.Close()
-	nc, _ := srv.Connect("bench")
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js, prod := benchServer(b, embedded.Config{})
 	ctx := context.Background()
-	prod, err := producer.New(ctx, js, producer.Config{})
-	if err != nil {
-		b.Fatal(err)
-	}
 	publishAll(b, prod, benchEvents(b.N))
-	st, err := sqlitestore.Open(ctx, filepath.Join(b.TempDir(), "audit.db"), sqlitestore.Config{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer st.Close()
+	st := openSQLite(b)
 	b.ResetTimer()
 	prog, err := projector.Replay(ctx, js, st, projector.ReplayConfig{})
 	if err != nil || prog.Applied != uint64(b.N) {
