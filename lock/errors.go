@@ -10,6 +10,10 @@ var (
 	ErrNotHeld = errors.New("lock: not held")
 	// ErrInvalidName: the lock name cannot be used.
 	ErrInvalidName = errors.New("lock: invalid name")
+	// ErrChanged: ForceRelease found the lock at another revision than the
+	// one it was asked to remove (its holder refreshed it, or a new holder
+	// took it); nothing was removed.
+	ErrChanged = errors.New("lock: changed since it was read")
 	// ErrInvalidConfig: a Config value is not allowed, or disagrees with
 	// the existing bucket.
 	ErrInvalidConfig = errors.New("lock: invalid config")

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -30,6 +31,14 @@ type Config struct {
 	// GiveUpAfter bounds how long Acquire waits for a held lock before
 	// returning ErrHeld. Default 3m.
 	GiveUpAfter time.Duration
+	// Margin is how long before the lease could expire on the server its
+	// holder already treats it as lost: Lost closes then, so that work
+	// stopped on Lost has Margin to wind down before another runner can
+	// take the lock. Default a quarter of the lease.
+	Margin time.Duration
+	// RetryFor bounds how long New retries transient failures (no
+	// responders or timeouts while a cluster elects a leader). Default 30s.
+	RetryFor time.Duration
 	// Owner names the holder in the lock's value (shown by lock list).
 	// Default host:pid.
 	Owner  string
@@ -42,6 +51,7 @@ const (
 	DefaultLease         = 60 * time.Second
 	DefaultRetryInterval = time.Second
 	DefaultGiveUpAfter   = 3 * time.Minute
+	DefaultRetryFor      = 30 * time.Second
 )
 
 // Validate fills in defaults and checks values.
@@ -58,6 +68,9 @@ func (c *Config) Validate() error {
 	if c.GiveUpAfter == 0 {
 		c.GiveUpAfter = DefaultGiveUpAfter
 	}
+	if c.RetryFor == 0 {
+		c.RetryFor = DefaultRetryFor
+	}
 	if c.Owner == "" {
 		host, _ := os.Hostname()
 		c.Owner = fmt.Sprintf("%s:%d", host, os.Getpid())
@@ -65,8 +78,10 @@ func (c *Config) Validate() error {
 	switch {
 	case c.Lease != 0 && c.Lease < 100*time.Millisecond:
 		return fmt.Errorf("%w: lease %s is shorter than 100ms", ErrInvalidConfig, c.Lease)
-	case c.RetryInterval < 0 || c.GiveUpAfter < 0:
-		return fmt.Errorf("%w: negative retry interval or give-up time", ErrInvalidConfig)
+	case c.RetryInterval < 0 || c.GiveUpAfter < 0 || c.RetryFor < 0 || c.Margin < 0:
+		return fmt.Errorf("%w: negative retry interval, give-up time, retry budget or margin", ErrInvalidConfig)
+	case c.Lease != 0 && c.Margin >= c.Lease/2:
+		return fmt.Errorf("%w: margin %s must be under half the lease %s", ErrInvalidConfig, c.Margin, c.Lease)
 	case c.Replicas < 1 || c.Replicas > 5:
 		return fmt.Errorf("%w: replicas %d is outside 1..5", ErrInvalidConfig, c.Replicas)
 	case strings.ContainsAny(c.Bucket, " .*>/\\"):
@@ -82,21 +97,53 @@ type Locker struct {
 	log *slog.Logger
 }
 
-// New opens the lock bucket, creating it if missing.
+// New opens the lock bucket, creating it if missing. Transient failures
+// (a cluster electing a leader answers with no responders or not at all)
+// are retried for up to Config.RetryFor.
 func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Locker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	b := backoff.WithContext(backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxElapsedTime(cfg.RetryFor)), ctx)
+	kv, err := backoff.RetryNotifyWithData(func() (jetstream.KeyValue, error) {
+		kv, err := openBucket(ctx, js, &cfg)
+		if err != nil && (ctx.Err() != nil || !transient(err)) {
+			return nil, backoff.Permanent(err)
+		}
+		return kv, err
+	}, b, func(err error, wait time.Duration) {
+		log.Warn("lock bucket not reachable, retrying", "bucket", cfg.Bucket, "wait", wait.Round(time.Millisecond), "err", err)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Margin == 0 {
+		cfg.Margin = cfg.Lease / 4
+	}
+	if cfg.Margin >= cfg.Lease/2 {
+		return nil, fmt.Errorf("%w: margin %s must be under half the lease %s", ErrInvalidConfig, cfg.Margin, cfg.Lease)
+	}
+	return &Locker{kv: kv, cfg: cfg, log: log}, nil
+}
+
+// openBucket opens or creates the bucket and settles cfg.Lease with it.
+func openBucket(ctx context.Context, js jetstream.JetStream, cfg *Config) (jetstream.KeyValue, error) {
 	kv, err := js.KeyValue(ctx, cfg.Bucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		if cfg.Lease == 0 {
-			cfg.Lease = DefaultLease
+		lease := cfg.Lease
+		if lease == 0 {
+			lease = DefaultLease
 		}
 		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
 			Bucket:      cfg.Bucket,
 			Description: "auditflow pipeline locks",
 			History:     1,
-			TTL:         cfg.Lease,
+			TTL:         lease,
 			Storage:     jetstream.FileStorage,
 			Replicas:    cfg.Replicas,
 		})
@@ -118,22 +165,43 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Locker, erro
 		return nil, fmt.Errorf("%w: bucket %s has a lease (TTL) of %s, this locker is configured for %s",
 			ErrInvalidConfig, cfg.Bucket, st.TTL(), cfg.Lease)
 	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	return &Locker{kv: kv, cfg: cfg, log: log}, nil
+	return kv, nil
 }
 
-// Info is what a lock's value records about its holder.
+// transient reports whether a failure may pass if tried again: no answer
+// or no responders (a leader election, a reconnect), as opposed to a
+// decision the server made or a configuration error.
+func transient(err error) bool {
+	if errors.Is(err, ErrInvalidConfig) {
+		return false
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrConnectionReconnecting) ||
+		errors.Is(err, nats.ErrDisconnected) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.Code == 503 // JetStream temporarily unavailable
+}
+
+// Lease is the lease every lock of this locker's bucket has.
+func (l *Locker) Lease() time.Duration { return l.cfg.Lease }
+
+// Info is what a lock's value records about its holder, and the lock's
+// current revision.
 type Info struct {
 	Name        string    `json:"name"`
 	Owner       string    `json:"owner"`
 	Token       uint64    `json:"token"`
 	AcquiredAt  time.Time `json:"acquiredAt"`
 	RefreshedAt time.Time `json:"refreshedAt"`
-	// ExpiresAt is when the server drops the lock unless it is refreshed.
+	// ExpiresAt is when the server drops the lock unless it is refreshed
+	// (by the holder's clock).
 	ExpiresAt time.Time `json:"expiresAt"`
+	// Revision is the lock's KV revision when it was read: it changes at
+	// every refresh. ForceRelease takes it, so that it removes exactly the
+	// lock an operator looked at. Not stored in the value.
+	Revision uint64 `json:"-"`
 }
 
 // Acquire takes the named lock, waiting with back-off while another holder
@@ -167,8 +235,11 @@ func (l *Locker) TryAcquire(ctx context.Context, name string) (*Lease, error) {
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now().UTC()
-	info := Info{Name: name, Owner: l.cfg.Owner, AcquiredAt: now, RefreshedAt: now, ExpiresAt: now.Add(l.cfg.Lease)}
+	// now keeps its monotonic reading: the lease's bookkeeping must not
+	// move when the wall clock is stepped. Only the stored value is UTC.
+	now := time.Now()
+	wall := now.UTC()
+	info := Info{Name: name, Owner: l.cfg.Owner, AcquiredAt: wall, RefreshedAt: wall, ExpiresAt: wall.Add(l.cfg.Lease)}
 	val, _ := json.Marshal(info)
 	rev, err := l.kv.Create(ctx, key, val)
 	if errors.Is(err, jetstream.ErrKeyExists) {
@@ -200,6 +271,7 @@ func (l *Locker) holder(ctx context.Context, key string) (Info, error) {
 	if info.Token == 0 {
 		info.Token = e.Revision() // the first value is written before its revision is known
 	}
+	info.Revision = e.Revision()
 	return info, nil
 }
 
@@ -224,30 +296,73 @@ func (l *Locker) List(ctx context.Context) ([]Info, error) {
 	return out, nil
 }
 
-// ForceRelease removes a lock whoever holds it: for an operator clearing a
-// lock whose holder is known to be dead and whose lease is long. The
-// holder, if alive, notices at its next refresh (its Lost channel closes).
-func (l *Locker) ForceRelease(ctx context.Context, name string) error {
+// ForceRelease removes a lock whose holder is known to be dead, for an
+// operator who does not want to wait out a long lease. It deletes the lock
+// only if it is still at revision, the one the operator saw (Info.Revision
+// from List or Holder): a live holder refreshes, which changes the
+// revision, and a new holder has a new one, so neither is removed by
+// mistake. Otherwise it returns an error wrapping ErrChanged that names the
+// current holder. A removed holder, if alive after all, notices at its next
+// refresh (its Lost channel closes).
+func (l *Locker) ForceRelease(ctx context.Context, name string, revision uint64) error {
 	key, err := Key(name)
 	if err != nil {
 		return err
 	}
-	if _, err := l.kv.Get(ctx, key); err != nil {
-		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-			return fmt.Errorf("%w: %q", ErrNotHeld, name)
-		}
+	err = l.kv.Delete(ctx, key, jetstream.LastRevision(revision))
+	if err == nil {
+		l.log.Warn("lock force-released", "lock", name, "revision", revision)
+		return nil
+	}
+	if !isWrongLastSeq(err) {
 		return fmt.Errorf("lock: force release %q: %w", name, err)
 	}
-	if err := l.kv.Delete(ctx, key); err != nil {
-		return fmt.Errorf("lock: force release %q: %w", name, err)
+	cur, herr := l.holder(ctx, key)
+	if errors.Is(herr, jetstream.ErrKeyNotFound) || errors.Is(herr, jetstream.ErrKeyDeleted) {
+		return fmt.Errorf("%w: %q", ErrNotHeld, name)
 	}
-	return nil
+	if herr != nil {
+		return fmt.Errorf("%w: %q is no longer at revision %d (%v)", ErrChanged, name, revision, herr)
+	}
+	what := "refreshed by its holder, which is alive"
+	if cur.Token > revision {
+		what = "taken by a new holder"
+	}
+	return fmt.Errorf("%w: %q was %s since revision %d: now %s (token %d, revision %d, until %s); nothing was removed",
+		ErrChanged, name, what, revision, cur.Owner, cur.Token, cur.Revision, cur.ExpiresAt.Format(time.RFC3339))
+}
+
+// Holder returns the current holder of the named lock, or an error
+// wrapping ErrNotHeld if it is free.
+func (l *Locker) Holder(ctx context.Context, name string) (Info, error) {
+	key, err := Key(name)
+	if err != nil {
+		return Info{}, err
+	}
+	info, err := l.holder(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return Info{}, fmt.Errorf("%w: %q", ErrNotHeld, name)
+	}
+	if err != nil {
+		return Info{}, fmt.Errorf("lock: read %q: %w", name, err)
+	}
+	return info, nil
+}
+
+func isWrongLastSeq(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }
 
 // Lease is a held lock. It refreshes itself in the background at a third
-// of the lease until Release, or until a refresh cannot succeed before the
-// lease would expire: then Lost is closed and the holder must stop starting
-// new work.
+// of the lease until Release. If it cannot refresh in time, Lost closes
+// Config.Margin before the lease could expire on the server, and the holder
+// must stop its work; Lost also closes as soon as a refresh finds that
+// another holder has the lock or that it was force-released.
+//
+// All lease bookkeeping uses the monotonic clock: stepping the wall clock
+// neither shortens nor stretches what the holder believes it has.
 type Lease struct {
 	l    *Locker
 	name string
@@ -256,7 +371,7 @@ type Lease struct {
 
 	mu        sync.Mutex
 	rev       uint64
-	refreshed time.Time
+	refreshed time.Time // when the last successful refresh (or the acquire) was sent; monotonic
 	released  bool
 
 	lost     chan struct{}
@@ -273,9 +388,36 @@ func (ls *Lease) Token() uint64 { return ls.info.Token }
 // Name is the lock's name.
 func (ls *Lease) Name() string { return ls.name }
 
-// Lost is closed when the lease is lost (it expired, or another holder
-// took it after expiry, or it was force-released).
+// Lost is closed when the lease is lost: it could not be refreshed and is
+// within Config.Margin of expiring, another holder took it, or it was
+// force-released.
 func (ls *Lease) Lost() <-chan struct{} { return ls.lost }
+
+// Expiry is the earliest moment the server may drop the lock: the lease's
+// duration after the last successful refresh was sent. It carries a
+// monotonic clock reading: compare it with time.Now, never store it.
+func (ls *Lease) Expiry() time.Time {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	return ls.refreshed.Add(ls.l.cfg.Lease)
+}
+
+// StopBy is when Lost closes unless the lease is refreshed first: Margin
+// before Expiry.
+func (ls *Lease) StopBy() time.Time { return ls.Expiry().Add(-ls.l.cfg.Margin) }
+
+// Valid reports whether the lease is still held as far as this holder can
+// tell: not lost, and not past StopBy. Check it right before an action
+// that needs the lock; a process paused between the check and the action
+// is what fencing tokens are for.
+func (ls *Lease) Valid() bool {
+	select {
+	case <-ls.lost:
+		return false
+	default:
+	}
+	return time.Now().Before(ls.StopBy())
+}
 
 func (ls *Lease) markLost(reason string, err error) {
 	ls.lostOnce.Do(func() {
@@ -286,7 +428,7 @@ func (ls *Lease) markLost(reason string, err error) {
 
 func (ls *Lease) refreshLoop() {
 	interval := ls.l.cfg.Lease / 3
-	t := time.NewTimer(interval)
+	t := time.NewTimer(min(interval, time.Until(ls.StopBy())))
 	defer t.Stop()
 	for {
 		select {
@@ -297,35 +439,41 @@ func (ls *Lease) refreshLoop() {
 		if ok := ls.refresh(); !ok {
 			return
 		}
-		// After a failed attempt retry sooner, so a brief outage does not
-		// eat the whole lease.
+		// Next: the regular refresh, or sooner after a failed attempt so a
+		// brief outage does not eat the lease, but never later than StopBy,
+		// when the lease is given up.
 		ls.mu.Lock()
-		next := interval
-		if since := time.Since(ls.refreshed); since >= interval {
-			next = min(interval/4+time.Millisecond, ls.l.cfg.Lease-since)
+		next := interval - time.Since(ls.refreshed)
+		if next <= 0 {
+			next = interval/4 + time.Millisecond
 		}
+		next = min(next, time.Until(ls.refreshed.Add(ls.l.cfg.Lease-ls.l.cfg.Margin)))
 		ls.mu.Unlock()
 		t.Reset(max(next, time.Millisecond))
 	}
 }
 
-// refresh renews the lease once; it returns false when the lease is lost.
+// refresh renews the lease if it is due; it returns false when the lease
+// is lost.
 func (ls *Lease) refresh() bool {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
 	if ls.released {
 		return false
 	}
-	deadline := ls.refreshed.Add(ls.l.cfg.Lease)
-	if time.Now().After(deadline) {
-		ls.markLost("lease expired before it could be refreshed", nil)
+	stopBy := ls.refreshed.Add(ls.l.cfg.Lease - ls.l.cfg.Margin)
+	if !time.Now().Before(stopBy) {
+		ls.markLost("lease not refreshed in time", nil)
 		return false
 	}
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	if time.Since(ls.refreshed) < ls.l.cfg.Lease/3 {
+		return true // woken early (e.g. a timer that fired late); not due yet
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), stopBy)
 	defer cancel()
-	now := time.Now().UTC()
+	now := time.Now()
 	info := ls.info
-	info.RefreshedAt, info.ExpiresAt = now, now.Add(ls.l.cfg.Lease)
+	info.RefreshedAt, info.ExpiresAt = now.UTC(), now.UTC().Add(ls.l.cfg.Lease)
 	val, _ := json.Marshal(info)
 	rev, err := ls.l.kv.Update(ctx, ls.key, val, ls.rev)
 	if err == nil {
@@ -351,12 +499,14 @@ func (ls *Lease) refresh() bool {
 			return false
 		}
 	}
-	ls.l.log.Warn("lock refresh failed, retrying", "lock", ls.name, "until", deadline, "err", err)
+	ls.l.log.Warn("lock refresh failed, retrying", "lock", ls.name, "stopBy", time.Until(stopBy).Round(time.Millisecond), "err", err)
 	return true
 }
 
 // Release stops refreshing and deletes the lock if this lease still holds
-// it. Releasing a lost lease returns ErrNotHeld; releasing twice is a no-op.
+// it, so the next runner need not wait out the lease. Releasing a lost
+// lease returns ErrNotHeld (after deleting the lock if it is, after all,
+// still at this lease's revision); releasing twice is a no-op.
 func (ls *Lease) Release(ctx context.Context) error {
 	ls.mu.Lock()
 	if ls.released {
@@ -368,15 +518,15 @@ func (ls *Lease) Release(ctx context.Context) error {
 	rev := ls.rev
 	ls.mu.Unlock()
 	ls.wg.Wait()
+	// Delete only if the lock is still at our revision: never another's.
+	err := ls.l.kv.Delete(ctx, ls.key, jetstream.LastRevision(rev))
 	select {
 	case <-ls.lost:
 		return fmt.Errorf("%w: %q was lost before release", ErrNotHeld, ls.name)
 	default:
 	}
-	// Delete only if the lock is still at our revision: never another's.
-	if err := ls.l.kv.Delete(ctx, ls.key, jetstream.LastRevision(rev)); err != nil {
-		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+	if err != nil {
+		if isWrongLastSeq(err) {
 			return fmt.Errorf("%w: %q is held by another owner now", ErrNotHeld, ls.name)
 		}
 		return fmt.Errorf("lock: release %q: %w", ls.name, err)

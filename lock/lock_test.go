@@ -202,10 +202,25 @@ func TestListAndForceRelease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(infos) != 1 || infos[0].Name != "billing.eu" || infos[0].Owner != "ops-runner" || infos[0].Token != lease.Token() {
+	if len(infos) != 1 || infos[0].Name != "billing.eu" || infos[0].Owner != "ops-runner" || infos[0].Token != lease.Token() || infos[0].Revision == 0 {
 		t.Fatalf("List = %+v", infos)
 	}
-	if err := l.ForceRelease(ctx, "billing.eu"); err != nil {
+	// The holder is alive: by the time the operator acts on what they
+	// saw, it has refreshed, and the stale revision removes nothing.
+	time.Sleep(400 * time.Millisecond)
+	if err := l.ForceRelease(ctx, "billing.eu", infos[0].Revision); !errors.Is(err, lock.ErrChanged) || !strings.Contains(err.Error(), "ops-runner") {
+		t.Fatalf("force release of a refreshed lock = %v, want ErrChanged naming the holder", err)
+	}
+	select {
+	case <-lease.Lost():
+		t.Fatal("a refused force release took the lock from its holder")
+	default:
+	}
+	cur, err := l.Holder(ctx, "billing.eu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.ForceRelease(ctx, "billing.eu", cur.Revision); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -213,12 +228,65 @@ func TestListAndForceRelease(t *testing.T) {
 	case <-time.After(time.Second):
 		t.Fatal("holder did not notice the forced release")
 	}
-	if err := l.ForceRelease(ctx, "billing.eu"); !errors.Is(err, lock.ErrNotHeld) {
+	if err := l.ForceRelease(ctx, "billing.eu", cur.Revision); !errors.Is(err, lock.ErrNotHeld) {
 		t.Fatalf("force release of a free lock = %v, want ErrNotHeld", err)
 	}
 	if infos, _ := l.List(ctx); len(infos) != 0 {
 		t.Fatalf("List after release = %+v", infos)
 	}
+	// A new holder's lock is never removed with the old holder's revision.
+	other, err := newLocker(t, srv.JS, "new-holder", 600*time.Millisecond).TryAcquire(ctx, "billing.eu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.ForceRelease(ctx, "billing.eu", cur.Revision); !errors.Is(err, lock.ErrChanged) || !strings.Contains(err.Error(), "new-holder") {
+		t.Fatalf("force release with the previous holder's revision = %v, want ErrChanged naming new-holder", err)
+	}
+	_ = other.Release(ctx)
+}
+
+// TestLostBeforeExpiry: a holder that cannot refresh gives its lease up
+// Margin before the server could drop it, so that what it stops on Lost
+// has stopped before anyone else can take the lock.
+func TestLostBeforeExpiry(t *testing.T) {
+	srv := natstest.Start(t)
+	ctx := context.Background()
+	const lease = 800 * time.Millisecond
+	nc, js := srv.Connect(t)
+	a := newLocker(t, js, "partitioned", lease)
+	la, err := a.TryAcquire(ctx, "p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !la.Valid() {
+		t.Fatal("a fresh lease is not valid")
+	}
+	// The bookkeeping runs on the monotonic clock: a wall-clock step must
+	// not move the lease. time.Time prints its monotonic reading as m=.
+	if s := la.Expiry().String(); !strings.Contains(s, "m=") {
+		t.Fatalf("Expiry() = %s has no monotonic clock reading", s)
+	}
+	nc.Close() // no refresh can reach the server any more
+	select {
+	case <-la.Lost():
+	case <-time.After(2 * lease):
+		t.Fatal("lease not reported lost")
+	}
+	if la.Valid() {
+		t.Fatal("a lost lease is valid")
+	}
+	if time.Now().After(la.Expiry()) {
+		t.Fatalf("Lost closed after the lease could have expired")
+	}
+	b := newLocker(t, srv.JS, "next", lease)
+	if _, err := b.TryAcquire(ctx, "p"); !errors.Is(err, lock.ErrHeld) {
+		t.Fatalf("lock free when the holder gave it up (%v): the margin is gone", err)
+	}
+	lb, err := b.Acquire(ctx, "p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = lb.Release(ctx)
 }
 
 func TestConfigChecks(t *testing.T) {
@@ -237,7 +305,7 @@ func TestConfigChecks(t *testing.T) {
 	} else {
 		_ = l.Release(ctx)
 	}
-	for _, c := range []lock.Config{{Lease: time.Millisecond}, {Bucket: "a.b"}, {Replicas: 9}, {GiveUpAfter: -1}} {
+	for _, c := range []lock.Config{{Lease: time.Millisecond}, {Bucket: "a.b"}, {Replicas: 9}, {GiveUpAfter: -1}, {Lease: time.Second, Margin: 600 * time.Millisecond}} {
 		if _, err := lock.New(ctx, srv.JS, c); !errors.Is(err, lock.ErrInvalidConfig) {
 			t.Errorf("New(%+v) = %v, want ErrInvalidConfig", c, err)
 		}

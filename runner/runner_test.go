@@ -349,7 +349,11 @@ func TestLostLeaseStartsNoFurtherChange(t *testing.T) {
 	changes := counted(2, counts)
 	changes[0].Apply = func(context.Context) error {
 		counts[0].Add(1)
-		if err := ops.ForceRelease(ctx, "billing"); err != nil {
+		h, err := ops.Holder(ctx, "billing")
+		if err != nil {
+			return err
+		}
+		if err := ops.ForceRelease(ctx, "billing", h.Revision); err != nil {
 			return err
 		}
 		time.Sleep(lease/3 + 300*time.Millisecond) // past the next refresh

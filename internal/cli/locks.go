@@ -40,9 +40,9 @@ func (a *app) lockCommand() *cobra.Command {
 					fmt.Fprintln(w, "no locks held")
 					return
 				}
-				fmt.Fprintln(w, "PIPELINE\tHOLDER\tTOKEN\tACQUIRED (UTC)\tEXPIRES IN")
+				fmt.Fprintln(w, "PIPELINE\tHOLDER\tTOKEN\tREVISION\tACQUIRED (UTC)\tEXPIRES IN")
 				for _, i := range infos {
-					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\n", i.Name, i.Owner, i.Token, i.AcquiredAt.UTC().Format(time.DateTime),
+					fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%s\t%s\n", i.Name, i.Owner, i.Token, i.Revision, i.AcquiredAt.UTC().Format(time.DateTime),
 						time.Until(i.ExpiresAt).Round(time.Second))
 				}
 			})
@@ -50,13 +50,19 @@ func (a *app) lockCommand() *cobra.Command {
 	}
 	var pipeline string
 	var force bool
+	var revision uint64
 	release := &cobra.Command{
 		Use:   "release",
-		Short: "Remove a pipeline's lock whoever holds it (--force): for a holder known to be dead",
+		Short: "Remove a dead holder's pipeline lock (--force), only at the revision seen",
 		Long: `release removes the lock now instead of waiting for its lease to expire. Use it
-only when the holder is known to be dead: a live holder notices at its next
-refresh and starts no further change, but the change it is running continues,
-and a new runner could start the next one meanwhile.`,
+only when the holder is known to be dead: a live holder stops its change when
+it notices (at its next refresh), but until then a new runner could start
+changes beside it.
+
+It removes only the lock at --revision, the REVISION that "lock list" showed
+(default: the revision it reads now). A live holder refreshes every third of
+its lease, which changes the revision, and a new holder has a new one: in
+both cases nothing is removed and the current holder is named.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if pipeline == "" {
@@ -69,19 +75,33 @@ and a new runner could start the next one meanwhile.`,
 			if err != nil {
 				return err
 			}
-			if err := l.ForceRelease(c.Context(), pipeline); err != nil {
+			seen, err := l.Holder(c.Context(), pipeline)
+			if errors.Is(err, lock.ErrNotHeld) {
+				return fmt.Errorf("%w: %w", errNotFound, err)
+			}
+			if err != nil {
+				return err
+			}
+			if revision != 0 && revision != seen.Revision {
+				seen.Revision = revision // the operator's: ForceRelease refuses and names the holder
+			}
+			if err := l.ForceRelease(c.Context(), pipeline, seen.Revision); err != nil {
 				if errors.Is(err, lock.ErrNotHeld) {
 					return fmt.Errorf("%w: %w", errNotFound, err)
 				}
+				if errors.Is(err, lock.ErrChanged) {
+					return fmt.Errorf("%w: %w", errProblems, err)
+				}
 				return err
 			}
-			return a.emit(map[string]any{"pipeline": pipeline, "released": true}, func(w *tabwriter.Writer) {
-				fmt.Fprintf(w, "released the lock of pipeline %s\n", pipeline)
+			return a.emit(map[string]any{"pipeline": pipeline, "released": true, "owner": seen.Owner, "token": seen.Token, "revision": seen.Revision}, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "released the lock of pipeline %s (holder %s, token %d, revision %d)\n", pipeline, seen.Owner, seen.Token, seen.Revision)
 			})
 		},
 	}
 	release.Flags().StringVarP(&pipeline, "pipeline", "p", "", "the pipeline whose lock to release (required)")
 	release.Flags().BoolVar(&force, "force", false, "confirm: the holder is dead")
+	release.Flags().Uint64Var(&revision, "revision", 0, "remove the lock only at this revision (from lock list); default: the one read now")
 	cmd.AddCommand(list, release)
 	return cmd
 }
