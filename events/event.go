@@ -8,11 +8,14 @@ import (
 	"github.com/google/uuid"
 )
 
-// SchemaVersion is the newest schema version this package writes and reads.
-// Decoders reject events with a newer version instead of dropping fields
-// they do not understand. Version 2 added prevHash; version 1 events (no
-// prevHash) are still read.
-const SchemaVersion = 2
+// SchemaVersion is the newest schema version this package reads. Decoders
+// reject events with a newer version instead of dropping what they do not
+// understand. Version 2 added prevHash; version 3 added the
+// ExecutionOverlapped type. Events are written with the lowest version that
+// can express them (Type.MinVersion), so a reader one version behind still
+// reads every event it could understand; version 1 events (no prevHash) are
+// still read.
+const SchemaVersion = 3
 
 // Type is the kind of an event. Names are past tense: each records a fact.
 type Type string
@@ -29,6 +32,13 @@ const (
 	// pipeline lock, finds a change that was started and never finished:
 	// its outcome on the target system is unknown.
 	ExecutionMarkedUncertain Type = "ExecutionMarkedUncertain"
+	// ExecutionOverlapped records the end of an execution that overlapped
+	// another: it ended after its runner's lease had passed to another
+	// holder, or after another execution had written on the same change.
+	// Both may have touched the target, so it opens an issue whatever the
+	// outcome; ErrorMessage says what the execution did and what it
+	// overlapped. Added in schema version 3.
+	ExecutionOverlapped Type = "ExecutionOverlapped"
 	// ManuallyResolved records an operator's decision about a change that
 	// needed manual intervention.
 	ManuallyResolved Type = "ManuallyResolved"
@@ -37,8 +47,21 @@ const (
 // Types lists every known event type, in lifecycle order.
 var Types = []Type{
 	ExecutionStarted, ExecutionSucceeded, ExecutionFailed, ExecutionRolledBack,
-	RollbackFailed, ExecutionMarkedUncertain, ManuallyResolved,
+	RollbackFailed, ExecutionMarkedUncertain, ExecutionOverlapped, ManuallyResolved,
 }
+
+// MinVersion is the schema version that introduced type t: events of t
+// with an older version are rejected.
+func (t Type) MinVersion() int {
+	if t == ExecutionOverlapped {
+		return 3
+	}
+	return 1
+}
+
+// writeVersion is the version Encode and New give an event of type t: the
+// lowest that can express it with a prevHash.
+func writeVersion(t Type) int { return max(2, t.MinVersion()) }
 
 // Known reports whether t is a type this package understands.
 func (t Type) Known() bool {
@@ -55,12 +78,15 @@ type State string
 
 // Change states, as shown in the changeLog and issues.
 const (
-	StateStarted            State = "STARTED"
-	StateApplied            State = "APPLIED"
-	StateFailed             State = "FAILED"
-	StateRolledBack         State = "ROLLED_BACK"
-	StateRollbackFailed     State = "ROLLBACK_FAILED"
-	StateUncertain          State = "UNCERTAIN"
+	StateStarted        State = "STARTED"
+	StateApplied        State = "APPLIED"
+	StateFailed         State = "FAILED"
+	StateRolledBack     State = "ROLLED_BACK"
+	StateRollbackFailed State = "ROLLBACK_FAILED"
+	StateUncertain      State = "UNCERTAIN"
+	// StateOverlapped: two executions of the change overlapped (see
+	// ExecutionOverlapped); an operator must say what the target holds.
+	StateOverlapped         State = "OVERLAPPED"
 	StateManuallyApplied    State = "MANUALLY_APPLIED"
 	StateManuallyRolledBack State = "MANUALLY_ROLLED_BACK"
 )
@@ -68,7 +94,7 @@ const (
 // States lists every state.
 var States = []State{
 	StateStarted, StateApplied, StateFailed, StateRolledBack, StateRollbackFailed,
-	StateUncertain, StateManuallyApplied, StateManuallyRolledBack,
+	StateUncertain, StateOverlapped, StateManuallyApplied, StateManuallyRolledBack,
 }
 
 // Recovery says what a runner may do with a change whose last execution did
@@ -150,13 +176,14 @@ func Hash(encoded []byte) string {
 // creation time in every store.
 func NewID() string { return uuid.Must(uuid.NewV7()).String() }
 
-// New returns an event of type t for a change with a fresh id, the current
-// schema version and the current UTC time. Callers fill in the rest.
+// New returns an event of type t for a change with a fresh id, the lowest
+// schema version that can express it and the current UTC time. Callers
+// fill in the rest.
 func New(t Type, pipeline, changeID string) Event {
 	return Event{
 		ID:            NewID(),
 		Type:          t,
-		SchemaVersion: SchemaVersion,
+		SchemaVersion: writeVersion(t),
 		Pipeline:      pipeline,
 		ChangeID:      changeID,
 		OccurredAt:    time.Now().UTC(),
@@ -180,6 +207,8 @@ func (e Event) State() State {
 		return StateRollbackFailed
 	case ExecutionMarkedUncertain:
 		return StateUncertain
+	case ExecutionOverlapped:
+		return StateOverlapped
 	case ManuallyResolved:
 		if e.Resolution == ResolvedRolledBack {
 			return StateManuallyRolledBack

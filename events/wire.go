@@ -15,7 +15,7 @@ const (
 	TypePrefix      = "io.auditflow."    // CloudEvents type = TypePrefix + Type
 	DataContentType = "application/json" // the only data encoding accepted
 	// DataSchemaURI names the JSON Schema of data (see schema/).
-	DataSchemaURI = "https://auditflow.dev/schemas/execution-event/v2.json"
+	DataSchemaURI = "https://auditflow.dev/schemas/execution-event/v3.json"
 	// SourcePrefix starts the CloudEvents source: SourcePrefix + pipeline.
 	SourcePrefix = "urn:auditflow:pipeline:"
 
@@ -68,7 +68,7 @@ type data struct {
 // in whole milliseconds and OccurredAt in UTC.
 func Encode(e Event) ([]byte, error) {
 	if e.SchemaVersion == 0 {
-		e.SchemaVersion = SchemaVersion
+		e.SchemaVersion = writeVersion(e.Type)
 	}
 	if e.Recovery == "" {
 		e.Recovery = ManualIntervention
@@ -232,6 +232,9 @@ func Validate(e Event) error {
 			return fieldErr(ErrInvalidField, "data.prevHash", "want sha256: and 64 lower-case hex digits")
 		}
 	}
+	if v := e.Type.MinVersion(); e.SchemaVersion < v {
+		return fieldErr(ErrInvalidField, "data.schemaVersion", "%s needs schemaVersion %d or newer, got %d", e.Type, v, e.SchemaVersion)
+	}
 	if e.Type == ManuallyResolved {
 		switch {
 		case e.Resolution == "":
@@ -251,8 +254,8 @@ func Validate(e Event) error {
 	if e.ExecutionID == "" {
 		return fieldErr(ErrMissingField, "data.executionId", "")
 	}
-	if (e.Type == ExecutionFailed || e.Type == RollbackFailed) && e.ErrorMessage == "" {
-		return fieldErr(ErrMissingField, "data.errorMessage", "a %s event must say what failed", e.Type)
+	if (e.Type == ExecutionFailed || e.Type == RollbackFailed || e.Type == ExecutionOverlapped) && e.ErrorMessage == "" {
+		return fieldErr(ErrMissingField, "data.errorMessage", "a %s event must say what happened", e.Type)
 	}
 	return nil
 }

@@ -25,7 +25,7 @@ func sample(t events.Type) events.Event {
 	e.Recovery, e.Transactional = events.AlwaysRetry, true
 	e.PrevHash = events.Hash([]byte("the previous event"))
 	switch t {
-	case events.ExecutionFailed, events.RollbackFailed:
+	case events.ExecutionFailed, events.RollbackFailed, events.ExecutionOverlapped:
 		e.ErrorMessage, e.ErrorTrace = "duplicate key", "trace\n\tat line 1"
 	case events.ManuallyResolved:
 		e.ExecutionID = ""
@@ -103,7 +103,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"no data", edit(func(e, d map[string]any) { delete(e, "data") }), events.ErrMissingField, "data"},
 		{"unknown type", edit(func(e, d map[string]any) { e["type"] = "io.auditflow.ExecutionExploded" }), events.ErrUnknownType, "type"},
 		{"foreign type", edit(func(e, d map[string]any) { e["type"] = "com.example.Thing" }), events.ErrUnknownType, "type"},
-		{"newer version", edit(func(e, d map[string]any) { d["schemaVersion"] = 3; d["newField"] = 1 }), events.ErrUnsupportedVersion, "data.schemaVersion"},
+		{"newer version", edit(func(e, d map[string]any) { d["schemaVersion"] = events.SchemaVersion + 1; d["newField"] = 1 }), events.ErrUnsupportedVersion, "data.schemaVersion"},
 		{"bad prev hash", edit(func(e, d map[string]any) { d["prevHash"] = "md5:abc" }), events.ErrInvalidField, "data.prevHash"},
 		{"prev hash in v1", edit(func(e, d map[string]any) { d["schemaVersion"] = 1; d["prevHash"] = events.Hash([]byte("x")) }), events.ErrInvalidField, "data.prevHash"},
 		{"version zero", edit(func(e, d map[string]any) { d["schemaVersion"] = 0 }), events.ErrUnsupportedVersion, "data.schemaVersion"},
@@ -356,5 +356,30 @@ func TestSubject(t *testing.T) {
 		if got := events.Subject(events.DefaultSubjectPrefix, c.pipeline, c.change); got != c.want {
 			t.Errorf("Subject(%q, %q) = %q, want %q", c.pipeline, c.change, got, c.want)
 		}
+	}
+}
+
+// TestOverlappedNeedsVersion3: ExecutionOverlapped came with schema
+// version 3, so it is written as 3 while the other types stay at 2 (a
+// reader one version behind still reads them), and a version-2 claim of it
+// is rejected.
+func TestOverlappedNeedsVersion3(t *testing.T) {
+	for typ, want := range map[events.Type]int{events.ExecutionStarted: 2, events.ManuallyResolved: 2, events.ExecutionOverlapped: 3} {
+		b, err := events.Encode(sample(typ))
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := events.Decode(b)
+		if err != nil || e.SchemaVersion != want {
+			t.Errorf("%s: version %d (%v), want %d", typ, e.SchemaVersion, err, want)
+		}
+	}
+	e := sample(events.ExecutionOverlapped)
+	e.SchemaVersion = 2
+	if _, err := events.Encode(e); !errors.Is(err, events.ErrInvalidField) {
+		t.Fatalf("ExecutionOverlapped at version 2: %v, want ErrInvalidField", err)
+	}
+	if s := sample(events.ExecutionOverlapped).State(); s != events.StateOverlapped {
+		t.Fatalf("state %s", s)
 	}
 }

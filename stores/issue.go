@@ -15,8 +15,9 @@ const (
 	// becomes one if it stays so (see Issue.Stale) or a runner marks it
 	// uncertain.
 	IssueInProgress IssueStatus = "IN_PROGRESS"
-	// IssueOpen: failed, rollback failed or uncertain; needs an operator
-	// unless the change's recovery strategy retries it.
+	// IssueOpen: failed, rollback failed, uncertain or overlapped; needs an
+	// operator unless the change's recovery strategy retries it (never for
+	// overlapped executions).
 	IssueOpen IssueStatus = "OPEN"
 	// IssueClosed: applied, rolled back or manually resolved.
 	IssueClosed IssueStatus = "CLOSED"
@@ -50,7 +51,7 @@ func StatusOf(s events.State) IssueStatus {
 	switch s {
 	case events.StateStarted:
 		return IssueInProgress
-	case events.StateFailed, events.StateRollbackFailed, events.StateUncertain:
+	case events.StateFailed, events.StateRollbackFailed, events.StateUncertain, events.StateOverlapped:
 		return IssueOpen
 	}
 	return IssueClosed

@@ -53,7 +53,7 @@ func TestBatchValidate(t *testing.T) {
 func TestStatusAndStaleness(t *testing.T) {
 	for state, want := range map[events.State]stores.IssueStatus{
 		events.StateStarted: stores.IssueInProgress, events.StateFailed: stores.IssueOpen,
-		events.StateRollbackFailed: stores.IssueOpen, events.StateUncertain: stores.IssueOpen,
+		events.StateRollbackFailed: stores.IssueOpen, events.StateUncertain: stores.IssueOpen, events.StateOverlapped: stores.IssueOpen,
 		events.StateApplied: stores.IssueClosed, events.StateRolledBack: stores.IssueClosed,
 		events.StateManuallyApplied: stores.IssueClosed, events.StateManuallyRolledBack: stores.IssueClosed,
 	} {

@@ -119,6 +119,8 @@ func rec(seq uint64, typ events.Type, pipeline, change string) stores.Record {
 	switch typ {
 	case events.ExecutionFailed, events.RollbackFailed:
 		e.ErrorMessage = "boom at " + change
+	case events.ExecutionOverlapped:
+		e.ErrorMessage = "execution exec-" + change + " (lock token 7) ended APPLIED after the lock passed to token 9"
 	case events.ManuallyResolved:
 		e.ExecutionID = ""
 		e.Resolution, e.Operator, e.Reason = events.ResolvedApplied, "bob", "checked by hand"
@@ -316,6 +318,8 @@ func testIssueLifecycle(t *testing.T, s *suite) {
 		{"manual-applied", []events.Type{events.ExecutionStarted, events.ExecutionFailed, events.ManuallyResolved}, nil, stores.IssueClosed, events.StateManuallyApplied},
 		{"manual-rolled-back", []events.Type{events.ExecutionStarted, events.ExecutionMarkedUncertain, events.ManuallyResolved}, rolledBack, stores.IssueClosed, events.StateManuallyRolledBack},
 		{"retried", []events.Type{events.ExecutionStarted, events.ExecutionFailed, events.ExecutionStarted, events.ExecutionSucceeded}, nil, stores.IssueClosed, events.StateApplied},
+		// A stale holder's outcome after a new holder's: schema version 3.
+		{"overlapped", []events.Type{events.ExecutionStarted, events.ExecutionStarted, events.ExecutionSucceeded, events.ExecutionOverlapped}, nil, stores.IssueOpen, events.StateOverlapped},
 	}
 	seq := uint64(0)
 	for _, c := range cases {
@@ -344,7 +348,7 @@ func testIssueLifecycle(t *testing.T, s *suite) {
 		names = append(names, i.ChangeID)
 	}
 	slices.Sort(names)
-	if want := []string{"failed", "rollback-failed", "uncertain"}; !slices.Equal(names, want) {
+	if want := []string{"failed", "overlapped", "rollback-failed", "uncertain"}; !slices.Equal(names, want) {
 		t.Fatalf("open issues = %v, want %v", names, want)
 	}
 }
