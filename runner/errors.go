@@ -18,9 +18,14 @@ var (
 	// ErrLockNotObtained: another runner held the pipeline lock for longer
 	// than the lock's give-up time.
 	ErrLockNotObtained = errors.New("pipeline lock not obtained")
-	// ErrLeaseLost: the lock's lease was lost mid-run; no further change
-	// was started.
+	// ErrLeaseLost: the lock's lease was lost mid-run. The change running
+	// then was stopped (its outcome recorded, as ExecutionOverlapped if
+	// another holder had taken over) and no further change was started.
 	ErrLeaseLost = errors.New("pipeline lock lost")
+	// ErrInterrupted: the run's context was cancelled (SIGINT, SIGTERM).
+	// The change running then was stopped and its outcome recorded; its
+	// rollback, if any, ran. The error also wraps the context's cause.
+	ErrInterrupted = errors.New("run interrupted")
 	// ErrConcurrentRun: another writer recorded an event for a change this
 	// runner was about to start, although this runner held the lock (its
 	// lease must have expired unnoticed). Nothing was applied.
@@ -29,6 +34,10 @@ var (
 	ErrInvalidChange = errors.New("invalid change")
 	// ErrInvalidConfig: a Config value is not allowed.
 	ErrInvalidConfig = errors.New("invalid runner config")
+	// ErrUnsafeResolution: Resolve refused because a runner may still be
+	// applying the change (it holds the pipeline lock, or the change's start
+	// is younger than the lease); Resolution.Force overrides.
+	ErrUnsafeResolution = errors.New("resolution refused: the change may still be running")
 	// ErrNothingToResolve: Resolve was asked about a change that does not
 	// need an operator.
 	ErrNothingToResolve = errors.New("nothing to resolve")
@@ -42,9 +51,14 @@ type ChangeError struct {
 	TargetSystem string
 	State        events.State
 	Reason       string
-	Err          error // ErrChangeFailed or ErrManualIntervention
-	Cause        error // the Apply error, if the change failed in this run
-	Rollback     error // the Rollback error, if it failed too
+	// Err is ErrChangeFailed, ErrManualIntervention, ErrInterrupted or
+	// ErrLeaseLost.
+	Err      error
+	Cause    error // the Apply error, if the change failed in this run
+	Rollback error // the Rollback error, if it failed too
+	// Stop is why the change was stopped before it finished (the
+	// context's cause: an interrupt, or the lease running out), if it was.
+	Stop error
 
 	lastError string // the last recorded error, for guidance
 }
@@ -52,6 +66,9 @@ type ChangeError struct {
 func (e *ChangeError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s: change %q of pipeline %q is %s", e.Err, e.ChangeID, e.Pipeline, e.State)
+	if e.Stop != nil {
+		fmt.Fprintf(&b, ": %s", describeStop(e.Stop))
+	}
 	if e.Cause != nil {
 		fmt.Fprintf(&b, ": %v", firstLine(e.Cause.Error()))
 	}
@@ -66,8 +83,10 @@ func (e *ChangeError) Error() string {
 
 func (e *ChangeError) Unwrap() []error {
 	out := []error{e.Err}
-	if e.Cause != nil {
-		out = append(out, e.Cause)
+	for _, err := range []error{e.Stop, e.Cause} {
+		if err != nil {
+			out = append(out, err)
+		}
 	}
 	return out
 }
@@ -78,8 +97,17 @@ func (e *ChangeError) Unwrap() []error {
 func (e *ChangeError) Guidance(resolve string) string {
 	fix := fmt.Sprintf(resolve, shellQuote(e.Pipeline), shellQuote(e.ChangeID))
 	switch {
+	case e.State == events.StateOverlapped:
+		return "Two executions of this change overlapped: one ended after the pipeline lock had passed to another runner, or while another execution was writing on it (see the record's error). Both may have changed " + target(e) +
+			". Inspect it (a target that checks AUDITFLOW_LOCK_TOKEN refused the stale holder's writes), then record what it holds:\n  " + fix
+	case e.Stop != nil && e.State == events.StateRolledBack:
+		return "The run was stopped (" + describeStop(e.Stop) + ") and the change was rolled back. Run again: it will be applied again."
+	case e.Stop != nil && e.State == events.StateApplied:
+		return "The change was applied and recorded, but the run stopped (" + describeStop(e.Stop) + ") before the next change. Run again to continue."
 	case errors.Is(e.Err, ErrChangeFailed) && e.State == events.StateRolledBack:
 		return "The change failed and was rolled back. Fix the change (or the target system) and run again: it will be applied again."
+	case e.Stop != nil && e.State == events.StateFailed:
+		return "The run was stopped (" + describeStop(e.Stop) + ") while the change was running, and the change has no rollback: it may be partly applied. If it is transactional or ALWAYS_RETRY, the next run retries it; otherwise inspect " + target(e) + " and record what you find:\n  " + fix
 	case errors.Is(e.Err, ErrChangeFailed):
 		return "The change failed and may be partly applied. Inspect " + target(e) + ", then either finish or undo the change by hand and record what you did:\n  " + fix +
 			"\nIf the change is idempotent, set its recovery to ALWAYS_RETRY instead and run again."

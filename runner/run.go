@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/auditflow/auditflow/events"
@@ -23,6 +25,13 @@ const (
 	OutcomeRollbackFailed Outcome = "ROLLBACK_FAILED"
 	OutcomeBlocked        Outcome = "BLOCKED"
 	OutcomeNotRun         Outcome = "NOT_RUN" // an earlier change stopped the run
+	// OutcomeInterrupted: the change was stopped (a signal, or the lease
+	// ran out) before it finished, and not rolled back.
+	OutcomeInterrupted Outcome = "INTERRUPTED"
+	// OutcomeOverlapped: the execution ended after another holder took
+	// over, or another execution wrote on the change meanwhile; it was
+	// recorded as ExecutionOverlapped, an issue for an operator.
+	OutcomeOverlapped Outcome = "OVERLAPPED"
 )
 
 // Result is one change's part in a run.
@@ -47,15 +56,22 @@ type Report struct {
 // Run applies the pipeline's pending changes in order, under the pipeline
 // lock, and stops at the first change that fails or needs an operator.
 //
+// Apply runs on a context that carries the Execution (fencing token,
+// deadlines) and is cancelled when ctx is (an interrupt) or when the lease
+// is about to be lost; a change that returns early because of either is
+// recorded as interrupted, and a rollback then still runs on a detached,
+// bounded context (unless the lease is gone: the next holder decides).
+//
 // If the plan has nothing to run it returns without taking the lock. It
 // returns an error wrapping ErrChangeFailed, ErrManualIntervention,
-// ErrLockNotObtained or ErrLeaseLost (as a *ChangeError where a change is
-// at fault), or another error for infrastructure failures.
+// ErrLockNotObtained, ErrLeaseLost or ErrInterrupted (as a *ChangeError
+// where a change is at fault), or another error for infrastructure
+// failures.
 func (r *Runner) Run(ctx context.Context, changes []Change) (*Report, error) {
 	rep := &Report{Pipeline: r.cfg.Pipeline}
 	plan, err := r.Plan(ctx, changes)
 	if err != nil {
-		return rep, err
+		return rep, interruptedOr(ctx, err)
 	}
 	if allSkipped(plan) {
 		for _, s := range plan {
@@ -65,7 +81,10 @@ func (r *Runner) Run(ctx context.Context, changes []Change) (*Report, error) {
 	}
 	lease, err := r.locker.Acquire(ctx, r.cfg.Pipeline)
 	if err != nil {
-		if errors.Is(err, lock.ErrHeld) {
+		switch {
+		case ctx.Err() != nil:
+			return rep, fmt.Errorf("%w while waiting for the pipeline lock: %w", ErrInterrupted, context.Cause(ctx))
+		case errors.Is(err, lock.ErrHeld):
 			return rep, fmt.Errorf("%w: %w", ErrLockNotObtained, err)
 		}
 		return rep, fmt.Errorf("runner: lock %q: %w", r.cfg.Pipeline, err)
@@ -80,17 +99,22 @@ func (r *Runner) Run(ctx context.Context, changes []Change) (*Report, error) {
 	}()
 	// Another runner may have applied changes while we waited for the lock.
 	if plan, err = r.Plan(ctx, changes); err != nil {
-		return rep, err
+		return rep, interruptedOr(ctx, err)
 	}
 	r.log.Info("running", "changes", len(plan), "lockToken", lease.Token())
 	for i, s := range plan {
-		select {
-		case <-lease.Lost():
-			rep.Results = append(rep.Results, notRun(plan[i:])...)
-			return rep, fmt.Errorf("%w: stopped before change %q", ErrLeaseLost, s.Change.ID)
-		default:
+		var stop error
+		switch {
+		case ctx.Err() != nil:
+			stop = fmt.Errorf("%w before change %q: %w", ErrInterrupted, s.Change.ID, context.Cause(ctx))
+		case !lease.Valid():
+			stop = fmt.Errorf("%w: stopped before change %q", ErrLeaseLost, s.Change.ID)
 		}
-		res, err := r.step(ctx, s, lease.Token())
+		if stop != nil {
+			rep.Results = append(rep.Results, notRun(plan[i:])...)
+			return rep, stop
+		}
+		res, err := r.step(ctx, s, lease)
 		rep.Results = append(rep.Results, res)
 		if err != nil {
 			rep.Results = append(rep.Results, notRun(plan[i+1:])...)
@@ -98,6 +122,15 @@ func (r *Runner) Run(ctx context.Context, changes []Change) (*Report, error) {
 		}
 	}
 	return rep, nil
+}
+
+// interruptedOr returns err, marked as an interruption if ctx was
+// cancelled (a signal), so the caller can tell the two apart.
+func interruptedOr(ctx context.Context, err error) error {
+	if ctx.Err() != nil && !errors.Is(err, ErrInterrupted) {
+		return fmt.Errorf("%w: %w (%w)", ErrInterrupted, context.Cause(ctx), err)
+	}
+	return err
 }
 
 func allSkipped(plan []Step) bool {
@@ -117,7 +150,7 @@ func notRun(steps []Step) []Result {
 	return out
 }
 
-func (r *Runner) step(ctx context.Context, s Step, token uint64) (Result, error) {
+func (r *Runner) step(ctx context.Context, s Step, lease *lock.Lease) (Result, error) {
 	res := Result{ChangeID: s.Change.ID, Action: s.Action}
 	switch s.Action {
 	case ActionSkip:
@@ -128,7 +161,7 @@ func (r *Runner) step(ctx context.Context, s Step, token uint64) (Result, error)
 		if s.State == events.StateStarted {
 			// We hold the lock, so nobody is still running it: record that
 			// its outcome is unknown, which opens an issue for an operator.
-			e := r.event(events.ExecutionMarkedUncertain, s.Change, s.last.ExecutionID, token)
+			e := r.event(events.ExecutionMarkedUncertain, s.Change, &Execution{ExecutionID: s.last.ExecutionID, LockToken: lease.Token()})
 			e.ErrorMessage = "found started without an end by " + r.cfg.RunnerID
 			if _, err := r.record(ctx, e, producer.After(s.Head)); err != nil {
 				r.log.Warn("could not mark change uncertain", "change", s.Change.ID, "err", err)
@@ -139,75 +172,303 @@ func (r *Runner) step(ctx context.Context, s Step, token uint64) (Result, error)
 			Reason: s.Reason, Err: ErrManualIntervention, lastError: s.last.ErrorMessage}
 		return res, res.Err
 	}
-	return r.execute(ctx, s, token)
+	return r.execute(ctx, s, lease)
 }
 
 // execute runs one change: Started (acknowledged before anything is
-// applied), Apply, then Succeeded or Failed (and the rollback's outcome).
-func (r *Runner) execute(ctx context.Context, s Step, token uint64) (Result, error) {
+// applied), Apply under the lease, then Succeeded or Failed (and the
+// rollback's outcome), each recorded by finish.
+func (r *Runner) execute(ctx context.Context, s Step, lease *lock.Lease) (Result, error) {
 	c := s.Change
 	res := Result{ChangeID: c.ID, Action: s.Action}
-	execID := events.NewID()
+	ex := &Execution{Pipeline: r.cfg.Pipeline, ChangeID: c.ID, ExecutionID: events.NewID(), LockToken: lease.Token(), Bounds: leaseDeadlines(lease)}
 	t0 := time.Now()
-	started := r.event(events.ExecutionStarted, c, execID, token)
-	startHead, err := r.prod.Publish(ctx, started, producer.After(s.Head))
+	// The last look before the stream and the target are touched: a runner
+	// paused since the loop's check must not start.
+	if !lease.Valid() {
+		return res, fmt.Errorf("%w: stopped before change %q; nothing was applied", ErrLeaseLost, c.ID)
+	}
+	startHead, err := r.prod.Publish(ctx, r.event(events.ExecutionStarted, c, ex), producer.After(s.Head))
 	if err != nil {
 		if errors.Is(err, producer.ErrConflict) {
 			return res, fmt.Errorf("%w: change %q was recorded by another runner while this one held the lock; nothing was applied: %w", ErrConcurrentRun, c.ID, err)
 		}
-		return res, fmt.Errorf("runner: record start of %q (nothing was applied): %w", c.ID, err)
+		return res, interruptedOr(ctx, fmt.Errorf("runner: record start of %q (nothing was applied): %w", c.ID, err))
 	}
-	r.log.Info("applying", "change", c.ID, "execution", execID, "action", s.Action)
+	cerr := &ChangeError{Pipeline: r.cfg.Pipeline, ChangeID: c.ID, TargetSystem: c.TargetSystem, State: events.StateFailed, Err: ErrChangeFailed}
+
+	// Interrupted or lease lost between the start and the apply: nothing
+	// was applied, and the record says so (a failure undone), so the next
+	// run may simply apply it.
+	if stop := stopCause(ctx, lease); stop != nil {
+		failed := r.event(events.ExecutionFailed, c, ex)
+		failed.ErrorMessage = describeStop(stop) + " before the change was applied: nothing was run"
+		res.Outcome, cerr.Stop, cerr.Err, cerr.Reason = OutcomeInterrupted, stop, stopErr(stop), "nothing was applied"
+		h, overlapped, err := r.finish(ctx, lease, failed, startHead)
+		if err == nil && !overlapped {
+			_, overlapped, err = r.finish(ctx, lease, r.event(events.ExecutionRolledBack, c, ex), h)
+			cerr.State, res.Outcome = events.StateRolledBack, OutcomeRolledBack
+		}
+		r.settle(cerr, &res, overlapped, err, lease)
+		res.Err = cerr
+		return res, cerr
+	}
+
+	r.log.Info("applying", "change", c.ID, "execution", ex.ExecutionID, "action", s.Action, "lockToken", ex.LockToken)
+	applyCtx, stopApply := context.WithCancelCause(WithExecution(ctx, ex))
+	unwatch := watchLease(applyCtx, lease, stopApply)
 	t1 := time.Now()
-	applyErr := c.Apply(ctx)
+	applyErr := c.Apply(applyCtx)
 	res.Duration = time.Since(t1)
+	stop := context.Cause(applyCtx) // nil unless interrupted or the lease ran out
+	unwatch()
+	stopApply(nil)
 	overhead := t1.Sub(t0)
 
 	if applyErr == nil {
-		done := r.event(events.ExecutionSucceeded, c, execID, token)
+		done := r.event(events.ExecutionSucceeded, c, ex)
 		done.Duration = res.Duration
 		t2 := time.Now()
-		_, err := r.record(ctx, done, producer.After(startHead))
+		_, overlapped, err := r.finish(ctx, lease, done, startHead)
 		res.Overhead = overhead + time.Since(t2)
 		if err != nil {
-			return res, fmt.Errorf("runner: change %q was applied but its success could not be recorded; the next run will ask for manual intervention: %w", c.ID, err)
+			return res, fmt.Errorf("runner: change %q was applied but its success could not be recorded (%w); the stream shows it started without an end, so the next run will mark it UNCERTAIN (or retry it, if ALWAYS_RETRY)", c.ID, err)
+		}
+		if overlapped || !lease.Valid() {
+			cerr.State, cerr.Cause = events.StateApplied, nil
+			res.Outcome = OutcomeApplied
+			r.settle(cerr, &res, overlapped, nil, lease)
+			res.Err = cerr
+			return res, cerr
 		}
 		res.Outcome = OutcomeApplied
 		r.log.Info("applied", "change", c.ID, "duration", res.Duration)
 		return res, nil
 	}
 
-	r.log.Error("change failed", "change", c.ID, "err", applyErr)
-	failed := r.event(events.ExecutionFailed, c, execID, token)
+	failed := r.event(events.ExecutionFailed, c, ex)
 	failed.Duration, failed.ErrorMessage, failed.ErrorTrace = res.Duration, firstLine(applyErr.Error()), r.trace(applyErr)
-	failedHead, err := r.record(ctx, failed, producer.After(startHead))
-	res.Outcome, res.Overhead = OutcomeFailed, overhead
-	cerr := &ChangeError{Pipeline: r.cfg.Pipeline, ChangeID: c.ID, TargetSystem: c.TargetSystem, State: events.StateFailed, Err: ErrChangeFailed, Cause: applyErr}
-	if err != nil {
-		cerr.Reason = "its failure could not be recorded: " + err.Error()
+	res.Outcome, res.Overhead, cerr.Cause = OutcomeFailed, overhead, applyErr
+	if stop != nil {
+		failed.ErrorMessage = firstLine(describeStop(stop) + ": " + applyErr.Error())
+		res.Outcome, cerr.Stop, cerr.Err = OutcomeInterrupted, stop, stopErr(stop)
+		r.log.Warn("change stopped", "change", c.ID, "why", describeStop(stop), "err", applyErr)
+	} else {
+		r.log.Error("change failed", "change", c.ID, "err", applyErr)
+	}
+	failedHead, overlapped, err := r.finish(ctx, lease, failed, startHead)
+	if err != nil || overlapped {
+		r.settle(cerr, &res, overlapped, err, lease)
 		res.Err = cerr
 		return res, cerr
 	}
 	if c.Rollback != nil {
-		rbErr := c.Rollback(ctx)
-		typ, state := events.ExecutionRolledBack, events.StateRolledBack
-		res.Outcome = OutcomeRolledBack
-		if rbErr != nil {
-			r.log.Error("rollback failed", "change", c.ID, "err", rbErr)
-			typ, state, res.Outcome = events.RollbackFailed, events.StateRollbackFailed, OutcomeRollbackFailed
-			cerr.Rollback = rbErr
-		}
-		e := r.event(typ, c, execID, token)
-		if rbErr != nil {
-			e.ErrorMessage, e.ErrorTrace = firstLine(rbErr.Error()), r.trace(rbErr)
-		}
-		if _, err := r.record(ctx, e, producer.After(failedHead)); err != nil {
-			cerr.Reason = "the rollback's outcome could not be recorded: " + err.Error()
-		}
-		cerr.State = state
+		r.rollback(ctx, lease, ex, c, failedHead, cerr, &res)
 	}
+	r.settle(cerr, &res, false, nil, lease)
 	res.Err = cerr
 	return res, cerr
+}
+
+// rollback undoes a failed change on a context of its own: detached from
+// ctx, so an interrupt that stopped the change does not also stop its
+// rollback, bounded by RollbackTimeout, and cancelled if the lease runs out.
+// With the lease already gone it does not run: another holder may be
+// applying the change, and undoing it under them would be worse.
+func (r *Runner) rollback(ctx context.Context, lease *lock.Lease, ex *Execution, c Change, prev producer.Head, cerr *ChangeError, res *Result) {
+	if !lease.Valid() {
+		cerr.Reason = "its rollback was not run: the pipeline lock was lost, so another runner may be working on the change"
+		return
+	}
+	rctx, cancel := context.WithTimeoutCause(WithExecution(context.WithoutCancel(ctx), ex), r.cfg.RollbackTimeout,
+		fmt.Errorf("rollback timed out after %s", r.cfg.RollbackTimeout))
+	rctx, stopRollback := context.WithCancelCause(rctx)
+	unwatch := watchLease(rctx, lease, stopRollback)
+	rbErr := c.Rollback(rctx)
+	unwatch()
+	stopRollback(nil)
+	cancel()
+	typ, state, outcome := events.ExecutionRolledBack, events.StateRolledBack, OutcomeRolledBack
+	if rbErr != nil {
+		r.log.Error("rollback failed", "change", c.ID, "err", rbErr)
+		typ, state, outcome = events.RollbackFailed, events.StateRollbackFailed, OutcomeRollbackFailed
+		cerr.Rollback = rbErr
+	}
+	e := r.event(typ, c, ex)
+	if rbErr != nil {
+		e.ErrorMessage, e.ErrorTrace = firstLine(rbErr.Error()), r.trace(rbErr)
+	}
+	_, overlapped, err := r.finish(ctx, lease, e, prev)
+	if err != nil {
+		cerr.Reason = "the rollback's outcome could not be recorded: " + err.Error()
+	}
+	cerr.State, res.Outcome = state, outcome
+	if overlapped {
+		r.settle(cerr, res, true, nil, lease)
+	}
+}
+
+// settle fixes a change error's kind and a result's outcome once the
+// outcome is recorded (or not): an overlap needs an operator, a lost lease
+// ends the run with ErrLeaseLost, and a failure to record is said.
+func (r *Runner) settle(cerr *ChangeError, res *Result, overlapped bool, recordErr error, lease *lock.Lease) {
+	if recordErr != nil {
+		cerr.Reason = "its outcome could not be recorded: " + recordErr.Error()
+	}
+	if overlapped {
+		cerr.State, res.Outcome = events.StateOverlapped, OutcomeOverlapped
+		cerr.Err = ErrManualIntervention
+		cerr.Reason = "another execution overlapped it; recorded as OVERLAPPED for an operator"
+	}
+	if !lease.Valid() && !errors.Is(cerr.Err, ErrInterrupted) {
+		cerr.Err = ErrLeaseLost
+	}
+}
+
+// stopCause says why work must stop now: ctx's cause (an interrupt), or
+// the lease running out; nil if neither.
+func stopCause(ctx context.Context, lease *lock.Lease) error {
+	if ctx.Err() != nil {
+		return context.Cause(ctx)
+	}
+	if !lease.Valid() {
+		return errLeaseRanOut
+	}
+	return nil
+}
+
+// errLeaseRanOut is the cause Apply's context is cancelled with when the
+// lease is about to be lost.
+var errLeaseRanOut = fmt.Errorf("%w: the lease ran out before the change finished", ErrLeaseLost)
+
+// stopErr is the sentinel a stopped change's error wraps.
+func stopErr(stop error) error {
+	if errors.Is(stop, ErrLeaseLost) {
+		return ErrLeaseLost
+	}
+	return ErrInterrupted
+}
+
+// describeStop renders why a change was stopped, for its record.
+func describeStop(stop error) string {
+	if errors.Is(stop, ErrLeaseLost) {
+		return "stopped: the pipeline lock's lease ran out"
+	}
+	if stop == nil || errors.Is(stop, context.Canceled) {
+		return "interrupted"
+	}
+	return "interrupted (" + stop.Error() + ")"
+}
+
+// watchLease cancels with errLeaseRanOut when the lease is lost, until the
+// returned stop is called (which waits for the watcher to end).
+func watchLease(ctx context.Context, lease *lock.Lease, cancel context.CancelCauseFunc) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		select {
+		case <-lease.Lost():
+			cancel(errLeaseRanOut)
+		case <-ctx.Done():
+		case <-done:
+		}
+	})
+	return func() { close(done); wg.Wait() }
+}
+
+// finish records e, an outcome of its execution, as the successor of prev
+// (the execution's previous event), and never loses it:
+//
+//   - holding a valid lease, it publishes e after prev, as usual;
+//   - if the lease is no longer valid, or the change moved since prev
+//     (another execution wrote on it), it looks at what happened: if nobody
+//     else wrote on the change and no other holder has the lock, e is still
+//     the truth and is published after prev; otherwise e is recorded as
+//     ExecutionOverlapped, chained after the change's newest event, saying
+//     what this execution did and what it overlapped. Both holders' records
+//     stay, and the change waits for an operator.
+//
+// It publishes on a detached context bounded by RecordTimeout, so an
+// interrupt does not lose an outcome.
+func (r *Runner) finish(ctx context.Context, lease *lock.Lease, e events.Event, prev producer.Head) (producer.Head, bool, error) {
+	rctx, cancel := r.recordContext(ctx)
+	defer cancel()
+	if lease.Valid() {
+		h, err := r.prod.Publish(rctx, e, producer.After(prev))
+		if !errors.Is(err, producer.ErrConflict) {
+			return h, false, err
+		}
+		r.log.Warn("the change moved while this runner applied it", "change", e.ChangeID, "err", err)
+	}
+	var lastErr error
+	for rctx.Err() == nil {
+		last, head, err := r.prod.Last(rctx, e.Pipeline, e.ChangeID)
+		if err != nil && head.Seq == 0 {
+			return producer.Head{}, false, fmt.Errorf("runner: record %s of %q: read the change's newest event: %w", e.Type, e.ChangeID, err)
+		}
+		holder, herr := r.locker.Holder(rctx, e.Pipeline)
+		moved := head.Seq != prev.Seq
+		taken := herr == nil && holder.Token != e.LockToken
+		unknown := herr != nil && !errors.Is(herr, lock.ErrNotHeld)
+		if !moved && !taken && !unknown {
+			// The lease lapsed, but nobody acted on it: e is the truth.
+			h, err := r.prod.Publish(rctx, e, producer.After(prev))
+			if errors.Is(err, producer.ErrConflict) {
+				lastErr = err
+				continue
+			}
+			return h, false, err
+		}
+		o := e
+		o.ID, o.Type, o.SchemaVersion = events.NewID(), events.ExecutionOverlapped, events.ExecutionOverlapped.MinVersion()
+		o.ErrorMessage = overlapMessage(e, lease.Valid(), moved, last, err, holder, herr)
+		h, err := r.prod.Publish(rctx, o, producer.After(head))
+		if errors.Is(err, producer.ErrConflict) {
+			lastErr = err
+			continue
+		}
+		if err == nil {
+			r.log.Error("execution overlapped another; recorded for an operator", "change", e.ChangeID, "execution", e.ExecutionID, "what", o.ErrorMessage)
+		}
+		return h, err == nil, err
+	}
+	return producer.Head{}, false, fmt.Errorf("runner: record %s of %q: %w (last: %v)", e.Type, e.ChangeID, rctx.Err(), lastErr)
+}
+
+// overlapMessage says what an overlapped execution did and what it
+// overlapped, for the record an operator reads.
+func overlapMessage(e events.Event, valid, moved bool, last events.Event, lastErr error, holder lock.Info, holderErr error) string {
+	outcome := string(e.State())
+	if e.ErrorMessage != "" {
+		outcome += " (" + e.ErrorMessage + ")"
+	}
+	held := "while holding the pipeline lock"
+	if !valid {
+		held = "after its lease on the pipeline lock was lost"
+	}
+	var what []string
+	switch {
+	case moved && lastErr != nil:
+		what = append(what, "the change's newest event could not be read ("+firstLine(lastErr.Error())+")")
+	case moved:
+		what = append(what, fmt.Sprintf("meanwhile execution %s (lock token %d, runner %s) recorded %s on this change",
+			dash(last.ExecutionID), last.LockToken, dash(last.RunnerID), last.State()))
+	}
+	switch {
+	case holderErr == nil && holder.Token != e.LockToken:
+		what = append(what, fmt.Sprintf("the pipeline lock is now held by %s (token %d)", holder.Owner, holder.Token))
+	case holderErr != nil && !errors.Is(holderErr, lock.ErrNotHeld):
+		what = append(what, "the pipeline lock could not be read ("+firstLine(holderErr.Error())+")")
+	}
+	return firstLine(fmt.Sprintf("execution %s (lock token %d, runner %s) ended %s %s; %s: both may have changed the target",
+		e.ExecutionID, e.LockToken, dash(e.RunnerID), outcome, held, strings.Join(what, "; ")))
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 // record publishes an outcome even if ctx was cancelled while the change
@@ -222,10 +483,10 @@ func (r *Runner) recordContext(ctx context.Context) (context.Context, context.Ca
 	return context.WithTimeout(context.WithoutCancel(ctx), r.cfg.RecordTimeout)
 }
 
-func (r *Runner) event(t events.Type, c Change, execID string, token uint64) events.Event {
+func (r *Runner) event(t events.Type, c Change, ex *Execution) events.Event {
 	e := events.New(t, r.cfg.Pipeline, c.ID)
-	e.Author, e.ExecutionID, e.Order, e.TargetSystem = c.Author, execID, c.Order, c.TargetSystem
-	e.Host, e.RunnerID, e.LockToken = r.cfg.Host, r.cfg.RunnerID, token
+	e.Author, e.ExecutionID, e.Order, e.TargetSystem = c.Author, ex.ExecutionID, c.Order, c.TargetSystem
+	e.Host, e.RunnerID, e.LockToken = r.cfg.Host, r.cfg.RunnerID, ex.LockToken
 	e.Metadata, e.Recovery, e.Transactional = c.Metadata, c.Recovery, c.Transactional
 	return e
 }
@@ -255,28 +516,70 @@ func firstLine(s string) string {
 }
 
 // Resolve records an operator's decision about a change that needs manual
-// intervention: resolution APPLIED (the change is in effect; runs skip it)
-// or ROLLED_BACK (it is undone; the next run applies it again). It is
-// refused if the change has moved since it was read, and when the change is
-// not waiting for an operator.
-func (r *Runner) Resolve(ctx context.Context, changeID string, res events.Resolution, operator, reason string) (uint64, error) {
-	return Resolve(ctx, r.prod, Resolution{Pipeline: r.cfg.Pipeline, ChangeID: changeID, Resolution: res,
-		Operator: operator, Reason: reason, Host: r.cfg.Host, RunnerID: r.cfg.RunnerID})
+// intervention (see the package function Resolve): r.Pipeline, Host and
+// RunnerID default to this runner's.
+func (r *Runner) Resolve(ctx context.Context, res Resolution) (uint64, error) {
+	if res.Pipeline == "" {
+		res.Pipeline = r.cfg.Pipeline
+	}
+	if res.Host == "" {
+		res.Host = r.cfg.Host
+	}
+	if res.RunnerID == "" {
+		res.RunnerID = r.cfg.RunnerID
+	}
+	return Resolve(ctx, r.prod, r.locker, res)
 }
 
 // Resolution is an operator's decision about a change, for Resolve.
 type Resolution struct {
 	Pipeline, ChangeID string
-	Resolution         events.Resolution
-	Operator, Reason   string
-	Host, RunnerID     string // where the decision was recorded from
+	// Resolution is APPLIED (the change is in effect; runs skip it) or
+	// ROLLED_BACK (it is undone; the next run applies it again).
+	Resolution       events.Resolution
+	Operator, Reason string
+	Host, RunnerID   string // where the decision was recorded from
+	// Force records the decision without the pipeline lock and without
+	// waiting out a young start. If a runner is still applying the change,
+	// it will run beside the decision: its outcome is then recorded as
+	// overlapping, and a rolled-back resolution can make the change run
+	// twice.
+	Force bool
 }
 
 // Resolve publishes a ManuallyResolved event for a change that needs an
-// operator (FAILED, ROLLBACK_FAILED, UNCERTAIN or STARTED), chained after
-// its newest event; it is refused if the change has moved meanwhile
+// operator (FAILED, ROLLBACK_FAILED, UNCERTAIN, OVERLAPPED or STARTED),
+// chained after its newest event.
+//
+// A decision about a change some runner may still be applying would be
+// overtaken by that runner's outcome, or make the change run twice. So,
+// unless r.Force, Resolve takes the pipeline lock for the moment it
+// records (refusing with ErrUnsafeResolution, naming the holder, while a
+// runner holds it) and refuses a STARTED change younger than the lease,
+// whose runner may be alive but paused. The event carries the lock's
+// fencing token. It is refused if the change moves meanwhile
 // (producer.ErrConflict) or needs no resolution (ErrNothingToResolve).
-func Resolve(ctx context.Context, prod *producer.Producer, r Resolution) (uint64, error) {
+func Resolve(ctx context.Context, prod *producer.Producer, locker *lock.Locker, r Resolution) (uint64, error) {
+	var token uint64
+	if !r.Force {
+		if locker == nil {
+			return 0, fmt.Errorf("%w: no lock to take; resolve with Force", ErrInvalidConfig)
+		}
+		lease, err := locker.TryAcquire(ctx, r.Pipeline)
+		if errors.Is(err, lock.ErrHeld) {
+			return 0, fmt.Errorf("%w: a runner holds the pipeline lock and may be applying change %q: %w; wait for it to finish (see lock list), or force it and risk the change running beside your decision",
+				ErrUnsafeResolution, r.ChangeID, err)
+		}
+		if err != nil {
+			return 0, err
+		}
+		defer func() {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			_ = lease.Release(rctx)
+		}()
+		token = lease.Token()
+	}
 	last, head, err := prod.Last(ctx, r.Pipeline, r.ChangeID)
 	if errors.Is(err, producer.ErrNoEvents) {
 		return 0, fmt.Errorf("%w: change %q of %q has never run", ErrNothingToResolve, r.ChangeID, r.Pipeline)
@@ -285,14 +588,18 @@ func Resolve(ctx context.Context, prod *producer.Producer, r Resolution) (uint64
 		return 0, err
 	}
 	switch last.State() {
-	case events.StateFailed, events.StateRollbackFailed, events.StateUncertain, events.StateStarted:
+	case events.StateFailed, events.StateRollbackFailed, events.StateUncertain, events.StateOverlapped, events.StateStarted:
 	default:
 		return 0, fmt.Errorf("%w: change %q of %q is %s", ErrNothingToResolve, r.ChangeID, r.Pipeline, last.State())
+	}
+	if age := time.Since(last.OccurredAt); !r.Force && last.State() == events.StateStarted && age < locker.Lease() {
+		return 0, fmt.Errorf("%w: change %q was started %s ago by runner %s (lock token %d), less than the lease (%s): its runner may still be applying it; wait until the lease has passed, or force it and risk the change running beside your decision",
+			ErrUnsafeResolution, r.ChangeID, age.Round(100*time.Millisecond), dash(last.RunnerID), last.LockToken, locker.Lease())
 	}
 	e := events.New(events.ManuallyResolved, r.Pipeline, r.ChangeID)
 	e.Resolution, e.Operator, e.Reason = r.Resolution, r.Operator, r.Reason
 	e.Author, e.Order, e.TargetSystem, e.Host = last.Author, last.Order, last.TargetSystem, r.Host
-	e.RunnerID, e.Recovery = r.RunnerID, last.Recovery
+	e.RunnerID, e.Recovery, e.LockToken = r.RunnerID, last.Recovery, token
 	h, err := prod.Publish(ctx, e, producer.After(head))
 	return h.Seq, err
 }

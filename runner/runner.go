@@ -45,7 +45,11 @@ type Config struct {
 	// is cancelled (Ctrl-C during a change): the outcome is still recorded.
 	// Default 30s.
 	RecordTimeout time.Duration
-	Logger        *slog.Logger // nil discards
+	// RollbackTimeout bounds a rollback, which runs on a context of its
+	// own so that the interrupt that stopped a change does not also stop
+	// its rollback. Default 10m.
+	RollbackTimeout time.Duration
+	Logger          *slog.Logger // nil discards
 }
 
 // Runner applies a pipeline's changes under the pipeline lock, recording
@@ -73,6 +77,9 @@ func New(prod *producer.Producer, locker *lock.Locker, cfg Config) (*Runner, err
 	}
 	if cfg.RecordTimeout == 0 {
 		cfg.RecordTimeout = 30 * time.Second
+	}
+	if cfg.RollbackTimeout == 0 {
+		cfg.RollbackTimeout = 10 * time.Minute
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -146,6 +153,10 @@ func decide(c Change, last events.Event, head producer.Head) Step {
 		default:
 			s.Action, s.Reason = ActionBlocked, "failed and may have been partly applied"
 		}
+	case events.StateOverlapped:
+		// Even an idempotent change waits: two executions ran at once, and
+		// only an operator can say what the target holds now.
+		s.Action, s.Reason = ActionBlocked, "two executions overlapped: "+last.ErrorMessage
 	case events.StateStarted, events.StateUncertain, events.StateRollbackFailed:
 		what := map[events.State]string{
 			events.StateStarted:        "started and never finished (the runner died or lost the stream)",

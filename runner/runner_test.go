@@ -315,7 +315,7 @@ func TestKilledRunnerLeavesChangeForOperator(t *testing.T) {
 	}
 
 	// The operator checks the target, finds the change applied, and says so.
-	if _, err := next.Resolve(ctx, "001-change", events.ResolvedApplied, "bob", "column exists; verified by hand"); err != nil {
+	if _, err := next.Resolve(ctx, runner.Resolution{ChangeID: "001-change", Resolution: events.ResolvedApplied, Operator: "bob", Reason: "column exists; verified by hand"}); err != nil {
 		t.Fatal(err)
 	}
 	rep, err := next.Run(ctx, changes)
@@ -331,7 +331,7 @@ func TestKilledRunnerLeavesChangeForOperator(t *testing.T) {
 	if is, _ := st.Issues(ctx, stores.IssueQuery{Pipeline: "billing", Status: stores.IssueOpen}); len(is) != 0 {
 		t.Fatalf("issues still open after resolution: %+v", is)
 	}
-	if _, err := next.Resolve(ctx, "002-change", events.ResolvedApplied, "bob", "x"); !errors.Is(err, runner.ErrNothingToResolve) {
+	if _, err := next.Resolve(ctx, runner.Resolution{ChangeID: "002-change", Resolution: events.ResolvedApplied, Operator: "bob", Reason: "x"}); !errors.Is(err, runner.ErrNothingToResolve) {
 		t.Fatalf("resolving an applied change = %v", err)
 	}
 }

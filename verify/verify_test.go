@@ -60,7 +60,7 @@ func history(t *testing.T, js jetstream.JetStream) {
 		}
 		_, _ = r.Run(ctx, changes) // 0003 fails and rolls back
 		_, _ = r.Run(ctx, changes) // 0003 applies, 0004 fails
-		if _, err := r.Resolve(ctx, "0004-flag", events.ResolvedApplied, "bob", "enabled by hand"); err != nil {
+		if _, err := r.Resolve(ctx, runner.Resolution{ChangeID: "0004-flag", Resolution: events.ResolvedApplied, Operator: "bob", Reason: "enabled by hand"}); err != nil {
 			t.Fatal(err)
 		}
 	}

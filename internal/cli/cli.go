@@ -37,11 +37,13 @@ const (
 	ExitUsage    = 2 // bad flags or configuration
 	ExitProblems = 3 // the check ran and found problems: drift, a broken chain, a bad schema, a failed connection test
 	ExitNotFound = 4 // no such change or lock, or nothing to fix
+	ExitRefused  = 5 // refused as unsafe: a runner may be applying the change (see --force)
 )
 
 var (
 	errProblems = errors.New("problems found")
 	errNotFound = errors.New("not found")
+	errRefused  = errors.New("refused")
 )
 
 type usageError struct{ error }
@@ -50,13 +52,14 @@ func usage(format string, args ...any) error { return usageError{fmt.Errorf(form
 
 // app holds the global settings and what commands open lazily.
 type app struct {
-	nats      natsconn.Config
-	store     storeflags.Config
-	replicas  int
-	asJSON    bool
-	logLevel  string
-	logFormat string
-	consumer  string
+	nats       natsconn.Config
+	store      storeflags.Config
+	replicas   int
+	asJSON     bool
+	logLevel   string
+	logFormat  string
+	consumer   string
+	lockBucket string
 
 	out, errOut io.Writer
 	log         *slog.Logger
@@ -91,6 +94,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return ExitProblems
 	case errors.Is(err, errNotFound):
 		return ExitNotFound
+	case errors.Is(err, errRefused):
+		return ExitRefused
 	}
 	return ExitError
 }
@@ -105,7 +110,8 @@ with --store and the store's flags, as for the projector).
 
 Exit codes: 0 ok, 1 error, 2 bad usage or configuration, 3 problems found
 (drift, broken hash chain, schema problems, failed connection test),
-4 not found or nothing to fix.`,
+4 not found or nothing to fix, 5 refused as unsafe (issue fix while a
+runner may be applying the change; see --force).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
@@ -126,6 +132,7 @@ Exit codes: 0 ok, 1 error, 2 bad usage or configuration, 3 problems found
 	pf.BoolVar(&a.asJSON, "json", false, "print JSON instead of tables")
 	pf.IntVar(&a.replicas, "stream-replicas", 1, "replicas of the audit stream (for checks and creation)")
 	pf.StringVar(&a.consumer, "consumer", natsconn.Env("AUDITFLOW_CONSUMER", ""), "the projector's durable consumer for lag (default projector-<store>) [AUDITFLOW_CONSUMER]")
+	pf.StringVar(&a.lockBucket, "lock-bucket", lock.DefaultBucket, "the pipeline lock KV bucket")
 	pf.StringVar(&a.logLevel, "log-level", natsconn.Env("AUDITFLOW_LOG_LEVEL", "warn"), "debug, info, warn or error [AUDITFLOW_LOG_LEVEL]")
 	pf.StringVar(&a.logFormat, "log-format", natsconn.Env("AUDITFLOW_LOG_FORMAT", "text"), "text or json [AUDITFLOW_LOG_FORMAT]")
 	root.AddCommand(a.auditCommand(), a.issueCommand(), a.lockCommand(), a.statsCommand(),

@@ -13,6 +13,7 @@ import (
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/internal/natsconn"
 	"github.com/auditflow/auditflow/internal/render"
+	"github.com/auditflow/auditflow/lock"
 	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/runner"
 	"github.com/auditflow/auditflow/stores"
@@ -121,13 +122,22 @@ func (a *app) issueCommand() *cobra.Command {
 	get.Flags().DurationVar(&staleAfter, "stale-after", stores.DefaultStaleAfter, "treat an execution started this long ago without an end as UNCERTAIN")
 
 	var resolution, reason, operator string
+	var force bool
 	fix := &cobra.Command{
 		Use:   "fix",
 		Short: "Record an operator's decision: the change is applied, or rolled back (the next run applies it again)",
 		Long: `fix publishes a ManuallyResolved event on the audit stream, with your identity
 and reason, after the change's newest event (refused if the change moved in the
 meantime). Every projector then closes the issue in its store, and the next
-runner run skips the change (applied) or runs it again (rolled-back).`,
+runner run skips the change (applied) or runs it again (rolled-back).
+
+A decision about a change that a runner is still applying would be overtaken
+by that runner, or make the change run twice. So fix takes the pipeline lock
+while it records (the event carries its fencing token), and refuses (exit 5)
+while a runner holds the lock, or while the change's start is younger than
+the lease (its runner may be alive but paused). --force records anyway: if a
+runner is still applying the change, its outcome is recorded as OVERLAPPED
+and, with rolled-back, the next run applies the change a second time.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			res := events.Resolution(strings.ToUpper(strings.ReplaceAll(resolution, "-", "_")))
@@ -150,12 +160,22 @@ runner run skips the change (applied) or runs it again (rolled-back).`,
 				return err
 			}
 			host, _ := os.Hostname()
-			seq, err := runner.Resolve(cmd.Context(), prod, runner.Resolution{Pipeline: pipeline, ChangeID: change,
-				Resolution: res, Operator: operator, Reason: reason, Host: host, RunnerID: "auditflow-cli"})
-			if errors.Is(err, runner.ErrNothingToResolve) {
-				return fmt.Errorf("%w: %w", errNotFound, err)
+			var locker *lock.Locker
+			if !force {
+				if locker, err = a.locker(cmd.Context()); err != nil {
+					return err
+				}
+			} else {
+				fmt.Fprintln(a.errOut, "auditflow: --force: recording without the pipeline lock. If a runner is still applying this change, its outcome will be recorded as OVERLAPPED, and with rolled-back the change will run a second time.")
 			}
-			if err != nil {
+			seq, err := runner.Resolve(cmd.Context(), prod, locker, runner.Resolution{Pipeline: pipeline, ChangeID: change,
+				Resolution: res, Operator: operator, Reason: reason, Host: host, RunnerID: "auditflow-cli", Force: force})
+			switch {
+			case errors.Is(err, runner.ErrNothingToResolve):
+				return fmt.Errorf("%w: %w", errNotFound, err)
+			case errors.Is(err, runner.ErrUnsafeResolution):
+				return fmt.Errorf("%w: %w", errRefused, err)
+			case err != nil:
 				return err
 			}
 			out := map[string]any{"pipeline": pipeline, "changeId": change, "resolution": res, "operator": operator, "seq": seq}
@@ -169,6 +189,7 @@ runner run skips the change (applied) or runs it again (rolled-back).`,
 	fix.Flags().StringVarP(&resolution, "resolution", "r", "", "applied or rolled-back (required)")
 	fix.Flags().StringVar(&reason, "reason", "", "why; recorded in the audit log (required)")
 	fix.Flags().StringVar(&operator, "operator", natsconn.Env("USER", ""), "who decides (default $USER)")
+	fix.Flags().BoolVar(&force, "force", false, "record without the pipeline lock, even while a runner may be applying the change (see --help)")
 	issue.AddCommand(list, get, fix)
 	return issue
 }
@@ -220,6 +241,13 @@ func guide(v issueView) string {
 			"Inspect: " + target + " (the error and trace above show where it stopped).\n" +
 			"Fix, one of:\n  - You finished the change by hand, or it took effect: " + fix("applied") +
 			"\n  - You undid it, or nothing was applied: " + fix("rolled-back") + " (the next run applies it again)" + retry
+	case v.State == events.StateOverlapped:
+		return "What happened: two executions of this change overlapped (" + v.ErrorMessage + ").\n" +
+			"Both may have changed " + target + ": one ran after its lease on the pipeline lock had passed to another runner, or while another execution was writing on the change.\n" +
+			"Inspect: " + target + " — did the change take effect once, twice, partly? A target that fences on AUDITFLOW_LOCK_TOKEN refused the stale holder's writes; the history below shows both executions and their lock tokens.\n" +
+			"Fix, one of:\n  - The target holds the change as intended: " + fix("applied") +
+			"\n  - You undid it: " + fix("rolled-back") + " (the next run applies it again)\n" +
+			"Then find out why a runner outlived its lease (paused VM, partition, clock): `auditflow verify` lists every event written with a stale lock token."
 	case v.State == events.StateRollbackFailed:
 		return "What happened: the change failed, then its rollback failed too (" + v.ErrorMessage + "): the target is in an unknown, probably partial state.\n" +
 			"Inspect: " + target + "; compare it with what the change and its rollback do.\n" +

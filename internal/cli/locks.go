@@ -1,8 +1,10 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"os"
 	"text/tabwriter"
 	"time"
 
@@ -11,17 +13,19 @@ import (
 	"github.com/auditflow/auditflow/lock"
 )
 
+// locker opens the lock bucket (--lock-bucket), adopting its lease.
+func (a *app) locker(ctx context.Context) (*lock.Locker, error) {
+	js, err := a.connect()
+	if err != nil {
+		return nil, err
+	}
+	host, _ := os.Hostname()
+	return lock.New(ctx, js, lock.Config{Bucket: a.lockBucket, Replicas: a.replicas, Owner: fmt.Sprintf("auditflow-cli@%s:%d", host, os.Getpid()), Logger: a.log})
+}
+
 func (a *app) lockCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "lock", Short: "Pipeline locks: who holds them, and clearing a dead holder's"}
-	var bucket string
-	cmd.PersistentFlags().StringVar(&bucket, "lock-bucket", lock.DefaultBucket, "the lock KV bucket")
-	locker := func(c *cobra.Command) (*lock.Locker, error) {
-		js, err := a.connect()
-		if err != nil {
-			return nil, err
-		}
-		return lock.New(c.Context(), js, lock.Config{Bucket: bucket, Replicas: a.replicas, Owner: "auditflow-cli", Logger: a.log})
-	}
+	locker := func(c *cobra.Command) (*lock.Locker, error) { return a.locker(c.Context()) }
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "Locks held now, with holder, fencing token and expiry",

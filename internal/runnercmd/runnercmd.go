@@ -9,9 +9,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"os/signal"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -39,8 +42,44 @@ const (
 	ExitUsage              = 2 // bad flags, config or change files
 	ExitChangeFailed       = 3
 	ExitManualIntervention = 4
-	ExitLockNotObtained    = 5 // includes a lock lost mid-run
+	ExitLockNotObtained    = 5 // includes a lock lost mid-run, and a resolution refused while a runner may hold the change
+	// A run stopped by a signal exits 128 + the signal's number, the
+	// shell's convention: 130 for SIGINT, 143 for SIGTERM.
+	ExitInterrupted = 128
 )
+
+// SignalContext returns a context cancelled when the process receives
+// SIGINT or SIGTERM, with the signal as its cause (context.Cause), so that
+// Main can record "interrupted (SIGTERM)" and exit 143. stop releases the
+// signal handling; a second signal then kills the process as usual.
+func SignalContext(parent context.Context) (ctx context.Context, stop func()) {
+	ctx, cancel := context.WithCancelCause(parent)
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case sig := <-ch:
+			cancel(Signal{sig.(syscall.Signal)})
+			signal.Stop(ch) // a second Ctrl-C kills at once
+		case <-done:
+		}
+	}()
+	return ctx, func() { signal.Stop(ch); close(done); cancel(nil) }
+}
+
+// Signal is the cause of a run stopped by a signal.
+type Signal struct{ Sig syscall.Signal }
+
+func (s Signal) Error() string {
+	switch s.Sig {
+	case syscall.SIGINT:
+		return "SIGINT"
+	case syscall.SIGTERM:
+		return "SIGTERM"
+	}
+	return s.Sig.String()
+}
 
 type options struct {
 	nats       natsconn.Config
@@ -59,6 +98,7 @@ type options struct {
 	resolution string
 	reason     string
 	operator   string
+	force      bool
 	logLevel   string
 	logFormat  string
 }
@@ -73,7 +113,11 @@ func parse(args []string, stderr io.Writer) (*options, error) {
                                               record an operator's decision
 
 Exit codes: 0 ok, 1 error, 2 bad usage/config, 3 change failed,
-            4 manual intervention needed, 5 lock not obtained or lost.
+            4 manual intervention needed (including overlapped executions),
+            5 lock not obtained or lost (or --resolve refused while a runner
+              may be applying the change),
+            130 interrupted by SIGINT, 143 by SIGTERM (the change got SIGTERM
+              and a grace period; its outcome and any rollback are recorded).
 
 Flags:
 `)
@@ -95,6 +139,7 @@ Flags:
 	fs.StringVar(&o.resolution, "resolution", "", "with --resolve: applied or rolled-back")
 	fs.StringVar(&o.reason, "reason", "", "with --resolve: why (recorded in the audit log)")
 	fs.StringVar(&o.operator, "operator", natsconn.Env("USER", ""), "with --resolve: who decides (default $USER)")
+	fs.BoolVar(&o.force, "force", false, "with --resolve: record without the pipeline lock, even while a runner may be applying the change (it may then run twice)")
 	fs.StringVar(&o.logLevel, "log-level", natsconn.Env("AUDITFLOW_LOG_LEVEL", "info"), "debug, info, warn or error [AUDITFLOW_LOG_LEVEL]")
 	fs.StringVar(&o.logFormat, "log-format", natsconn.Env("AUDITFLOW_LOG_FORMAT", "text"), "text or json [AUDITFLOW_LOG_FORMAT]")
 	if err := fs.Parse(args); err != nil {
@@ -136,6 +181,10 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return ExitUsage
 	}
 	code, err := run(ctx, o, log, stdout)
+	var sig Signal
+	if errors.As(context.Cause(ctx), &sig) && (err != nil || code != ExitOK) {
+		code = ExitInterrupted + int(sig.Sig)
+	}
 	if err != nil {
 		fmt.Fprintln(stderr, "runner:", err)
 		var ce *runner.ChangeError
@@ -219,7 +268,10 @@ func run(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) (i
 		if o.resolution == "rolled-back" {
 			res = events.ResolvedRolledBack
 		}
-		seq, err := r.Resolve(ctx, o.resolve, res, o.operator, o.reason)
+		if o.force {
+			log.Warn("--force: recording without the pipeline lock; if a runner is still applying this change, its outcome will be recorded as OVERLAPPED, and with rolled-back the change runs a second time")
+		}
+		seq, err := r.Resolve(ctx, runner.Resolution{ChangeID: o.resolve, Resolution: res, Operator: o.operator, Reason: o.reason, Force: o.force})
 		if err != nil {
 			return codeFor(err), err
 		}
@@ -271,7 +323,7 @@ func codeFor(err error) int {
 		return ExitManualIntervention
 	case errors.Is(err, runner.ErrChangeFailed):
 		return ExitChangeFailed
-	case errors.Is(err, runner.ErrLockNotObtained), errors.Is(err, runner.ErrLeaseLost):
+	case errors.Is(err, runner.ErrLockNotObtained), errors.Is(err, runner.ErrLeaseLost), errors.Is(err, runner.ErrUnsafeResolution):
 		return ExitLockNotObtained
 	case errors.Is(err, runner.ErrInvalidChange), errors.Is(err, runner.ErrInvalidConfig), errors.Is(err, runner.ErrNothingToResolve),
 		errors.Is(err, lock.ErrInvalidConfig), errors.Is(err, producer.ErrInvalidConfig), errors.Is(err, producer.ErrStreamMismatch):
