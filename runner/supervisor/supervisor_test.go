@@ -1,0 +1,349 @@
+//go:build unix
+
+package supervisor_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/auditflow/auditflow/runner/supervisor"
+)
+
+// helperEnv makes the test binary a "runner": it supervises the script in
+// the named directory and waits, so a test can kill it as the bug report's
+// kill -9 did.
+const helperEnv = "SUPERVISOR_TEST_RUNNER_DIR"
+
+func TestMain(m *testing.M) {
+	supervisor.Main()
+	if dir := os.Getenv(helperEnv); dir != "" {
+		os.Exit(helperRunner(dir))
+	}
+	os.Exit(m.Run())
+}
+
+func helperRunner(dir string) int {
+	script, err := os.ReadFile(filepath.Join(dir, "script.sh"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	res, err := supervisor.Run(context.Background(), supervisor.Spec{
+		Args: []string{"sh", "-c", string(script)}, Dir: dir, Stdout: os.Stdout, Stderr: os.Stderr,
+	})
+	fmt.Printf("result %+v err %v\n", res, err)
+	return 0
+}
+
+// syncBuffer is an output writer the test may read while the command runs.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > timeout {
+			t.Fatalf("after %s: still waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+func readPid(t *testing.T, path string) int {
+	t.Helper()
+	var pid int
+	waitFor(t, path, 5*time.Second, func() bool {
+		b, err := os.ReadFile(path)
+		if err != nil || !bytes.HasSuffix(b, []byte("\n")) {
+			return false
+		}
+		pid, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err == nil
+	})
+	return pid
+}
+
+// running reports whether pid is a live process (a zombie is dead).
+func running(pid int) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return runtime.GOOS != "linux" // no /proc: trust kill(0)
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i < 0 || i+2 >= len(b) || (b[i+2] != 'Z' && b[i+2] != 'X')
+}
+
+// groupRunning reports whether the process group has a live member.
+func groupRunning(pgid int) bool {
+	if syscall.Kill(-pgid, 0) != nil {
+		return false
+	}
+	if runtime.GOOS != "linux" {
+		return true
+	}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		i := bytes.LastIndexByte(b, ')')
+		f := bytes.Fields(b[i+1:])
+		if len(f) > 2 && string(f[2]) == strconv.Itoa(pgid) && f[0][0] != 'Z' && f[0][0] != 'X' {
+			return true
+		}
+	}
+	return false
+}
+
+func sh(script string) []string { return []string{"sh", "-c", script} }
+
+func TestExitStatusOutputDirEnv(t *testing.T) {
+	dir := t.TempDir()
+	var out syncBuffer
+	res, err := supervisor.Run(context.Background(), supervisor.Spec{
+		Args: sh(`echo "out $FOO $(pwd)"; echo err >&2; echo "marker=${AUDITFLOW_SUPERVISOR_PROTOCOL-unset}"; exit 3`),
+		Dir:  dir, Env: append(os.Environ(), "FOO=bar"), Stdout: &out, Stderr: &out,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ExitCode != 3 || res.Signal != 0 || res.Stopped != supervisor.NotStopped || res.Success() || res.Exit() != "exit status 3" {
+		t.Fatalf("result %+v", res)
+	}
+	realDir, _ := filepath.EvalSymlinks(dir)
+	for _, want := range []string{"out bar " + realDir, "err", "marker=unset"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output %q lacks %q", out.String(), want)
+		}
+	}
+
+	res, err = supervisor.Run(context.Background(), supervisor.Spec{Args: sh(`kill -KILL $$`)})
+	if err != nil || res.Signal != syscall.SIGKILL || res.ExitCode != -1 || res.Exit() != "signal: killed" {
+		t.Fatalf("self-killed: %+v %v", res, err)
+	}
+	if _, err := supervisor.Run(context.Background(), supervisor.Spec{Args: []string{"/nonexistent/program"}}); err == nil {
+		t.Fatal("starting a missing program succeeded")
+	}
+}
+
+// A command that exits leaving a process behind, even one that left the
+// process group, does not leave it running.
+func TestLeftoversAreKilled(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("descendants outside the process group are only found on Linux")
+	}
+	dir := t.TempDir()
+	start := time.Now()
+	res, err := supervisor.Run(context.Background(), supervisor.Spec{Dir: dir, Args: sh(`
+		(setsid sh -c 'echo $$ > escapee.pid; sleep 2; echo late > marker' &)
+		sleep 5 &
+		echo $! > bg.pid
+		while [ ! -s escapee.pid ]; do sleep 0.01; done
+		exit 0`)})
+	if err != nil || !res.Success() {
+		t.Fatalf("%+v %v", res, err)
+	}
+	escapee, bg := readPid(t, filepath.Join(dir, "escapee.pid")), readPid(t, filepath.Join(dir, "bg.pid"))
+	if running(escapee) || running(bg) {
+		t.Fatalf("left running after Run returned: escapee %v, background %v", running(escapee), running(bg))
+	}
+	if res.Leftovers < 2 {
+		t.Errorf("Leftovers = %d, want 2", res.Leftovers)
+	}
+	t.Logf("leftovers killed; Run took %s", time.Since(start))
+}
+
+func TestStopOnCancel(t *testing.T) {
+	t.Run("SIGTERM reaches the script", func(t *testing.T) {
+		dir := t.TempDir()
+		ctx, cancel := context.WithCancel(context.Background())
+		p, err := supervisor.Start(ctx, supervisor.Spec{Dir: dir, Grace: 5 * time.Second, Args: sh(`
+			trap 'echo TERM > got-term; exit 143' TERM
+			echo $$ > sh.pid
+			while :; do sleep 0.05; done`)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		readPid(t, filepath.Join(dir, "sh.pid"))
+		cancel()
+		res, err := p.Wait()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Stopped != supervisor.StopRequested || !res.TermSent || res.KillSent || res.ExitCode != 143 {
+			t.Fatalf("result %+v", res)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "got-term")); err != nil {
+			t.Fatal("the trap did not run")
+		}
+		t.Logf("exited 143 %s after SIGTERM", res.StopTook)
+	})
+	t.Run("SIGKILL after the grace", func(t *testing.T) {
+		dir := t.TempDir()
+		ctx, cancel := context.WithCancel(context.Background())
+		grace := 300 * time.Millisecond
+		p, err := supervisor.Start(ctx, supervisor.Spec{Dir: dir, Grace: grace, Args: sh(`
+			trap '' TERM
+			echo $$ > sh.pid
+			sleep 5; echo late > marker`)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		readPid(t, filepath.Join(dir, "sh.pid"))
+		cancel()
+		res, err := p.Wait()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !res.TermSent || !res.KillSent || res.KillAtDeadline || res.Signal != syscall.SIGKILL || res.StopTook < grace || res.StopTook > grace+time.Second {
+			t.Fatalf("result %+v", res)
+		}
+		if groupRunning(p.CommandPid()) {
+			t.Fatal("the command's group outlived Wait")
+		}
+		t.Logf("killed %s after SIGTERM (grace %s)", res.StopTook, grace)
+	})
+}
+
+// The deadlines alone stop the command: SIGTERM at stopBy, SIGKILL at
+// killBy, with nothing else from the runner.
+func TestDeadlinesEnforcedBySupervisor(t *testing.T) {
+	dir := t.TempDir()
+	start := time.Now()
+	stopBy, killBy := start.Add(300*time.Millisecond), start.Add(700*time.Millisecond)
+	res, err := supervisor.Run(context.Background(), supervisor.Spec{
+		Dir: dir, Grace: 10 * time.Second,
+		Deadlines: func() (time.Time, time.Time, bool) { return stopBy, killBy, true },
+		Args: sh(`
+			trap 'echo TERM >> got-term' TERM
+			i=0; while [ $i -lt 40 ]; do sleep 0.05; i=$((i+1)); done
+			echo late > marker`),
+	})
+	took := time.Since(start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Stopped != supervisor.StopDeadline || !res.TermSent || !res.KillSent || !res.KillAtDeadline || res.Signal != syscall.SIGKILL {
+		t.Fatalf("result %+v", res)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "got-term")); err != nil {
+		t.Fatal("no SIGTERM before the SIGKILL")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "marker")); err == nil {
+		t.Fatal("the command ran to completion")
+	}
+	if took < 700*time.Millisecond || took > 1500*time.Millisecond {
+		t.Fatalf("stopped after %s, want about 700ms", took)
+	}
+	t.Logf("SIGTERM at 300ms, SIGKILL at 700ms: done after %s", took)
+}
+
+// The bug report's case at the supervisor level: the runner is killed with
+// SIGKILL mid-change; nothing of the change may keep running.
+func TestRunnerKilled(t *testing.T) {
+	dir := t.TempDir()
+	script := `
+		echo $PPID > supervisor.pid
+		echo $$ > sh.pid
+		(setsid sh -c 'echo $$ > escapee.pid; sleep 1.5; echo late > marker2' &)
+		sleep 1.5; echo late > marker`
+	if err := os.WriteFile(filepath.Join(dir, "script.sh"), []byte(script), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	runnerProc := exec.Command(os.Args[0])
+	runnerProc.Env = append(os.Environ(), helperEnv+"="+dir)
+	var out syncBuffer
+	runnerProc.Stdout, runnerProc.Stderr = &out, &out
+	if err := runnerProc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	begun := time.Now()
+	shPid := readPid(t, filepath.Join(dir, "sh.pid"))
+	supPid := readPid(t, filepath.Join(dir, "supervisor.pid"))
+	escapee := readPid(t, filepath.Join(dir, "escapee.pid"))
+	if !groupRunning(shPid) || !running(escapee) {
+		t.Fatal("the change is not running before the kill")
+	}
+	if err := runnerProc.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	waitFor(t, "the change's processes to die", 3*time.Second, func() bool {
+		return !groupRunning(shPid) && (runtime.GOOS != "linux" || !running(escapee))
+	})
+	gone := time.Since(killed)
+	waitFor(t, "the supervisor to exit", 3*time.Second, func() bool { return !running(supPid) })
+	t.Logf("after kill -9 of the runner: change gone in %s, supervisor in %s", gone, time.Since(killed))
+	_ = runnerProc.Wait()
+	if gone > 1200*time.Millisecond {
+		t.Errorf("the change outlived its runner by %s", gone)
+	}
+	time.Sleep(time.Until(begun.Add(2 * time.Second)))
+	for _, m := range []string{"marker", "marker2"} {
+		if _, err := os.Stat(filepath.Join(dir, m)); err == nil && (m == "marker" || runtime.GOOS == "linux") {
+			t.Errorf("%s written after the runner died", m)
+		}
+	}
+}
+
+func TestSupervisorKilled(t *testing.T) {
+	dir := t.TempDir()
+	p, err := supervisor.Start(context.Background(), supervisor.Spec{Dir: dir, Args: sh(`
+		echo $$ > sh.pid
+		sleep 5 & wait`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	readPid(t, filepath.Join(dir, "sh.pid"))
+	if err := syscall.Kill(p.Pid(), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	select {
+	case <-p.Done():
+	case <-time.After(3 * time.Second):
+		t.Fatal("Wait hangs after the supervisor was killed")
+	}
+	_, err = p.Wait()
+	if !errors.Is(err, supervisor.ErrSupervisorDied) || !strings.Contains(err.Error(), "supervisor died: signal: killed") {
+		t.Fatalf("Wait = %v", err)
+	}
+	waitFor(t, "the command's group to die", time.Second, func() bool { return !groupRunning(p.CommandPid()) })
+	t.Logf("Wait returned %s after the kill: %v", time.Since(start), err)
+}

@@ -1,0 +1,298 @@
+//go:build unix
+
+package supervisor
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// A process is a supervisor only if both its first argument and its
+// environment say so: a stray argument alone (an operator typing it) or an
+// inherited variable alone (a change command that runs another auditflow
+// binary) must not turn a program into a supervisor.
+const (
+	modeArg         = "__auditflow_supervise"
+	modeEnv         = "AUDITFLOW_SUPERVISOR_PROTOCOL"
+	protocolVersion = "1"
+)
+
+// pollEvery is how often the runner side reads Spec.Deadlines. Lease
+// refreshes are seconds apart, so a tenth of a second loses nothing.
+const pollEvery = 100 * time.Millisecond
+
+// outputDrain bounds how long Wait waits for the command's output after
+// the supervisor has exited: on systems without a subreaper a process that
+// escaped the process group may still hold the output pipe.
+const outputDrain = 2 * time.Second
+
+var installed atomic.Bool
+
+// Main must be the first call in main() of a binary that runs supervised
+// commands (and in TestMain of tests that do). In a process started by
+// Start it runs the supervisor and exits; otherwise it records that this
+// binary can be re-executed as a supervisor and returns.
+func Main() {
+	// Reading the environment here, not in library code proper: Main is the
+	// process's entry point, like a main function.
+	if len(os.Args) > 1 && os.Args[1] == modeArg {
+		if v, _ := os.LookupEnv(modeEnv); v == protocolVersion {
+			os.Exit(supervise(os.Args[2:]))
+		}
+	}
+	installed.Store(true)
+}
+
+// Installed reports whether Main has been called in this process, that is
+// whether Start may re-execute this binary as a supervisor. On systems
+// without a supervisor (Windows) it is always false.
+func Installed() bool { return installed.Load() }
+
+// Process is a command running under a supervisor process.
+type Process struct {
+	spec   Spec
+	cmd    *exec.Cmd
+	ctl    *os.File // the only write end of the control pipe
+	status *bufio.Reader
+	stFile *os.File
+	cmdPid int
+
+	ctlMu sync.Mutex
+
+	done   chan struct{}
+	result Result
+	err    error
+}
+
+// Start re-executes this binary as a supervisor, which starts spec.Args in
+// a new process group and reports back. The supervisor sends the command
+// SIGTERM, then SIGKILL after the grace, when ctx is cancelled (the
+// cancellation's cause is the caller's to report), when spec.Deadlines
+// passes, or at once when this process dies; see the package doc.
+//
+// Start returns once the command runs (or failed to start). Wait must be
+// called to release the supervisor.
+func Start(ctx context.Context, spec Spec) (*Process, error) {
+	if !Installed() {
+		return nil, ErrNotInstalled
+	}
+	if len(spec.Args) == 0 {
+		return nil, errors.New("supervisor: no command")
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("supervisor: find own binary: %w", err)
+	}
+	// os.Pipe makes both ends close-on-exec: no other child of this process
+	// inherits the control pipe's write end, so its EOF in the supervisor
+	// means exactly "this process is gone".
+	ctlR, ctlW, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("supervisor: %w", err)
+	}
+	stR, stW, err := os.Pipe()
+	if err != nil {
+		ctlR.Close()
+		ctlW.Close()
+		return nil, fmt.Errorf("supervisor: %w", err)
+	}
+	cmd := exec.Command(exe, append([]string{modeArg, "--"}, spec.Args...)...)
+	env := spec.Env
+	if env == nil {
+		env = os.Environ()
+	}
+	cmd.Env = append(slices.Clip(env), modeEnv+"="+protocolVersion)
+	cmd.Dir = spec.Dir
+	cmd.Stdout, cmd.Stderr = spec.Stdout, spec.Stderr
+	cmd.ExtraFiles = []*os.File{ctlR, stW}
+	// Its own process group: a signal for the runner's job (Ctrl-C, or
+	// `kill -9 -PGID` of the whole job) must not reach the supervisor,
+	// which has to outlive the runner to clean up after it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.WaitDelay = outputDrain
+
+	p := &Process{spec: spec, cmd: cmd, ctl: ctlW, stFile: stR, status: bufio.NewReader(stR), done: make(chan struct{})}
+	first := control{Op: opStart, Grace: spec.grace()}
+	var last [2]time.Time
+	if spec.Deadlines != nil {
+		if stopBy, killBy, ok := spec.Deadlines(); ok {
+			first.Bounded, first.StopIn, first.KillIn = true, until(stopBy), until(killBy)
+			last = [2]time.Time{stopBy, killBy}
+		}
+	}
+	// Written before the supervisor starts: it fits in the pipe's buffer,
+	// and the supervisor reads it before it starts the command.
+	if err := p.send(first); err != nil {
+		ctlR.Close()
+		ctlW.Close()
+		stR.Close()
+		stW.Close()
+		return nil, fmt.Errorf("supervisor: %w", err)
+	}
+	err = cmd.Start()
+	ctlR.Close()
+	stW.Close()
+	if err != nil {
+		ctlW.Close()
+		stR.Close()
+		return nil, fmt.Errorf("supervisor: start: %w", err)
+	}
+	st, err := p.readStatus()
+	switch {
+	case err == nil && st.Ev == evStarted:
+		p.cmdPid = st.Pid
+	case err == nil && st.Ev == evDone && st.Err != "":
+		p.finish(nil)
+		return nil, fmt.Errorf("supervisor: start %s: %s", spec.Args[0], st.Err)
+	default:
+		werr := p.finish(nil)
+		return nil, fmt.Errorf("%w before starting the command: %w", ErrSupervisorDied, werr)
+	}
+	go p.watch(ctx, last)
+	return p, nil
+}
+
+// Pid is the supervisor's process id.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
+// CommandPid is the command's process id, which is also its process group
+// id.
+func (p *Process) CommandPid() int { return p.cmdPid }
+
+// Done is closed when the supervisor has exited.
+func (p *Process) Done() <-chan struct{} { return p.done }
+
+// Wait waits for the supervisor to exit and returns how the command ended.
+// A non-nil error means the supervisor itself failed (ErrSupervisorDied);
+// a failing command is a Result, not an error.
+func (p *Process) Wait() (Result, error) {
+	<-p.done
+	return p.result, p.err
+}
+
+func until(t time.Time) time.Duration { return max(time.Until(t), 0) }
+
+// watch is the runner's half: it forwards cancellation and deadline
+// changes until the supervisor exits, then collects the outcome.
+func (p *Process) watch(ctx context.Context, last [2]time.Time) {
+	results := make(chan status, 1)
+	go func() { // ends at EOF: when the supervisor exits
+		defer close(results)
+		for {
+			st, err := p.readStatus()
+			if err != nil {
+				return
+			}
+			if st.Ev == evDone {
+				results <- st
+			}
+		}
+	}()
+	exited := make(chan error, 1)
+	go func() { exited <- p.cmd.Wait() }()
+
+	var tick <-chan time.Time
+	if p.spec.Deadlines != nil {
+		t := time.NewTicker(pollEvery)
+		defer t.Stop()
+		tick = t.C
+	}
+	cancelled := ctx.Done()
+	var final *status
+	var werr error
+loop:
+	for {
+		select {
+		case <-cancelled:
+			cancelled = nil
+			_ = p.send(control{Op: opStop}) // if it fails the supervisor is gone; exited says how
+		case <-tick:
+			stopBy, killBy, ok := p.spec.Deadlines()
+			if ok && (!stopBy.Equal(last[0]) || !killBy.Equal(last[1])) {
+				last = [2]time.Time{stopBy, killBy}
+				_ = p.send(control{Op: opDeadlines, Bounded: true, StopIn: until(stopBy), KillIn: until(killBy)})
+			}
+		case st, ok := <-results:
+			if !ok {
+				results = nil
+				continue
+			}
+			final = &st
+		case werr = <-exited:
+			break loop
+		}
+	}
+	// The status pipe's write end died with the supervisor (the command's
+	// processes never had it), so EOF comes at once; the deadline only
+	// guards against the impossible.
+	_ = p.stFile.SetReadDeadline(time.Now().Add(time.Second))
+	if results != nil {
+		for st := range results {
+			final = &st
+		}
+	}
+	p.finishWith(final, werr)
+}
+
+// finish waits for a supervisor that failed during Start.
+func (p *Process) finish(final *status) error {
+	werr := p.cmd.Wait()
+	p.finishWith(final, werr)
+	return p.err
+}
+
+func (p *Process) finishWith(final *status, werr error) {
+	p.ctl.Close()
+	p.stFile.Close()
+	if final != nil && final.Result != nil {
+		p.result = *final.Result
+	} else {
+		if werr == nil {
+			werr = errors.New("exited without reporting the command's outcome")
+		}
+		p.err = fmt.Errorf("%w: %w", ErrSupervisorDied, werr)
+		// The supervisor cannot clean up any more: kill what is left of the
+		// command's process group here. (Its escaped descendants, if any,
+		// were re-parented to init; nothing can find them now.)
+		if p.cmdPid > 0 {
+			_ = syscall.Kill(-p.cmdPid, syscall.SIGKILL)
+		}
+	}
+	close(p.done)
+}
+
+// send writes one control line. The write deadline keeps a stopped
+// supervisor (its pipe full) from blocking the runner.
+func (p *Process) send(c control) error {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return err
+	}
+	p.ctlMu.Lock()
+	defer p.ctlMu.Unlock()
+	_ = p.ctl.SetWriteDeadline(time.Now().Add(time.Second))
+	_, err = p.ctl.Write(append(b, '\n'))
+	return err
+}
+
+func (p *Process) readStatus() (status, error) {
+	line, err := p.status.ReadBytes('\n')
+	if err != nil {
+		return status{}, err
+	}
+	var st status
+	if err := json.Unmarshal(line, &st); err != nil {
+		return status{}, fmt.Errorf("supervisor: bad status line %q: %w", line, err)
+	}
+	return st, nil
+}
