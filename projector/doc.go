@@ -33,6 +33,7 @@
 //	auditflow_projector_store_write_duration_seconds  histogram: every write attempt, 1ms to 10s buckets
 //	auditflow_projector_store_write_failures_total    counter: failed write attempts (all retried)
 //	auditflow_projector_dead_lettered_total           counter: undecodable events dead-lettered
+//	auditflow_projector_stale_token_events_total      counter: events written with a stale lock token
 //	auditflow_projector_last_applied_sequence         gauge: highest stream sequence this process applied
 //	auditflow_projector_lag_messages                  gauge: consumer NumPending + NumAckPending
 //

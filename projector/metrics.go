@@ -45,6 +45,7 @@ func (p *Projector) registerMetrics(reg prometheus.Registerer) error {
 		counter("auditflow_projector_batches_total", "Successful store writes.", &p.batches),
 		counter("auditflow_projector_store_write_failures_total", "Failed store write attempts; each is retried until the write succeeds or shutdown gives up on it.", &p.writeFailures),
 		counter("auditflow_projector_dead_lettered_total", "Undecodable events moved to the dead-letter stream.", &p.deadLettered),
+		counter("auditflow_projector_stale_token_events_total", "Events written with a lock token lower than one already recorded for their pipeline (a writer that outlived its lease).", &p.staleTokens),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "auditflow_projector_last_applied_sequence",
 			Help: "Highest stream sequence this process has applied to the store (0 before its first write).",

@@ -126,7 +126,8 @@ type Projector struct {
 	log   *slog.Logger
 	cons  jetstream.Consumer
 
-	applied, batches, retries, deadLettered, writeFailures atomic.Uint64
+	applied, batches, retries, deadLettered, writeFailures, staleTokens atomic.Uint64
+	tokens                                                              tokenWatch
 
 	lastSeq       atomic.Uint64        // highest sequence applied
 	stopping      atomic.Bool          // Run's context is done
@@ -163,13 +164,16 @@ type Stats struct {
 	Retries       uint64 // failed store writes that were retried
 	WriteFailures uint64 // failed store writes (retried, or given up at shutdown)
 	DeadLettered  uint64 // undecodable events moved to the dead letter
-	LastSeq       uint64 // highest stream sequence applied, 0 before the first write
+	// StaleTokens counts events written with a lock token lower than one
+	// already recorded for their pipeline (see Projector.Run).
+	StaleTokens uint64
+	LastSeq     uint64 // highest stream sequence applied, 0 before the first write
 }
 
 // Stats returns the counters.
 func (p *Projector) Stats() Stats {
 	return Stats{Applied: p.applied.Load(), Batches: p.batches.Load(), Retries: p.retries.Load(),
-		WriteFailures: p.writeFailures.Load(), DeadLettered: p.deadLettered.Load(), LastSeq: p.lastSeq.Load()}
+		WriteFailures: p.writeFailures.Load(), DeadLettered: p.deadLettered.Load(), StaleTokens: p.staleTokens.Load(), LastSeq: p.lastSeq.Load()}
 }
 
 func (p *Projector) setup(ctx context.Context) error {
@@ -217,6 +221,15 @@ func (p *Projector) setup(ctx context.Context) error {
 // events are applied in order and two loops never write one issue at once.
 // (JetStream spreads messages across concurrent pull requests, so workers
 // fetching for themselves would each see every change.)
+//
+// The fetcher also flags events written with a stale lock token — lower
+// than one already recorded for the same pipeline before them: a runner
+// that went on writing after its lease passed to another. It logs each
+// (an error, unless the event is the runner's own ExecutionOverlapped
+// record) and counts it in Stats.StaleTokens and
+// auditflow_projector_stale_token_events_total. The event is stored as
+// usual: the store stays a projection of the stream, and verify lists
+// every such event.
 func (p *Projector) Run(ctx context.Context) error {
 	p.log.Info("projector running", "stream", p.cfg.Stream.Name, "consumer", p.cfg.Consumer,
 		"workers", p.cfg.Workers, "batch", p.cfg.BatchSize)
@@ -276,6 +289,7 @@ func (p *Projector) fetchLoop(ctx context.Context, parts []chan []delivery) {
 				cancel()
 				continue
 			}
+			p.watchToken(e, md.Sequence.Stream)
 			h := fnv.New32a()
 			h.Write([]byte(e.Pipeline))
 			h.Write([]byte{0})
@@ -290,6 +304,22 @@ func (p *Projector) fetchLoop(ctx context.Context, parts []chan []delivery) {
 			}
 		}
 	}
+}
+
+// watchToken flags e if its lock token is stale (see Run).
+func (p *Projector) watchToken(e events.Event, seq uint64) {
+	newest, stale := p.tokens.check(e, seq)
+	if !stale {
+		return
+	}
+	p.staleTokens.Add(1)
+	attrs := []any{"seq", seq, "pipeline", e.Pipeline, "change", e.ChangeID, "type", e.Type,
+		"lockToken", e.LockToken, "newerToken", newest, "runner", e.RunnerID}
+	if e.Type == events.ExecutionOverlapped {
+		p.log.Warn("an execution overlapped a newer lock holder; its runner recorded it for an operator", attrs...)
+		return
+	}
+	p.log.Error("event written with a stale lock token: its writer no longer held the pipeline lock", attrs...)
 }
 
 // fetch returns up to a batch for every apply loop without waiting if any

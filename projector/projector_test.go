@@ -419,3 +419,42 @@ func TestConfigValidation(t *testing.T) {
 		}
 	}
 }
+
+// TestFlagsStaleLockTokens: an event whose lock token is lower than one
+// already recorded for its pipeline (a runner writing after its lease
+// passed to another) is flagged, and still stored: the store stays a
+// projection of the stream.
+func TestFlagsStaleLockTokens(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	publish := func(change string, typ events.Type, token uint64) {
+		t.Helper()
+		pipeline := "billing"
+		if change == "other" {
+			pipeline = "shipping"
+		}
+		ev := events.New(typ, pipeline, change)
+		ev.ExecutionID, ev.LockToken = "exec-"+change, token
+		if typ == events.ExecutionOverlapped {
+			ev.ErrorMessage = "ended after the lock passed on"
+		}
+		if _, err := e.prod.Publish(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish("a", events.ExecutionStarted, 5)
+	publish("a", events.ExecutionSucceeded, 5)
+	publish("b", events.ExecutionStarted, 9) // a new holder
+	publish("c", events.ExecutionStarted, 5) // the old one starts another change: stale
+	publish("c", events.ExecutionOverlapped, 5)
+	publish("other", events.ExecutionStarted, 2) // another pipeline's tokens are its own
+	p, _ := run(t, e.srv.JS, e.store, projector.Config{})
+	waitCaughtUp(t, p)
+	if n := p.Stats().StaleTokens; n != 2 {
+		t.Fatalf("flagged %d stale-token events, want 2", n)
+	}
+	rows, err := e.store.History(ctx, stores.HistoryQuery{Pipeline: "billing", ChangeID: "c"})
+	if err != nil || len(rows) != 2 {
+		t.Fatalf("stale events not stored: %d rows (%v)", len(rows), err)
+	}
+}

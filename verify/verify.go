@@ -91,6 +91,31 @@ func short(h string) string {
 	return h
 }
 
+// StaleToken is an event written with a lock token lower than one
+// already recorded for its pipeline earlier in the stream. Lock tokens grow
+// with every holder, so its writer no longer held the pipeline lock: it
+// went on after its lease had passed to another (paused, partitioned), or
+// did not take the lock at all.
+type StaleToken struct {
+	Row
+	Token    uint64 // the event's lock token
+	Newer    uint64 // the higher token recorded before it
+	NewerSeq uint64 // where that token was first recorded
+	// Acknowledged: the event is its runner's own ExecutionOverlapped
+	// record, or an ExecutionOverlapped or ManuallyResolved event follows it
+	// on the same change, so an operator has been asked to look.
+	Acknowledged bool
+}
+
+func (s StaleToken) String() string {
+	ack := "NOT acknowledged: no overlap record or resolution follows it on its change"
+	if s.Acknowledged {
+		ack = "acknowledged by an overlap record or an operator's resolution"
+	}
+	return fmt.Sprintf("%s/%s seq %d %s with lock token %d, after token %d (seq %d): %s",
+		s.Pipeline, s.ChangeID, s.Seq, s.Type, s.Token, s.Newer, s.NewerSeq, ack)
+}
+
 // ChangeSummary is the count and digest of one change on each side.
 type ChangeSummary struct {
 	Pipeline, ChangeID        string
@@ -117,12 +142,29 @@ type Report struct {
 	Unchained   int // events after a change's first with no prevHash (writers that do not chain)
 	Unhashed    int // store rows without a hash (written before the hash chain existed)
 
+	// StaleTokens lists events written with a stale lock token, in stream
+	// order (see StaleToken).
+	StaleTokens []StaleToken
+
 	Elapsed time.Duration
 }
 
 // Drift reports whether store and stream differ.
 func (r *Report) Drift() bool {
 	return len(r.Missing)+len(r.Extra)+len(r.Mismatched)+len(r.Issues) > 0
+}
+
+// Unacknowledged returns the stale-token events that no overlap record or
+// resolution follows: writes from a runner without the lock that nobody
+// has been asked to look at.
+func (r *Report) Unacknowledged() []StaleToken {
+	var out []StaleToken
+	for _, s := range r.StaleTokens {
+		if !s.Acknowledged {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // Tampered reports whether a hash chain is broken.
@@ -196,6 +238,8 @@ func readStream(ctx context.Context, stream jetstream.Stream, cfg Config, rep *R
 		return nil, nil, fmt.Errorf("verify: consumer: %w", err)
 	}
 	prevOf := map[string]entry{} // by subject: the chain runs per subject
+	type high struct{ token, seq uint64 }
+	newest := map[string]high{} // by pipeline: the highest lock token so far
 	err = projector.ScanStream(ctx, cons, 1000, rep.LastSeq, func(msgs []projector.StreamMsg) error {
 		for _, m := range msgs {
 			hash := events.Hash(m.Data)
@@ -211,6 +255,14 @@ func readStream(ctx context.Context, stream jetstream.Stream, cfg Config, rep *R
 			byChange[k] = append(byChange[k], en)
 			if l, ok := latest[k]; !ok || rec.Seq > l.Seq {
 				latest[k] = rec
+			}
+			if tok := e.LockToken; tok > 0 {
+				switch h := newest[e.Pipeline]; {
+				case tok < h.token:
+					rep.StaleTokens = append(rep.StaleTokens, StaleToken{Row: en.Row, Token: tok, Newer: h.token, NewerSeq: h.seq})
+				case tok > h.token:
+					newest[e.Pipeline] = high{tok, m.Seq}
+				}
 			}
 			prev, hasPrev := prevOf[m.Subject]
 			switch {
@@ -232,6 +284,15 @@ func readStream(ctx context.Context, stream jetstream.Stream, cfg Config, rep *R
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("verify: %w", err)
+	}
+	for i, st := range rep.StaleTokens {
+		acked := st.Type == events.ExecutionOverlapped
+		for _, en := range byChange[key{st.Pipeline, st.ChangeID}] {
+			if en.Seq > st.Seq && (en.Type == events.ExecutionOverlapped || en.Type == events.ManuallyResolved) {
+				acked = true
+			}
+		}
+		rep.StaleTokens[i].Acknowledged = acked
 	}
 	return byChange, latest, nil
 }

@@ -97,7 +97,7 @@ func verifyStore(t *testing.T, js jetstream.JetStream, st stores.Store) *verify.
 
 func clean(t *testing.T, rep *verify.Report) {
 	t.Helper()
-	if rep.Drift() || rep.Tampered() || rep.StreamEvents == 0 || rep.StoreRows != rep.StreamEvents || rep.Unchained != 0 {
+	if rep.Drift() || rep.Tampered() || rep.StreamEvents == 0 || rep.StoreRows != rep.StreamEvents || rep.Unchained != 0 || len(rep.StaleTokens) != 0 {
 		t.Fatalf("want a clean report, got %+v", rep)
 	}
 }
@@ -262,5 +262,50 @@ func TestRebuildEveryStoreFromTheStream(t *testing.T) {
 			}
 			clean(t, verifyStore(t, srv.JS, st))
 		})
+	}
+}
+
+// TestStaleLockTokensAreListed: a runner's history has no stale tokens;
+// an event written with a token lower than one already recorded for its
+// pipeline is listed, unacknowledged until an overlap record or an
+// operator's resolution follows it on its change.
+func TestStaleLockTokensAreListed(t *testing.T) {
+	srv := natstest.Start(t)
+	history(t, srv.JS)
+	st, _ := openSQLite(t)
+	ctx := context.Background()
+	prod, err := producer.New(ctx, srv.JS, producer.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A writer whose lease passed on long ago (token 1) starts a change.
+	late := events.New(events.ExecutionStarted, "billing", "0005-late")
+	late.ExecutionID, late.LockToken, late.RunnerID = "exec-late", 1, "paused-runner"
+	h, err := prod.Publish(ctx, late)
+	if err != nil {
+		t.Fatal(err)
+	}
+	project(t, srv.JS, st, "sqlite")
+	rep := verifyStore(t, srv.JS, st)
+	if rep.Drift() || len(rep.StaleTokens) != 1 || len(rep.Unacknowledged()) != 1 {
+		t.Fatalf("stale tokens %+v", rep.StaleTokens)
+	}
+	s := rep.StaleTokens[0]
+	if s.ChangeID != "0005-late" || s.Seq != h.Seq || s.Token != 1 || s.Newer <= 1 || s.Acknowledged {
+		t.Fatalf("stale token %+v", s)
+	}
+	// An operator looks and records the outcome: acknowledged.
+	locker, err := lock.New(ctx, srv.JS, lock.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runner.Resolve(ctx, prod, locker, runner.Resolution{Pipeline: "billing", ChangeID: "0005-late",
+		Resolution: events.ResolvedRolledBack, Operator: "carol", Reason: "nothing was applied", Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	project(t, srv.JS, st, "sqlite")
+	rep = verifyStore(t, srv.JS, st)
+	if len(rep.StaleTokens) != 1 || len(rep.Unacknowledged()) != 0 {
+		t.Fatalf("after the resolution: %+v", rep.StaleTokens)
 	}
 }

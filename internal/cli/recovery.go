@@ -154,7 +154,7 @@ func (a *app) runVerify(ctx context.Context) (*verify.Report, error) {
 func (a *app) verifyCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "verify",
-		Short: "Compare the store with the stream and check the hash chains; exit 3 on drift or a broken link",
+		Short: "Compare the store with the stream, check the hash chains and lock tokens; exit 3 on drift, a broken link or an unacknowledged stale-token write",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			rep, err := a.runVerify(cmd.Context())
@@ -164,7 +164,7 @@ func (a *app) verifyCommand() *cobra.Command {
 			if err := a.emit(rep, func(w *tabwriter.Writer) { verifyTable(w, rep) }); err != nil {
 				return err
 			}
-			if rep.Drift() || rep.Tampered() {
+			if rep.Drift() || rep.Tampered() || len(rep.Unacknowledged()) > 0 {
 				return errProblems
 			}
 			return nil
@@ -182,6 +182,15 @@ func verifyTable(w *tabwriter.Writer, rep *verify.Report) {
 		len(rep.StreamChain), len(rep.StoreChain), rep.Unchained, rep.Unhashed)
 	if b, ok := rep.FirstBreak(); ok {
 		fmt.Fprintf(w, "FIRST BROKEN LINK\t%s\n", b)
+	}
+	unacked := rep.Unacknowledged()
+	fmt.Fprintf(w, "lock tokens\t%d events written with a stale lock token, %d not acknowledged\n", len(rep.StaleTokens), len(unacked))
+	for i, s := range rep.StaleTokens {
+		if i == shown {
+			fmt.Fprintf(w, "\t… %d more stale-token events\n", len(rep.StaleTokens)-shown)
+			break
+		}
+		fmt.Fprintf(w, "stale token\t%s\n", s)
 	}
 	for i, r := range rep.Missing {
 		if i == shown {
@@ -219,6 +228,8 @@ func verifyTable(w *tabwriter.Writer, rep *verify.Report) {
 			c.Pipeline, c.ChangeID, c.StreamEvents, c.StreamDigest, c.StoreRows, c.StoreDigest)
 	}
 	switch {
+	case !rep.Drift() && !rep.Tampered() && len(unacked) > 0:
+		fmt.Fprintln(w, "result\tthe store matches the stream, but a runner wrote without the pipeline lock: inspect the target for each change above, then record what it holds with `auditflow issue fix` (which acknowledges it)")
 	case !rep.Drift() && !rep.Tampered():
 		fmt.Fprintf(w, "result\tthe store matches the stream (%s)\n", rep.Elapsed.Round(time.Millisecond))
 	case rep.Drift():
