@@ -419,6 +419,11 @@ func (ls *Lease) Valid() bool {
 	return time.Now().Before(ls.StopBy())
 }
 
+// Forfeit gives the lease up as lost (Lost closes) when its holder learns
+// by other means that it no longer holds the lock: the lock's value names
+// another holder, or is gone. It does not touch the lock.
+func (ls *Lease) Forfeit(reason string) { ls.markLost(reason, nil) }
+
 func (ls *Lease) markLost(reason string, err error) {
 	ls.lostOnce.Do(func() {
 		ls.l.log.Warn("lock lost", "lock", ls.name, "token", ls.info.Token, "reason", reason, "err", err)

@@ -410,6 +410,11 @@ func (r *Runner) finish(ctx context.Context, lease *lock.Lease, e events.Event, 
 		moved := head.Seq != prev.Seq
 		taken := herr == nil && holder.Token != e.LockToken
 		unknown := herr != nil && !errors.Is(herr, lock.ErrNotHeld)
+		if taken || errors.Is(herr, lock.ErrNotHeld) {
+			// The lock is another's, or gone: whatever the lease's own
+			// bookkeeping says (it learns at its next refresh), it is lost.
+			lease.Forfeit("the lock is no longer this holder's")
+		}
 		if !moved && !taken && !unknown {
 			// The lease lapsed, but nobody acted on it: e is the truth.
 			h, err := r.prod.Publish(rctx, e, producer.After(prev))
