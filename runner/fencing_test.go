@@ -119,7 +119,9 @@ type blocker struct {
 	started, release chan struct{}
 }
 
-func newBlocker() *blocker { return &blocker{started: make(chan struct{}), release: make(chan struct{})} }
+func newBlocker() *blocker {
+	return &blocker{started: make(chan struct{}), release: make(chan struct{})}
+}
 
 func (b *blocker) apply(context.Context) error {
 	close(b.started)
