@@ -20,5 +20,35 @@
 // dies mid-change leaves STARTED without an end on the stream; the next run
 // marks it UNCERTAIN (opening an issue) and stops for an operator unless
 // the change's recovery is ALWAYS_RETRY. [Runner.Resolve] records the
-// operator's verdict.
+// operator's verdict, under the pipeline lock.
+//
+// # Fencing: a change never outlives its lease unnoticed
+//
+// A lock with a lease cannot by itself rule out two holders: a runner
+// paused (SIGSTOP, a frozen VM) or partitioned past its lease wakes up
+// believing it still holds the lock. So every execution is bounded by the
+// lease, end to end:
+//
+//   - Apply's context carries the [Execution] (its fencing token, the lock
+//     revision, and the lease's deadlines) and is cancelled when the lease
+//     is about to run out, Margin before the server could give the lock to
+//     another runner. Change files pass the token to their commands as
+//     AUDITFLOW_LOCK_TOKEN, and a supervisor process (runner/supervisor)
+//     kills a command whose runner died or stopped renewing its deadlines.
+//   - The lease is checked right before each change starts.
+//   - A target system can refuse a stale holder's writes by remembering the
+//     highest token it has seen (examples/fencing): the one guarantee that
+//     holds even for a process paused between its check and its write.
+//   - An outcome is never lost to the sequence guard: a holder whose lease
+//     passed on, or that finds another execution's event on its change,
+//     records its outcome as ExecutionOverlapped, after the newest event.
+//     That opens an OVERLAPPED issue; even ALWAYS_RETRY changes then wait
+//     for an operator. Projectors and verify also flag any event whose lock
+//     token is lower than one recorded for its pipeline before it.
+//
+// An interrupt (the caller cancelling Run's context) stops the running
+// change the same way; its rollback then runs on a detached context,
+// bounded by RollbackTimeout, and the record says "interrupted" with the
+// cause. A rollback never runs once the lease is gone: another holder may
+// be applying the change.
 package runner
