@@ -9,14 +9,41 @@
 //	recovery: MANUAL_INTERVENTION   # or ALWAYS_RETRY
 //	transactional: false
 //	timeout: 5m                     # default 10m
+//	grace: 30s                      # SIGTERM to SIGKILL; default Options.Grace (10s)
 //	metadata: {ticket: OPS-1234}
 //	apply: sqlite3 users.db 'CREATE INDEX users_email ON users(email)'
 //	rollback: sqlite3 users.db 'DROP INDEX IF EXISTS users_email'
 //
 // Commands run with `sh -c` in the directory holding the file, with the
 // runner's environment, Options.Env, and AUDITFLOW_PIPELINE,
-// AUDITFLOW_CHANGE_ID and AUDITFLOW_CHANGE_DIR. A non-zero exit is a failure; the tail of the
-// command's output becomes the recorded error trace.
+// AUDITFLOW_CHANGE_ID and AUDITFLOW_CHANGE_DIR. When the runner runs the
+// change (its context carries a [runner.Execution]) the command also gets
+// AUDITFLOW_EXECUTION_ID and AUDITFLOW_LOCK_TOKEN, the fencing token of the
+// lease it runs under, which a target system can use to refuse writes from
+// a runner whose lease has passed to another (see examples/fencing).
+// Outside an execution (a test calling Apply directly) both are absent,
+// even if the runner's own environment had them: a wrong token is worse
+// than none. A non-zero exit is a failure; the tail of the command's
+// output becomes the recorded error trace.
+//
+// # Stopping
+//
+// A command is stopped with SIGTERM to its process group, then SIGKILL
+// after the grace (the file's grace:, else Options.Grace), when its context
+// is cancelled (the runner stops on SIGINT/SIGTERM or when its lease is
+// about to be lost), when its timeout passes, or at the execution's kill
+// deadline if that comes first. The error says what happened ("stopped
+// (cause): sent SIGTERM, exited 143 after 40ms", "timed out after 1m: sent
+// SIGTERM, killed with SIGKILL after the 10s grace") and wraps ErrStopped
+// and the cause.
+//
+// When the binary's main called supervisor.Main (cmd/runner does), each
+// command runs under a supervisor process (package runner/supervisor),
+// which also stops it if the runner dies (kill -9 included) or stops
+// renewing its lease (paused, partitioned): a change never outlives its
+// runner or its lease. Otherwise the command is this process's child, in
+// its own process group, and dies only when it is cancelled: if the
+// runner is killed with SIGKILL, the command keeps running.
 package changefile
 
 import (
@@ -26,21 +53,27 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/runner"
+	"github.com/auditflow/auditflow/runner/supervisor"
 )
 
 // DefaultTimeout bounds a command that sets no timeout.
 const DefaultTimeout = 10 * time.Minute
+
+// DefaultGrace is the time between SIGTERM and SIGKILL when neither the
+// change file nor Options set one.
+const DefaultGrace = supervisor.DefaultGrace
 
 // File is the YAML form of a change unit.
 type File struct {
@@ -51,13 +84,11 @@ type File struct {
 	Recovery      events.Recovery   `yaml:"recovery"`
 	Transactional bool              `yaml:"transactional"`
 	Timeout       string            `yaml:"timeout"`
+	Grace         string            `yaml:"grace"`
 	Metadata      map[string]string `yaml:"metadata"`
 	Apply         string            `yaml:"apply"`
 	Rollback      string            `yaml:"rollback"`
 }
-
-// ErrInvalid wraps every problem with a change file.
-var ErrInvalid = errors.New("invalid change file")
 
 // Options configure how commands run.
 type Options struct {
@@ -67,6 +98,10 @@ type Options struct {
 	Output io.Writer
 	// Env adds KEY=value entries to the commands' environment.
 	Env []string
+	// Grace is how long a command has between SIGTERM and SIGKILL when it
+	// is stopped; a change file's grace: overrides it. Zero means
+	// DefaultGrace.
+	Grace time.Duration
 }
 
 // Load reads every *.yaml and *.yml file in dir (not subdirectories), in
@@ -134,56 +169,172 @@ func (f File) change(dir string, opts Options) (runner.Change, error) {
 	case f.Recovery != "" && !f.Recovery.Valid():
 		return runner.Change{}, fmt.Errorf("recovery %q is not %s or %s", f.Recovery, events.ManualIntervention, events.AlwaysRetry)
 	}
-	timeout := DefaultTimeout
-	if f.Timeout != "" {
-		d, err := time.ParseDuration(f.Timeout)
-		if err != nil || d <= 0 {
-			return runner.Change{}, fmt.Errorf("timeout %q is not a positive duration like 30s or 5m", f.Timeout)
-		}
-		timeout = d
+	timeout, err := positive("timeout", f.Timeout, DefaultTimeout)
+	if err != nil {
+		return runner.Change{}, err
 	}
-	env := append(os.Environ(), opts.Env...)
+	grace := opts.Grace
+	if grace <= 0 {
+		grace = DefaultGrace
+	}
+	if grace, err = positive("grace", f.Grace, grace); err != nil {
+		return runner.Change{}, err
+	}
+	// The execution's variables are set per run, from Apply's context; any
+	// inherited from the runner's own environment would be someone else's.
+	env := slices.DeleteFunc(append(os.Environ(), opts.Env...), func(kv string) bool {
+		return strings.HasPrefix(kv, envLockToken+"=") || strings.HasPrefix(kv, envExecutionID+"=")
+	})
 	env = append(env, "AUDITFLOW_PIPELINE="+opts.Pipeline, "AUDITFLOW_CHANGE_ID="+f.ID, "AUDITFLOW_CHANGE_DIR="+dir)
+	cmd := func(script string) func(context.Context) error {
+		return command{script: script, dir: dir, env: env, timeout: timeout, grace: grace, out: opts.Output}.run
+	}
 	c := runner.Change{
 		ID: f.ID, Author: f.Author, Order: f.Order, TargetSystem: f.TargetSystem, Recovery: f.Recovery,
 		Transactional: f.Transactional, Metadata: f.Metadata,
-		Apply: command(f.Apply, dir, env, timeout, opts.Output),
+		Apply: cmd(f.Apply),
 	}
 	if strings.TrimSpace(f.Rollback) != "" {
-		c.Rollback = command(f.Rollback, dir, env, timeout, opts.Output)
+		c.Rollback = cmd(f.Rollback)
 	}
 	return c, nil
 }
 
+func positive(key, value string, def time.Duration) (time.Duration, error) {
+	if value == "" {
+		return def, nil
+	}
+	d, err := time.ParseDuration(value)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%s %q is not a positive duration like 30s or 5m", key, value)
+	}
+	return d, nil
+}
+
+const (
+	envLockToken   = "AUDITFLOW_LOCK_TOKEN"
+	envExecutionID = "AUDITFLOW_EXECUTION_ID"
+)
+
 // traceTail is how much of a failed command's output is kept.
 const traceTail = 32 << 10
 
-func command(script, dir string, env []string, timeout time.Duration, out io.Writer) func(context.Context) error {
-	return func(ctx context.Context) error {
-		ctx, cancel := context.WithTimeout(ctx, timeout)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "sh", "-c", script)
-		cmd.Dir, cmd.Env = dir, env
-		configureKill(cmd) // on timeout, kill the whole process group
-		cmd.WaitDelay = 5 * time.Second
-		tail := &tailBuffer{max: traceTail}
-		w := io.Writer(tail)
-		if out != nil {
-			w = io.MultiWriter(tail, out)
-		}
-		cmd.Stdout, cmd.Stderr = w, w
-		err := cmd.Run()
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() == context.DeadlineExceeded {
-			err = fmt.Errorf("timed out after %s: %w", timeout, err)
-		}
-		if s := tail.String(); s != "" {
-			return fmt.Errorf("%w\n%s", err, s)
-		}
-		return err
+// useSupervisor says whether commands run under a supervisor process;
+// tests replace it to exercise the direct path.
+var useSupervisor = supervisor.Installed
+
+// errTimedOut is the cause of a command's own timeout, telling it apart
+// from the runner cancelling Apply's context.
+var errTimedOut = errors.New("timed out")
+
+type command struct {
+	script, dir    string
+	env            []string
+	timeout, grace time.Duration
+	out            io.Writer
+}
+
+func (c command) run(ctx context.Context) error {
+	ctx, cancel := context.WithTimeoutCause(ctx, c.timeout, errTimedOut)
+	defer cancel()
+	tail := &tailBuffer{max: traceTail}
+	w := io.Writer(tail)
+	if c.out != nil {
+		w = io.MultiWriter(tail, c.out)
 	}
+	spec := supervisor.Spec{Args: []string{"sh", "-c", c.script}, Dir: c.dir, Env: c.env, Stdout: w, Stderr: w, Grace: c.grace}
+	if ex, ok := runner.ExecutionFrom(ctx); ok {
+		spec.Env = append(slices.Clip(c.env), envLockToken+"="+strconv.FormatUint(ex.LockToken, 10), envExecutionID+"="+ex.ExecutionID)
+		spec.Deadlines = ex.Deadlines
+	}
+	var res supervisor.Result
+	var err error
+	if useSupervisor() {
+		res, err = supervisor.Run(ctx, spec)
+	} else {
+		res, err = runDirect(ctx, spec)
+	}
+	if err == nil && res.Leftovers > 0 {
+		fmt.Fprintf(w, "auditflow: the command left %d process(es) running; they were killed\n", res.Leftovers)
+	}
+	if err == nil {
+		err = c.outcome(ctx, res)
+	}
+	if err == nil {
+		return nil
+	}
+	if s := tail.String(); s != "" {
+		return fmt.Errorf("%w\n%s", err, s)
+	}
+	return err
+}
+
+// outcome turns how the command ended into Apply's error; its first line is
+// what the runner records as the execution's error message, so it says who
+// stopped the command and how it went.
+func (c command) outcome(ctx context.Context, res supervisor.Result) error {
+	if res.Success() {
+		return nil
+	}
+	cause := context.Cause(ctx)
+	switch {
+	case cause == errTimedOut:
+		return &stopError{msg: fmt.Sprintf("timed out after %s: %s", c.timeout, stopped(res)), cause: context.DeadlineExceeded}
+	case cause != nil:
+		return &stopError{msg: fmt.Sprintf("stopped (%v): %s", cause, stopped(res)), cause: cause}
+	case res.Stopped == supervisor.StopDeadline:
+		return &stopError{msg: "stopped by the supervisor at the lease's deadline: " + stopped(res), cause: context.DeadlineExceeded}
+	case res.Stopped != supervisor.NotStopped:
+		return &stopError{msg: fmt.Sprintf("stopped (%s): %s", res.Stopped, stopped(res))}
+	}
+	return errors.New(res.Exit())
+}
+
+// stopped tells how a stopped command ended.
+func stopped(res supervisor.Result) string {
+	var b strings.Builder
+	if res.TermSent {
+		b.WriteString("sent SIGTERM, ")
+	}
+	switch {
+	case res.KillSent && res.Signal == syscall.SIGKILL && res.KillAtDeadline && res.TermSent:
+		fmt.Fprintf(&b, "killed with SIGKILL at the kill deadline, %s later", seconds(res.StopTook))
+	case res.KillSent && res.Signal == syscall.SIGKILL && res.KillAtDeadline:
+		b.WriteString("killed with SIGKILL at the kill deadline")
+	case res.KillSent && res.Signal == syscall.SIGKILL:
+		fmt.Fprintf(&b, "killed with SIGKILL after the %s grace", res.Grace)
+	case res.KillSent && !res.TermSent && res.Signal == 0:
+		b.WriteString("killed (this system has no SIGTERM)")
+	case res.Signal != 0:
+		fmt.Fprintf(&b, "terminated by %s after %s", signalName(res.Signal), seconds(res.StopTook))
+	default:
+		fmt.Fprintf(&b, "exited %d after %s", res.ExitCode, seconds(res.StopTook))
+	}
+	if res.Unkillable > 0 {
+		fmt.Fprintf(&b, " (%d process(es) survived SIGKILL)", res.Unkillable)
+	}
+	return b.String()
+}
+
+func seconds(d time.Duration) time.Duration {
+	if d < time.Second {
+		return d.Round(time.Millisecond)
+	}
+	return d.Round(10 * time.Millisecond)
+}
+
+func signalName(s syscall.Signal) string {
+	switch s {
+	case syscall.SIGTERM:
+		return "SIGTERM"
+	case syscall.SIGKILL:
+		return "SIGKILL"
+	case syscall.SIGINT:
+		return "SIGINT"
+	case syscall.SIGHUP:
+		return "SIGHUP"
+	}
+	return "signal " + s.String()
 }
 
 // tailBuffer keeps the last max bytes written to it.

@@ -55,7 +55,10 @@
 //
 // If the supervisor itself is killed, Wait returns ErrSupervisorDied
 // ("supervisor died: signal: killed") as soon as the process is gone, and
-// the runner side kills what is left of the command's process group.
+// the runner side kills what is left of the command's process group (it
+// cannot if the supervisor died in the instant between starting the command
+// and reporting its pid; on Linux the kernel still kills the command's main
+// process then).
 //
 // # What is guaranteed where
 //

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"slices"
@@ -33,7 +34,8 @@ const pollEvery = 100 * time.Millisecond
 
 // outputDrain bounds how long Wait waits for the command's output after
 // the supervisor has exited: on systems without a subreaper a process that
-// escaped the process group may still hold the output pipe.
+// escaped the process group may still hold the output pipe, and so may the
+// command's processes for a moment if the supervisor was killed.
 const outputDrain = 2 * time.Second
 
 var installed atomic.Bool
@@ -62,6 +64,7 @@ func Installed() bool { return installed.Load() }
 type Process struct {
 	spec   Spec
 	cmd    *exec.Cmd
+	out    *output
 	ctl    *os.File // the only write end of the control pipe
 	status *bufio.Reader
 	stFile *os.File
@@ -113,15 +116,22 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 	}
 	cmd.Env = append(slices.Clip(env), modeEnv+"="+protocolVersion)
 	cmd.Dir = spec.Dir
-	cmd.Stdout, cmd.Stderr = spec.Stdout, spec.Stderr
+	out, err := newOutput(spec.Stdout, spec.Stderr)
+	if err != nil {
+		ctlR.Close()
+		ctlW.Close()
+		stR.Close()
+		stW.Close()
+		return nil, fmt.Errorf("supervisor: %w", err)
+	}
+	cmd.Stdout, cmd.Stderr = out.stdout, out.stderr
 	cmd.ExtraFiles = []*os.File{ctlR, stW}
 	// Its own process group: a signal for the runner's job (Ctrl-C, or
 	// `kill -9 -PGID` of the whole job) must not reach the supervisor,
 	// which has to outlive the runner to clean up after it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.WaitDelay = outputDrain
 
-	p := &Process{spec: spec, cmd: cmd, ctl: ctlW, stFile: stR, status: bufio.NewReader(stR), done: make(chan struct{})}
+	p := &Process{spec: spec, cmd: cmd, out: out, ctl: ctlW, stFile: stR, status: bufio.NewReader(stR), done: make(chan struct{})}
 	first := control{Op: opStart, Grace: spec.grace()}
 	var last [2]time.Time
 	if spec.Deadlines != nil {
@@ -137,14 +147,18 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 		ctlW.Close()
 		stR.Close()
 		stW.Close()
+		out.closeWriters()
+		out.wait(0)
 		return nil, fmt.Errorf("supervisor: %w", err)
 	}
 	err = cmd.Start()
 	ctlR.Close()
 	stW.Close()
+	out.closeWriters()
 	if err != nil {
 		ctlW.Close()
 		stR.Close()
+		out.wait(0)
 		return nil, fmt.Errorf("supervisor: start: %w", err)
 	}
 	st, err := p.readStatus()
@@ -155,8 +169,9 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 		p.finish(nil)
 		return nil, fmt.Errorf("supervisor: start %s: %s", spec.Args[0], st.Err)
 	default:
-		werr := p.finish(nil)
-		return nil, fmt.Errorf("%w before starting the command: %w", ErrSupervisorDied, werr)
+		// Killed before it could tell the command's pid (which leaves the
+		// command's group to Pdeathsig on Linux), or crashed.
+		return nil, p.finish(nil)
 	}
 	go p.watch(ctx, last)
 	return p, nil
@@ -268,6 +283,7 @@ func (p *Process) finishWith(final *status, werr error) {
 			_ = syscall.Kill(-p.cmdPid, syscall.SIGKILL)
 		}
 	}
+	p.out.wait(outputDrain)
 	close(p.done)
 }
 
@@ -295,4 +311,88 @@ func (p *Process) readStatus() (status, error) {
 		return status{}, fmt.Errorf("supervisor: bad status line %q: %w", line, err)
 	}
 	return st, nil
+}
+
+// output connects the supervisor's stdout and stderr to the caller's
+// writers through pipes of its own rather than os/exec's: exec's Wait would
+// not return before every process holding the pipes is gone, and Process
+// needs to know as soon as the supervisor itself is (to kill what it left).
+type output struct {
+	stdout, stderr *os.File // given to the supervisor
+	writers        []*os.File
+	readers        []*os.File
+	copies         sync.WaitGroup
+}
+
+func newOutput(stdout, stderr io.Writer) (*output, error) {
+	o := &output{}
+	var err error
+	if o.stdout, err = o.pipe(stdout); err != nil {
+		o.closeWriters()
+		o.wait(0)
+		return nil, err
+	}
+	if sameWriter(stdout, stderr) {
+		o.stderr = o.stdout
+	} else if o.stderr, err = o.pipe(stderr); err != nil {
+		o.closeWriters()
+		o.wait(0)
+		return nil, err
+	}
+	return o, nil
+}
+
+func (o *output) pipe(w io.Writer) (*os.File, error) {
+	if w == nil {
+		return nil, nil // os/exec connects /dev/null
+	}
+	if f, ok := w.(*os.File); ok {
+		return f, nil
+	}
+	r, pw, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	o.writers, o.readers = append(o.writers, pw), append(o.readers, r)
+	o.copies.Go(func() { _, _ = io.Copy(w, r) })
+	return pw, nil
+}
+
+// closeWriters closes this process's copies of the write ends, once the
+// supervisor has its own.
+func (o *output) closeWriters() {
+	for _, w := range o.writers {
+		w.Close()
+	}
+}
+
+// wait waits for the output to be copied, at most d once the command's
+// processes should be gone; then it gives up on whoever still holds a pipe.
+func (o *output) wait(d time.Duration) {
+	done := make(chan struct{})
+	go func() {
+		o.copies.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	}
+	for _, r := range o.readers {
+		r.Close() // ends the copies that were still blocked
+	}
+	<-done
+}
+
+// sameWriter reports whether stdout and stderr are the same writer (one
+// pipe then keeps their order). Writers of uncomparable types are not.
+func sameWriter(a, b io.Writer) (same bool) {
+	defer func() {
+		if recover() != nil {
+			same = false
+		}
+	}()
+	return a != nil && a == b
 }

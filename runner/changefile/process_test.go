@@ -1,0 +1,441 @@
+//go:build unix
+
+package changefile_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/auditflow/auditflow/runner"
+	"github.com/auditflow/auditflow/runner/changefile"
+	"github.com/auditflow/auditflow/runner/supervisor"
+)
+
+// The test binary doubles as a "runner" process: started with
+// helperDirEnv set, it loads that change directory and applies its first
+// change as the runner would (with an Execution in the context), so that a
+// test can kill -9 or SIGSTOP a real runner mid-change.
+const (
+	helperDirEnv    = "CHANGEFILE_TEST_RUNNER_DIR"
+	helperBoundsEnv = "CHANGEFILE_TEST_RUNNER_BOUNDS" // "stopIn,killIn", renewed while the runner runs
+)
+
+func TestMain(m *testing.M) {
+	supervisor.Main()
+	if dir := os.Getenv(helperDirEnv); dir != "" {
+		os.Exit(helperRunner(dir, os.Getenv(helperBoundsEnv)))
+	}
+	os.Exit(m.Run())
+}
+
+func helperRunner(dir, bounds string) int {
+	changes, err := changefile.Load(dir, changefile.Options{Pipeline: "p", Output: os.Stdout})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	ex := &runner.Execution{Pipeline: "p", ChangeID: changes[0].ID, ExecutionID: "exec-helper", LockToken: 42}
+	if bounds != "" {
+		stopIn, err1 := time.ParseDuration(strings.Split(bounds, ",")[0])
+		killIn, err2 := time.ParseDuration(strings.Split(bounds, ",")[1])
+		if err1 != nil || err2 != nil {
+			fmt.Fprintln(os.Stderr, "bad bounds", bounds)
+			return 2
+		}
+		// A lease refreshed for as long as this process runs: once it is
+		// stopped, the deadlines last sent are all the supervisor has.
+		ex.Bounds = func() (time.Time, time.Time) { return time.Now().Add(stopIn), time.Now().Add(killIn) }
+	}
+	err = changes[0].Apply(runner.WithExecution(context.Background(), ex))
+	fmt.Printf("apply returned: %v\n", err)
+	return 0
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startRunner starts the helper runner on a change directory holding one
+// change whose apply is script.
+func startRunner(t *testing.T, script, bounds string) (dir string, proc *exec.Cmd, out *syncBuffer) {
+	t.Helper()
+	dir = t.TempDir()
+	write(t, dir, "c.yaml", "id: c\napply: |\n"+indent(script))
+	proc = exec.Command(os.Args[0])
+	proc.Env = append(os.Environ(), helperDirEnv+"="+dir, helperBoundsEnv+"="+bounds)
+	out = &syncBuffer{}
+	proc.Stdout, proc.Stderr = out, out
+	if err := proc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = proc.Process.Kill()
+		_ = proc.Wait()
+	})
+	return dir, proc, out
+}
+
+func indent(s string) string {
+	var b strings.Builder
+	for l := range strings.SplitSeq(strings.TrimSpace(s), "\n") {
+		b.WriteString("  " + strings.TrimSpace(l) + "\n")
+	}
+	return b.String()
+}
+
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: still waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func readPid(t *testing.T, path string) int {
+	t.Helper()
+	var pid int
+	waitFor(t, path, 5*time.Second, func() bool {
+		b, err := os.ReadFile(path)
+		if err != nil || !bytes.HasSuffix(b, []byte("\n")) {
+			return false
+		}
+		pid, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err == nil
+	})
+	return pid
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+// procStat returns the state letter and process group of pid from /proc,
+// ok false if there is no such process (or no /proc).
+func procStat(pid int) (state byte, pgid int, ok bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	f := bytes.Fields(b[i+1:])
+	if i < 0 || len(f) < 3 {
+		return 0, 0, false
+	}
+	pgid, _ = strconv.Atoi(string(f[2]))
+	return f[0][0], pgid, true
+}
+
+// running reports whether pid is a live process (a zombie is dead).
+func running(pid int) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	st, _, ok := procStat(pid)
+	if !ok {
+		return runtime.GOOS != "linux"
+	}
+	return st != 'Z' && st != 'X'
+}
+
+// groupRunning reports whether process group pgid has a live member.
+func groupRunning(pgid int) bool {
+	if syscall.Kill(-pgid, 0) != nil {
+		return false
+	}
+	if runtime.GOOS != "linux" {
+		return true
+	}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if st, pg, ok := procStat(pid); ok && pg == pgid && st != 'Z' && st != 'X' {
+			return true
+		}
+	}
+	return false
+}
+
+// The bug report: the runner is killed with SIGKILL while its change runs.
+// Nothing of the change may keep running (not the script, not a process
+// that double-forked out of its group with setsid), and nothing the change
+// would have done later may happen.
+func TestRunnerKilledMidChange(t *testing.T) {
+	dir, proc, out := startRunner(t, `
+		echo $PPID > supervisor.pid
+		echo $$ > sh.pid
+		(setsid sh -c 'echo $$ > escapee.pid; sleep 2; echo late > marker2' &)
+		sleep 2
+		echo late > marker
+	`, "")
+	begun := time.Now()
+	shPid := readPid(t, filepath.Join(dir, "sh.pid"))
+	supPid := readPid(t, filepath.Join(dir, "supervisor.pid"))
+	escapee := readPid(t, filepath.Join(dir, "escapee.pid"))
+	if !groupRunning(shPid) || !running(escapee) || !running(supPid) {
+		t.Fatalf("the change is not running before the kill\n%s", out)
+	}
+	if _, pg, _ := procStat(escapee); runtime.GOOS == "linux" && pg == shPid {
+		t.Fatal("the escapee did not leave the process group; the test proves less than it says")
+	}
+	if err := proc.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	waitFor(t, "the change's processes to die", 3*time.Second, func() bool {
+		return !groupRunning(shPid) && (runtime.GOOS != "linux" || !running(escapee))
+	})
+	gone := time.Since(killed)
+	waitFor(t, "the supervisor to exit", 3*time.Second, func() bool { return !running(supPid) })
+	t.Logf("kill -9 of the runner: last change process gone after %s, supervisor after %s", gone, time.Since(killed))
+	if gone > time.Second {
+		t.Errorf("the change outlived its runner by %s", gone)
+	}
+	time.Sleep(time.Until(begun.Add(2300 * time.Millisecond)))
+	if exists(filepath.Join(dir, "marker")) {
+		t.Error("the change's script ran to completion after its runner died")
+	}
+	if runtime.GOOS == "linux" && exists(filepath.Join(dir, "marker2")) {
+		t.Error("the change's escaped background process ran to completion after its runner died")
+	}
+}
+
+// A runner that is paused (SIGSTOP) stops renewing its lease; the
+// supervisor alone must end the change by the last deadlines it was sent:
+// SIGTERM first, then SIGKILL for a script that ignores SIGTERM.
+func TestPausedRunnerChangeStoppedAtDeadline(t *testing.T) {
+	const stopIn, killIn = 400 * time.Millisecond, 900 * time.Millisecond
+	dir, proc, out := startRunner(t, `
+		trap 'echo TERM >> got-term' TERM
+		echo $$ > sh.pid
+		i=0; while [ $i -lt 40 ]; do sleep 0.05; i=$((i+1)); done
+		echo late > marker
+	`, stopIn.String()+","+killIn.String())
+	begun := time.Now()
+	shPid := readPid(t, filepath.Join(dir, "sh.pid"))
+	time.Sleep(200 * time.Millisecond) // a few renewals: the deadlines would have passed by now if they were not sent
+	if !groupRunning(shPid) {
+		t.Fatalf("the change ended before the runner was paused\n%s", out)
+	}
+	if err := proc.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	paused := time.Now()
+	waitFor(t, "the supervisor to end the change", 3*time.Second, func() bool { return !groupRunning(shPid) })
+	gone := time.Since(paused)
+	t.Logf("runner paused: change gone after %s (SIGTERM due within %s, SIGKILL within %s of the last renewal)", gone, stopIn, killIn)
+	if !exists(filepath.Join(dir, "got-term")) {
+		t.Error("no SIGTERM before the SIGKILL")
+	}
+	// The last renewal was at most one poll (100 ms) before the pause.
+	if gone < killIn-150*time.Millisecond || gone > killIn+500*time.Millisecond {
+		t.Errorf("change gone %s after the pause, want about %s", gone, killIn)
+	}
+	time.Sleep(time.Until(begun.Add(2300 * time.Millisecond)))
+	if exists(filepath.Join(dir, "marker")) {
+		t.Error("the change ran to completion although its runner's lease was not renewed")
+	}
+	_ = proc.Process.Signal(syscall.SIGCONT)
+}
+
+func load(t *testing.T, body string, opts changefile.Options) (runner.Change, string) {
+	t.Helper()
+	dir := t.TempDir()
+	write(t, dir, "c.yaml", body)
+	changes, err := changefile.Load(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return changes[0], dir
+}
+
+// applyCancelled runs c and cancels it with cause once file appears.
+func applyCancelled(t *testing.T, c runner.Change, file string, cause error) (error, time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	done := make(chan error, 1)
+	go func() { done <- c.Apply(ctx) }()
+	readPid(t, file)
+	start := time.Now()
+	cancel(cause)
+	select {
+	case err := <-done:
+		return err, time.Since(start)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Apply did not return after its context was cancelled")
+		return nil, 0
+	}
+}
+
+func testCancel(t *testing.T) {
+	lost := errors.New("pipeline lock lost")
+	t.Run("SIGTERM reaches the script", func(t *testing.T) {
+		c, dir := load(t, `id: c
+apply: |
+  trap 'echo TERM > got-term; exit 143' TERM
+  echo $$ > sh.pid
+  while :; do sleep 0.05; done
+`, changefile.Options{})
+		err, took := applyCancelled(t, c, filepath.Join(dir, "sh.pid"), lost)
+		first, _, _ := strings.Cut(fmt.Sprint(err), "\n")
+		if !strings.HasPrefix(first, "stopped (pipeline lock lost): sent SIGTERM, exited 143 after ") {
+			t.Fatalf("error %q", first)
+		}
+		if !errors.Is(err, changefile.ErrStopped) || !errors.Is(err, lost) {
+			t.Errorf("error %v does not wrap ErrStopped and the cause", err)
+		}
+		if !exists(filepath.Join(dir, "got-term")) {
+			t.Error("the trap did not run")
+		}
+		t.Logf("%s (Apply returned %s after the cancel)", first, took)
+	})
+	t.Run("SIGKILL after the grace", func(t *testing.T) {
+		c, dir := load(t, `id: c
+grace: 300ms
+apply: |
+  trap '' TERM
+  echo $$ > sh.pid
+  sleep 5; echo late > marker
+`, changefile.Options{Grace: 5 * time.Second}) // the file's grace wins
+		err, took := applyCancelled(t, c, filepath.Join(dir, "sh.pid"), lost)
+		first, _, _ := strings.Cut(fmt.Sprint(err), "\n")
+		if first != "stopped (pipeline lock lost): sent SIGTERM, killed with SIGKILL after the 300ms grace" {
+			t.Fatalf("error %q", first)
+		}
+		if took < 300*time.Millisecond || took > 1500*time.Millisecond {
+			t.Errorf("Apply returned %s after the cancel, want about 300ms", took)
+		}
+		t.Logf("%s (after %s)", first, took)
+	})
+}
+
+func TestCancelStopsCommand(t *testing.T) { testCancel(t) }
+
+func TestCancelStopsCommandDirectly(t *testing.T) {
+	changefile.RunDirectly(t)
+	testCancel(t)
+}
+
+func testExecutionEnv(t *testing.T) {
+	t.Setenv("AUDITFLOW_LOCK_TOKEN", "99") // inherited from somewhere: must not reach the command
+	c, dir := load(t, `id: c
+apply: |
+  echo "token=${AUDITFLOW_LOCK_TOKEN-unset} exec=${AUDITFLOW_EXECUTION_ID-unset} pipeline=$AUDITFLOW_PIPELINE change=$AUDITFLOW_CHANGE_ID" > env.txt
+`, changefile.Options{Pipeline: "billing"})
+	ctx := runner.WithExecution(context.Background(), &runner.Execution{Pipeline: "billing", ChangeID: "c", ExecutionID: "exec-1", LockToken: 7})
+	if err := c.Apply(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "env.txt"))
+	if got := strings.TrimSpace(string(b)); got != "token=7 exec=exec-1 pipeline=billing change=c" {
+		t.Errorf("in an execution: %q", got)
+	}
+	if err := c.Apply(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	b, _ = os.ReadFile(filepath.Join(dir, "env.txt"))
+	if got := strings.TrimSpace(string(b)); got != "token=unset exec=unset pipeline=billing change=c" {
+		t.Errorf("outside an execution: %q", got)
+	}
+}
+
+func TestExecutionEnv(t *testing.T) { testExecutionEnv(t) }
+
+func TestExecutionEnvDirectly(t *testing.T) {
+	changefile.RunDirectly(t)
+	testExecutionEnv(t)
+}
+
+// A supervisor killed with SIGKILL must not leave Apply hanging, nor the
+// change running.
+func TestSupervisorKilledMidChange(t *testing.T) {
+	c, dir := load(t, `id: c
+apply: |
+  echo $PPID > supervisor.pid
+  echo $$ > sh.pid
+  sleep 5 & wait
+`, changefile.Options{})
+	done := make(chan error, 1)
+	go func() { done <- c.Apply(context.Background()) }()
+	shPid := readPid(t, filepath.Join(dir, "sh.pid"))
+	supPid := readPid(t, filepath.Join(dir, "supervisor.pid"))
+	// The script runs a moment before the supervisor reports its pid to
+	// the runner; a kill in between is a different case (see the
+	// supervisor's doc), so let the report arrive.
+	time.Sleep(200 * time.Millisecond)
+	if err := syscall.Kill(supPid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(3 * time.Second):
+		t.Fatal("Apply hangs after its supervisor was killed")
+	}
+	took := time.Since(start)
+	if !errors.Is(err, supervisor.ErrSupervisorDied) || !strings.HasPrefix(err.Error(), "supervisor died: signal: killed") {
+		t.Fatalf("Apply = %v", err)
+	}
+	waitFor(t, "the change's group to die", time.Second, func() bool { return !groupRunning(shPid) })
+	t.Logf("Apply returned %s after the supervisor's kill: %v", took, err)
+}
+
+// The direct path (no supervisor installed) still runs commands, and
+// kills what a command left in its group.
+func TestDirectPath(t *testing.T) {
+	changefile.RunDirectly(t)
+	var out syncBuffer
+	c, dir := load(t, `id: c
+apply: |
+  sleep 5 &
+  echo $! > bg.pid
+  echo 'psql: relation exists' >&2
+  exit 3
+`, changefile.Options{Output: &out})
+	start := time.Now()
+	err := c.Apply(context.Background())
+	if err == nil || !strings.HasPrefix(err.Error(), "exit status 3\n") || !strings.Contains(err.Error(), "relation exists") {
+		t.Fatalf("Apply = %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Apply waited %s for the background process", d)
+	}
+	bg := readPid(t, filepath.Join(dir, "bg.pid"))
+	waitFor(t, "the background process to die", time.Second, func() bool { return !running(bg) })
+	if !strings.Contains(out.String(), "relation exists") {
+		t.Errorf("output not streamed: %q", out.String())
+	}
+}
