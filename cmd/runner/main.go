@@ -10,9 +10,13 @@ import (
 	"syscall"
 
 	"github.com/auditflow/auditflow/internal/runnercmd"
+	"github.com/auditflow/auditflow/runner/supervisor"
 )
 
 func main() {
+	// First: this binary re-executes itself as the supervisor of each
+	// change command, and in that role must do nothing else.
+	supervisor.Main()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := runnercmd.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
