@@ -92,6 +92,9 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 	if len(spec.Args) == 0 {
 		return nil, errors.New("supervisor: no command")
 	}
+	if err := context.Cause(ctx); err != nil {
+		return nil, err // nothing started: better than starting it to stop it at once
+	}
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("supervisor: find own binary: %w", err)
@@ -218,6 +221,13 @@ func (p *Process) watch(ctx context.Context, last [2]time.Time) {
 
 	var tick <-chan time.Time
 	if p.spec.Deadlines != nil {
+		// The first deadlines were read only once the supervisor had
+		// started, late by its start-up time: send them again now, measured
+		// from now.
+		if stopBy, killBy, ok := p.spec.Deadlines(); ok {
+			last = [2]time.Time{stopBy, killBy}
+			_ = p.send(control{Op: opDeadlines, Bounded: true, StopIn: until(stopBy), KillIn: until(killBy)})
+		}
 		t := time.NewTicker(pollEvery)
 		defer t.Stop()
 		tick = t.C
