@@ -159,7 +159,9 @@ func (s *supervisor) setDeadlines(c control, now time.Time) {
 		s.termAt, s.killAt = term, kill
 		return
 	}
-	s.killAt = earliest(s.killAt, kill)
+	if kill.Before(s.killAt) {
+		s.killAt, s.res.KillAtDeadline = kill, true
+	}
 }
 
 // stop sends SIGTERM now (once) and schedules SIGKILL after grace, or at

@@ -136,11 +136,9 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 
 	p := &Process{spec: spec, cmd: cmd, out: out, ctl: ctlW, stFile: stR, status: bufio.NewReader(stR), done: make(chan struct{})}
 	first := control{Op: opStart, Grace: spec.grace()}
-	var last [2]time.Time
 	if spec.Deadlines != nil {
 		if stopBy, killBy, ok := spec.Deadlines(); ok {
 			first.Bounded, first.StopIn, first.KillIn = true, until(stopBy), until(killBy)
-			last = [2]time.Time{stopBy, killBy}
 		}
 	}
 	// Written before the supervisor starts: it fits in the pipe's buffer,
@@ -176,7 +174,7 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 		// command's group to Pdeathsig on Linux), or crashed.
 		return nil, p.finish(nil)
 	}
-	go p.watch(ctx, last)
+	go p.watch(ctx)
 	return p, nil
 }
 
@@ -202,7 +200,7 @@ func until(t time.Time) time.Duration { return max(time.Until(t), 0) }
 
 // watch is the runner's half: it forwards cancellation and deadline
 // changes until the supervisor exits, then collects the outcome.
-func (p *Process) watch(ctx context.Context, last [2]time.Time) {
+func (p *Process) watch(ctx context.Context) {
 	results := make(chan status, 1)
 	go func() { // ends at EOF: when the supervisor exits
 		defer close(results)
@@ -220,6 +218,7 @@ func (p *Process) watch(ctx context.Context, last [2]time.Time) {
 	go func() { exited <- p.cmd.Wait() }()
 
 	var tick <-chan time.Time
+	var last [2]time.Time
 	if p.spec.Deadlines != nil {
 		// The first deadlines were read only once the supervisor had
 		// started, late by its start-up time: send them again now, measured
@@ -269,8 +268,11 @@ loop:
 	p.finishWith(final, werr)
 }
 
-// finish waits for a supervisor that failed during Start.
+// finish waits for a supervisor that failed during Start. Closing the
+// control pipe first tells one that is somehow still running to clean up
+// and exit.
 func (p *Process) finish(final *status) error {
+	p.ctl.Close()
 	werr := p.cmd.Wait()
 	p.finishWith(final, werr)
 	return p.err
