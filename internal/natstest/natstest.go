@@ -1,5 +1,8 @@
-// Package natstest starts a real, in-process NATS JetStream server for
-// tests. Tests never mock NATS: what they check is what production runs.
+// Package natstest starts real, in-process NATS JetStream servers for
+// tests: one server (Start), or a cluster (StartCluster) whose nodes can
+// be killed, restarted or shut down gracefully, for replicated streams
+// and fail-over tests. Tests never mock NATS: what they check is what
+// production runs.
 package natstest
 
 import (
