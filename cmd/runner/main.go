@@ -6,8 +6,6 @@ package main
 import (
 	"context"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/auditflow/auditflow/internal/runnercmd"
 	"github.com/auditflow/auditflow/runner/supervisor"
@@ -17,7 +15,9 @@ func main() {
 	// First: this binary re-executes itself as the supervisor of each
 	// change command, and in that role must do nothing else.
 	supervisor.Main()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// SIGINT/SIGTERM cancel the run with the signal as the cause, so the
+	// record says "interrupted (SIGTERM)" and the exit code is 130/143.
+	ctx, stop := runnercmd.SignalContext(context.Background())
 	code := runnercmd.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
