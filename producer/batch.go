@@ -67,7 +67,7 @@ func (b *Batch) Wait(ctx context.Context) ([]uint64, error) {
 			}
 		}
 		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) { // the server decided; retrying would not change its mind
+		if errors.As(err, &apiErr) && !temporary(apiErr) { // the server decided; retrying would not change its mind
 			errs = append(errs, fmt.Errorf("event %s: %w", b.events[i].ID, err))
 			continue
 		}

@@ -19,6 +19,12 @@
 //     predecessor's exact bytes ([Head]), so an altered event is detectable.
 //
 // Transient failures are retried with exponential back-off
-// (cenkalti/backoff/v4); a server's refusal is returned at once.
+// (cenkalti/backoff/v4) for up to Config.RetryFor: no responders or no
+// answer while a cluster elects a leader (killing a stream's leader stalls
+// it for the raft election timeout, several seconds), a client between
+// servers, JetStream's "temporarily unavailable" answers. That includes
+// [New]'s stream check ([EnsureStream] with [WithRetry]), so a process
+// started during an election waits for it. A server's refusal is returned
+// at once.
 // [Batch] publishes asynchronously for bulk emitters.
 package producer

@@ -35,7 +35,9 @@ type Producer struct {
 }
 
 // New ensures the audit stream exists (see EnsureStream) and returns a
-// Producer for it.
+// Producer for it. Transient failures are retried for up to
+// Config.RetryFor, as publishes are: a process that starts while a
+// cluster elects a leader waits for it.
 func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Producer, error) {
 	if cfg.RetryFor == 0 {
 		cfg.RetryFor = 30 * time.Second
@@ -46,15 +48,15 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Producer, er
 	if cfg.RetryFor < 0 || cfg.AttemptTimeout < 0 {
 		return nil, fmt.Errorf("%w: negative retry duration", ErrInvalidConfig)
 	}
-	s, err := EnsureStream(ctx, js, cfg.Stream)
-	if err != nil {
-		return nil, err
-	}
-	_ = cfg.Stream.Validate() // already validated by EnsureStream; fills defaults in our copy
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	s, err := EnsureStream(ctx, js, cfg.Stream, WithRetry(Retry{For: cfg.RetryFor, AttemptTimeout: cfg.AttemptTimeout, Logger: log}))
+	if err != nil {
+		return nil, err
+	}
+	_ = cfg.Stream.Validate() // already validated by EnsureStream; fills defaults in our copy
 	return &Producer{js: js, stream: s, cfg: cfg, log: log}, nil
 }
 
@@ -129,8 +131,8 @@ func (p *Producer) Publish(ctx context.Context, e events.Event, opts ...PublishO
 		if isWrongLastSeq(err) {
 			// The server checks the expected sequence before duplicates,
 			// so a retry of our own landed publish looks like a conflict.
-			if seq, ok := p.isLast(ctx, msg.Subject, e.ID); ok {
-				return seq, nil
+			if m, rerr := p.lastMsg(ctx, msg.Subject); rerr == nil && m.Header.Get(jetstream.MsgIDHeader) == e.ID {
+				return m.Sequence, nil
 			}
 			return 0, backoff.Permanent(fmt.Errorf("%w: %s %s/%s: %w", ErrConflict, e.Type, e.Pipeline, e.ChangeID, err))
 		}
@@ -153,20 +155,15 @@ func (p *Producer) Publish(ctx context.Context, e events.Event, opts ...PublishO
 	return Head{Seq: seq, Hash: events.Hash(data)}, nil
 }
 
-// isLast reports whether the newest message on subject carries message id
-// id, and its sequence.
-func (p *Producer) isLast(ctx context.Context, subject, id string) (uint64, bool) {
-	m, err := p.stream.GetLastMsgForSubject(ctx, subject)
-	if err != nil || m.Header.Get(jetstream.MsgIDHeader) != id {
-		return 0, false
-	}
-	return m.Sequence, true
-}
-
 // Last returns the newest event of a change and its Head, or ErrNoEvents
-// if the change has none. It reads one message (a direct get).
+// if the change has none. It reads one message, retrying transient
+// failures for up to Config.RetryFor.
 func (p *Producer) Last(ctx context.Context, pipeline, changeID string) (events.Event, Head, error) {
-	m, err := p.stream.GetLastMsgForSubject(ctx, p.Subject(pipeline, changeID))
+	subject := p.Subject(pipeline, changeID)
+	r := Retry{For: p.cfg.RetryFor, AttemptTimeout: p.cfg.AttemptTimeout, Logger: p.log.With("subject", subject)}
+	m, err := retry(ctx, p.js, r, "read last event", func(ctx context.Context) (*jetstream.RawStreamMsg, error) {
+		return p.lastMsg(ctx, subject)
+	})
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return events.Event{}, Head{}, ErrNoEvents
 	}
@@ -181,6 +178,11 @@ func (p *Producer) Last(ctx context.Context, pipeline, changeID string) (events.
 	return e, h, nil
 }
 
+// lastMsg reads the newest message on subject.
+func (p *Producer) lastMsg(ctx context.Context, subject string) (*jetstream.RawStreamMsg, error) {
+	return p.stream.GetLastMsgForSubject(ctx, subject)
+}
+
 func isWrongLastSeq(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
@@ -188,13 +190,14 @@ func isWrongLastSeq(err error) bool {
 }
 
 // transient reports whether a publish error may succeed if tried again.
-// An error the server answered with is a decision, not a glitch; anything
-// else (no answer, no responders while a leader is elected, a reconnect in
-// progress) is worth another attempt, which the message id makes safe.
+// An error the server answered with is a decision, not a glitch, unless it
+// says "temporarily unavailable"; anything else (no answer, no responders
+// while a leader is elected, a reconnect in progress) is worth another
+// attempt, which the message id makes safe.
 func transient(err error) bool {
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) {
-		return false
+		return temporary(apiErr)
 	}
 	return !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubject) &&
 		!errors.Is(err, nats.ErrMaxPayload) && !errors.Is(err, jetstream.ErrInvalidSubject)

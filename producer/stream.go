@@ -93,26 +93,38 @@ func (c StreamConfig) jsConfig() jetstream.StreamConfig {
 // running it again with the same config is a no-op, and a stream that
 // differs in anything that matters is reported as ErrStreamMismatch with
 // every difference named, for an operator to resolve deliberately.
-func EnsureStream(ctx context.Context, js jetstream.JetStream, c StreamConfig) (jetstream.Stream, error) {
+//
+// It makes one attempt unless WithRetry says otherwise; New retries for
+// Config.RetryFor, so that a process starting while a cluster elects a
+// leader waits for the new leader instead of failing.
+func EnsureStream(ctx context.Context, js jetstream.JetStream, c StreamConfig, opts ...StreamOpt) (jetstream.Stream, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
 	want := c.jsConfig()
-	s, err := js.Stream(ctx, c.Name)
+	return retry(ctx, js, streamRetry(opts), "ensure stream "+c.Name, func(ctx context.Context) (jetstream.Stream, error) {
+		return ensureStream(ctx, js, want)
+	})
+}
+
+func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig) (jetstream.Stream, error) {
+	s, err := js.Stream(ctx, want.Name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		s, err = js.CreateStream(ctx, want)
 		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-			s, err = js.Stream(ctx, c.Name) // another process created it first
+			// Another process created it first, or an earlier attempt of
+			// ours did and its answer was lost.
+			s, err = js.Stream(ctx, want.Name)
 		} else if err == nil {
 			return s, nil
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("producer: stream %s: %w", c.Name, err)
+		return nil, fmt.Errorf("producer: stream %s: %w", want.Name, err)
 	}
 	if diffs := streamDiff(s.CachedInfo().Config, want); len(diffs) > 0 {
 		return nil, fmt.Errorf("%w: stream %s exists with %s; change it by hand (nats stream edit) or point auditflow at another stream",
-			ErrStreamMismatch, c.Name, strings.Join(diffs, ", "))
+			ErrStreamMismatch, want.Name, strings.Join(diffs, ", "))
 	}
 	return s, nil
 }
@@ -120,15 +132,27 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, c StreamConfig) (
 // CheckStream compares an existing stream with c without changing or
 // creating anything: it returns the differences (none: as configured), or
 // an error wrapping jetstream.ErrStreamNotFound if there is no stream.
-func CheckStream(ctx context.Context, js jetstream.JetStream, c StreamConfig) ([]string, error) {
+// Like EnsureStream, it makes one attempt unless WithRetry says otherwise.
+func CheckStream(ctx context.Context, js jetstream.JetStream, c StreamConfig, opts ...StreamOpt) ([]string, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
-	s, err := js.Stream(ctx, c.Name)
-	if err != nil {
-		return nil, fmt.Errorf("producer: stream %s: %w", c.Name, err)
+	want := c.jsConfig()
+	return retry(ctx, js, streamRetry(opts), "check stream "+c.Name, func(ctx context.Context) ([]string, error) {
+		s, err := js.Stream(ctx, c.Name)
+		if err != nil {
+			return nil, fmt.Errorf("producer: stream %s: %w", c.Name, err)
+		}
+		return streamDiff(s.CachedInfo().Config, want), nil
+	})
+}
+
+func streamRetry(opts []StreamOpt) Retry {
+	var r Retry
+	for _, opt := range opts {
+		opt(&r)
 	}
-	return streamDiff(s.CachedInfo().Config, c.jsConfig()), nil
+	return r
 }
 
 func streamDiff(have, want jetstream.StreamConfig) []string {
