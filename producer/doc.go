@@ -25,6 +25,9 @@
 // servers, JetStream's "temporarily unavailable" answers. That includes
 // [New]'s stream check ([EnsureStream] with [WithRetry]), so a process
 // started during an election waits for it. A server's refusal is returned
-// at once.
+// at once, except a wrong-last-sequence refusal: a replicated stream
+// sometimes gives one while a proposal on the subject is in flight, so the
+// producer re-reads the subject first and reports [ErrConflict] only if
+// another writer's event is newer than the expected one.
 // [Batch] publishes asynchronously for bulk emitters.
 package producer

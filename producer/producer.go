@@ -129,12 +129,7 @@ func (p *Producer) Publish(ctx context.Context, e events.Event, opts ...PublishO
 			return ack.Sequence, nil
 		}
 		if isWrongLastSeq(err) {
-			// The server checks the expected sequence before duplicates,
-			// so a retry of our own landed publish looks like a conflict.
-			if m, rerr := p.lastMsg(ctx, msg.Subject); rerr == nil && m.Header.Get(jetstream.MsgIDHeader) == e.ID {
-				return m.Sequence, nil
-			}
-			return 0, backoff.Permanent(fmt.Errorf("%w: %s %s/%s: %w", ErrConflict, e.Type, e.Pipeline, e.ChangeID, err))
+			return p.refused(ctx, e, msg.Subject, o.expectSeq, err)
 		}
 		if ctx.Err() != nil || !transient(err) {
 			return 0, backoff.Permanent(err)
@@ -153,6 +148,90 @@ func (p *Producer) Publish(ctx context.Context, e events.Event, opts ...PublishO
 		return Head{}, fmt.Errorf("producer: publish %s %s: %w", e.Type, e.ID, err)
 	}
 	return Head{Seq: seq, Hash: events.Hash(data)}, nil
+}
+
+// refused decides what a publish that the stream refused for a wrong last
+// sequence means, by reading the subject's newest message again: our own
+// event (an earlier attempt landed: success), another writer's newer event
+// (ErrConflict, permanent), or the sequence we expected (the refusal was
+// spurious, as a replicated stream sometimes answers while a proposal on
+// the subject is in flight: retry). A failed read is retried rather than
+// taken for a conflict.
+func (p *Producer) refused(ctx context.Context, e events.Event, subject string, expected uint64, pubErr error) (uint64, error) {
+	rctx, cancel := context.WithTimeout(ctx, p.cfg.AttemptTimeout)
+	defer cancel()
+	var last lastMsg
+	m, err := p.lastMsg(rctx, subject)
+	switch {
+	case err == nil:
+		last = lastMsg{seq: m.Sequence, id: m.Header.Get(jetstream.MsgIDHeader)}
+	case errors.Is(err, jetstream.ErrMsgNotFound): // no events: last sequence 0
+	case ctx.Err() != nil || !retryable(err):
+		return 0, backoff.Permanent(fmt.Errorf("%w; reading the change's newest event to check it failed: %w", pubErr, err))
+	default:
+		return 0, fmt.Errorf("%w; reading the change's newest event to check it failed: %w", pubErr, err)
+	}
+	switch judgeRefusal(expected, e.ID, last) {
+	case refusalLanded:
+		return last.seq, nil
+	case refusalConflict:
+		return 0, backoff.Permanent(fmt.Errorf("%w: %s %s/%s: expected last sequence %d, the change is at %d: %w",
+			ErrConflict, e.Type, e.Pipeline, e.ChangeID, expected, last.seq, pubErr))
+	case refusalSpurious:
+		p.log.Warn("publish refused for a wrong last sequence although the change is at the expected one; retrying",
+			"event", e.ID, "subject", subject, "expected", expected, "err", pubErr)
+		return 0, fmt.Errorf("%w: %w (the change is at the expected sequence %d)", errSpuriousRefusal, pubErr, expected)
+	default: // refusalBehind
+		p.log.Warn("publish refused for a wrong last sequence and the change reads older than expected; retrying",
+			"event", e.ID, "subject", subject, "expected", expected, "read", last.seq, "err", pubErr)
+		return 0, fmt.Errorf("%w: %w (the change reads at %d, before the expected %d)", errSpuriousRefusal, pubErr, last.seq, expected)
+	}
+}
+
+// errSpuriousRefusal marks a wrong-last-sequence refusal that re-reading
+// the subject did not confirm.
+var errSpuriousRefusal = errors.New("unconfirmed wrong-last-sequence refusal")
+
+// lastMsg is a subject's newest message as re-read after a refusal; the
+// zero value means the subject has none.
+type lastMsg struct {
+	seq uint64
+	id  string // its Nats-Msg-Id
+}
+
+// refusal is what a wrong-last-sequence refusal turns out to be.
+type refusal int
+
+const (
+	// refusalConflict: another writer's event is newer than the one the
+	// publish expected. The caller's view is stale.
+	refusalConflict refusal = iota
+	// refusalLanded: the newest event is ours; an earlier attempt whose
+	// answer was lost stored it (the server checks the expected sequence
+	// before duplicates, so the retry was refused).
+	refusalLanded
+	// refusalSpurious: the subject is at the expected sequence, so nothing
+	// was in the way: the refusal did not reflect the stream's state.
+	refusalSpurious
+	// refusalBehind: the read shows an older sequence than expected, which
+	// a subject that only grows cannot have: the read was served by a
+	// replica that has not caught up. Not evidence of a conflict.
+	refusalBehind
+)
+
+// judgeRefusal decides what a refusal means given the subject's newest
+// message as re-read (the zero lastMsg: none).
+func judgeRefusal(expected uint64, id string, last lastMsg) refusal {
+	switch {
+	case last.seq != 0 && last.id == id:
+		return refusalLanded
+	case last.seq > expected:
+		return refusalConflict
+	case last.seq == expected:
+		return refusalSpurious
+	default:
+		return refusalBehind
+	}
 }
 
 // Last returns the newest event of a change and its Head, or ErrNoEvents
