@@ -177,7 +177,8 @@ func (p *Projector) Stats() Stats {
 }
 
 func (p *Projector) setup(ctx context.Context) error {
-	if _, err := producer.EnsureStream(ctx, p.js, p.cfg.Stream); err != nil {
+	// A projector started while its cluster elects a leader waits for it.
+	if _, err := producer.EnsureStream(ctx, p.js, p.cfg.Stream, producer.WithRetry(producer.Retry{For: 30 * time.Second, Logger: p.log})); err != nil {
 		return err
 	}
 	for _, s := range []jetstream.StreamConfig{

@@ -99,6 +99,7 @@ type options struct {
 	reason     string
 	operator   string
 	force      bool
+	stopGrace  time.Duration
 	logLevel   string
 	logFormat  string
 }
@@ -134,6 +135,7 @@ Flags:
 	fs.DurationVar(&o.lease, "lock-lease", lock.DefaultLease, "pipeline lock lease")
 	fs.DurationVar(&o.lockRetry, "lock-retry", lock.DefaultRetryInterval, "first wait between attempts on a held lock")
 	fs.DurationVar(&o.lockGiveUp, "lock-give-up", lock.DefaultGiveUpAfter, "how long to wait for a held lock")
+	fs.DurationVar(&o.stopGrace, "stop-grace", changefile.DefaultGrace, "how long a stopped change (interrupt, lost lease, timeout) has between SIGTERM and SIGKILL; a change file's grace: overrides it")
 	fs.StringVar(&o.runnerID, "runner-id", natsconn.Env("AUDITFLOW_RUNNER_ID", ""), "this runner's id in events (default host-pid) [AUDITFLOW_RUNNER_ID]")
 	fs.StringVar(&o.resolve, "resolve", "", "change id to record a manual resolution for")
 	fs.StringVar(&o.resolution, "resolution", "", "with --resolve: applied or rolled-back")
@@ -210,7 +212,7 @@ func run(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) (i
 		if err != nil {
 			return ExitUsage, err
 		}
-		if changes, err = changefile.Load(o.changes, changefile.Options{Pipeline: o.pipeline, Output: stdout,
+		if changes, err = changefile.Load(o.changes, changefile.Options{Pipeline: o.pipeline, Output: stdout, Grace: o.stopGrace,
 			Env: []string{"AUDITFLOW_DATA_DIR=" + dataDir}}); err != nil {
 			return ExitUsage, err
 		}
