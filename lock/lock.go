@@ -200,8 +200,9 @@ type Info struct {
 	ExpiresAt time.Time `json:"expiresAt"`
 	// Revision is the lock's KV revision when it was read: it changes at
 	// every refresh. ForceRelease takes it, so that it removes exactly the
-	// lock an operator looked at. Not stored in the value.
-	Revision uint64 `json:"-"`
+	// lock an operator looked at. Set when read; never stored in the
+	// value (the lease's own copy leaves it 0).
+	Revision uint64 `json:"revision,omitempty"`
 }
 
 // Acquire takes the named lock, waiting with back-off while another holder

@@ -566,11 +566,13 @@ type Resolution struct {
 // (producer.ErrConflict) or needs no resolution (ErrNothingToResolve).
 func Resolve(ctx context.Context, prod *producer.Producer, locker *lock.Locker, r Resolution) (uint64, error) {
 	var token uint64
+	var lease *lock.Lease
 	if !r.Force {
 		if locker == nil {
 			return 0, fmt.Errorf("%w: no lock to take; resolve with Force", ErrInvalidConfig)
 		}
-		lease, err := locker.TryAcquire(ctx, r.Pipeline)
+		var err error
+		lease, err = locker.TryAcquire(ctx, r.Pipeline)
 		if errors.Is(err, lock.ErrHeld) {
 			return 0, fmt.Errorf("%w: a runner holds the pipeline lock and may be applying change %q: %w; wait for it to finish (see lock list), or force it and risk the change running beside your decision",
 				ErrUnsafeResolution, r.ChangeID, err)
@@ -605,6 +607,9 @@ func Resolve(ctx context.Context, prod *producer.Producer, locker *lock.Locker, 
 	e.Resolution, e.Operator, e.Reason = r.Resolution, r.Operator, r.Reason
 	e.Author, e.Order, e.TargetSystem, e.Host = last.Author, last.Order, last.TargetSystem, r.Host
 	e.RunnerID, e.Recovery, e.LockToken = r.RunnerID, last.Recovery, token
+	if lease != nil && !lease.Valid() { // paused since it took the lock: a runner may have it now
+		return 0, fmt.Errorf("%w: the pipeline lock's lease ran out while the resolution was prepared; nothing was recorded, try again", ErrUnsafeResolution)
+	}
 	h, err := prod.Publish(ctx, e, producer.After(head))
 	return h.Seq, err
 }
