@@ -525,7 +525,25 @@ func (ls *Lease) Release(ctx context.Context) error {
 	ls.mu.Unlock()
 	ls.wg.Wait()
 	// Delete only if the lock is still at our revision: never another's.
-	err := ls.l.kv.Delete(ctx, ls.key, jetstream.LastRevision(rev))
+	// A leader election answers with silence for seconds; retrying within
+	// the lease spares the next runner from waiting it out.
+	b := backoff.WithContext(backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxElapsedTime(ls.l.cfg.Lease)), ctx)
+	attempts := 0
+	err := backoff.Retry(func() error {
+		attempts++
+		err := ls.l.kv.Delete(ctx, ls.key, jetstream.LastRevision(rev))
+		if attempts > 1 && isWrongLastSeq(err) {
+			// An earlier attempt may have landed unanswered: gone is done.
+			if _, herr := ls.l.holder(ctx, ls.key); errors.Is(herr, jetstream.ErrKeyNotFound) || errors.Is(herr, jetstream.ErrKeyDeleted) {
+				return nil
+			}
+		}
+		if err != nil && (ctx.Err() != nil || !transient(err)) {
+			return backoff.Permanent(err)
+		}
+		return err
+	}, b)
 	select {
 	case <-ls.lost:
 		return fmt.Errorf("%w: %q was lost before release", ErrNotHeld, ls.name)

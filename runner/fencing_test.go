@@ -332,3 +332,35 @@ func TestResolutionWaitsForTheRunner(t *testing.T) {
 		t.Fatalf("forced resolution recorded %s with token %d", last.State(), last.LockToken)
 	}
 }
+
+// TestStalePlanIsReadAgain: the plan a run made when it took the lock can
+// be stale by the time it reaches a change (on a cluster, a lagging
+// replica may answer the read). A refused start makes the runner read the
+// change again and decide anew, instead of failing with ErrConcurrentRun.
+func TestStalePlanIsReadAgain(t *testing.T) {
+	srv := natstest.Start(t)
+	ctx := context.Background()
+	prod, err := producer.New(ctx, srv.JS, producer.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	counts := make([]atomic.Int32, 2)
+	changes := counted(2, counts)
+	first := changes[0].Apply
+	changes[0].Apply = func(ctx context.Context) error {
+		// Meanwhile the second change is recorded as applied elsewhere.
+		e := events.New(events.ExecutionSucceeded, "billing", changes[1].ID)
+		e.ExecutionID = "elsewhere"
+		if _, err := prod.Publish(ctx, e); err != nil {
+			return err
+		}
+		return first(ctx)
+	}
+	rep, err := newRunner(t, srv.JS, "billing", "r").Run(ctx, changes)
+	if err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	if !slices.Equal(outcomes(rep), []runner.Outcome{runner.OutcomeApplied, runner.OutcomeSkipped}) || counts[1].Load() != 0 {
+		t.Fatalf("outcomes %v, second applied %d times", outcomes(rep), counts[1].Load())
+	}
+}

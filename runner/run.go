@@ -114,7 +114,7 @@ func (r *Runner) Run(ctx context.Context, changes []Change) (*Report, error) {
 			rep.Results = append(rep.Results, notRun(plan[i:])...)
 			return rep, stop
 		}
-		res, err := r.step(ctx, s, lease)
+		res, err := r.stepFresh(ctx, s, lease)
 		rep.Results = append(rep.Results, res)
 		if err != nil {
 			rep.Results = append(rep.Results, notRun(plan[i+1:])...)
@@ -148,6 +148,47 @@ func notRun(steps []Step) []Result {
 		out[i] = Result{ChangeID: s.Change.ID, Action: s.Action, Outcome: OutcomeNotRun}
 	}
 	return out
+}
+
+// stepFresh runs a step, and if its start was refused because the change
+// moved since it was planned, reads the change again and decides anew. A
+// plan can be stale without anyone misbehaving: on a cluster a replica
+// that is a few milliseconds behind may answer the read, just after the
+// previous holder recorded the change. If the change keeps moving under a
+// runner that holds the lock, someone else is writing: ErrConcurrentRun.
+func (r *Runner) stepFresh(ctx context.Context, s Step, lease *lock.Lease) (Result, error) {
+	res, err := r.step(ctx, s, lease)
+	for attempt := 1; errors.Is(err, errMoved) && attempt <= 5; attempt++ {
+		r.log.Info("change moved since it was planned; reading it again", "change", s.Change.ID, "attempt", attempt)
+		sleep(ctx, time.Duration(attempt)*50*time.Millisecond)
+		last, head, lerr := r.prod.Last(ctx, r.cfg.Pipeline, s.Change.ID)
+		switch {
+		case errors.Is(lerr, producer.ErrNoEvents):
+			s = Step{Change: s.Change, Action: ActionRun, Reason: "never run"}
+		case lerr != nil:
+			return res, interruptedOr(ctx, fmt.Errorf("runner: plan %q again: %w", s.Change.ID, lerr))
+		default:
+			s = decide(s.Change, last, head)
+		}
+		res, err = r.step(ctx, s, lease)
+	}
+	if errors.Is(err, errMoved) {
+		return res, fmt.Errorf("%w: change %q kept being recorded by another writer while this runner held the lock; nothing was applied: %w", ErrConcurrentRun, s.Change.ID, err)
+	}
+	return res, err
+}
+
+// errMoved: a start was refused because the change moved since it was
+// read (stepFresh reads it again).
+var errMoved = errors.New("the change moved since it was planned")
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
 }
 
 func (r *Runner) step(ctx context.Context, s Step, lease *lock.Lease) (Result, error) {
@@ -191,7 +232,7 @@ func (r *Runner) execute(ctx context.Context, s Step, lease *lock.Lease) (Result
 	startHead, err := r.prod.Publish(ctx, r.event(events.ExecutionStarted, c, ex), producer.After(s.Head))
 	if err != nil {
 		if errors.Is(err, producer.ErrConflict) {
-			return res, fmt.Errorf("%w: change %q was recorded by another runner while this one held the lock; nothing was applied: %w", ErrConcurrentRun, c.ID, err)
+			return res, fmt.Errorf("%w: %w", errMoved, err)
 		}
 		return res, interruptedOr(ctx, fmt.Errorf("runner: record start of %q (nothing was applied): %w", c.ID, err))
 	}
