@@ -3,7 +3,6 @@
 package changefile_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,13 +10,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/auditflow/auditflow/internal/proctest"
 	"github.com/auditflow/auditflow/runner"
 	"github.com/auditflow/auditflow/runner/changefile"
 	"github.com/auditflow/auditflow/runner/supervisor"
@@ -68,32 +66,15 @@ func helperRunner(dir, bounds string) int {
 	return 0
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // startRunner starts the helper runner on a change directory holding one
 // change whose apply is script.
-func startRunner(t *testing.T, script, bounds string) (dir string, proc *exec.Cmd, out *syncBuffer) {
+func startRunner(t *testing.T, script, bounds string) (dir string, proc *exec.Cmd, out *proctest.Buffer) {
 	t.Helper()
 	dir = t.TempDir()
 	write(t, dir, "c.yaml", "id: c\napply: |\n"+indent(script))
 	proc = exec.Command(os.Args[0])
 	proc.Env = append(os.Environ(), helperDirEnv+"="+dir, helperBoundsEnv+"="+bounds)
-	out = &syncBuffer{}
+	out = &proctest.Buffer{}
 	proc.Stdout, proc.Stderr = out, out
 	if err := proc.Start(); err != nil {
 		t.Fatal(err)
@@ -113,83 +94,9 @@ func indent(s string) string {
 	return b.String()
 }
 
-func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: still waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-func readPid(t *testing.T, path string) int {
-	t.Helper()
-	var pid int
-	waitFor(t, path, 5*time.Second, func() bool {
-		b, err := os.ReadFile(path)
-		if err != nil || !bytes.HasSuffix(b, []byte("\n")) {
-			return false
-		}
-		pid, err = strconv.Atoi(strings.TrimSpace(string(b)))
-		return err == nil
-	})
-	return pid
-}
-
 func exists(path string) bool {
 	_, err := os.Stat(path)
 	return err == nil
-}
-
-// procStat returns the state letter and process group of pid from /proc,
-// ok false if there is no such process (or no /proc).
-func procStat(pid int) (state byte, pgid int, ok bool) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, 0, false
-	}
-	i := bytes.LastIndexByte(b, ')')
-	f := bytes.Fields(b[i+1:])
-	if i < 0 || len(f) < 3 {
-		return 0, 0, false
-	}
-	pgid, _ = strconv.Atoi(string(f[2]))
-	return f[0][0], pgid, true
-}
-
-// running reports whether pid is a live process (a zombie is dead).
-func running(pid int) bool {
-	if syscall.Kill(pid, 0) != nil {
-		return false
-	}
-	st, _, ok := procStat(pid)
-	if !ok {
-		return runtime.GOOS != "linux"
-	}
-	return st != 'Z' && st != 'X'
-}
-
-// groupRunning reports whether process group pgid has a live member.
-func groupRunning(pgid int) bool {
-	if syscall.Kill(-pgid, 0) != nil {
-		return false
-	}
-	if runtime.GOOS != "linux" {
-		return true
-	}
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if st, pg, ok := procStat(pid); ok && pg == pgid && st != 'Z' && st != 'X' {
-			return true
-		}
-	}
-	return false
 }
 
 // The bug report: the runner is killed with SIGKILL while its change runs.
@@ -205,24 +112,24 @@ func TestRunnerKilledMidChange(t *testing.T) {
 		echo late > marker
 	`, "")
 	begun := time.Now()
-	shPid := readPid(t, filepath.Join(dir, "sh.pid"))
-	supPid := readPid(t, filepath.Join(dir, "supervisor.pid"))
-	escapee := readPid(t, filepath.Join(dir, "escapee.pid"))
-	if !groupRunning(shPid) || !running(escapee) || !running(supPid) {
+	shPid := proctest.ReadPid(t, filepath.Join(dir, "sh.pid"))
+	supPid := proctest.ReadPid(t, filepath.Join(dir, "supervisor.pid"))
+	escapee := proctest.ReadPid(t, filepath.Join(dir, "escapee.pid"))
+	if !proctest.GroupRunning(shPid) || !proctest.Running(escapee) || !proctest.Running(supPid) {
 		t.Fatalf("the change is not running before the kill\n%s", out)
 	}
-	if _, pg, _ := procStat(escapee); runtime.GOOS == "linux" && pg == shPid {
+	if pg, _ := syscall.Getpgid(escapee); runtime.GOOS == "linux" && pg == shPid {
 		t.Fatal("the escapee did not leave the process group; the test proves less than it says")
 	}
 	if err := proc.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	killed := time.Now()
-	waitFor(t, "the change's processes to die", 3*time.Second, func() bool {
-		return !groupRunning(shPid) && (runtime.GOOS != "linux" || !running(escapee))
+	proctest.WaitFor(t, "the change's processes to die", 3*time.Second, func() bool {
+		return !proctest.GroupRunning(shPid) && (runtime.GOOS != "linux" || !proctest.Running(escapee))
 	})
 	gone := time.Since(killed)
-	waitFor(t, "the supervisor to exit", 3*time.Second, func() bool { return !running(supPid) })
+	proctest.WaitFor(t, "the supervisor to exit", 3*time.Second, func() bool { return !proctest.Running(supPid) })
 	t.Logf("kill -9 of the runner: last change process gone after %s, supervisor after %s", gone, time.Since(killed))
 	if gone > time.Second {
 		t.Errorf("the change outlived its runner by %s", gone)
@@ -248,16 +155,16 @@ func TestPausedRunnerChangeStoppedAtDeadline(t *testing.T) {
 		echo late > marker
 	`, stopIn.String()+","+killIn.String())
 	begun := time.Now()
-	shPid := readPid(t, filepath.Join(dir, "sh.pid"))
+	shPid := proctest.ReadPid(t, filepath.Join(dir, "sh.pid"))
 	time.Sleep(200 * time.Millisecond) // a few renewals: the deadlines would have passed by now if they were not sent
-	if !groupRunning(shPid) {
+	if !proctest.GroupRunning(shPid) {
 		t.Fatalf("the change ended before the runner was paused\n%s", out)
 	}
 	if err := proc.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
 	paused := time.Now()
-	waitFor(t, "the supervisor to end the change", 3*time.Second, func() bool { return !groupRunning(shPid) })
+	proctest.WaitFor(t, "the supervisor to end the change", 3*time.Second, func() bool { return !proctest.GroupRunning(shPid) })
 	gone := time.Since(paused)
 	t.Logf("runner paused: change gone after %s (SIGTERM due within %s, SIGKILL within %s of the last renewal)", gone, stopIn, killIn)
 	if !exists(filepath.Join(dir, "got-term")) {
@@ -292,7 +199,7 @@ func applyCancelled(t *testing.T, c runner.Change, file string, cause error) (er
 	defer cancel(nil)
 	done := make(chan error, 1)
 	go func() { done <- c.Apply(ctx) }()
-	readPid(t, file)
+	proctest.ReadPid(t, file)
 	start := time.Now()
 	cancel(cause)
 	select {
@@ -394,8 +301,8 @@ apply: |
 `, changefile.Options{})
 	done := make(chan error, 1)
 	go func() { done <- c.Apply(context.Background()) }()
-	shPid := readPid(t, filepath.Join(dir, "sh.pid"))
-	supPid := readPid(t, filepath.Join(dir, "supervisor.pid"))
+	shPid := proctest.ReadPid(t, filepath.Join(dir, "sh.pid"))
+	supPid := proctest.ReadPid(t, filepath.Join(dir, "supervisor.pid"))
 	// The script runs a moment before the supervisor reports its pid to
 	// the runner; a kill in between is a different case (see the
 	// supervisor's doc), so let the report arrive.
@@ -414,7 +321,7 @@ apply: |
 	if !errors.Is(err, supervisor.ErrSupervisorDied) || !strings.HasPrefix(err.Error(), "supervisor died: signal: killed") {
 		t.Fatalf("Apply = %v", err)
 	}
-	waitFor(t, "the change's group to die", time.Second, func() bool { return !groupRunning(shPid) })
+	proctest.WaitFor(t, "the change's group to die", time.Second, func() bool { return !proctest.GroupRunning(shPid) })
 	t.Logf("Apply returned %s after the supervisor's kill: %v", took, err)
 }
 
@@ -422,7 +329,7 @@ apply: |
 // kills what a command left in its group.
 func TestDirectPath(t *testing.T) {
 	changefile.RunDirectly(t)
-	var out syncBuffer
+	var out proctest.Buffer
 	c, dir := load(t, `id: c
 apply: |
   sleep 5 &
@@ -438,8 +345,8 @@ apply: |
 	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("Apply waited %s for the background process", d)
 	}
-	bg := readPid(t, filepath.Join(dir, "bg.pid"))
-	waitFor(t, "the background process to die", time.Second, func() bool { return !running(bg) })
+	bg := proctest.ReadPid(t, filepath.Join(dir, "bg.pid"))
+	proctest.WaitFor(t, "the background process to die", time.Second, func() bool { return !proctest.Running(bg) })
 	if !strings.Contains(out.String(), "relation exists") {
 		t.Errorf("output not streamed: %q", out.String())
 	}

@@ -3,7 +3,6 @@
 package supervisor_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,13 +10,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/auditflow/auditflow/internal/proctest"
 	"github.com/auditflow/auditflow/runner/supervisor"
 )
 
@@ -52,95 +51,11 @@ func helperRunner(dir string) int {
 	return 0
 }
 
-// syncBuffer is an output writer the test may read while the command runs.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for !cond() {
-		if time.Since(start) > timeout {
-			t.Fatalf("after %s: still waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	return time.Since(start)
-}
-
-func readPid(t *testing.T, path string) int {
-	t.Helper()
-	var pid int
-	waitFor(t, path, 5*time.Second, func() bool {
-		b, err := os.ReadFile(path)
-		if err != nil || !bytes.HasSuffix(b, []byte("\n")) {
-			return false
-		}
-		pid, err = strconv.Atoi(strings.TrimSpace(string(b)))
-		return err == nil
-	})
-	return pid
-}
-
-// running reports whether pid is a live process (a zombie is dead).
-func running(pid int) bool {
-	if syscall.Kill(pid, 0) != nil {
-		return false
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return runtime.GOOS != "linux" // no /proc: trust kill(0)
-	}
-	i := bytes.LastIndexByte(b, ')')
-	return i < 0 || i+2 >= len(b) || (b[i+2] != 'Z' && b[i+2] != 'X')
-}
-
-// groupRunning reports whether the process group has a live member.
-func groupRunning(pgid int) bool {
-	if syscall.Kill(-pgid, 0) != nil {
-		return false
-	}
-	if runtime.GOOS != "linux" {
-		return true
-	}
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			continue
-		}
-		i := bytes.LastIndexByte(b, ')')
-		f := bytes.Fields(b[i+1:])
-		if len(f) > 2 && string(f[2]) == strconv.Itoa(pgid) && f[0][0] != 'Z' && f[0][0] != 'X' {
-			return true
-		}
-	}
-	return false
-}
-
 func sh(script string) []string { return []string{"sh", "-c", script} }
 
 func TestExitStatusOutputDirEnv(t *testing.T) {
 	dir := t.TempDir()
-	var out syncBuffer
+	var out proctest.Buffer
 	res, err := supervisor.Run(context.Background(), supervisor.Spec{
 		Args: sh(`echo "out $FOO $(pwd)"; echo err >&2; echo "marker=${AUDITFLOW_SUPERVISOR_PROTOCOL-unset}"; exit 3`),
 		Dir:  dir, Env: append(os.Environ(), "FOO=bar"), Stdout: &out, Stderr: &out,
@@ -184,9 +99,9 @@ func TestLeftoversAreKilled(t *testing.T) {
 	if err != nil || !res.Success() {
 		t.Fatalf("%+v %v", res, err)
 	}
-	escapee, bg := readPid(t, filepath.Join(dir, "escapee.pid")), readPid(t, filepath.Join(dir, "bg.pid"))
-	if running(escapee) || running(bg) {
-		t.Fatalf("left running after Run returned: escapee %v, background %v", running(escapee), running(bg))
+	escapee, bg := proctest.ReadPid(t, filepath.Join(dir, "escapee.pid")), proctest.ReadPid(t, filepath.Join(dir, "bg.pid"))
+	if proctest.Running(escapee) || proctest.Running(bg) {
+		t.Fatalf("left running after Run returned: escapee %v, background %v", proctest.Running(escapee), proctest.Running(bg))
 	}
 	if res.Leftovers < 2 {
 		t.Errorf("Leftovers = %d, want 2", res.Leftovers)
@@ -205,7 +120,7 @@ func TestStopOnCancel(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		readPid(t, filepath.Join(dir, "sh.pid"))
+		proctest.ReadPid(t, filepath.Join(dir, "sh.pid"))
 		cancel()
 		res, err := p.Wait()
 		if err != nil {
@@ -230,7 +145,7 @@ func TestStopOnCancel(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		readPid(t, filepath.Join(dir, "sh.pid"))
+		proctest.ReadPid(t, filepath.Join(dir, "sh.pid"))
 		cancel()
 		res, err := p.Wait()
 		if err != nil {
@@ -239,7 +154,7 @@ func TestStopOnCancel(t *testing.T) {
 		if !res.TermSent || !res.KillSent || res.KillAtDeadline || res.Signal != syscall.SIGKILL || res.StopTook < grace || res.StopTook > grace+time.Second {
 			t.Fatalf("result %+v", res)
 		}
-		if groupRunning(p.CommandPid()) {
+		if proctest.GroupRunning(p.CommandPid()) {
 			t.Fatal("the command's group outlived Wait")
 		}
 		t.Logf("killed %s after SIGTERM (grace %s)", res.StopTook, grace)
@@ -268,7 +183,7 @@ func TestDeadlinesEnforcedBySupervisor(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	readPid(t, filepath.Join(dir, "sh.pid"))
+	proctest.ReadPid(t, filepath.Join(dir, "sh.pid"))
 	start := time.Now()
 	mu.Lock()
 	stopBy, killBy = start.Add(300*time.Millisecond), start.Add(700*time.Millisecond)
@@ -308,27 +223,27 @@ func TestRunnerKilled(t *testing.T) {
 	}
 	runnerProc := exec.Command(os.Args[0])
 	runnerProc.Env = append(os.Environ(), helperEnv+"="+dir)
-	var out syncBuffer
+	var out proctest.Buffer
 	runnerProc.Stdout, runnerProc.Stderr = &out, &out
 	if err := runnerProc.Start(); err != nil {
 		t.Fatal(err)
 	}
 	begun := time.Now()
-	shPid := readPid(t, filepath.Join(dir, "sh.pid"))
-	supPid := readPid(t, filepath.Join(dir, "supervisor.pid"))
-	escapee := readPid(t, filepath.Join(dir, "escapee.pid"))
-	if !groupRunning(shPid) || !running(escapee) {
+	shPid := proctest.ReadPid(t, filepath.Join(dir, "sh.pid"))
+	supPid := proctest.ReadPid(t, filepath.Join(dir, "supervisor.pid"))
+	escapee := proctest.ReadPid(t, filepath.Join(dir, "escapee.pid"))
+	if !proctest.GroupRunning(shPid) || !proctest.Running(escapee) {
 		t.Fatal("the change is not running before the kill")
 	}
 	if err := runnerProc.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	killed := time.Now()
-	waitFor(t, "the change's processes to die", 3*time.Second, func() bool {
-		return !groupRunning(shPid) && (runtime.GOOS != "linux" || !running(escapee))
+	proctest.WaitFor(t, "the change's processes to die", 3*time.Second, func() bool {
+		return !proctest.GroupRunning(shPid) && (runtime.GOOS != "linux" || !proctest.Running(escapee))
 	})
 	gone := time.Since(killed)
-	waitFor(t, "the supervisor to exit", 3*time.Second, func() bool { return !running(supPid) })
+	proctest.WaitFor(t, "the supervisor to exit", 3*time.Second, func() bool { return !proctest.Running(supPid) })
 	t.Logf("after kill -9 of the runner: change gone in %s, supervisor in %s", gone, time.Since(killed))
 	_ = runnerProc.Wait()
 	if gone > 1200*time.Millisecond {
@@ -350,7 +265,7 @@ func TestSupervisorKilled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	readPid(t, filepath.Join(dir, "sh.pid"))
+	proctest.ReadPid(t, filepath.Join(dir, "sh.pid"))
 	if err := syscall.Kill(p.Pid(), syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -364,6 +279,6 @@ func TestSupervisorKilled(t *testing.T) {
 	if !errors.Is(err, supervisor.ErrSupervisorDied) || !strings.Contains(err.Error(), "supervisor died: signal: killed") {
 		t.Fatalf("Wait = %v", err)
 	}
-	waitFor(t, "the command's group to die", time.Second, func() bool { return !groupRunning(p.CommandPid()) })
+	proctest.WaitFor(t, "the command's group to die", time.Second, func() bool { return !proctest.GroupRunning(p.CommandPid()) })
 	t.Logf("Wait returned %s after the kill: %v", time.Since(start), err)
 }
