@@ -7,8 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -403,81 +401,4 @@ func issue(t *testing.T, st stores.Store, pipeline, change string) stores.Issue 
 		t.Fatalf("issue %s/%s: %v %v", pipeline, change, is, err)
 	}
 	return is[0]
-}
-
-// partition is a TCP proxy between processes and NATS that can cut the
-// link both ways, as a network partition does: while cut, bytes stay in
-// the kernel's buffers on each side and connections stay open (nothing is
-// reset), and when it heals they flow again — as TCP retransmission makes
-// a healed partition look to the two ends.
-type partition struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	cut    bool
-	healed *sync.Cond
-}
-
-func newPartition(t *testing.T, target string) *partition {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &partition{ln: ln, target: strings.TrimPrefix(target, "nats://")}
-	p.healed = sync.NewCond(&p.mu)
-	t.Cleanup(func() { _ = ln.Close(); p.set(false) })
-	go p.accept()
-	return p
-}
-
-func (p *partition) URL() string { return "nats://" + p.ln.Addr().String() }
-
-func (p *partition) set(cut bool) {
-	p.mu.Lock()
-	p.cut = cut
-	p.mu.Unlock()
-	p.healed.Broadcast()
-}
-
-func (p *partition) accept() {
-	for {
-		in, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		out, err := net.Dial("tcp", p.target)
-		if err != nil {
-			_ = in.Close()
-			continue
-		}
-		go p.pipe(in, out)
-		go p.pipe(out, in)
-	}
-}
-
-// pipe copies src to dst, holding every chunk while the link is cut.
-func (p *partition) pipe(src, dst net.Conn) {
-	defer src.Close()
-	defer dst.Close()
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			p.mu.Lock()
-			for p.cut {
-				p.healed.Wait()
-			}
-			p.mu.Unlock()
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			if !errors.Is(err, io.EOF) {
-				return
-			}
-			return
-		}
-	}
 }

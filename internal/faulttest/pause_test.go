@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/internal/natstest"
 	"github.com/auditflow/auditflow/stores"
 )
 
@@ -196,13 +197,13 @@ func firstLine(s string) string {
 // was stopped because the lease ran out, after another holder took over.
 func TestPartitionLongerThanTheLease(t *testing.T) {
 	srv := startServer(t)
-	cut := newPartition(t, srv.URL)
+	cut := natstest.NewPartition(t, srv.URL)
 	dir := t.TempDir()
 	journal, target := fencedChange(t, dir)
 	a := runner(t, cut.URL(), dir, "billing", "runner-a")
 	eventually(t, 20*time.Second, "the change starts", func() bool { return len(readJournal(t, journal)) > 0 })
 	changePids := tree(a.cmd.Process.Pid)
-	cut.set(true)
+	cut.Cut()
 	parted := time.Now()
 	eventually(t, 2*lease, "the partitioned runner stops its change", func() bool {
 		return !slices.ContainsFunc(changePids, alive)
@@ -214,7 +215,7 @@ func TestPartitionLongerThanTheLease(t *testing.T) {
 	if code := b.wait(t, 30*time.Second); code != 0 {
 		t.Fatalf("takeover exited %d", code)
 	}
-	cut.set(false)
+	cut.Heal()
 	t.Logf("partition healed after %s", time.Since(parted).Round(time.Millisecond))
 	if code := a.wait(t, 60*time.Second); code != 5 {
 		t.Fatalf("partitioned runner exited %d, want 5", code)
