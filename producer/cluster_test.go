@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -35,8 +34,8 @@ func TestClusterPublishRidesOutLeaderKills(t *testing.T) {
 	}
 	c := natstest.StartCluster(t, 3)
 	ctx := context.Background()
-	logs := newLogCounter(t)
-	cfg := producer.Config{Stream: producer.StreamConfig{Replicas: 3}, RetryFor: 30 * time.Second, Logger: logs.logger}
+	logs := natstest.CountingLogger(t)
+	cfg := producer.Config{Stream: producer.StreamConfig{Replicas: 3}, RetryFor: 30 * time.Second, Logger: logs.Logger}
 
 	const writers = 8
 	type chain struct {
@@ -151,7 +150,7 @@ func TestClusterPublishRidesOutLeaderKills(t *testing.T) {
 	}
 	t.Logf("%d writers published %d sequence-guarded events on an R3 stream; %v", writers, total, stalls)
 	t.Logf("publish retries %d, spurious wrong-last-sequence refusals %d, refusals with a lagging re-read %d",
-		logs.count(msgPublishRetry), logs.count(msgSpurious), logs.count(msgBehind))
+		logs.Count(msgPublishRetry), logs.Count(msgSpurious), logs.Count(msgBehind))
 }
 
 // TestClusterNewWhileLeaderDown: a producer started right after the
@@ -163,8 +162,8 @@ func TestClusterNewWhileLeaderDown(t *testing.T) {
 	}
 	c := natstest.StartCluster(t, 3)
 	ctx := context.Background()
-	logs := newLogCounter(t)
-	cfg := producer.Config{Stream: producer.StreamConfig{Replicas: 3}, RetryFor: 30 * time.Second, Logger: logs.logger}
+	logs := natstest.CountingLogger(t)
+	cfg := producer.Config{Stream: producer.StreamConfig{Replicas: 3}, RetryFor: 30 * time.Second, Logger: logs.Logger}
 	_, js := c.Connect(t)
 	p, err := producer.New(ctx, js, cfg)
 	if err != nil {
@@ -193,7 +192,7 @@ func TestClusterNewWhileLeaderDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("killed stream leader node %d (meta leader was node %d); New took %s with %d retries; new stream leader node %d",
-		leader, meta, took.Round(10*time.Millisecond), logs.count("ensure stream AUDIT failed, retrying"), c.StreamLeader(producer.DefaultStreamName))
+		leader, meta, took.Round(10*time.Millisecond), logs.Count("ensure stream AUDIT failed, retrying"), c.StreamLeader(producer.DefaultStreamName))
 
 	// Not everything is worth retrying: a mismatched config fails at once.
 	start = time.Now()
@@ -257,45 +256,6 @@ func readAll(t *testing.T, js jetstream.JetStream, stream string) map[string][]s
 	return out
 }
 
-// logCounter is a logger for t.Log that also counts records by message.
-type logCounter struct {
-	logger *slog.Logger
-	mu     sync.Mutex
-	counts map[string]int
-}
-
-func newLogCounter(t *testing.T) *logCounter {
-	lc := &logCounter{counts: map[string]int{}}
-	lc.logger = slog.New(countingHandler{Handler: natstest.Logger(t).Handler(), lc: lc})
-	return lc
-}
-
-func (lc *logCounter) count(msg string) int {
-	lc.mu.Lock()
-	defer lc.mu.Unlock()
-	return lc.counts[msg]
-}
-
-type countingHandler struct {
-	slog.Handler
-	lc *logCounter
-}
-
-func (h countingHandler) Handle(ctx context.Context, r slog.Record) error {
-	h.lc.mu.Lock()
-	h.lc.counts[r.Message]++
-	h.lc.mu.Unlock()
-	return h.Handler.Handle(ctx, r)
-}
-
-func (h countingHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	return countingHandler{Handler: h.Handler.WithAttrs(as), lc: h.lc}
-}
-
-func (h countingHandler) WithGroup(name string) slog.Handler {
-	return countingHandler{Handler: h.Handler.WithGroup(name), lc: h.lc}
-}
-
 // TestClusterConcurrentRetryOfOneEvent publishes each event of a chain
 // twice at once, as a retry racing its own original would (after a
 // timeout during a fail-over): the stream stores it once, and both calls
@@ -308,8 +268,8 @@ func TestClusterConcurrentRetryOfOneEvent(t *testing.T) {
 	}
 	c := natstest.StartCluster(t, 3)
 	ctx := context.Background()
-	logs := newLogCounter(t)
-	cfg := producer.Config{Stream: producer.StreamConfig{Replicas: 3}, Logger: logs.logger}
+	logs := natstest.CountingLogger(t)
+	cfg := producer.Config{Stream: producer.StreamConfig{Replicas: 3}, Logger: logs.Logger}
 	_, js1 := c.Connect(t)
 	_, js2 := c.Connect(t)
 	p1, err := producer.New(ctx, js1, cfg)
@@ -344,7 +304,7 @@ func TestClusterConcurrentRetryOfOneEvent(t *testing.T) {
 		t.Fatalf("stream holds %d events, want %d", got, n)
 	}
 	t.Logf("%d events each published twice at once: spurious wrong-last-sequence refusals retried %d, with a lagging re-read %d",
-		n, logs.count(msgSpurious), logs.count(msgBehind))
+		n, logs.Count(msgSpurious), logs.Count(msgBehind))
 }
 
 // TestClusterRacingWritersOneWins races writers of different events on one
@@ -359,8 +319,8 @@ func TestClusterRacingWritersOneWins(t *testing.T) {
 	}
 	c := natstest.StartCluster(t, 3)
 	ctx := context.Background()
-	logs := newLogCounter(t)
-	cfg := producer.Config{Stream: producer.StreamConfig{Replicas: 3}, Logger: logs.logger}
+	logs := natstest.CountingLogger(t)
+	cfg := producer.Config{Stream: producer.StreamConfig{Replicas: 3}, Logger: logs.Logger}
 	const writers, rounds = 4, 50
 	ps := make([]*producer.Producer, writers)
 	for i := range ps {
@@ -399,5 +359,5 @@ func TestClusterRacingWritersOneWins(t *testing.T) {
 		}
 	}
 	t.Logf("%d rounds of %d racing writers: one winner each; spurious wrong-last-sequence refusals retried %d, with a lagging re-read %d",
-		rounds, writers, logs.count(msgSpurious), logs.count(msgBehind))
+		rounds, writers, logs.Count(msgSpurious), logs.Count(msgBehind))
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -71,8 +70,8 @@ func raceThroughKills(t *testing.T, lease time.Duration, kills []kill) {
 	)
 	c := natstest.StartCluster(t, 3)
 	ctx := context.Background()
-	logs := &clusterLogCounter{counts: map[string]int{}}
-	log := slog.New(clusterCountingHandler{Handler: natstest.Logger(t).Handler(), lc: logs})
+	logs := natstest.CountingLogger(t)
+	log := logs.Logger
 
 	counts := make([]atomic.Int32, changes)
 	gates := make([]chan struct{}, changes) // closed by the test when a killing change may finish
@@ -211,10 +210,10 @@ func raceThroughKills(t *testing.T, lease time.Duration, kills []kill) {
 	t.Logf("%d runners, %d changes, lease %s, all done in %s; %s", runners, changes, lease, took.Round(10*time.Millisecond), strings.Join(report, "; "))
 	t.Logf("each change applied once: %v; %d runners gave up on the lock; %d ExecutionMarkedUncertain; publishes retried %d times, "+
 		"spurious wrong-last-sequence refusals %d (re-read lagging %d), last-event reads retried %d, lock releases failed %d",
-		!t.Failed(), notObtained, uncertain, logs.count("publish failed, retrying"),
-		logs.count("publish refused for a wrong last sequence although the change is at the expected one; retrying"),
-		logs.count("publish refused for a wrong last sequence and the change reads older than expected; retrying"),
-		logs.count("read last event failed, retrying"), logs.count("lock release failed; it expires with its lease"))
+		!t.Failed(), notObtained, uncertain, logs.Count("publish failed, retrying"),
+		logs.Count("publish refused for a wrong last sequence although the change is at the expected one; retrying"),
+		logs.Count("publish refused for a wrong last sequence and the change reads older than expected; retrying"),
+		logs.Count("read last event failed, retrying"), logs.Count("lock release failed; it expires with its lease"))
 }
 
 func loadCounts(counts []atomic.Int32) []int32 {
@@ -264,37 +263,4 @@ func clusterReadAll(t *testing.T, js jetstream.JetStream, stream string) map[str
 		}
 	}
 	return out
-}
-
-// clusterLogCounter counts log records by message; the cluster test reads
-// its retry counts from there.
-type clusterLogCounter struct {
-	mu     sync.Mutex
-	counts map[string]int
-}
-
-func (lc *clusterLogCounter) count(msg string) int {
-	lc.mu.Lock()
-	defer lc.mu.Unlock()
-	return lc.counts[msg]
-}
-
-type clusterCountingHandler struct {
-	slog.Handler
-	lc *clusterLogCounter
-}
-
-func (h clusterCountingHandler) Handle(ctx context.Context, r slog.Record) error {
-	h.lc.mu.Lock()
-	h.lc.counts[r.Message]++
-	h.lc.mu.Unlock()
-	return h.Handler.Handle(ctx, r)
-}
-
-func (h clusterCountingHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	return clusterCountingHandler{Handler: h.Handler.WithAttrs(as), lc: h.lc}
-}
-
-func (h clusterCountingHandler) WithGroup(name string) slog.Handler {
-	return clusterCountingHandler{Handler: h.Handler.WithGroup(name), lc: h.lc}
 }

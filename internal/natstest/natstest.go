@@ -6,8 +6,10 @@
 package natstest
 
 import (
+	"context"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -86,4 +88,46 @@ func (w *tWriter) Write(p []byte) (int, error) {
 		w.t.Log(strings.TrimSuffix(string(p), "\n"))
 	}
 	return len(p), nil
+}
+
+// LogCounts is a logger for t.Log that also counts records by message,
+// for tests that assert how often something was retried or warned about.
+type LogCounts struct {
+	Logger *slog.Logger
+	mu     sync.Mutex
+	counts map[string]int
+}
+
+// CountingLogger returns a LogCounts logging to t.
+func CountingLogger(t testing.TB) *LogCounts {
+	lc := &LogCounts{counts: map[string]int{}}
+	lc.Logger = slog.New(countingHandler{Handler: Logger(t).Handler(), lc: lc})
+	return lc
+}
+
+// Count is how many records with message msg were logged.
+func (lc *LogCounts) Count(msg string) int {
+	lc.mu.Lock()
+	defer lc.mu.Unlock()
+	return lc.counts[msg]
+}
+
+type countingHandler struct {
+	slog.Handler
+	lc *LogCounts
+}
+
+func (h countingHandler) Handle(ctx context.Context, r slog.Record) error {
+	h.lc.mu.Lock()
+	h.lc.counts[r.Message]++
+	h.lc.mu.Unlock()
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h countingHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return countingHandler{Handler: h.Handler.WithAttrs(as), lc: h.lc}
+}
+
+func (h countingHandler) WithGroup(name string) slog.Handler {
+	return countingHandler{Handler: h.Handler.WithGroup(name), lc: h.lc}
 }
