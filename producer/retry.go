@@ -82,7 +82,14 @@ func retry[T any](ctx context.Context, js jetstream.JetStream, r Retry, what str
 // responders while a leader is elected), the client is between servers,
 // or JetStream said it is temporarily unavailable. The caller checks its
 // own context first: its expiry is not a reason to go on.
-func retryable(err error) bool {
+func retryable(err error) bool { return Transient(err) }
+
+// Transient reports whether a failed JetStream request may succeed if made
+// again: no answer or no responders (a leader election, a reconnecting
+// client) or a server answer that says "not now". A decision (a
+// configuration mismatch, a permission violation) or a cancelled context
+// is not.
+func Transient(err error) bool {
 	switch {
 	case errors.Is(err, ErrInvalidConfig), errors.Is(err, ErrStreamMismatch),
 		errors.Is(err, nats.ErrPermissionViolation), errors.Is(err, nats.ErrAuthorization),

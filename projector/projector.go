@@ -146,7 +146,19 @@ func New(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg Co
 		log = slog.New(slog.DiscardHandler)
 	}
 	p := &Projector{js: js, nc: js.Conn(), store: store, cfg: cfg, log: log.With("store", cfg.StoreName)}
-	if err := p.setup(ctx); err != nil {
+	// A projector started while its cluster elects a leader waits for one.
+	b := backoff.WithContext(backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxElapsedTime(30*time.Second)), ctx)
+	err := backoff.RetryNotify(func() error {
+		err := p.setup(ctx)
+		if err != nil && (ctx.Err() != nil || !producer.Transient(err)) {
+			return backoff.Permanent(err)
+		}
+		return err
+	}, b, func(err error, wait time.Duration) {
+		p.log.Warn("projector setup failed, retrying", "wait", wait.Round(time.Millisecond), "err", err)
+	})
+	if err != nil {
 		return nil, err
 	}
 	if cfg.Registerer != nil {
@@ -177,8 +189,7 @@ func (p *Projector) Stats() Stats {
 }
 
 func (p *Projector) setup(ctx context.Context) error {
-	// A projector started while its cluster elects a leader waits for it.
-	if _, err := producer.EnsureStream(ctx, p.js, p.cfg.Stream, producer.WithRetry(producer.Retry{For: 30 * time.Second, Logger: p.log})); err != nil {
+	if _, err := producer.EnsureStream(ctx, p.js, p.cfg.Stream); err != nil {
 		return err
 	}
 	for _, s := range []jetstream.StreamConfig{
