@@ -137,10 +137,12 @@ func TestSoak(t *testing.T) {
 
 	// Every change applied exactly once: kills happened before Apply, and
 	// the lock and expected sequences kept racers off each other.
+	doubles := 0
 	for p := range applied {
 		for c := range applied[p] {
 			if n := applied[p][c].Load(); n != 1 {
 				t.Errorf("pipeline-%d change %03d applied %d times", p, c, n)
+				doubles++
 			}
 		}
 	}
@@ -189,7 +191,7 @@ func TestSoak(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("%d events, %d rounds, stream and store agree", total, rounds)
+	t.Logf("%d events, %d rounds, stream and store agree; double executions %d", total, rounds, doubles)
 }
 
 func soakRunner(t *testing.T, js jetstream.JetStream, pipeline, id string) *runner.Runner {
