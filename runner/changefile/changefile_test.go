@@ -13,7 +13,7 @@ import (
 	"github.com/auditflow/auditflow/runner/changefile"
 )
 
-func write(t *testing.T, dir, name, body string) {
+func write(t testing.TB, dir, name, body string) {
 	t.Helper()
 	if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
 		t.Fatal(err)

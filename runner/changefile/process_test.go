@@ -181,7 +181,7 @@ func TestPausedRunnerChangeStoppedAtDeadline(t *testing.T) {
 	_ = proc.Process.Signal(syscall.SIGCONT)
 }
 
-func load(t *testing.T, body string, opts changefile.Options) (runner.Change, string) {
+func load(t testing.TB, body string, opts changefile.Options) (runner.Change, string) {
 	t.Helper()
 	dir := t.TempDir()
 	write(t, dir, "c.yaml", body)
