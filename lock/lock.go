@@ -370,6 +370,10 @@ type Lease struct {
 	key  string
 	info Info
 
+	// mu guards these three; it is never held across a call to the
+	// server, so that Valid, StopBy and Expiry answer at once while a
+	// refresh waits on a partitioned link. Only the refresh loop writes rev
+	// and refreshed.
 	mu        sync.Mutex
 	rev       uint64
 	refreshed time.Time // when the last successful refresh (or the acquire) was sent; monotonic
@@ -417,7 +421,8 @@ func (ls *Lease) Valid() bool {
 		return false
 	default:
 	}
-	return time.Now().Before(ls.StopBy())
+	stopBy := ls.StopBy()
+	return time.Now().Before(stopBy) // the time after StopBy, never a reading from before
 }
 
 // Forfeit gives the lease up as lost (Lost closes) when its holder learns
@@ -463,16 +468,17 @@ func (ls *Lease) refreshLoop() {
 // is lost.
 func (ls *Lease) refresh() bool {
 	ls.mu.Lock()
-	defer ls.mu.Unlock()
-	if ls.released {
+	released, refreshed, rev := ls.released, ls.refreshed, ls.rev
+	ls.mu.Unlock()
+	if released {
 		return false
 	}
-	stopBy := ls.refreshed.Add(ls.l.cfg.Lease - ls.l.cfg.Margin)
+	stopBy := refreshed.Add(ls.l.cfg.Lease - ls.l.cfg.Margin)
 	if !time.Now().Before(stopBy) {
 		ls.markLost("lease not refreshed in time", nil)
 		return false
 	}
-	if time.Since(ls.refreshed) < ls.l.cfg.Lease/3 {
+	if time.Since(refreshed) < ls.l.cfg.Lease/3 {
 		return true // woken early (e.g. a timer that fired late); not due yet
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), stopBy)
@@ -481,9 +487,11 @@ func (ls *Lease) refresh() bool {
 	info := ls.info
 	info.RefreshedAt, info.ExpiresAt = now.UTC(), now.UTC().Add(ls.l.cfg.Lease)
 	val, _ := json.Marshal(info)
-	rev, err := ls.l.kv.Update(ctx, ls.key, val, ls.rev)
+	newRev, err := ls.l.kv.Update(ctx, ls.key, val, rev)
 	if err == nil {
-		ls.rev, ls.refreshed = rev, now
+		ls.mu.Lock()
+		ls.rev, ls.refreshed = newRev, now
+		ls.mu.Unlock()
 		return true
 	}
 	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -494,7 +502,9 @@ func (ls *Lease) refresh() bool {
 		if gerr == nil {
 			var cur Info
 			if json.Unmarshal(e.Value(), &cur) == nil && (cur.Token == ls.info.Token || e.Revision() == ls.info.Token) {
+				ls.mu.Lock()
 				ls.rev = e.Revision()
+				ls.mu.Unlock()
 				return true // retry the update at the next tick
 			}
 			ls.markLost("another holder has the lock", err)
@@ -521,9 +531,11 @@ func (ls *Lease) Release(ctx context.Context) error {
 	}
 	ls.released = true
 	close(ls.stop)
-	rev := ls.rev
 	ls.mu.Unlock()
 	ls.wg.Wait()
+	ls.mu.Lock()
+	rev := ls.rev // read once the refresh loop is done: a refresh in flight may move it
+	ls.mu.Unlock()
 	// Delete only if the lock is still at our revision: never another's.
 	// A leader election answers with silence for seconds; retrying within
 	// the lease spares the next runner from waiting it out.

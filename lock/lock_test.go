@@ -9,8 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/auditflow/auditflow/internal/embedded"
 	"github.com/auditflow/auditflow/internal/natstest"
 	"github.com/auditflow/auditflow/lock"
 )
@@ -287,6 +289,62 @@ func TestLostBeforeExpiry(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = lb.Release(ctx)
+}
+
+// TestValidAnswersWhileARefreshWaits: while a refresh waits on a
+// partitioned link, Valid, StopBy and Expiry answer at once, from what the
+// lease knows, and Valid turns false at StopBy. They used to wait for the
+// refresh (the lease's mutex was held across the call, until StopBy), and
+// Valid then answered with the time it had read before waiting: true, at
+// a moment past StopBy. The chaos test found it.
+func TestValidAnswersWhileARefreshWaits(t *testing.T) {
+	srv := natstest.StartWith(t, embedded.Config{Port: -1})
+	part := natstest.NewPartition(t, srv.ClientURL())
+	nc, err := nats.Connect(part.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const lease = time.Second
+	ctx := context.Background()
+	la, err := newLocker(t, js, "cut-off", lease).TryAcquire(ctx, "p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	part.Cut()
+	stopBy := la.StopBy()
+	time.Sleep(lease/3 + 100*time.Millisecond) // the first refresh is waiting on the cut link now
+	for time.Until(stopBy) > 20*time.Millisecond {
+		start := time.Now()
+		valid := la.Valid()
+		if took := time.Since(start); took > lease/10 {
+			t.Fatalf("Valid() took %s while a refresh waited", took.Round(time.Millisecond))
+		}
+		if !valid {
+			t.Fatalf("Valid() false %s before StopBy", time.Until(stopBy).Round(time.Millisecond))
+		}
+		if !la.StopBy().Equal(stopBy) {
+			t.Fatalf("StopBy moved from %s to %s without a refresh", stopBy, la.StopBy())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(time.Until(stopBy))
+	if la.Valid() {
+		t.Fatal("Valid() true at StopBy")
+	}
+	select {
+	case <-la.Lost():
+	case <-time.After(lease):
+		t.Fatal("lease not reported lost")
+	}
+	part.Heal()
+	if err := la.Release(ctx); !errors.Is(err, lock.ErrNotHeld) {
+		t.Fatalf("release of a lost lease = %v, want ErrNotHeld", err)
+	}
 }
 
 func TestConfigChecks(t *testing.T) {
