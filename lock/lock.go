@@ -419,6 +419,8 @@ func (ls *Lease) Valid() bool {
 	select {
 	case <-ls.lost:
 		return false
+	case <-ls.stop: // released: the next holder may have it
+		return false
 	default:
 	}
 	stopBy := ls.StopBy()
@@ -541,14 +543,20 @@ func (ls *Lease) Release(ctx context.Context) error {
 	// the lease spares the next runner from waiting it out.
 	b := backoff.WithContext(backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxElapsedTime(ls.l.cfg.Lease)), ctx)
-	attempts := 0
 	err := backoff.Retry(func() error {
-		attempts++
 		err := ls.l.kv.Delete(ctx, ls.key, jetstream.LastRevision(rev))
-		if attempts > 1 && isWrongLastSeq(err) {
-			// An earlier attempt may have landed unanswered: gone is done.
-			if _, herr := ls.l.holder(ctx, ls.key); errors.Is(herr, jetstream.ErrKeyNotFound) || errors.Is(herr, jetstream.ErrKeyDeleted) {
+		if isWrongLastSeq(err) {
+			// The lock moved since our last known revision. An earlier
+			// attempt that landed unanswered (gone is done), or a refresh
+			// we gave up on that landed late (still our token: delete at
+			// its revision), are ours; anything else is another holder.
+			cur, herr := ls.l.holder(ctx, ls.key)
+			switch {
+			case errors.Is(herr, jetstream.ErrKeyNotFound) || errors.Is(herr, jetstream.ErrKeyDeleted):
 				return nil
+			case herr == nil && cur.Token == ls.info.Token && cur.Revision != rev:
+				rev = cur.Revision
+				return err // try again at the current revision
 			}
 		}
 		if err != nil && (ctx.Err() != nil || !transient(err)) {

@@ -49,6 +49,9 @@ func TestAcquireReleaseAndFencingToken(t *testing.T) {
 	if err := la.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
+	if la.Valid() {
+		t.Fatal("a released lease is valid: its holder would believe beside the next one")
+	}
 	if err := la.Release(ctx); err != nil {
 		t.Fatalf("second release: %v", err)
 	}
