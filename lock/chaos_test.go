@@ -15,7 +15,6 @@ import (
 
 	"github.com/anishathalye/porcupine"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/auditflow/auditflow/internal/embedded"
 	"github.com/auditflow/auditflow/internal/natstest"
@@ -206,15 +205,7 @@ type chaosClient struct {
 func newChaosClient(t *testing.T, url, name string, rng *rand.Rand) *chaosClient {
 	t.Helper()
 	part := natstest.NewPartition(t, url)
-	nc, err := nats.Connect(part.URL(), nats.Name(name), nats.MaxReconnects(-1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.ConnectURL(t, part.URL(), nats.Name(name))
 	l, err := lock.New(context.Background(), js, lock.Config{
 		Owner: name, Lease: chaosLease, RetryInterval: 50 * time.Millisecond, GiveUpAfter: time.Second,
 		Logger: slog.New(warnings{natstest.Logger(t).Handler()}),

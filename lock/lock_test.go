@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/auditflow/auditflow/internal/embedded"
@@ -303,15 +302,7 @@ func TestLostBeforeExpiry(t *testing.T) {
 func TestValidAnswersWhileARefreshWaits(t *testing.T) {
 	srv := natstest.StartWith(t, embedded.Config{Port: -1})
 	part := natstest.NewPartition(t, srv.ClientURL())
-	nc, err := nats.Connect(part.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.ConnectURL(t, part.URL())
 	const lease = time.Second
 	ctx := context.Background()
 	la, err := newLocker(t, js, "cut-off", lease).TryAcquire(ctx, "p")

@@ -9,9 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/internal/natstest"
 	"github.com/auditflow/auditflow/producer"
@@ -126,7 +123,10 @@ func TestClusterPublishRidesOutLeaderKills(t *testing.T) {
 	// The stream holds exactly the published events, each once, in each
 	// change's order, chained.
 	_, js := c.Connect(t)
-	byChange := readAll(t, js, stream)
+	byChange := map[string][]natstest.Stored{}
+	for _, e := range natstest.ReadEvents(t, js, stream) {
+		byChange[e.ChangeID] = append(byChange[e.ChangeID], e)
+	}
 	stored := 0
 	for w, ch := range chains {
 		got := byChange[fmt.Sprintf("change-%d", w)]
@@ -137,9 +137,9 @@ func TestClusterPublishRidesOutLeaderKills(t *testing.T) {
 		}
 		prev := ""
 		for i, m := range got {
-			if m.id != ch.ids[i] || m.seq != ch.heads[i].Seq || m.prevHash != prev {
+			if m.ID != ch.ids[i] || m.Seq != ch.heads[i].Seq || m.PrevHash != prev {
 				t.Errorf("change-%d event %d: stored %s at %d after %q; published %s at %d after %q",
-					w, i, m.id, m.seq, m.prevHash, ch.ids[i], ch.heads[i].Seq, prev)
+					w, i, m.ID, m.Seq, m.PrevHash, ch.ids[i], ch.heads[i].Seq, prev)
 				break
 			}
 			prev = ch.heads[i].Hash
@@ -200,60 +200,6 @@ func TestClusterNewWhileLeaderDown(t *testing.T) {
 	if !errors.Is(err, producer.ErrStreamMismatch) || time.Since(start) > 5*time.Second {
 		t.Fatalf("New with another replica count = %v after %s, want ErrStreamMismatch at once", err, time.Since(start))
 	}
-}
-
-type storedEvent struct {
-	id, prevHash string
-	seq          uint64
-}
-
-// readAll reads the whole stream with an ordered consumer, grouped by
-// change. Fetches right after the consumer is (re)created can get no
-// responders on a cluster: those are retried.
-func readAll(t *testing.T, js jetstream.JetStream, stream string) map[string][]storedEvent {
-	t.Helper()
-	ctx := context.Background()
-	s, err := js.Stream(ctx, stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := s.CachedInfo().State.Msgs
-	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string][]storedEvent{}
-	var n uint64
-	deadline := time.Now().Add(30 * time.Second)
-	for n < want {
-		if time.Now().After(deadline) {
-			t.Fatalf("read %d of %d events in 30s", n, want)
-		}
-		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(2*time.Second))
-		if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrTimeout) {
-			time.Sleep(50 * time.Millisecond)
-			continue
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		for m := range batch.Messages() {
-			e, err := events.Decode(m.Data())
-			if err != nil {
-				t.Fatal(err)
-			}
-			md, err := m.Metadata()
-			if err != nil {
-				t.Fatal(err)
-			}
-			out[e.ChangeID] = append(out[e.ChangeID], storedEvent{id: e.ID, prevHash: e.PrevHash, seq: md.Sequence.Stream})
-			n++
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, nats.ErrNoResponders) {
-			t.Fatal(err)
-		}
-	}
-	return out
 }
 
 // TestClusterConcurrentRetryOfOneEvent publishes each event of a chain

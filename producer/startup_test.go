@@ -10,7 +10,6 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/auditflow/auditflow/internal/embedded"
 	"github.com/auditflow/auditflow/internal/natstest"
@@ -27,15 +26,7 @@ func TestNewWaitsForTheServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	port := srv.Addr().(*net.TCPAddr).Port
-	nc, err := nats.Connect(srv.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.ConnectURL(t, srv.ClientURL())
 	srv.Close()
 
 	restarted := make(chan *embedded.Server, 1)
@@ -86,16 +77,8 @@ func TestNewDoesNotRetryPermissionViolations(t *testing.T) {
 	if !s.ReadyForConnections(10 * time.Second) {
 		t.Fatal("server not ready")
 	}
-	nc, err := nats.Connect("nats://127.0.0.1:"+strconv.Itoa(s.Addr().(*net.TCPAddr).Port), nats.UserInfo("reader", "pw"),
+	_, js := natstest.ConnectURL(t, "nats://127.0.0.1:"+strconv.Itoa(s.Addr().(*net.TCPAddr).Port), nats.UserInfo("reader", "pw"),
 		nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {})) // the default handler prints to stderr
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	start := time.Now()
 	_, err = producer.New(context.Background(), js, producer.Config{RetryFor: 30 * time.Second, AttemptTimeout: time.Second})
 	if !errors.Is(err, nats.ErrPermissionViolation) {

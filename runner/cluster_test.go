@@ -11,9 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/internal/natstest"
 	"github.com/auditflow/auditflow/lock"
@@ -191,7 +188,10 @@ func raceThroughKills(t *testing.T, lease time.Duration, kills []kill) {
 		}
 	}
 	_, js := c.Connect(t)
-	recorded := clusterReadAll(t, js, auditStream)
+	recorded := map[string][]events.Type{}
+	for _, e := range natstest.ReadEvents(t, js, auditStream) {
+		recorded[e.ChangeID] = append(recorded[e.ChangeID], e.Type)
+	}
 	uncertain := 0
 	for _, d := range defs {
 		got := recorded[d.ID]
@@ -220,47 +220,6 @@ func loadCounts(counts []atomic.Int32) []int32 {
 	out := make([]int32, len(counts))
 	for i := range counts {
 		out[i] = counts[i].Load()
-	}
-	return out
-}
-
-// clusterReadAll reads every event type on the stream, per change, with
-// an ordered consumer, retrying the no-responders answers a cluster gives
-// right after the consumer is (re)created.
-func clusterReadAll(t *testing.T, js jetstream.JetStream, stream string) map[string][]events.Type {
-	t.Helper()
-	ctx := context.Background()
-	s, err := js.Stream(ctx, stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := s.CachedInfo().State.Msgs
-	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string][]events.Type{}
-	deadline := time.Now().Add(30 * time.Second)
-	for n := uint64(0); n < want; {
-		if time.Now().After(deadline) {
-			t.Fatalf("read %d of %d events in 30s", n, want)
-		}
-		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(2*time.Second))
-		if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrTimeout) {
-			time.Sleep(50 * time.Millisecond)
-			continue
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		for m := range batch.Messages() {
-			e, err := events.Decode(m.Data())
-			if err != nil {
-				t.Fatal(err)
-			}
-			out[e.ChangeID] = append(out[e.ChangeID], e.Type)
-			n++
-		}
 	}
 	return out
 }

@@ -72,39 +72,16 @@ func outcomes(rep *runner.Report) []runner.Outcome {
 // bytes of the one before.
 func typesOf(t *testing.T, js jetstream.JetStream, pipeline, change string) []events.Type {
 	t.Helper()
-	ctx := context.Background()
-	s, err := js.Stream(ctx, producer.DefaultStreamName)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{events.Subject(events.DefaultSubjectPrefix, pipeline, change)}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []events.Type
 	prev := ""
-	for {
-		batch, err := c.FetchNoWait(100)
-		if err != nil {
-			t.Fatal(err)
+	for _, e := range natstest.ReadEvents(t, js, producer.DefaultStreamName, events.Subject(events.DefaultSubjectPrefix, pipeline, change)) {
+		if e.PrevHash != prev {
+			t.Fatalf("%s/%s event %d (%s): prevHash %q, want %q", pipeline, change, len(out), e.Type, e.PrevHash, prev)
 		}
-		n := 0
-		for m := range batch.Messages() {
-			e, err := events.Decode(m.Data())
-			if err != nil {
-				t.Fatal(err)
-			}
-			if e.PrevHash != prev {
-				t.Fatalf("%s/%s event %d (%s): prevHash %q, want %q", pipeline, change, len(out), e.Type, e.PrevHash, prev)
-			}
-			prev = events.Hash(m.Data())
-			out = append(out, e.Type)
-			n++
-		}
-		if n == 0 {
-			return out
-		}
+		prev = events.Hash(e.Data)
+		out = append(out, e.Type)
 	}
+	return out
 }
 
 func TestAppliesInOrderAndSkipsOnRerun(t *testing.T) {

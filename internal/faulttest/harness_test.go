@@ -17,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/auditflow/auditflow/events"
@@ -70,15 +69,7 @@ func startServer(t *testing.T) *server {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.Close)
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.ConnectURL(t, s.ClientURL())
 	return &server{Server: s, URL: s.ClientURL(), JS: js}
 }
 
@@ -327,34 +318,11 @@ func tree(pid int) []int {
 // history reads a change's events from the stream, oldest first.
 func history(t *testing.T, js jetstream.JetStream, pipeline, change string) []events.Event {
 	t.Helper()
-	ctx := context.Background()
-	s, err := js.Stream(ctx, producer.DefaultStreamName)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{events.Subject(events.DefaultSubjectPrefix, pipeline, change)}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []events.Event
-	for {
-		batch, err := c.FetchNoWait(100)
-		if err != nil {
-			t.Fatal(err)
-		}
-		n := 0
-		for m := range batch.Messages() {
-			e, err := events.Decode(m.Data())
-			if err != nil {
-				t.Fatal(err)
-			}
-			out = append(out, e)
-			n++
-		}
-		if n == 0 {
-			return out
-		}
+	for _, e := range natstest.ReadEvents(t, js, producer.DefaultStreamName, events.Subject(events.DefaultSubjectPrefix, pipeline, change)) {
+		out = append(out, e.Event)
 	}
+	return out
 }
 
 func typesOf(es []events.Event) []events.Type {
