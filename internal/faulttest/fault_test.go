@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/internal/proctest"
 )
 
 // TestKill9TakesTheChangeWithIt: kill -9 of a runner in the middle of a
@@ -34,7 +35,7 @@ apply: |
 `)
 	a := runner(t, srv.URL, dir, "billing", "runner-a")
 	eventually(t, 20*time.Second, "the change starts", func() bool { return len(readJournal(t, journal)) > 0 })
-	pids := tree(a.cmd.Process.Pid)
+	pids := proctest.Tree(a.cmd.Process.Pid)
 	if len(pids) < 3 { // supervisor, sh, the beating subshell (and sleep)
 		t.Fatalf("change processes under the runner: %v", pids)
 	}
@@ -43,7 +44,7 @@ apply: |
 	}
 	killed := time.Now()
 	eventually(t, 3*time.Second, "every process of the change dies", func() bool {
-		return !slices.ContainsFunc(pids, alive)
+		return !slices.ContainsFunc(pids, proctest.Running)
 	})
 	gone := time.Since(killed)
 	t.Logf("kill -9 of the runner: the last of its %d change processes was gone after %s", len(pids), gone.Round(time.Millisecond))

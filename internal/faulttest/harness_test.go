@@ -3,7 +3,6 @@
 package faulttest
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,6 +20,7 @@ import (
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/internal/embedded"
 	"github.com/auditflow/auditflow/internal/natstest"
+	"github.com/auditflow/auditflow/internal/proctest"
 	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/projector"
 	"github.com/auditflow/auditflow/stores"
@@ -76,33 +75,16 @@ func startServer(t *testing.T) *server {
 // proc is a process under test with its output captured.
 type proc struct {
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *proctest.Buffer
 	done chan struct{}
 	err  error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // start runs a binary with the NATS URL and the test lease in its
 // environment.
 func start(t *testing.T, url, path string, args ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(path, args...), out: &syncBuffer{}, done: make(chan struct{})}
+	p := &proc{cmd: exec.Command(path, args...), out: &proctest.Buffer{}, done: make(chan struct{})}
 	p.cmd.Env = append(os.Environ(), "AUDITFLOW_NATS_URL="+url, "AUDITFLOW_LOG_LEVEL=debug")
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
@@ -265,53 +247,6 @@ func overlaps(ss []span) []string {
 			}
 		}
 	}
-	return out
-}
-
-// alive reports whether a process exists (and is not a zombie).
-func alive(pid int) bool {
-	if syscall.Kill(pid, 0) != nil {
-		return false
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true // not Linux: signal 0 is all we have
-	}
-	i := bytes.LastIndexByte(b, ')')
-	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
-}
-
-// tree returns pid's descendants (Linux /proc), children first.
-func tree(pid int) []int {
-	entries, _ := os.ReadDir("/proc")
-	parent := map[int]int{}
-	for _, e := range entries {
-		p, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		i := bytes.LastIndexByte(b, ')')
-		f := strings.Fields(string(b[i+1:]))
-		if len(f) > 1 {
-			pp, _ := strconv.Atoi(f[1])
-			parent[p] = pp
-		}
-	}
-	var out []int
-	var walk func(int)
-	walk = func(p int) {
-		for c, pp := range parent {
-			if pp == p {
-				out = append(out, c)
-				walk(c)
-			}
-		}
-	}
-	walk(pid)
 	return out
 }
 

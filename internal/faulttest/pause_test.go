@@ -14,6 +14,7 @@ import (
 
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/internal/natstest"
+	"github.com/auditflow/auditflow/internal/proctest"
 	"github.com/auditflow/auditflow/stores"
 )
 
@@ -79,11 +80,11 @@ func TestSIGSTOPPastTheLease(t *testing.T) {
 	journal, target := fencedChange(t, dir)
 	a := runner(t, srv.URL, dir, "billing", "runner-a")
 	eventually(t, 20*time.Second, "the change starts", func() bool { return len(readJournal(t, journal)) > 0 })
-	changePids := tree(a.cmd.Process.Pid)
+	changePids := proctest.Tree(a.cmd.Process.Pid)
 	signal(t, syscall.SIGSTOP, a.cmd.Process.Pid)
 	paused := time.Now()
 	eventually(t, 2*lease, "the supervisor stops the paused runner's change", func() bool {
-		return !slices.ContainsFunc(changePids[1:], alive) // [0] is the supervisor
+		return !slices.ContainsFunc(changePids[1:], proctest.Running) // [0] is the supervisor
 	})
 	t.Logf("runner paused: its change was stopped %s later (lease %s)", time.Since(paused).Round(time.Millisecond), lease)
 
@@ -142,7 +143,7 @@ func TestPausedMachineIsFenced(t *testing.T) {
 	a := runner(t, srv.URL, dir, "billing", "runner-a")
 	eventually(t, 20*time.Second, "the change starts", func() bool { return len(readJournal(t, journal)) > 0 })
 	// Freeze everything: supervisor first, so nothing can kill the change.
-	all := append([]int{a.cmd.Process.Pid}, tree(a.cmd.Process.Pid)...)
+	all := append([]int{a.cmd.Process.Pid}, proctest.Tree(a.cmd.Process.Pid)...)
 	signal(t, syscall.SIGSTOP, all[1])
 	signal(t, syscall.SIGSTOP, all...)
 
@@ -202,11 +203,11 @@ func TestPartitionLongerThanTheLease(t *testing.T) {
 	journal, target := fencedChange(t, dir)
 	a := runner(t, cut.URL(), dir, "billing", "runner-a")
 	eventually(t, 20*time.Second, "the change starts", func() bool { return len(readJournal(t, journal)) > 0 })
-	changePids := tree(a.cmd.Process.Pid)
+	changePids := proctest.Tree(a.cmd.Process.Pid)
 	cut.Cut()
 	parted := time.Now()
 	eventually(t, 2*lease, "the partitioned runner stops its change", func() bool {
-		return !slices.ContainsFunc(changePids, alive)
+		return !slices.ContainsFunc(changePids, proctest.Running)
 	})
 	t.Logf("partitioned: the change was stopped %s later (lease %s)", time.Since(parted).Round(time.Millisecond), lease)
 

@@ -174,7 +174,7 @@ apply: |
 	}
 
 	// Exactly once: every change's effect landed on its target exactly
-	// once, no two executions of a change were ever alive at once, and the
+	// once, no two executions of a change were ever proctest.Running at once, and the
 	// fence accepted no write from a stale token.
 	var changes, executions, doubles, overlapping int
 	for p, dir := range dirs {
