@@ -102,8 +102,10 @@ func (e *ChangeError) Guidance(resolve string) string {
 			". Inspect it (a target that checks AUDITFLOW_LOCK_TOKEN refused the stale holder's writes), then record what it holds:\n  " + fix
 	case e.Stop != nil && e.State == events.StateRolledBack:
 		return "The run was stopped (" + describeStop(e.Stop) + ") and the change was rolled back. Run again: it will be applied again."
-	case e.Stop != nil && e.State == events.StateApplied:
+	case e.State == events.StateApplied && e.Stop != nil:
 		return "The change was applied and recorded, but the run stopped (" + describeStop(e.Stop) + ") before the next change. Run again to continue."
+	case e.State == events.StateApplied && errors.Is(e.Err, ErrLeaseLost):
+		return "The change was applied and recorded, but the pipeline lock's lease was lost meanwhile (the runner was paused, cut off from NATS, or the lock was force-released), so no further change was started. Run again to continue."
 	case errors.Is(e.Err, ErrChangeFailed) && e.State == events.StateRolledBack:
 		return "The change failed and was rolled back. Fix the change (or the target system) and run again: it will be applied again."
 	case e.Stop != nil && e.State == events.StateFailed:

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -337,8 +338,9 @@ func TestLostLeaseStartsNoFurtherChange(t *testing.T) {
 		return nil
 	}
 	rep, err := newRunner(t, srv.JS, "billing", "r").Run(ctx, changes)
-	if !errors.Is(err, runner.ErrLeaseLost) {
-		t.Fatalf("Run = %v, want ErrLeaseLost", err)
+	var ce *runner.ChangeError
+	if !errors.Is(err, runner.ErrLeaseLost) || !errors.As(err, &ce) || !strings.Contains(ce.Guidance("fix %s %s"), "Run again") {
+		t.Fatalf("Run = %v, want ErrLeaseLost with guidance to run again", err)
 	}
 	if counts[1].Load() != 0 || !slices.Equal(outcomes(rep), []runner.Outcome{runner.OutcomeApplied, runner.OutcomeNotRun}) {
 		t.Fatalf("second change ran after the lease was lost: %v", outcomes(rep))
