@@ -4,6 +4,7 @@
 package render
 
 import (
+	"fmt"
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/stores"
 )
@@ -49,6 +50,10 @@ func RowOf(r stores.Record, width int) Row {
 	}
 	if r.Operator != "" {
 		row.By, row.Detail = "operator "+r.Operator, r.Reason
+	}
+	if r.LockToken > 0 && row.By != "" {
+		// The fencing token tells holders apart when executions overlap.
+		row.By += fmt.Sprintf(" (token %d)", r.LockToken)
 	}
 	row.By, row.Detail = Dash(row.By), Dash(Clip(row.Detail, width))
 	return row
