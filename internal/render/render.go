@@ -5,6 +5,7 @@ package render
 
 import (
 	"fmt"
+
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/stores"
 )
