@@ -31,6 +31,10 @@ const stopTick = 20 * time.Millisecond
 const giveUpAfter = 2 * time.Second
 
 // supervise is the supervisor process's main. argv is what follows modeArg.
+// errDeadlinePassed is why a command whose deadline had passed before it
+// started was not started.
+const errDeadlinePassed = "not started: the lease's deadline had passed before the command could start"
+
 func supervise(argv []string) int {
 	if len(argv) < 2 || argv[0] != "--" {
 		fmt.Fprintln(os.Stderr, "auditflow supervisor: started without a command")
@@ -73,6 +77,13 @@ func supervise(argv []string) int {
 	s := &supervisor{self: os.Getpid(), grace: first.Grace, out: st, subreaper: subreaper}
 	if s.grace <= 0 {
 		s.grace = DefaultGrace
+	}
+	if first.Bounded && first.StopIn <= 0 {
+		// The runner was paused, or cut off, between deciding to run the
+		// change and asking for it: its lease's deadline has passed, and
+		// another runner may hold the lock by now. Start nothing.
+		s.report(status{Ev: evDone, Err: errDeadlinePassed})
+		return exitOK
 	}
 	if err := s.start(args); err != nil {
 		s.report(status{Ev: evDone, Err: err.Error()})

@@ -282,3 +282,21 @@ func TestSupervisorKilled(t *testing.T) {
 	proctest.WaitFor(t, "the command's group to die", time.Second, func() bool { return !proctest.GroupRunning(p.CommandPid()) })
 	t.Logf("Wait returned %s after the kill: %v", time.Since(start), err)
 }
+
+// TestDeadlinePassedBeforeStart: a runner paused between deciding to run a
+// change and starting it wakes up with its lease's deadline behind it. The
+// supervisor starts nothing: another runner may hold the lock by now.
+func TestDeadlinePassedBeforeStart(t *testing.T) {
+	dir := t.TempDir()
+	past := time.Now().Add(-time.Second)
+	_, err := supervisor.Run(context.Background(), supervisor.Spec{
+		Args: sh("touch ran"), Dir: dir,
+		Deadlines: func() (time.Time, time.Time, bool) { return past, past, true },
+	})
+	if err == nil || !strings.Contains(err.Error(), "not started") {
+		t.Fatalf("Run with a passed deadline = %v, want not started", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "ran")); err == nil {
+		t.Fatal("the command ran after its deadline")
+	}
+}
