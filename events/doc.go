@@ -15,9 +15,20 @@
 // invalid required field, or an unknown field inside data each fail with a
 // [*Error] that names the field and wraps one of the sentinel errors
 // (ErrMalformed, ErrUnknownType, ErrUnsupportedVersion, ErrMissingField,
-// ErrInvalidField). A projector dead-letters such events instead of guessing.
+// ErrInvalidField, ErrTooLarge). A projector dead-letters such events instead
+// of guessing.
+//
+// Every field has a size limit (MaxIDLen, MaxKeyLen, MaxTextLen,
+// MaxMessageLen, MaxTraceLen, the metadata limits, and MaxEventBytes for the
+// encoded event), chosen so that any event the stream accepts fits every
+// store with room to spare; Encode and Decode enforce them alike, so an
+// event that one writer could publish is one every reader can store.
+// [Truncate] is how producers fit long error output.
 //
 // Each change has its own subject (see [Subject]), so the last message on a
 // subject is that change's current state and a runner can read it with one
-// direct get.
+// direct get. That holds only if each event is on its own change's subject:
+// readers check it with [CheckSubject], and treat an event on another
+// change's subject (ErrWrongSubject) as they treat one that does not
+// decode.
 package events

@@ -19,7 +19,23 @@ var (
 	ErrMissingField = errors.New("missing required field")
 	// ErrInvalidField: a field is present but its value is not allowed.
 	ErrInvalidField = errors.New("invalid field")
+	// ErrTooLarge: a field, the metadata or the encoded event is over its
+	// size limit (see MaxTraceLen and the other limits). It wraps
+	// ErrInvalidField: a value over its limit is not allowed.
+	ErrTooLarge error = &subError{msg: "too large", parent: ErrInvalidField}
+	// ErrWrongSubject: a valid event was found on another change's subject
+	// (see CheckSubject). The message is not that change's event.
+	ErrWrongSubject = errors.New("event on the wrong subject")
 )
+
+// subError is a sentinel that is also a case of a broader one.
+type subError struct {
+	msg    string
+	parent error
+}
+
+func (e *subError) Error() string { return e.msg }
+func (e *subError) Unwrap() error { return e.parent }
 
 // Error says what is wrong with an encoded (or about to be encoded)
 // event. Field is the JSON path of the offending field ("data.changeId"),

@@ -98,3 +98,53 @@ func unhex(c byte) int {
 	}
 	return -1
 }
+
+// ParseSubject returns the pipeline and change id whose subject subject is
+// (see Subject), or an error if it is not one: another prefix, other than
+// two tokens after it, or a token that is not in EncodeToken's form.
+func ParseSubject(prefix, subject string) (pipeline, changeID string, err error) {
+	rest, ok := strings.CutPrefix(subject, prefix+".")
+	if !ok {
+		return "", "", fmt.Errorf("events: subject %q is not under %q", subject, prefix)
+	}
+	p, c, ok := strings.Cut(rest, ".")
+	if !ok || strings.Contains(c, ".") {
+		return "", "", fmt.Errorf("events: subject %q is not %s.<pipeline>.<changeId>", subject, prefix)
+	}
+	if pipeline, err = DecodeToken(p); err != nil {
+		return "", "", err
+	}
+	if changeID, err = DecodeToken(c); err != nil {
+		return "", "", err
+	}
+	return pipeline, changeID, nil
+}
+
+// CheckSubject reports whether e, read from the stream on subject, is an
+// event of the change that subject belongs to (prefix is the stream's
+// subject prefix, e.g. DefaultSubjectPrefix). Decode cannot tell: an event
+// of one change published on another's subject decodes fine, and a reader
+// by subject (a runner) would take it for the other change's state. A
+// mismatch is an *Error wrapping ErrWrongSubject that names both changes.
+// Readers of the stream treat it like an event that does not decode:
+// projectors dead-letter it, runners stop the change for an operator,
+// verify reports it.
+func CheckSubject(prefix, subject string, e Event) error {
+	if subject == Subject(prefix, e.Pipeline, e.ChangeID) {
+		return nil
+	}
+	where := "subject " + subject + ", which is no change's subject"
+	if p, c, err := ParseSubject(prefix, subject); err == nil {
+		where = fmt.Sprintf("change %s's subject (%s)", describeChange(p, c, p != e.Pipeline), subject)
+	}
+	return &Error{Err: ErrWrongSubject,
+		Reason: fmt.Sprintf("event for change %s published on %s", describeChange(e.Pipeline, e.ChangeID, true), where)}
+}
+
+// describeChange names a change, with its pipeline if withPipeline.
+func describeChange(pipeline, changeID string, withPipeline bool) string {
+	if withPipeline {
+		return fmt.Sprintf("%q of pipeline %q", changeID, pipeline)
+	}
+	return fmt.Sprintf("%q", changeID)
+}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"strings"
 	"time"
-	"unicode/utf8"
 )
 
 // Wire-format constants.
@@ -18,10 +17,6 @@ const (
 	DataSchemaURI = "https://auditflow.dev/schemas/execution-event/v3.json"
 	// SourcePrefix starts the CloudEvents source: SourcePrefix + pipeline.
 	SourcePrefix = "urn:auditflow:pipeline:"
-
-	// Size limits keep ids usable as keys in every store.
-	MaxIDLen  = 128
-	MaxKeyLen = 256 // pipeline and change id, in bytes
 )
 
 // envelope is the CloudEvents structured-mode document. Extension attributes
@@ -65,7 +60,8 @@ type data struct {
 }
 
 // Encode validates e and returns its CloudEvents JSON. Duration is written
-// in whole milliseconds and OccurredAt in UTC.
+// in whole milliseconds and OccurredAt in UTC. An event whose encoding is
+// over MaxEventBytes fails with ErrTooLarge.
 func Encode(e Event) ([]byte, error) {
 	if e.SchemaVersion == 0 {
 		e.SchemaVersion = writeVersion(e.Type)
@@ -88,16 +84,41 @@ func Encode(e Event) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return json.Marshal(envelope{
+	b, err := json.Marshal(envelope{
 		SpecVersion: SpecVersion, ID: e.ID, Source: SourcePrefix + e.Pipeline,
 		Type: TypePrefix + string(e.Type), Time: e.OccurredAt.UTC().Format(time.RFC3339Nano),
 		Subject: e.ChangeID, DataContentType: DataContentType, DataSchema: DataSchemaURI, Data: d,
 	})
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > MaxEventBytes {
+		return nil, eventTooLarge(len(b))
+	}
+	return b, nil
+}
+
+func eventTooLarge(n int) *Error {
+	return fieldErr(ErrTooLarge, "", "the encoded event is %d bytes; the limit is %d (events.MaxEventBytes)", n, MaxEventBytes)
+}
+
+// EventTooLarge reports whether err says that an encoded event as a whole
+// is over MaxEventBytes (rather than one of its fields over its limit).
+func EventTooLarge(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Err == ErrTooLarge && e.Field == ""
 }
 
 // Decode parses and validates a CloudEvents JSON event. Every failure is an
-// *Error naming the field at fault.
+// *Error naming the field at fault. An event over MaxEventBytes, or with a
+// field over its limit, fails with ErrTooLarge.
+//
+// Decode does not know where the event was read from: a reader of the
+// stream also checks that the subject is the event's (CheckSubject).
 func Decode(b []byte) (Event, error) {
+	if len(b) > MaxEventBytes {
+		return Event{}, eventTooLarge(len(b))
+	}
 	var env envelope
 	if err := json.Unmarshal(b, &env); err != nil {
 		return Event{}, jsonErr(err, "")
@@ -189,13 +210,13 @@ func checkVersion(raw json.RawMessage) error {
 	return nil
 }
 
-// Validate checks what Encode and Decode require of an event.
+// Validate checks what Encode and Decode require of an event, including
+// the size limits of its fields (MaxIDLen and the others) and that its
+// text is valid UTF-8.
 func Validate(e Event) error {
 	switch {
 	case e.ID == "":
 		return fieldErr(ErrMissingField, "id", "")
-	case len(e.ID) > MaxIDLen:
-		return fieldErr(ErrInvalidField, "id", "longer than %d bytes", MaxIDLen)
 	case !e.Type.Known():
 		return fieldErr(ErrUnknownType, "type", "%q", e.Type)
 	case e.SchemaVersion < 1 || e.SchemaVersion > SchemaVersion:
@@ -210,19 +231,12 @@ func Validate(e Event) error {
 		return fieldErr(ErrInvalidField, "data.recovery", "want %s or %s, got %q", ManualIntervention, AlwaysRetry, e.Recovery)
 	}
 	for _, f := range []struct{ name, v string }{{"pipeline", e.Pipeline}, {"changeId", e.ChangeID}} {
-		switch {
-		case f.v == "":
+		if f.v == "" {
 			return fieldErr(ErrMissingField, "data."+f.name, "")
-		case len(f.v) > MaxKeyLen:
-			return fieldErr(ErrInvalidField, "data."+f.name, "longer than %d bytes", MaxKeyLen)
-		case !utf8.ValidString(f.v):
-			return fieldErr(ErrInvalidField, "data."+f.name, "not valid UTF-8")
 		}
 	}
-	for k := range e.Metadata {
-		if k == "" {
-			return fieldErr(ErrInvalidField, "data.metadata", "empty key")
-		}
+	if err := checkSizes(e); err != nil {
+		return err
 	}
 	if e.PrevHash != "" {
 		if e.SchemaVersion < 2 {

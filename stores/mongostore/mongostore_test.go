@@ -242,7 +242,7 @@ func TestExoticValues(t *testing.T) {
 	s := open(t, client, db, "exotic")
 	ctx := context.Background()
 	r := event(1, events.ExecutionFailed, "pipe\x00line", "change\x00id")
-	r.ErrorMessage, r.Author = "nul\x00inside", "not utf-8: \xc3\x28"
+	r.ErrorMessage, r.Author = "nul\x00inside", "ünï\x00code"
 	r.Metadata = map[string]string{"a.b": "dotted", "$x": "dollar", "k\x00": "v\x00"}
 	r.OccurredAt = time.Date(2026, 3, 4, 5, 6, 7, 123456789, time.UTC)
 	r.LockToken = 1<<64 - 1
