@@ -27,12 +27,13 @@ type Batch struct {
 // NewBatch starts an empty batch.
 func (p *Producer) NewBatch() *Batch { return &Batch{p: p} }
 
-// Add validates and sends e. It returns an error only for an invalid event;
+// Add validates and sends e, its error output fitted to the limits as
+// Publish does. It returns an error only for an invalid event;
 // send failures are reported (and retried) by Wait.
 func (b *Batch) Add(e events.Event) error {
-	data, err := events.Encode(e)
+	data, err := b.p.encode(e)
 	if err != nil {
-		return err
+		return fmt.Errorf("producer: %s %s of change %q of pipeline %q not published: %w", e.Type, e.ID, e.ChangeID, e.Pipeline, err)
 	}
 	msg := &nats.Msg{Subject: b.p.Subject(e.Pipeline, e.ChangeID), Data: data, Header: nats.Header{}}
 	f, err := b.p.js.PublishMsgAsync(msg, jetstream.WithMsgID(e.ID), jetstream.WithExpectStream(b.p.cfg.Stream.Name))

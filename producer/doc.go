@@ -30,4 +30,15 @@
 // producer re-reads the subject first and reports [ErrConflict] only if
 // another writer's event is newer than the expected one.
 // [Batch] publishes asynchronously for bulk emitters.
+//
+// Events are kept within events' size limits at the edge: a long error
+// message or trace is truncated with a "… [truncated N bytes] …" marker
+// (start and end kept), so an outcome is always recorded; oversize metadata
+// or a long reason is refused, naming the field and the limit.
+//
+// A change's newest message may not be a valid event of it: garbage
+// published by hand, or another change's event on its subject. [Producer.Last]
+// reports that as a [*BadEventError] carrying the message's Head, so the
+// caller can stop for an operator and record the decision after it — the
+// stream denies delete and purge, so nothing else moves the change on.
 package producer

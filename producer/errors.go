@@ -1,6 +1,11 @@
 package producer
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+
+	"github.com/auditflow/auditflow/events"
+)
 
 // Sentinel errors.
 var (
@@ -16,3 +21,36 @@ var (
 	// ErrInvalidConfig: a Config or StreamConfig value is not allowed.
 	ErrInvalidConfig = errors.New("producer: invalid config")
 )
+
+// ErrBadEvent: the newest message on a change's subject is not a valid
+// event of that change: it does not decode (garbage, a newer schema, over
+// the size limits) or it is another change's event (events.ErrWrongSubject).
+// Last returns it as a *BadEventError, which says where the message is.
+var ErrBadEvent = errors.New("producer: the change's newest message is not a valid event of it")
+
+// BadEventError is a change's newest message on the stream that is not a
+// valid event of the change (ErrBadEvent). The stream keeps it for good
+// (delete and purge are denied), so the way past it is a new event
+// recorded after it: Head is its sequence and the hash of its bytes, to
+// pass to After.
+type BadEventError struct {
+	Stream             string // the stream's name
+	Subject            string // the subject it is on: the change's
+	Pipeline, ChangeID string // the change whose subject it is on
+	Head               Head
+	Size               int   // its length in bytes
+	Err                error // why it is not the change's event: an *events.Error
+}
+
+func (e *BadEventError) Error() string {
+	return fmt.Sprintf("producer: the newest message of change %q of pipeline %q (stream %s sequence %d) is not a valid event of it: %v",
+		e.ChangeID, e.Pipeline, e.Stream, e.Head.Seq, e.Err)
+}
+
+// Unwrap returns ErrBadEvent and the reason, so errors.Is matches both
+// (events.ErrMalformed, events.ErrWrongSubject, …).
+func (e *BadEventError) Unwrap() []error { return []error{ErrBadEvent, e.Err} }
+
+// WrongSubject reports whether the message is a valid event of another
+// change, rather than one that does not decode.
+func (e *BadEventError) WrongSubject() bool { return errors.Is(e.Err, events.ErrWrongSubject) }

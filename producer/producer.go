@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -99,6 +100,14 @@ func (p *Producer) Subject(pipeline, changeID string) string {
 // Publish validates, encodes and publishes e, waiting for the stream's
 // acknowledgement, and returns its Head: its stream sequence and hash.
 //
+// An error message or trace over its limit (events.MaxMessageLen,
+// events.MaxTraceLen, or what keeps the encoded event under
+// events.MaxEventBytes) is truncated, keeping its start and end around a
+// "… [truncated N bytes] …" marker, so a long output never stops an outcome
+// from being recorded. Any other field over its limit (oversize metadata, a
+// long reason) is refused with an error naming the field and the limit
+// (events.ErrTooLarge).
+//
 // The message id is the event id, so a retry of a publish whose ack was lost
 // is deduplicated by the stream rather than stored twice. Transient failures
 // are retried with exponential back-off for up to Config.RetryFor.
@@ -110,9 +119,9 @@ func (p *Producer) Publish(ctx context.Context, e events.Event, opts ...PublishO
 	if o.prevHash != "" {
 		e.PrevHash = o.prevHash
 	}
-	data, err := events.Encode(e)
+	data, err := p.encode(e)
 	if err != nil {
-		return Head{}, err
+		return Head{}, fmt.Errorf("producer: %s %s of change %q of pipeline %q not published: %w", e.Type, e.ID, e.ChangeID, e.Pipeline, err)
 	}
 	msg := &nats.Msg{Subject: p.Subject(e.Pipeline, e.ChangeID), Data: data, Header: nats.Header{}}
 	pubOpts := []jetstream.PublishOpt{jetstream.WithMsgID(e.ID), jetstream.WithExpectStream(p.cfg.Stream.Name)}
@@ -237,6 +246,11 @@ func judgeRefusal(expected uint64, id string, last lastMsg) refusal {
 // Last returns the newest event of a change and its Head, or ErrNoEvents
 // if the change has none. It reads one message, retrying transient
 // failures for up to Config.RetryFor.
+//
+// A newest message that is not a valid event of the change — it does not
+// decode, or it is another change's event (events.CheckSubject) — is a
+// *BadEventError (ErrBadEvent) with its Head: the change's state is
+// unknown, and only an event recorded After that Head moves it on.
 func (p *Producer) Last(ctx context.Context, pipeline, changeID string) (events.Event, Head, error) {
 	subject := p.Subject(pipeline, changeID)
 	r := Retry{For: p.cfg.RetryFor, AttemptTimeout: p.cfg.AttemptTimeout, Logger: p.log.With("subject", subject)}
@@ -249,12 +263,67 @@ func (p *Producer) Last(ctx context.Context, pipeline, changeID string) (events.
 	if err != nil {
 		return events.Event{}, Head{}, fmt.Errorf("producer: last event of %s/%s: %w", pipeline, changeID, err)
 	}
+	return judgeLast(p.cfg.Stream, pipeline, changeID, m)
+}
+
+// ReadLast is Last for read-only tools: it reads a change's newest event
+// from the stream cfg describes without a Producer, so without creating
+// or checking the stream, in one attempt. Its results and errors are
+// Last's (ErrNoEvents, *BadEventError).
+func ReadLast(ctx context.Context, js jetstream.JetStream, cfg StreamConfig, pipeline, changeID string) (events.Event, Head, error) {
+	if err := cfg.Validate(); err != nil {
+		return events.Event{}, Head{}, err
+	}
+	s, err := js.Stream(ctx, cfg.Name)
+	if err != nil {
+		return events.Event{}, Head{}, fmt.Errorf("producer: stream %s: %w", cfg.Name, err)
+	}
+	m, err := s.GetLastMsgForSubject(ctx, events.Subject(cfg.SubjectPrefix, pipeline, changeID))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return events.Event{}, Head{}, ErrNoEvents
+	}
+	if err != nil {
+		return events.Event{}, Head{}, fmt.Errorf("producer: last event of %s/%s: %w", pipeline, changeID, err)
+	}
+	return judgeLast(cfg, pipeline, changeID, m)
+}
+
+// judgeLast decodes a change's newest message, and checks that it is an
+// event of that change: anything else is a *BadEventError, with the Head a
+// resolution must be recorded after.
+func judgeLast(cfg StreamConfig, pipeline, changeID string, m *jetstream.RawStreamMsg) (events.Event, Head, error) {
 	h := Head{Seq: m.Sequence, Hash: events.Hash(m.Data)}
 	e, err := events.Decode(m.Data)
+	if err == nil {
+		err = events.CheckSubject(cfg.SubjectPrefix, m.Subject, e)
+	}
 	if err != nil {
-		return events.Event{}, h, fmt.Errorf("producer: last event of %s/%s (seq %d): %w", pipeline, changeID, m.Sequence, err)
+		return events.Event{}, h, &BadEventError{Stream: cfg.Name, Subject: m.Subject, Pipeline: pipeline, ChangeID: changeID,
+			Head: h, Size: len(m.Data), Err: err}
 	}
 	return e, h, nil
+}
+
+// encode encodes e after fitting its error message and trace into the
+// event limits (see Publish). Invalid UTF-8 in them (a command's raw
+// output) becomes U+FFFD, as JSON would write it anyway.
+func (p *Producer) encode(e events.Event) ([]byte, error) {
+	msg := strings.ToValidUTF8(e.ErrorMessage, "\uFFFD")
+	trace := strings.ToValidUTF8(e.ErrorTrace, "\uFFFD")
+	e.ErrorMessage = events.Truncate(msg, events.MaxMessageLen)
+	e.ErrorTrace = events.Truncate(trace, events.MaxTraceLen)
+	data, err := events.Encode(e)
+	// Within its limit, a trace that JSON must escape heavily can still
+	// take the encoded event over MaxEventBytes: keep less of it.
+	for events.EventTooLarge(err) && e.ErrorTrace != "" {
+		e.ErrorTrace = events.Truncate(trace, len(e.ErrorTrace)/2)
+		data, err = events.Encode(e)
+	}
+	if err == nil && (len(e.ErrorMessage) < len(msg) || len(e.ErrorTrace) < len(trace)) {
+		p.log.Warn("error output truncated to fit the event size limits", "event", e.ID, "pipeline", e.Pipeline, "change", e.ChangeID,
+			"messageBytes", len(msg), "keptMessageBytes", len(e.ErrorMessage), "traceBytes", len(trace), "keptTraceBytes", len(e.ErrorTrace))
+	}
+	return data, err
 }
 
 // lastMsg reads the newest message on subject.
