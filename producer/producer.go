@@ -263,7 +263,26 @@ func (p *Producer) Last(ctx context.Context, pipeline, changeID string) (events.
 	if err != nil {
 		return events.Event{}, Head{}, fmt.Errorf("producer: last event of %s/%s: %w", pipeline, changeID, err)
 	}
-	return judgeLast(p.cfg.Stream, pipeline, changeID, m)
+	return judgeMsg(p.cfg.Stream, pipeline, changeID, m)
+}
+
+// First returns the oldest event of a change still on the stream and its
+// Head (ErrNoEvents if it has none; a *BadEventError if that message is not
+// a valid event of the change). It tells whether a change's hash chain had
+// started: an event written at schema version 2 or later carries it.
+func (p *Producer) First(ctx context.Context, pipeline, changeID string) (events.Event, Head, error) {
+	subject := p.Subject(pipeline, changeID)
+	r := Retry{For: p.cfg.RetryFor, AttemptTimeout: p.cfg.AttemptTimeout, Logger: p.log.With("subject", subject)}
+	m, err := retry(ctx, p.js, r, "read first event", func(ctx context.Context) (*jetstream.RawStreamMsg, error) {
+		return p.stream.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(subject))
+	})
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return events.Event{}, Head{}, ErrNoEvents
+	}
+	if err != nil {
+		return events.Event{}, Head{}, fmt.Errorf("producer: first event of %s/%s: %w", pipeline, changeID, err)
+	}
+	return judgeMsg(p.cfg.Stream, pipeline, changeID, m)
 }
 
 // ReadLast is Last for read-only tools: it reads a change's newest event
@@ -285,13 +304,13 @@ func ReadLast(ctx context.Context, js jetstream.JetStream, cfg StreamConfig, pip
 	if err != nil {
 		return events.Event{}, Head{}, fmt.Errorf("producer: last event of %s/%s: %w", pipeline, changeID, err)
 	}
-	return judgeLast(cfg, pipeline, changeID, m)
+	return judgeMsg(cfg, pipeline, changeID, m)
 }
 
-// judgeLast decodes a change's newest message, and checks that it is an
-// event of that change: anything else is a *BadEventError, with the Head a
-// resolution must be recorded after.
-func judgeLast(cfg StreamConfig, pipeline, changeID string, m *jetstream.RawStreamMsg) (events.Event, Head, error) {
+// judgeMsg decodes a message read from a change's subject and checks that
+// it is an event of that change: anything else is a *BadEventError, with
+// the message's Head (for the newest, what a resolution is recorded after).
+func judgeMsg(cfg StreamConfig, pipeline, changeID string, m *jetstream.RawStreamMsg) (events.Event, Head, error) {
 	h := Head{Seq: m.Sequence, Hash: events.Hash(m.Data)}
 	e, err := events.Decode(m.Data)
 	if err == nil {

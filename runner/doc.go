@@ -22,6 +22,12 @@
 // the change's recovery is ALWAYS_RETRY. [Runner.Resolve] records the
 // operator's verdict, under the pipeline lock.
 //
+// A change whose newest message is not a valid event of it (garbage, or
+// another change's event published on its subject: producer.BadEventError)
+// is BLOCKED the same way, with guidance naming the message's sequence:
+// its state is unknown, the stream cannot drop the message, and a
+// resolution recorded after it is the way forward.
+//
 // # Fencing: a change never outlives its lease unnoticed
 //
 // A lock with a lease cannot by itself rule out two holders: a runner

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/producer"
 )
 
 // Sentinel errors; cmd/runner maps each to its own exit code.
@@ -59,12 +60,21 @@ type ChangeError struct {
 	// Stop is why the change was stopped before it finished (the
 	// context's cause: an interrupt, or the lease running out), if it was.
 	Stop error
+	// Bad is the change's newest message when it is not a valid event of
+	// the change (State is then ""): the change is blocked until an
+	// operator records its state after that message.
+	Bad *producer.BadEventError
 
 	lastError string // the last recorded error, for guidance
 }
 
 func (e *ChangeError) Error() string {
 	var b strings.Builder
+	if e.Bad != nil {
+		fmt.Fprintf(&b, "%s: change %q of pipeline %q: its newest message (stream %s sequence %d) is not a valid event of it: %s",
+			e.Err, e.ChangeID, e.Pipeline, e.Bad.Stream, e.Bad.Head.Seq, badReason(e.Bad))
+		return b.String()
+	}
 	fmt.Fprintf(&b, "%s: change %q of pipeline %q is %s", e.Err, e.ChangeID, e.Pipeline, e.State)
 	if e.Stop != nil {
 		fmt.Fprintf(&b, ": %s", describeStop(e.Stop))
@@ -97,6 +107,8 @@ func (e *ChangeError) Unwrap() []error {
 func (e *ChangeError) Guidance(resolve string) string {
 	fix := fmt.Sprintf(resolve, shellQuote(e.Pipeline), shellQuote(e.ChangeID))
 	switch {
+	case e.Bad != nil:
+		return badGuidance(e, fix)
 	case e.State == events.StateOverlapped:
 		return "Two executions of this change overlapped: one ended after the pipeline lock had passed to another runner, or while another execution was writing on it (see the record's error). Both may have changed " + target(e) +
 			". Inspect it (a target that checks AUDITFLOW_LOCK_TOKEN refused the stale holder's writes), then record what it holds:\n  " + fix
@@ -123,6 +135,31 @@ func (e *ChangeError) Guidance(resolve string) string {
 		}
 		return msg + ". Inspect " + target(e) + ", repair it by hand, then record what you did:\n  " + fix
 	}
+}
+
+// badGuidance explains a change blocked by a newest message that is not
+// its event, and the way past it.
+func badGuidance(e *ChangeError, fix string) string {
+	b := e.Bad
+	what := "It does not decode: " + badReason(b) + "."
+	if b.WrongSubject() {
+		what = "It is another change's event: " + badReason(b) +
+			". It says nothing about this change, and the change it names does not see it either: runners read a change's own subject, and projectors dead-letter it."
+	}
+	return fmt.Sprintf("The newest message on this change's subject (stream %s, sequence %d, subject %s, %d bytes) is not a valid event of the change. %s\n"+
+		"The runner cannot tell from it what state the change is in, so runs stop here. The stream keeps the message (delete and purge are denied); the way past it is your decision, recorded after it.\n"+
+		"Inspect the message (nats stream get %s %d), the change's earlier events (auditflow audit list --history -p %s -c %s) and %s, then record what the target holds:\n  %s\n"+
+		"applied: runs skip the change; rolled-back: the next run applies it.",
+		b.Stream, b.Head.Seq, b.Subject, b.Size, what, b.Stream, b.Head.Seq, shellQuote(e.Pipeline), shellQuote(e.ChangeID), target(e), fix)
+}
+
+// badReason is why a message is not the change's event.
+func badReason(b *producer.BadEventError) string {
+	var ee *events.Error
+	if b.WrongSubject() && errors.As(b.Err, &ee) {
+		return ee.Reason // "event for change … published on change …'s subject"
+	}
+	return strings.TrimPrefix(b.Err.Error(), "events: ")
 }
 
 func target(e *ChangeError) string {

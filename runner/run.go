@@ -161,15 +161,11 @@ func (r *Runner) stepFresh(ctx context.Context, s Step, lease *lock.Lease) (Resu
 	for attempt := 1; errors.Is(err, errMoved) && attempt <= 5; attempt++ {
 		r.log.Info("change moved since it was planned; reading it again", "change", s.Change.ID, "attempt", attempt)
 		sleep(ctx, time.Duration(attempt)*50*time.Millisecond)
-		last, head, lerr := r.prod.Last(ctx, r.cfg.Pipeline, s.Change.ID)
-		switch {
-		case errors.Is(lerr, producer.ErrNoEvents):
-			s = Step{Change: s.Change, Action: ActionRun, Reason: "never run"}
-		case lerr != nil:
+		again, lerr := r.read(ctx, s.Change)
+		if lerr != nil {
 			return res, interruptedOr(ctx, fmt.Errorf("runner: plan %q again: %w", s.Change.ID, lerr))
-		default:
-			s = decide(s.Change, last, head)
 		}
+		s = again
 		res, err = r.step(ctx, s, lease)
 	}
 	if errors.Is(err, errMoved) {
@@ -210,7 +206,7 @@ func (r *Runner) step(ctx context.Context, s Step, lease *lock.Lease) (Result, e
 			s.State = events.StateUncertain
 		}
 		res.Err = &ChangeError{Pipeline: r.cfg.Pipeline, ChangeID: s.Change.ID, TargetSystem: s.Change.TargetSystem, State: s.State,
-			Reason: s.Reason, Err: ErrManualIntervention, lastError: s.last.ErrorMessage}
+			Reason: s.Reason, Err: ErrManualIntervention, Bad: s.Bad, lastError: s.last.ErrorMessage}
 		return res, res.Err
 	}
 	return r.execute(ctx, s, lease)
@@ -537,28 +533,18 @@ func (r *Runner) event(t events.Type, c Change, ex *Execution) events.Event {
 	return e
 }
 
-func (r *Runner) trace(err error) string {
-	s := err.Error()
-	if len(s) > r.cfg.MaxTrace {
-		s = s[:r.cfg.MaxTrace] + "\n… (truncated)"
-	}
-	return s
-}
+// trace is an error's text as recorded, cut to MaxTrace the way the
+// producer cuts anything longer than the event limit (start and end kept).
+func (r *Runner) trace(err error) string { return events.Truncate(err.Error(), r.cfg.MaxTrace) }
 
+// firstLine is the first line of s, at most 1000 bytes (cut on a rune
+// boundary, with the truncation marker).
 func firstLine(s string) string {
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\n' {
-			s = s[:i]
-			break
-		}
-	}
-	if len(s) > 1000 {
-		s = s[:1000] + "…"
-	}
+	s, _, _ = strings.Cut(s, "\n")
 	if s == "" {
-		s = "unknown error"
+		return "unknown error"
 	}
-	return s
+	return events.Truncate(s, 1000)
 }
 
 // Resolve records an operator's decision about a change that needs manual
@@ -575,6 +561,30 @@ func (r *Runner) Resolve(ctx context.Context, res Resolution) (uint64, error) {
 		res.RunnerID = r.cfg.RunnerID
 	}
 	return Resolve(ctx, r.prod, r.locker, res)
+}
+
+// needsResolution returns nil if the change, whose newest event is last
+// (at head), needs an operator's decision, else ErrNothingToResolve.
+//
+// A change also needs one when its newest event is a downgrade: written
+// at schema version 1 (no hash chain) after the change's chain had
+// started, as an old writer or a forger would write it — verify reports
+// it until an operator has recorded what the change's target holds.
+func needsResolution(ctx context.Context, prod *producer.Producer, r Resolution, last events.Event, head producer.Head) error {
+	switch last.State() {
+	case events.StateFailed, events.StateRollbackFailed, events.StateUncertain, events.StateOverlapped, events.StateStarted:
+		return nil
+	}
+	if last.SchemaVersion < 2 {
+		first, fh, err := prod.First(ctx, r.Pipeline, r.ChangeID)
+		if err == nil && fh.Seq != head.Seq && first.SchemaVersion >= 2 {
+			return nil
+		}
+		if err != nil && !errors.Is(err, producer.ErrBadEvent) {
+			return err
+		}
+	}
+	return fmt.Errorf("%w: change %q of %q is %s", ErrNothingToResolve, r.ChangeID, r.Pipeline, last.State())
 }
 
 // Resolution is an operator's decision about a change, for Resolve.
@@ -594,8 +604,10 @@ type Resolution struct {
 }
 
 // Resolve publishes a ManuallyResolved event for a change that needs an
-// operator (FAILED, ROLLBACK_FAILED, UNCERTAIN, OVERLAPPED or STARTED),
-// chained after its newest event.
+// operator (FAILED, ROLLBACK_FAILED, UNCERTAIN, OVERLAPPED or STARTED; a
+// newest message that is not a valid event of the change, see
+// producer.BadEventError; or a schema-version-1 event after the change's
+// hash chain had started), chained after its newest message.
 //
 // A decision about a change some runner may still be applying would be
 // overtaken by that runner's outcome, or make the change run twice. So,
@@ -629,18 +641,21 @@ func Resolve(ctx context.Context, prod *producer.Producer, locker *lock.Locker, 
 		token = lease.Token()
 	}
 	last, head, err := prod.Last(ctx, r.Pipeline, r.ChangeID)
-	if errors.Is(err, producer.ErrNoEvents) {
+	var bad *producer.BadEventError
+	switch {
+	case errors.Is(err, producer.ErrNoEvents):
 		return 0, fmt.Errorf("%w: change %q of %q has never run", ErrNothingToResolve, r.ChangeID, r.Pipeline)
-	}
-	if err != nil {
+	case errors.As(err, &bad):
+		// Its newest message is not its event, so its state is unknown:
+		// the decision is recorded after that message, which stays.
+	case err != nil:
 		return 0, err
-	}
-	switch last.State() {
-	case events.StateFailed, events.StateRollbackFailed, events.StateUncertain, events.StateOverlapped, events.StateStarted:
 	default:
-		return 0, fmt.Errorf("%w: change %q of %q is %s", ErrNothingToResolve, r.ChangeID, r.Pipeline, last.State())
+		if err := needsResolution(ctx, prod, r, last, head); err != nil {
+			return 0, err
+		}
 	}
-	if age := time.Since(last.OccurredAt); !r.Force && last.State() == events.StateStarted && age < locker.Lease() {
+	if age := time.Since(last.OccurredAt); !r.Force && bad == nil && last.State() == events.StateStarted && age < locker.Lease() {
 		return 0, fmt.Errorf("%w: change %q was started %s ago by runner %s (lock token %d), less than the lease (%s): its runner may still be applying it; wait until the lease has passed, or force it and risk the change running beside your decision",
 			ErrUnsafeResolution, r.ChangeID, age.Round(100*time.Millisecond), dash(last.RunnerID), last.LockToken, locker.Lease())
 	}

@@ -39,7 +39,10 @@ type Config struct {
 	Pipeline string // required: the fleet or service whose changes these are
 	RunnerID string // default host-pid
 	Host     string // default os.Hostname()
-	// MaxTrace bounds the error trace recorded in events. Default 64 KiB.
+	// MaxTrace bounds the error trace recorded in events: longer ones keep
+	// their start and end around a "… [truncated N bytes] …" marker.
+	// Default 64 KiB; at most events.MaxTraceLen (128 KiB), the most any
+	// event may carry.
 	MaxTrace int
 	// RecordTimeout bounds recording an outcome after the caller's context
 	// is cancelled (Ctrl-C during a change): the outcome is still recorded.
@@ -51,6 +54,9 @@ type Config struct {
 	RollbackTimeout time.Duration
 	Logger          *slog.Logger // nil discards
 }
+
+// DefaultMaxTrace is Config.MaxTrace's default.
+const DefaultMaxTrace = 64 << 10
 
 // Runner applies a pipeline's changes under the pipeline lock, recording
 // each execution on the audit stream.
@@ -73,7 +79,17 @@ func New(prod *producer.Producer, locker *lock.Locker, cfg Config) (*Runner, err
 		cfg.RunnerID = fmt.Sprintf("%s-%d", cfg.Host, os.Getpid())
 	}
 	if cfg.MaxTrace == 0 {
-		cfg.MaxTrace = 64 << 10
+		cfg.MaxTrace = DefaultMaxTrace
+	}
+	if cfg.MaxTrace < 0 || cfg.MaxTrace > events.MaxTraceLen {
+		return nil, fmt.Errorf("%w: MaxTrace %d is outside 1..%d (events.MaxTraceLen)", ErrInvalidConfig, cfg.MaxTrace, events.MaxTraceLen)
+	}
+	// What goes on every event must fit the event limits: say so now, not
+	// when the first change's start is refused.
+	trial := events.New(events.ExecutionStarted, cfg.Pipeline, "trial")
+	trial.ExecutionID, trial.Host, trial.RunnerID = events.NewID(), cfg.Host, cfg.RunnerID
+	if err := events.Validate(trial); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
 	if cfg.RecordTimeout == 0 {
 		cfg.RecordTimeout = 30 * time.Second
@@ -110,29 +126,53 @@ type Step struct {
 	State  events.State
 	Head   producer.Head
 	Reason string
-	last   events.Event
+	// Bad is set when the change's newest message is not a valid event of
+	// it (garbage, or another change's event): the change is BLOCKED until
+	// an operator records a decision after it (Resolve). Head is then the
+	// message's, State "".
+	Bad  *producer.BadEventError
+	last events.Event
 }
 
 // Plan reads each change's newest event from the stream and decides what a
 // run would do. It takes no lock: Run plans again once it holds the lock.
 func (r *Runner) Plan(ctx context.Context, changes []Change) ([]Step, error) {
-	sorted, err := sortChanges(changes)
+	sorted, err := sortChanges(r.cfg.Pipeline, changes)
 	if err != nil {
 		return nil, err
 	}
 	plan := make([]Step, 0, len(sorted))
 	for _, c := range sorted {
-		last, head, err := r.prod.Last(ctx, r.cfg.Pipeline, c.ID)
-		if errors.Is(err, producer.ErrNoEvents) {
-			plan = append(plan, Step{Change: c, Action: ActionRun, Reason: "never run"})
-			continue
-		}
+		s, err := r.read(ctx, c)
 		if err != nil {
 			return nil, fmt.Errorf("runner: plan: %w", err)
 		}
-		plan = append(plan, decide(c, last, head))
+		plan = append(plan, s)
 	}
 	return plan, nil
+}
+
+// read reads a change's newest event and decides what to do with it. A
+// newest message that is not a valid event of the change blocks it: the
+// runner cannot know the change's state, and failing the whole run (as it
+// once did, with "malformed event") left no way forward.
+func (r *Runner) read(ctx context.Context, c Change) (Step, error) {
+	last, head, err := r.prod.Last(ctx, r.cfg.Pipeline, c.ID)
+	var bad *producer.BadEventError
+	switch {
+	case errors.Is(err, producer.ErrNoEvents):
+		return Step{Change: c, Action: ActionRun, Reason: "never run"}, nil
+	case errors.As(err, &bad):
+		what := "does not decode"
+		if bad.WrongSubject() {
+			what = "is another change's event"
+		}
+		return Step{Change: c, Action: ActionBlocked, Head: head, Bad: bad,
+			Reason: fmt.Sprintf("its newest message (stream sequence %d) %s: an operator must record the change's state after it", head.Seq, what)}, nil
+	case err != nil:
+		return Step{}, err
+	}
+	return decide(c, last, head), nil
 }
 
 // decide maps a change's newest event to an action (Flamingock's rules).
@@ -174,7 +214,7 @@ func decide(c Change, last events.Event, head producer.Head) Step {
 	return s
 }
 
-func sortChanges(changes []Change) ([]Change, error) {
+func sortChanges(pipeline string, changes []Change) ([]Change, error) {
 	seen := make(map[string]bool, len(changes))
 	for i, c := range changes {
 		switch {
@@ -188,6 +228,15 @@ func sortChanges(changes []Change) ([]Change, error) {
 			return nil, fmt.Errorf("%w: change %q: recovery %q is not %s or %s", ErrInvalidChange, c.ID, c.Recovery, events.ManualIntervention, events.AlwaysRetry)
 		case len(c.ID) > events.MaxKeyLen:
 			return nil, fmt.Errorf("%w: change id %q is longer than %d bytes", ErrInvalidChange, c.ID, events.MaxKeyLen)
+		}
+		// Everything of the change that goes on its events must fit the
+		// event limits (oversize metadata, a long author): refuse the
+		// change before anything runs rather than fail to record its start.
+		trial := events.New(events.ExecutionStarted, pipeline, c.ID)
+		trial.ExecutionID, trial.Author, trial.Order, trial.TargetSystem = events.NewID(), c.Author, c.Order, c.TargetSystem
+		trial.Metadata = c.Metadata
+		if err := events.Validate(trial); err != nil {
+			return nil, fmt.Errorf("%w: change %q: %w", ErrInvalidChange, c.ID, err)
 		}
 		seen[c.ID] = true
 	}
