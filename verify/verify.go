@@ -10,6 +10,16 @@
 // the stream and in the store's rows, and names the first broken link — an
 // event altered after it was written breaks the link from its successor.
 //
+// Some stream problems are neither drift nor tampering, and get their own
+// categories with their own remedy: a message on a change's subject that
+// does not decode (Unreadable), a valid event published on another change's
+// subject (WrongSubject, checked with events.CheckSubject), and a
+// schema-version-1 event, without the chain, on a change whose chain had
+// started (Downgrades). The stream cannot drop them; each stays open until
+// an operator records the change's state after it (auditflow issue fix).
+// Neither kind of bad message is a row a store should hold, and the chain
+// through one (a resolution's prevHash is its hash) is not a broken link.
+//
 // Repair turns a report into corrections (the stream's rows for missing and
 // altered ones, deletions for stray ones, the expected issues) and applies
 // them through stores.Repairer, or, for a store without targeted repair,
@@ -17,12 +27,15 @@
 package verify
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"log/slog"
 	"reflect"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -116,6 +129,71 @@ func (s StaleToken) String() string {
 		s.Pipeline, s.ChangeID, s.Seq, s.Type, s.Token, s.Newer, s.NewerSeq, ack)
 }
 
+// BadMessage is a stream message that is not a valid event of the change
+// whose subject it is on: it does not decode (garbage, a newer schema, an
+// event over the size limits), or it is another change's event (published
+// on the wrong subject). Projectors dead-letter it, so no store holds it;
+// a runner stops at it while it is its change's newest message, until an
+// operator records the change's state after it (auditflow issue fix).
+type BadMessage struct {
+	Seq     uint64
+	Subject string
+	// Pipeline and ChangeID name the change whose subject it is on; both
+	// are "" if the subject is no change's (nothing reads it there).
+	Pipeline, ChangeID string
+	// Event is the event it holds when it is another change's event; nil
+	// for a message that does not decode.
+	Event *Row   `json:",omitempty"`
+	What  string // why it is not the change's event
+	// Acknowledged: an operator's resolution follows it on its change's
+	// subject, so the change has moved past it.
+	Acknowledged bool
+}
+
+// Open reports whether the message still needs an operator: it is on a
+// change's subject and no resolution follows it there.
+func (b BadMessage) Open() bool { return b.ChangeID != "" && !b.Acknowledged }
+
+func (b BadMessage) String() string {
+	where := fmt.Sprintf("seq %d on change %s/%s's subject", b.Seq, b.Pipeline, b.ChangeID)
+	if b.ChangeID == "" {
+		where = fmt.Sprintf("seq %d on subject %s, which is no change's", b.Seq, b.Subject)
+	}
+	state := "NOT resolved: runs of the change stop at it"
+	switch {
+	case b.ChangeID == "":
+		state = "no runner reads it"
+	case b.Acknowledged:
+		state = "resolved by an operator after it"
+	}
+	return fmt.Sprintf("%s: %s; %s", where, b.What, state)
+}
+
+// Downgrade is an event written at schema version 1 (which has no hash
+// chain) on a change whose events had started carrying the chain: an old
+// writer, or someone forging an event the chain would otherwise catch —
+// a hand-written ManuallyResolved closing an issue, say. It is a problem
+// until an operator has recorded the change's state after it.
+type Downgrade struct {
+	Row
+	Version int
+	// ChainSince is the change's first event at schema version 2 or later
+	// (or carrying prevHash).
+	ChainSince uint64
+	// Acknowledged: a ManuallyResolved at version 2 or later follows it on
+	// its change.
+	Acknowledged bool
+}
+
+func (d Downgrade) String() string {
+	ack := "NOT acknowledged: no operator's resolution follows it"
+	if d.Acknowledged {
+		ack = "acknowledged by an operator's resolution after it"
+	}
+	return fmt.Sprintf("%s/%s seq %d %s at schemaVersion %d, without the hash chain, although the change's events carry it since seq %d: %s",
+		d.Pipeline, d.ChangeID, d.Seq, d.Type, d.Version, d.ChainSince, ack)
+}
+
 // ChangeSummary is the count and digest of one change on each side.
 type ChangeSummary struct {
 	Pipeline, ChangeID        string
@@ -125,8 +203,10 @@ type ChangeSummary struct {
 
 // Report is what Verify found.
 type Report struct {
-	StreamEvents int // decodable events read from the stream
-	Undecodable  int // stream events that cannot be decoded (dead-lettered, never in a store)
+	// StreamEvents counts the valid events read from the stream, each on
+	// its own change's subject: the rows a store must hold.
+	StreamEvents int
+	Undecodable  int // stream messages that cannot be decoded (dead-lettered, never in a store)
 	StoreRows    int
 	Changes      int
 	LastSeq      uint64 // the stream's last sequence when verify began
@@ -145,6 +225,15 @@ type Report struct {
 	// StaleTokens lists events written with a stale lock token, in stream
 	// order (see StaleToken).
 	StaleTokens []StaleToken
+
+	// Unreadable lists the messages that do not decode, WrongSubject the
+	// valid events published on another change's subject, in stream order
+	// (see BadMessage). Neither is a row a store should hold.
+	Unreadable   []BadMessage
+	WrongSubject []BadMessage
+	// Downgrades lists schema-version-1 events after their change's hash
+	// chain had started (see Downgrade), in stream order.
+	Downgrades []Downgrade
 
 	Elapsed time.Duration
 }
@@ -167,6 +256,33 @@ func (r *Report) Unacknowledged() []StaleToken {
 	return out
 }
 
+// OpenStreamProblems returns the stream's problems that still need an
+// operator: bad messages on a change's subject (unreadable, or another
+// change's event) and downgrades, with no resolution after them. A store
+// repair cannot fix them; resolving their change (auditflow issue fix)
+// acknowledges them.
+func (r *Report) OpenStreamProblems() (bad []BadMessage, downgrades []Downgrade) {
+	for _, b := range append(slices.Clone(r.WrongSubject), r.Unreadable...) {
+		if b.Open() {
+			bad = append(bad, b)
+		}
+	}
+	slices.SortFunc(bad, func(a, b BadMessage) int { return cmp.Compare(a.Seq, b.Seq) })
+	for _, d := range r.Downgrades {
+		if !d.Acknowledged {
+			downgrades = append(downgrades, d)
+		}
+	}
+	return bad, downgrades
+}
+
+// Problems reports whether anything needs attention: drift, a broken
+// chain, an unacknowledged stale-token write, or an open stream problem.
+func (r *Report) Problems() bool {
+	bad, downgrades := r.OpenStreamProblems()
+	return r.Drift() || r.Tampered() || len(r.Unacknowledged())+len(bad)+len(downgrades) > 0
+}
+
 // Tampered reports whether a hash chain is broken.
 func (r *Report) Tampered() bool { return len(r.StreamChain)+len(r.StoreChain) > 0 }
 
@@ -187,7 +303,16 @@ type key struct{ pipeline, change string }
 type entry struct {
 	Row
 	hash, prevHash string
+	version        int
 	digest         [32]byte
+}
+
+// streamFacts is what readStream learns for the store's chain check:
+// which events are not rows at all (published on another change's
+// subject), and which follow a bad message on their subject (their
+// prevHash is that message's hash, which no store row has).
+type streamFacts struct {
+	misfiled, afterBad map[uint64]bool
 }
 
 // Verify compares store with the stream up to the stream's last event at
@@ -204,7 +329,7 @@ func Verify(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg
 		return nil, fmt.Errorf("verify: stream %s: %w", cfg.Stream.Name, err)
 	}
 	rep := &Report{}
-	byChange, latest, err := readStream(ctx, stream, cfg, rep)
+	byChange, latest, facts, err := readStream(ctx, stream, cfg, rep)
 	if err != nil {
 		return nil, err
 	}
@@ -220,37 +345,58 @@ func Verify(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg
 	if err := compareIssues(ctx, store, stream, latest, rep); err != nil {
 		return nil, err
 	}
-	checkStoreChains(rows, rep)
+	checkStoreChains(rows, rep, facts)
 	rep.Elapsed = time.Since(start)
 	return rep, nil
 }
 
 // readStream reads every event up to the stream's current last one.
-func readStream(ctx context.Context, stream jetstream.Stream, cfg Config, rep *Report) (map[key][]entry, map[key]stores.Record, error) {
+func readStream(ctx context.Context, stream jetstream.Stream, cfg Config, rep *Report) (map[key][]entry, map[key]stores.Record, streamFacts, error) {
 	rep.LastSeq = stream.CachedInfo().State.LastSeq
 	byChange := map[key][]entry{}
 	latest := map[key]stores.Record{}
+	facts := streamFacts{misfiled: map[uint64]bool{}, afterBad: map[uint64]bool{}}
 	if rep.LastSeq == 0 {
-		return byChange, latest, nil
+		return byChange, latest, facts, nil
 	}
-	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{cfg.Stream.SubjectPrefix + ".>"}})
+	prefix := cfg.Stream.SubjectPrefix
+	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{prefix + ".>"}})
 	if err != nil {
-		return nil, nil, fmt.Errorf("verify: consumer: %w", err)
+		return nil, nil, facts, fmt.Errorf("verify: consumer: %w", err)
 	}
-	prevOf := map[string]entry{} // by subject: the chain runs per subject
+	// By subject, as the chain runs: the previous message, whether it was
+	// a bad one, and where the chain started.
+	prevOf := map[string]entry{}
+	badBefore := map[string]bool{}
+	chainSince := map[string]uint64{}
 	type high struct{ token, seq uint64 }
 	newest := map[string]high{} // by pipeline: the highest lock token so far
 	err = projector.ScanStream(ctx, cons, 1000, rep.LastSeq, func(msgs []projector.StreamMsg) error {
 		for _, m := range msgs {
 			hash := events.Hash(m.Data)
 			e, err := events.Decode(m.Data)
+			if err == nil {
+				err = events.CheckSubject(prefix, m.Subject, e)
+			}
 			if err != nil {
-				rep.Undecodable++
+				b := badMessage(prefix, m, e, err)
+				if b.Event != nil {
+					rep.WrongSubject = append(rep.WrongSubject, b)
+					facts.misfiled[m.Seq] = true
+				} else {
+					rep.Unreadable = append(rep.Unreadable, b)
+					rep.Undecodable++
+				}
 				prevOf[m.Subject] = entry{Row: Row{Seq: m.Seq}, hash: hash}
+				badBefore[m.Subject] = true
 				continue
 			}
+			if badBefore[m.Subject] {
+				facts.afterBad[m.Seq] = true
+				delete(badBefore, m.Subject)
+			}
 			rec := stores.Record{Seq: m.Seq, Hash: hash, Event: e}
-			en := entry{Row: rowOf(rec), hash: hash, prevHash: e.PrevHash, digest: digest(rec)}
+			en := entry{Row: rowOf(rec), hash: hash, prevHash: e.PrevHash, version: e.SchemaVersion, digest: digest(rec)}
 			k := key{e.Pipeline, e.ChangeID}
 			byChange[k] = append(byChange[k], en)
 			if l, ok := latest[k]; !ok || rec.Seq > l.Seq {
@@ -268,33 +414,72 @@ func readStream(ctx context.Context, stream jetstream.Stream, cfg Config, rep *R
 			switch {
 			case !hasPrev && e.PrevHash != "":
 				rep.StreamChain = append(rep.StreamChain, Break{Where: "stream", Pipeline: e.Pipeline, ChangeID: e.ChangeID, Seq: m.Seq, Got: e.PrevHash})
+			case hasPrev && e.PrevHash == "" && e.SchemaVersion < 2 && chainSince[m.Subject] != 0:
+				// Not a writer that does not chain: one that claims to
+				// predate the chain, on a change that has it.
+				rep.Downgrades = append(rep.Downgrades, Downgrade{Row: en.Row, Version: e.SchemaVersion, ChainSince: chainSince[m.Subject]})
 			case hasPrev && e.PrevHash == "":
 				rep.Unchained++
 			case hasPrev && e.PrevHash != prev.hash:
 				rep.StreamChain = append(rep.StreamChain, Break{Where: "stream", Pipeline: e.Pipeline, ChangeID: e.ChangeID,
 					Seq: m.Seq, PrevSeq: prev.Seq, Want: prev.hash, Got: e.PrevHash})
 			}
+			if chainSince[m.Subject] == 0 && (e.PrevHash != "" || e.SchemaVersion >= 2) {
+				chainSince[m.Subject] = m.Seq
+			}
 			prevOf[m.Subject] = en
 			rep.StreamEvents++
 		}
 		if cfg.Progress != nil {
-			cfg.Progress(rep.StreamEvents+rep.Undecodable, 0)
+			cfg.Progress(rep.StreamEvents+rep.Undecodable+len(rep.WrongSubject), 0)
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, nil, fmt.Errorf("verify: %w", err)
+		return nil, nil, facts, fmt.Errorf("verify: %w", err)
 	}
-	for i, st := range rep.StaleTokens {
-		acked := st.Type == events.ExecutionOverlapped
-		for _, en := range byChange[key{st.Pipeline, st.ChangeID}] {
-			if en.Seq > st.Seq && (en.Type == events.ExecutionOverlapped || en.Type == events.ManuallyResolved) {
-				acked = true
+	// An operator's resolution after an event says someone has looked.
+	resolvedAfter := func(pipeline, change string, seq uint64, minVersion int) bool {
+		for _, en := range byChange[key{pipeline, change}] {
+			if en.Seq > seq && en.Type == events.ManuallyResolved && en.version >= minVersion {
+				return true
 			}
 		}
-		rep.StaleTokens[i].Acknowledged = acked
+		return false
 	}
-	return byChange, latest, nil
+	for i, st := range rep.StaleTokens {
+		rep.StaleTokens[i].Acknowledged = st.Type == events.ExecutionOverlapped || resolvedAfter(st.Pipeline, st.ChangeID, st.Seq, 0) ||
+			slices.ContainsFunc(byChange[key{st.Pipeline, st.ChangeID}], func(en entry) bool {
+				return en.Seq > st.Seq && en.Type == events.ExecutionOverlapped
+			})
+	}
+	for _, bs := range [][]BadMessage{rep.Unreadable, rep.WrongSubject} {
+		for i, b := range bs {
+			bs[i].Acknowledged = b.ChangeID != "" && resolvedAfter(b.Pipeline, b.ChangeID, b.Seq, 0)
+		}
+	}
+	for i, d := range rep.Downgrades {
+		rep.Downgrades[i].Acknowledged = resolvedAfter(d.Pipeline, d.ChangeID, d.Seq, 2)
+	}
+	return byChange, latest, facts, nil
+}
+
+// badMessage describes a stream message that is not a valid event of the
+// change whose subject it is on; e is what it decoded to, if it did.
+func badMessage(prefix string, m projector.StreamMsg, e events.Event, err error) BadMessage {
+	b := BadMessage{Seq: m.Seq, Subject: m.Subject, What: strings.TrimPrefix(err.Error(), "events: ")}
+	if p, c, perr := events.ParseSubject(prefix, m.Subject); perr == nil {
+		b.Pipeline, b.ChangeID = p, c
+	}
+	var ee *events.Error
+	if errors.Is(err, events.ErrWrongSubject) {
+		row := rowOf(stores.Record{Seq: m.Seq, Event: e})
+		b.Event = &row
+		if errors.As(err, &ee) {
+			b.What = ee.Reason
+		}
+	}
+	return b
 }
 
 // readStore reads every changeLog row up to lastSeq.
@@ -519,10 +704,17 @@ func issueDiff(want, got stores.Issue) []string {
 }
 
 // checkStoreChains checks, per change, that each row's prevHash is the
-// previous row's hash.
-func checkStoreChains(rows map[string]stores.Record, rep *Report) {
+// previous row's hash. Rows of events published on another change's
+// subject (a store fed by an older projector has them; they show as extra
+// rows) are not links of any change's chain, and a row whose predecessor
+// on the stream is a bad message points at that message, which no store
+// holds: neither is a broken link.
+func checkStoreChains(rows map[string]stores.Record, rep *Report, facts streamFacts) {
 	byChange := map[key][]stores.Record{}
 	for _, r := range rows {
+		if facts.misfiled[r.Seq] {
+			continue
+		}
 		k := key{r.Pipeline, r.ChangeID}
 		byChange[k] = append(byChange[k], r)
 	}
@@ -532,7 +724,7 @@ func checkStoreChains(rows map[string]stores.Record, rep *Report) {
 			if r.Hash == "" {
 				rep.Unhashed++
 			}
-			if i == 0 || r.PrevHash == "" || rs[i-1].Hash == "" {
+			if i == 0 || r.PrevHash == "" || rs[i-1].Hash == "" || facts.afterBad[r.Seq] {
 				continue
 			}
 			if r.PrevHash != rs[i-1].Hash {
