@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -67,48 +68,86 @@ func (a *app) issueCommand() *cobra.Command {
 	get := &cobra.Command{
 		Use:   "get",
 		Short: "One change: its state, its last error, its history, and with --guidance what to do",
-		Args:  cobra.NoArgs,
+		Long: `get shows a change as the store holds it. With --guidance (or when the store
+has no row for the change) it also reads the change's newest message on the
+stream: if that is not a valid event of the change — garbage, or another
+change's event published on its subject, which projectors dead-letter — runs
+stop at it, and get says which message it is and how to resolve the change.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if pipeline == "" || change == "" {
 				return usage("--pipeline and --change are required")
 			}
-			st, err := a.openStore(cmd.Context())
+			ctx := cmd.Context()
+			st, err := a.openStore(ctx)
 			if err != nil {
 				return err
 			}
-			rows, err := st.Issues(cmd.Context(), stores.IssueQuery{Pipeline: pipeline, ChangeID: change})
+			rows, err := st.Issues(ctx, stores.IssueQuery{Pipeline: pipeline, ChangeID: change})
 			if err != nil {
 				return err
 			}
-			if len(rows) == 0 {
+			// The store holds only valid events: what runners stop at may
+			// be a message it never had (dead-lettered). The stream says.
+			var bad *producer.BadEventError
+			if guidance || len(rows) == 0 {
+				if bad, err = a.badNewest(ctx, pipeline, change); err != nil {
+					if len(rows) == 0 {
+						return err
+					}
+					fmt.Fprintf(a.errOut, "auditflow: the guidance is from the store alone: %v\n", err)
+				}
+			}
+			if len(rows) == 0 && bad == nil {
 				return fmt.Errorf("%w: no change %q in pipeline %q in this store", errNotFound, change, pipeline)
 			}
-			hist, err := st.History(cmd.Context(), stores.HistoryQuery{Pipeline: pipeline, ChangeID: change, Limit: 50})
-			if err != nil {
-				return err
+			var hist []stores.Record
+			v := issueView{Issue: stores.Issue{Pipeline: pipeline, ChangeID: change}, Shown: "-"}
+			detail := issueDetail{}
+			if len(rows) > 0 {
+				if hist, err = st.History(ctx, stores.HistoryQuery{Pipeline: pipeline, ChangeID: change, Limit: 50}); err != nil {
+					return err
+				}
+				v = viewOf(rows[0], time.Now(), staleAfter)
+				detail.ErrorTrace = rows[0].ErrorTrace
 			}
-			v := viewOf(rows[0], time.Now(), staleAfter)
-			detail := issueDetail{issueView: v, ErrorTrace: rows[0].ErrorTrace, History: historyJSON(hist)}
+			detail.issueView, detail.History = v, historyJSON(hist)
+			if bad != nil {
+				detail.BadNewest = &badNewestView{Seq: bad.Head.Seq, Subject: bad.Subject, Size: bad.Size,
+					WrongSubject: bad.WrongSubject(), Problem: strings.TrimPrefix(bad.Err.Error(), "events: ")}
+			}
 			if guidance {
 				detail.Guidance = guide(v)
+				if bad != nil {
+					ce := &runner.ChangeError{Pipeline: pipeline, ChangeID: change, TargetSystem: v.TargetSystem, Bad: bad, Err: runner.ErrManualIntervention}
+					detail.Guidance = ce.Guidance(`auditflow issue fix -p %s -c %s -r applied|rolled-back --reason "..."`)
+				}
 			}
 			return a.emit(detail, func(w *tabwriter.Writer) {
 				fmt.Fprintf(w, "change\t%s of pipeline %s\n", v.ChangeID, v.Pipeline)
-				fmt.Fprintf(w, "state\t%s (%s) since %s UTC\n", v.Shown, v.Status, v.UpdatedAt.UTC().Format(time.DateTime))
-				fmt.Fprintf(w, "execution\t%s, author %s, target %s, recovery %s\n", render.Dash(v.ExecutionID),
-					render.Dash(v.Author), render.Dash(v.TargetSystem), v.Recovery)
-				if v.ErrorMessage != "" {
-					fmt.Fprintf(w, "error\t%s\n", v.ErrorMessage)
+				if bad != nil {
+					fmt.Fprintf(w, "BLOCKED\tits newest message on the stream (sequence %d, %d bytes) is not a valid event of it: %s\n",
+						bad.Head.Seq, bad.Size, detail.BadNewest.Problem)
 				}
-				if v.Operator != "" {
-					fmt.Fprintf(w, "resolved by\t%s: %s\n", v.Operator, v.Reason)
+				if len(rows) == 0 {
+					fmt.Fprintln(w, "store\tno row for this change: it holds valid events only (projectors dead-letter the rest)")
+				} else {
+					fmt.Fprintf(w, "state\t%s (%s) since %s UTC\n", v.Shown, v.Status, v.UpdatedAt.UTC().Format(time.DateTime))
+					fmt.Fprintf(w, "execution\t%s, author %s, target %s, recovery %s\n", render.Dash(v.ExecutionID),
+						render.Dash(v.Author), render.Dash(v.TargetSystem), v.Recovery)
+					if v.ErrorMessage != "" {
+						fmt.Fprintf(w, "error\t%s\n", v.ErrorMessage)
+					}
+					if v.Operator != "" {
+						fmt.Fprintf(w, "resolved by\t%s: %s\n", v.Operator, v.Reason)
+					}
+					_ = w.Flush()
+					if detail.ErrorTrace != "" {
+						fmt.Fprintf(w, "\ntrace (last lines):\n%s\n", tail(detail.ErrorTrace, 15))
+					}
+					fmt.Fprintln(w, "\nhistory (newest first):")
+					historyTable(w, hist)
 				}
-				_ = w.Flush()
-				if rows[0].ErrorTrace != "" {
-					fmt.Fprintf(w, "\ntrace (last lines):\n%s\n", tail(rows[0].ErrorTrace, 15))
-				}
-				fmt.Fprintln(w, "\nhistory (newest first):")
-				historyTable(w, hist)
 				if guidance {
 					_ = w.Flush()
 					fmt.Fprintf(w, "\nwhat to do:\n%s\n", detail.Guidance)
@@ -137,7 +176,12 @@ while it records (the event carries its fencing token), and refuses (exit 5)
 while a runner holds the lock, or while the change's start is younger than
 the lease (its runner may be alive but paused). --force records anyway: if a
 runner is still applying the change, its outcome is recorded as OVERLAPPED
-and, with rolled-back, the next run applies the change a second time.`,
+and, with rolled-back, the next run applies the change a second time.
+
+fix also resolves a change whose newest message on the stream is not a
+valid event of it (garbage, or another change's event on its subject: see
+issue get --guidance): the decision is recorded after that message, which
+the stream keeps, and runs go on from it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			res := events.Resolution(strings.ToUpper(strings.ReplaceAll(resolution, "-", "_")))
@@ -150,6 +194,10 @@ and, with rolled-back, the next run applies the change a second time.`,
 				return usage("--reason is required: it is recorded in the audit log")
 			case operator == "":
 				return usage("--operator is required (no $USER to default to)")
+			case len(reason) > events.MaxMessageLen:
+				return usage("--reason: %d bytes; the limit is %d (events.MaxMessageLen)", len(reason), events.MaxMessageLen)
+			case len(operator) > events.MaxTextLen:
+				return usage("--operator: %d bytes; the limit is %d (events.MaxTextLen)", len(operator), events.MaxTextLen)
 			}
 			js, err := a.connect()
 			if err != nil {
@@ -206,7 +254,41 @@ type issueDetail struct {
 	issueView
 	ErrorTrace string       `json:"errorTrace,omitempty"`
 	History    []historyRow `json:"history"`
-	Guidance   string       `json:"guidance,omitempty"`
+	// BadNewest is the change's newest message on the stream when it is
+	// not a valid event of the change (read with --guidance, or when the
+	// store has no row for it).
+	BadNewest *badNewestView `json:"badNewestMessage,omitempty"`
+	Guidance  string         `json:"guidance,omitempty"`
+}
+
+// badNewestView is a change's newest message that is not its event.
+type badNewestView struct {
+	Seq          uint64 `json:"seq"`
+	Subject      string `json:"subject"`
+	Size         int    `json:"size"`
+	WrongSubject bool   `json:"wrongSubject"` // another change's event; else it does not decode
+	Problem      string `json:"problem"`
+}
+
+// badNewest reads a change's newest message from the stream (read-only:
+// the stream is neither created nor checked) and returns it if it is not a
+// valid event of the change; nil if it is, or the change has none.
+func (a *app) badNewest(ctx context.Context, pipeline, change string) (*producer.BadEventError, error) {
+	js, err := a.connect()
+	if err != nil {
+		return nil, err
+	}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, _, err = producer.ReadLast(rctx, js, a.streamConfig(), pipeline, change)
+	var bad *producer.BadEventError
+	switch {
+	case errors.As(err, &bad):
+		return bad, nil
+	case err == nil, errors.Is(err, producer.ErrNoEvents):
+		return nil, nil
+	}
+	return nil, fmt.Errorf("read the change's newest message from the stream: %w", err)
 }
 
 func viewOf(i stores.Issue, now time.Time, staleAfter time.Duration) issueView {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -154,8 +155,23 @@ func (a *app) runVerify(ctx context.Context) (*verify.Report, error) {
 func (a *app) verifyCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "verify",
-		Short: "Compare the store with the stream, check the hash chains and lock tokens; exit 3 on drift, a broken link or an unacknowledged stale-token write",
-		Args:  cobra.NoArgs,
+		Short: "Compare the store with the stream, check the hash chains, lock tokens and subjects; exit 3 on drift, a broken link, or an open stream problem",
+		Long: `verify reads the whole stream and the whole store and reports:
+
+  drift        rows missing from the store, rows the stream never had, rows
+               that differ, issue rows that do not match (repair fixes them)
+  hash chain   an event that does not hash to what its successor recorded:
+               the stream or the store was altered
+  lock tokens  events written with a stale lock token (a runner without the
+               lock), until an overlap record or a resolution follows
+  subjects     a message on a change's subject that does not decode, or a
+               valid event published on another change's subject: runs of
+               that change stop at it until an operator resolves the change
+  downgrades   a schema-version-1 event (no hash chain) on a change whose
+               events carry the chain: an old writer, or a forged event
+
+It exits 3 while any of these is open, and says for each what to do.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			rep, err := a.runVerify(cmd.Context())
 			if err != nil {
@@ -164,7 +180,7 @@ func (a *app) verifyCommand() *cobra.Command {
 			if err := a.emit(rep, func(w *tabwriter.Writer) { verifyTable(w, rep) }); err != nil {
 				return err
 			}
-			if rep.Drift() || rep.Tampered() || len(rep.Unacknowledged()) > 0 {
+			if rep.Problems() {
 				return errProblems
 			}
 			return nil
@@ -182,6 +198,32 @@ func verifyTable(w *tabwriter.Writer, rep *verify.Report) {
 		len(rep.StreamChain), len(rep.StoreChain), rep.Unchained, rep.Unhashed)
 	if b, ok := rep.FirstBreak(); ok {
 		fmt.Fprintf(w, "FIRST BROKEN LINK\t%s\n", b)
+	}
+	bad, downgrades := rep.OpenStreamProblems()
+	fmt.Fprintf(w, "subjects\t%d events on another change's subject, %d undecodable messages; %d not resolved\n",
+		len(rep.WrongSubject), len(rep.Unreadable), len(bad))
+	fmt.Fprintf(w, "downgrades\t%d schema-version-1 events after their change's hash chain started, %d not acknowledged\n",
+		len(rep.Downgrades), len(downgrades))
+	for i, b := range rep.WrongSubject {
+		if i == shown {
+			fmt.Fprintf(w, "\t… %d more on the wrong subject\n", len(rep.WrongSubject)-shown)
+			break
+		}
+		fmt.Fprintf(w, "wrong subject\t%s\n", b)
+	}
+	for i, b := range rep.Unreadable {
+		if i == shown {
+			fmt.Fprintf(w, "\t… %d more undecodable\n", len(rep.Unreadable)-shown)
+			break
+		}
+		fmt.Fprintf(w, "undecodable\t%s\n", b)
+	}
+	for i, d := range rep.Downgrades {
+		if i == shown {
+			fmt.Fprintf(w, "\t… %d more downgrades\n", len(rep.Downgrades)-shown)
+			break
+		}
+		fmt.Fprintf(w, "downgrade\t%s\n", d)
 	}
 	unacked := rep.Unacknowledged()
 	fmt.Fprintf(w, "lock tokens\t%d events written with a stale lock token, %d not acknowledged\n", len(rep.StaleTokens), len(unacked))
@@ -227,15 +269,79 @@ func verifyTable(w *tabwriter.Writer, rep *verify.Report) {
 		fmt.Fprintf(w, "change\t%s/%s: stream %d events (digest %s), store %d rows (digest %s)\n",
 			c.Pipeline, c.ChangeID, c.StreamEvents, c.StreamDigest, c.StoreRows, c.StoreDigest)
 	}
-	switch {
-	case !rep.Drift() && !rep.Tampered() && len(unacked) > 0:
-		fmt.Fprintln(w, "result\tthe store matches the stream, but a runner wrote without the pipeline lock: inspect the target for each change above, then record what it holds with `auditflow issue fix` (which acknowledges it)")
-	case !rep.Drift() && !rep.Tampered():
-		fmt.Fprintf(w, "result\tthe store matches the stream (%s)\n", rep.Elapsed.Round(time.Millisecond))
-	case rep.Drift():
-		fmt.Fprintln(w, "result\tDRIFT: run `auditflow repair --dry-run` to see the fix")
-	default:
-		fmt.Fprintln(w, "result\tTAMPERED: an event does not hash to what its successor recorded; restore the stream from a trusted copy")
+	results := streamAdvice(rep)
+	if rep.Drift() {
+		results = append(results, "DRIFT: run `auditflow repair --dry-run` to see the fix")
+	} else {
+		results = append(results, fmt.Sprintf("the store matches the stream (%s)", rep.Elapsed.Round(time.Millisecond)))
+	}
+	for _, r := range results {
+		fmt.Fprintf(w, "result\t%s\n", r)
+	}
+}
+
+// streamAdvice says what to do about each problem of the stream itself,
+// which no store repair can fix: broken chains, open bad messages and
+// downgrades, unacknowledged stale-token writes.
+func streamAdvice(rep *verify.Report) []string {
+	var out []string
+	if rep.Tampered() {
+		out = append(out, "TAMPERED: an event does not hash to what its successor recorded; restore the stream from a trusted copy")
+	}
+	bad, downgrades := rep.OpenStreamProblems()
+	for i, b := range bad {
+		if i == shown {
+			out = append(out, fmt.Sprintf("… and %d more changes stopped by a bad message (--json lists them)", len(bad)-shown))
+			break
+		}
+		what := "does not decode"
+		if b.Event != nil {
+			what = fmt.Sprintf("is an event for change %s/%s, published on change %s/%s's subject (a hand-published or misrouted message: not tampering; runs of %s/%s do not see it, so if it records something real, check that change's target too)",
+				b.Event.Pipeline, b.Event.ChangeID, b.Pipeline, b.ChangeID, b.Event.Pipeline, b.Event.ChangeID)
+		}
+		out = append(out, fmt.Sprintf("BAD MESSAGE: seq %d %s. Runs of %s/%s stop at it: inspect it (nats stream get %s %d) and the change's target, then record what the target holds: %s",
+			b.Seq, what, b.Pipeline, b.ChangeID, streamName, b.Seq, fixCommand(b.Pipeline, b.ChangeID)))
+	}
+	for i, d := range downgrades {
+		if i == shown {
+			out = append(out, fmt.Sprintf("… and %d more downgrades (--json lists them)", len(downgrades)-shown))
+			break
+		}
+		out = append(out, fmt.Sprintf("DOWNGRADE: seq %d, a schema-version-1 %s without the hash chain on %s/%s, whose events carry it since seq %d: an old writer, or an event forged past the chain. Find out who wrote it (auditflow issue get -p %s -c %s), inspect the target, then record what it holds: %s",
+			d.Seq, d.Type, d.Pipeline, d.ChangeID, d.ChainSince, shellQuote(d.Pipeline), shellQuote(d.ChangeID), fixCommand(d.Pipeline, d.ChangeID)))
+	}
+	if len(rep.Unacknowledged()) > 0 {
+		out = append(out, "STALE TOKENS: a runner wrote without the pipeline lock: inspect the target for each change above, then record what it holds with `auditflow issue fix` (which acknowledges it)")
+	}
+	return out
+}
+
+// streamName is the audit stream's name in advice (the CLI uses the default).
+const streamName = "AUDIT"
+
+// fixCommand is the command that records an operator's decision.
+func fixCommand(pipeline, change string) string {
+	return fmt.Sprintf("auditflow issue fix -p %s -c %s -r applied|rolled-back --reason \"...\"", shellQuote(pipeline), shellQuote(change))
+}
+
+// shellQuote quotes s for a POSIX shell if it needs it.
+func shellQuote(s string) string {
+	if s != "" && strings.IndexFunc(s, func(r rune) bool {
+		return !(r == '-' || r == '_' || r == '.' || r == '/' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z')
+	}) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// printAdvice prints what a store repair cannot fix.
+func printAdvice(w *tabwriter.Writer, advice []string) {
+	if len(advice) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\nthe stream has problems a store repair cannot fix:")
+	for _, a := range advice {
+		fmt.Fprintf(w, "  - %s\n", a)
 	}
 }
 
@@ -247,8 +353,11 @@ func (a *app) repairCommand() *cobra.Command {
 		Long: `repair runs verify, then corrects the store from the stream: altered and
 missing rows are written from the stream, stray rows deleted, issue rows
 recomputed. Stores without targeted repair (couchbase) are rebuilt instead:
-reset, then replayed. A broken hash chain in the stream is not something a
-store repair can fix: restore the stream from a trusted copy.`,
+reset, then replayed. Problems of the stream itself are not something a
+store repair can fix, and repair says so and exits 3: a broken hash chain
+(restore the stream from a trusted copy), a bad message on a change's
+subject or a downgrade (resolve the change with issue fix), a stale-token
+write (inspect the target, then issue fix).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -261,17 +370,25 @@ store repair can fix: restore the stream from a trusted copy.`,
 				return err
 			}
 			lines := plan.Lines()
+			// What a store repair cannot fix is said, not left out: a
+			// stream problem leaves the command with exit 3.
+			advice := streamAdvice(rep)
 			if dryRun || plan.Empty() {
-				return a.emit(map[string]any{"dryRun": dryRun, "corrections": lines}, func(w *tabwriter.Writer) {
+				err := a.emit(map[string]any{"dryRun": dryRun, "corrections": lines, "streamProblems": advice}, func(w *tabwriter.Writer) {
 					if plan.Empty() {
-						fmt.Fprintln(w, "nothing to repair: the store matches the stream")
-						return
+						fmt.Fprintln(w, "nothing to repair in the store: it matches the stream")
+					} else {
+						for _, l := range lines {
+							fmt.Fprintln(w, l)
+						}
+						fmt.Fprintf(w, "\n%d correction(s); run without --dry-run to apply\n", len(lines))
 					}
-					for _, l := range lines {
-						fmt.Fprintln(w, l)
-					}
-					fmt.Fprintf(w, "\n%d correction(s); run without --dry-run to apply\n", len(lines))
+					printAdvice(w, advice)
 				})
+				if err == nil && len(advice) > 0 {
+					return errProblems
+				}
+				return err
 			}
 			bar := a.newProgress("rebuild", 0)
 			err = verify.Repair(ctx, a.js, a.st, plan, projector.ReplayConfig{Stream: a.streamConfig(), Logger: a.log, Progress: bar.replay})
@@ -293,10 +410,11 @@ store repair can fix: restore the stream from a trusted copy.`,
 				} else {
 					fmt.Fprintf(w, "\nrepaired: %d correction(s); the store matches the stream\n", len(lines))
 				}
+				printAdvice(w, streamAdvice(after))
 			}); err != nil {
 				return err
 			}
-			if after.Drift() {
+			if after.Drift() || len(streamAdvice(after)) > 0 {
 				return errProblems
 			}
 			return nil
