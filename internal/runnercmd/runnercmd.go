@@ -161,6 +161,10 @@ Flags:
 		return nil, errors.New("--reason: required with --resolve; it goes into the audit log")
 	case o.resolve != "" && o.operator == "":
 		return nil, errors.New("--operator: required with --resolve (no $USER to default to)")
+	case len(o.reason) > events.MaxMessageLen:
+		return nil, fmt.Errorf("--reason: %d bytes; the limit is %d (events.MaxMessageLen)", len(o.reason), events.MaxMessageLen)
+	case len(o.operator) > events.MaxTextLen:
+		return nil, fmt.Errorf("--operator: %d bytes; the limit is %d (events.MaxTextLen)", len(o.operator), events.MaxTextLen)
 	case o.pipeline == "":
 		return nil, errors.New("--pipeline: empty")
 	}
@@ -284,6 +288,12 @@ func run(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) (i
 			return codeFor(err), err
 		}
 		printPlan(stdout, plan)
+		for _, s := range plan {
+			if s.Bad != nil { // what a run would stop at, and the way past it
+				ce := &runner.ChangeError{Pipeline: o.pipeline, ChangeID: s.Change.ID, TargetSystem: s.Change.TargetSystem, Bad: s.Bad, Err: runner.ErrManualIntervention}
+				fmt.Fprintf(stdout, "\n%s is BLOCKED: %s\n", s.Change.ID, ce.Guidance(resolveHint(o)))
+			}
+		}
 		return ExitOK, nil
 	default:
 		rep, runErr := r.Run(ctx, changes)
@@ -338,7 +348,14 @@ func printPlan(w io.Writer, plan []runner.Step) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ORDER\tCHANGE\tACTION\tLAST STATE\tWHY")
 	for _, s := range plan {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", render.Dash(s.Change.Order), s.Change.ID, s.Action, render.Dash(string(s.State)), s.Reason)
+		state := render.Dash(string(s.State))
+		switch {
+		case s.Bad != nil && s.Bad.WrongSubject():
+			state = fmt.Sprintf("another change's event (seq %d)", s.Bad.Head.Seq)
+		case s.Bad != nil:
+			state = fmt.Sprintf("undecodable (seq %d)", s.Bad.Head.Seq)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", render.Dash(s.Change.Order), s.Change.ID, s.Action, state, s.Reason)
 	}
 	_ = tw.Flush()
 }
