@@ -11,6 +11,7 @@ package storetest
 import (
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -20,6 +21,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/stores"
@@ -55,6 +57,7 @@ func Run(t *testing.T, newStore NewStore, f Features) {
 	}{
 		{"RoundTrip", testRoundTrip},
 		{"UnicodeAndLargeTraces", testUnicodeAndLargeTraces},
+		{"MaxSizeEvent", testMaxSizeEvent},
 		{"IdempotentReapply", testIdempotentReapply},
 		{"OutOfOrder", testOutOfOrder},
 		{"IssueLifecycle", testIssueLifecycle},
@@ -242,6 +245,83 @@ func testUnicodeAndLargeTraces(t *testing.T, s *suite) {
 	if i.ErrorTrace != trace || i.ErrorMessage != r.ErrorMessage {
 		t.Fatalf("issue lost the error: message %q, trace %d bytes (want %d)", i.ErrorMessage, len(i.ErrorTrace), len(trace))
 	}
+}
+
+// testMaxSizeEvent: the event limits (events.MaxTraceLen and the others)
+// promise that any event the stream accepts fits every store. An event
+// with every field at its limit — multi-byte text, a trace that does not
+// compress (a backend may compress traces, so only random data tests the
+// bound), 64 metadata keys of the longest length totalling the metadata
+// limit — must be stored and read back whole, as a changeLog row and as
+// its change's issue, both as a failure and as a resolution that carries
+// every field.
+func testMaxSizeEvent(t *testing.T, s *suite) {
+	st := s.open(t, "")
+	failed := maxRecord(t, 1, events.ExecutionFailed)
+	apply(t, st, failed)
+	if got := normIssue(issueOf(t, st, failed.Pipeline, failed.ChangeID)); !reflect.DeepEqual(got, normIssue(stores.IssueOf(failed))) {
+		t.Fatalf("issue of the max-size failure: trace %d bytes (want %d), message %d bytes (want %d)",
+			len(got.ErrorTrace), len(failed.ErrorTrace), len(got.ErrorMessage), len(failed.ErrorMessage))
+	}
+	resolved := maxRecord(t, 2, events.ManuallyResolved)
+	apply(t, st, resolved)
+	wantRecords(t, "max-size history", history(t, st, stores.HistoryQuery{Pipeline: failed.Pipeline, ChangeID: failed.ChangeID}),
+		[]stores.Record{resolved, failed})
+	if got := normIssue(issueOf(t, st, failed.Pipeline, failed.ChangeID)); !reflect.DeepEqual(got, normIssue(stores.IssueOf(resolved))) {
+		t.Fatalf("issue of the max-size resolution:\n got %+v\nwant %+v", got, stores.IssueOf(resolved))
+	}
+}
+
+// maxRecord is an event of type typ with every field at its size limit.
+func maxRecord(t *testing.T, seq uint64, typ events.Type) stores.Record {
+	t.Helper()
+	// fill is n bytes of text starting with seed, multi-byte runes included.
+	fill := func(seed string, n int) string {
+		s := seed + strings.Repeat("-ü✓漢", n/8+1)
+		for len(s) > n {
+			_, size := utf8.DecodeLastRuneInString(s)
+			s = s[:len(s)-size]
+		}
+		return s + strings.Repeat("x", n-len(s))
+	}
+	noise := make([]byte, events.MaxTraceLen)
+	_, _ = rand.Read(noise)
+	e := events.New(typ, fill("pipeline-", events.MaxKeyLen), fill("change-", events.MaxKeyLen))
+	e.ID = fmt.Sprintf("evt-max-%d-", seq) + strings.Repeat("i", events.MaxIDLen-len(fmt.Sprintf("evt-max-%d-", seq)))
+	e.OccurredAt = base.Add(time.Duration(seq) * time.Second)
+	e.ExecutionID = strings.Repeat("x", events.MaxIDLen)
+	e.Order = fill("0001", events.MaxKeyLen)
+	e.Author, e.TargetSystem = fill("author ", events.MaxTextLen), fill("target ", events.MaxTextLen)
+	e.Host, e.RunnerID = fill("host ", events.MaxTextLen), fill("runner ", events.MaxTextLen)
+	e.LockToken, e.Duration = 1<<53+1, 90*time.Minute
+	e.ErrorMessage = fill("error ", events.MaxMessageLen)
+	e.ErrorTrace = base64.StdEncoding.EncodeToString(noise)[:events.MaxTraceLen]
+	e.Metadata = map[string]string{}
+	left := events.MaxMetadataBytes - events.MaxMetadataKeys*events.MaxMetadataKeyLen - events.MaxMetadataValueLen
+	for i := range events.MaxMetadataKeys {
+		k := fmt.Sprintf("key%02d", i)
+		k += strings.Repeat("k", events.MaxMetadataKeyLen-len(k))
+		n := events.MaxMetadataValueLen
+		if i > 0 {
+			n = left / (events.MaxMetadataKeys - i)
+			left -= n
+		}
+		e.Metadata[k] = fill(fmt.Sprint("value ", i, " "), n)
+	}
+	e.Recovery, e.Transactional = events.AlwaysRetry, true
+	if seq > 1 {
+		e.PrevHash = events.Hash([]byte(fmt.Sprint("event before ", seq)))
+	}
+	if typ == events.ManuallyResolved {
+		e.Resolution = events.ResolvedRolledBack
+		e.Operator, e.Reason = fill("operator ", events.MaxTextLen), fill("reason ", events.MaxMessageLen)
+	}
+	b, err := events.Encode(e)
+	if err != nil {
+		t.Fatalf("the max-size event does not encode: %v", err)
+	}
+	t.Logf("max-size %s: %d bytes encoded", typ, len(b))
+	return stores.Record{Seq: seq, Hash: events.Hash(b), Event: e}
 }
 
 func testIdempotentReapply(t *testing.T, s *suite) {
