@@ -114,7 +114,9 @@ func parse(args []string, stderr io.Writer) (*options, error) {
                                               record an operator's decision
 
 Exit codes: 0 ok, 1 error, 2 bad usage/config, 3 change failed,
-            4 manual intervention needed (including overlapped executions),
+            4 manual intervention needed (including overlapped executions,
+              and a change whose newest message on the stream is not its
+              event: garbage, or another change's event),
             5 lock not obtained or lost (or --resolve refused while a runner
               may be applying the change),
             130 interrupted by SIGINT, 143 by SIGTERM (the change got SIGTERM
