@@ -1,7 +1,9 @@
 package events_test
 
 import (
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/auditflow/auditflow/events"
@@ -28,4 +30,23 @@ func ExampleEncode() {
 func ExampleSubject() {
 	fmt.Println(events.Subject(events.DefaultSubjectPrefix, "billing", "db.users v2"))
 	// Output: audit.exec.billing.db%2Eusers%20v2
+}
+
+func ExampleCheckSubject() {
+	e := events.New(events.ExecutionFailed, "billing", "0002-backfill")
+	// Read from the stream on another change's subject:
+	err := events.CheckSubject(events.DefaultSubjectPrefix, "audit.exec.billing.0001-create", e)
+	fmt.Println(err)
+	fmt.Println(errors.Is(err, events.ErrWrongSubject))
+	// Output:
+	// events: event on the wrong subject: event for change "0002-backfill" of pipeline "billing" published on change "0001-create"'s subject (audit.exec.billing.0001-create)
+	// true
+}
+
+func ExampleTruncate() {
+	out := "psql: connecting… " + strings.Repeat("NOTICE: row skipped\n", 10) + "ERROR: duplicate key"
+	fmt.Println(events.Truncate(out, 80))
+	// Output:
+	// psql: connecting… NOTICE… [truncated 189 bytes] …pped
+	// ERROR: duplicate key
 }
