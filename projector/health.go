@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -16,10 +19,23 @@ import (
 // ReadyTimeout bounds the store read of a /readyz check.
 const ReadyTimeout = 2 * time.Second
 
-// Ready reports whether the projector can do its work now: it has not been
-// asked to stop, its NATS connection is up, and the store answers a cheap
-// read (the consumer's checkpoint). The error, wrapping ErrNotReady, names
-// the check that failed.
+// Ready reports whether the projector is doing its work: it has not been
+// asked to stop, its NATS connection is up, the store answers a cheap read
+// (the consumer's checkpoint), and, once Run has started, none of these
+// holds:
+//
+//   - events of a newer schema version are held ("upgrade needed: N events
+//     of schema version V held"): they wait for a newer projector;
+//   - dead-letter publishes fail (the last one failed, within the last
+//     2 minutes): poison messages are being left on the stream;
+//   - a store write has been failing for longer than StallAfter;
+//   - nothing has been stored, acknowledged or dead-lettered for
+//     StallAfter, by this process or (as far as the consumer shows) any
+//     other on its consumer, while the consumer has messages pending or
+//     unacknowledged (the lag, as the lag metric reads it). Another process
+//     doing all the work does not make this one unready.
+//
+// The error, wrapping ErrNotReady, names every check that failed.
 func (p *Projector) Ready(ctx context.Context) error {
 	if p.stopping.Load() {
 		return fmt.Errorf("%w: shutting down", ErrNotReady)
@@ -30,18 +46,60 @@ func (p *Projector) Ready(ctx context.Context) error {
 	if _, err := p.store.Checkpoint(ctx, p.cfg.Consumer); err != nil {
 		return fmt.Errorf("%w: store: %w", ErrNotReady, err)
 	}
+	reasons := p.health.problems(time.Now(), p.cfg.StallAfter)
+	if r := p.stallReason(); r != "" {
+		reasons = append(reasons, r)
+	}
+	if len(reasons) > 0 {
+		return fmt.Errorf("%w: %s", ErrNotReady, strings.Join(reasons, "; "))
+	}
 	return nil
+}
+
+// stallReason says why the projector is stalled, or returns "": nothing
+// stored, acknowledged or dead-lettered for StallAfter — by this process,
+// nor (as far as the consumer's delivered and acknowledged sequences show)
+// by any other on the consumer — while the consumer has a lag. The
+// consumer's state is read at most once a second (shared with the lag
+// metric); an unreadable state is reported by the NATS check instead.
+func (p *Projector) stallReason() string {
+	last := p.health.lastProgress()
+	if last.IsZero() { // Run has not started
+		return ""
+	}
+	st, moved, err := p.lag.get()
+	if err != nil || st.lag == 0 {
+		return ""
+	}
+	if moved.After(last) {
+		last = moved
+	}
+	idle := time.Since(last)
+	if idle < p.cfg.StallAfter {
+		return ""
+	}
+	return fmt.Sprintf("stalled: nothing stored or acknowledged for %s with %d messages pending or unacknowledged",
+		idle.Round(time.Second), st.lag)
+}
+
+// stalled is the auditflow_projector_stalled gauge: a write failing for
+// longer than StallAfter, or no progress for StallAfter with a lag.
+func (p *Projector) stalled() bool {
+	return p.health.stuckWrite(time.Now(), p.cfg.StallAfter) != "" || p.stallReason() != ""
 }
 
 // Handler serves the projector's operational endpoints:
 //
 //	/metrics  what g gathers, in the Prometheus exposition formats (not served if g is nil)
 //	/healthz  liveness: 200 until the projector is asked to stop, then 503
-//	/readyz   readiness: 200 if Ready within ReadyTimeout, else 503 with the reason on one line
+//	/readyz   readiness: 200 if Ready within ReadyTimeout, else 503 with the reasons on one line
 //
-// Liveness deliberately checks nothing outside the process: a NATS or
-// store outage is waited out by retrying, and restarting the projector
-// would not end it.
+// Liveness deliberately checks nothing outside the process, nor whether
+// the projector makes progress: a NATS or store outage is waited out by
+// retrying, a stuck write is bounded and retried, held and poison events
+// come back by themselves, and a restart would cure none of these — it
+// would only add redeliveries. Readiness reports them instead, for alerts
+// and rollouts.
 func (p *Projector) Handler(g prometheus.Gatherer) http.Handler {
 	mux := http.NewServeMux()
 	if g != nil {
@@ -72,4 +130,170 @@ func (p *Projector) Handler(g prometheus.Gatherer) http.Handler {
 // their logs show it.
 func oneLine(s string, n int) string {
 	return truncate(strings.Join(strings.Fields(s), " "), n)
+}
+
+// maxHeldTracked bounds the held events remembered for readiness; beyond
+// it, readiness says "at least".
+const maxHeldTracked = 100_000
+
+// health is what Ready and the gauges judge, kept by the loops as they go.
+type health struct {
+	progress atomic.Int64 // unix ns of the last store write or settled message; 0 before Run
+
+	mu           sync.Mutex
+	dlFailedAt   time.Time // last failed dead-letter publish
+	dlErr        error
+	dlOKAt       time.Time         // last successful one
+	writes       []writeState      // per worker: the write being retried
+	held         map[uint64]heldAt // by stream sequence
+	heldVersions map[int]bool      // versions logged
+}
+
+type writeState struct {
+	since    time.Time // first failure of the batch being written; zero if none
+	events   int
+	firstSeq uint64
+	err      error
+}
+
+type heldAt struct {
+	version int
+	at      time.Time
+}
+
+func (h *health) start(workers int) {
+	h.mu.Lock()
+	h.writes = make([]writeState, workers)
+	h.mu.Unlock()
+	h.progressed()
+}
+
+func (h *health) progressed() { h.progress.Store(time.Now().UnixNano()) }
+
+func (h *health) lastProgress() time.Time {
+	if ns := h.progress.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
+}
+
+func (h *health) deadLetterFailed(err error) {
+	h.mu.Lock()
+	h.dlFailedAt, h.dlErr = time.Now(), err
+	h.mu.Unlock()
+}
+
+func (h *health) deadLetterOK() {
+	h.mu.Lock()
+	h.dlOKAt = time.Now()
+	h.mu.Unlock()
+}
+
+// writeFailed records a failed attempt of worker's batch; the first
+// failure starts the clock.
+func (h *health) writeFailed(worker, events int, firstSeq uint64, err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	w := &h.writes[worker]
+	if w.since.IsZero() {
+		w.since = time.Now()
+	}
+	w.events, w.firstSeq, w.err = events, firstSeq, err
+}
+
+// writeDone: worker's batch is settled (stored, or left for redelivery).
+func (h *health) writeDone(worker int) {
+	h.mu.Lock()
+	h.writes[worker] = writeState{}
+	h.mu.Unlock()
+}
+
+// hold records that the event at seq, of a newer schema version, was held,
+// and reports whether it is the first of its version this process holds.
+func (h *health) hold(seq uint64, version int) (first bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.held == nil {
+		h.held, h.heldVersions = map[uint64]heldAt{}, map[int]bool{}
+	}
+	if _, ok := h.held[seq]; ok || len(h.held) < maxHeldTracked {
+		h.held[seq] = heldAt{version, time.Now()}
+	}
+	first = !h.heldVersions[version]
+	h.heldVersions[version] = true
+	return first
+}
+
+// heldWindow is how long a held event counts after it was last seen: it
+// comes back at least every holdMax while no newer projector takes it.
+func heldWindow() time.Duration { return 2 * holdMax }
+
+// heldCounts returns how many events of each newer version were held
+// within heldWindow, forgetting older ones (taken by a newer projector).
+func (h *health) heldCounts(now time.Time) map[int]int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	counts := map[int]int{}
+	for seq, e := range h.held {
+		if now.Sub(e.at) > heldWindow() {
+			delete(h.held, seq)
+			continue
+		}
+		counts[e.version]++
+	}
+	return counts
+}
+
+// heldTotal is the auditflow_projector_held_newer_version_events gauge.
+func (h *health) heldTotal() int {
+	n := 0
+	for _, c := range h.heldCounts(time.Now()) {
+		n += c
+	}
+	return n
+}
+
+// stuckWrite describes the longest-failing store write if it has been
+// failing for longer than after, or returns "".
+func (h *health) stuckWrite(now time.Time, after time.Duration) string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	worst := -1
+	for i, w := range h.writes {
+		if !w.since.IsZero() && now.Sub(w.since) > after && (worst < 0 || w.since.Before(h.writes[worst].since)) {
+			worst = i
+		}
+	}
+	if worst < 0 {
+		return ""
+	}
+	w := h.writes[worst]
+	return fmt.Sprintf("store write failing for %s (worker %d, %d events from seq %d): %v",
+		now.Sub(w.since).Round(time.Second), worst, w.events, w.firstSeq, w.err)
+}
+
+// problems lists what is wrong that needs no I/O to tell.
+func (h *health) problems(now time.Time, stallAfter time.Duration) []string {
+	var out []string
+	if counts := h.heldCounts(now); len(counts) > 0 {
+		versions := make([]int, 0, len(counts))
+		for v := range counts {
+			versions = append(versions, v)
+		}
+		slices.Sort(versions)
+		parts := make([]string, len(versions))
+		for i, v := range versions {
+			parts[i] = fmt.Sprintf("%d events of schema version %d", counts[v], v)
+		}
+		out = append(out, "upgrade needed: "+strings.Join(parts, ", ")+" held")
+	}
+	h.mu.Lock()
+	if !h.dlFailedAt.IsZero() && h.dlFailedAt.After(h.dlOKAt) && now.Sub(h.dlFailedAt) < 2*deadLetterRetryMax {
+		out = append(out, fmt.Sprintf("dead-letter publish failing (%s ago): %v", now.Sub(h.dlFailedAt).Round(time.Second), h.dlErr))
+	}
+	h.mu.Unlock()
+	if s := h.stuckWrite(now, stallAfter); s != "" {
+		out = append(out, s)
+	}
+	return out
 }

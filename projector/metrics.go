@@ -43,9 +43,26 @@ func (p *Projector) registerMetrics(reg prometheus.Registerer) error {
 	cs := []prometheus.Collector{
 		counter("auditflow_projector_events_applied_total", "Events written to the store (redeliveries count again).", &p.applied),
 		counter("auditflow_projector_batches_total", "Successful store writes.", &p.batches),
-		counter("auditflow_projector_store_write_failures_total", "Failed store write attempts; each is retried until the write succeeds or shutdown gives up on it.", &p.writeFailures),
-		counter("auditflow_projector_dead_lettered_total", "Undecodable events moved to the dead-letter stream.", &p.deadLettered),
+		counter("auditflow_projector_store_write_failures_total", "Failed store write attempts (errors, timeouts, refusals); each is retried, or split to isolate a refused record, until it succeeds or shutdown gives up on it.", &p.writeFailures),
+		counter("auditflow_projector_dead_lettered_total", "Events moved to the dead-letter stream: undecodable, published on the wrong subject, or refused by the store.", &p.deadLettered),
+		counter("auditflow_projector_dead_letter_failures_total", "Dead-letter publishes that failed after all attempts; the message was left on the stream for redelivery.", &p.deadLetterFailures),
+		counter("auditflow_projector_store_refusals_total", "Records the store refused for good (stores.ErrInvalidRecord); each is dead-lettered and the rest of its batch stored.", &p.storeRefusals),
+		counter("auditflow_projector_held_newer_version_total", "Deliveries of events of a newer schema version than this build reads, left on the stream for a newer projector (not dead-lettered).", &p.held),
+		counter("auditflow_projector_busy_worker_naks_total", "Messages handed back to the stream because their apply loop was busy for longer than the hand-over wait.", &p.busyNaks),
 		counter("auditflow_projector_stale_token_events_total", "Events written with a lock token lower than one already recorded for their pipeline (a writer that outlived its lease).", &p.staleTokens),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "auditflow_projector_held_newer_version_events",
+			Help: "Distinct events of a newer schema version this process held in the last two minutes: an upgrade is needed.",
+		}, func() float64 { return float64(p.health.heldTotal()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "auditflow_projector_stalled",
+			Help: "1 while a store write has been failing for longer than the stall time, or nothing was stored or acknowledged for that long with a lag; else 0.",
+		}, func() float64 {
+			if p.stalled() {
+				return 1
+			}
+			return 0
+		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "auditflow_projector_last_applied_sequence",
 			Help: "Highest stream sequence this process has applied to the store (0 before its first write).",
@@ -55,10 +72,7 @@ func (p *Projector) registerMetrics(reg prometheus.Registerer) error {
 			desc: prometheus.NewDesc("auditflow_projector_lag_messages",
 				"Messages of the stream not yet acknowledged by the consumer (pending + delivered unacknowledged), read from the server at most once a second.",
 				nil, nil),
-			pending: p.pending,
-			log:     p.log,
-			ttl:     lagCacheTTL,
-			timeout: lagTimeout,
+			lag: &p.lag,
 		},
 	}
 	for i, c := range cs {
@@ -73,18 +87,26 @@ func (p *Projector) registerMetrics(reg prometheus.Registerer) error {
 	return nil
 }
 
-// pending returns the consumer's lag: messages not yet delivered plus
-// messages delivered and not yet acknowledged.
-func (p *Projector) pending(ctx context.Context) (uint64, error) {
+// consumerState is what the projector reads of its consumer on the
+// server: the lag (messages not yet delivered plus messages delivered and
+// not yet acknowledged), and where its deliveries and acknowledgements
+// stand, which move while any process on the consumer makes progress.
+type consumerState struct {
+	lag                 uint64
+	ackFloor, delivered uint64 // stream sequences
+}
+
+func (p *Projector) consumerState(ctx context.Context) (consumerState, error) {
 	if s := p.nc.Status(); s != nats.CONNECTED {
 		// A request would wait out its timeout in the reconnect buffer.
-		return 0, fmt.Errorf("NATS connection is %s", s)
+		return consumerState{}, fmt.Errorf("NATS connection is %s", s)
 	}
 	info, err := p.cons.Info(ctx)
 	if err != nil {
-		return 0, err
+		return consumerState{}, err
 	}
-	return info.NumPending + uint64(info.NumAckPending), nil
+	return consumerState{lag: info.NumPending + uint64(info.NumAckPending),
+		ackFloor: info.AckFloor.Stream, delivered: info.Delivered.Stream}, nil
 }
 
 // observeWrite counts one store write attempt of recs.
@@ -110,22 +132,49 @@ func (p *Projector) observeWrite(d time.Duration, recs []stores.Record, err erro
 	}
 }
 
-// lagCollector reads the consumer's lag from the server when scraped. The
-// reading (or the failure to get one) is kept for ttl, and one scrape at a
-// time asks, so however many scrapers there are the server sees at most
+// lagReader reads the consumer's state from the server. The reading (or
+// the failure to get one) is kept for ttl, and one caller at a time asks,
+// so however many scrapers and probes there are the server sees at most
 // one consumer-info request per ttl, each bounded by timeout. No goroutine
-// is needed: nothing runs between scrapes.
-type lagCollector struct {
-	desc    *prometheus.Desc
-	pending func(context.Context) (uint64, error)
+// is needed: nothing runs between reads. It also notes when the
+// consumer's deliveries or acknowledgements were last seen to move.
+type lagReader struct {
+	read    func(context.Context) (consumerState, error)
 	log     *slog.Logger
 	ttl     time.Duration
 	timeout time.Duration
 
-	mu  sync.Mutex
-	at  time.Time // when val and err were read
-	val uint64
-	err error
+	mu    sync.Mutex
+	at    time.Time // when val and err were read
+	val   consumerState
+	err   error
+	moved time.Time // when ackFloor or delivered were first seen at their current values
+}
+
+func (c *lagReader) get() (consumerState, time.Time, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.at.IsZero() || time.Since(c.at) >= c.ttl {
+		ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+		val, err := c.read(ctx)
+		cancel()
+		c.at, c.err = time.Now(), err
+		if err != nil {
+			c.log.Debug("consumer state not read", "err", err)
+		} else {
+			if c.moved.IsZero() || val.ackFloor != c.val.ackFloor || val.delivered != c.val.delivered {
+				c.moved = c.at
+			}
+			c.val = val
+		}
+	}
+	return c.val, c.moved, c.err
+}
+
+// lagCollector exports the lag when scraped.
+type lagCollector struct {
+	desc *prometheus.Desc
+	lag  *lagReader
 }
 
 func (c *lagCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
@@ -133,18 +182,7 @@ func (c *lagCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 // Collect omits the sample when the server cannot be asked: an absent
 // series alerts as "no data", where a stale number would look healthy.
 func (c *lagCollector) Collect(ch chan<- prometheus.Metric) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.at.IsZero() || time.Since(c.at) >= c.ttl {
-		ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
-		c.val, c.err = c.pending(ctx)
-		cancel()
-		c.at = time.Now()
-		if c.err != nil {
-			c.log.Debug("consumer lag not read", "err", c.err)
-		}
-	}
-	if c.err == nil {
-		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(c.val))
+	if val, _, err := c.lag.get(); err == nil {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(val.lag))
 	}
 }

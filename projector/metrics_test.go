@@ -206,3 +206,41 @@ func get(t *testing.T, url string) (int, string) {
 	}
 	return resp.StatusCode, strings.TrimSpace(string(b))
 }
+
+// TestReadyReportsAStall: a projector that gets nothing to do because the
+// consumer's window is held by a process whose store write hangs (as a
+// restarted projector waits out a dead one's messages) is not ready once
+// StallAfter passes with a lag; the hung one says its write is failing.
+// Both recover once the write goes through.
+func TestReadyReportsAStall(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	publish(t, e.prod, "billing", 100)
+	cfg := projector.Config{Workers: 1, BatchSize: 200, MaxAckPending: 200, StallAfter: time.Second, AckWait: 2 * time.Second}
+	hung := &flakyStore{Store: e.store, block: make(chan struct{})}
+	_, js1 := e.srv.Connect(t)
+	a, _ := run(t, js1, hung, cfg)
+	waitFor(t, "the hung write", 5*time.Second, func() bool { return hung.calls.Load() > 0 })
+	reg := prometheus.NewPedanticRegistry()
+	cfg.Registerer = reg
+	b, _ := run(t, e.srv.JS, e.store, cfg)
+	waitFor(t, "the idle projector to report the stall", 10*time.Second, func() bool {
+		err := b.Ready(ctx)
+		return err != nil && strings.Contains(err.Error(), "stalled: nothing stored or acknowledged for") &&
+			strings.Contains(err.Error(), "with 200 messages pending or unacknowledged")
+	})
+	if v := gathered(t, reg, "auditflow_projector_stalled"); v != 1 {
+		t.Fatalf("stalled gauge = %v", v)
+	}
+	waitFor(t, "the hung projector to report its write", 10*time.Second, func() bool {
+		err := a.Ready(ctx)
+		return err != nil && strings.Contains(err.Error(), "store write failing for")
+	})
+	close(hung.block)
+	waitCaughtUp(t, b)
+	checkProjection(t, e.store, "billing", 100)
+	waitFor(t, "both ready again", 5*time.Second, func() bool { return a.Ready(ctx) == nil && b.Ready(ctx) == nil })
+	if v := gathered(t, reg, "auditflow_projector_stalled"); v != 0 {
+		t.Fatalf("stalled gauge = %v after recovering", v)
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"strconv"
 	"sync"
@@ -40,8 +39,24 @@ type Config struct {
 	// across all workers and processes. Default 4 × Workers × BatchSize.
 	MaxAckPending int
 	// AckWait is how long the server waits for an ack before redelivering.
-	// Default 30s; batches still being retried are kept alive.
+	// Default 4s. Every message a projector holds (queued, being written or
+	// dead-lettered) is kept from redelivery by an InProgress every
+	// AckWait/4, so a short AckWait costs no redeliveries; what it buys is
+	// a quick restart: the unacknowledged messages of a process that died
+	// — up to MaxAckPending of them, and while they are out the server
+	// delivers nothing new — come back within AckWait. At least 1s.
 	AckWait time.Duration
+	// WriteTimeout bounds each store write attempt. A timed-out attempt is
+	// retried, its batch halved (a smaller write is quicker). Default
+	// AckWait/2; it must be below AckWait, so that a hung write (a dead
+	// database connection) is abandoned and retried before the server
+	// would redeliver its messages even if the heartbeats were lost.
+	WriteTimeout time.Duration
+	// StallAfter is how long the projector may go without progress before
+	// Ready fails: nothing stored, acknowledged or dead-lettered while the
+	// consumer has a lag, or one store write failing for that long.
+	// Default 2m.
+	StallAfter time.Duration
 	// IdleWait is how long an idle worker's fetch waits for a message
 	// before asking again; it bounds how long shutdown waits for an idle
 	// worker. A message is delivered as soon as it arrives whatever this
@@ -52,14 +67,20 @@ type Config struct {
 	// Default 10s.
 	RetryMax time.Duration
 	// ShutdownTimeout bounds how long a cancelled Run keeps trying to store
-	// the batch in flight before leaving it unacknowledged for redelivery.
-	// Default 30s.
+	// the batches in flight before handing them back to the stream for
+	// another projector. Default 5s: below Docker's 10s stop timeout, so
+	// the projector stops by itself rather than being killed.
 	ShutdownTimeout time.Duration
-	// DeadLetterPrefix is where undecodable events are copied, as
-	// <prefix>.<original subject>. Default "audit.deadletter".
+	// DeadLetterPrefix is where events that can never be stored are
+	// copied, as <prefix>.<original subject>. Default "audit.deadletter".
 	DeadLetterPrefix string
 	// WritesPrefix is where AuditWrite events go. Default "audit.writes".
 	WritesPrefix string
+	// Decode decodes a message's data into an event. Default events.Decode.
+	// It is a seam for tests and for reading a newer format: a build that
+	// reads a newer schema version supplies a decoder for it. Whatever it
+	// returns is validated with events.Validate.
+	Decode func([]byte) (events.Event, error)
 	// Registerer receives the projector's Prometheus metrics, labelled with
 	// store and consumer (see the package documentation); nil means no
 	// metrics. Register at most one projector per store and consumer on it.
@@ -71,10 +92,28 @@ type Config struct {
 const (
 	DefaultWorkers          = 2
 	DefaultBatchSize        = 500
+	DefaultAckWait          = 4 * time.Second
+	DefaultStallAfter       = 2 * time.Minute
+	DefaultShutdownTimeout  = 5 * time.Second
 	DefaultDeadLetterPrefix = "audit.deadletter"
 	DefaultWritesPrefix     = "audit.writes"
 	DeadLetterStream        = "AUDIT_DEADLETTER"
 	WritesStream            = "AUDIT_WRITES"
+)
+
+// Timing of messages handed back to the stream; variables so that tests
+// can shorten them.
+var (
+	// handoverWait bounds how long the fetcher waits for a busy apply loop
+	// (or the dead-letter loop) to take a share before handing it back.
+	handoverWait = time.Second
+	// busyNakMin is the first delay of a message handed back for a busy
+	// loop; it doubles with each delivery, up to AckWait.
+	busyNakMin = 250 * time.Millisecond
+	// holdMin and holdMax bound the delay of a held newer-version event,
+	// doubling with each delivery.
+	holdMin = 5 * time.Second
+	holdMax = time.Minute
 )
 
 // Validate fills in defaults and checks values.
@@ -91,12 +130,17 @@ func (c *Config) Validate() error {
 	setDefault(&c.Workers, DefaultWorkers)
 	setDefault(&c.BatchSize, DefaultBatchSize)
 	setDefault(&c.MaxAckPending, 4*c.Workers*c.BatchSize)
-	setDefault(&c.AckWait, 30*time.Second)
+	setDefault(&c.AckWait, DefaultAckWait)
+	setDefault(&c.WriteTimeout, c.AckWait/2)
+	setDefault(&c.StallAfter, DefaultStallAfter)
 	setDefault(&c.IdleWait, 250*time.Millisecond)
 	setDefault(&c.RetryMax, 10*time.Second)
-	setDefault(&c.ShutdownTimeout, 30*time.Second)
+	setDefault(&c.ShutdownTimeout, DefaultShutdownTimeout)
 	setDefault(&c.DeadLetterPrefix, DefaultDeadLetterPrefix)
 	setDefault(&c.WritesPrefix, DefaultWritesPrefix)
+	if c.Decode == nil {
+		c.Decode = events.Decode
+	}
 	switch {
 	case c.Workers < 1 || c.Workers > 64:
 		return fmt.Errorf("%w: workers %d is outside 1..64", ErrInvalidConfig, c.Workers)
@@ -104,8 +148,10 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: batch size %d is outside 1..10000", ErrInvalidConfig, c.BatchSize)
 	case c.MaxAckPending < c.BatchSize*c.Workers:
 		return fmt.Errorf("%w: max ack pending %d is below batch size × workers (%d)", ErrInvalidConfig, c.MaxAckPending, c.BatchSize*c.Workers)
-	case c.AckWait < time.Second || c.IdleWait <= 0 || c.RetryMax <= 0 || c.ShutdownTimeout <= 0:
+	case c.AckWait < time.Second || c.IdleWait <= 0 || c.RetryMax <= 0 || c.ShutdownTimeout <= 0 || c.StallAfter <= 0:
 		return fmt.Errorf("%w: ack wait must be at least 1s and other durations positive", ErrInvalidConfig)
+	case c.WriteTimeout <= 0 || c.WriteTimeout >= c.AckWait:
+		return fmt.Errorf("%w: write timeout %s must be positive and below ack wait %s", ErrInvalidConfig, c.WriteTimeout, c.AckWait)
 	}
 	return nil
 }
@@ -125,9 +171,16 @@ type Projector struct {
 	cfg   Config
 	log   *slog.Logger
 	cons  jetstream.Consumer
+	// deadLetterMaxMsgSize is the dead-letter stream's own limit (<= 0: none).
+	deadLetterMaxMsgSize int32
 
 	applied, batches, retries, deadLettered, writeFailures, staleTokens atomic.Uint64
+	deadLetterFailures, storeRefusals, held, busyNaks                   atomic.Uint64
 	tokens                                                              tokenWatch
+	inflight                                                            inflight
+	health                                                              health
+	lag                                                                 lagReader
+	busyLog                                                             logLimit
 
 	lastSeq       atomic.Uint64        // highest sequence applied
 	stopping      atomic.Bool          // Run's context is done
@@ -146,6 +199,7 @@ func New(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg Co
 		log = slog.New(slog.DiscardHandler)
 	}
 	p := &Projector{js: js, nc: js.Conn(), store: store, cfg: cfg, log: log.With("store", cfg.StoreName)}
+	p.lag = lagReader{read: p.consumerState, log: p.log, ttl: lagCacheTTL, timeout: lagTimeout}
 	// A projector started while its cluster elects a leader waits for one.
 	b := backoff.WithContext(backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxElapsedTime(30*time.Second)), ctx)
@@ -174,8 +228,22 @@ type Stats struct {
 	Applied       uint64 // events applied to the store (including redeliveries)
 	Batches       uint64 // successful store writes
 	Retries       uint64 // failed store writes that were retried
-	WriteFailures uint64 // failed store writes (retried, or given up at shutdown)
-	DeadLettered  uint64 // undecodable events moved to the dead letter
+	WriteFailures uint64 // failed store writes (retried, split, or given up at shutdown)
+	// DeadLettered counts events moved to the dead letter: undecodable,
+	// on the wrong subject, or refused by the store.
+	DeadLettered uint64
+	// DeadLetterFailures counts dead-letter publishes that failed; each
+	// message was left on the stream for redelivery.
+	DeadLetterFailures uint64
+	// StoreRefusals counts records the store refused for good
+	// (stores.ErrInvalidRecord); each is dead-lettered.
+	StoreRefusals uint64
+	// Held counts deliveries of events of a newer schema version, left on
+	// the stream for a newer projector.
+	Held uint64
+	// BusyNaks counts messages handed back to the stream because their
+	// apply loop was busy.
+	BusyNaks uint64
 	// StaleTokens counts events written with a lock token lower than one
 	// already recorded for their pipeline (see Projector.Run).
 	StaleTokens uint64
@@ -185,7 +253,9 @@ type Stats struct {
 // Stats returns the counters.
 func (p *Projector) Stats() Stats {
 	return Stats{Applied: p.applied.Load(), Batches: p.batches.Load(), Retries: p.retries.Load(),
-		WriteFailures: p.writeFailures.Load(), DeadLettered: p.deadLettered.Load(), StaleTokens: p.staleTokens.Load(), LastSeq: p.lastSeq.Load()}
+		WriteFailures: p.writeFailures.Load(), DeadLettered: p.deadLettered.Load(),
+		DeadLetterFailures: p.deadLetterFailures.Load(), StoreRefusals: p.storeRefusals.Load(),
+		Held: p.held.Load(), BusyNaks: p.busyNaks.Load(), StaleTokens: p.staleTokens.Load(), LastSeq: p.lastSeq.Load()}
 }
 
 func (p *Projector) setup(ctx context.Context) error {
@@ -194,16 +264,22 @@ func (p *Projector) setup(ctx context.Context) error {
 	}
 	for _, s := range []jetstream.StreamConfig{
 		{Name: DeadLetterStream, Subjects: []string{p.cfg.DeadLetterPrefix + ".>"}, Storage: jetstream.FileStorage,
-			Replicas: p.cfg.Stream.Replicas, Description: "auditflow events a projector could not decode"},
+			Replicas: p.cfg.Stream.Replicas, Description: "auditflow events a projector could not store"},
 		{Name: WritesStream, Subjects: []string{p.cfg.WritesPrefix + ".>"}, Storage: jetstream.FileStorage,
 			Replicas: p.cfg.Stream.Replicas, MaxAge: 7 * 24 * time.Hour, Description: "auditflow AuditWrite events (projector telemetry)"},
 	} {
-		if _, err := p.js.Stream(ctx, s.Name); errors.Is(err, jetstream.ErrStreamNotFound) {
-			if _, err := p.js.CreateStream(ctx, s); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-				return fmt.Errorf("projector: create stream %s: %w", s.Name, err)
+		st, err := p.js.Stream(ctx, s.Name)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			st, err = p.js.CreateStream(ctx, s)
+			if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+				st, err = p.js.Stream(ctx, s.Name)
 			}
-		} else if err != nil {
+		}
+		if err != nil {
 			return fmt.Errorf("projector: stream %s: %w", s.Name, err)
+		}
+		if s.Name == DeadLetterStream {
+			p.deadLetterMaxMsgSize = st.CachedInfo().Config.MaxMsgSize
 		}
 	}
 	cons, err := p.js.CreateOrUpdateConsumer(ctx, p.cfg.Stream.Name, jetstream.ConsumerConfig{
@@ -224,15 +300,26 @@ func (p *Projector) setup(ctx context.Context) error {
 }
 
 // Run projects until ctx is cancelled, then finishes the batches in
-// flight, acknowledges them and returns nil. Failures along the way (fetch
-// errors, store outages) are retried, never returned: the stream keeps
-// every event until it is stored.
+// flight (within ShutdownTimeout), acknowledges them and returns nil;
+// what it cannot finish goes back to the stream for another projector.
+// Failures along the way (fetch errors, store outages) are retried, never
+// returned: the stream keeps every event until it is stored.
 //
 // One fetcher feeds Workers apply loops, routing each event by its change:
 // all events of a change go to the same loop, in stream order, so a change's
 // events are applied in order and two loops never write one issue at once.
 // (JetStream spreads messages across concurrent pull requests, so workers
-// fetching for themselves would each see every change.)
+// fetching for themselves would each see every change.) The fetcher waits
+// for a busy loop at most a second, then hands that loop's share back to
+// the stream with a short delay, so no loop holds the others up; stores are
+// order-insensitive (see stores.Store), so a change whose events come back
+// later still converges.
+//
+// The fetcher judges each message (decode, validate, subject check): an
+// event that can never be stored goes to a dead-letter loop, one of a
+// newer schema version is held for a newer projector (see the package
+// documentation). A heartbeat keeps every message the process holds from
+// redelivery until it is settled.
 //
 // The fetcher also flags events written with a stale lock token — lower
 // than one already recorded for the same pipeline before them: a runner
@@ -244,40 +331,56 @@ func (p *Projector) setup(ctx context.Context) error {
 // every such event.
 func (p *Projector) Run(ctx context.Context) error {
 	p.log.Info("projector running", "stream", p.cfg.Stream.Name, "consumer", p.cfg.Consumer,
-		"workers", p.cfg.Workers, "batch", p.cfg.BatchSize)
+		"workers", p.cfg.Workers, "batch", p.cfg.BatchSize, "ackWait", p.cfg.AckWait, "writeTimeout", p.cfg.WriteTimeout)
 	// Health checks report a stopping projector from the moment it is asked
 	// to stop, not only once it has.
 	defer p.stopping.Store(true)
 	defer context.AfterFunc(ctx, func() { p.stopping.Store(true) })()
+	p.health.start(p.cfg.Workers)
+	// The heartbeat outlives ctx: it keeps the batches finishing during
+	// shutdown alive.
+	hctx, stopHeartbeat := context.WithCancel(context.WithoutCancel(ctx))
+	var hb sync.WaitGroup
+	hb.Go(func() { p.heartbeat(hctx) })
+	defer func() { stopHeartbeat(); hb.Wait() }()
+
 	parts := make([]chan []delivery, p.cfg.Workers)
+	deadLetters := make(chan []delivery, 4)
 	var wg sync.WaitGroup
 	for i := range parts {
 		parts[i] = make(chan []delivery, 2)
 		wg.Go(func() { p.work(ctx, i, parts[i]) })
 	}
-	p.fetchLoop(ctx, parts)
+	wg.Go(func() { p.deadLetterLoop(ctx, deadLetters) })
+	p.fetchLoop(ctx, parts, deadLetters)
 	for _, c := range parts {
 		close(c) // the loops store what is queued, then return
 	}
+	close(deadLetters)
 	wg.Wait()
 	p.log.Info("projector stopped", "applied", p.applied.Load(), "deadLettered", p.deadLettered.Load())
 	return nil
 }
 
-// delivery is a decoded message on its way to an apply loop.
+// delivery is a judged message on its way to an apply loop or the
+// dead-letter loop.
 type delivery struct {
-	msg jetstream.Msg
-	rec stores.Record
+	msg       jetstream.Msg
+	seq       uint64        // stream sequence
+	delivered uint64        // deliveries so far, this one included
+	rec       stores.Record // to store
+	reason    error         // to dead-letter
 }
 
-// fetchLoop fetches, decodes and routes until ctx is cancelled. Each
+// fetchLoop fetches, judges and routes until ctx is cancelled. Each
 // fetch is split by change and each loop's share handed over whole, so
 // loops apply batches, not the first message they happen to wake up to.
-func (p *Projector) fetchLoop(ctx context.Context, parts []chan []delivery) {
+func (p *Projector) fetchLoop(ctx context.Context, parts []chan []delivery, deadLetters chan<- []delivery) {
 	fails := backoff.NewExponentialBackOff(backoff.WithMaxInterval(p.cfg.RetryMax), backoff.WithMaxElapsedTime(0))
+	busy := make([]bool, len(parts)+1) // the apply loops, then the dead-letter loop
 	for ctx.Err() == nil {
 		msgs, err := p.fetch()
-		if err != nil {
+		if err != nil && len(msgs) == 0 {
 			if ctx.Err() != nil {
 				break
 			}
@@ -286,36 +389,104 @@ func (p *Projector) fetchLoop(ctx context.Context, parts []chan []delivery) {
 			sleep(ctx, wait)
 			continue
 		}
+		if err != nil {
+			p.log.Warn("fetch ended early", "messages", len(msgs), "err", err)
+		}
 		fails.Reset()
+		p.inflight.add(msgs)
 		shares := make([][]delivery, len(parts))
+		var poison []delivery
 		for _, m := range msgs {
 			md, err := m.Metadata()
 			if err != nil { // not a JetStream message: cannot happen on a pull consumer
 				p.log.Error("message without metadata", "subject", m.Subject(), "err", err)
+				p.inflight.remove(m)
 				continue
 			}
-			e, err := events.Decode(m.Data())
-			if err != nil {
-				dctx, cancel := shutdownContext(ctx, p.cfg.ShutdownTimeout)
-				p.deadLetter(dctx, m, md.Sequence.Stream, err)
-				cancel()
-				continue
+			d := delivery{msg: m, seq: md.Sequence.Stream, delivered: md.NumDelivered}
+			v := decide(p.cfg.Decode, p.cfg.Stream.SubjectPrefix, m.Subject(), d.seq, m.Data())
+			switch v.outcome {
+			case outStore:
+				p.watchToken(v.rec.Event, d.seq)
+				d.rec = v.rec
+				i := route(v.rec.Event, len(parts))
+				shares[i] = append(shares[i], d)
+			case outHold:
+				p.hold(d, v.version)
+			default:
+				d.reason = v.reason
+				poison = append(poison, d)
 			}
-			p.watchToken(e, md.Sequence.Stream)
-			h := fnv.New32a()
-			h.Write([]byte(e.Pipeline))
-			h.Write([]byte{0})
-			h.Write([]byte(e.ChangeID))
-			i := h.Sum32() % uint32(len(parts))
-			rec := stores.Record{Seq: md.Sequence.Stream, Hash: events.Hash(m.Data()), Event: e}
-			shares[i] = append(shares[i], delivery{msg: m, rec: rec})
+		}
+		// One deadline for the whole fetch: busy loops cost at most
+		// handoverWait together. A loop that could not take its last share
+		// is not waited for again until it takes one: while it is stuck,
+		// the others go at full speed.
+		now := time.Now()
+		deadline := func(i int) time.Time {
+			if busy[i] {
+				return now
+			}
+			return now.Add(handoverWait)
+		}
+		if len(poison) > 0 {
+			busy[len(parts)] = !p.handOver(ctx, deadLetters, poison, deadline(len(parts)), "dead-letter")
 		}
 		for i, share := range shares {
 			if len(share) > 0 {
-				parts[i] <- share // blocks while that loop is behind: in-flight work stays bounded
+				busy[i] = !p.handOver(ctx, parts[i], share, deadline(i), "apply "+strconv.Itoa(i))
 			}
 		}
 	}
+}
+
+// handOver gives share to a loop, waiting for it until deadline, and
+// reports whether it did. A share the loop cannot take by then goes back
+// to the stream with a delay (doubling with each delivery, up to AckWait),
+// so one busy loop never stops the others; at shutdown it goes back at
+// once, for another projector.
+func (p *Projector) handOver(ctx context.Context, to chan<- []delivery, share []delivery, deadline time.Time, loop string) bool {
+	select {
+	case to <- share:
+		return true
+	default:
+	}
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case to <- share:
+		return true
+	case <-ctx.Done():
+		for _, d := range share {
+			p.settle(d.msg, d.msg.Nak)
+		}
+		return false
+	case <-t.C:
+	}
+	p.busyNaks.Add(uint64(len(share)))
+	for _, d := range share {
+		delay := growingDelay(d.delivered, busyNakMin, p.cfg.AckWait)
+		p.settle(d.msg, func() error { return d.msg.NakWithDelay(delay) })
+	}
+	if p.busyLog.allow(10 * time.Second) {
+		p.log.Warn("a loop is busy: its messages are handed back to the stream for later", "loop", loop,
+			"messages", len(share), "firstSeq", share[0].seq, "busyNaksSoFar", p.busyNaks.Load())
+	}
+	return false
+}
+
+// hold hands an event of a newer schema version back to the stream with a
+// growing delay (holdMin doubling up to holdMax): a newer projector on the
+// same consumer will take it; dead-lettering it would drop it from every
+// store. Each version is logged once.
+func (p *Projector) hold(d delivery, version int) {
+	p.held.Add(1)
+	delay := growingDelay(d.delivered, holdMin, holdMax)
+	if p.health.hold(d.seq, version) {
+		p.log.Error("holding events of a newer schema version than this projector reads: upgrade it; they are stored once a newer projector takes them",
+			"version", version, "reads", events.SchemaVersion, "seq", d.seq, "subject", d.msg.Subject())
+	}
+	p.settle(d.msg, func() error { return d.msg.NakWithDelay(delay) })
 }
 
 // watchToken flags e if its lock token is stale (see Run).
@@ -396,87 +567,103 @@ func (p *Projector) work(ctx context.Context, worker int, in <-chan []delivery) 
 	}
 }
 
-// apply stores a batch, retrying until it succeeds, and only then
-// acknowledges its messages.
+// apply stores a batch (see write). The batch is finished even if ctx is
+// cancelled, within ShutdownTimeout of the cancellation.
 func (p *Projector) apply(ctx context.Context, log *slog.Logger, worker int, batch []delivery) {
-	// The batch is finished even if ctx is cancelled, within
-	// ShutdownTimeout of the cancellation.
 	bctx, cancel := shutdownContext(ctx, p.cfg.ShutdownTimeout)
 	defer cancel()
+	defer p.health.writeDone(worker)
+	p.write(bctx, log, worker, batch)
+}
+
+// errWriteTimeout: a store write attempt ran out of WriteTimeout.
+var errWriteTimeout = errors.New("store write timed out")
+
+// write stores batch and only then acknowledges its messages. A failed
+// attempt is retried with back-off for as long as it takes, or until ctx
+// ends: then the messages go back to the stream at once. Two failures
+// split the batch instead, each half written the same way: a refusal
+// (stores.ErrInvalidRecord), so that the refused records are found — a
+// lone one is dead-lettered with the store's reason — and the rest stored;
+// and a timeout, since a smaller write is quicker. A split costs about
+// 2·log2(n) writes per culprit, and only when there is one.
+func (p *Projector) write(ctx context.Context, log *slog.Logger, worker int, batch []delivery) {
 	recs := make([]stores.Record, len(batch))
 	for i, d := range batch {
 		recs[i] = d.rec
 	}
-	b := backoff.WithContext(backoff.NewExponentialBackOff(
+	b := backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxInterval(p.cfg.RetryMax),
-		backoff.WithMaxElapsedTime(0)), bctx)
-	err := backoff.RetryNotify(func() error {
-		start := time.Now()
-		err := p.store.Apply(bctx, stores.Batch{Checkpoint: p.cfg.Consumer, Records: recs})
-		took := time.Since(start)
-		// Counted before the AuditWrite and the acks, so whoever sees
-		// either sees the counters and metrics include this write.
-		p.observeWrite(took, recs, err)
-		p.publishWrite(AuditWrite{Store: p.cfg.StoreName, Consumer: p.cfg.Consumer, Worker: worker,
-			Count: len(recs), FirstSeq: recs[0].Seq, LastSeq: recs[len(recs)-1].Seq,
-			Duration: took, At: time.Now().UTC(), Error: errString(err)})
-		return err
-	}, b, func(err error, wait time.Duration) {
-		p.retries.Add(1)
-		log.Warn("store write failed, retrying", "events", len(recs), "firstSeq", recs[0].Seq, "err", err, "retryIn", wait)
-		for _, d := range batch {
-			_ = d.msg.InProgress() // keep the batch from being redelivered while we retry
+		backoff.WithMaxElapsedTime(0))
+	for {
+		err := p.attempt(ctx, worker, recs)
+		if err == nil {
+			for _, d := range batch {
+				p.settle(d.msg, d.msg.Ack) // a lost ack means a harmless redelivery
+			}
+			p.health.progressed()
+			p.health.writeDone(worker)
+			return
 		}
-	})
-	if err != nil {
-		log.Warn("batch left unacknowledged for redelivery", "events", len(recs), "firstSeq", recs[0].Seq, "err", err)
-		return
-	}
-	for _, d := range batch {
-		if err := d.msg.Ack(); err != nil {
-			// The write is durable; a lost ack means a harmless redelivery.
-			log.Debug("ack failed", "err", err)
+		refused := errors.Is(err, stores.ErrInvalidRecord)
+		if refused && len(batch) == 1 {
+			p.storeRefusals.Add(1)
+			p.deadLetter(ctx, batch[0], refusalReason(err))
+			return
+		}
+		// Failing since the first failure after this loop's last success.
+		p.health.writeFailed(worker, len(recs), recs[0].Seq, err)
+		if refused || (errors.Is(err, errWriteTimeout) && len(batch) > 1) {
+			log.Warn("store write failed; splitting the batch", "events", len(recs), "firstSeq", recs[0].Seq, "err", err)
+			half := len(batch) / 2
+			p.write(ctx, log, worker, batch[:half])
+			p.write(ctx, log, worker, batch[half:])
+			return
+		}
+		if ctx.Err() == nil {
+			p.retries.Add(1)
+			wait := b.NextBackOff()
+			log.Warn("store write failed, retrying", "events", len(recs), "firstSeq", recs[0].Seq, "err", err, "retryIn", wait)
+			sleep(ctx, wait)
+		}
+		if ctx.Err() != nil {
+			log.Warn("batch handed back to the stream for redelivery", "events", len(recs), "firstSeq", recs[0].Seq, "err", err)
+			for _, d := range batch {
+				p.settle(d.msg, d.msg.Nak)
+			}
+			return
 		}
 	}
 }
 
-// deadLetter copies an undecodable message to the dead-letter subject and
-// terminates it, so it never blocks the events behind it.
-func (p *Projector) deadLetter(ctx context.Context, m jetstream.Msg, seq uint64, reason error) {
-	log := p.log
-	dl := &nats.Msg{Subject: p.cfg.DeadLetterPrefix + "." + m.Subject(), Data: m.Data(), Header: nats.Header{}}
-	for k, v := range m.Headers() {
-		dl.Header[k] = v
+// attempt makes one store write of recs within WriteTimeout, and reports
+// it (metrics, AuditWrite).
+func (p *Projector) attempt(ctx context.Context, worker int, recs []stores.Record) error {
+	actx, cancel := context.WithTimeoutCause(ctx, p.cfg.WriteTimeout, errWriteTimeout)
+	start := time.Now()
+	err := p.store.Apply(actx, stores.Batch{Checkpoint: p.cfg.Consumer, Records: recs})
+	took := time.Since(start)
+	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(actx), errWriteTimeout) {
+		err = fmt.Errorf("%w after %s: %w", errWriteTimeout, p.cfg.WriteTimeout, err)
 	}
-	dl.Header.Del(jetstream.MsgIDHeader)
-	dl.Header.Set(HeaderReason, reason.Error())
-	dl.Header.Set(HeaderSubject, m.Subject())
-	dl.Header.Set(HeaderSequence, strconv.FormatUint(seq, 10))
-	dl.Header.Set(HeaderConsumer, p.cfg.Consumer)
-	b := backoff.WithContext(backoff.NewExponentialBackOff(backoff.WithMaxInterval(p.cfg.RetryMax), backoff.WithMaxElapsedTime(0)), ctx)
-	err := backoff.Retry(func() error {
-		// The id makes the copy idempotent if this message is redelivered.
-		_, err := p.js.PublishMsg(ctx, dl, jetstream.WithMsgID(fmt.Sprintf("%s-%d", p.cfg.Consumer, seq)))
-		return err
-	}, b)
-	if err != nil {
-		log.Warn("dead letter not written; message left for redelivery", "seq", seq, "err", err)
-		return
-	}
-	p.deadLettered.Add(1) // before the terminate, as applied is counted before the ack
-	if err := m.TermWithReason(truncate(reason.Error(), 256)); err != nil {
-		log.Warn("terminate failed", "seq", seq, "err", err)
-	}
-	log.Error("dead-lettered an undecodable event", "seq", seq, "subject", m.Subject(), "to", dl.Subject, "reason", reason)
+	cancel()
+	// Counted before the AuditWrite and the acks, so whoever sees either
+	// sees the counters and metrics include this write.
+	p.observeWrite(took, recs, err)
+	p.publishWrite(AuditWrite{Store: p.cfg.StoreName, Consumer: p.cfg.Consumer, Worker: worker,
+		Count: len(recs), FirstSeq: recs[0].Seq, LastSeq: recs[len(recs)-1].Seq,
+		Duration: took, At: time.Now().UTC(), Error: errString(err)})
+	return err
 }
 
-// Headers on dead-lettered messages.
-const (
-	HeaderReason   = "Auditflow-Deadletter-Reason"
-	HeaderSubject  = "Auditflow-Original-Subject"
-	HeaderSequence = "Auditflow-Original-Sequence"
-	HeaderConsumer = "Auditflow-Consumer"
-)
+// logLimit lets a repeated log line through at most once per interval.
+type logLimit struct{ last atomic.Int64 }
+
+func (l *logLimit) allow(every time.Duration) bool {
+	now := time.Now().UnixNano()
+	last := l.last.Load()
+	return now-last >= int64(every) && l.last.CompareAndSwap(last, now)
+}
 
 // shutdownContext returns a context that is not cancelled with parent, but
 // ends timeout after parent is.

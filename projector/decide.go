@@ -1,0 +1,112 @@
+package projector
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"hash/fnv"
+	"strconv"
+
+	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/stores"
+)
+
+// outcome is what becomes of one fetched message. Every message ends as
+// exactly one of them.
+type outcome int
+
+const (
+	// outStore: a record for the store.
+	outStore outcome = iota + 1
+	// outDeadLetter: copied to the dead-letter stream with a reason and
+	// terminated; it can never be stored by any build.
+	outDeadLetter
+	// outHold: an event of a newer schema version than this build reads.
+	// It is left on the stream (negatively acknowledged with a delay) for a
+	// newer projector: dead-lettering it would drop it from every store.
+	outHold
+)
+
+func (o outcome) String() string {
+	switch o {
+	case outStore:
+		return "store"
+	case outDeadLetter:
+		return "dead letter"
+	case outHold:
+		return "hold"
+	}
+	return "outcome(" + strconv.Itoa(int(o)) + ")"
+}
+
+// decision is the fetcher's verdict on one message.
+type decision struct {
+	outcome outcome
+	rec     stores.Record // outStore
+	reason  error         // outDeadLetter: why it can never be stored
+	version int           // outHold: the event's schema version
+}
+
+// decide judges one message: decode, validate, check the subject. It does
+// no I/O and keeps no state, so it can be fuzzed as it runs in the fetcher.
+//
+// decode is Config.Decode; prefix is the stream's subject prefix. The
+// subject must be the one the event's pipeline and change map to
+// (events.CheckSubject): a producer publishes each change on its own
+// subject and guards it with the subject's last sequence, so an event on
+// another change's subject was not written by the producer's rules, and
+// stored it would become the wrong change's history.
+func decide(decode func([]byte) (events.Event, error), prefix, subject string, seq uint64, data []byte) decision {
+	e, err := decode(data)
+	if err == nil {
+		// The default decoder has validated already; a custom one (a newer
+		// format's reader) may not have.
+		err = events.Validate(e)
+	}
+	if err != nil {
+		if errors.Is(err, events.ErrUnsupportedVersion) {
+			v := e.SchemaVersion
+			if v <= events.SchemaVersion {
+				v, _ = peekVersion(data)
+			}
+			if v > events.SchemaVersion {
+				return decision{outcome: outHold, version: v}
+			}
+		}
+		return decision{outcome: outDeadLetter, reason: err}
+	}
+	if err := events.CheckSubject(prefix, subject, e); err != nil {
+		return decision{outcome: outDeadLetter, reason: err}
+	}
+	return decision{outcome: outStore, rec: stores.Record{Seq: seq, Hash: events.Hash(data), Event: e}}
+}
+
+// peekVersion reads data.schemaVersion from a CloudEvents document without
+// judging anything else, to tell "newer than this build" (hold it for a
+// newer projector) from "not a version at all" (dead-letter it).
+func peekVersion(b []byte) (int, bool) {
+	var doc struct {
+		Data struct {
+			SchemaVersion json.RawMessage `json:"schemaVersion"`
+		} `json:"data"`
+	}
+	if json.Unmarshal(b, &doc) != nil {
+		return 0, false
+	}
+	raw := bytes.TrimSpace(doc.Data.SchemaVersion)
+	v, err := strconv.Atoi(string(raw)) // only a plain integer: not 4.0, "4" or 4e0
+	if err != nil {
+		return 0, false
+	}
+	return v, true
+}
+
+// route picks the apply loop of e's change among n, so that one loop
+// applies all of a change's events.
+func route(e events.Event, n int) int {
+	h := fnv.New32a()
+	h.Write([]byte(e.Pipeline))
+	h.Write([]byte{0})
+	h.Write([]byte(e.ChangeID))
+	return int(h.Sum32() % uint32(n))
+}
