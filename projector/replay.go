@@ -41,7 +41,7 @@ type ReplayConfig struct {
 // ReplayProgress is how far a replay has got.
 type ReplayProgress struct {
 	Applied    uint64 // events stored by this replay
-	Skipped    uint64 // undecodable events passed over
+	Skipped    uint64 // events no store should hold, passed over
 	Seq        uint64 // last sequence stored
 	First      uint64 // first sequence of this replay
 	Target     uint64 // the stream's last sequence when the replay began
@@ -64,8 +64,13 @@ func (p ReplayProgress) Remaining() time.Duration {
 // batches, recording its progress under the Checkpoint name in the store.
 // Applying is idempotent, so a replay over rows already there, or run
 // twice, changes nothing; an interrupted replay resumes after its
-// checkpoint. Undecodable events are skipped and counted (the live
-// projector dead-letters them).
+// checkpoint. Events no store should hold — that do not decode, or were
+// published on another change's subject — are skipped, counted and logged
+// (the live projector dead-letters them). An event of a newer schema
+// version than this build reads stops the replay with an error wrapping
+// events.ErrUnsupportedVersion, after everything before it is stored:
+// skipping it would leave it out of the rebuilt store; upgrade, then run
+// the same replay again to resume.
 func Replay(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg ReplayConfig) (ReplayProgress, error) {
 	if err := cfg.Stream.Validate(); err != nil {
 		return ReplayProgress{}, err
@@ -130,7 +135,9 @@ func Replay(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg
 	var skipped atomic.Uint64
 	rctx, stop := context.WithCancel(ctx)
 	defer stop()
-	go func() { readErr <- readBatches(rctx, cons, cfg.BatchSize, prog.Target, batches, &skipped, log) }()
+	go func() {
+		readErr <- readBatches(rctx, cons, cfg.BatchSize, prog.Target, cfg.Stream.SubjectPrefix, batches, &skipped, log)
+	}()
 
 	start := time.Now()
 	for batch := range batches {
@@ -167,21 +174,12 @@ func Replay(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg
 	return prog, nil
 }
 
-// readBatches decodes what ScanStream reads into batches of records;
-// it closes out when done.
-func readBatches(ctx context.Context, cons jetstream.Consumer, size int, target uint64, out chan<- []stores.Record, skipped *atomic.Uint64, log *slog.Logger) error {
+// readBatches judges what ScanStream reads as the live projector does
+// (decide) and sends the records to store in batches; it closes out when
+// done.
+func readBatches(ctx context.Context, cons jetstream.Consumer, size int, target uint64, prefix string, out chan<- []stores.Record, skipped *atomic.Uint64, log *slog.Logger) error {
 	defer close(out)
-	return ScanStream(ctx, cons, size, target, func(msgs []StreamMsg) error {
-		batch := make([]stores.Record, 0, len(msgs))
-		for _, m := range msgs {
-			e, err := events.Decode(m.Data)
-			if err != nil {
-				skipped.Add(1)
-				log.Warn("replay: skipping an undecodable event", "seq", m.Seq, "subject", m.Subject, "err", err)
-				continue
-			}
-			batch = append(batch, stores.Record{Seq: m.Seq, Hash: events.Hash(m.Data), Event: e})
-		}
+	send := func(batch []stores.Record) error {
 		if len(batch) == 0 {
 			return nil
 		}
@@ -191,6 +189,26 @@ func readBatches(ctx context.Context, cons jetstream.Consumer, size int, target 
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+	}
+	return ScanStream(ctx, cons, size, target, func(msgs []StreamMsg) error {
+		batch := make([]stores.Record, 0, len(msgs))
+		for _, m := range msgs {
+			v := decide(events.Decode, prefix, m.Subject, m.Seq, m.Data)
+			switch v.outcome {
+			case outStore:
+				batch = append(batch, v.rec)
+			case outHold:
+				if err := send(batch); err != nil {
+					return err
+				}
+				return fmt.Errorf("replay: the event at seq %d (%s) has schema version %d, newer than this build reads (%d): %w; upgrade, then run the same replay to resume",
+					m.Seq, m.Subject, v.version, events.SchemaVersion, events.ErrUnsupportedVersion)
+			default:
+				skipped.Add(1)
+				log.Warn("replay: skipping an event no store should hold", "seq", m.Seq, "subject", m.Subject, "reason", v.reason)
+			}
+		}
+		return send(batch)
 	})
 }
 

@@ -2,8 +2,10 @@ package projector_test
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -141,5 +143,32 @@ func TestReplayFromSequenceAndTime(t *testing.T) {
 	recs, _ = allRows(t, since)
 	if len(recs) != 50 || recs[len(recs)-1].Pipeline != "shipping" {
 		t.Fatalf("since the mark: %d rows (want the 50 shipping events)", len(recs))
+	}
+}
+
+// TestReplayJudgesLikeTheProjector: a replay skips what the live projector
+// dead-letters (an undecodable event, one on another change's subject),
+// and stops at an event of a newer schema version, which it must not
+// leave out, after storing everything before it.
+func TestReplayJudgesLikeTheProjector(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	publish(t, e.prod, "billing", 2) // seq 1..4
+	rawPublish(t, e.srv.JS, subjectOf("0001"), []byte("not json"))
+	rawPublish(t, e.srv.JS, subjectOf("0001"), edited(t, events.ExecutionFailed, "0002", nil))
+	publish(t, e.prod, "shipping", 1) // seq 7..8
+	rawPublish(t, e.srv.JS, subjectOf("0003"), edited(t, events.ExecutionStarted, "0003", newerVersion))
+	publish(t, e.prod, "ops", 1)
+
+	st := openSQLite(t)
+	prog, err := projector.Replay(ctx, e.srv.JS, st, projector.ReplayConfig{BatchSize: 3})
+	if !errors.Is(err, events.ErrUnsupportedVersion) || !strings.Contains(err.Error(), "seq 9") {
+		t.Fatalf("replay over a newer event: %v", err)
+	}
+	if n := countHistory(t, st); n != 6 || prog.Skipped != 2 {
+		t.Fatalf("%d rows stored, %d skipped; want the 6 before the newer event, 2 skipped", n, prog.Skipped)
+	}
+	if cp, _ := st.Checkpoint(ctx, "replay"); cp != 8 {
+		t.Fatalf("checkpoint %d, want 8: a resumed replay starts at the newer event", cp)
 	}
 }
