@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -39,15 +40,19 @@ const (
 const DefaultMetricsAddr = ":9464"
 
 type options struct {
-	nats        natsconn.Config
-	store       storeflags.Config
-	replicas    int
-	consumer    string
-	workers     int
-	batch       int
-	metricsAddr string
-	logLevel    string
-	logFormat   string
+	nats            natsconn.Config
+	store           storeflags.Config
+	replicas        int
+	consumer        string
+	workers         int
+	batch           int
+	ackWait         time.Duration
+	writeTimeout    time.Duration
+	stallAfter      time.Duration
+	shutdownTimeout time.Duration
+	metricsAddr     string
+	logLevel        string
+	logFormat       string
 }
 
 func parse(args []string, stderr io.Writer) (*options, error) {
@@ -65,6 +70,26 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.consumer, "consumer", env("AUDITFLOW_CONSUMER", ""), "durable consumer name, shared by all workers of one store (default projector-<store>) [AUDITFLOW_CONSUMER]")
 	fs.IntVar(&o.workers, "workers", projector.DefaultWorkers, "concurrent fetch-apply-ack loops")
 	fs.IntVar(&o.batch, "batch", projector.DefaultBatchSize, "most events per store write")
+	var envErrs []error
+	duration := func(p *time.Duration, name, env string, def time.Duration, usage string) {
+		if v, ok := os.LookupEnv(env); ok {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				envErrs = append(envErrs, fmt.Errorf("%s (--%s): %w", env, name, err))
+			} else {
+				def = d
+			}
+		}
+		fs.DurationVar(p, name, def, usage+" ["+env+"]")
+	}
+	duration(&o.ackWait, "ack-wait", "AUDITFLOW_ACK_WAIT", projector.DefaultAckWait,
+		"how long NATS waits for an acknowledgement before redelivering; what the projector holds is kept alive every ack-wait/4, so this only bounds how soon a crashed projector's messages come back (at least 1s)")
+	duration(&o.writeTimeout, "write-timeout", "AUDITFLOW_WRITE_TIMEOUT", 0,
+		"bound on each store write attempt, below --ack-wait; a timed-out write is retried in halves (0: half of --ack-wait)")
+	duration(&o.stallAfter, "stall-after", "AUDITFLOW_STALL_AFTER", projector.DefaultStallAfter,
+		"/readyz fails when nothing was stored or acknowledged for this long while events are pending, or one store write has failed for this long")
+	duration(&o.shutdownTimeout, "shutdown-timeout", "AUDITFLOW_SHUTDOWN_TIMEOUT", projector.DefaultShutdownTimeout,
+		"on SIGINT/SIGTERM, how long to keep trying to store the batches in flight before handing them back to NATS for another projector")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", env("AUDITFLOW_METRICS_ADDR", DefaultMetricsAddr), "host:port serving /metrics, /healthz and /readyz; empty disables [AUDITFLOW_METRICS_ADDR]")
 	fs.StringVar(&o.logLevel, "log-level", env("AUDITFLOW_LOG_LEVEL", "info"), "debug, info, warn or error [AUDITFLOW_LOG_LEVEL]")
 	fs.StringVar(&o.logFormat, "log-format", env("AUDITFLOW_LOG_FORMAT", "text"), "text or json [AUDITFLOW_LOG_FORMAT]")
@@ -74,8 +99,21 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
+	if len(envErrs) > 0 {
+		return nil, envErrs[0]
+	}
 	if err := o.store.Validate(); err != nil {
 		return nil, err
+	}
+	switch {
+	case o.ackWait < time.Second:
+		return nil, fmt.Errorf("--ack-wait %s: must be at least 1s", o.ackWait)
+	case o.writeTimeout < 0 || o.writeTimeout >= o.ackWait:
+		return nil, fmt.Errorf("--write-timeout %s: must be below --ack-wait (%s), or 0 for half of it", o.writeTimeout, o.ackWait)
+	case o.stallAfter <= 0:
+		return nil, fmt.Errorf("--stall-after %s: must be positive", o.stallAfter)
+	case o.shutdownTimeout <= 0:
+		return nil, fmt.Errorf("--shutdown-timeout %s: must be positive", o.shutdownTimeout)
 	}
 	if o.metricsAddr != "" {
 		if _, _, err := net.SplitHostPort(o.metricsAddr); err != nil {
@@ -147,7 +185,8 @@ func run(ctx context.Context, o *options, log *slog.Logger) (int, error) {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	p, err := projector.New(ctx, js, store, projector.Config{
 		Stream: producer.StreamConfig{Replicas: o.replicas}, StoreName: o.store.Kind, Consumer: o.consumer,
-		Workers: o.workers, BatchSize: o.batch, Registerer: reg, Logger: log,
+		Workers: o.workers, BatchSize: o.batch, AckWait: o.ackWait, WriteTimeout: o.writeTimeout,
+		StallAfter: o.stallAfter, ShutdownTimeout: o.shutdownTimeout, Registerer: reg, Logger: log,
 	})
 	if err != nil {
 		return exitFor(err), err

@@ -227,11 +227,37 @@ func TestUsageErrors(t *testing.T) {
 		"dynamo endpoint":     {[]string{"--store", "dynamodb", "--dynamo-endpoint", "localhost"}, "--dynamo-endpoint"},
 		"couchbase no pass":   {[]string{"--store", "couchbase", "--couchbase-connstr", "couchbase://x", "--couchbase-bucket", "b", "--couchbase-user", "u"}, "--couchbase-password-file"},
 		"couchbase no bucket": {[]string{"--store", "couchbase", "--couchbase-connstr", "couchbase://x"}, "--couchbase-bucket"},
+		"short ack wait":      {[]string{"--ack-wait", "500ms"}, "--ack-wait"},
+		"write timeout":       {[]string{"--write-timeout", "4s"}, "--write-timeout"},
+		"stall after":         {[]string{"--stall-after", "-1s"}, "--stall-after"},
+		"shutdown timeout":    {[]string{"--shutdown-timeout", "0s"}, "--shutdown-timeout"},
 	} {
 		var stderr bytes.Buffer
 		code := projectorcmd.Main(context.Background(), c.args, &stderr)
 		if code != projectorcmd.ExitUsage || !strings.Contains(stderr.String(), c.flag) {
 			t.Errorf("%s: exit %d, want %d with an error naming %s\n%s", name, code, projectorcmd.ExitUsage, c.flag, stderr.String())
 		}
+	}
+}
+
+// TestTimingFlags: the projector's timing comes from flags or their
+// environment variables, and the write timeout must stay below the ack
+// wait whichever way each is set.
+func TestTimingFlags(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "audit.db")
+	if err := projectorcmd.CheckArgs([]string{"--sqlite-path", db, "--ack-wait", "10s", "--write-timeout", "6s", "--stall-after", "5m", "--shutdown-timeout", "20s"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("AUDITFLOW_ACK_WAIT", "10s")
+	if err := projectorcmd.CheckArgs([]string{"--sqlite-path", db, "--write-timeout", "6s"}); err != nil {
+		t.Fatalf("ack wait from the environment: %v", err)
+	}
+	t.Setenv("AUDITFLOW_WRITE_TIMEOUT", "12s")
+	if err := projectorcmd.CheckArgs([]string{"--sqlite-path", db}); err == nil || !strings.Contains(err.Error(), "--write-timeout") {
+		t.Fatalf("write timeout above the ack wait: %v", err)
+	}
+	t.Setenv("AUDITFLOW_STALL_AFTER", "soon")
+	if err := projectorcmd.CheckArgs([]string{"--sqlite-path", db, "--write-timeout", "1s"}); err == nil || !strings.Contains(err.Error(), "AUDITFLOW_STALL_AFTER") {
+		t.Fatalf("a malformed duration in the environment: %v", err)
 	}
 }
