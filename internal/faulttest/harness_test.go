@@ -28,7 +28,7 @@ import (
 )
 
 // bin holds the binaries under test, built once by TestMain.
-var bin struct{ runner, auditflow, fencing string }
+var bin struct{ runner, auditflow, projector, fencing string }
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "auditflow-faulttest")
@@ -37,7 +37,9 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	bin.runner, bin.auditflow, bin.fencing = filepath.Join(dir, "runner"), filepath.Join(dir, "auditflow"), filepath.Join(dir, "fencing")
-	for out, pkg := range map[string]string{bin.runner: "../../cmd/runner", bin.auditflow: "../../cmd/auditflow", bin.fencing: "../../examples/fencing"} {
+	bin.projector = filepath.Join(dir, "projector")
+	for out, pkg := range map[string]string{bin.runner: "../../cmd/runner", bin.auditflow: "../../cmd/auditflow",
+		bin.projector: "../../cmd/projector", bin.fencing: "../../examples/fencing"} {
 		cmd := exec.Command("go", "build", "-o", out, pkg)
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {
