@@ -69,7 +69,7 @@ func decide(decode func([]byte) (events.Event, error), prefix, subject string, s
 			if v <= events.SchemaVersion {
 				v, _ = peekVersion(data)
 			}
-			if v > events.SchemaVersion {
+			if v > events.SchemaVersion && v <= events.SchemaVersion+VersionsAhead {
 				return decision{outcome: outHold, version: v}
 			}
 		}
@@ -80,6 +80,14 @@ func decide(decode func([]byte) (events.Event, error), prefix, subject string, s
 	}
 	return decision{outcome: outStore, rec: stores.Record{Seq: seq, Hash: events.Hash(data), Event: e}}
 }
+
+// VersionsAhead bounds which newer schema versions are held for an
+// upgrade: those up to VersionsAhead past the newest this build reads.
+// A rolling upgrade skips a version or two, never dozens; a version far
+// beyond (a hand-published schemaVersion 99) is junk, not the future, and
+// is dead-lettered like any undecodable message — held, it would fail
+// readiness for good, since no upgrade would ever read it.
+const VersionsAhead = 8
 
 // peekVersion reads data.schemaVersion from a CloudEvents document without
 // judging anything else, to tell "newer than this build" (hold it for a

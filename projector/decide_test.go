@@ -63,6 +63,7 @@ func poisonSeeds(t testing.TB) []struct {
 		setData("schemaVersion", events.SchemaVersion+1)(d)
 		setData("colour", "red")(d)
 	})
+	farFuture, _ := encoded(t, events.ExecutionStarted, "0001", setData("schemaVersion", 99))
 	zero, _ := encoded(t, events.ExecutionStarted, "0001", setData("schemaVersion", 0))
 	float, _ := encoded(t, events.ExecutionStarted, "0001", setData("schemaVersion", 4.5))
 	text, _ := encoded(t, events.ExecutionStarted, "0001", setData("schemaVersion", "4"))
@@ -84,6 +85,7 @@ func poisonSeeds(t testing.TB) []struct {
 		{"subject mismatch", subj, failed2, outDeadLetter, `events: event on the wrong subject: event for change "0002" of pipeline "billing" published on change "0001"'s subject (audit.exec.billing.0001)`},
 		{"newer version", subj, newer, outHold, ""},
 		{"newer version, unknown field", subj, newerUnknownField, outHold, ""},
+		{"version 99: junk, not the future", subj, farFuture, outDeadLetter, "unsupported schema version"},
 		{"version 0", subj, zero, outDeadLetter, "unsupported schema version"},
 		{"fractional version", subj, float, outDeadLetter, "unsupported schema version"},
 		{"version as text", subj, text, outDeadLetter, "unsupported schema version"},

@@ -49,7 +49,8 @@
 // upgrade — but held: handed back to the stream with a delay (5s doubling
 // to 1m) for a newer projector on the same consumer, counted, logged once
 // per version, and reported by readiness ("upgrade needed"). Config.Decode
-// is how a newer build reads it.
+// is how a newer build reads it. Only versions up to VersionsAhead past this
+// build's are held: a schemaVersion of 99 is junk, and is dead-lettered.
 //
 // After every write attempt the projector publishes an [AuditWrite] on
 // audit.writes.<store> for metrics and alerting ([SubscribeWrites],
