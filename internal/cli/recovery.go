@@ -190,6 +190,18 @@ It exits 3 while any of these is open, and says for each what to do.`,
 
 const shown = 20 // rows of each kind printed in tables; --json has all
 
+// showRows prints up to shown items of one kind, a line each under label,
+// and how many more there are.
+func showRows[T any](w io.Writer, label, plural string, items []T, line func(T) string) {
+	for i, it := range items {
+		if i == shown {
+			fmt.Fprintf(w, "\t… %d more %s\n", len(items)-shown, plural)
+			return
+		}
+		fmt.Fprintf(w, "%s\t%s\n", label, line(it))
+	}
+}
+
 func verifyTable(w *tabwriter.Writer, rep *verify.Report) {
 	fmt.Fprintf(w, "stream\t%d events (%d undecodable) up to sequence %d, %d changes\n", rep.StreamEvents, rep.Undecodable, rep.LastSeq, rep.Changes)
 	fmt.Fprintf(w, "store\t%d changeLog rows\n", rep.StoreRows)
@@ -204,64 +216,24 @@ func verifyTable(w *tabwriter.Writer, rep *verify.Report) {
 		len(rep.WrongSubject), len(rep.Unreadable), len(bad))
 	fmt.Fprintf(w, "downgrades\t%d schema-version-1 events after their change's hash chain started, %d not acknowledged\n",
 		len(rep.Downgrades), len(downgrades))
-	for i, b := range rep.WrongSubject {
-		if i == shown {
-			fmt.Fprintf(w, "\t… %d more on the wrong subject\n", len(rep.WrongSubject)-shown)
-			break
-		}
-		fmt.Fprintf(w, "wrong subject\t%s\n", b)
-	}
-	for i, b := range rep.Unreadable {
-		if i == shown {
-			fmt.Fprintf(w, "\t… %d more undecodable\n", len(rep.Unreadable)-shown)
-			break
-		}
-		fmt.Fprintf(w, "undecodable\t%s\n", b)
-	}
-	for i, d := range rep.Downgrades {
-		if i == shown {
-			fmt.Fprintf(w, "\t… %d more downgrades\n", len(rep.Downgrades)-shown)
-			break
-		}
-		fmt.Fprintf(w, "downgrade\t%s\n", d)
-	}
+	showRows(w, "wrong subject", "on the wrong subject", rep.WrongSubject, verify.BadMessage.String)
+	showRows(w, "undecodable", "undecodable", rep.Unreadable, verify.BadMessage.String)
+	showRows(w, "downgrade", "downgrades", rep.Downgrades, verify.Downgrade.String)
 	unacked := rep.Unacknowledged()
 	fmt.Fprintf(w, "lock tokens\t%d events written with a stale lock token, %d not acknowledged\n", len(rep.StaleTokens), len(unacked))
-	for i, s := range rep.StaleTokens {
-		if i == shown {
-			fmt.Fprintf(w, "\t… %d more stale-token events\n", len(rep.StaleTokens)-shown)
-			break
-		}
-		fmt.Fprintf(w, "stale token\t%s\n", s)
-	}
-	for i, r := range rep.Missing {
-		if i == shown {
-			fmt.Fprintf(w, "\t… %d more missing\n", len(rep.Missing)-shown)
-			break
-		}
-		fmt.Fprintf(w, "missing\t%s/%s seq %d %s\n", r.Pipeline, r.ChangeID, r.Seq, r.Type)
-	}
-	for i, r := range rep.Extra {
-		if i == shown {
-			fmt.Fprintf(w, "\t… %d more extra\n", len(rep.Extra)-shown)
-			break
-		}
-		fmt.Fprintf(w, "extra\t%s/%s seq %d event %s (not in the stream)\n", r.Pipeline, r.ChangeID, r.Seq, r.EventID)
-	}
-	for i, m := range rep.Mismatched {
-		if i == shown {
-			fmt.Fprintf(w, "\t… %d more altered\n", len(rep.Mismatched)-shown)
-			break
-		}
-		fmt.Fprintf(w, "altered\t%s/%s seq %d: %v differ from the stream\n", m.Pipeline, m.ChangeID, m.Seq, m.Fields)
-	}
-	for i, d := range rep.Issues {
-		if i == shown {
-			fmt.Fprintf(w, "\t… %d more issue rows\n", len(rep.Issues)-shown)
-			break
-		}
-		fmt.Fprintf(w, "issue\t%s/%s: %s\n", d.Pipeline, d.ChangeID, d.Problem)
-	}
+	showRows(w, "stale token", "stale-token events", rep.StaleTokens, verify.StaleToken.String)
+	showRows(w, "missing", "missing", rep.Missing, func(r verify.Row) string {
+		return fmt.Sprintf("%s/%s seq %d %s", r.Pipeline, r.ChangeID, r.Seq, r.Type)
+	})
+	showRows(w, "extra", "extra", rep.Extra, func(r verify.Row) string {
+		return fmt.Sprintf("%s/%s seq %d event %s (not in the stream)", r.Pipeline, r.ChangeID, r.Seq, r.EventID)
+	})
+	showRows(w, "altered", "altered", rep.Mismatched, func(m verify.Mismatch) string {
+		return fmt.Sprintf("%s/%s seq %d: %v differ from the stream", m.Pipeline, m.ChangeID, m.Seq, m.Fields)
+	})
+	showRows(w, "issue", "issue rows", rep.Issues, func(d verify.IssueDrift) string {
+		return fmt.Sprintf("%s/%s: %s", d.Pipeline, d.ChangeID, d.Problem)
+	})
 	for i, c := range rep.Drifted {
 		if i == shown {
 			break
