@@ -10,6 +10,7 @@ import (
 
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/internal/natstest"
+	"github.com/auditflow/auditflow/internal/storetestenv"
 	"github.com/auditflow/auditflow/lock"
 	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/projector"
@@ -17,36 +18,6 @@ import (
 	"github.com/auditflow/auditflow/stores"
 	"github.com/auditflow/auditflow/verify"
 )
-
-// feed applies the stream to st as the store contract asks of a
-// projector: every valid event on its own change's subject; messages that
-// do not decode or sit on another change's subject are dead-lettered,
-// never stored. (It reads message by message: these streams are small.)
-func feed(t *testing.T, js jetstream.JetStream, st stores.Store) {
-	t.Helper()
-	ctx := context.Background()
-	s, err := js.Stream(ctx, producer.DefaultStreamName)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var recs []stores.Record
-	for seq := uint64(1); seq <= s.CachedInfo().State.LastSeq; seq++ {
-		m, err := s.GetMsg(ctx, seq)
-		if err != nil {
-			t.Fatal(err)
-		}
-		e, err := events.Decode(m.Data)
-		if err == nil {
-			err = events.CheckSubject(events.DefaultSubjectPrefix, m.Subject, e)
-		}
-		if err == nil {
-			recs = append(recs, stores.Record{Seq: seq, Hash: events.Hash(m.Data), Event: e})
-		}
-	}
-	if err := st.Apply(ctx, stores.Batch{Checkpoint: "projector", Records: recs}); err != nil {
-		t.Fatal(err)
-	}
-}
 
 func publishRaw(t *testing.T, js jetstream.JetStream, pipeline, change string, data []byte) uint64 {
 	t.Helper()
@@ -83,7 +54,7 @@ func TestWrongSubjectIsItsOwnProblem(t *testing.T) {
 	srv := natstest.Start(t)
 	history(t, srv.JS)
 	st, _ := openSQLite(t)
-	feed(t, srv.JS, st)
+	storetestenv.Feed(t, srv.JS, st)
 	clean(t, verifyStore(t, srv.JS, st))
 
 	stray := events.New(events.ExecutionFailed, "billing", "0002-index")
@@ -93,7 +64,7 @@ func TestWrongSubjectIsItsOwnProblem(t *testing.T) {
 		t.Fatal(err)
 	}
 	seq := publishRaw(t, srv.JS, "billing", "0001-schema", b)
-	feed(t, srv.JS, st)
+	storetestenv.Feed(t, srv.JS, st)
 
 	rep := verifyStore(t, srv.JS, st)
 	if len(rep.WrongSubject) != 1 || rep.Tampered() || rep.Drift() || rep.Unchained != 0 || rep.StoreRows != rep.StreamEvents {
@@ -130,7 +101,7 @@ func TestWrongSubjectIsItsOwnProblem(t *testing.T) {
 	// The operator records 0001's state after the stray event: the chain
 	// goes through it, nothing reads as tampered, and it is acknowledged.
 	resolve(t, srv.JS, "billing", "0001-schema", events.ResolvedApplied)
-	feed(t, srv.JS, st)
+	storetestenv.Feed(t, srv.JS, st)
 	rep = verifyStore(t, srv.JS, st)
 	if rep.Tampered() || rep.Drift() || rep.Problems() || len(rep.WrongSubject) != 1 || !rep.WrongSubject[0].Acknowledged {
 		t.Fatalf("after the resolution: tampered %v (stream %v, store %v), drift %v, wrong subject %+v",
@@ -149,7 +120,7 @@ func TestUnreadableMessageOnAChange(t *testing.T) {
 	if _, err := srv.JS.Publish(context.Background(), "audit.exec.stray", []byte("more garbage")); err != nil {
 		t.Fatal(err)
 	}
-	feed(t, srv.JS, st)
+	storetestenv.Feed(t, srv.JS, st)
 	rep := verifyStore(t, srv.JS, st)
 	if rep.Undecodable != 2 || len(rep.Unreadable) != 2 || rep.Drift() || rep.Tampered() {
 		t.Fatalf("report %+v: want two unreadable messages and nothing else", rep)
@@ -163,7 +134,7 @@ func TestUnreadableMessageOnAChange(t *testing.T) {
 		t.Fatalf("garbage off any change's subject: %s", s)
 	}
 	resolve(t, srv.JS, "shipping", "0002-index", events.ResolvedApplied)
-	feed(t, srv.JS, st)
+	storetestenv.Feed(t, srv.JS, st)
 	rep = verifyStore(t, srv.JS, st)
 	if rep.Problems() || rep.Tampered() || !rep.Unreadable[0].Acknowledged {
 		t.Fatalf("after the resolution: %+v", rep)
@@ -208,7 +179,7 @@ func TestDowngradeIsReported(t *testing.T) {
 	}
 	seq := publishRaw(t, srv.JS, "ops", "0001-drop", b)
 	st, _ := openSQLite(t)
-	feed(t, srv.JS, st)
+	storetestenv.Feed(t, srv.JS, st)
 	rep := verifyStore(t, srv.JS, st)
 	if len(rep.Downgrades) != 1 || rep.Unchained != 0 || rep.Drift() || rep.Tampered() || !rep.Problems() {
 		t.Fatalf("report %+v: want one downgrade", rep)
@@ -220,7 +191,7 @@ func TestDowngradeIsReported(t *testing.T) {
 		t.Fatalf("downgrade %s (%+v), want seq %d, chain since %d", d, d, seq, firstSeq)
 	}
 	resolve(t, srv.JS, "ops", "0001-drop", events.ResolvedRolledBack)
-	feed(t, srv.JS, st)
+	storetestenv.Feed(t, srv.JS, st)
 	if rep = verifyStore(t, srv.JS, st); rep.Problems() || !rep.Downgrades[0].Acknowledged {
 		t.Fatalf("after the resolution: %+v", rep)
 	}

@@ -17,7 +17,6 @@ import (
 	"github.com/auditflow/auditflow/internal/embedded"
 	"github.com/auditflow/auditflow/internal/natstest"
 	"github.com/auditflow/auditflow/internal/storetestenv"
-	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/runner"
 	"github.com/auditflow/auditflow/stores"
 )
@@ -41,28 +40,7 @@ func newStrictStore(t *testing.T) *strictStore {
 
 func (s *strictStore) feed(t *testing.T) {
 	t.Helper()
-	ctx := context.Background()
-	stream, err := s.js.Stream(ctx, producer.DefaultStreamName)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var recs []stores.Record
-	for seq := uint64(1); seq <= stream.CachedInfo().State.LastSeq; seq++ {
-		m, err := stream.GetMsg(ctx, seq)
-		if err != nil {
-			t.Fatal(err)
-		}
-		e, err := events.Decode(m.Data)
-		if err == nil {
-			err = events.CheckSubject(events.DefaultSubjectPrefix, m.Subject, e)
-		}
-		if err == nil {
-			recs = append(recs, stores.Record{Seq: seq, Hash: events.Hash(m.Data), Event: e})
-		}
-	}
-	if err := s.st.Apply(ctx, stores.Batch{Checkpoint: "projector", Records: recs}); err != nil {
-		t.Fatal(err)
-	}
+	storetestenv.Feed(t, s.js, s.st)
 }
 
 func (s *strictStore) run(t *testing.T, args ...string) (int, string, string) {

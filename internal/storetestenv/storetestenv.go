@@ -10,8 +10,12 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/internal/natstest"
 	"github.com/auditflow/auditflow/internal/storeflags"
+	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/stores"
 	"github.com/auditflow/auditflow/stores/storetest"
 )
@@ -80,4 +84,36 @@ func OpenConfig(t *testing.T, c storeflags.Config) stores.Store {
 	}
 	t.Cleanup(closeStore)
 	return st
+}
+
+// Feed applies the audit stream to st as the store contract asks of a
+// projector — every valid event on its own change's subject; messages
+// that do not decode or sit on another change's subject are never
+// stored — independently of the projector's code, so tests of verify and
+// the operator commands do not depend on it. It reads message by message:
+// test streams are small.
+func Feed(t *testing.T, js jetstream.JetStream, st stores.Store) {
+	t.Helper()
+	ctx := context.Background()
+	s, err := js.Stream(ctx, producer.DefaultStreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var recs []stores.Record
+	for seq := uint64(1); seq <= s.CachedInfo().State.LastSeq; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := events.Decode(m.Data)
+		if err == nil {
+			err = events.CheckSubject(events.DefaultSubjectPrefix, m.Subject, e)
+		}
+		if err == nil {
+			recs = append(recs, stores.Record{Seq: seq, Hash: events.Hash(m.Data), Event: e})
+		}
+	}
+	if err := st.Apply(ctx, stores.Batch{Checkpoint: "projector", Records: recs}); err != nil {
+		t.Fatal(err)
+	}
 }
