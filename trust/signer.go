@@ -1,0 +1,208 @@
+package trust
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/nats-io/nkeys"
+
+	"github.com/auditflow/auditflow/events"
+)
+
+// Header is the NATS header that carries an event's signature:
+// "<signer's public key> <base64url signature>".
+const Header = "Auditflow-Signature"
+
+// domain starts every signed message, so that a signature over an event
+// can never be one over anything else the key signs.
+const domain = "auditflow-event-signature-v1\n"
+
+// message is what is signed for an event whose bytes hash to hash
+// (events.Hash).
+func message(hash string) []byte { return []byte(domain + hash) }
+
+// Sizes of the header's parts: a user public key is 56 characters, an
+// ed25519 signature 64 bytes, 86 characters in unpadded base64url.
+const (
+	publicKeyLen = 56
+	signatureLen = 86
+	// MaxHeaderLen bounds a well-formed header value.
+	MaxHeaderLen = publicKeyLen + 1 + signatureLen
+)
+
+// Signer signs events with one ed25519 user nkey.
+type Signer struct {
+	pub  string
+	priv ed25519.PrivateKey
+}
+
+// NewSigner returns a signer for a user key pair (its seed starts "SU").
+func NewSigner(kp nkeys.KeyPair) (*Signer, error) {
+	seed, err := kp.Seed()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidKey, err)
+	}
+	return signerFromSeed(seed)
+}
+
+func signerFromSeed(seed []byte) (*Signer, error) {
+	prefix, raw, err := nkeys.DecodeSeed(seed)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidKey, err)
+	}
+	if prefix != nkeys.PrefixByteUser {
+		return nil, fmt.Errorf("%w: a %s seed; want a user seed (SU…), as `auditflow keys new` or `nk -gen user` make", ErrInvalidKey, prefix)
+	}
+	priv := ed25519.NewKeyFromSeed(raw)
+	pub, err := nkeys.Encode(nkeys.PrefixByteUser, priv.Public().(ed25519.PublicKey))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidKey, err)
+	}
+	return &Signer{pub: string(pub), priv: priv}, nil
+}
+
+// LoadSigner reads a signing key from a file: an nkey seed file (one
+// line, "SU…"), or a NATS .creds file, whose user seed it uses (see the
+// package documentation on reusing a NATS nkey).
+func LoadSigner(path string) (*Signer, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("trust: signing key: %w", err)
+	}
+	kp, err := nkeys.ParseDecoratedUserNKey(b)
+	if err != nil {
+		return nil, fmt.Errorf("%w: signing key %s: %w", ErrInvalidKey, path, err)
+	}
+	defer kp.Wipe()
+	s, err := NewSigner(kp)
+	if err != nil {
+		return nil, fmt.Errorf("signing key %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// NewKeyFile creates a new user key and writes its seed to path (mode
+// 0600), refusing to overwrite an existing file. It returns its signer.
+func NewKeyFile(path string) (*Signer, error) {
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		return nil, fmt.Errorf("trust: create key: %w", err)
+	}
+	defer kp.Wipe()
+	seed, err := kp.Seed()
+	if err != nil {
+		return nil, fmt.Errorf("trust: create key: %w", err)
+	}
+	s, err := signerFromSeed(seed)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("trust: write key: %w", err)
+	}
+	_, err = f.Write(append(seed, '\n'))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = os.Remove(path)
+		return nil, fmt.Errorf("trust: write key: %w", err)
+	}
+	return s, nil
+}
+
+// PublicKey is the signer's public key ("U…"), as trust lists name it.
+func (s *Signer) PublicKey() string { return s.pub }
+
+// Sign returns the Header value for an event published as data.
+func (s *Signer) Sign(data []byte) string { return s.SignHash(events.Hash(data)) }
+
+// SignHash is Sign for an event whose bytes hash to hash (events.Hash).
+func (s *Signer) SignHash(hash string) string {
+	sig := ed25519.Sign(s.priv, message(hash))
+	return s.pub + " " + base64.RawURLEncoding.EncodeToString(sig)
+}
+
+// ParseHeader splits a Header value into the signer's public key and the
+// signature (base64url), checking their form but not the signature.
+func ParseHeader(v string) (signer, signature string, err error) {
+	if len(v) > MaxHeaderLen {
+		return "", "", fmt.Errorf("%w: %d bytes, longer than any signature", ErrMalformedHeader, len(v))
+	}
+	signer, signature, ok := strings.Cut(v, " ")
+	switch {
+	case !ok:
+		return "", "", fmt.Errorf("%w: want \"<public key> <signature>\"", ErrMalformedHeader)
+	case !nkeys.IsValidPublicUserKey(signer):
+		return "", "", fmt.Errorf("%w: %q is not a user public key", ErrMalformedHeader, clip(signer))
+	case len(signature) != signatureLen:
+		return "", "", fmt.Errorf("%w: the signature is %d characters, want %d", ErrMalformedHeader, len(signature), signatureLen)
+	}
+	if _, err := base64.RawURLEncoding.DecodeString(signature); err != nil {
+		return "", "", fmt.Errorf("%w: the signature is not base64url", ErrMalformedHeader)
+	}
+	return signer, signature, nil
+}
+
+// verify reports whether signature (base64url) is pub's over the event
+// whose bytes hash to hash.
+func verify(pub ed25519.PublicKey, hash, signature string) bool {
+	sig, err := base64.RawURLEncoding.DecodeString(signature)
+	return err == nil && len(sig) == ed25519.SignatureSize && ed25519.Verify(pub, message(hash), sig)
+}
+
+// decodePublic decodes a user public key.
+func decodePublic(key string) (ed25519.PublicKey, error) {
+	raw, err := nkeys.Decode(nkeys.PrefixByteUser, []byte(key))
+	if err != nil || len(raw) != ed25519.PublicKeySize {
+		return nil, fmt.Errorf("%w: %q is not a user public key (U…)", ErrInvalidKey, clip(key))
+	}
+	return ed25519.PublicKey(raw), nil
+}
+
+// LocalKeyFile is the key LocalKey keeps in its directory.
+const LocalKeyFile = "signing.nk"
+
+// LocalName is the name LocalKey's list gives its key.
+const LocalName = "local"
+
+// LocalKey is the embedded mode's zero-setup signing: it loads
+// <dir>/signing.nk, creating it (a new user key, mode 0600) on first use,
+// and returns its signer and a trust list that trusts it, and only it, as
+// runner and operator on every pipeline.
+func LocalKey(dir string) (*Signer, *List, error) {
+	path := filepath.Join(dir, LocalKeyFile)
+	s, err := LoadSigner(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, nil, fmt.Errorf("trust: local key: %w", err)
+		}
+		s, err = NewKeyFile(path)
+		if errors.Is(err, fs.ErrExist) { // another process made it first
+			s, err = LoadSigner(path)
+		}
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	l, err := NewList(Key{Key: s.PublicKey(), Name: LocalName, Roles: []Role{RoleRunner, RoleOperator}, Pipelines: []string{AllPipelines}})
+	if err != nil {
+		return nil, nil, err
+	}
+	return s, l, nil
+}
+
+func clip(s string) string {
+	if len(s) > 60 {
+		return s[:60] + "…"
+	}
+	return string(bytes.ToValidUTF8([]byte(s), []byte("?")))
+}
