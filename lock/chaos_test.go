@@ -207,7 +207,7 @@ func newChaosClient(t *testing.T, url, name string, rng *rand.Rand) *chaosClient
 	part := natstest.NewPartition(t, url)
 	_, js := natstest.ConnectURL(t, part.URL(), nats.Name(name))
 	l, err := lock.New(context.Background(), js, lock.Config{
-		Owner: name, Lease: chaosLease, RetryInterval: 50 * time.Millisecond, GiveUpAfter: time.Second,
+		CreateBucket: true, Owner: name, Lease: chaosLease, RetryInterval: 50 * time.Millisecond, GiveUpAfter: time.Second,
 		Logger: slog.New(warnings{natstest.Logger(t).Handler()}),
 	})
 	if err != nil {

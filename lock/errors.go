@@ -14,6 +14,9 @@ var (
 	// one it was asked to remove (its holder refreshed it, or a new holder
 	// took it); nothing was removed.
 	ErrChanged = errors.New("lock: changed since it was read")
+	// ErrNoBucket: the lock bucket does not exist and Config.CreateBucket
+	// is not set.
+	ErrNoBucket = errors.New("lock: the lock bucket does not exist")
 	// ErrInvalidConfig: a Config value is not allowed, or disagrees with
 	// the existing bucket.
 	ErrInvalidConfig = errors.New("lock: invalid config")

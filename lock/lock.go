@@ -14,6 +14,8 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/auditflow/auditflow/internal/natsperm"
 )
 
 // Config configures a Locker. The defaults are Flamingock's.
@@ -41,8 +43,14 @@ type Config struct {
 	RetryFor time.Duration
 	// Owner names the holder in the lock's value (shown by lock list).
 	// Default host:pid.
-	Owner  string
-	Logger *slog.Logger // nil discards
+	Owner string
+	// CreateBucket lets New create the lock bucket if it is missing, with
+	// Lease (default 60s) as its TTL and Replicas. Default false: New
+	// fails with ErrNoBucket, so that runners need no right to create
+	// buckets and a deleted bucket is recreated only deliberately
+	// (`auditflow init`, the embedded mode, tests).
+	CreateBucket bool
+	Logger       *slog.Logger // nil discards
 }
 
 // Defaults.
@@ -97,9 +105,12 @@ type Locker struct {
 	log *slog.Logger
 }
 
-// New opens the lock bucket, creating it if missing. Transient failures
-// (a cluster electing a leader answers with no responders or not at all)
-// are retried for up to Config.RetryFor.
+// New opens the lock bucket; it creates a missing one only with
+// Config.CreateBucket, and otherwise fails with an error wrapping
+// ErrNoBucket that says how to create it. Transient failures (a cluster
+// electing a leader answers with no responders or not at all) are retried
+// for up to Config.RetryFor; a missing right fails at once with an error
+// naming the denied subject (wrapping nats.ErrPermissionViolation).
 func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Locker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -111,7 +122,9 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Locker, erro
 	b := backoff.WithContext(backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxElapsedTime(cfg.RetryFor)), ctx)
 	kv, err := backoff.RetryNotifyWithData(func() (jetstream.KeyValue, error) {
-		kv, err := openBucket(ctx, js, &cfg)
+		kv, err := natsperm.Do(ctx, js.Conn(), natsperm.JetStream, func(ctx context.Context) (jetstream.KeyValue, error) {
+			return openBucket(ctx, js, &cfg)
+		})
 		if err != nil && (ctx.Err() != nil || !transient(err)) {
 			return nil, backoff.Permanent(err)
 		}
@@ -131,9 +144,15 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Locker, erro
 	return &Locker{kv: kv, cfg: cfg, log: log}, nil
 }
 
-// openBucket opens or creates the bucket and settles cfg.Lease with it.
+// openBucket opens (or, with cfg.CreateBucket, creates) the bucket and
+// settles cfg.Lease with it. The KeyValue it returns reports a missing
+// right on a lock's key as an error naming the subject (see permissionKV).
 func openBucket(ctx context.Context, js jetstream.JetStream, cfg *Config) (jetstream.KeyValue, error) {
 	kv, err := js.KeyValue(ctx, cfg.Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) && !cfg.CreateBucket {
+		return nil, fmt.Errorf("%w: lock bucket %s (stream KV_%s) does not exist; auditflow creates it only deliberately: run `auditflow init` "+
+			"(as the admin user) once for a new deployment, or after the bucket was deleted (then see the README on fencing tokens)", ErrNoBucket, cfg.Bucket, cfg.Bucket)
+	}
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		lease := cfg.Lease
 		if lease == 0 {
@@ -165,14 +184,14 @@ func openBucket(ctx context.Context, js jetstream.JetStream, cfg *Config) (jetst
 		return nil, fmt.Errorf("%w: bucket %s has a lease (TTL) of %s, this locker is configured for %s",
 			ErrInvalidConfig, cfg.Bucket, st.TTL(), cfg.Lease)
 	}
-	return kv, nil
+	return permissionKV{KeyValue: kv, nc: js.Conn()}, nil
 }
 
 // transient reports whether a failure may pass if tried again: no answer
 // or no responders (a leader election, a reconnect), as opposed to a
 // decision the server made or a configuration error.
 func transient(err error) bool {
-	if errors.Is(err, ErrInvalidConfig) {
+	if errors.Is(err, ErrInvalidConfig) || errors.Is(err, ErrNoBucket) || errors.Is(err, nats.ErrPermissionViolation) {
 		return false
 	}
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
@@ -217,8 +236,8 @@ func (l *Locker) Acquire(ctx context.Context, name string) (*Lease, error) {
 		switch {
 		case err == nil, errors.Is(err, ErrHeld):
 			return lease, err // held: wait and try again
-		case errors.Is(err, ErrInvalidName), ctx.Err() != nil:
-			return nil, backoff.Permanent(err)
+		case errors.Is(err, ErrInvalidName), errors.Is(err, nats.ErrPermissionViolation), ctx.Err() != nil:
+			return nil, backoff.Permanent(err) // a missing right does not come with waiting
 		}
 		return nil, err // a transient failure: try again
 	}, backoff.WithContext(b, ctx), func(err error, wait time.Duration) {

@@ -19,7 +19,7 @@ import (
 func newLocker(t *testing.T, js jetstream.JetStream, owner string, lease time.Duration) *lock.Locker {
 	t.Helper()
 	l, err := lock.New(context.Background(), js, lock.Config{
-		Owner: owner, Lease: lease, RetryInterval: 50 * time.Millisecond, GiveUpAfter: 5 * time.Second,
+		CreateBucket: true, Owner: owner, Lease: lease, RetryInterval: 50 * time.Millisecond, GiveUpAfter: 5 * time.Second,
 		Logger: natstest.Logger(t),
 	})
 	if err != nil {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/auditflow/auditflow/events"
@@ -35,7 +34,7 @@ func (b *Batch) Add(e events.Event) error {
 	if err != nil {
 		return fmt.Errorf("producer: %s %s of change %q of pipeline %q not published: %w", e.Type, e.ID, e.ChangeID, e.Pipeline, err)
 	}
-	msg := &nats.Msg{Subject: b.p.Subject(e.Pipeline, e.ChangeID), Data: data, Header: nats.Header{}}
+	msg := b.p.message(e, data)
 	f, err := b.p.js.PublishMsgAsync(msg, jetstream.WithMsgID(e.ID), jetstream.WithExpectStream(b.p.cfg.Stream.Name))
 	b.events = append(b.events, e)
 	b.futures = append(b.futures, f)

@@ -32,7 +32,7 @@ func TestClusterPublishRidesOutLeaderKills(t *testing.T) {
 	c := natstest.StartCluster(t, 3)
 	ctx := context.Background()
 	logs := natstest.CountingLogger(t)
-	cfg := producer.Config{Stream: producer.StreamConfig{Replicas: 3}, RetryFor: 30 * time.Second, Logger: logs.Logger}
+	cfg := producer.Config{CreateStream: true, Stream: producer.StreamConfig{Replicas: 3}, RetryFor: 30 * time.Second, Logger: logs.Logger}
 
 	const writers = 8
 	type chain struct {
@@ -163,7 +163,7 @@ func TestClusterNewWhileLeaderDown(t *testing.T) {
 	c := natstest.StartCluster(t, 3)
 	ctx := context.Background()
 	logs := natstest.CountingLogger(t)
-	cfg := producer.Config{Stream: producer.StreamConfig{Replicas: 3}, RetryFor: 30 * time.Second, Logger: logs.Logger}
+	cfg := producer.Config{CreateStream: true, Stream: producer.StreamConfig{Replicas: 3}, RetryFor: 30 * time.Second, Logger: logs.Logger}
 	_, js := c.Connect(t)
 	p, err := producer.New(ctx, js, cfg)
 	if err != nil {
@@ -215,7 +215,7 @@ func TestClusterConcurrentRetryOfOneEvent(t *testing.T) {
 	c := natstest.StartCluster(t, 3)
 	ctx := context.Background()
 	logs := natstest.CountingLogger(t)
-	cfg := producer.Config{Stream: producer.StreamConfig{Replicas: 3}, Logger: logs.Logger}
+	cfg := producer.Config{CreateStream: true, Stream: producer.StreamConfig{Replicas: 3}, Logger: logs.Logger}
 	_, js1 := c.Connect(t)
 	_, js2 := c.Connect(t)
 	p1, err := producer.New(ctx, js1, cfg)
@@ -266,7 +266,7 @@ func TestClusterRacingWritersOneWins(t *testing.T) {
 	c := natstest.StartCluster(t, 3)
 	ctx := context.Background()
 	logs := natstest.CountingLogger(t)
-	cfg := producer.Config{Stream: producer.StreamConfig{Replicas: 3}, Logger: logs.Logger}
+	cfg := producer.Config{CreateStream: true, Stream: producer.StreamConfig{Replicas: 3}, Logger: logs.Logger}
 	const writers, rounds = 4, 50
 	ps := make([]*producer.Producer, writers)
 	for i := range ps {

@@ -18,6 +18,10 @@ var (
 	// ErrStreamMismatch: the stream exists with a configuration that differs
 	// from the one asked for.
 	ErrStreamMismatch = errors.New("producer: existing stream has a different configuration")
+	// ErrNoStream: the audit stream does not exist, and the caller may not
+	// create it (OpenStream; New without Config.CreateStream). It comes as
+	// a *NoStreamError, which says how to create or restore it.
+	ErrNoStream = errors.New("producer: the audit stream does not exist")
 	// ErrInvalidConfig: a Config or StreamConfig value is not allowed.
 	ErrInvalidConfig = errors.New("producer: invalid config")
 )

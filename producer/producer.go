@@ -13,18 +13,30 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/internal/natsperm"
+	"github.com/auditflow/auditflow/trust"
 )
 
 // Config configures a Producer.
 type Config struct {
 	Stream StreamConfig
+	// CreateStream lets New create the audit stream if it is missing
+	// (EnsureStream). Default false: New opens the existing stream
+	// (OpenStream) and fails with ErrNoStream if there is none, so that a
+	// deleted stream never comes back empty. Set it only where creating the
+	// stream is the point: `auditflow init`, the embedded mode, tests.
+	CreateStream bool
 	// RetryFor bounds how long transient failures (timeouts, no responders
 	// during a leader election, a reconnecting client) are retried.
 	// Default 30s.
 	RetryFor time.Duration
 	// AttemptTimeout bounds one publish attempt. Default 5s.
 	AttemptTimeout time.Duration
-	Logger         *slog.Logger // nil discards
+	// Signer, if set, signs every event published (see package trust):
+	// the signature goes in the Auditflow-Signature header. Nil publishes
+	// unsigned events, which a projector with a trust list flags.
+	Signer *trust.Signer
+	Logger *slog.Logger // nil discards
 }
 
 // Producer publishes execution events to the audit stream.
@@ -35,10 +47,11 @@ type Producer struct {
 	log    *slog.Logger
 }
 
-// New ensures the audit stream exists (see EnsureStream) and returns a
-// Producer for it. Transient failures are retried for up to
-// Config.RetryFor, as publishes are: a process that starts while a
-// cluster elects a leader waits for it.
+// New opens the audit stream (OpenStream: it must exist, with the
+// configured settings; or EnsureStream, creating it, with
+// Config.CreateStream) and returns a Producer for it. Transient failures
+// are retried for up to Config.RetryFor, as publishes are: a process that
+// starts while a cluster elects a leader waits for it.
 func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Producer, error) {
 	if cfg.RetryFor == 0 {
 		cfg.RetryFor = 30 * time.Second
@@ -53,11 +66,15 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Producer, er
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s, err := EnsureStream(ctx, js, cfg.Stream, WithRetry(Retry{For: cfg.RetryFor, AttemptTimeout: cfg.AttemptTimeout, Logger: log}))
+	open := OpenStream
+	if cfg.CreateStream {
+		open = EnsureStream
+	}
+	s, err := open(ctx, js, cfg.Stream, WithRetry(Retry{For: cfg.RetryFor, AttemptTimeout: cfg.AttemptTimeout, Logger: log}))
 	if err != nil {
 		return nil, err
 	}
-	_ = cfg.Stream.Validate() // already validated by EnsureStream; fills defaults in our copy
+	_ = cfg.Stream.Validate() // already validated by OpenStream/EnsureStream; fills defaults in our copy
 	return &Producer{js: js, stream: s, cfg: cfg, log: log}, nil
 }
 
@@ -71,10 +88,13 @@ type publishOpts struct {
 }
 
 // Head is where a change stands on the stream: its newest event's sequence
-// and hash (events.Hash of its bytes). The zero Head means "no events".
+// and hash (events.Hash of its bytes), and its Auditflow-Signature header
+// ("" if unsigned), for the reader to judge with a trust list. The zero
+// Head means "no events".
 type Head struct {
-	Seq  uint64
-	Hash string
+	Seq       uint64
+	Hash      string
+	Signature string
 }
 
 // ExpectLastSeq makes the publish succeed only if the change's newest event
@@ -123,7 +143,7 @@ func (p *Producer) Publish(ctx context.Context, e events.Event, opts ...PublishO
 	if err != nil {
 		return Head{}, fmt.Errorf("producer: %s %s of change %q of pipeline %q not published: %w", e.Type, e.ID, e.ChangeID, e.Pipeline, err)
 	}
-	msg := &nats.Msg{Subject: p.Subject(e.Pipeline, e.ChangeID), Data: data, Header: nats.Header{}}
+	msg := p.message(e, data)
 	pubOpts := []jetstream.PublishOpt{jetstream.WithMsgID(e.ID), jetstream.WithExpectStream(p.cfg.Stream.Name)}
 	if o.expect {
 		pubOpts = append(pubOpts, jetstream.WithExpectLastSequencePerSubject(o.expectSeq))
@@ -133,7 +153,11 @@ func (p *Producer) Publish(ctx context.Context, e events.Event, opts ...PublishO
 		attempt++
 		actx, cancel := context.WithTimeout(ctx, p.cfg.AttemptTimeout)
 		defer cancel()
-		ack, err := p.js.PublishMsg(actx, msg, pubOpts...)
+		// A missing right to the subject ends the attempt at once with an
+		// error naming it (natsperm), not a timeout retried for RetryFor.
+		ack, err := natsperm.Do(actx, p.js.Conn(), natsperm.Subjects(msg.Subject), func(ctx context.Context) (*jetstream.PubAck, error) {
+			return p.js.PublishMsg(ctx, msg, pubOpts...)
+		})
 		if err == nil {
 			return ack.Sequence, nil
 		}
@@ -156,8 +180,22 @@ func (p *Producer) Publish(ctx context.Context, e events.Event, opts ...PublishO
 		}
 		return Head{}, fmt.Errorf("producer: publish %s %s: %w", e.Type, e.ID, err)
 	}
-	return Head{Seq: seq, Hash: events.Hash(data)}, nil
+	return Head{Seq: seq, Hash: events.Hash(data), Signature: msg.Header.Get(trust.Header)}, nil
 }
+
+// message is the NATS message that publishes e, encoded as data, signed
+// if the producer has a Signer.
+func (p *Producer) message(e events.Event, data []byte) *nats.Msg {
+	msg := &nats.Msg{Subject: p.Subject(e.Pipeline, e.ChangeID), Data: data, Header: nats.Header{}}
+	if p.cfg.Signer != nil {
+		msg.Header.Set(trust.Header, p.cfg.Signer.Sign(data))
+	}
+	return msg
+}
+
+// Signer is the producer's signing key (Config.Signer), nil if it
+// publishes unsigned events.
+func (p *Producer) Signer() *trust.Signer { return p.cfg.Signer }
 
 // refused decides what a publish that the stream refused for a wrong last
 // sequence means, by reading the subject's newest message again: our own
@@ -311,7 +349,7 @@ func ReadLast(ctx context.Context, js jetstream.JetStream, cfg StreamConfig, pip
 // it is an event of that change: anything else is a *BadEventError, with
 // the message's Head (for the newest, what a resolution is recorded after).
 func judgeMsg(cfg StreamConfig, pipeline, changeID string, m *jetstream.RawStreamMsg) (events.Event, Head, error) {
-	h := Head{Seq: m.Sequence, Hash: events.Hash(m.Data)}
+	h := Head{Seq: m.Sequence, Hash: events.Hash(m.Data), Signature: m.Header.Get(trust.Header)}
 	e, err := events.Decode(m.Data)
 	if err == nil {
 		err = events.CheckSubject(cfg.SubjectPrefix, m.Subject, e)
@@ -366,6 +404,6 @@ func transient(err error) bool {
 	if errors.As(err, &apiErr) {
 		return temporary(apiErr)
 	}
-	return !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubject) &&
+	return !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubject) && !errors.Is(err, nats.ErrPermissionViolation) &&
 		!errors.Is(err, nats.ErrMaxPayload) && !errors.Is(err, jetstream.ErrInvalidSubject)
 }

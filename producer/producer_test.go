@@ -18,7 +18,7 @@ import (
 
 func newProducer(t testing.TB, js jetstream.JetStream) *producer.Producer {
 	t.Helper()
-	p, err := producer.New(context.Background(), js, producer.Config{Logger: natstest.Logger(t)})
+	p, err := producer.New(context.Background(), js, producer.Config{CreateStream: true, Logger: natstest.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,12 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/auditflow/auditflow/internal/natsperm"
 )
 
 // Retry says how EnsureStream and CheckStream ride out a cluster that is
@@ -57,15 +58,14 @@ func retry[T any](ctx context.Context, js jetstream.JetStream, r Retry, what str
 		attempt++
 		actx, cancel := context.WithTimeout(ctx, r.AttemptTimeout)
 		defer cancel()
-		v, err := op(actx)
+		// A missing right ends the attempt at once, as a *natsperm.Error
+		// naming the subject, instead of after AttemptTimeout.
+		v, err := natsperm.Do(actx, js.Conn(), natsperm.JetStream, op)
 		if err == nil {
 			return v, nil
 		}
 		if ctx.Err() != nil || r.For <= 0 || !retryable(err) {
 			return v, backoff.Permanent(err)
-		}
-		if perr := permissionDenied(js); perr != nil {
-			return v, backoff.Permanent(fmt.Errorf("%w (%w)", err, perr))
 		}
 		return v, err
 	}, b, func(err error, wait time.Duration) {
@@ -125,25 +125,4 @@ func temporary(e *jetstream.APIError) bool {
 		return true
 	}
 	return false
-}
-
-// permissionDenied returns the connection's last error if it is a
-// permission violation on a JetStream API or reply subject. The server
-// reports those asynchronously while the request itself just times out,
-// so without this check a missing permission would be retried for the
-// whole budget and then reported as a timeout.
-func permissionDenied(js jetstream.JetStream) error {
-	nc := js.Conn()
-	if nc == nil {
-		return nil
-	}
-	err := nc.LastError()
-	if !errors.Is(err, nats.ErrPermissionViolation) {
-		return nil
-	}
-	msg := strings.ToLower(err.Error())
-	if strings.Contains(msg, "$js.") || strings.Contains(msg, "_inbox.") {
-		return err
-	}
-	return nil
 }

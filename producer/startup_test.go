@@ -39,7 +39,7 @@ func TestNewWaitsForTheServer(t *testing.T) {
 		restarted <- s
 	}()
 	start := time.Now()
-	_, err = producer.New(context.Background(), js, producer.Config{RetryFor: 20 * time.Second, AttemptTimeout: time.Second, Logger: natstest.Logger(t)})
+	_, err = producer.New(context.Background(), js, producer.Config{CreateStream: true, RetryFor: 20 * time.Second, AttemptTimeout: time.Second, Logger: natstest.Logger(t)})
 	if s := <-restarted; s != nil {
 		t.Cleanup(s.Close)
 	}

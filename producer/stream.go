@@ -89,7 +89,9 @@ func (c StreamConfig) jsConfig() jetstream.StreamConfig {
 }
 
 // EnsureStream creates the audit stream, or checks that an existing one
-// has the configuration c asks for. It never changes an existing stream:
+// has the configuration c asks for. Creating it is for `auditflow init`,
+// the embedded mode and tests; runners and projectors use OpenStream (see
+// Config.CreateStream). It never changes an existing stream:
 // running it again with the same config is a no-op, and a stream that
 // differs in anything that matters is reported as ErrStreamMismatch with
 // every difference named, for an operator to resolve deliberately.
@@ -128,6 +130,53 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 	}
 	return s, nil
 }
+
+// OpenStream returns the existing audit stream after checking, as
+// EnsureStream does, that its configuration is the one c asks for. It never
+// creates the stream: a missing one is an error wrapping ErrNoStream (and
+// jetstream.ErrStreamNotFound) that says how to create or restore it.
+// Runners and projectors open the stream this way, so that a stream that
+// was deleted is never silently replaced by an empty one — every runner
+// would then apply every change again. Creating it is an explicit act:
+// `auditflow init`, the embedded mode, or EnsureStream.
+//
+// Like EnsureStream, it makes one attempt unless WithRetry says otherwise.
+func OpenStream(ctx context.Context, js jetstream.JetStream, c StreamConfig, opts ...StreamOpt) (jetstream.Stream, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	want := c.jsConfig()
+	return retry(ctx, js, streamRetry(opts), "open stream "+c.Name, func(ctx context.Context) (jetstream.Stream, error) {
+		s, err := js.Stream(ctx, want.Name)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return nil, &NoStreamError{Stream: want.Name, Err: err}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("producer: stream %s: %w", want.Name, err)
+		}
+		if diffs := streamDiff(s.CachedInfo().Config, want); len(diffs) > 0 {
+			return nil, fmt.Errorf("%w: stream %s exists with %s; change it by hand (nats stream edit) or point auditflow at another stream",
+				ErrStreamMismatch, want.Name, strings.Join(diffs, ", "))
+		}
+		return s, nil
+	})
+}
+
+// NoStreamError is a stream that OpenStream found missing (ErrNoStream).
+type NoStreamError struct {
+	Stream string
+	Err    error // the server's answer: jetstream.ErrStreamNotFound
+}
+
+func (e *NoStreamError) Error() string {
+	return fmt.Sprintf("producer: the audit stream %s does not exist. auditflow never creates it implicitly: if it was deleted, "+
+		"an empty one would make every runner apply every change again. A new deployment: create it once with `auditflow init` "+
+		"(as the admin user). A deleted stream: restore it from its backup or mirror first (e.g. nats stream restore), then start runners and projectors again",
+		e.Stream)
+}
+
+// Unwrap returns ErrNoStream and the server's answer.
+func (e *NoStreamError) Unwrap() []error { return []error{ErrNoStream, e.Err} }
 
 // CheckStream compares an existing stream with c without changing or
 // creating anything: it returns the differences (none: as configured), or

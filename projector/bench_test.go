@@ -53,7 +53,7 @@ func benchServer(b *testing.B, cfg embedded.Config) (jetstream.JetStream, *produ
 }
 
 func benchServerOf(b *testing.B, srv *natstest.Server) (jetstream.JetStream, *producer.Producer) {
-	prod, err := producer.New(context.Background(), srv.JS, producer.Config{})
+	prod, err := producer.New(context.Background(), srv.JS, producer.Config{CreateStream: true})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -89,7 +89,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 			st := openSQLite(b)
 			evs := benchEvents(b.N)
 			b.ResetTimer()
-			p, err := projector.New(ctx, js, st, projector.Config{StoreName: "sqlite"})
+			p, err := projector.New(ctx, js, st, projector.Config{CreateStreams: true, StoreName: "sqlite"})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -195,7 +195,7 @@ func TestProjectorChild(t *testing.T) {
 		}
 	}()
 	start := time.Now()
-	p, err := projector.New(ctx, js, st, projector.Config{StoreName: "sqlite"})
+	p, err := projector.New(ctx, js, st, projector.Config{CreateStreams: true, StoreName: "sqlite"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/stores"
+	"github.com/auditflow/auditflow/trust"
 )
 
 // outcome is what becomes of one fetched message. Every message ends as
@@ -47,8 +48,9 @@ type decision struct {
 	version int           // outHold: the event's schema version
 }
 
-// decide judges one message: decode, validate, check the subject. It does
-// no I/O and keeps no state, so it can be fuzzed as it runs in the fetcher.
+// decide judges one message: decode, validate, check the subject, judge
+// the signature. It does no I/O and keeps no state, so it can be fuzzed as
+// it runs in the fetcher.
 //
 // decode is Config.Decode; prefix is the stream's subject prefix. The
 // subject must be the one the event's pipeline and change map to
@@ -56,7 +58,13 @@ type decision struct {
 // subject and guards it with the subject's last sequence, so an event on
 // another change's subject was not written by the producer's rules, and
 // stored it would become the wrong change's history.
-func decide(decode func([]byte) (events.Event, error), prefix, subject string, seq uint64, data []byte) decision {
+//
+// list is Config.Trust (nil: no checks). An untrusted event is stored all
+// the same, with its verdict (stores.Record.Trust), which opens its
+// change's issue: the store stays a projection of the stream, and the
+// forgery is on record where operators look.
+func decide(decode func([]byte) (events.Event, error), prefix string, list *trust.List, m StreamMsg) decision {
+	subject, seq, data := m.Subject, m.Seq, m.Data
 	e, err := decode(data)
 	if err == nil {
 		// The default decoder has validated already; a custom one (a newer
@@ -78,7 +86,11 @@ func decide(decode func([]byte) (events.Event, error), prefix, subject string, s
 	if err := events.CheckSubject(prefix, subject, e); err != nil {
 		return decision{outcome: outDeadLetter, reason: err}
 	}
-	return decision{outcome: outStore, rec: stores.Record{Seq: seq, Hash: events.Hash(data), Event: e}}
+	hash := events.Hash(data)
+	signer, signature, v := list.CheckHeader(m.Header.Get(trust.Header),
+		trust.Signed{Pipeline: e.Pipeline, Type: e.Type, Seq: seq, Hash: hash})
+	return decision{outcome: outStore, rec: stores.Record{Seq: seq, Hash: hash, Signer: signer, Signature: signature,
+		Trust: events.Truncate(v.Problem, stores.MaxTrustLen), Event: e}}
 }
 
 // VersionsAhead bounds which newer schema versions are held for an

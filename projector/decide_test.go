@@ -8,9 +8,11 @@ import (
 	"testing"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/stores"
+	"github.com/auditflow/auditflow/trust"
 )
 
 const prefix = events.DefaultSubjectPrefix
@@ -97,7 +99,7 @@ func poisonSeeds(t testing.TB) []struct {
 func TestDecide(t *testing.T) {
 	for _, c := range poisonSeeds(t) {
 		t.Run(c.name, func(t *testing.T) {
-			d := decide(events.Decode, prefix, c.subject, 7, c.data)
+			d := decide(events.Decode, prefix, nil, StreamMsg{Seq: 7, Subject: c.subject, Data: c.data})
 			checkDecision(t, c.subject, 7, c.data, d)
 			if d.outcome != c.want {
 				t.Fatalf("outcome %s (reason %v), want %s", d.outcome, d.reason, c.want)
@@ -115,7 +117,7 @@ func TestDecide(t *testing.T) {
 	newer := poisonSeeds(t)[7]
 	d := decide(func(b []byte) (events.Event, error) {
 		return events.Decode([]byte(strings.Replace(string(b), `"schemaVersion":4`, `"schemaVersion":3`, 1)))
-	}, prefix, newer.subject, 7, newer.data)
+	}, prefix, nil, StreamMsg{Seq: 7, Subject: newer.subject, Data: newer.data})
 	if d.outcome != outStore || d.rec.Hash != events.Hash(newer.data) {
 		t.Fatalf("upgraded decoder: %s %v, hash %s", d.outcome, d.reason, d.rec.Hash)
 	}
@@ -124,7 +126,7 @@ func TestDecide(t *testing.T) {
 		e := events.New(events.ExecutionStarted, "billing", "0001")
 		e.ExecutionID, e.SchemaVersion = "x", events.SchemaVersion+2
 		return e, nil
-	}, prefix, newer.subject, 7, newer.data)
+	}, prefix, nil, StreamMsg{Seq: 7, Subject: newer.subject, Data: newer.data})
 	if d.outcome != outHold || d.version != events.SchemaVersion+2 {
 		t.Fatalf("custom decoder's newer event: %s version %d", d.outcome, d.version)
 	}
@@ -203,20 +205,44 @@ func checkDeadLetter(t *testing.T, o original, reason string, limit int64) {
 	}
 }
 
-// FuzzDecide runs the fetcher's per-message judgement on random subjects
-// and bytes: it never panics, and every message ends as exactly one of a
-// record every store accepts, a dead letter with a reason that fits in a
-// message, or a held newer-version event.
+// FuzzDecide runs the fetcher's per-message judgement on random subjects,
+// bytes and signature headers: it never panics, and every message ends as
+// exactly one of a record every store accepts (whatever the header), a
+// dead letter with a reason that fits in a message, or a held
+// newer-version event.
 //
 //	go test ./projector -run XXX -fuzz FuzzDecide -fuzztime 5m
 func FuzzDecide(f *testing.F) {
-	for _, c := range poisonSeeds(f) {
-		f.Add(c.subject, c.data)
+	signer, list := fuzzTrust(f)
+	for i, c := range poisonSeeds(f) {
+		sig := []string{"", signer.Sign(c.data), "garbage", signer.PublicKey() + " " + strings.Repeat("\xff", 90)}[i%4]
+		f.Add(c.subject, c.data, sig)
 	}
-	f.Fuzz(func(t *testing.T, subject string, data []byte) {
-		d := decide(events.Decode, prefix, subject, 42, data)
+	f.Fuzz(func(t *testing.T, subject string, data []byte, sig string) {
+		m := StreamMsg{Seq: 42, Subject: subject, Data: data, Header: nats.Header{trust.Header: {sig}}}
+		d := decide(events.Decode, prefix, list, m)
 		checkDecision(t, subject, 42, data, d)
+		if d.outcome == outStore && (sig == signer.Sign(data)) != (d.rec.Trust == "") {
+			t.Fatalf("verdict %q for header %q", d.rec.Trust, sig)
+		}
 	})
+}
+
+func fuzzTrust(t testing.TB) (*trust.Signer, *trust.List) {
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := trust.NewSigner(kp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, err := trust.NewList(trust.Key{Key: signer.PublicKey(), Name: "runner", Roles: []trust.Role{trust.RoleRunner, trust.RoleOperator},
+		Pipelines: []string{trust.AllPipelines}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return signer, list
 }
 
 func TestDeadLetterMsg(t *testing.T) {

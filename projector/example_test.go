@@ -43,7 +43,7 @@ func Example_observability() {
 	defer store.Close()
 
 	reg := prometheus.NewRegistry() // the caller's registry, never the global one
-	p, err := projector.New(ctx, js, store, projector.Config{StoreName: "sqlite", Registerer: reg})
+	p, err := projector.New(ctx, js, store, projector.Config{CreateStreams: true, StoreName: "sqlite", Registerer: reg})
 	if err != nil {
 		panic(err)
 	}
@@ -54,7 +54,7 @@ func Example_observability() {
 		panic(err)
 	}
 
-	prod, err := producer.New(ctx, js, producer.Config{})
+	prod, err := producer.New(ctx, js, producer.Config{CreateStream: true})
 	if err != nil {
 		panic(err)
 	}

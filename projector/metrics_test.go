@@ -33,7 +33,7 @@ func TestMetrics(t *testing.T) {
 	flaky := &flakyStore{Store: e.store}
 	flaky.failBefore.Store(2)
 	reg := prometheus.NewPedanticRegistry()
-	p, err := projector.New(ctx, e.srv.JS, flaky, projector.Config{StoreName: "sqlite", BatchSize: 20,
+	p, err := projector.New(ctx, e.srv.JS, flaky, projector.Config{CreateStreams: true, StoreName: "sqlite", BatchSize: 20,
 		RetryMax: 20 * time.Millisecond, Registerer: reg, Logger: natstest.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
@@ -145,7 +145,7 @@ func TestReadiness(t *testing.T) {
 	}
 	defer st.Close()
 	reg := prometheus.NewPedanticRegistry()
-	p, err := projector.New(context.Background(), srv.JS, st, projector.Config{StoreName: "sqlite", Registerer: reg})
+	p, err := projector.New(context.Background(), srv.JS, st, projector.Config{CreateStreams: true, StoreName: "sqlite", Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,14 +16,24 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/internal/natsperm"
 	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/stores"
+	"github.com/auditflow/auditflow/trust"
 )
 
 // Config configures a Projector. Zero fields take the defaults shown.
 type Config struct {
 	// Stream is the audit stream (its name and subject prefix).
 	Stream producer.StreamConfig
+	// CreateStreams lets New create the audit stream and the projector's
+	// dead-letter and writes streams if they are missing (EnsureStreams).
+	// Default false: New fails with an error wrapping producer.ErrNoStream
+	// (or ErrNoStream) naming what is missing, so that a deleted stream
+	// never comes back empty and projectors need no right to create
+	// streams. Set it only in the embedded mode and tests; deployments
+	// create them with `auditflow init`.
+	CreateStreams bool
 	// StoreName names the store in AuditWrite subjects
 	// (audit.writes.<StoreName>) and the default consumer. Required.
 	StoreName string
@@ -81,6 +91,12 @@ type Config struct {
 	// reads a newer schema version supplies a decoder for it. Whatever it
 	// returns is validated with events.Validate.
 	Decode func([]byte) (events.Event, error)
+	// Trust judges each event's signature (package trust); nil checks
+	// nothing. An untrusted event — unsigned, an unknown key, a bad
+	// signature, a key outside its roles or pipelines, a revoked key — is
+	// stored with its verdict, which opens its change's issue, and is
+	// logged and counted (Stats.Untrusted).
+	Trust *trust.List
 	// Registerer receives the projector's Prometheus metrics, labelled with
 	// store and consumer (see the package documentation); nil means no
 	// metrics. Register at most one projector per store and consumer on it.
@@ -175,7 +191,7 @@ type Projector struct {
 	deadLetterMaxMsgSize int32
 
 	applied, batches, retries, deadLettered, writeFailures, staleTokens atomic.Uint64
-	deadLetterFailures, storeRefusals, held, busyNaks                   atomic.Uint64
+	deadLetterFailures, storeRefusals, held, busyNaks, untrusted        atomic.Uint64
 	tokens                                                              tokenWatch
 	inflight                                                            inflight
 	health                                                              health
@@ -187,9 +203,11 @@ type Projector struct {
 	writeDuration prometheus.Histogram // nil without metrics
 }
 
-// New checks the configuration and creates what the projector needs on the
-// server, if missing: the audit stream, the dead-letter and writes streams,
-// and the durable consumer.
+// New checks the configuration, opens the audit stream and the projector's
+// dead-letter and writes streams — it creates missing ones only with
+// Config.CreateStreams, and otherwise fails with an error naming what is
+// missing (producer.ErrNoStream, ErrNoStream) — and creates or updates the
+// durable consumer.
 func New(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg Config) (*Projector, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -247,7 +265,10 @@ type Stats struct {
 	// StaleTokens counts events written with a lock token lower than one
 	// already recorded for their pipeline (see Projector.Run).
 	StaleTokens uint64
-	LastSeq     uint64 // highest stream sequence applied, 0 before the first write
+	// Untrusted counts events whose signature the trust list does not
+	// accept (see Config.Trust); redeliveries count again.
+	Untrusted uint64
+	LastSeq   uint64 // highest stream sequence applied, 0 before the first write
 }
 
 // Stats returns the counters.
@@ -255,33 +276,46 @@ func (p *Projector) Stats() Stats {
 	return Stats{Applied: p.applied.Load(), Batches: p.batches.Load(), Retries: p.retries.Load(),
 		WriteFailures: p.writeFailures.Load(), DeadLettered: p.deadLettered.Load(),
 		DeadLetterFailures: p.deadLetterFailures.Load(), StoreRefusals: p.storeRefusals.Load(),
-		Held: p.held.Load(), BusyNaks: p.busyNaks.Load(), StaleTokens: p.staleTokens.Load(), LastSeq: p.lastSeq.Load()}
+		Held: p.held.Load(), BusyNaks: p.busyNaks.Load(), StaleTokens: p.staleTokens.Load(), Untrusted: p.untrusted.Load(), LastSeq: p.lastSeq.Load()}
 }
 
+// setup opens (with CreateStreams: creates) the streams and creates or
+// updates the durable consumer. A missing right ends it at once with an
+// error naming the denied subject (natsperm), which New does not retry.
 func (p *Projector) setup(ctx context.Context) error {
-	if _, err := producer.EnsureStream(ctx, p.js, p.cfg.Stream); err != nil {
+	ctx, stop := natsperm.Watch(ctx, p.nc, natsperm.JetStream)
+	defer stop()
+	err := p.setupStreams(ctx)
+	if err == nil {
+		err = p.setupConsumer(ctx)
+	}
+	if pe := natsperm.Cause(ctx); err != nil && pe != nil {
+		return fmt.Errorf("projector: setup: %w", pe)
+	}
+	return err
+}
+
+func (p *Projector) setupStreams(ctx context.Context) error {
+	open := producer.OpenStream
+	if p.cfg.CreateStreams {
+		open = producer.EnsureStream
+	}
+	if _, err := open(ctx, p.js, p.cfg.Stream); err != nil {
 		return err
 	}
-	for _, s := range []jetstream.StreamConfig{
-		{Name: DeadLetterStream, Subjects: []string{p.cfg.DeadLetterPrefix + ".>"}, Storage: jetstream.FileStorage,
-			Replicas: p.cfg.Stream.Replicas, Description: "auditflow events a projector could not store"},
-		{Name: WritesStream, Subjects: []string{p.cfg.WritesPrefix + ".>"}, Storage: jetstream.FileStorage,
-			Replicas: p.cfg.Stream.Replicas, MaxAge: 7 * 24 * time.Hour, Description: "auditflow AuditWrite events (projector telemetry)"},
-	} {
-		st, err := p.js.Stream(ctx, s.Name)
-		if errors.Is(err, jetstream.ErrStreamNotFound) {
-			st, err = p.js.CreateStream(ctx, s)
-			if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-				st, err = p.js.Stream(ctx, s.Name)
-			}
-		}
+	for _, s := range Streams(p.cfg) {
+		st, err := openStream(ctx, p.js, s, p.cfg.CreateStreams)
 		if err != nil {
-			return fmt.Errorf("projector: stream %s: %w", s.Name, err)
+			return err
 		}
 		if s.Name == DeadLetterStream {
 			p.deadLetterMaxMsgSize = st.CachedInfo().Config.MaxMsgSize
 		}
 	}
+	return nil
+}
+
+func (p *Projector) setupConsumer(ctx context.Context) error {
 	cons, err := p.js.CreateOrUpdateConsumer(ctx, p.cfg.Stream.Name, jetstream.ConsumerConfig{
 		Durable:       p.cfg.Consumer,
 		Description:   "auditflow projector into " + p.cfg.StoreName,
@@ -404,10 +438,12 @@ func (p *Projector) fetchLoop(ctx context.Context, parts []chan []delivery, dead
 				continue
 			}
 			d := delivery{msg: m, seq: md.Sequence.Stream, delivered: md.NumDelivered}
-			v := decide(p.cfg.Decode, p.cfg.Stream.SubjectPrefix, m.Subject(), d.seq, m.Data())
+			v := decide(p.cfg.Decode, p.cfg.Stream.SubjectPrefix, p.cfg.Trust,
+				StreamMsg{Seq: d.seq, Subject: m.Subject(), Data: m.Data(), Header: m.Headers()})
 			switch v.outcome {
 			case outStore:
 				p.watchToken(v.rec.Event, d.seq)
+				p.watchTrust(v.rec)
 				d.rec = v.rec
 				i := route(v.rec.Event, len(parts))
 				shares[i] = append(shares[i], d)

@@ -29,7 +29,7 @@ type env struct {
 func setup(t testing.TB) *env {
 	t.Helper()
 	srv := natstest.Start(t)
-	prod, err := producer.New(context.Background(), srv.JS, producer.Config{})
+	prod, err := producer.New(context.Background(), srv.JS, producer.Config{CreateStream: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,6 +51,7 @@ func run(t testing.TB, js jetstream.JetStream, store stores.Store, cfg projector
 	if cfg.Logger == nil {
 		cfg.Logger = natstest.Logger(t)
 	}
+	cfg.CreateStreams = true // a fresh test server: create what auditflow init would
 	p, err := projector.New(context.Background(), js, store, cfg)
 	if err != nil {
 		t.Fatal(err)

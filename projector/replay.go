@@ -9,11 +9,13 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/stores"
+	"github.com/auditflow/auditflow/trust"
 )
 
 // ReplayConfig configures Replay. Zero fields take the defaults shown.
@@ -33,6 +35,10 @@ type ReplayConfig struct {
 	// RetryFor bounds retries of a failing store write before Replay gives
 	// up (it can be resumed). Default 2m.
 	RetryFor time.Duration
+	// Trust judges each event's signature as the live projector does
+	// (Config.Trust), so a rebuilt store holds the same verdicts; nil
+	// checks nothing. Give replay the projectors' trust list.
+	Trust *trust.List
 	// Progress, if set, is called after every stored batch.
 	Progress func(ReplayProgress)
 	Logger   *slog.Logger // nil discards
@@ -136,7 +142,7 @@ func Replay(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg
 	rctx, stop := context.WithCancel(ctx)
 	defer stop()
 	go func() {
-		readErr <- readBatches(rctx, cons, cfg.BatchSize, prog.Target, cfg.Stream.SubjectPrefix, batches, &skipped, log)
+		readErr <- readBatches(rctx, cons, cfg.BatchSize, prog.Target, cfg.Stream.SubjectPrefix, cfg.Trust, batches, &skipped, log)
 	}()
 
 	start := time.Now()
@@ -177,7 +183,7 @@ func Replay(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg
 // readBatches judges what ScanStream reads as the live projector does
 // (decide) and sends the records to store in batches; it closes out when
 // done.
-func readBatches(ctx context.Context, cons jetstream.Consumer, size int, target uint64, prefix string, out chan<- []stores.Record, skipped *atomic.Uint64, log *slog.Logger) error {
+func readBatches(ctx context.Context, cons jetstream.Consumer, size int, target uint64, prefix string, list *trust.List, out chan<- []stores.Record, skipped *atomic.Uint64, log *slog.Logger) error {
 	defer close(out)
 	send := func(batch []stores.Record) error {
 		if len(batch) == 0 {
@@ -193,7 +199,7 @@ func readBatches(ctx context.Context, cons jetstream.Consumer, size int, target 
 	return ScanStream(ctx, cons, size, target, func(msgs []StreamMsg) error {
 		batch := make([]stores.Record, 0, len(msgs))
 		for _, m := range msgs {
-			v := decide(events.Decode, prefix, m.Subject, m.Seq, m.Data)
+			v := decide(events.Decode, prefix, list, m)
 			switch v.outcome {
 			case outStore:
 				batch = append(batch, v.rec)
@@ -217,6 +223,9 @@ type StreamMsg struct {
 	Seq     uint64
 	Subject string
 	Data    []byte
+	// Header holds the message's headers (nil if none), among them the
+	// event's signature (trust.Header).
+	Header nats.Header
 }
 
 // ScanStream reads an ordered consumer up to stream sequence target (the
@@ -249,7 +258,7 @@ func ScanStream(ctx context.Context, cons jetstream.Consumer, size int, target u
 			if last > target {
 				break
 			}
-			batch = append(batch, StreamMsg{Seq: last, Subject: m.Subject(), Data: m.Data()})
+			batch = append(batch, StreamMsg{Seq: last, Subject: m.Subject(), Data: m.Data(), Header: m.Headers()})
 		}
 		if err := mb.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 			return fmt.Errorf("read stream: fetch: %w", err)

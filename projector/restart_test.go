@@ -62,7 +62,7 @@ func TestRestartAfterCrashAtMaxAckPending(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			srv := natstest.StartWith(t, embedded.Config{Port: -1})
-			prod, err := producer.New(context.Background(), srv.JS, producer.Config{})
+			prod, err := producer.New(context.Background(), srv.JS, producer.Config{CreateStream: true})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -151,7 +151,7 @@ func TestCrashChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	stuck := &flakyStore{Store: st, block: make(chan struct{})}
-	p, err := projector.New(ctx, js, stuck, projector.Config{StoreName: "sqlite", Workers: workers, BatchSize: batch,
+	p, err := projector.New(ctx, js, stuck, projector.Config{CreateStreams: true, StoreName: "sqlite", Workers: workers, BatchSize: batch,
 		MaxAckPending: maxAck, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
 		t.Fatal(err)

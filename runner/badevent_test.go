@@ -92,7 +92,7 @@ func TestBadNewestMessageBlocksTheChangeUntilResolved(t *testing.T) {
 			t.Logf("error: %v\nguidance:\n%s", err, g)
 
 			// While a runner holds the lock, the resolution is refused.
-			locker, err := lock.New(ctx, srv.JS, lock.Config{Lease: lease})
+			locker, err := lock.New(ctx, srv.JS, lock.Config{CreateBucket: true, Lease: lease})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -111,7 +111,7 @@ func TestBadNewestMessageBlocksTheChangeUntilResolved(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Resolve = %v", err)
 			}
-			prod, err := producer.New(ctx, srv.JS, producer.Config{})
+			prod, err := producer.New(ctx, srv.JS, producer.Config{CreateStream: true})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -177,7 +177,7 @@ func TestResolveADowngrade(t *testing.T) {
 func TestLimits(t *testing.T) {
 	srv := natstest.Start(t)
 	ctx := context.Background()
-	prod, err := producer.New(ctx, srv.JS, producer.Config{})
+	prod, err := producer.New(ctx, srv.JS, producer.Config{CreateStream: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -93,11 +93,11 @@ func raceThroughKills(t *testing.T, lease time.Duration, kills []kill) {
 	for i := range rs {
 		_, js := c.Connect(t) // one connection per runner, as separate processes have
 		id := fmt.Sprint("runner-", i)
-		prod, err := producer.New(ctx, js, producer.Config{Stream: producer.StreamConfig{Replicas: 3}, RetryFor: 30 * time.Second, Logger: log})
+		prod, err := producer.New(ctx, js, producer.Config{CreateStream: true, Stream: producer.StreamConfig{Replicas: 3}, RetryFor: 30 * time.Second, Logger: log})
 		if err != nil {
 			t.Fatal(err)
 		}
-		locker, err := lock.New(ctx, js, lock.Config{Replicas: 3, Lease: lease, RetryInterval: 50 * time.Millisecond,
+		locker, err := lock.New(ctx, js, lock.Config{CreateBucket: true, Replicas: 3, Lease: lease, RetryInterval: 50 * time.Millisecond,
 			GiveUpAfter: 2 * time.Minute, RetryFor: 30 * time.Second, Owner: id, Logger: log})
 		if err != nil {
 			t.Fatal(err)

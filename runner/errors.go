@@ -64,6 +64,10 @@ type ChangeError struct {
 	// the change (State is then ""): the change is blocked until an
 	// operator records its state after that message.
 	Bad *producer.BadEventError
+	// Untrusted is the change's newest event when the trust list does not
+	// accept it (State is what it claims): the change is blocked until a
+	// trusted operator records its state after it.
+	Untrusted *UntrustedEvent
 
 	lastError string // the last recorded error, for guidance
 }
@@ -73,6 +77,11 @@ func (e *ChangeError) Error() string {
 	if e.Bad != nil {
 		fmt.Fprintf(&b, "%s: change %q of pipeline %q: its newest message (stream %s sequence %d) is not a valid event of it: %s",
 			e.Err, e.ChangeID, e.Pipeline, e.Bad.Stream, e.Bad.Head.Seq, badReason(e.Bad))
+		return b.String()
+	}
+	if u := e.Untrusted; u != nil {
+		fmt.Fprintf(&b, "%s: change %q of pipeline %q: its newest event (stream sequence %d, %s) is not trusted: %s",
+			e.Err, e.ChangeID, e.Pipeline, u.Seq, u.Type, u.Verdict.Problem)
 		return b.String()
 	}
 	fmt.Fprintf(&b, "%s: change %q of pipeline %q is %s", e.Err, e.ChangeID, e.Pipeline, e.State)
@@ -109,6 +118,8 @@ func (e *ChangeError) Guidance(resolve string) string {
 	switch {
 	case e.Bad != nil:
 		return badGuidance(e, fix)
+	case e.Untrusted != nil:
+		return untrustedGuidance(e, fix)
 	case e.State == events.StateOverlapped:
 		return "Two executions of this change overlapped: one ended after the pipeline lock had passed to another runner, or while another execution was writing on it (see the record's error). Both may have changed " + target(e) +
 			". Inspect it (a target that checks AUDITFLOW_LOCK_TOKEN refused the stale holder's writes), then record what it holds:\n  " + fix
@@ -151,6 +162,21 @@ func badGuidance(e *ChangeError, fix string) string {
 		"Inspect the message (nats stream get %s %d), the change's earlier events (auditflow audit list --history -p %s -c %s) and %s, then record what the target holds:\n  %s\n"+
 		"applied: runs skip the change; rolled-back: the next run applies it.",
 		b.Stream, b.Head.Seq, b.Subject, b.Size, what, b.Stream, b.Head.Seq, shellQuote(e.Pipeline), shellQuote(e.ChangeID), target(e), fix)
+}
+
+// untrustedGuidance explains a change blocked by a newest event the trust
+// list does not accept, and the way past it.
+func untrustedGuidance(e *ChangeError, fix string) string {
+	u := e.Untrusted
+	by := "It carries no signature"
+	if u.Signer != "" {
+		by = "It is signed by " + u.Signer
+	}
+	return fmt.Sprintf("The newest event of this change (stream sequence %d, %s, claiming %s) is not trusted: %s. %s.\n"+
+		"Anyone who can publish on the audit subjects could have written it, so the runner does not believe it: runs stop here instead of skipping or re-running the change. The stream keeps the event; the way past it is a trusted operator's decision, recorded after it.\n"+
+		"Inspect the event (nats stream get AUDIT %d; auditflow audit list --history -p %s -c %s), find out who could publish it, inspect %s, then record what the target holds, signed with an operator key the trust list names:\n  %s\n"+
+		"applied: runs skip the change; rolled-back: the next run applies it.",
+		u.Seq, u.Type, e.State, u.Verdict.Problem, by, u.Seq, shellQuote(e.Pipeline), shellQuote(e.ChangeID), target(e), fix)
 }
 
 // badReason is why a message is not the change's event.

@@ -28,11 +28,11 @@ func Example() {
 	js, _ := jetstream.New(nc)
 	ctx := context.Background()
 
-	prod, err := producer.New(ctx, js, producer.Config{})
+	prod, err := producer.New(ctx, js, producer.Config{CreateStream: true})
 	if err != nil {
 		panic(err)
 	}
-	locker, err := lock.New(ctx, js, lock.Config{})
+	locker, err := lock.New(ctx, js, lock.Config{CreateBucket: true})
 	if err != nil {
 		panic(err)
 	}

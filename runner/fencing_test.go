@@ -21,7 +21,7 @@ import (
 func forceRelease(t *testing.T, srv *natstest.Server, pipeline string) {
 	t.Helper()
 	ctx := context.Background()
-	ops, err := lock.New(ctx, srv.JS, lock.Config{Lease: lease})
+	ops, err := lock.New(ctx, srv.JS, lock.Config{CreateBucket: true, Lease: lease})
 	if err != nil {
 		t.Error(err)
 		return
@@ -37,7 +37,7 @@ func forceRelease(t *testing.T, srv *natstest.Server, pipeline string) {
 
 func lastEvent(t *testing.T, srv *natstest.Server, pipeline, change string) events.Event {
 	t.Helper()
-	prod, err := producer.New(context.Background(), srv.JS, producer.Config{})
+	prod, err := producer.New(context.Background(), srv.JS, producer.Config{CreateStream: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,7 +267,7 @@ func TestInterruptRollsBackAndRetries(t *testing.T) {
 		t.Fatalf("next plan %+v %v", plan, err)
 	}
 	// The failure says it was an interruption.
-	prod, _ := producer.New(context.Background(), srv.JS, producer.Config{})
+	prod, _ := producer.New(context.Background(), srv.JS, producer.Config{CreateStream: true})
 	_, h, _ := prod.Last(context.Background(), "billing", "x")
 	failed, err := verifyRecord(srv, h.Seq-1)
 	if err != nil || !strings.HasPrefix(failed.ErrorMessage, "interrupted (SIGTERM)") {
@@ -311,7 +311,7 @@ func TestResolutionWaitsForTheRunner(t *testing.T) {
 	}
 	// A start without an end, younger than the lease, from a runner that
 	// may be paused: refused even though nobody holds the lock.
-	prod, err := producer.New(ctx, srv.JS, producer.Config{})
+	prod, err := producer.New(ctx, srv.JS, producer.Config{CreateStream: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -340,7 +340,7 @@ func TestResolutionWaitsForTheRunner(t *testing.T) {
 func TestStalePlanIsReadAgain(t *testing.T) {
 	srv := natstest.Start(t)
 	ctx := context.Background()
-	prod, err := producer.New(ctx, srv.JS, producer.Config{})
+	prod, err := producer.New(ctx, srv.JS, producer.Config{CreateStream: true})
 	if err != nil {
 		t.Fatal(err)
 	}

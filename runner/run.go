@@ -11,6 +11,7 @@ import (
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/lock"
 	"github.com/auditflow/auditflow/producer"
+	"github.com/auditflow/auditflow/trust"
 )
 
 // Outcome is what happened to a change in a run.
@@ -69,6 +70,9 @@ type Report struct {
 // failures.
 func (r *Runner) Run(ctx context.Context, changes []Change) (*Report, error) {
 	rep := &Report{Pipeline: r.cfg.Pipeline}
+	if err := r.checkSigner(); err != nil {
+		return rep, err
+	}
 	plan, err := r.Plan(ctx, changes)
 	if err != nil {
 		return rep, interruptedOr(ctx, err)
@@ -195,7 +199,7 @@ func (r *Runner) step(ctx context.Context, s Step, lease *lock.Lease) (Result, e
 		return res, nil
 	case ActionBlocked:
 		res.Outcome = OutcomeBlocked
-		if s.State == events.StateStarted {
+		if s.State == events.StateStarted && s.Untrusted == nil {
 			// We hold the lock, so nobody is still running it: record that
 			// its outcome is unknown, which opens an issue for an operator.
 			e := r.event(events.ExecutionMarkedUncertain, s.Change, &Execution{ExecutionID: s.last.ExecutionID, LockToken: lease.Token()})
@@ -206,7 +210,7 @@ func (r *Runner) step(ctx context.Context, s Step, lease *lock.Lease) (Result, e
 			s.State = events.StateUncertain
 		}
 		res.Err = &ChangeError{Pipeline: r.cfg.Pipeline, ChangeID: s.Change.ID, TargetSystem: s.Change.TargetSystem, State: s.State,
-			Reason: s.Reason, Err: ErrManualIntervention, Bad: s.Bad, lastError: s.last.ErrorMessage}
+			Reason: s.Reason, Err: ErrManualIntervention, Bad: s.Bad, Untrusted: s.Untrusted, lastError: s.last.ErrorMessage}
 		return res, res.Err
 	}
 	return r.execute(ctx, s, lease)
@@ -560,7 +564,26 @@ func (r *Runner) Resolve(ctx context.Context, res Resolution) (uint64, error) {
 	if res.RunnerID == "" {
 		res.RunnerID = r.cfg.RunnerID
 	}
+	if res.Trust == nil {
+		res.Trust = r.cfg.Trust
+	}
 	return Resolve(ctx, r.prod, r.locker, res)
+}
+
+// checkSigner refuses to run with a trust list that would not trust what
+// this runner writes: every event it recorded would block its change.
+func (r *Runner) checkSigner() error {
+	if r.cfg.Trust == nil {
+		return nil
+	}
+	s := r.prod.Signer()
+	if s == nil {
+		return fmt.Errorf("%w: a trust list is configured but the runner signs nothing: every event it wrote would be untrusted; give it a signing key the list trusts as a runner", ErrInvalidConfig)
+	}
+	if err := r.cfg.Trust.Allows(s.PublicKey(), events.ExecutionStarted, r.cfg.Pipeline); err != nil {
+		return fmt.Errorf("%w: the signing key would not be trusted for what the runner writes on pipeline %q: %w", ErrInvalidConfig, r.cfg.Pipeline, err)
+	}
+	return nil
 }
 
 // needsResolution returns nil if the change, whose newest event is last
@@ -592,9 +615,19 @@ type Resolution struct {
 	Pipeline, ChangeID string
 	// Resolution is APPLIED (the change is in effect; runs skip it) or
 	// ROLLED_BACK (it is undone; the next run applies it again).
-	Resolution       events.Resolution
+	Resolution events.Resolution
+	// Operator says who decides. When the producer signs (it has a
+	// Signer), the recorded operator is the key's identity, not this
+	// text: with a Trust list "<name> (<key>)", and Operator may only be
+	// empty or that name; without one, "<Operator> (<key>)", or the key.
+	// Unsigned, it is recorded as given.
 	Operator, Reason string
 	Host, RunnerID   string // where the decision was recorded from
+	// Trust, if set, is the trust list the resolution must pass: the
+	// producer must sign with a key it trusts as an operator for the
+	// pipeline. A change whose newest event it does not trust needs a
+	// resolution whatever that event claims.
+	Trust *trust.List
 	// Force records the decision without the pipeline lock and without
 	// waiting out a young start. If a runner is still applying the change,
 	// it will run beside the decision: its outcome is then recorded as
@@ -618,6 +651,10 @@ type Resolution struct {
 // fencing token. It is refused if the change moves meanwhile
 // (producer.ErrConflict) or needs no resolution (ErrNothingToResolve).
 func Resolve(ctx context.Context, prod *producer.Producer, locker *lock.Locker, r Resolution) (uint64, error) {
+	operator, err := operatorIdentity(prod, r)
+	if err != nil {
+		return 0, err
+	}
 	var token uint64
 	var lease *lock.Lease
 	if !r.Force {
@@ -650,6 +687,9 @@ func Resolve(ctx context.Context, prod *producer.Producer, locker *lock.Locker, 
 		// the decision is recorded after that message, which stays.
 	case err != nil:
 		return 0, err
+	case judge(r.Trust, last, head) != nil:
+		// Whatever it claims, the change's newest event is not trusted:
+		// the decision is recorded after it.
 	default:
 		if err := needsResolution(ctx, prod, r, last, head); err != nil {
 			return 0, err
@@ -660,7 +700,7 @@ func Resolve(ctx context.Context, prod *producer.Producer, locker *lock.Locker, 
 			ErrUnsafeResolution, r.ChangeID, age.Round(100*time.Millisecond), dash(last.RunnerID), last.LockToken, locker.Lease())
 	}
 	e := events.New(events.ManuallyResolved, r.Pipeline, r.ChangeID)
-	e.Resolution, e.Operator, e.Reason = r.Resolution, r.Operator, r.Reason
+	e.Resolution, e.Operator, e.Reason = r.Resolution, operator, r.Reason
 	e.Author, e.Order, e.TargetSystem, e.Host = last.Author, last.Order, last.TargetSystem, r.Host
 	e.RunnerID, e.Recovery, e.LockToken = r.RunnerID, last.Recovery, token
 	if lease != nil && !lease.Valid() { // paused since it took the lock: a runner may have it now
@@ -668,4 +708,28 @@ func Resolve(ctx context.Context, prod *producer.Producer, locker *lock.Locker, 
 	}
 	h, err := prod.Publish(ctx, e, producer.After(head))
 	return h.Seq, err
+}
+
+// operatorIdentity is the operator a resolution records (see
+// Resolution.Operator): the signing key's identity when the producer
+// signs, checked against the trust list if there is one.
+func operatorIdentity(prod *producer.Producer, r Resolution) (string, error) {
+	s := prod.Signer()
+	switch {
+	case s == nil && r.Trust != nil:
+		return "", fmt.Errorf("%w: a trust list is configured, and an unsigned resolution would be untrusted: sign it with an operator's key (auditflow keys new; --signing-key)", ErrInvalidConfig)
+	case s == nil:
+		return r.Operator, nil
+	case r.Trust == nil && r.Operator == "":
+		return s.PublicKey(), nil
+	case r.Trust == nil:
+		return r.Operator + " (" + s.PublicKey() + ")", nil
+	}
+	if err := r.Trust.Allows(s.PublicKey(), events.ManuallyResolved, r.Pipeline); err != nil {
+		return "", fmt.Errorf("%w: the signing key may not record a resolution on pipeline %q: %w", ErrInvalidConfig, r.Pipeline, err)
+	}
+	if k, _ := r.Trust.Lookup(s.PublicKey()); r.Operator != "" && r.Operator != k.Name {
+		return "", fmt.Errorf("%w: operator %q is not the signing key's name in the trust list (%q): with a trust list the operator recorded is the key's identity", ErrInvalidConfig, r.Operator, k.Name)
+	}
+	return r.Trust.Identity(s.PublicKey()), nil
 }

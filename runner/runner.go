@@ -13,6 +13,7 @@ import (
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/lock"
 	"github.com/auditflow/auditflow/producer"
+	"github.com/auditflow/auditflow/trust"
 )
 
 // Change is a change unit: a versioned step applied once to a target system.
@@ -52,7 +53,14 @@ type Config struct {
 	// own so that the interrupt that stopped a change does not also stop
 	// its rollback. Default 10m.
 	RollbackTimeout time.Duration
-	Logger          *slog.Logger // nil discards
+	// Trust, if set, is the trust list a change's newest event must pass
+	// (see package trust): an untrusted one — a forged success, say —
+	// blocks its change for an operator instead of being believed. Run
+	// then also requires the producer to sign as a runner this list
+	// trusts for the pipeline, and Resolve as an operator. Nil checks
+	// nothing.
+	Trust  *trust.List
+	Logger *slog.Logger // nil discards
 }
 
 // DefaultMaxTrace is Config.MaxTrace's default.
@@ -130,8 +138,23 @@ type Step struct {
 	// it (garbage, or another change's event): the change is BLOCKED until
 	// an operator records a decision after it (Resolve). Head is then the
 	// message's, State "".
-	Bad  *producer.BadEventError
-	last events.Event
+	Bad *producer.BadEventError
+	// Untrusted is set when the change's newest event fails the trust list
+	// (Config.Trust): the change is BLOCKED, whatever the event claims,
+	// until a trusted operator records a decision after it.
+	Untrusted *UntrustedEvent
+	last      events.Event
+}
+
+// UntrustedEvent is a change's newest event that the trust list does not
+// accept: unsigned, signed by an unknown, revoked or out-of-scope key, or
+// whose signature is not over its bytes (altered, or copied from another
+// event).
+type UntrustedEvent struct {
+	Seq     uint64
+	Type    events.Type
+	Signer  string // its signer's identity (trust list name and key), "" if unsigned
+	Verdict trust.Verdict
 }
 
 // Plan reads each change's newest event from the stream and decides what a
@@ -172,7 +195,32 @@ func (r *Runner) read(ctx context.Context, c Change) (Step, error) {
 	case err != nil:
 		return Step{}, err
 	}
+	if u := r.untrusted(last, head); u != nil {
+		return Step{Change: c, Action: ActionBlocked, State: last.State(), Head: head, Untrusted: u, last: last,
+			Reason: fmt.Sprintf("its newest event (stream sequence %d, %s) is not trusted: %s", head.Seq, last.Type, u.Verdict.Problem)}, nil
+	}
 	return decide(c, last, head), nil
+}
+
+// untrusted judges a change's newest event, read at head, against
+// Config.Trust; nil if it is trusted (or there is no list).
+func (r *Runner) untrusted(last events.Event, head producer.Head) *UntrustedEvent {
+	return judge(r.cfg.Trust, last, head)
+}
+
+func judge(list *trust.List, last events.Event, head producer.Head) *UntrustedEvent {
+	if list == nil {
+		return nil
+	}
+	signer, _, v := list.CheckHeader(head.Signature, trust.Signed{Pipeline: last.Pipeline, Type: last.Type, Seq: head.Seq, Hash: head.Hash})
+	if v.Trusted() {
+		return nil
+	}
+	u := &UntrustedEvent{Seq: head.Seq, Type: last.Type, Verdict: v}
+	if signer != "" {
+		u.Signer = list.Identity(signer)
+	}
+	return u
 }
 
 // decide maps a change's newest event to an action (Flamingock's rules).

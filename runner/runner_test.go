@@ -33,11 +33,11 @@ const lease = 2 * time.Second
 func newRunner(t testing.TB, js jetstream.JetStream, pipeline, id string) *runner.Runner {
 	t.Helper()
 	ctx := context.Background()
-	prod, err := producer.New(ctx, js, producer.Config{RetryFor: 2 * time.Second})
+	prod, err := producer.New(ctx, js, producer.Config{CreateStream: true, RetryFor: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	locker, err := lock.New(ctx, js, lock.Config{Lease: lease, RetryInterval: 20 * time.Millisecond, GiveUpAfter: time.Minute, Owner: id})
+	locker, err := lock.New(ctx, js, lock.Config{CreateBucket: true, Lease: lease, RetryInterval: 20 * time.Millisecond, GiveUpAfter: time.Minute, Owner: id})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,7 +253,7 @@ func TestKilledRunnerLeavesChangeForOperator(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	proj, err := projector.New(ctx, srv.JS, st, projector.Config{StoreName: "sqlite", Logger: natstest.Logger(t)})
+	proj, err := projector.New(ctx, srv.JS, st, projector.Config{CreateStreams: true, StoreName: "sqlite", Logger: natstest.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -319,7 +319,7 @@ func TestKilledRunnerLeavesChangeForOperator(t *testing.T) {
 func TestLostLeaseStartsNoFurtherChange(t *testing.T) {
 	srv := natstest.Start(t)
 	ctx := context.Background()
-	ops, err := lock.New(ctx, srv.JS, lock.Config{Lease: lease})
+	ops, err := lock.New(ctx, srv.JS, lock.Config{CreateBucket: true, Lease: lease})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -71,7 +71,7 @@ func TestSoak(t *testing.T) {
 	var pwg sync.WaitGroup
 	for i := range 2 {
 		_, js := srv.Connect(t)
-		p, err := projector.New(ctx, js, crashy, projector.Config{StoreName: "sqlite", BatchSize: 64, RetryMax: 50 * time.Millisecond})
+		p, err := projector.New(ctx, js, crashy, projector.Config{CreateStreams: true, StoreName: "sqlite", BatchSize: 64, RetryMax: 50 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -177,7 +177,7 @@ func TestSoak(t *testing.T) {
 	}
 	stopProjectors()
 	pwg.Wait()
-	prod, _ := producer.New(ctx, srv.JS, producer.Config{})
+	prod, _ := producer.New(ctx, srv.JS, producer.Config{CreateStream: true})
 	for p := range pipelines {
 		for c := range changesPer * rounds {
 			last, head, err := prod.Last(ctx, fmt.Sprint("pipeline-", p), fmt.Sprintf("%03d", c))
@@ -197,11 +197,11 @@ func TestSoak(t *testing.T) {
 func soakRunner(t *testing.T, js jetstream.JetStream, pipeline, id string) *runner.Runner {
 	t.Helper()
 	ctx := context.Background()
-	prod, err := producer.New(ctx, js, producer.Config{RetryFor: time.Second})
+	prod, err := producer.New(ctx, js, producer.Config{CreateStream: true, RetryFor: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	locker, err := lock.New(ctx, js, lock.Config{Lease: time.Second, RetryInterval: 20 * time.Millisecond, GiveUpAfter: time.Minute, Owner: id})
+	locker, err := lock.New(ctx, js, lock.Config{CreateBucket: true, Lease: time.Second, RetryInterval: 20 * time.Millisecond, GiveUpAfter: time.Minute, Owner: id})
 	if err != nil {
 		t.Fatal(err)
 	}

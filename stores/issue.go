@@ -44,6 +44,9 @@ type Issue struct {
 	// Operator and Reason are set when a manual resolution closed the issue.
 	Operator string `json:"operator,omitempty"`
 	Reason   string `json:"reason,omitempty"`
+	// Trust is the event's Record.Trust: why it is not trusted, "" if it
+	// is. An untrusted event keeps the issue OPEN whatever its state.
+	Trust string `json:"trust,omitempty"`
 }
 
 // StatusOf maps a change state to an issue status.
@@ -57,13 +60,25 @@ func StatusOf(s events.State) IssueStatus {
 	return IssueClosed
 }
 
+// IssueStatusOf is the status of an issue whose newest event leaves its
+// change in state s with trust verdict trust (Record.Trust). An untrusted
+// event is OPEN whatever it claims: a forged ExecutionSucceeded or
+// ManuallyResolved must not close anything.
+func IssueStatusOf(s events.State, trust string) IssueStatus {
+	if trust != "" {
+		return IssueOpen
+	}
+	return StatusOf(s)
+}
+
 // IssueOf is the issue row an event produces.
 func IssueOf(r Record) Issue {
 	return Issue{
-		Pipeline: r.Pipeline, ChangeID: r.ChangeID, Status: StatusOf(r.State()), State: r.State(),
+		Pipeline: r.Pipeline, ChangeID: r.ChangeID, Status: IssueStatusOf(r.State(), r.Trust), State: r.State(),
 		Seq: r.Seq, EventID: r.ID, ExecutionID: r.ExecutionID, Author: r.Author,
 		TargetSystem: r.TargetSystem, Recovery: r.Recovery, ErrorMessage: r.ErrorMessage,
 		ErrorTrace: r.ErrorTrace, UpdatedAt: r.OccurredAt, Operator: r.Operator, Reason: r.Reason,
+		Trust: r.Trust,
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/auditflow/auditflow/events"
 )
@@ -15,11 +16,30 @@ import (
 // one change is newer. Hash (events.Hash of the message data) is what the
 // change's next event carries as PrevHash: with it a store can check its
 // own rows' hash chain without the stream.
+//
+// Signer and Signature are the event's signature (package trust), kept so
+// that a row can be checked without the stream: the signature covers Hash.
+// Both are "" for an unsigned event. Trust is the projector's verdict on
+// it: "" when trusted or when no trust list is configured, else why it is
+// not trusted (unsigned, unknown key, bad signature, …). An untrusted
+// event opens its change's issue whatever its type (see IssueOf).
 type Record struct {
-	Seq  uint64
-	Hash string
+	Seq       uint64
+	Hash      string
+	Signer    string
+	Signature string
+	Trust     string
 	events.Event
 }
+
+// MaxTrustLen bounds Record.Trust and Issue.Trust; MaxSignerLen and
+// MaxSignatureLen bound a signature's parts (an nkey is 56 characters, an
+// ed25519 signature 86 in base64url), with room to spare.
+const (
+	MaxTrustLen     = 1024
+	MaxSignerLen    = 128
+	MaxSignatureLen = 256
+)
 
 // Batch is what a projector hands to a store in one Apply.
 type Batch struct {
@@ -165,6 +185,10 @@ func (b Batch) Validate() error {
 		}
 		if r.Hash != "" && !validHash(r.Hash) {
 			return fmt.Errorf("%w: record %d (event %q): hash %q is not sha256:<64 hex digits>", ErrInvalidRecord, i, r.ID, r.Hash)
+		}
+		if len(r.Signer) > MaxSignerLen || len(r.Signature) > MaxSignatureLen || len(r.Trust) > MaxTrustLen ||
+			!utf8.ValidString(r.Signer+r.Signature+r.Trust) {
+			return fmt.Errorf("%w: record %d (event %q): signer, signature or trust verdict over its limit or not UTF-8", ErrInvalidRecord, i, r.ID)
 		}
 		if err := events.Validate(r.Event); err != nil {
 			return fmt.Errorf("%w: record %d (seq %d): %w", ErrInvalidRecord, i, r.Seq, err)

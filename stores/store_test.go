@@ -2,6 +2,7 @@ package stores_test
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -43,6 +44,7 @@ func TestBatchValidate(t *testing.T) {
 		"no checkpoint": {Records: ok.Records},
 		"seq 0":         {Checkpoint: "c", Records: []stores.Record{rec(0, events.ExecutionStarted, "a")}},
 		"invalid event": {Checkpoint: "c", Records: []stores.Record{bad}},
+		"long verdict":  {Checkpoint: "c", Records: []stores.Record{withTrust(rec(3, events.ExecutionStarted, "a"), strings.Repeat("x", stores.MaxTrustLen+1))}},
 	} {
 		if err := b.Validate(); !errors.Is(err, stores.ErrInvalidRecord) {
 			t.Errorf("%s: %v", name, err)
@@ -71,6 +73,22 @@ func TestStatusAndStaleness(t *testing.T) {
 	failed.UpdatedAt = now.Add(-time.Hour)
 	if failed.Stale(now, time.Minute) {
 		t.Fatal("only in-progress issues go stale")
+	}
+}
+
+func withTrust(r stores.Record, trust string) stores.Record { r.Trust = trust; return r }
+
+// TestUntrustedIsOpen: an untrusted event opens its change's issue
+// whatever it claims, and says why.
+func TestUntrustedIsOpen(t *testing.T) {
+	for _, typ := range events.Types {
+		r := withTrust(rec(1, typ, "a"), "unknown key UABC")
+		if i := stores.IssueOf(r); i.Status != stores.IssueOpen || i.Trust != r.Trust || i.State != r.State() {
+			t.Errorf("%s, untrusted: %+v, want OPEN with its verdict and its state", typ, i)
+		}
+	}
+	if i := stores.IssueOf(rec(1, events.ExecutionSucceeded, "a")); i.Status != stores.IssueClosed || i.Trust != "" {
+		t.Fatalf("trusted success: %+v", i)
 	}
 }
 

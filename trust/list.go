@@ -270,7 +270,7 @@ func (k *listed) scope(l *List, t events.Type, pipeline string) Verdict {
 	}
 	if !slices.Contains(k.Pipelines, AllPipelines) && !slices.Contains(k.Pipelines, pipeline) {
 		return Verdict{Kind: KindPipeline, Name: k.Name,
-			Problem: fmt.Sprintf("key %s is not trusted for pipeline %q", l.Identity(k.Key.Key), pipeline)}
+			Problem: fmt.Sprintf("key %s is not trusted for pipeline %q", l.Identity(k.Key.Key), clip(pipeline))}
 	}
 	return Verdict{Name: k.Name}
 }

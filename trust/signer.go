@@ -128,8 +128,12 @@ func (s *Signer) Sign(data []byte) string { return s.SignHash(events.Hash(data))
 // SignHash is Sign for an event whose bytes hash to hash (events.Hash).
 func (s *Signer) SignHash(hash string) string {
 	sig := ed25519.Sign(s.priv, message(hash))
-	return s.pub + " " + base64.RawURLEncoding.EncodeToString(sig)
+	return s.pub + " " + sigEncoding.EncodeToString(sig)
 }
+
+// sigEncoding is unpadded base64url, strict: one signature has one
+// spelling, so a copied signature is recognisable as such.
+var sigEncoding = base64.RawURLEncoding.Strict()
 
 // ParseHeader splits a Header value into the signer's public key and the
 // signature (base64url), checking their form but not the signature.
@@ -146,7 +150,7 @@ func ParseHeader(v string) (signer, signature string, err error) {
 	case len(signature) != signatureLen:
 		return "", "", fmt.Errorf("%w: the signature is %d characters, want %d", ErrMalformedHeader, len(signature), signatureLen)
 	}
-	if _, err := base64.RawURLEncoding.DecodeString(signature); err != nil {
+	if _, err := sigEncoding.DecodeString(signature); err != nil {
 		return "", "", fmt.Errorf("%w: the signature is not base64url", ErrMalformedHeader)
 	}
 	return signer, signature, nil
@@ -155,7 +159,7 @@ func ParseHeader(v string) (signer, signature string, err error) {
 // verify reports whether signature (base64url) is pub's over the event
 // whose bytes hash to hash.
 func verify(pub ed25519.PublicKey, hash, signature string) bool {
-	sig, err := base64.RawURLEncoding.DecodeString(signature)
+	sig, err := sigEncoding.DecodeString(signature)
 	return err == nil && len(sig) == ed25519.SignatureSize && ed25519.Verify(pub, message(hash), sig)
 }
 

@@ -31,11 +31,11 @@ func publishRaw(t *testing.T, js jetstream.JetStream, pipeline, change string, d
 func resolve(t *testing.T, js jetstream.JetStream, pipeline, change string, res events.Resolution) {
 	t.Helper()
 	ctx := context.Background()
-	prod, err := producer.New(ctx, js, producer.Config{})
+	prod, err := producer.New(ctx, js, producer.Config{CreateStream: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	locker, err := lock.New(ctx, js, lock.Config{})
+	locker, err := lock.New(ctx, js, lock.Config{CreateBucket: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,11 +150,11 @@ func TestDowngradeIsReported(t *testing.T) {
 	srv := natstest.Start(t)
 	history(t, srv.JS)
 	ctx := context.Background()
-	prod, err := producer.New(ctx, srv.JS, producer.Config{})
+	prod, err := producer.New(ctx, srv.JS, producer.Config{CreateStream: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	locker, err := lock.New(ctx, srv.JS, lock.Config{})
+	locker, err := lock.New(ctx, srv.JS, lock.Config{CreateBucket: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -49,6 +49,9 @@ func PlanRepair(ctx context.Context, js jetstream.JetStream, store stores.Store,
 	if !rep.Drift() {
 		return Plan{}, nil
 	}
+	if cfg.Trust == nil && rep.StoreVerdicts > 0 {
+		return Plan{}, fmt.Errorf("%w: %d store rows carry a projector's trust verdicts; rows written without the list would lose them, and the issues forgeries opened would close: repair with the projectors' trust list", ErrNeedsTrust, rep.StoreVerdicts)
+	}
 	if _, ok := store.(stores.Repairer); !ok {
 		return Plan{Rebuild: true}, nil
 	}
@@ -61,7 +64,7 @@ func PlanRepair(ctx context.Context, js jetstream.JetStream, store stores.Store,
 	}
 	var p Plan
 	for _, r := range append(append([]Row(nil), rep.Missing...), mismatchedRows(rep)...) {
-		rec, err := StreamRecord(ctx, stream, r.Seq)
+		rec, err := StreamRecord(ctx, stream, r.Seq, cfg.Trust)
 		if err != nil {
 			return Plan{}, fmt.Errorf("repair: %w", err)
 		}

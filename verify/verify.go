@@ -20,6 +20,17 @@
 // Neither kind of bad message is a row a store should hold, and the chain
 // through one (a resolution's prevHash is its hash) is not a broken link.
 //
+// With a trust list (Config.Trust) it also judges every event's signature
+// (package trust), in the stream and, from the row alone, in the store:
+// an unsigned event, an unknown or revoked key, a key outside its roles or
+// pipelines, a signature that is not over the event's bytes, and a
+// signature seen before on another event (replayed) are Untrusted, open
+// until a trusted operator's resolution follows them; only a trusted
+// resolution acknowledges any stream problem. Rows keep their event's
+// signature and the projector's verdict, which are compared like any field
+// (the verdicts only with a list: without one verify cannot judge them,
+// and repair refuses to overwrite them).
+//
 // Repair turns a report into corrections (the stream's rows for missing and
 // altered ones, deletions for stray ones, the expected issues) and applies
 // them through stores.Repairer, or, for a store without targeted repair,
@@ -44,11 +55,15 @@ import (
 	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/projector"
 	"github.com/auditflow/auditflow/stores"
+	"github.com/auditflow/auditflow/trust"
 )
 
 // Config configures Verify and Repair.
 type Config struct {
 	Stream producer.StreamConfig
+	// Trust judges signatures (see the package documentation); nil
+	// checks none. Give verify the projectors' trust list.
+	Trust  *trust.List
 	Logger *slog.Logger // nil discards
 	// Progress, if set, is told how many stream events and store rows have
 	// been read, as reading goes.
@@ -194,6 +209,29 @@ func (d Downgrade) String() string {
 		d.Pipeline, d.ChangeID, d.Seq, d.Type, d.Version, d.ChainSince, ack)
 }
 
+// Untrusted is an event whose signature the trust list does not accept,
+// found in the stream or, judged from the row alone, in the store.
+type Untrusted struct {
+	Row
+	Where string // "stream" or "store"
+	// Signer is the signing key's identity ("<name> (<key>)" or the key),
+	// "" for an unsigned event.
+	Signer  string
+	Kind    trust.Kind // unsigned, unknown key, bad signature, role, pipeline, revoked, replayed
+	Problem string
+	// Acknowledged: a trusted operator's resolution follows it on its
+	// change, so the change's state is an operator's, not the forger's.
+	Acknowledged bool
+}
+
+func (u Untrusted) String() string {
+	ack := "NOT resolved: runners stop at it while it is its change's newest event, and its issue stays open"
+	if u.Acknowledged {
+		ack = "resolved by a trusted operator after it"
+	}
+	return fmt.Sprintf("%s: %s/%s seq %d %s: %s; %s", u.Where, u.Pipeline, u.ChangeID, u.Seq, u.Type, u.Problem, ack)
+}
+
 // ChangeSummary is the count and digest of one change on each side.
 type ChangeSummary struct {
 	Pipeline, ChangeID        string
@@ -234,6 +272,15 @@ type Report struct {
 	// Downgrades lists schema-version-1 events after their change's hash
 	// chain had started (see Downgrade), in stream order.
 	Downgrades []Downgrade
+
+	// TrustChecked: verify had a trust list, and Untrusted and
+	// StoreUntrusted list what it does not accept, in sequence order.
+	TrustChecked   bool
+	Untrusted      []Untrusted
+	StoreUntrusted []Untrusted
+	// StoreVerdicts counts store rows that carry a projector's trust
+	// verdict (stores.Record.Trust): a store projected with a trust list.
+	StoreVerdicts int
 
 	Elapsed time.Duration
 }
@@ -276,11 +323,24 @@ func (r *Report) OpenStreamProblems() (bad []BadMessage, downgrades []Downgrade)
 	return bad, downgrades
 }
 
+// OpenUntrusted returns the untrusted events, of the stream and of the
+// store, that no trusted operator's resolution follows.
+func (r *Report) OpenUntrusted() []Untrusted {
+	var out []Untrusted
+	for _, u := range append(slices.Clone(r.Untrusted), r.StoreUntrusted...) {
+		if !u.Acknowledged {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
 // Problems reports whether anything needs attention: drift, a broken
-// chain, an unacknowledged stale-token write, or an open stream problem.
+// chain, an unacknowledged stale-token write, an open stream problem, or
+// an untrusted event no trusted resolution follows.
 func (r *Report) Problems() bool {
 	bad, downgrades := r.OpenStreamProblems()
-	return r.Drift() || r.Tampered() || len(r.Unacknowledged())+len(bad)+len(downgrades) > 0
+	return r.Drift() || r.Tampered() || len(r.Unacknowledged())+len(bad)+len(downgrades)+len(r.OpenUntrusted()) > 0
 }
 
 // Tampered reports whether a hash chain is broken.
@@ -305,6 +365,7 @@ type entry struct {
 	hash, prevHash string
 	version        int
 	digest         [32]byte
+	trusted        bool // its signature passes the trust list (always, without one)
 }
 
 // streamFacts is what readStream learns for the store's chain check:
@@ -328,7 +389,7 @@ func Verify(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg
 	if err != nil {
 		return nil, fmt.Errorf("verify: stream %s: %w", cfg.Stream.Name, err)
 	}
-	rep := &Report{}
+	rep := &Report{TrustChecked: cfg.Trust != nil}
 	byChange, latest, facts, err := readStream(ctx, stream, cfg, rep)
 	if err != nil {
 		return nil, err
@@ -338,14 +399,15 @@ func Verify(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg
 		return nil, err
 	}
 	rep.Changes = len(byChange)
-	compareRows(byChange, rows, rep)
-	if err := nameMismatchedFields(ctx, stream, rows, rep); err != nil {
+	compareRows(byChange, rows, rep, cfg.Trust != nil)
+	if err := nameMismatchedFields(ctx, stream, rows, rep, cfg.Trust); err != nil {
 		return nil, err
 	}
-	if err := compareIssues(ctx, store, stream, latest, rep); err != nil {
+	if err := compareIssues(ctx, store, stream, latest, rep, cfg.Trust != nil); err != nil {
 		return nil, err
 	}
 	checkStoreChains(rows, rep, facts)
+	checkStoreSignatures(rows, rep, cfg.Trust, facts)
 	rep.Elapsed = time.Since(start)
 	return rep, nil
 }
@@ -371,6 +433,7 @@ func readStream(ctx context.Context, stream jetstream.Stream, cfg Config, rep *R
 	chainSince := map[string]uint64{}
 	type high struct{ token, seq uint64 }
 	newest := map[string]high{} // by pipeline: the highest lock token so far
+	seen := map[string]uint64{} // signature → the first sequence carrying it
 	err = projector.ScanStream(ctx, cons, 1000, rep.LastSeq, func(msgs []projector.StreamMsg) error {
 		for _, m := range msgs {
 			hash := events.Hash(m.Data)
@@ -395,8 +458,13 @@ func readStream(ctx context.Context, stream jetstream.Stream, cfg Config, rep *R
 				facts.afterBad[m.Seq] = true
 				delete(badBefore, m.Subject)
 			}
-			rec := stores.Record{Seq: m.Seq, Hash: hash, Event: e}
-			en := entry{Row: rowOf(rec), hash: hash, prevHash: e.PrevHash, version: e.SchemaVersion, digest: digest(rec)}
+			rec, v := judgeMsg(cfg.Trust, m, e, hash)
+			u, untrusted := judgeRecord("stream", rec, v, cfg.Trust, seen)
+			if untrusted {
+				rep.Untrusted = append(rep.Untrusted, u)
+			}
+			en := entry{Row: rowOf(rec), hash: hash, prevHash: e.PrevHash, version: e.SchemaVersion, digest: digest(rec, cfg.Trust != nil),
+				trusted: !untrusted}
 			k := key{e.Pipeline, e.ChangeID}
 			byChange[k] = append(byChange[k], en)
 			if l, ok := latest[k]; !ok || rec.Seq > l.Seq {
@@ -438,14 +506,18 @@ func readStream(ctx context.Context, stream jetstream.Stream, cfg Config, rep *R
 	if err != nil {
 		return nil, nil, facts, fmt.Errorf("verify: %w", err)
 	}
-	// An operator's resolution after an event says someone has looked.
+	// An operator's resolution after an event says someone has looked;
+	// with a trust list, only a trusted one.
 	resolvedAfter := func(pipeline, change string, seq uint64, minVersion int) bool {
 		for _, en := range byChange[key{pipeline, change}] {
-			if en.Seq > seq && en.Type == events.ManuallyResolved && en.version >= minVersion {
+			if en.Seq > seq && en.Type == events.ManuallyResolved && en.version >= minVersion && en.trusted {
 				return true
 			}
 		}
 		return false
+	}
+	for i, u := range rep.Untrusted {
+		rep.Untrusted[i].Acknowledged = resolvedAfter(u.Pipeline, u.ChangeID, u.Seq, 0)
 	}
 	for i, st := range rep.StaleTokens {
 		rep.StaleTokens[i].Acknowledged = st.Type == events.ExecutionOverlapped || resolvedAfter(st.Pipeline, st.ChangeID, st.Seq, 0) ||
@@ -503,6 +575,9 @@ func readStore(ctx context.Context, store stores.Store, stream jetstream.Stream,
 			}
 			rows[r.ID] = r
 			rep.StoreRows++
+			if r.Trust != "" {
+				rep.StoreVerdicts++
+			}
 		}
 		if cfg.Progress != nil {
 			cfg.Progress(rep.StreamEvents+rep.Undecodable, rep.StoreRows)
@@ -516,19 +591,23 @@ func rowOf(r stores.Record) Row {
 }
 
 // digest is a row's content, as both sides must agree on it: its sequence,
-// its hash and its event in canonical encoding.
-func digest(r stores.Record) [32]byte {
+// its hash, its signature, its trust verdict (withTrust: verify can judge
+// verdicts only with a trust list) and its event in canonical encoding.
+func digest(r stores.Record, withTrust bool) [32]byte {
 	b, err := events.Encode(r.Event)
 	if err != nil { // a store row that does not validate: digest its fields
 		b = fmt.Appendf(nil, "%+v", r.Event)
 	}
 	h := sha256.New()
-	fmt.Fprintf(h, "%d\x00%s\x00", r.Seq, r.Hash)
+	fmt.Fprintf(h, "%d\x00%s\x00%s\x00%s\x00", r.Seq, r.Hash, r.Signer, r.Signature)
+	if withTrust {
+		fmt.Fprintf(h, "%s\x00", r.Trust)
+	}
 	h.Write(b)
 	return [32]byte(h.Sum(nil))
 }
 
-func compareRows(byChange map[key][]entry, rows map[string]stores.Record, rep *Report) {
+func compareRows(byChange map[key][]entry, rows map[string]stores.Record, rep *Report, withTrust bool) {
 	seen := map[string]bool{}
 	drifted := map[key]bool{}
 	for k, es := range byChange {
@@ -539,7 +618,7 @@ func compareRows(byChange map[key][]entry, rows map[string]stores.Record, rep *R
 			case !ok:
 				rep.Missing = append(rep.Missing, e.Row)
 				drifted[k] = true
-			case digest(r) != e.digest:
+			case digest(r, withTrust) != e.digest:
 				rep.Mismatched = append(rep.Mismatched, Mismatch{Row: e.Row})
 				drifted[k] = true
 			}
@@ -569,7 +648,7 @@ func compareRows(byChange map[key][]entry, rows map[string]stores.Record, rep *R
 		srs := storeByChange[k]
 		slices.SortFunc(srs, func(a, b stores.Record) int { return int(a.Seq) - int(b.Seq) })
 		for _, r := range srs {
-			d := digest(r)
+			d := digest(r, withTrust)
 			h.Write(d[:])
 		}
 		s.StoreDigest = fmt.Sprintf("%x", h.Sum(nil))[:16]
@@ -588,19 +667,21 @@ func compareRows(byChange map[key][]entry, rows map[string]stores.Record, rep *R
 
 // nameMismatchedFields reads each mismatched event from the stream again
 // (they are few) and names the fields in which the store's row differs.
-func nameMismatchedFields(ctx context.Context, stream jetstream.Stream, rows map[string]stores.Record, rep *Report) error {
+func nameMismatchedFields(ctx context.Context, stream jetstream.Stream, rows map[string]stores.Record, rep *Report, list *trust.List) error {
 	for i, m := range rep.Mismatched {
-		want, err := StreamRecord(ctx, stream, m.Seq)
+		want, err := StreamRecord(ctx, stream, m.Seq, list)
 		if err != nil {
 			return err
 		}
-		rep.Mismatched[i].Fields = recordDiff(want, rows[m.EventID])
+		rep.Mismatched[i].Fields = recordDiff(want, rows[m.EventID], list != nil)
 	}
 	return nil
 }
 
-// StreamRecord reads the event at seq from the stream as a store row.
-func StreamRecord(ctx context.Context, stream jetstream.Stream, seq uint64) (stores.Record, error) {
+// StreamRecord reads the event at seq from the stream as a store row,
+// with its signature and, judged with list, its trust verdict (as a
+// projector with that list stores it).
+func StreamRecord(ctx context.Context, stream jetstream.Stream, seq uint64, list *trust.List) (stores.Record, error) {
 	m, err := stream.GetMsg(ctx, seq)
 	if err != nil {
 		return stores.Record{}, fmt.Errorf("verify: read seq %d: %w", seq, err)
@@ -609,17 +690,97 @@ func StreamRecord(ctx context.Context, stream jetstream.Stream, seq uint64) (sto
 	if err != nil {
 		return stores.Record{}, fmt.Errorf("verify: seq %d: %w", seq, err)
 	}
-	return stores.Record{Seq: seq, Hash: events.Hash(m.Data), Event: e}, nil
+	rec, _ := judgeMsg(list, projector.StreamMsg{Seq: seq, Subject: m.Subject, Data: m.Data, Header: m.Header}, e, events.Hash(m.Data))
+	return rec, nil
 }
 
-// recordDiff names the fields in which two rows differ.
-func recordDiff(want, got stores.Record) []string {
+// judgeMsg is the row a projector with list stores for event e, read as
+// m (whose data hash to hash), and list's verdict on it.
+func judgeMsg(list *trust.List, m projector.StreamMsg, e events.Event, hash string) (stores.Record, trust.Verdict) {
+	signer, signature, v := list.CheckHeader(m.Header.Get(trust.Header), trust.Signed{Pipeline: e.Pipeline, Type: e.Type, Seq: m.Seq, Hash: hash})
+	return stores.Record{Seq: m.Seq, Hash: hash, Signer: signer, Signature: signature,
+		Trust: events.Truncate(v.Problem, stores.MaxTrustLen), Event: e}, v
+}
+
+// judgeRecord reports row r, whose signature list judged v, as Untrusted
+// if v is not trusted, or if its signature was seen before on another
+// event (seen maps signatures to the first sequence carrying them; rows
+// must come in sequence order): a signature copied onto other bytes, or
+// the same signed bytes published again. Without a list every row is
+// trusted.
+func judgeRecord(where string, r stores.Record, v trust.Verdict, list *trust.List, seen map[string]uint64) (Untrusted, bool) {
+	if list == nil {
+		return Untrusted{}, false
+	}
+	if r.Signature != "" {
+		if first, ok := seen[r.Signature]; !ok {
+			seen[r.Signature] = r.Seq
+		} else if first != r.Seq {
+			what := "a signature copied from seq %d, onto other bytes"
+			if v.Trusted() {
+				what = "the same signed bytes as seq %d, published again (a replay)"
+			}
+			v = trust.Verdict{Kind: trust.KindReplayed, Name: v.Name, Problem: "replayed: " + fmt.Sprintf(what, first)}
+		}
+	}
+	if v.Trusted() {
+		return Untrusted{}, false
+	}
+	u := Untrusted{Row: rowOf(r), Where: where, Kind: v.Kind, Problem: v.Problem}
+	if r.Signer != "" {
+		u.Signer = list.Identity(r.Signer)
+	}
+	return u, true
+}
+
+// checkStoreSignatures judges every store row's signature from the row
+// (Signer, Signature, Hash): a store can be checked without the stream.
+// Rows of events on another change's subject are not the change's rows.
+func checkStoreSignatures(rows map[string]stores.Record, rep *Report, list *trust.List, facts streamFacts) {
+	if list == nil {
+		return
+	}
+	sorted := make([]stores.Record, 0, len(rows))
+	for _, r := range rows {
+		if !facts.misfiled[r.Seq] {
+			sorted = append(sorted, r)
+		}
+	}
+	slices.SortFunc(sorted, func(a, b stores.Record) int { return cmp.Compare(a.Seq, b.Seq) })
+	seen := map[string]uint64{}
+	resolved := map[key]uint64{} // the newest trusted resolution of each change
+	for _, r := range sorted {
+		v := list.Check(trust.Signed{Pipeline: r.Pipeline, Type: r.Type, Seq: r.Seq, Hash: r.Hash, Signer: r.Signer, Signature: r.Signature})
+		u, bad := judgeRecord("store", r, v, list, seen)
+		if bad {
+			rep.StoreUntrusted = append(rep.StoreUntrusted, u)
+		} else if r.Type == events.ManuallyResolved {
+			resolved[key{r.Pipeline, r.ChangeID}] = r.Seq
+		}
+	}
+	for i, u := range rep.StoreUntrusted {
+		rep.StoreUntrusted[i].Acknowledged = resolved[key{u.Pipeline, u.ChangeID}] > u.Seq
+	}
+}
+
+// recordDiff names the fields in which two rows differ (Trust only
+// withTrust).
+func recordDiff(want, got stores.Record, withTrust bool) []string {
 	var fields []string
 	if want.Seq != got.Seq {
 		fields = append(fields, "Seq")
 	}
 	if want.Hash != got.Hash {
 		fields = append(fields, "Hash")
+	}
+	if want.Signer != got.Signer {
+		fields = append(fields, "Signer")
+	}
+	if want.Signature != got.Signature {
+		fields = append(fields, "Signature")
+	}
+	if withTrust && want.Trust != got.Trust {
+		fields = append(fields, "Trust")
 	}
 	want.OccurredAt, got.OccurredAt = want.OccurredAt.UTC(), got.OccurredAt.UTC()
 	if len(want.Metadata) == 0 && len(got.Metadata) == 0 {
@@ -646,7 +807,7 @@ func cmpStr(a, b string) int {
 	return 0
 }
 
-func compareIssues(ctx context.Context, store stores.Store, stream jetstream.Stream, latest map[key]stores.Record, rep *Report) error {
+func compareIssues(ctx context.Context, store stores.Store, stream jetstream.Stream, latest map[key]stores.Record, rep *Report, withTrust bool) error {
 	have := map[key]stores.Issue{}
 	q := stores.IssueQuery{Limit: stores.MaxLimit}
 	for {
@@ -665,8 +826,11 @@ func compareIssues(ctx context.Context, store stores.Store, stream jetstream.Str
 		q.BeforeSeq = page[len(page)-1].Seq
 	}
 	for k, r := range latest {
-		want := stores.IssueOf(r)
 		got, ok := have[k]
+		if !withTrust && ok {
+			r.Trust = got.Trust // not judged without a list: take the projector's verdict as it is
+		}
+		want := stores.IssueOf(r)
 		switch {
 		case !ok:
 			rep.Issues = append(rep.Issues, IssueDrift{Pipeline: k.pipeline, ChangeID: k.change, Problem: "missing", Want: &want})

@@ -33,11 +33,11 @@ import (
 func history(t *testing.T, js jetstream.JetStream) {
 	t.Helper()
 	ctx := context.Background()
-	prod, err := producer.New(ctx, js, producer.Config{})
+	prod, err := producer.New(ctx, js, producer.Config{CreateStream: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	locker, err := lock.New(ctx, js, lock.Config{})
+	locker, err := lock.New(ctx, js, lock.Config{CreateBucket: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +70,7 @@ func history(t *testing.T, js jetstream.JetStream) {
 func project(t *testing.T, js jetstream.JetStream, st stores.Store, name string) {
 	t.Helper()
 	ctx := context.Background()
-	p, err := projector.New(ctx, js, st, projector.Config{StoreName: name})
+	p, err := projector.New(ctx, js, st, projector.Config{CreateStreams: true, StoreName: name})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +132,7 @@ func TestCorruptedRowIsNamedAndRepaired(t *testing.T) {
 		`DELETE FROM "changeLog" WHERE seq = 7`,
 		`INSERT INTO "changeLog" SELECT 9999, 'forged-event', type, state, schema_version, pipeline, change_id, author, execution_id,
 			change_order, target_system, host, runner_id, lock_token, occurred_at, duration_ms, error_message, error_trace, metadata,
-			recovery, transactional, resolution, operator, reason, hash, prev_hash FROM "changeLog" WHERE seq = 3`,
+			recovery, transactional, resolution, operator, reason, hash, prev_hash, signer, signature, trust FROM "changeLog" WHERE seq = 3`,
 		`UPDATE "issues" SET status = 'CLOSED', state = 'APPLIED' WHERE change_id = '0004-flag' AND pipeline = 'shipping'`,
 	} {
 		if _, err := db.Exec(stmt); err != nil {
@@ -274,7 +274,7 @@ func TestStaleLockTokensAreListed(t *testing.T) {
 	history(t, srv.JS)
 	st, _ := openSQLite(t)
 	ctx := context.Background()
-	prod, err := producer.New(ctx, srv.JS, producer.Config{})
+	prod, err := producer.New(ctx, srv.JS, producer.Config{CreateStream: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -295,7 +295,7 @@ func TestStaleLockTokensAreListed(t *testing.T) {
 		t.Fatalf("stale token %+v", s)
 	}
 	// An operator looks and records the outcome: acknowledged.
-	locker, err := lock.New(ctx, srv.JS, lock.Config{})
+	locker, err := lock.New(ctx, srv.JS, lock.Config{CreateBucket: true})
 	if err != nil {
 		t.Fatal(err)
 	}

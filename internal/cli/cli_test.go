@@ -49,7 +49,7 @@ func deploy(t *testing.T, kinds ...string) *deployment {
 		c := storetestenv.Config(t, kind, ns)
 		d.args[kind] = storetestenv.Args(c)
 		st := storetestenv.OpenConfig(t, c)
-		p, err := projector.New(context.Background(), srv.JS, st, projector.Config{StoreName: kind, Logger: natstest.Logger(t)})
+		p, err := projector.New(context.Background(), srv.JS, st, projector.Config{CreateStreams: true, StoreName: kind, Logger: natstest.Logger(t)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -86,11 +86,11 @@ func (d *deployment) run(t *testing.T, kind string, args ...string) (int, string
 func newRunner(t *testing.T, js jetstream.JetStream, pipeline string) *runner.Runner {
 	t.Helper()
 	ctx := context.Background()
-	prod, err := producer.New(ctx, js, producer.Config{})
+	prod, err := producer.New(ctx, js, producer.Config{CreateStream: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	locker, err := lock.New(ctx, js, lock.Config{})
+	locker, err := lock.New(ctx, js, lock.Config{CreateBucket: true})
 	if err != nil {
 		t.Fatal(err)
 	}

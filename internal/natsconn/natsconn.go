@@ -1,12 +1,19 @@
 // Package natsconn holds the NATS connection settings shared by the
 // auditflow commands: flags with environment-variable defaults, and a
-// Connect that applies them. Secrets (credentials files, keys) are read by
-// the NATS client from files; their contents never reach a log.
+// Connect that applies them.
+//
+// Secrets stay out of help, errors and logs: -h shows the URL with its
+// password or token redacted, errors show URLs through redact.URI and are
+// masked with the connection's secrets, and every secret has a file
+// variant (--nats-url-file, --nats-creds, --nats-nkey) so that it need not
+// appear in the process list. Secrets returns the values a process must
+// mask in output it records.
 package natsconn
 
 import (
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/url"
 	"os"
@@ -14,12 +21,16 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/auditflow/auditflow/internal/redact"
 )
 
 // Config is how to reach a NATS server or cluster.
 type Config struct {
-	URL     string // comma-separated server URLs
+	URL     string // comma-separated server URLs, perhaps with user:password@ or token@
+	URLFile string // file holding URL, instead of URL (keeps a password out of ps and the environment)
 	Creds   string // path to a .creds file (JWT + nkey)
+	Nkey    string // path to a file holding an nkey seed (nkey authentication without a JWT)
 	TLSCert string // client certificate (mutual TLS)
 	TLSKey  string
 	TLSCA   string // CA to verify the server with
@@ -34,39 +45,135 @@ func Env(name, def string) string {
 	return def
 }
 
-// RegisterFlags adds --nats-url, --nats-creds and --nats-tls-{cert,key,ca},
-// each defaulting to its AUDITFLOW_NATS_* environment variable.
+// RegisterFlags adds --nats-url, --nats-url-file, --nats-creds,
+// --nats-nkey and --nats-tls-{cert,key,ca}, each defaulting to its
+// AUDITFLOW_NATS_* environment variable. The default shown for --nats-url
+// has its password or token redacted.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
-	fs.StringVar(&c.URL, "nats-url", Env("AUDITFLOW_NATS_URL", nats.DefaultURL), "NATS server URLs, comma-separated [AUDITFLOW_NATS_URL]")
-	fs.StringVar(&c.Creds, "nats-creds", Env("AUDITFLOW_NATS_CREDS", ""), "NATS credentials file [AUDITFLOW_NATS_CREDS]")
+	redact.StringVar(fs, &c.URL, "nats-url", Env("AUDITFLOW_NATS_URL", nats.DefaultURL),
+		"NATS server `URLs`, comma-separated; a password or token in them shows in ps: prefer the variable or --nats-url-file [AUDITFLOW_NATS_URL]")
+	fs.StringVar(&c.URLFile, "nats-url-file", Env("AUDITFLOW_NATS_URL_FILE", ""), "file holding the NATS server URLs, instead of --nats-url [AUDITFLOW_NATS_URL_FILE]")
+	fs.StringVar(&c.Creds, "nats-creds", Env("AUDITFLOW_NATS_CREDS", ""), "NATS credentials file: user JWT and nkey seed [AUDITFLOW_NATS_CREDS]")
+	fs.StringVar(&c.Nkey, "nats-nkey", Env("AUDITFLOW_NATS_NKEY", ""), "file holding an nkey user seed (SU…), for nkey authentication without a JWT; not with --nats-creds [AUDITFLOW_NATS_NKEY]")
 	fs.StringVar(&c.TLSCert, "nats-tls-cert", Env("AUDITFLOW_NATS_TLS_CERT", ""), "client certificate for mutual TLS [AUDITFLOW_NATS_TLS_CERT]")
 	fs.StringVar(&c.TLSKey, "nats-tls-key", Env("AUDITFLOW_NATS_TLS_KEY", ""), "client key for mutual TLS [AUDITFLOW_NATS_TLS_KEY]")
 	fs.StringVar(&c.TLSCA, "nats-tls-ca", Env("AUDITFLOW_NATS_TLS_CA", ""), "CA certificate to verify the server [AUDITFLOW_NATS_TLS_CA]")
 }
 
-// Validate checks that the settings fit together.
+// Validate checks that the settings fit together and that the files they
+// name can be read; an nkey seed must be a user seed. Its errors wrap
+// ErrInvalidConfig and show no secret: URLs are redacted, files are named,
+// never quoted.
 func (c Config) Validate() error {
-	if c.URL == "" {
-		return fmt.Errorf("nats-url: empty")
+	_, _, err := c.load()
+	return err
+}
+
+// load reads the URL file, checks the settings, and returns the URLs and
+// the nkey option.
+func (c Config) load() (string, nats.Option, error) {
+	invalid := func(format string, args ...any) error {
+		return fmt.Errorf("%w: "+format, append([]any{ErrInvalidConfig}, args...)...)
+	}
+	urls := c.URL
+	if c.URLFile != "" {
+		if urls != "" && urls != nats.DefaultURL {
+			return "", nil, invalid("--nats-url and --nats-url-file (or AUDITFLOW_NATS_URL and AUDITFLOW_NATS_URL_FILE): give one")
+		}
+		b, err := readSmall(c.URLFile)
+		if err != nil {
+			return "", nil, invalid("--nats-url-file: %w", err)
+		}
+		if urls = strings.TrimSpace(string(b)); urls == "" {
+			return "", nil, invalid("--nats-url-file %s: empty", c.URLFile)
+		}
+	}
+	if urls == "" {
+		return "", nil, invalid("--nats-url: empty")
+	}
+	for p := range strings.SplitSeq(urls, ",") {
+		p = strings.TrimSpace(p)
+		if !strings.Contains(p, "://") {
+			p = "nats://" + p // as the client reads it
+		}
+		if _, err := url.Parse(p); err != nil {
+			reason := err
+			if ue, ok := err.(*url.Error); ok {
+				reason = ue.Err // without the URL itself
+			}
+			return "", nil, invalid("--nats-url: %s is not a valid URL: %w", redact.URI(p), redact.NewMasker(redact.Secrets(p)...).Err(reason))
+		}
+	}
+	if c.Creds != "" && c.Nkey != "" {
+		return "", nil, invalid("--nats-creds and --nats-nkey (or AUDITFLOW_NATS_CREDS and AUDITFLOW_NATS_NKEY): give one; a .creds file holds its own nkey")
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
-		return fmt.Errorf("nats-tls-cert and nats-tls-key: give both or neither")
+		return "", nil, invalid("--nats-tls-cert and --nats-tls-key: give both or neither")
 	}
-	for flagName, path := range map[string]string{"nats-creds": c.Creds, "nats-tls-cert": c.TLSCert, "nats-tls-key": c.TLSKey, "nats-tls-ca": c.TLSCA} {
+	for _, f := range []struct{ flag, path string }{{"nats-creds", c.Creds}, {"nats-tls-cert", c.TLSCert}, {"nats-tls-key", c.TLSKey}, {"nats-tls-ca", c.TLSCA}} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			return "", nil, invalid("--%s: %w", f.flag, err)
+		}
+	}
+	var nkey nats.Option
+	if c.Nkey != "" {
+		if _, err := readSmall(c.Nkey); err != nil {
+			return "", nil, invalid("--nats-nkey: %w", err)
+		}
+		// The client's own parser, which reads the seed again to sign
+		// each connection's nonce; its errors are not shown: they come
+		// from the file's content.
+		opt, err := nats.NkeyOptionFromSeed(c.Nkey)
+		if err != nil {
+			return "", nil, invalid("--nats-nkey %s: not an nkey user seed (want a file holding a seed starting with SU, as nsc or \"nk -gen user\" writes it)", c.Nkey)
+		}
+		nkey = opt
+	}
+	return urls, nkey, nil
+}
+
+// readSmall reads a secret file of at most 64 KiB.
+func readSmall(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b := make([]byte, 64<<10+1)
+	n, err := io.ReadFull(f, b)
+	switch {
+	case n > 64<<10:
+		return nil, fmt.Errorf("%s: larger than 64 KiB", path)
+	case err != nil && err != io.ErrUnexpectedEOF && err != io.EOF:
+		return nil, err
+	}
+	return b[:n], nil
+}
+
+// Secrets returns the values of c's secrets, for masking output that may
+// show them: the URLs' passwords and tokens, and what the URL, creds, nkey
+// and TLS key files hold. Files that cannot be read are skipped.
+func (c Config) Secrets() []string {
+	out := redact.Secrets(c.URL)
+	for _, path := range []string{c.URLFile, c.Creds, c.Nkey, c.TLSKey} {
 		if path == "" {
 			continue
 		}
-		if _, err := os.Stat(path); err != nil {
-			return fmt.Errorf("%s: %w", flagName, err)
+		if b, err := readSmall(path); err == nil {
+			out = append(out, redact.FileSecrets(string(b))...)
 		}
 	}
-	return nil
+	return out
 }
 
 // Connect connects with reconnection forever (the stream outlives brief
 // outages) and logs connection state changes.
 func Connect(c Config, log *slog.Logger) (*nats.Conn, error) {
-	if err := c.Validate(); err != nil {
+	urls, nkey, err := c.load()
+	if err != nil {
 		return nil, err
 	}
 	opts := []nats.Option{
@@ -81,27 +188,24 @@ func Connect(c Config, log *slog.Logger) (*nats.Conn, error) {
 	if c.Creds != "" {
 		opts = append(opts, nats.UserCredentials(c.Creds))
 	}
+	if nkey != nil {
+		opts = append(opts, nkey)
+	}
 	if c.TLSCert != "" {
 		opts = append(opts, nats.ClientCert(c.TLSCert, c.TLSKey))
 	}
 	if c.TLSCA != "" {
 		opts = append(opts, nats.RootCAs(c.TLSCA))
 	}
-	nc, err := nats.Connect(c.URL, opts...)
+	nc, err := nats.Connect(urls, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w (check the URL, that the server runs with JetStream, and credentials/TLS settings)", Redact(c.URL), err)
+		c.URL = urls
+		return nil, fmt.Errorf("connect to NATS at %s: %w (check the URL, that the server runs with JetStream, and credentials/TLS settings)",
+			redact.URI(urls), redact.NewMasker(c.Secrets()...).Err(err))
 	}
 	return nc, nil
 }
 
-// Redact removes passwords and tokens from NATS URLs before they are shown.
-func Redact(urls string) string {
-	parts := strings.Split(urls, ",")
-	for i, p := range parts {
-		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
-			u.User = url.User("redacted")
-			parts[i] = u.String()
-		}
-	}
-	return strings.Join(parts, ",")
-}
+// Redact removes passwords and tokens from NATS URLs before they are
+// shown; it is redact.URI.
+func Redact(urls string) string { return redact.URI(urls) }

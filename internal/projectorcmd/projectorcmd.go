@@ -20,6 +20,7 @@ import (
 
 	"github.com/auditflow/auditflow/internal/logging"
 	"github.com/auditflow/auditflow/internal/natsconn"
+	"github.com/auditflow/auditflow/internal/redact"
 	"github.com/auditflow/auditflow/internal/storeflags"
 	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/projector"
@@ -141,6 +142,9 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "projector:", err)
 		return ExitUsage
 	}
+	// Errors and logs are masked with the projector's own secrets, whatever
+	// a client library puts in them.
+	stderr = redact.NewMasker(append(o.store.Secrets(), o.nats.Secrets()...)...).RecordWriter(stderr)
 	log, err := logging.New(stderr, o.logLevel, o.logFormat)
 	if err != nil {
 		fmt.Fprintln(stderr, "projector:", err)
@@ -174,7 +178,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) (int, error) {
 	o.nats.Name = "auditflow-projector-" + o.store.Kind
 	nc, err := natsconn.Connect(o.nats, log)
 	if err != nil {
-		return ExitError, err
+		return exitFor(err), err
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)
@@ -224,7 +228,8 @@ func serve(ln net.Listener, h http.Handler, log *slog.Logger) (stop func()) {
 
 func exitFor(err error) int {
 	if errors.Is(err, stores.ErrInvalidConfig) || errors.Is(err, projector.ErrInvalidConfig) ||
-		errors.Is(err, producer.ErrInvalidConfig) || errors.Is(err, producer.ErrStreamMismatch) {
+		errors.Is(err, producer.ErrInvalidConfig) || errors.Is(err, producer.ErrStreamMismatch) ||
+		errors.Is(err, natsconn.ErrInvalidConfig) {
 		return ExitUsage
 	}
 	return ExitError

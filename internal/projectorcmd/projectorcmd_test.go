@@ -22,6 +22,7 @@ import (
 	"github.com/auditflow/auditflow/internal/embedded"
 	"github.com/auditflow/auditflow/internal/projectorcmd"
 	"github.com/auditflow/auditflow/producer"
+	"github.com/auditflow/auditflow/projector"
 	"github.com/auditflow/auditflow/stores/storetest"
 )
 
@@ -75,6 +76,9 @@ func projectInto(t *testing.T, storeArgs []string) {
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
 	ctx := context.Background()
+	if err := projector.EnsureStreams(ctx, js, projector.Config{}); err != nil { // as auditflow init does
+		t.Fatal(err)
+	}
 	prod, err := producer.New(ctx, js, producer.Config{})
 	if err != nil {
 		t.Fatal(err)

@@ -28,9 +28,10 @@ func EnvSecrets(environ []string) []string {
 	return out
 }
 
-// notSecret are variables whose names look like credentials but which the
-// runner sets for each change itself.
-var notSecret = map[string]bool{"AUDITFLOW_LOCK_TOKEN": true}
+// notSecret are variables whose names look like credentials but are not:
+// the fencing token the runner sets for each change, and the shell's
+// working directories (PWD: "pwd" is also a password's abbreviation).
+var notSecret = map[string]bool{"AUDITFLOW_LOCK_TOKEN": true, "PWD": true, "OLDPWD": true}
 
 func pathName(name string) bool {
 	n := strings.ToUpper(name)

@@ -45,6 +45,9 @@ func TestGarbageOnAChangeSubject(t *testing.T) {
 		code := cli.Main(context.Background(), full, &out, &errOut)
 		return code, out.String(), errOut.String()
 	}
+	if code, out, stderr := auditflow("init", "--lock-lease", "2s"); code != cli.ExitOK {
+		t.Fatalf("init: exit %d\n%s\n%s", code, out, stderr)
+	}
 	if code, out, stderr := runner("--changes", changes); code != runnercmd.ExitOK {
 		t.Fatalf("first run: exit %d\n%s\n%s", code, out, stderr)
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/auditflow/auditflow/internal/embedded"
 	"github.com/auditflow/auditflow/internal/logging"
 	"github.com/auditflow/auditflow/internal/natsconn"
+	"github.com/auditflow/auditflow/internal/redact"
 	"github.com/auditflow/auditflow/internal/render"
 	"github.com/auditflow/auditflow/lock"
 	"github.com/auditflow/auditflow/producer"
@@ -102,6 +103,37 @@ type options struct {
 	stopGrace  time.Duration
 	logLevel   string
 	logFormat  string
+	secrets    []string // values to mask in what the runner shows and records
+}
+
+// secrets are the values the runner masks in change output and traces,
+// logs and errors: its NATS credentials (the URL's password or token, what
+// the URL, creds, nkey and TLS key files hold), and the secrets in its
+// environment and in the files it names (store URIs and passwords, AWS and
+// other credentials, whoever they are for: a change may be given them).
+func secrets(o *options) []string {
+	environ := os.Environ()
+	var out []string
+	if !o.embedded {
+		out = o.nats.Secrets()
+	}
+	out = append(out, redact.EnvSecrets(environ)...)
+	for _, path := range redact.SecretFiles(environ) {
+		if b, err := readSmall(path); err == nil {
+			out = append(out, redact.FileSecrets(string(b))...)
+		}
+	}
+	return out
+}
+
+// readSmall reads a file of at most 64 KiB; a secret file is small.
+func readSmall(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, 64<<10))
 }
 
 func parse(args []string, stderr io.Writer) (*options, error) {
@@ -183,6 +215,10 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "runner:", err)
 		return ExitUsage
 	}
+	// Everything the runner writes to stderr — logs, errors — is masked
+	// too: a change's error carries its output.
+	o.secrets = secrets(o)
+	stderr = redact.NewMasker(o.secrets...).RecordWriter(stderr)
 	log, err := logging.New(stderr, o.logLevel, o.logFormat)
 	if err != nil {
 		fmt.Fprintln(stderr, "runner:", err)
@@ -219,7 +255,7 @@ func run(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) (i
 			return ExitUsage, err
 		}
 		if changes, err = changefile.Load(o.changes, changefile.Options{Pipeline: o.pipeline, Output: stdout, Grace: o.stopGrace,
-			Env: []string{"AUDITFLOW_DATA_DIR=" + dataDir}}); err != nil {
+			Env: []string{"AUDITFLOW_DATA_DIR=" + dataDir}, Secrets: o.secrets}); err != nil {
 			return ExitUsage, err
 		}
 	}
@@ -237,7 +273,7 @@ func run(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) (i
 		o.nats.Name = "auditflow-runner"
 		var err error
 		if nc, err = natsconn.Connect(o.nats, log); err != nil {
-			return ExitError, err
+			return codeFor(err), err
 		}
 	}
 	defer nc.Close()
@@ -246,11 +282,16 @@ func run(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) (i
 		return ExitError, err
 	}
 	streamCfg := producer.StreamConfig{Replicas: o.replicas}
+	if o.embedded { // this process's own server: create what auditflow init creates (a server's runners never do)
+		if err := projector.EnsureStreams(ctx, js, projector.Config{Stream: streamCfg}); err != nil {
+			return codeFor(err), err
+		}
+	}
 	prod, err := producer.New(ctx, js, producer.Config{Stream: streamCfg, Logger: log})
 	if err != nil {
 		return codeFor(err), err
 	}
-	locker, err := lock.New(ctx, js, lock.Config{Replicas: o.replicas, Lease: o.lease, RetryInterval: o.lockRetry,
+	locker, err := lock.New(ctx, js, lock.Config{CreateBucket: o.embedded, Replicas: o.replicas, Lease: o.lease, RetryInterval: o.lockRetry,
 		GiveUpAfter: o.lockGiveUp, Owner: o.runnerID, Logger: log})
 	if err != nil {
 		return codeFor(err), err
@@ -340,7 +381,8 @@ func codeFor(err error) int {
 	case errors.Is(err, runner.ErrLockNotObtained), errors.Is(err, runner.ErrLeaseLost), errors.Is(err, runner.ErrUnsafeResolution):
 		return ExitLockNotObtained
 	case errors.Is(err, runner.ErrInvalidChange), errors.Is(err, runner.ErrInvalidConfig), errors.Is(err, runner.ErrNothingToResolve),
-		errors.Is(err, lock.ErrInvalidConfig), errors.Is(err, producer.ErrInvalidConfig), errors.Is(err, producer.ErrStreamMismatch):
+		errors.Is(err, lock.ErrInvalidConfig), errors.Is(err, producer.ErrInvalidConfig), errors.Is(err, producer.ErrStreamMismatch),
+		errors.Is(err, natsconn.ErrInvalidConfig):
 		return ExitUsage
 	}
 	return ExitError

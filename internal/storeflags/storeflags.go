@@ -3,11 +3,15 @@
 // the configured one. The projector and the operator tools share it, so a
 // store is configured the same way everywhere.
 //
-// Secrets come from the environment or from files, never from a flag's
-// default shown by -h, and never reach a log: MongoDB URIs are redacted,
-// Couchbase passwords and AWS credentials are not printed at all (AWS uses
-// its standard credential chain: environment, shared files, instance or
-// pod roles).
+// Secrets come from the environment or from files (--mongo-uri-file,
+// --couchbase-password-file), never from a flag's default shown by -h, and
+// never reach a log or an error: URIs are shown through redact.URI (the
+// password, and credential-like query parameters such as
+// tlsCertificateKeyFilePassword or an AWS_SESSION_TOKEN, are replaced),
+// errors from the database clients are masked with Secrets, and Couchbase
+// passwords and AWS credentials are not printed at all (AWS uses its
+// standard credential chain: environment, shared files, instance or pod
+// roles).
 package storeflags
 
 import (
@@ -34,6 +38,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/writeconcern"
 
 	"github.com/auditflow/auditflow/internal/natsconn"
+	"github.com/auditflow/auditflow/internal/redact"
 	"github.com/auditflow/auditflow/stores"
 	"github.com/auditflow/auditflow/stores/couchbasestore"
 	"github.com/auditflow/auditflow/stores/dynamostore"
@@ -55,10 +60,11 @@ type Config struct {
 		Path, ChangeLog, Issues, Checkpoints string
 	}
 	Mongo struct {
-		URI, Database, ChangeLog, Issues, Checkpoints string
-		WriteConcern, ReadConcern, ReadPreference     string
-		Journal, SkipIndexes                          bool
-		BatchSize                                     int
+		URI, URIFile, Database, ChangeLog, Issues, Checkpoints string
+		WriteConcern, ReadConcern, ReadPreference              string
+		Journal, SkipIndexes                                   bool
+		BatchSize                                              int
+		loadedFile                                             string // URIFile, once read into URI
 	}
 	Dynamo struct {
 		Region, Endpoint, TablePrefix, ChangeLog, Issues, Checkpoints string
@@ -86,7 +92,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&s.Checkpoints, "sqlite-checkpoints-table", sqlitestore.DefaultCheckpointsTable, "SQLite: checkpoints table")
 
 	m := &c.Mongo
-	fs.StringVar(&m.URI, "mongo-uri", "", "MongoDB: connection URI; pool sizes, TLS, auth source and replica set are URI options (default $AUDITFLOW_MONGO_URI; prefer the variable: it keeps the password out of ps)")
+	fs.StringVar(&m.URI, "mongo-uri", "", "MongoDB: connection URI; pool sizes, TLS, auth source and replica set are URI options (default $AUDITFLOW_MONGO_URI; prefer the variable or --mongo-uri-file: they keep the password out of ps)")
+	fs.StringVar(&m.URIFile, "mongo-uri-file", natsconn.Env("AUDITFLOW_MONGO_URI_FILE", ""), "MongoDB: file holding the connection URI, instead of --mongo-uri [AUDITFLOW_MONGO_URI_FILE]")
 	fs.StringVar(&m.Database, "mongo-database", natsconn.Env("AUDITFLOW_MONGO_DATABASE", mongostore.DefaultDatabase), "MongoDB: database, a dedicated one or the target system's own [AUDITFLOW_MONGO_DATABASE]")
 	fs.StringVar(&m.ChangeLog, "mongo-changelog-collection", mongostore.DefaultChangeLogCollection, "MongoDB: changeLog collection")
 	fs.StringVar(&m.Issues, "mongo-issues-collection", mongostore.DefaultIssuesCollection, "MongoDB: issues collection")
@@ -100,7 +107,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 
 	d := &c.Dynamo
 	fs.StringVar(&d.Region, "dynamo-region", natsconn.Env("AUDITFLOW_DYNAMO_REGION", ""), "DynamoDB: region (default from the AWS config: AWS_REGION, profile) [AUDITFLOW_DYNAMO_REGION]")
-	fs.StringVar(&d.Endpoint, "dynamo-endpoint", natsconn.Env("AUDITFLOW_DYNAMO_ENDPOINT", ""), "DynamoDB: endpoint override, e.g. http://localhost:8000 for DynamoDB Local [AUDITFLOW_DYNAMO_ENDPOINT]")
+	redact.StringVar(fs, &d.Endpoint, "dynamo-endpoint", natsconn.Env("AUDITFLOW_DYNAMO_ENDPOINT", ""), "DynamoDB: endpoint `URL` override, e.g. http://localhost:8000 for DynamoDB Local [AUDITFLOW_DYNAMO_ENDPOINT]")
 	fs.StringVar(&d.TablePrefix, "dynamo-table-prefix", natsconn.Env("AUDITFLOW_DYNAMO_TABLE_PREFIX", ""), "DynamoDB: prefix of every table name [AUDITFLOW_DYNAMO_TABLE_PREFIX]")
 	fs.StringVar(&d.ChangeLog, "dynamo-changelog-table", dynamostore.DefaultChangeLogTable, "DynamoDB: changeLog table (after the prefix)")
 	fs.StringVar(&d.Issues, "dynamo-issues-table", dynamostore.DefaultIssuesTable, "DynamoDB: issues table (after the prefix)")
@@ -113,7 +120,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&d.Concurrency, "dynamo-concurrency", dynamostore.DefaultConcurrency, "DynamoDB: requests in flight per store call")
 
 	cb := &c.Couchbase
-	fs.StringVar(&cb.ConnStr, "couchbase-connstr", natsconn.Env("AUDITFLOW_COUCHBASE_CONNSTR", ""), "Couchbase: connection string, e.g. couchbases://cb.example.com [AUDITFLOW_COUCHBASE_CONNSTR]")
+	redact.StringVar(fs, &cb.ConnStr, "couchbase-connstr", natsconn.Env("AUDITFLOW_COUCHBASE_CONNSTR", ""), "Couchbase: connection `string`, e.g. couchbases://cb.example.com [AUDITFLOW_COUCHBASE_CONNSTR]")
 	fs.StringVar(&cb.User, "couchbase-user", natsconn.Env("AUDITFLOW_COUCHBASE_USER", ""), "Couchbase: user [AUDITFLOW_COUCHBASE_USER]")
 	fs.StringVar(&cb.PasswordFile, "couchbase-password-file", natsconn.Env("AUDITFLOW_COUCHBASE_PASSWORD_FILE", ""), "Couchbase: file holding the password; or set AUDITFLOW_COUCHBASE_PASSWORD [AUDITFLOW_COUCHBASE_PASSWORD_FILE]")
 	fs.StringVar(&cb.Bucket, "couchbase-bucket", natsconn.Env("AUDITFLOW_COUCHBASE_BUCKET", ""), "Couchbase: bucket (must exist) [AUDITFLOW_COUCHBASE_BUCKET]")
@@ -133,11 +140,22 @@ func (c *Config) Validate() error {
 			return errors.New("--sqlite-path: required with --store sqlite")
 		}
 	case "mongo":
-		if c.Mongo.URI == "" {
-			c.Mongo.URI = os.Getenv("AUDITFLOW_MONGO_URI")
+		m := &c.Mongo
+		if m.URIFile != "" && m.loadedFile != m.URIFile {
+			if m.URI != "" || os.Getenv("AUDITFLOW_MONGO_URI") != "" {
+				return errors.New("--mongo-uri and --mongo-uri-file (or AUDITFLOW_MONGO_URI and AUDITFLOW_MONGO_URI_FILE): give one")
+			}
+			b, err := os.ReadFile(m.URIFile)
+			if err != nil {
+				return fmt.Errorf("--mongo-uri-file: %w", err)
+			}
+			m.URI, m.loadedFile = strings.TrimSpace(string(b)), m.URIFile
 		}
-		if c.Mongo.URI == "" {
-			return errors.New("--mongo-uri (or AUDITFLOW_MONGO_URI): required with --store mongo")
+		if m.URI == "" {
+			m.URI = os.Getenv("AUDITFLOW_MONGO_URI")
+		}
+		if m.URI == "" {
+			return errors.New("--mongo-uri (or AUDITFLOW_MONGO_URI, or --mongo-uri-file): required with --store mongo")
 		}
 		if !strings.HasPrefix(c.Mongo.URI, "mongodb://") && !strings.HasPrefix(c.Mongo.URI, "mongodb+srv://") {
 			return errors.New("--mongo-uri: want mongodb:// or mongodb+srv://")
@@ -165,7 +183,7 @@ func (c *Config) Validate() error {
 		}
 		if c.Dynamo.Endpoint != "" {
 			if u, err := url.Parse(c.Dynamo.Endpoint); err != nil || u.Scheme == "" || u.Host == "" {
-				return fmt.Errorf("--dynamo-endpoint: %q is not a URL like http://localhost:8000", c.Dynamo.Endpoint)
+				return fmt.Errorf("--dynamo-endpoint: %q is not a URL like http://localhost:8000", redact.URI(c.Dynamo.Endpoint))
 			}
 		}
 	case "couchbase":
@@ -238,37 +256,45 @@ func (c *Config) Describe() string {
 	case "sqlite":
 		return "sqlite " + c.SQLite.Path
 	case "mongo":
-		return "mongo " + RedactURI(c.Mongo.URI) + " database " + c.Mongo.Database
+		return "mongo " + redact.URI(c.Mongo.URI) + " database " + c.Mongo.Database
 	case "dynamodb":
 		where := c.Dynamo.Region
 		if c.Dynamo.Endpoint != "" {
-			where = c.Dynamo.Endpoint
+			where = redact.URI(c.Dynamo.Endpoint)
 		}
 		return "dynamodb " + where + " tables " + c.Dynamo.TablePrefix + "*"
 	case "couchbase":
-		return "couchbase " + c.Couchbase.ConnStr + " " + c.Couchbase.Bucket + "." + c.Couchbase.Scope + "." + c.Couchbase.Collection
+		return "couchbase " + redact.URI(c.Couchbase.ConnStr) + " " + c.Couchbase.Bucket + "." + c.Couchbase.Scope + "." + c.Couchbase.Collection
 	}
 	return c.Kind
 }
 
-// RedactURI hides the password of a URI.
-func RedactURI(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		return "(unparseable URI)"
+// Secrets returns the values of the configured secrets, once Validate has
+// read them, for masking output that may show them: the credentials in the
+// MongoDB URI, the Couchbase connection string and the DynamoDB endpoint,
+// and the Couchbase password.
+func (c *Config) Secrets() []string {
+	out := redact.Secrets(c.Mongo.URI)
+	out = append(out, redact.Secrets(c.Couchbase.ConnStr)...)
+	out = append(out, redact.Secrets(c.Dynamo.Endpoint)...)
+	if c.Couchbase.password != "" {
+		out = append(out, c.Couchbase.password)
 	}
-	if _, has := u.User.Password(); has {
-		u.User = url.UserPassword(u.User.Username(), "redacted")
-	}
-	return u.String()
+	return out
 }
 
 // Open validates the configuration and opens the store; the returned
-// close function closes the store and its client.
+// close function closes the store and its client. Its errors are masked
+// with Secrets: a database client may quote what it was given.
 func (c *Config) Open(ctx context.Context, log *slog.Logger) (stores.Store, func(), error) {
 	if err := c.Validate(); err != nil {
 		return nil, nil, fmt.Errorf("%w: %w", stores.ErrInvalidConfig, err)
 	}
+	st, closeStore, err := c.open(ctx, log)
+	return st, closeStore, redact.NewMasker(c.Secrets()...).Err(err)
+}
+
+func (c *Config) open(ctx context.Context, log *slog.Logger) (stores.Store, func(), error) {
 	switch c.Kind {
 	case "sqlite":
 		s := c.SQLite
@@ -293,7 +319,7 @@ func (c *Config) openMongo(ctx context.Context, log *slog.Logger) (stores.Store,
 	rp, _ := c.readPref()
 	client, err := mongo.Connect(options.Client().ApplyURI(m.URI).SetAppName("auditflow"))
 	if err != nil {
-		return nil, nil, fmt.Errorf("mongo: %s: %w", RedactURI(m.URI), err)
+		return nil, nil, fmt.Errorf("mongo: %s: %w", redact.URI(m.URI), err)
 	}
 	closeClient := func() { _ = client.Disconnect(context.Background()) }
 	st, err := mongostore.New(ctx, client, mongostore.Config{
@@ -303,7 +329,7 @@ func (c *Config) openMongo(ctx context.Context, log *slog.Logger) (stores.Store,
 	})
 	if err != nil {
 		closeClient()
-		return nil, nil, fmt.Errorf("mongo %s: %w (check the URI, that the user may read and write database %s and create indexes)", RedactURI(m.URI), err, m.Database)
+		return nil, nil, fmt.Errorf("mongo %s: %w (check the URI, that the user may read and write database %s and create indexes)", redact.URI(m.URI), err, m.Database)
 	}
 	return st, func() { _ = st.Close(); closeClient() }, nil
 }
@@ -348,7 +374,7 @@ func (c *Config) openCouchbase(ctx context.Context, log *slog.Logger) (stores.St
 		Authenticator: gocb.PasswordAuthenticator{Username: cb.User, Password: cb.password},
 	})
 	if err != nil {
-		return nil, nil, fmt.Errorf("couchbase %s: %w", cb.ConnStr, err)
+		return nil, nil, fmt.Errorf("couchbase %s: %w", redact.URI(cb.ConnStr), err)
 	}
 	closeCluster := func() { _ = cluster.Close(nil) }
 	st, err := couchbasestore.New(ctx, cluster, couchbasestore.Config{
@@ -357,7 +383,7 @@ func (c *Config) openCouchbase(ctx context.Context, log *slog.Logger) (stores.St
 	})
 	if err != nil {
 		closeCluster()
-		return nil, nil, fmt.Errorf("couchbase %s: %w (check the connection string, user %s's access to bucket %s, and that it may create scopes and collections)", cb.ConnStr, err, cb.User, cb.Bucket)
+		return nil, nil, fmt.Errorf("couchbase %s: %w (check the connection string, user %s's access to bucket %s, and that it may create scopes and collections)", redact.URI(cb.ConnStr), err, cb.User, cb.Bucket)
 	}
 	return st, func() { _ = st.Close(); closeCluster() }, nil
 }

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,6 +20,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/internal/redact"
 	"github.com/auditflow/auditflow/runner"
 	"github.com/auditflow/auditflow/runner/supervisor"
 )
@@ -40,8 +43,15 @@ type File struct {
 	Timeout       string            `yaml:"timeout"`
 	Grace         string            `yaml:"grace"`
 	Metadata      map[string]string `yaml:"metadata"`
-	Apply         string            `yaml:"apply"`
-	Rollback      string            `yaml:"rollback"`
+	// Env sets variables for the commands. It may not set the variables
+	// the runner sets for each change (AUDITFLOW_PIPELINE and the rest).
+	Env map[string]string `yaml:"env"`
+	// PassEnv names variables of the runner's environment the commands
+	// need although they start with AUDITFLOW_, which the commands do not
+	// inherit otherwise; a variable the runner does not have stays unset.
+	PassEnv  []string `yaml:"passEnv"`
+	Apply    string   `yaml:"apply"`
+	Rollback string   `yaml:"rollback"`
 }
 
 // Options configure how commands run.
@@ -52,6 +62,12 @@ type Options struct {
 	Output io.Writer
 	// Env adds KEY=value entries to the commands' environment.
 	Env []string
+	// Secrets are values the commands' output must not show: they are
+	// replaced by "***" in what Output receives and in the error trace
+	// (values shorter than redact.MinLen are left alone). The runner passes
+	// its own credentials and the secrets in its environment, which a
+	// command may print (set -x, env) or be given (passEnv).
+	Secrets []string
 	// Grace is how long a command has between SIGTERM and SIGKILL when it
 	// is stopped; a change file's grace: overrides it. Zero means
 	// DefaultGrace.
@@ -134,14 +150,13 @@ func (f File) change(dir string, opts Options) (runner.Change, error) {
 	if grace, err = positive("grace", f.Grace, grace); err != nil {
 		return runner.Change{}, err
 	}
-	// The execution's variables are set per run, from Apply's context; any
-	// inherited from the runner's own environment would be someone else's.
-	env := slices.DeleteFunc(append(os.Environ(), opts.Env...), func(kv string) bool {
-		return strings.HasPrefix(kv, envLockToken+"=") || strings.HasPrefix(kv, envExecutionID+"=")
-	})
-	env = append(env, "AUDITFLOW_PIPELINE="+opts.Pipeline, "AUDITFLOW_CHANGE_ID="+f.ID, "AUDITFLOW_CHANGE_DIR="+dir)
+	env, err := f.environment(os.Environ(), dir, opts)
+	if err != nil {
+		return runner.Change{}, err
+	}
+	mask := redact.NewMasker(opts.Secrets...)
 	cmd := func(script string) func(context.Context) error {
-		return command{script: script, dir: dir, env: env, timeout: timeout, grace: grace, out: opts.Output}.run
+		return command{script: script, dir: dir, env: env, timeout: timeout, grace: grace, out: opts.Output, mask: mask}.run
 	}
 	c := runner.Change{
 		ID: f.ID, Author: f.Author, Order: f.Order, TargetSystem: f.TargetSystem, Recovery: f.Recovery,
@@ -170,6 +185,55 @@ const (
 	envExecutionID = "AUDITFLOW_EXECUTION_ID"
 )
 
+// runnerVars are set by the runner for each change: a change file can
+// neither set nor pass them.
+var runnerVars = []string{"AUDITFLOW_PIPELINE", "AUDITFLOW_CHANGE_ID", "AUDITFLOW_CHANGE_DIR", "AUDITFLOW_DATA_DIR", envExecutionID, envLockToken}
+
+var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// environment is the commands' environment: the runner's own (environ)
+// without its AUDITFLOW_* variables — its configuration and credentials:
+// the NATS URL and credentials a command could forge audit events with,
+// the store URIs and passwords — except those the file passes, then
+// Options.Env, the file's env:, and the change's variables. Everything
+// else is kept: PATH, HOME, locale, proxies, and the credentials of the
+// change's own target systems are what commands need.
+func (f File) environment(environ []string, dir string, opts Options) ([]string, error) {
+	check := func(key, name string) error {
+		switch {
+		case !envName.MatchString(name):
+			return fmt.Errorf("%s: %q is not a variable name", key, name)
+		case slices.Contains(runnerVars, name):
+			return fmt.Errorf("%s: %s is set by the runner for each change", key, name)
+		}
+		return nil
+	}
+	for _, name := range f.PassEnv {
+		if err := check("passEnv", name); err != nil {
+			return nil, err
+		}
+	}
+	names := slices.Sorted(maps.Keys(f.Env))
+	for _, name := range names {
+		if err := check("env", name); err != nil {
+			return nil, err
+		}
+	}
+	var env []string
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, "AUDITFLOW_") || slices.Contains(f.PassEnv, name) {
+			env = append(env, kv)
+		}
+	}
+	env = append(env, opts.Env...)
+	for _, name := range names {
+		env = append(env, name+"="+f.Env[name])
+	}
+	// The execution's variables are set per run, from Apply's context.
+	return append(env, "AUDITFLOW_PIPELINE="+opts.Pipeline, "AUDITFLOW_CHANGE_ID="+f.ID, "AUDITFLOW_CHANGE_DIR="+dir), nil
+}
+
 // traceTail is how much of a failed command's output is kept.
 const traceTail = 32 << 10
 
@@ -186,16 +250,20 @@ type command struct {
 	env            []string
 	timeout, grace time.Duration
 	out            io.Writer
+	mask           *redact.Masker
 }
 
 func (c command) run(ctx context.Context) error {
 	ctx, cancel := context.WithTimeoutCause(ctx, c.timeout, errTimedOut)
 	defer cancel()
 	tail := &tailBuffer{max: traceTail}
-	w := io.Writer(tail)
+	var all io.Writer = tail
 	if c.out != nil {
-		w = io.MultiWriter(tail, c.out)
+		all = io.MultiWriter(tail, c.out)
 	}
+	// Masked before anything keeps it: the trace goes on a stream that
+	// cannot be purged and into every store.
+	w := c.mask.Writer(all)
 	spec := supervisor.Spec{Args: []string{"sh", "-c", c.script}, Dir: c.dir, Env: c.env, Stdout: w, Stderr: w, Grace: c.grace}
 	if ex, ok := runner.ExecutionFrom(ctx); ok {
 		spec.Env = append(slices.Clip(c.env), envLockToken+"="+strconv.FormatUint(ex.LockToken, 10), envExecutionID+"="+ex.ExecutionID)
@@ -211,6 +279,7 @@ func (c command) run(ctx context.Context) error {
 	if err == nil && res.Leftovers > 0 {
 		fmt.Fprintf(w, "auditflow: the command left %d process(es) running; they were killed\n", res.Leftovers)
 	}
+	_ = w.Flush()
 	if err == nil {
 		err = c.outcome(ctx, res)
 	}

@@ -11,12 +11,32 @@
 //	timeout: 5m                     # default 10m
 //	grace: 30s                      # SIGTERM to SIGKILL; default Options.Grace (10s)
 //	metadata: {ticket: OPS-1234}
-//	apply: sqlite3 users.db 'CREATE INDEX users_email ON users(email)'
-//	rollback: sqlite3 users.db 'DROP INDEX IF EXISTS users_email'
+//	env: {DB: users.db}             # variables set for the commands
+//	passEnv: [AUDITFLOW_MONGO_URI]  # AUDITFLOW_* variables the commands need
+//	apply: sqlite3 "$DB" 'CREATE INDEX users_email ON users(email)'
+//	rollback: sqlite3 "$DB" 'DROP INDEX IF EXISTS users_email'
+//
+// Unknown keys are errors: a misspelt "rolback" must not mean "no rollback".
+//
+// # Environment
 //
 // Commands run with `sh -c` in the directory holding the file, with the
-// runner's environment, Options.Env, and AUDITFLOW_PIPELINE,
-// AUDITFLOW_CHANGE_ID and AUDITFLOW_CHANGE_DIR. When the runner runs the
+// runner's environment except its AUDITFLOW_* variables, then Options.Env,
+// the file's env:, and AUDITFLOW_PIPELINE, AUDITFLOW_CHANGE_ID and
+// AUDITFLOW_CHANGE_DIR. The AUDITFLOW_* variables are the runner's
+// configuration and credentials — the NATS URL with its password, the
+// creds and nkey files, store URIs and passwords — and a command holding
+// the runner's NATS credentials could write the audit log itself; a change
+// that needs one names it in passEnv:. Everything else is kept (PATH, HOME,
+// locale, proxies, the cloud and database credentials of the systems the
+// changes change): it is what commands need, and not the runner's. A
+// file's env: and passEnv: cannot name the variables the runner sets for
+// each change. A command runs as the runner's user, so it can still read
+// the files the runner's secrets are in (creds, nkey, password files): this
+// keeps secrets out of commands' environment and recorded output, not out
+// of their reach.
+//
+// When the runner runs the
 // change (its context carries a [runner.Execution]) the command also gets
 // AUDITFLOW_EXECUTION_ID and AUDITFLOW_LOCK_TOKEN, the fencing token of the
 // lease it runs under, which a target system can use to refuse writes from
@@ -25,6 +45,14 @@
 // even if the runner's own environment had them: a wrong token is worse
 // than none. A non-zero exit is a failure; the tail of the command's
 // output becomes the recorded error trace.
+//
+// # Secrets in output
+//
+// Output and error traces are masked with Options.Secrets before anything
+// keeps them: every occurrence of a secret value, also one split across
+// writes, becomes "***" in what Options.Output receives and in the error,
+// so that a failing script's `set -x` or `env` cannot put a credential on
+// the audit stream, which cannot be purged, and into every store.
 //
 // # Stopping
 //

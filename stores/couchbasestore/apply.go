@@ -211,7 +211,7 @@ func (s *Store) listPipelines(p *plan) []task {
 func (s *Store) addMembers(p *plan) []task {
 	groups := map[string][]*changePlan{}
 	for _, c := range p.changes {
-		if st := stores.StatusOf(c.latest.State()); c.raises() && tracked(st) {
+		if st := stores.IssueStatusOf(c.latest.State(), c.latest.Trust); c.raises() && tracked(st) {
 			c.listed = st
 			k := p.ks.members(st, c.ih)
 			groups[k] = append(groups[k], c)
@@ -335,7 +335,7 @@ func (s *Store) writeLeaves(p *plan) []task {
 		ph := pipelineHash(r.Pipeline)
 		e := entry{
 			Ref: eventRef(r.ID), Issue: issueHash(r.Pipeline, r.ChangeID), Pipeline: ph,
-			Change: changeHash(r.ChangeID), State: r.State(), At: stores.FormatTime(r.OccurredAt),
+			Change: changeHash(r.ChangeID), State: r.State(), At: stores.FormatTime(r.OccurredAt), Untrusted: r.Trust != "",
 		}
 		for _, ix := range []string{ixAll, ixPipeline(ph), ixState(r.State())} {
 			at(ix, r.Seq).entries[r.Seq] = e

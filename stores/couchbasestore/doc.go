@@ -25,7 +25,10 @@
 //	g:k:<name>, g:K           checkpoints, and the list of their names
 //
 // Hash and PrevHash (the hash chain) were added without a layout change:
-// rows written before them read as "". Each event is in three indexes: ix = "a" (the whole log), "p<h(pipeline)>"
+// rows written before them read as "". So were signed events: a row's
+// Signer, Signature and Trust, an issue's Trust, and a leaf entry's "u"
+// (the event is untrusted, so its issue is OPEN whatever its state); all
+// absent, they read as an unsigned event with no verdict. Each event is in three indexes: ix = "a" (the whole log), "p<h(pipeline)>"
 // and "s<state>". Every document is bounded, well below Couchbase's 20 MB:
 // a leaf holds at most 256 entries (~50 KB with UUID ids, ~80 KB at the
 // longest), a page 1024 leaves (~40 KB), a root one entry per 2^18

@@ -164,6 +164,11 @@ type eventDoc struct {
 	// 2); documents written before lack them, and read as "".
 	Hash     string `json:"hash,omitempty"`
 	PrevHash string `json:"prevHash,omitempty"`
+	// Signer, Signature and Trust came with signed events; documents
+	// written before lack them, and read as "".
+	Signer    string `json:"signer,omitempty"`
+	Signature string `json:"signature,omitempty"`
+	Trust     string `json:"trust,omitempty"`
 }
 
 func eventDocOf(r stores.Record) eventDoc {
@@ -174,7 +179,7 @@ func eventDocOf(r stores.Record) eventDoc {
 		LockToken: r.LockToken, OccurredAt: stores.FormatTime(r.OccurredAt), DurationNanos: int64(r.Duration),
 		ErrorMessage: r.ErrorMessage, ErrorTrace: r.ErrorTrace, Metadata: r.Metadata, Recovery: r.Recovery,
 		Transactional: r.Transactional, Resolution: r.Resolution, Operator: r.Operator, Reason: r.Reason,
-		Hash: r.Hash, PrevHash: r.PrevHash,
+		Hash: r.Hash, PrevHash: r.PrevHash, Signer: r.Signer, Signature: r.Signature, Trust: r.Trust,
 	}
 }
 
@@ -183,7 +188,7 @@ func (d eventDoc) record() (stores.Record, error) {
 	if err != nil {
 		return stores.Record{}, fmt.Errorf("event %s: bad occurredAt %q: %w", d.ID, d.OccurredAt, err)
 	}
-	return stores.Record{Seq: d.Seq, Hash: d.Hash, Event: events.Event{
+	return stores.Record{Seq: d.Seq, Hash: d.Hash, Signer: d.Signer, Signature: d.Signature, Trust: d.Trust, Event: events.Event{
 		ID: d.ID, Type: d.Type, SchemaVersion: d.SchemaVersion, Pipeline: d.Pipeline, ChangeID: d.ChangeID,
 		Author: d.Author, ExecutionID: d.ExecutionID, Order: d.Order, TargetSystem: d.TargetSystem,
 		Host: d.Host, RunnerID: d.RunnerID, LockToken: d.LockToken, OccurredAt: at,
@@ -211,6 +216,7 @@ type issueDoc struct {
 	UpdatedAt    string             `json:"updatedAt"`
 	Operator     string             `json:"operator,omitempty"`
 	Reason       string             `json:"reason,omitempty"`
+	Trust        string             `json:"trust,omitempty"`
 	Segs         []uint64           `json:"segs"`
 }
 
@@ -220,7 +226,7 @@ func issueDocOf(r stores.Record, segs []uint64) issueDoc {
 		Pipeline: i.Pipeline, ChangeID: i.ChangeID, Status: i.Status, State: i.State, Seq: i.Seq,
 		EventID: i.EventID, ExecutionID: i.ExecutionID, Author: i.Author, TargetSystem: i.TargetSystem,
 		Recovery: i.Recovery, ErrorMessage: i.ErrorMessage, ErrorTrace: i.ErrorTrace,
-		UpdatedAt: stores.FormatTime(i.UpdatedAt), Operator: i.Operator, Reason: i.Reason, Segs: segs,
+		UpdatedAt: stores.FormatTime(i.UpdatedAt), Operator: i.Operator, Reason: i.Reason, Trust: i.Trust, Segs: segs,
 	}
 }
 
@@ -233,7 +239,7 @@ func (d issueDoc) issue() (stores.Issue, error) {
 		Pipeline: d.Pipeline, ChangeID: d.ChangeID, Status: d.Status, State: d.State, Seq: d.Seq,
 		EventID: d.EventID, ExecutionID: d.ExecutionID, Author: d.Author, TargetSystem: d.TargetSystem,
 		Recovery: d.Recovery, ErrorMessage: d.ErrorMessage, ErrorTrace: d.ErrorTrace, UpdatedAt: at,
-		Operator: d.Operator, Reason: d.Reason,
+		Operator: d.Operator, Reason: d.Reason, Trust: d.Trust,
 	}, nil
 }
 
@@ -247,6 +253,18 @@ type entry struct {
 	Change   string       `json:"c"` // changeHash
 	State    events.State `json:"s"`
 	At       string       `json:"t"` // OccurredAt in stores.TimeLayout
+	// Untrusted: the event has a trust verdict (stores.Record.Trust), so
+	// its issue is OPEN whatever its state. Absent (false) in entries
+	// written before signed events, which had no verdicts.
+	Untrusted bool `json:"u,omitempty"`
+}
+
+// status is the issue status the entry's event gives its change.
+func (e entry) status() stores.IssueStatus {
+	if e.Untrusted {
+		return stores.IssueOpen
+	}
+	return stores.StatusOf(e.State)
 }
 
 // leafDoc holds the entries of one index for one segment of sequences,

@@ -301,7 +301,7 @@ func (f filter) match(seq uint64, e entry, superseded bool) bool {
 		(f.pipeline == "" || e.Pipeline == f.pipeline) &&
 		(f.change == "" || e.Change == f.change) &&
 		(f.state == "" || e.State == f.state) &&
-		(f.status == "" || stores.StatusOf(e.State) == f.status) &&
+		(f.status == "" || e.status() == f.status) &&
 		(f.since == "" || e.At >= f.since) &&
 		(!f.current || !superseded)
 }

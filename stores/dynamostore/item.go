@@ -46,6 +46,11 @@ const (
 	// chain lack both; they read back as "".
 	attrHash     = "hash"
 	attrPrevHash = "prevHash"
+	// attrSigner, attrSignature and attrTrust (stores.Record's, and the
+	// issue's Trust) came with signed events; items without them read "".
+	attrSigner    = "signer"
+	attrSignature = "signature"
+	attrTrust     = "trust"
 )
 
 // compressTraceOver is the trace length above which a trace is stored
@@ -149,6 +154,9 @@ func recordItem(r stores.Record) (item, error) {
 	e.s(attrReason, r.Reason)
 	e.s(attrHash, r.Hash)
 	e.s(attrPrevHash, r.PrevHash)
+	e.s(attrSigner, r.Signer)
+	e.s(attrSignature, r.Signature)
+	e.s(attrTrust, r.Trust)
 	// Last, so the size counted is that of the whole item.
 	return item(e), checkSize(e, "event "+r.ID)
 }
@@ -174,6 +182,7 @@ func issueItem(i stores.Issue) (item, error) {
 	e.time(attrUpdatedAt, i.UpdatedAt)
 	e.s(attrOperator, i.Operator)
 	e.s(attrReason, i.Reason)
+	e.s(attrTrust, i.Trust)
 	return item(e), checkSize(e, "issue of event "+i.EventID)
 }
 
@@ -343,6 +352,7 @@ func decodeRecord(it item) (stores.Record, error) {
 		Reason:        d.s(attrReason),
 		PrevHash:      d.s(attrPrevHash),
 	}}
+	r.Signer, r.Signature, r.Trust = d.s(attrSigner), d.s(attrSignature), d.s(attrTrust)
 	if d.err != nil {
 		return r, fmt.Errorf("dynamostore: changeLog row %q: %w", r.ID, d.err)
 	}
@@ -367,6 +377,7 @@ func decodeIssue(it item) (stores.Issue, error) {
 		UpdatedAt:    d.time(attrUpdatedAt),
 		Operator:     d.s(attrOperator),
 		Reason:       d.s(attrReason),
+		Trust:        d.s(attrTrust),
 	}
 	if d.err != nil {
 		return i, fmt.Errorf("dynamostore: issue row %s/%s: %w", i.Pipeline, i.ChangeID, d.err)

@@ -59,6 +59,11 @@ type logDoc struct {
 	// older version wrote, and from events without them: both read as "".
 	Hash     text `bson:"hash,omitempty"`
 	PrevHash text `bson:"prevHash,omitempty"`
+	// Signer, Signature and Trust came with signed events; absent, they
+	// read as "" (unsigned, no verdict).
+	Signer    text `bson:"signer,omitempty"`
+	Signature text `bson:"signature,omitempty"`
+	Trust     text `bson:"trust,omitempty"`
 }
 
 // entry is one metadata pair. Metadata is an array of pairs, not a
@@ -90,6 +95,7 @@ type issueDoc struct {
 	UpdatedAtNanos int32         `bson:"updatedAtNanos,omitempty"`
 	Operator       text          `bson:"operator,omitempty"`
 	Reason         text          `bson:"reason,omitempty"`
+	Trust          text          `bson:"trust,omitempty"`
 }
 
 // checkpointDoc holds one consumer's progress.
@@ -109,6 +115,7 @@ func toLogDoc(r stores.Record) logDoc {
 		DurationNanos: int64(r.Duration), ErrorMessage: text(r.ErrorMessage), ErrorTrace: text(r.ErrorTrace),
 		Recovery: string(r.Recovery), Transactional: r.Transactional, Resolution: string(r.Resolution),
 		Operator: text(r.Operator), Reason: text(r.Reason), Hash: text(r.Hash), PrevHash: text(r.PrevHash),
+		Signer: text(r.Signer), Signature: text(r.Signature), Trust: text(r.Trust),
 	}
 	if len(r.Metadata) > 0 {
 		keys := make([]string, 0, len(r.Metadata))
@@ -136,6 +143,7 @@ func (d logDoc) record() stores.Record {
 		Resolution: events.Resolution(d.Resolution), Operator: string(d.Operator), Reason: string(d.Reason),
 		PrevHash: string(d.PrevHash),
 	}}
+	r.Signer, r.Signature, r.Trust = string(d.Signer), string(d.Signature), string(d.Trust)
 	if len(d.Metadata) > 0 {
 		r.Metadata = make(map[string]string, len(d.Metadata))
 		for _, e := range d.Metadata {
@@ -164,6 +172,7 @@ func toIssueDoc(i stores.Issue) issueDoc {
 		ExecutionID: text(i.ExecutionID), Author: text(i.Author), TargetSystem: text(i.TargetSystem),
 		Recovery: string(i.Recovery), ErrorMessage: text(i.ErrorMessage), ErrorTrace: text(i.ErrorTrace),
 		UpdatedAt: at, UpdatedAtNanos: nanos, Operator: text(i.Operator), Reason: text(i.Reason),
+		Trust: text(i.Trust),
 	}
 }
 
@@ -174,7 +183,7 @@ func (d issueDoc) issue() stores.Issue {
 		ExecutionID: string(d.ExecutionID), Author: string(d.Author), TargetSystem: string(d.TargetSystem),
 		Recovery: events.Recovery(d.Recovery), ErrorMessage: string(d.ErrorMessage),
 		ErrorTrace: string(d.ErrorTrace), UpdatedAt: joinTime(d.UpdatedAt, d.UpdatedAtNanos),
-		Operator: string(d.Operator), Reason: string(d.Reason),
+		Operator: string(d.Operator), Reason: string(d.Reason), Trust: string(d.Trust),
 	}
 }
 

@@ -18,14 +18,21 @@ var (
 // migrate adds the columns later versions introduced to tables an older
 // version created (CREATE TABLE IF NOT EXISTS leaves those alone).
 func (s *Store) migrate(ctx context.Context, tx *sql.Tx) error {
-	have, err := columns(ctx, tx, s.cfg.ChangeLogTable)
-	if err != nil {
-		return err
-	}
-	for _, col := range []string{"hash", "prev_hash"} { // schema version 2: the hash chain
-		if !slices.Contains(have, col) {
-			if _, err := tx.ExecContext(ctx, `ALTER TABLE `+quote(s.cfg.ChangeLogTable)+` ADD COLUMN `+col+` TEXT NOT NULL DEFAULT ''`); err != nil {
-				return fmt.Errorf("add column %s: %w", col, err)
+	for table, added := range map[string][]string{
+		// hash, prev_hash: schema version 2, the hash chain; signer,
+		// signature, trust: signed events.
+		s.cfg.ChangeLogTable: {"hash", "prev_hash", "signer", "signature", "trust"},
+		s.cfg.IssuesTable:    {"trust"},
+	} {
+		have, err := columns(ctx, tx, table)
+		if err != nil {
+			return err
+		}
+		for _, col := range added {
+			if !slices.Contains(have, col) {
+				if _, err := tx.ExecContext(ctx, `ALTER TABLE `+quote(table)+` ADD COLUMN `+col+` TEXT NOT NULL DEFAULT ''`); err != nil {
+					return fmt.Errorf("add column %s.%s: %w", table, col, err)
+				}
 			}
 		}
 	}
@@ -112,7 +119,7 @@ func (s *Store) Repair(ctx context.Context, r stores.Repair) error {
 				return err
 			}
 			// REPLACE drops any row that has this event id or this sequence.
-			if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO `+lg+` (`+logColumns+`) VALUES `+placeholders(26), args...); err != nil {
+			if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO `+lg+` (`+logColumns+`) VALUES `+placeholders(logColumnCount), args...); err != nil {
 				return err
 			}
 		}
@@ -122,7 +129,7 @@ func (s *Store) Repair(ctx context.Context, r stores.Repair) error {
 			}
 		}
 		for _, i := range r.Issues {
-			if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO `+is+` (`+issueColumns+`) VALUES `+placeholders(15), issueArgs(i, nil)...); err != nil {
+			if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO `+is+` (`+issueColumns+`) VALUES `+placeholders(issueColumnCount), issueArgs(i, nil)...); err != nil {
 				return err
 			}
 		}

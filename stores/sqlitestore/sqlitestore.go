@@ -160,10 +160,17 @@ type queries struct {
 
 const logColumns = `seq, event_id, type, state, schema_version, pipeline, change_id, author, execution_id,
 	change_order, target_system, host, runner_id, lock_token, occurred_at, duration_ms, error_message,
-	error_trace, metadata, recovery, transactional, resolution, operator, reason, hash, prev_hash`
+	error_trace, metadata, recovery, transactional, resolution, operator, reason, hash, prev_hash,
+	signer, signature, trust`
+
+// logColumnCount and issueColumnCount are the number of columns above.
+const (
+	logColumnCount   = 29
+	issueColumnCount = 16
+)
 
 const issueColumns = `pipeline, change_id, status, state, seq, event_id, execution_id, author,
-	target_system, recovery, error_message, error_trace, updated_at, operator, reason`
+	target_system, recovery, error_message, error_trace, updated_at, operator, reason, trust`
 
 func newQueries(c Config) queries {
 	lg, is, cp := quote(c.ChangeLogTable), quote(c.IssuesTable), quote(c.CheckpointsTable)
@@ -178,28 +185,29 @@ func newQueries(c Config) queries {
 	runner_id TEXT NOT NULL, lock_token INTEGER NOT NULL, occurred_at TEXT NOT NULL, duration_ms INTEGER NOT NULL,
 	error_message TEXT NOT NULL, error_trace TEXT NOT NULL, metadata TEXT NOT NULL, recovery TEXT NOT NULL,
 	transactional INTEGER NOT NULL, resolution TEXT NOT NULL, operator TEXT NOT NULL, reason TEXT NOT NULL,
-	hash TEXT NOT NULL DEFAULT '', prev_hash TEXT NOT NULL DEFAULT '')`,
+	hash TEXT NOT NULL DEFAULT '', prev_hash TEXT NOT NULL DEFAULT '',
+	signer TEXT NOT NULL DEFAULT '', signature TEXT NOT NULL DEFAULT '', trust TEXT NOT NULL DEFAULT '')`,
 			`CREATE INDEX IF NOT EXISTS ` + idx(c.ChangeLogTable, "change") + ` ON ` + lg + ` (pipeline, change_id, seq)`,
 			`CREATE INDEX IF NOT EXISTS ` + idx(c.ChangeLogTable, "state") + ` ON ` + lg + ` (state, seq)`,
 			`CREATE TABLE IF NOT EXISTS ` + is + ` (
 	pipeline TEXT NOT NULL, change_id TEXT NOT NULL, status TEXT NOT NULL, state TEXT NOT NULL,
 	seq INTEGER NOT NULL, event_id TEXT NOT NULL, execution_id TEXT NOT NULL, author TEXT NOT NULL,
 	target_system TEXT NOT NULL, recovery TEXT NOT NULL, error_message TEXT NOT NULL, error_trace TEXT NOT NULL,
-	updated_at TEXT NOT NULL, operator TEXT NOT NULL, reason TEXT NOT NULL,
+	updated_at TEXT NOT NULL, operator TEXT NOT NULL, reason TEXT NOT NULL, trust TEXT NOT NULL DEFAULT '',
 	PRIMARY KEY (pipeline, change_id))`,
 			`CREATE INDEX IF NOT EXISTS ` + idx(c.IssuesTable, "status") + ` ON ` + is + ` (status, seq)`,
 			`CREATE INDEX IF NOT EXISTS ` + idx(c.IssuesTable, "seq") + ` ON ` + is + ` (seq)`,
 			`CREATE TABLE IF NOT EXISTS ` + cp + ` (name TEXT NOT NULL PRIMARY KEY, seq INTEGER NOT NULL)`,
 		},
 		insertLog: multiRow{head: `INSERT INTO ` + lg + ` (` + logColumns + `) VALUES `,
-			row: placeholders(26), tail: ` ON CONFLICT DO NOTHING`},
+			row: placeholders(logColumnCount), tail: ` ON CONFLICT DO NOTHING`},
 		// The sequence guard: an older event never replaces newer state.
-		upsertIssue: multiRow{head: `INSERT INTO ` + is + ` (` + issueColumns + `) VALUES `, row: placeholders(15),
+		upsertIssue: multiRow{head: `INSERT INTO ` + is + ` (` + issueColumns + `) VALUES `, row: placeholders(issueColumnCount),
 			tail: ` ON CONFLICT (pipeline, change_id) DO UPDATE SET status=excluded.status, state=excluded.state,
 	seq=excluded.seq, event_id=excluded.event_id, execution_id=excluded.execution_id, author=excluded.author,
 	target_system=excluded.target_system, recovery=excluded.recovery, error_message=excluded.error_message,
 	error_trace=excluded.error_trace, updated_at=excluded.updated_at, operator=excluded.operator,
-	reason=excluded.reason
+	reason=excluded.reason, trust=excluded.trust
 	WHERE excluded.seq > ` + is + `.seq`},
 		upsertCP: `INSERT INTO ` + cp + ` (name, seq) VALUES (?, ?)
 	ON CONFLICT (name) DO UPDATE SET seq = max(seq, excluded.seq)`,
@@ -244,13 +252,13 @@ func logArgs(r stores.Record, args []any) ([]any, error) {
 		r.Pipeline, r.ChangeID, r.Author, r.ExecutionID, r.Order, r.TargetSystem, r.Host, r.RunnerID,
 		int64(r.LockToken), stores.FormatTime(r.OccurredAt), r.Duration.Milliseconds(),
 		r.ErrorMessage, r.ErrorTrace, string(md), string(r.Recovery), r.Transactional,
-		string(r.Resolution), r.Operator, r.Reason, r.Hash, r.PrevHash), err
+		string(r.Resolution), r.Operator, r.Reason, r.Hash, r.PrevHash, r.Signer, r.Signature, r.Trust), err
 }
 
 func issueArgs(i stores.Issue, args []any) []any {
 	return append(args, i.Pipeline, i.ChangeID, string(i.Status), string(i.State), i.Seq,
 		i.EventID, i.ExecutionID, i.Author, i.TargetSystem, string(i.Recovery), i.ErrorMessage,
-		i.ErrorTrace, stores.FormatTime(i.UpdatedAt), i.Operator, i.Reason)
+		i.ErrorTrace, stores.FormatTime(i.UpdatedAt), i.Operator, i.Reason, i.Trust)
 }
 
 // multiRow is an INSERT whose VALUES list takes any number of rows: one
@@ -263,7 +271,7 @@ func (m multiRow) sql(rows int) string {
 
 func placeholders(n int) string { return "(" + strings.Repeat("?,", n-1) + "?)" }
 
-// rowsPerStatement keeps a statement's parameters (24 per changeLog row)
+// rowsPerStatement keeps a statement's parameters (29 per changeLog row)
 // well under SQLite's limit of 32766.
 const rowsPerStatement = 32
 
@@ -381,7 +389,7 @@ func (s *Store) History(ctx context.Context, q stores.HistoryQuery) ([]stores.Re
 			if err := rows.Scan(&r.Seq, &r.ID, &typ, &state, &r.SchemaVersion, &r.Pipeline, &r.ChangeID, &r.Author,
 				&r.ExecutionID, &r.Order, &r.TargetSystem, &r.Host, &r.RunnerID, &lockToken, &at, &durMs,
 				&r.ErrorMessage, &r.ErrorTrace, &md, &recovery, &r.Transactional, &resolution, &r.Operator,
-				&r.Reason, &r.Hash, &r.PrevHash); err != nil {
+				&r.Reason, &r.Hash, &r.PrevHash, &r.Signer, &r.Signature, &r.Trust); err != nil {
 				return r, err
 			}
 			r.Type, r.Recovery, r.Resolution = events.Type(typ), events.Recovery(recovery), events.Resolution(resolution)
@@ -412,7 +420,7 @@ func (s *Store) Issues(ctx context.Context, q stores.IssueQuery) ([]stores.Issue
 			var status, state, recovery, at string
 			if err := rows.Scan(&i.Pipeline, &i.ChangeID, &status, &state, &i.Seq, &i.EventID, &i.ExecutionID,
 				&i.Author, &i.TargetSystem, &recovery, &i.ErrorMessage, &i.ErrorTrace, &at, &i.Operator,
-				&i.Reason); err != nil {
+				&i.Reason, &i.Trust); err != nil {
 				return i, err
 			}
 			i.Status, i.State, i.Recovery = stores.IssueStatus(status), events.State(state), events.Recovery(recovery)

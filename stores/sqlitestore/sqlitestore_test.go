@@ -48,7 +48,8 @@ func TestConfigErrors(t *testing.T) {
 }
 
 // TestMigratesAndChecksSchema opens a file whose changeLog predates the
-// hash chain, then breaks an index: CheckSchema must name it.
+// hash chain and whose issues predate signed events, then breaks an index:
+// CheckSchema must name it.
 func TestMigratesAndChecksSchema(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "old.db")
 	db, err := sql.Open("sqlite", "file:"+path)
@@ -62,6 +63,13 @@ func TestMigratesAndChecksSchema(t *testing.T) {
 		occurred_at TEXT NOT NULL, duration_ms INTEGER NOT NULL, error_message TEXT NOT NULL, error_trace TEXT NOT NULL,
 		metadata TEXT NOT NULL, recovery TEXT NOT NULL, transactional INTEGER NOT NULL, resolution TEXT NOT NULL,
 		operator TEXT NOT NULL, reason TEXT NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	// The issues table before signed events (no trust column).
+	if _, err := db.Exec(`CREATE TABLE "issues" (pipeline TEXT NOT NULL, change_id TEXT NOT NULL, status TEXT NOT NULL,
+		state TEXT NOT NULL, seq INTEGER NOT NULL, event_id TEXT NOT NULL, execution_id TEXT NOT NULL, author TEXT NOT NULL,
+		target_system TEXT NOT NULL, recovery TEXT NOT NULL, error_message TEXT NOT NULL, error_trace TEXT NOT NULL,
+		updated_at TEXT NOT NULL, operator TEXT NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (pipeline, change_id))`); err != nil {
 		t.Fatal(err)
 	}
 	_ = db.Close()

@@ -101,7 +101,7 @@ func Bench(b *testing.B, newStore NewStore, raw RawWriter, cfg BenchConfig) {
 func benchProjector(b *testing.B, st, fresh stores.Store, recs []stores.Record, cfg BenchConfig) (time.Duration, time.Duration) {
 	srv := natstest.StartWith(b, embedded.Config{Logger: slog.New(slog.DiscardHandler)})
 	ctx := context.Background()
-	prod, err := producer.New(ctx, srv.JS, producer.Config{})
+	prod, err := producer.New(ctx, srv.JS, producer.Config{CreateStream: true})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -114,7 +114,7 @@ func benchProjector(b *testing.B, st, fresh stores.Store, recs []stores.Record, 
 	if _, err := batch.Wait(ctx); err != nil {
 		b.Fatal(err)
 	}
-	p, err := projector.New(ctx, srv.JS, st, projector.Config{StoreName: "bench", Workers: cfg.Workers, BatchSize: cfg.BatchSize,
+	p, err := projector.New(ctx, srv.JS, st, projector.Config{CreateStreams: true, StoreName: "bench", Workers: cfg.Workers, BatchSize: cfg.BatchSize,
 		Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)

@@ -75,6 +75,7 @@ func Run(t *testing.T, newStore NewStore, f Features) {
 		{"SparseSequences", testSparseSequences},
 		{"Repair", testRepair},
 		{"SchemaCheck", testSchemaCheck},
+		{"SignedEvents", testSignedEvents},
 	}
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -128,7 +129,16 @@ func rec(seq uint64, typ events.Type, pipeline, change string) stores.Record {
 		e.ExecutionID = ""
 		e.Resolution, e.Operator, e.Reason = events.ResolvedApplied, "bob", "checked by hand"
 	}
-	return stores.Record{Seq: seq, Hash: events.Hash([]byte(e.ID)), Event: e}
+	return stores.Record{Seq: seq, Hash: events.Hash([]byte(e.ID)), Signer: testSigner, Signature: testSignature(seq), Event: e}
+}
+
+// testSigner and testSignature have the form of a signature's parts (an
+// nkey, 86 characters of base64url); stores keep them, never check them.
+const testSigner = "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4"
+
+func testSignature(seq uint64) string {
+	s := fmt.Sprintf("sig-%d-", seq)
+	return s + strings.Repeat("A_-z", 22)[:86-len(s)]
 }
 
 func apply(t *testing.T, s stores.Store, recs ...stores.Record) {
@@ -321,7 +331,8 @@ func maxRecord(t *testing.T, seq uint64, typ events.Type) stores.Record {
 		t.Fatalf("the max-size event does not encode: %v", err)
 	}
 	t.Logf("max-size %s: %d bytes encoded", typ, len(b))
-	return stores.Record{Seq: seq, Hash: events.Hash(b), Event: e}
+	return stores.Record{Seq: seq, Hash: events.Hash(b), Signer: fill("U", stores.MaxSignerLen), Signature: fill("s", stores.MaxSignatureLen),
+		Trust: fill("bad signature: ", stores.MaxTrustLen), Event: e}
 }
 
 func testIdempotentReapply(t *testing.T, s *suite) {
@@ -928,5 +939,52 @@ func testSchemaCheck(t *testing.T, s *suite) {
 	problems, err := c.CheckSchema(context.Background())
 	if err != nil || len(problems) != 0 {
 		t.Fatalf("fresh store: CheckSchema = %v, %v", problems, err)
+	}
+}
+
+// testSignedEvents: a row keeps its event's signature and the projector's
+// trust verdict, and an untrusted event keeps its change's issue OPEN
+// whatever it claims — a forged success or resolution closes nothing —
+// until a trusted event follows it.
+func testSignedEvents(t *testing.T, s *suite) {
+	st := s.open(t, "")
+	untrusted := func(r stores.Record, why string) stores.Record { r.Trust = why; return r }
+	unsigned := func(r stores.Record) stores.Record { r.Signer, r.Signature = "", ""; return r }
+	forged := untrusted(unsigned(rec(2, events.ExecutionSucceeded, "p", "forged-success")), "unsigned: no Auditflow-Signature header")
+	steps := []stores.Record{
+		rec(1, events.ExecutionStarted, "p", "forged-success"), forged,
+		rec(3, events.ExecutionStarted, "p", "forged-resolution"), rec(4, events.ExecutionFailed, "p", "forged-resolution"),
+		untrusted(rec(5, events.ManuallyResolved, "p", "forged-resolution"), "key runner-1 ("+testSigner+") may not sign ManuallyResolved"),
+		rec(6, events.ExecutionStarted, "p", "settled"),
+		untrusted(rec(7, events.ExecutionSucceeded, "p", "settled"), "bad signature: runner-1 did not sign these bytes"),
+		rec(8, events.ManuallyResolved, "p", "settled"),
+	}
+	apply(t, st, steps[:5]...)
+	apply(t, st, steps[5:]...)
+	wantRecords(t, "history", history(t, st, stores.HistoryQuery{}), newestFirst(steps))
+	for _, c := range []struct {
+		change string
+		last   stores.Record
+		status stores.IssueStatus
+	}{
+		{"forged-success", forged, stores.IssueOpen},
+		{"forged-resolution", steps[4], stores.IssueOpen},
+		{"settled", steps[7], stores.IssueClosed},
+	} {
+		i := issueOf(t, st, "p", c.change)
+		if want := normIssue(stores.IssueOf(c.last)); !reflect.DeepEqual(normIssue(i), want) || i.Status != c.status || i.Trust != c.last.Trust {
+			t.Fatalf("issue %s:\n got %+v\nwant %+v (%s)", c.change, i, want, c.status)
+		}
+	}
+	var open []string
+	for _, i := range issues(t, st, stores.IssueQuery{Status: stores.IssueOpen}) {
+		open = append(open, i.ChangeID)
+	}
+	slices.Sort(open)
+	if want := []string{"forged-resolution", "forged-success"}; !slices.Equal(open, want) {
+		t.Fatalf("open issues = %v, want %v: an untrusted APPLIED or MANUALLY_APPLIED is open", open, want)
+	}
+	if closed := issues(t, st, stores.IssueQuery{Status: stores.IssueClosed}); len(closed) != 1 || closed[0].ChangeID != "settled" {
+		t.Fatalf("closed issues = %+v, want settled only", closed)
 	}
 }

@@ -1,0 +1,205 @@
+// Package trusttest publishes, on a test server, the forgeries that signed
+// events must catch — an unsigned event, an unknown key, a valid key over
+// altered bytes, a valid signature copied onto another event, a runner key
+// signing an operator's decision, a revoked key — beside correctly signed
+// history, and the trust list that judges them. The projector, verify and
+// operator CLI tests all check the same scenario.
+package trusttest
+
+import (
+	"context"
+	"testing"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
+
+	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/producer"
+	"github.com/auditflow/auditflow/trust"
+)
+
+// Pipeline is the scenario's pipeline.
+const Pipeline = "billing"
+
+// Keys are the scenario's signers. Runner and Operator are trusted in
+// their roles on every pipeline; Revoked is a runner key revoked after its
+// first event; Stranger is in no list.
+type Keys struct {
+	Runner, Operator, Revoked, Stranger *trust.Signer
+}
+
+// NewSigner returns a signer for a fresh user key.
+func NewSigner(t testing.TB) *trust.Signer {
+	t.Helper()
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := trust.NewSigner(kp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// Forgery is one untrusted event of the scenario: the newest event of its
+// change.
+type Forgery struct {
+	ChangeID string
+	Seq      uint64
+	Type     events.Type
+	// Kind is what Check finds (List.Check); Replayed is set for the
+	// signature copied from another event, which verify names as such.
+	Kind     trust.Kind
+	Replayed bool
+}
+
+// Scenario is what Publish put on the stream.
+type Scenario struct {
+	Keys Keys
+	// List trusts Runner and Operator, and Revoked up to its first event.
+	List *trust.List
+	// Trusted names the changes whose events are all trusted.
+	Trusted   []string
+	Forgeries []Forgery
+}
+
+// Publish writes the scenario to the audit stream on js (creating the
+// stream if needed): on pipeline Pipeline, one change with correctly
+// signed history, then one change per forgery, each a runner-signed
+// ExecutionStarted (or Started and Failed) followed by the forged event,
+// correctly chained — the forger can compute the unkeyed hash chain, which
+// is what signatures are for.
+func Publish(t testing.TB, js jetstream.JetStream) *Scenario {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := producer.EnsureStream(ctx, js, producer.StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	sc := &Scenario{Keys: Keys{Runner: NewSigner(t), Operator: NewSigner(t), Revoked: NewSigner(t), Stranger: NewSigner(t)}}
+	k := sc.Keys
+	prod := func(s *trust.Signer) *producer.Producer {
+		p, err := producer.New(ctx, js, producer.Config{Signer: s})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	runner, revoked := prod(k.Runner), prod(k.Revoked)
+	// publish records e after h with p's key (the trusted path).
+	publish := func(p *producer.Producer, e events.Event, h producer.Head) producer.Head {
+		t.Helper()
+		out, err := p.Publish(ctx, e, producer.After(h))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	// raw publishes data on e's subject with the given signature header,
+	// the way a forger with publish rights on audit.exec.> would.
+	raw := func(e events.Event, data []byte, header string) uint64 {
+		t.Helper()
+		msg := &nats.Msg{Subject: events.Subject(events.DefaultSubjectPrefix, e.Pipeline, e.ChangeID), Data: data, Header: nats.Header{}}
+		if header != "" {
+			msg.Header.Set(trust.Header, header)
+		}
+		ack, err := js.PublishMsg(ctx, msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ack.Sequence
+	}
+	encode := func(e events.Event) []byte {
+		t.Helper()
+		b, err := events.Encode(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	ev := func(typ events.Type, change string, prev producer.Head) events.Event {
+		e := events.New(typ, Pipeline, change)
+		e.ExecutionID, e.RunnerID, e.Host, e.LockToken, e.PrevHash = "exec-"+change, "runner-1", "deploy-1", 7, prev.Hash
+		switch typ {
+		case events.ExecutionFailed:
+			e.ErrorMessage = "boom"
+		case events.ManuallyResolved:
+			e.ExecutionID, e.Resolution, e.Operator, e.Reason = "", events.ResolvedApplied, "forger", "trust me"
+		}
+		return e
+	}
+	// forgedSuccess is what the issue saw stored as APPLIED: lock token
+	// 1, runner "forger", no expected sequence.
+	forgedSuccess := func(change string, prev producer.Head) events.Event {
+		e := ev(events.ExecutionSucceeded, change, prev)
+		e.RunnerID, e.LockToken = "forger", 1
+		return e
+	}
+	started := func(change string) producer.Head {
+		return publish(runner, ev(events.ExecutionStarted, change, producer.Head{}), producer.Head{})
+	}
+	add := func(change string, seq uint64, typ events.Type, kind trust.Kind) {
+		sc.Forgeries = append(sc.Forgeries, Forgery{ChangeID: change, Seq: seq, Type: typ, Kind: kind})
+	}
+
+	// Trusted history; its success's header is the one copied below.
+	h := started("signed-ok")
+	okSuccess := ev(events.ExecutionSucceeded, "signed-ok", h)
+	publish(runner, okSuccess, h)
+	okHeader := k.Runner.Sign(encode(okSuccess)) // Ed25519 is deterministic: the header it was published with
+	sc.Trusted = append(sc.Trusted, "signed-ok")
+
+	h = started("unsigned")
+	e := forgedSuccess("unsigned", h)
+	add("unsigned", raw(e, encode(e), ""), e.Type, trust.KindUnsigned)
+
+	h = started("unknown-key")
+	e = forgedSuccess("unknown-key", h)
+	b := encode(e)
+	add("unknown-key", raw(e, b, k.Stranger.Sign(b)), e.Type, trust.KindUnknownKey)
+
+	// A valid key's signature over other bytes: the runner signed a
+	// failure, and the forger published a success under its header.
+	h = started("altered")
+	signed := ev(events.ExecutionFailed, "altered", h)
+	e = forgedSuccess("altered", h)
+	add("altered", raw(e, encode(e), k.Runner.Sign(encode(signed))), e.Type, trust.KindBadSignature)
+
+	h = started("replayed")
+	e = forgedSuccess("replayed", h)
+	add("replayed", raw(e, encode(e), okHeader), e.Type, trust.KindBadSignature)
+	sc.Forgeries[len(sc.Forgeries)-1].Replayed = true
+
+	// A runner key signing an operator's decision.
+	h = started("runner-resolves")
+	h = publish(runner, ev(events.ExecutionFailed, "runner-resolves", h), h)
+	e = ev(events.ManuallyResolved, "runner-resolves", h)
+	b = encode(e)
+	add("runner-resolves", raw(e, b, k.Runner.Sign(b)), e.Type, trust.KindRole)
+
+	// The issue's second forgery: an unsigned resolution closing a failure.
+	h = started("forged-resolution")
+	h = publish(runner, ev(events.ExecutionFailed, "forged-resolution", h), h)
+	e = ev(events.ManuallyResolved, "forged-resolution", h)
+	add("forged-resolution", raw(e, encode(e), ""), e.Type, trust.KindUnsigned)
+
+	// A key revoked after its first event: that one stays trusted.
+	h = publish(revoked, ev(events.ExecutionStarted, "revoked", producer.Head{}), producer.Head{})
+	revokedAfter := h.Seq
+	e = ev(events.ExecutionSucceeded, "revoked", h)
+	h = publish(revoked, e, h)
+	add("revoked", h.Seq, e.Type, trust.KindRevoked)
+
+	var err error
+	sc.List, err = trust.NewList(
+		trust.Key{Key: k.Runner.PublicKey(), Name: "runner-1", Roles: []trust.Role{trust.RoleRunner}, Pipelines: []string{trust.AllPipelines}},
+		trust.Key{Key: k.Operator.PublicKey(), Name: "alice", Roles: []trust.Role{trust.RoleOperator}, Pipelines: []string{trust.AllPipelines}},
+		trust.Key{Key: k.Revoked.PublicKey(), Name: "old-runner", Roles: []trust.Role{trust.RoleRunner}, Pipelines: []string{Pipeline},
+			RevokedAfterSeq: &revokedAfter},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sc
+}
