@@ -95,7 +95,7 @@ func streamChecks(cmd *cobra.Command, js jetstream.JetStream, a *app) []check {
 	diffs, err := producer.CheckStream(ctx, js, sc)
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound):
-		checks = append(checks, check{What: "stream " + sc.Name, Warn: true, Detail: "does not exist yet: the first runner or projector creates it"})
+		checks = append(checks, check{What: "stream " + sc.Name, Detail: "does not exist: runners and projectors refuse to start; create it with auditflow init (a new deployment) or restore it from its backup or mirror (a deleted one)"})
 	case err != nil:
 		checks = append(checks, check{What: "stream " + sc.Name, Detail: err.Error() + " (check the account's permissions on $JS.API.STREAM.INFO)"})
 	case len(diffs) > 0:
@@ -119,7 +119,7 @@ func (a *app) verifySchemaCommand() *cobra.Command {
 			} else {
 				checks = append(checks, streamChecks(cmd, js, a)...)
 				if kv, err := js.KeyValue(ctx, lock.DefaultBucket); err != nil {
-					checks = append(checks, check{What: "lock bucket", Warn: true, Detail: err.Error() + " (the first runner creates it)"})
+					checks = append(checks, check{What: "lock bucket", Detail: err.Error() + " (runners refuse to start without it: create it with auditflow init)"})
 				} else if st, err := kv.Status(ctx); err != nil {
 					checks = append(checks, check{What: "lock bucket", Detail: err.Error()})
 				} else {

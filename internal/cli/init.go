@@ -1,0 +1,273 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+
+	"github.com/auditflow/auditflow/internal/natsperm"
+	"github.com/auditflow/auditflow/lock"
+	"github.com/auditflow/auditflow/producer"
+	"github.com/auditflow/auditflow/projector"
+)
+
+// initItem is one line of init's report.
+type initItem struct {
+	What   string `json:"what"`   // audit stream, lock bucket, dead letters, writes
+	Name   string `json:"name"`   // the stream or bucket
+	Status string `json:"status"` // created, exists, would create, differs, refused
+	Detail string `json:"detail,omitempty"`
+}
+
+// Statuses of an initItem.
+const (
+	initCreated     = "created"
+	initExists      = "exists"
+	initWouldCreate = "would create"
+	initDiffers     = "differs"
+	initRefused     = "refused"
+)
+
+func (a *app) initCommand() *cobra.Command {
+	var lease, wait time.Duration
+	var force, dryRun bool
+	cmd := &cobra.Command{
+		Use:   "init",
+		Short: "Create the audit stream, the lock bucket and the projector's streams if missing (admin; idempotent)",
+		Long: `init creates what auditflow needs on NATS JetStream and is missing, with the
+safe configuration, and reports what already exists:
+
+  the audit stream (AUDIT)        file storage, no limits, delete and purge
+                                  denied, --stream-replicas replicas
+  the lock bucket (auditflow_locks)  --lock-lease as its TTL
+  AUDIT_DEADLETTER, AUDIT_WRITES  the projector's dead letters and telemetry
+
+Runners and projectors never create these: one that finds the audit stream
+missing stops with an error, because an empty stream in place of a deleted
+one would make every runner apply every change again. Run init once for a
+new deployment, as a user with the admin role (see the README, Security).
+Running it again changes nothing; an existing stream or bucket whose
+configuration differs is reported (exit 3), never changed.
+
+If the audit stream is missing while the lock bucket or the projector's
+streams exist, the stream was most likely deleted: init refuses to create an
+empty one (exit 5). Restore it from its backup or mirror instead; --force
+creates an empty stream anyway (the history is then lost, and runners apply
+every change again).
+
+Exit codes: 0 created or already there, 1 error (unreachable, no
+permission), 3 something exists with another configuration, 5 refused.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if lease < 0 {
+				return usage("--lock-lease %s: must be positive", lease)
+			}
+			js, err := a.connect()
+			if err != nil {
+				return err
+			}
+			// A missing right ends a request at once, naming the subject.
+			ctx, stop := natsperm.Watch(cmd.Context(), a.nc, natsperm.JetStream)
+			defer stop()
+			opts := initOptions{replicas: a.replicas, bucket: a.lockBucket, lease: lease, leaseSet: cmd.Flags().Changed("lock-lease"),
+				force: force, dryRun: dryRun}
+			// A cluster that is still electing its leaders answers "not now"
+			// or not at all: init is idempotent, so try it again for --wait.
+			var items []initItem
+			for deadline := time.Now().Add(wait); ; {
+				items, err = a.initResources(ctx, js, opts)
+				if err == nil || !producer.Transient(err) || natsperm.Cause(ctx) != nil || time.Now().After(deadline) {
+					break
+				}
+				a.log.Warn("init: the server is not ready, retrying", "err", err)
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Second):
+				}
+			}
+			if pe := natsperm.Cause(ctx); err != nil && pe != nil {
+				err = fmt.Errorf("init: %w", pe)
+			}
+			if eerr := a.emit(items, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "WHAT\tNAME\tSTATUS\tDETAIL")
+				for _, it := range items {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", it.What, it.Name, it.Status, it.Detail)
+				}
+			}); eerr != nil && err == nil {
+				err = eerr
+			}
+			return err
+		},
+	}
+	cmd.Flags().DurationVar(&lease, "lock-lease", lock.DefaultLease, "the lock bucket's TTL (the runners' --lock-lease) when creating it; checked against an existing bucket only when given")
+	cmd.Flags().BoolVar(&force, "force", false, "create an empty audit stream even though the other resources show it existed and was deleted")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "report what is missing and change nothing")
+	cmd.Flags().DurationVar(&wait, "wait", 0, "how long to keep trying while the server or cluster is not ready (no answer, no JetStream leader yet)")
+	return cmd
+}
+
+type initOptions struct {
+	replicas      int
+	bucket        string
+	lease         time.Duration
+	leaseSet      bool // --lock-lease given: check an existing bucket's TTL against it
+	force, dryRun bool
+}
+
+// initResources creates what is missing, in order: the audit stream first,
+// so that a failure leaves no lock bucket or projector stream behind to be
+// taken for evidence of a deleted stream next time.
+func (a *app) initResources(ctx context.Context, js jetstream.JetStream, o initOptions) ([]initItem, error) {
+	sc := a.streamConfig()
+	var items []initItem
+	var differs []string
+
+	diffs, err := producer.CheckStream(ctx, js, sc)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		evidence, err := deletionEvidence(ctx, js, o.bucket)
+		if err != nil {
+			return items, err
+		}
+		if len(evidence) > 0 && !o.force {
+			items = append(items, initItem{What: "audit stream", Name: sc.Name, Status: initRefused,
+				Detail: "missing, but " + strings.Join(evidence, " and ") + ": it was deleted"})
+			return items, fmt.Errorf("%w: the audit stream %s is missing while %s, so it existed and was deleted. "+
+				"Restore it from its backup or mirror (e.g. nats stream restore) rather than creating an empty one, which would make every runner "+
+				"apply every change again; then run init again. --force creates an empty stream anyway",
+				errRefused, sc.Name, strings.Join(evidence, " and "))
+		}
+		it := initItem{What: "audit stream", Name: sc.Name, Status: initWouldCreate, Detail: streamDetail(sc)}
+		if !o.dryRun {
+			if _, err := producer.EnsureStream(ctx, js, sc); err != nil {
+				return items, err
+			}
+			it.Status = initCreated
+		}
+		if len(evidence) > 0 {
+			it.Detail += "; EMPTY although " + strings.Join(evidence, " and ") + " (--force)"
+		}
+		items = append(items, it)
+	case err != nil:
+		return items, err
+	case len(diffs) > 0:
+		items = append(items, initItem{What: "audit stream", Name: sc.Name, Status: initDiffers, Detail: strings.Join(diffs, ", ")})
+		differs = append(differs, "stream "+sc.Name)
+	default:
+		items = append(items, initItem{What: "audit stream", Name: sc.Name, Status: initExists, Detail: streamDetail(sc)})
+	}
+
+	it, err := a.initBucket(ctx, js, o)
+	if err != nil {
+		return items, err
+	}
+	items = append(items, it)
+	if it.Status == initDiffers {
+		differs = append(differs, "lock bucket "+o.bucket)
+	}
+
+	for _, s := range projector.Streams(projector.Config{Stream: sc}) {
+		what := "dead letters"
+		if s.Name == projector.WritesStream {
+			what = "writes"
+		}
+		it := initItem{What: what, Name: s.Name, Detail: fmt.Sprintf("subjects %s, R%d", strings.Join(s.Subjects, " "), s.Replicas)}
+		st, err := js.Stream(ctx, s.Name)
+		switch {
+		case errors.Is(err, jetstream.ErrStreamNotFound) && o.dryRun:
+			it.Status = initWouldCreate
+		case errors.Is(err, jetstream.ErrStreamNotFound):
+			if _, err := js.CreateStream(ctx, s); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+				return items, fmt.Errorf("create stream %s: %w", s.Name, err)
+			}
+			it.Status = initCreated
+		case err != nil:
+			return items, fmt.Errorf("stream %s: %w", s.Name, err)
+		default:
+			have := st.CachedInfo().Config
+			it.Status, it.Detail = initExists, fmt.Sprintf("subjects %s, R%d", strings.Join(have.Subjects, " "), have.Replicas)
+			if strings.Join(have.Subjects, " ") != strings.Join(s.Subjects, " ") {
+				it.Status, it.Detail = initDiffers, fmt.Sprintf("subjects %v (want %v)", have.Subjects, s.Subjects)
+				differs = append(differs, "stream "+s.Name)
+			}
+		}
+		items = append(items, it)
+	}
+	if len(differs) > 0 {
+		return items, fmt.Errorf("%w: %s exist(s) with another configuration than init's; nothing was changed: review and change it by hand (nats stream edit) if it is wrong",
+			errProblems, strings.Join(differs, ", "))
+	}
+	return items, nil
+}
+
+// initBucket creates the lock bucket if missing, or reports the existing one.
+func (a *app) initBucket(ctx context.Context, js jetstream.JetStream, o initOptions) (initItem, error) {
+	it := initItem{What: "lock bucket", Name: o.bucket}
+	kv, err := js.KeyValue(ctx, o.bucket)
+	switch {
+	case errors.Is(err, jetstream.ErrBucketNotFound):
+		it.Status, it.Detail = initWouldCreate, fmt.Sprintf("lease (TTL) %s, R%d", o.lease, o.replicas)
+		if o.dryRun {
+			return it, nil
+		}
+		if _, err := lock.New(ctx, js, lock.Config{Bucket: o.bucket, Replicas: o.replicas, Lease: o.lease, CreateBucket: true, Logger: a.log}); err != nil {
+			return it, err
+		}
+		it.Status = initCreated
+		return it, nil
+	case err != nil:
+		return it, fmt.Errorf("lock bucket %s: %w", o.bucket, err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return it, fmt.Errorf("lock bucket %s: %w", o.bucket, err)
+	}
+	replicas := 0
+	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok {
+		replicas = bs.StreamInfo().Config.Replicas
+	}
+	it.Status, it.Detail = initExists, fmt.Sprintf("lease (TTL) %s, R%d", st.TTL(), replicas)
+	if o.leaseSet && st.TTL() != o.lease {
+		it.Status, it.Detail = initDiffers, fmt.Sprintf("lease (TTL) %s (want %s): runners must use --lock-lease %s", st.TTL(), o.lease, st.TTL())
+	}
+	return it, nil
+}
+
+// deletionEvidence names the other resources that exist although the
+// audit stream does not: they are made after it, so the stream was there.
+func deletionEvidence(ctx context.Context, js jetstream.JetStream, bucket string) ([]string, error) {
+	var out []string
+	kv, err := js.KeyValue(ctx, bucket)
+	switch {
+	case errors.Is(err, jetstream.ErrBucketNotFound):
+	case err != nil:
+		return nil, fmt.Errorf("lock bucket %s: %w", bucket, err)
+	default:
+		if st, err := kv.Status(ctx); err == nil {
+			if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && bs.StreamInfo().State.LastSeq > 0 {
+				out = append(out, fmt.Sprintf("the lock bucket %s has recorded %d lock operations", bucket, bs.StreamInfo().State.LastSeq))
+			}
+		}
+	}
+	for _, name := range []string{projector.DeadLetterStream, projector.WritesStream} {
+		_, err := js.Stream(ctx, name)
+		switch {
+		case errors.Is(err, jetstream.ErrStreamNotFound):
+		case err != nil:
+			return nil, fmt.Errorf("stream %s: %w", name, err)
+		default:
+			out = append(out, "the stream "+name+" exists")
+		}
+	}
+	return out, nil
+}
+
+func streamDetail(sc producer.StreamConfig) string {
+	return fmt.Sprintf("subjects %s.>, R%d, file storage, no limits, delete and purge denied", sc.SubjectPrefix, sc.Replicas)
+}
