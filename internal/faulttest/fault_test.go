@@ -22,6 +22,7 @@ import (
 // execution's last sign of life.
 func TestKill9TakesTheChangeWithIt(t *testing.T) {
 	srv := startServer(t)
+	initAuditflow(t, srv.URL)
 	dir := t.TempDir()
 	journal, marker := filepath.Join(dir, "journal"), filepath.Join(dir, "marker")
 	changeFile(t, dir, "1.yaml", `id: 0001-slow
@@ -87,6 +88,7 @@ apply: |
 // change again.
 func TestSIGTERMRollsBackATransactionalChange(t *testing.T) {
 	srv := startServer(t)
+	initAuditflow(t, srv.URL)
 	dir := t.TempDir()
 	journal := filepath.Join(dir, "journal")
 	changeFile(t, dir, "1.yaml", `id: 0001-tx
@@ -133,6 +135,7 @@ rollback: echo rolled-back >> `+filepath.Join(dir, "rollback")+`
 // of silently winning or being dropped.
 func TestIssueFixDuringALiveApply(t *testing.T) {
 	srv := startServer(t)
+	initAuditflow(t, srv.URL)
 	dir := t.TempDir()
 	journal := filepath.Join(dir, "journal")
 	changeFile(t, dir, "1.yaml", `id: 0001-slow

@@ -76,6 +76,7 @@ func fenceWrites(t *testing.T, target string) string {
 // guidance, and the runner exits 5.
 func TestSIGSTOPPastTheLease(t *testing.T) {
 	srv := startServer(t)
+	initAuditflow(t, srv.URL)
 	dir := t.TempDir()
 	journal, target := fencedChange(t, dir)
 	a := runner(t, srv.URL, dir, "billing", "runner-a")
@@ -137,6 +138,7 @@ func TestSIGSTOPPastTheLease(t *testing.T) {
 // runner then records its stale outcome as an overlap.
 func TestPausedMachineIsFenced(t *testing.T) {
 	srv := startServer(t)
+	initAuditflow(t, srv.URL)
 	dir := t.TempDir()
 	journal, target := fencedChange(t, dir)
 	setSleep(t, dir, "1.5")
@@ -198,6 +200,7 @@ func firstLine(s string) string {
 // was stopped because the lease ran out, after another holder took over.
 func TestPartitionLongerThanTheLease(t *testing.T) {
 	srv := startServer(t)
+	initAuditflow(t, srv.URL)
 	cut := natstest.NewPartition(t, srv.URL)
 	dir := t.TempDir()
 	journal, target := fencedChange(t, dir)

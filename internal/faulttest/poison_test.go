@@ -33,6 +33,7 @@ import (
 // stall on any of it.
 func TestProjectorProcessSurvivesPoison(t *testing.T) {
 	srv := startServer(t)
+	initAuditflow(t, srv.URL)
 	dir := t.TempDir()
 	dbPath := filepath.Join(dir, "audit.db")
 	addr := freeAddr(t)
@@ -185,6 +186,7 @@ func waitReady(t *testing.T, addr string, accept ...string) {
 // next run proceeds.
 func TestGarbageOnAChangeSubject(t *testing.T) {
 	srv := startServer(t)
+	initAuditflow(t, srv.URL)
 	dir := t.TempDir()
 	changeFile(t, dir, "1.yaml", "id: 0001-first\norder: '1'\napply: 'true'\n")
 	changeFile(t, dir, "2.yaml", "id: 0002-change\norder: '2'\napply: 'true'\n")

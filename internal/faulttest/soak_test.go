@@ -37,6 +37,7 @@ var soakRounds = flag.Int("soak.rounds", 4, "rounds of racing, killed and paused
 
 func TestProcessSoak(t *testing.T) {
 	srv := startServer(t)
+	initAuditflow(t, srv.URL)
 	ctx := context.Background()
 	const pipelines, newPerRound, runnersPer = 2, 3, 3
 	rng := rand.New(rand.NewPCG(7, 9))
