@@ -1,13 +1,19 @@
 package projectorcmd_test
 
 import (
+	"context"
+	"crypto/tls"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/auditflow/auditflow/internal/cli"
 	"github.com/auditflow/auditflow/internal/projectorcmd"
 )
 
@@ -15,7 +21,9 @@ import (
 // a Docker engine: it parses, it has the services the deployment promises,
 // every projector's command line is accepted by the real flag parser with
 // the service's environment, and the NATS configuration is accepted by
-// nats-server's own parser.
+// nats-server's own parser. TestNATSConfig and TestComposeSecurity check
+// the security of both; internal/faulttest/deploy_test.go runs a server
+// from the NATS configuration and checks every role against it.
 func TestComposeFile(t *testing.T) {
 	b, err := os.ReadFile("../../docker-compose.yml")
 	if err != nil {
@@ -60,6 +68,7 @@ func TestComposeFile(t *testing.T) {
 			t.Errorf("%s: NATS_NAME = %q", n, compose.Services[n].Environment["NATS_NAME"])
 		}
 	}
+	makeSecrets(t) // deploy/make-secrets.sh's passwords, in the environment as compose passes them
 	t.Setenv("NATS_NAME", "nats1")
 	opts, err := server.ProcessConfigFile(filepath.Join("..", "..", "deploy", "nats", "nats.conf"))
 	if err != nil {
@@ -68,5 +77,192 @@ func TestComposeFile(t *testing.T) {
 	if !opts.JetStream || !opts.SyncAlways || opts.ServerName != "nats1" || len(opts.Routes) != 3 || opts.Cluster.Name != "auditflow" {
 		t.Fatalf("nats.conf: jetstream %v sync-always %v name %q routes %d cluster %q",
 			opts.JetStream, opts.SyncAlways, opts.ServerName, len(opts.Routes), opts.Cluster.Name)
+	}
+}
+
+// compose is what the tests read of docker-compose.yml.
+type compose struct {
+	Services map[string]struct {
+		Command     []string          `yaml:"command"`
+		Environment map[string]string `yaml:"environment"`
+		EnvFile     []string          `yaml:"env_file"`
+		Ports       []string          `yaml:"ports"`
+		DependsOn   map[string]struct {
+			Condition string `yaml:"condition"`
+		} `yaml:"depends_on"`
+	} `yaml:"services"`
+}
+
+func readCompose(t *testing.T) compose {
+	t.Helper()
+	b, err := os.ReadFile("../../docker-compose.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c compose
+	if err := yaml.Unmarshal(b, &c); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// makeSecrets runs deploy/make-secrets.sh into a temporary directory, puts
+// nats.env's variables in the environment, as compose's env_file does for
+// the NATS nodes, and returns the directory.
+func makeSecrets(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if out, err := exec.Command("sh", "../../deploy/make-secrets.sh", dir).CombinedOutput(); err != nil {
+		t.Fatalf("make-secrets.sh: %v\n%s", err, out)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "nats.env"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(b)) {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), "=")
+		if !ok || v == "" {
+			t.Fatalf("nats.env: line %q", line)
+		}
+		t.Setenv(k, v)
+	}
+	return dir
+}
+
+// TestNATSConfig checks deploy/nats with nats-server's parser: every role
+// is a user with a password from make-secrets.sh and the permissions the
+// README's Security section lists; nobody gets in without one; monitoring
+// is not reachable from outside the container; a missing password is an
+// error, not an empty password; and the TLS files load.
+func TestNATSConfig(t *testing.T) {
+	makeSecrets(t)
+	t.Setenv("NATS_NAME", "nats1")
+	conf := filepath.Join("..", "..", "deploy", "nats", "nats.conf")
+	opts, err := server.ProcessConfigFile(conf)
+	if err != nil {
+		t.Fatalf("nats.conf: %v", err)
+	}
+	if opts.NoAuthUser != "" || opts.HTTPHost != "127.0.0.1" || opts.Cluster.Username != "route" || opts.Cluster.Password == "" {
+		t.Fatalf("no-auth user %q, monitoring on %q, route user %q", opts.NoAuthUser, opts.HTTPHost, opts.Cluster.Username)
+	}
+	users := map[string]*server.User{}
+	for _, u := range opts.Users {
+		users[u.Username] = u
+		if u.Password == "" {
+			t.Errorf("user %s has no password", u.Username)
+		}
+	}
+	destroy := []string{"$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.MSG.DELETE.>", "$JS.API.STREAM.UPDATE.AUDIT"}
+	for _, name := range []string{"admin", "operator", "projector", "runner-example-service"} {
+		u := users[name]
+		if u == nil || u.Account == nil || u.Account.Name != "AUDITFLOW" || u.Permissions == nil || u.Permissions.Publish == nil {
+			t.Fatalf("user %s: %+v", name, u)
+		}
+		for _, d := range destroy {
+			if !slices.Contains(u.Permissions.Publish.Deny, d) {
+				t.Errorf("user %s is not denied %s", name, d)
+			}
+		}
+		if !slices.Equal(u.Permissions.Subscribe.Allow, []string{"_INBOX.>"}) {
+			t.Errorf("user %s may subscribe to %v", name, u.Permissions.Subscribe.Allow)
+		}
+	}
+	runner := users["runner-example-service"].Permissions.Publish.Allow
+	for _, s := range runner {
+		if strings.HasPrefix(s, "audit.exec.") && s != "audit.exec.example-service.>" || strings.HasPrefix(s, "$KV.") && s != "$KV.auditflow_locks.example-service" {
+			t.Errorf("the runner of example-service may publish to %s", s)
+		}
+	}
+	if !slices.Contains(users["projector"].Permissions.Publish.Deny, "audit.exec.>") {
+		t.Error("the projector may write history")
+	}
+	if !slices.Contains(users["operator"].Permissions.Publish.Allow, "audit.exec.>") {
+		t.Error("the operator may not record decisions")
+	}
+
+	t.Run("a missing password is an error", func(t *testing.T) {
+		t.Setenv("AUDITFLOW_PROJECTOR_PASSWORD", "")
+		os.Unsetenv("AUDITFLOW_PROJECTOR_PASSWORD")
+		if _, err := server.ProcessConfigFile(conf); err == nil || !strings.Contains(err.Error(), "AUDITFLOW_PROJECTOR_PASSWORD") {
+			t.Fatalf("nats.conf without a projector password: %v", err)
+		}
+	})
+
+	t.Run("tls", func(t *testing.T) {
+		certs := t.TempDir()
+		if out, err := exec.Command("sh", "../../deploy/tls/make-certs.sh", certs).CombinedOutput(); err != nil {
+			t.Fatalf("make-certs.sh: %v\n%s", err, out)
+		}
+		t.Setenv("AUDITFLOW_TLS_SERVER_CERT", filepath.Join(certs, "server.pem"))
+		t.Setenv("AUDITFLOW_TLS_SERVER_KEY", filepath.Join(certs, "server-key.pem"))
+		t.Setenv("AUDITFLOW_TLS_CA", filepath.Join(certs, "ca.pem"))
+		dir := t.TempDir()
+		for _, f := range []string{"nats.conf", "accounts.conf", "tls.conf", "cluster-tls.conf"} {
+			b, err := os.ReadFile(filepath.Join("..", "..", "deploy", "nats", f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			on := strings.NewReplacer("# include ./tls.conf", "include ./tls.conf", "# include ./cluster-tls.conf", "include ./cluster-tls.conf").Replace(string(b))
+			if f == "nats.conf" && strings.Count(on, "\ninclude ./tls.conf")+strings.Count(on, "  include ./cluster-tls.conf") != 2 {
+				t.Fatal("nats.conf lacks the commented-out includes of tls.conf and cluster-tls.conf")
+			}
+			if err := os.WriteFile(filepath.Join(dir, f), []byte(on), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		opts, err := server.ProcessConfigFile(filepath.Join(dir, "nats.conf"))
+		if err != nil {
+			t.Fatalf("nats.conf with TLS: %v", err)
+		}
+		if opts.TLSConfig == nil || opts.TLSConfig.ClientAuth != tls.RequireAndVerifyClientCert ||
+			opts.Cluster.TLSConfig == nil || opts.Cluster.TLSConfig.ClientAuth != tls.RequireAndVerifyClientCert {
+			t.Fatalf("TLS for clients %v, for routes %v, with client certificates required", opts.TLSConfig != nil, opts.Cluster.TLSConfig != nil)
+		}
+	})
+}
+
+// TestComposeSecurity: every container gets only its own role's secrets
+// file; the NATS monitoring port is never published and every published
+// port is on 127.0.0.1; the stream and bucket come from the init service,
+// which the projectors and the runner wait for.
+func TestComposeSecurity(t *testing.T) {
+	c := readCompose(t)
+	secrets := makeSecrets(t)
+	role := map[string]string{"init": "admin", "auditflow": "operator", "runner": "runner-example-service",
+		"nats1": "nats", "nats2": "nats", "nats3": "nats"}
+	for name, svc := range c.Services {
+		want, ok := role[name]
+		if len(svc.Command) > 0 && svc.Command[0] == "projector" {
+			want, ok = "projector", true
+		}
+		if ok {
+			if f := "./deploy/secrets/" + want + ".env"; !slices.Equal(svc.EnvFile, []string{f}) {
+				t.Errorf("%s: env_file %v, want [%s]", name, svc.EnvFile, f)
+			}
+			if _, err := os.Stat(filepath.Join(secrets, want+".env")); err != nil {
+				t.Errorf("%s: make-secrets.sh does not make its %s.env", name, want)
+			}
+			if want != "admin" && want != "nats" && svc.DependsOn["init"].Condition != "service_completed_successfully" {
+				t.Errorf("%s does not wait for init: %+v", name, svc.DependsOn)
+			}
+		}
+		for _, p := range svc.Ports {
+			if !strings.HasPrefix(p, "127.0.0.1:") || strings.Contains(p, "8222") {
+				t.Errorf("%s publishes %s", name, p)
+			}
+		}
+		for k, v := range svc.Environment {
+			if strings.HasPrefix(k, "AUDITFLOW_NATS") && k != "AUDITFLOW_NATS_URL_FILE" || strings.Contains(v, "@nats") {
+				t.Errorf("%s: NATS settings in the compose file, not its secrets file: %s", name, k)
+			}
+		}
+	}
+	initCmd := c.Services["init"].Command
+	if len(initCmd) < 2 || initCmd[0] != "auditflow" || initCmd[1] != "init" {
+		t.Fatalf("init runs %v", initCmd)
+	}
+	var out, errOut strings.Builder
+	if code := cli.Main(context.Background(), append(initCmd[1:], "--help"), &out, &errOut); code != cli.ExitOK {
+		t.Fatalf("%v: exit %d: %s", initCmd, code, errOut.String())
 	}
 }

@@ -1,0 +1,64 @@
+#!/bin/sh
+# Makes the NATS passwords of docker-compose.yml, random, with openssl:
+#
+#   deploy/make-secrets.sh [DIR]
+#
+# DIR defaults to deploy/secrets (git-ignored). Existing files are kept:
+# delete one to make it again (then restart what uses it).
+#
+#   nats.env                  the NATS servers: every user's password and
+#                             the route password (deploy/nats/*.conf read
+#                             them from the environment)
+#   <role>.env                one role's client: AUDITFLOW_NATS_URL with its
+#                             user and password — admin, operator,
+#                             projector, runner-example-service
+#
+# Files are readable by their owner only. A client gets only its own
+# role's file (env_file in docker-compose.yml), never nats.env.
+# Add a pipeline's runner: RUNNERS="example-service billing" make-secrets.sh,
+# and its user and permissions in deploy/nats/accounts.conf.
+set -eu
+
+dir=${1:-$(dirname "$0")/secrets}
+runners=${RUNNERS:-example-service}
+servers=${NATS_SERVERS:-"nats1:4222 nats2:4222 nats3:4222"}
+mkdir -p "$dir"
+umask 077
+cd "$dir"
+
+pw() { openssl rand -hex 24; }
+# var NAME: NAME's value in nats.env, made once.
+var() {
+  v=$(sed -n "s/^$1=//p" nats.env 2>/dev/null || true)
+  if [ -z "$v" ]; then
+    v=$(pw)
+    echo "$1=$v" >>nats.env
+  fi
+  printf '%s' "$v"
+}
+upper() { printf '%s' "$1" | tr 'a-z-' 'A-Z_'; }
+
+route=$(var AUDITFLOW_ROUTE_PASSWORD)
+i=1
+for n in nats1 nats2 nats3; do
+  grep -q "^AUDITFLOW_ROUTE_$i=" nats.env 2>/dev/null || echo "AUDITFLOW_ROUTE_$i=nats-route://route:$route@$n:6222" >>nats.env
+  i=$((i + 1))
+done
+var AUDITFLOW_SYS_PASSWORD >/dev/null
+
+# client ROLE USER: ROLE.env with USER's URLs.
+client() {
+  p=$(var "AUDITFLOW_$(upper "$1")_PASSWORD")
+  [ -f "$1.env" ] && return 0
+  urls=""
+  for s in $servers; do urls="${urls:+$urls,}nats://$2:$p@$s"; done
+  echo "AUDITFLOW_NATS_URL=$urls" >"$1.env"
+}
+client admin admin
+client operator operator
+client projector projector
+for r in $runners; do
+  client "runner-$r" "runner-$r"
+done
+echo "secrets in $dir:"
+ls -l
