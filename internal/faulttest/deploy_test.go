@@ -1,0 +1,550 @@
+//go:build unix
+
+package faulttest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	natsserver "github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/internal/natsperm"
+	"github.com/auditflow/auditflow/internal/natstest"
+	"github.com/auditflow/auditflow/lock"
+	"github.com/auditflow/auditflow/producer"
+	"github.com/auditflow/auditflow/projector"
+	"github.com/auditflow/auditflow/stores"
+	"github.com/auditflow/auditflow/stores/sqlitestore"
+)
+
+// The deployment's roles, as deploy/nats/accounts.conf names its users.
+const (
+	roleAdmin      = "admin"
+	roleOperator   = "operator"
+	roleProjector  = "projector"
+	roleRunner     = "runner-example-service" // pipeline example-service only
+	deployPipeline = "example-service"
+)
+
+// deployment is a nats-server started from deploy/nats/nats.conf, with the
+// same accounts, users and permissions as a deployment; only what cannot
+// be the same in a test differs: a single node (no routes), a free port
+// on 127.0.0.1, no monitoring port, a temporary store, and random
+// passwords in the environment.
+type deployment struct {
+	s    *natsserver.Server
+	port int
+	pw   map[string]string // user → password
+}
+
+// startDeployment copies deploy/nats into a temporary directory, lets edit
+// change the copy of nats.conf (to enable TLS, say), and starts a server
+// from it.
+func startDeployment(t *testing.T, edit func(conf string) string) *deployment {
+	t.Helper()
+	dir := t.TempDir()
+	src := filepath.Join("..", "..", "deploy", "nats")
+	files, err := filepath.Glob(filepath.Join(src, "*.conf"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("deploy/nats: %v %v", files, err)
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if filepath.Base(f) == "nats.conf" && edit != nil {
+			b = []byte(edit(string(b)))
+		}
+		if err := os.WriteFile(filepath.Join(dir, filepath.Base(f)), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := &deployment{pw: map[string]string{}}
+	for _, u := range []string{roleAdmin, roleOperator, roleProjector, roleRunner, "sys", "route"} {
+		d.pw[u] = randomHex(t)
+		t.Setenv("AUDITFLOW_"+strings.ToUpper(strings.ReplaceAll(u, "-", "_"))+"_PASSWORD", d.pw[u])
+	}
+	t.Setenv("NATS_NAME", "deploytest")
+	for i := 1; i <= 3; i++ {
+		t.Setenv(fmt.Sprintf("AUDITFLOW_ROUTE_%d", i), fmt.Sprintf("nats-route://route:%s@127.0.0.1:1", d.pw["route"]))
+	}
+	opts, err := natsserver.ProcessConfigFile(filepath.Join(dir, "nats.conf"))
+	if err != nil {
+		t.Fatalf("deploy/nats/nats.conf: %v", err)
+	}
+	opts.Host, opts.Port = "127.0.0.1", -1
+	opts.HTTPHost, opts.HTTPPort = "", 0
+	opts.StoreDir = t.TempDir()
+	opts.Cluster, opts.Routes = natsserver.ClusterOpts{}, nil
+	opts.NoSigs = true
+	s, err := natsserver.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	if !s.ReadyForConnections(20 * time.Second) {
+		t.Fatal("server not ready")
+	}
+	d.s, d.port = s, s.Addr().(*net.TCPAddr).Port
+	return d
+}
+
+// url is the server's URL with user's credentials.
+func (d *deployment) url(user string) string {
+	return fmt.Sprintf("nats://%s:%s@127.0.0.1:%d", user, d.pw[user], d.port)
+}
+
+// connect connects as user. Permission violations go to the connection's
+// last error only (the default handler prints them).
+func (d *deployment) connect(t *testing.T, user string, opts ...nats.Option) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	return natstest.ConnectURL(t, d.url(user), append([]nats.Option{nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {})}, opts...)...)
+}
+
+func randomHex(t *testing.T) string {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+// TestDeployRolesDoTheirJobs runs auditflow init, a runner, a projector and
+// the operator CLI as processes, each as its own role's user of the
+// deployment's NATS configuration: each does its whole job with the rights
+// deploy/nats/accounts.conf gives it, and no more are needed.
+func TestDeployRolesDoTheirJobs(t *testing.T) {
+	d := startDeployment(t, nil)
+	var procs []*proc // none may meet a permission violation, even one it shrugs off
+	t.Cleanup(func() {
+		for _, p := range procs {
+			if out := p.out.String(); strings.Contains(strings.ToLower(out), "permissions violation") {
+				t.Errorf("%s %v met a permission violation:\n%s", filepath.Base(p.cmd.Path), p.cmd.Args[1:], out)
+			}
+		}
+	})
+	as := func(user, path string, args ...string) *proc {
+		p := start(t, d.url(user), path, args...)
+		procs = append(procs, p)
+		return p
+	}
+	initAs := func() *proc {
+		return as(roleAdmin, bin.auditflow, "init", "--lock-lease", lease.String())
+	}
+	first := initAs()
+	if code := first.wait(t, 30*time.Second); code != 0 || strings.Count(first.out.String(), " created ") != 4 {
+		t.Fatalf("init as admin: exit %d, want 0 creating 4 things:\n%s", code, first.out.String())
+	}
+	again := initAs()
+	if code := again.wait(t, 30*time.Second); code != 0 || strings.Count(again.out.String(), " exists ") != 4 {
+		t.Fatalf("init again: exit %d, want 0 finding 4 things:\n%s", code, again.out.String())
+	}
+
+	dir := t.TempDir()
+	changeFile(t, dir, "1.yaml", "id: 0001-ok\norder: '1'\napply: 'true'\n")
+	changeFile(t, dir, "2.yaml", "id: 0002-fails\norder: '2'\napply: 'exit 7'\n")
+	runnerAs := func(id string) *proc {
+		p := runner(t, d.url(roleRunner), dir, deployPipeline, id)
+		procs = append(procs, p)
+		return p
+	}
+	if r := runnerAs("runner-a"); r.wait(t, 60*time.Second) != 3 {
+		t.Fatalf("runner as %s: want exit 3 (the second change fails as written):\n%s", roleRunner, r.out.String())
+	}
+
+	db := filepath.Join(t.TempDir(), "audit.db")
+	addr := freeAddr(t)
+	p := as(roleProjector, bin.projector, "--store", "sqlite", "--sqlite-path", db, "--metrics-addr", addr)
+	waitReady(t, addr)
+	st, err := sqlitestore.Open(context.Background(), db, sqlitestore.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	stored := func(n int) func() bool {
+		return func() bool {
+			rows, err := st.History(context.Background(), stores.HistoryQuery{Pipeline: deployPipeline, Limit: stores.MaxLimit})
+			return err == nil && len(rows) == n
+		}
+	}
+	eventually(t, 20*time.Second, "the projector stores the runner's 4 events", stored(4))
+
+	cli := func(store string, args ...string) *proc {
+		return as(roleOperator, bin.auditflow, append([]string{"--store", "sqlite", "--sqlite-path", store}, args...)...)
+	}
+	for _, args := range [][]string{{"test-connection"}, {"verify-schema"}, {"lock", "list"}, {"issue", "list"}, {"stats"}, {"verify"}} {
+		if c := cli(db, args...); c.wait(t, 30*time.Second) != 0 {
+			t.Fatalf("auditflow %v as %s:\n%s", args, roleOperator, c.out.String())
+		}
+	}
+	if c := cli(filepath.Join(t.TempDir(), "replayed.db"), "replay"); c.wait(t, 30*time.Second) != 0 || !strings.Contains(c.out.String(), "replayed 4 events") {
+		t.Fatalf("auditflow replay as %s:\n%s", roleOperator, c.out.String())
+	}
+	fix := cli(db, "issue", "fix", "-p", deployPipeline, "-c", "0002-fails", "-r", "rolled-back", "--reason", "the script is fixed", "--operator", "alice")
+	if fix.wait(t, 30*time.Second) != 0 {
+		t.Fatalf("issue fix as %s:\n%s", roleOperator, fix.out.String())
+	}
+	eventually(t, 20*time.Second, "the projector stores the operator's decision", stored(5))
+
+	changeFile(t, dir, "2.yaml", "id: 0002-fails\norder: '2'\napply: 'true'\n")
+	if r := runnerAs("runner-b"); r.wait(t, 60*time.Second) != 0 {
+		t.Fatalf("runner after the fix: want exit 0:\n%s", r.out.String())
+	}
+	eventually(t, 20*time.Second, "the projector stores the second run", stored(7))
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.wait(t, 20*time.Second); code != 0 {
+		t.Fatalf("projector exit %d after SIGTERM", code)
+	}
+	_, js := d.connect(t, roleOperator)
+	want := []events.Type{events.ExecutionStarted, events.ExecutionFailed, events.ManuallyResolved, events.ExecutionStarted, events.ExecutionSucceeded}
+	if got := typesOf(history(t, js, deployPipeline, "0002-fails")); !slices.Equal(got, want) {
+		t.Fatalf("0002-fails recorded %v, want %v", got, want)
+	}
+}
+
+// denial is one thing a role must not be able to do, and the subject the
+// server must name when it refuses.
+type denial struct {
+	user, what, subject string
+	do                  func(ctx context.Context, js jetstream.JetStream) error
+}
+
+// TestDeployDenials: what each role must not do is refused at once, with
+// an error that names the denied subject (a *natsperm.Error), not a
+// timeout: a runner outside its pipeline or at the streams, a projector
+// writing history, anyone deleting or purging the audit stream or the
+// lock bucket, or editing the audit stream.
+func TestDeployDenials(t *testing.T) {
+	d := startDeployment(t, nil)
+	initAuditflow(t, d.url(roleAdmin))
+	ctx := context.Background()
+
+	// A live lock of another pipeline, held by the operator's CLI role.
+	_, opJS := d.connect(t, roleOperator)
+	opLocks, err := lock.New(ctx, opJS, lock.Config{Owner: "someone-else"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	billing, err := opLocks.TryAcquire(ctx, "billing")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = billing.Release(context.Background()) })
+
+	deleteStream := func(name string) func(context.Context, jetstream.JetStream) error {
+		return func(ctx context.Context, js jetstream.JetStream) error { return js.DeleteStream(ctx, name) }
+	}
+	purgeStream := func(name string) func(context.Context, jetstream.JetStream) error {
+		return func(ctx context.Context, js jetstream.JetStream) error {
+			// The purge request itself, whether or not the role may read the stream's info.
+			_, err := js.Conn().RequestWithContext(ctx, "$JS.API.STREAM.PURGE."+name, nil)
+			return err
+		}
+	}
+	var cases []denial
+	for _, user := range []string{roleAdmin, roleOperator, roleProjector, roleRunner} {
+		cases = append(cases,
+			denial{user, "delete the audit stream", "$JS.API.STREAM.DELETE.AUDIT", deleteStream("AUDIT")},
+			denial{user, "purge the audit stream", "$JS.API.STREAM.PURGE.AUDIT", purgeStream("AUDIT")},
+			denial{user, "delete the lock bucket", "$JS.API.STREAM.DELETE.KV_auditflow_locks", func(ctx context.Context, js jetstream.JetStream) error {
+				return js.DeleteKeyValue(ctx, lock.DefaultBucket)
+			}},
+			denial{user, "purge the lock bucket", "$JS.API.STREAM.PURGE.KV_auditflow_locks", purgeStream("KV_auditflow_locks")},
+			denial{user, "delete the dead letters", "$JS.API.STREAM.DELETE.AUDIT_DEADLETTER", deleteStream(projector.DeadLetterStream)},
+			denial{user, "bound the audit stream's age", "$JS.API.STREAM.UPDATE.AUDIT", func(ctx context.Context, js jetstream.JetStream) error {
+				cfg := jetstream.StreamConfig{Name: "AUDIT", Subjects: []string{"audit.exec.>"}, MaxAge: time.Hour}
+				_, err := js.UpdateStream(ctx, cfg)
+				return err
+			}},
+		)
+	}
+	publish := func(pl string) func(context.Context, jetstream.JetStream) error {
+		return func(ctx context.Context, js jetstream.JetStream) error {
+			prod, err := producer.New(ctx, js, producer.Config{RetryFor: 10 * time.Second})
+			if err != nil {
+				return err
+			}
+			e := events.New(events.ExecutionStarted, pl, "0001-forged")
+			e.ExecutionID = "forged"
+			_, err = prod.Publish(ctx, e)
+			return err
+		}
+	}
+	cases = append(cases,
+		denial{roleRunner, "write another pipeline's history", "audit.exec.billing.0001-forged", publish("billing")},
+		denial{roleRunner, "read another pipeline's history", "$JS.API.DIRECT.GET.AUDIT.audit.exec.billing.0001-x", func(ctx context.Context, js jetstream.JetStream) error {
+			prod, err := producer.New(ctx, js, producer.Config{RetryFor: 10 * time.Second})
+			if err != nil {
+				return err
+			}
+			_, _, err = prod.Last(ctx, "billing", "0001-x")
+			return err
+		}},
+		denial{roleRunner, "take another pipeline's lock", "$KV.auditflow_locks.billing", func(ctx context.Context, js jetstream.JetStream) error {
+			l, err := lock.New(ctx, js, lock.Config{Owner: "intruder"})
+			if err != nil {
+				return err
+			}
+			_, err = l.Acquire(ctx, "billing")
+			return err
+		}},
+		denial{roleRunner, "delete another pipeline's live lock", "$KV.auditflow_locks.billing", func(ctx context.Context, js jetstream.JetStream) error {
+			kv, err := js.KeyValue(ctx, lock.DefaultBucket)
+			if err != nil {
+				return err
+			}
+			return kv.Delete(ctx, "billing")
+		}},
+		denial{roleRunner, "create a stream", "$JS.API.STREAM.CREATE.AUDIT2", func(ctx context.Context, js jetstream.JetStream) error {
+			_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "AUDIT2", Subjects: []string{"x.>"}})
+			return err
+		}},
+		denial{roleProjector, "write history", "audit.exec." + deployPipeline + ".0001-forged", publish(deployPipeline)},
+		denial{roleProjector, "take a lock", "$JS.API.STREAM.INFO.KV_auditflow_locks", func(ctx context.Context, js jetstream.JetStream) error {
+			_, err := lock.New(ctx, js, lock.Config{})
+			return err
+		}},
+		denial{roleOperator, "delete a projector's durable consumer", "$JS.API.CONSUMER.DELETE.AUDIT.projector-sqlite", func(ctx context.Context, js jetstream.JetStream) error {
+			return js.DeleteConsumer(ctx, producer.DefaultStreamName, "projector-sqlite")
+		}},
+		denial{roleAdmin, "write history", "audit.exec." + deployPipeline + ".0001-forged", func(ctx context.Context, js jetstream.JetStream) error {
+			return js.Conn().Publish("audit.exec."+deployPipeline+".0001-forged", []byte("{}"))
+		}},
+	)
+	for _, c := range cases {
+		t.Run(c.user+" may not "+c.what, func(t *testing.T) {
+			nc, js := d.connect(t, c.user)
+			ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+			defer cancel()
+			start := time.Now()
+			_, err := natsperm.Do(ctx, nc, nil, func(ctx context.Context) (struct{}, error) {
+				err := c.do(ctx, js)
+				if err == nil {
+					_ = nc.FlushWithContext(ctx) // a plain publish: let the server's refusal arrive
+					time.Sleep(100 * time.Millisecond)
+					err = errors.New("no error")
+				}
+				return struct{}{}, err
+			})
+			var pe *natsperm.Error
+			if !errors.As(err, &pe) || pe.Subject != c.subject || !errors.Is(err, nats.ErrPermissionViolation) {
+				t.Fatalf("got %v, want a permission error naming %q", err, c.subject)
+			}
+			if took := time.Since(start); took > 3*time.Second {
+				t.Errorf("refused after %s: a missing right must not wait out a timeout", took.Round(time.Millisecond))
+			}
+			if !strings.Contains(err.Error(), c.subject) || !strings.Contains(err.Error(), "permission denied") {
+				t.Errorf("message %q does not name the subject", err)
+			}
+		})
+	}
+
+	// The runner's own pipeline works, and the other pipeline's lock is
+	// still its holder's.
+	_, rjs := d.connect(t, roleRunner)
+	rl, err := lock.New(ctx, rjs, lock.Config{Owner: "runner"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, err := rl.TryAcquire(ctx, deployPipeline)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := own.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if h, err := opLocks.Holder(ctx, "billing"); err != nil || h.Owner != "someone-else" || !billing.Valid() {
+		t.Fatalf("billing's lock after the intrusions: %+v %v", h, err)
+	}
+	if _, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", d.port)); !errors.Is(err, nats.ErrAuthorization) {
+		t.Fatalf("connect without a password: %v, want an authorization violation", err)
+	}
+}
+
+// TestDeployTLS enables deploy/nats/tls.conf with certificates from
+// deploy/tls/make-certs.sh: a client needs the CA, its role's certificate
+// and its password; without its certificate, or without TLS, it is
+// refused. auditflow init runs over it with the --nats-tls-* flags.
+func TestDeployTLS(t *testing.T) {
+	certs := t.TempDir()
+	if out, err := exec.Command("sh", filepath.Join("..", "..", "deploy", "tls", "make-certs.sh"), certs).CombinedOutput(); err != nil {
+		t.Fatalf("make-certs.sh: %v\n%s", err, out)
+	}
+	pem := func(name string) string { return filepath.Join(certs, name+".pem") }
+	t.Setenv("AUDITFLOW_TLS_SERVER_CERT", pem("server"))
+	t.Setenv("AUDITFLOW_TLS_SERVER_KEY", pem("server-key"))
+	t.Setenv("AUDITFLOW_TLS_CA", pem("ca"))
+	d := startDeployment(t, func(conf string) string {
+		on := strings.Replace(conf, "# include ./tls.conf", "include ./tls.conf", 1)
+		if on == conf {
+			t.Fatal("nats.conf has no commented-out include of tls.conf")
+		}
+		return on
+	})
+	init := start(t, d.url(roleAdmin), bin.auditflow, "init", "--lock-lease", lease.String(),
+		"--nats-tls-ca", pem("ca"), "--nats-tls-cert", pem("admin"), "--nats-tls-key", pem("admin-key"))
+	if code := init.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("init over TLS: exit %d\n%s", code, init.out.String())
+	}
+	_, js := d.connect(t, roleRunner, nats.RootCAs(pem("ca")), nats.ClientCert(pem("runner-example-service"), pem("runner-example-service-key")))
+	prod, err := producer.New(context.Background(), js, producer.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := events.New(events.ExecutionStarted, deployPipeline, "0001-tls")
+	e.ExecutionID = "x"
+	if _, err := prod.Publish(context.Background(), e); err != nil {
+		t.Fatal(err)
+	}
+	for what, opts := range map[string][]nats.Option{
+		"TLS without a client certificate": {nats.RootCAs(pem("ca"))},
+		"no CA to verify the server with":  nil,
+	} {
+		if nc, err := nats.Connect(d.url(roleRunner), append(opts, nats.NoReconnect())...); err == nil {
+			nc.Close()
+			t.Errorf("%s: connected", what)
+		} else {
+			t.Logf("%s: refused: %v", what, err)
+		}
+	}
+}
+
+// TestDeletedStreamIsNotRecreated: a stream deleted under a deployment
+// (by a user with the right to, which the deployment's users do not have)
+// stops runners and projectors with an error that says how to init or
+// restore it; nothing is applied again and the stream is not recreated.
+// auditflow init then refuses to create an empty one (exit 5) until
+// --force.
+func TestDeletedStreamIsNotRecreated(t *testing.T) {
+	srv := startServer(t)
+	initAuditflow(t, srv.URL)
+	dir := t.TempDir()
+	journal := filepath.Join(dir, "journal")
+	for i := 1; i <= 3; i++ {
+		changeFile(t, dir, fmt.Sprintf("%d.yaml", i), fmt.Sprintf("id: 000%d-change\norder: '%d'\napply: echo %d >> %s\n", i, i, i, journal))
+	}
+	if r := runner(t, srv.URL, dir, "billing", "runner-a"); r.wait(t, 60*time.Second) != 0 {
+		t.Fatalf("first run:\n%s", r.out.String())
+	}
+	if err := srv.JS.DeleteStream(context.Background(), producer.DefaultStreamName); err != nil {
+		t.Fatal(err)
+	}
+
+	r := runner(t, srv.URL, dir, "billing", "runner-b")
+	if code := r.wait(t, 60*time.Second); code != 1 {
+		t.Fatalf("runner with the stream deleted: exit %d, want 1:\n%s", code, r.out.String())
+	}
+	for _, want := range []string{"AUDIT does not exist", "auditflow init", "restore it from its backup or mirror"} {
+		if !strings.Contains(r.out.String(), want) {
+			t.Errorf("runner's error does not say %q:\n%s", want, r.out.String())
+		}
+	}
+	if b, _ := os.ReadFile(journal); string(b) != "1\n2\n3\n" {
+		t.Fatalf("changes applied: %q, want each once", b)
+	}
+	db := filepath.Join(t.TempDir(), "audit.db")
+	p := start(t, srv.URL, bin.projector, "--store", "sqlite", "--sqlite-path", db, "--metrics-addr", "")
+	if code := p.wait(t, 60*time.Second); code != 1 || !strings.Contains(p.out.String(), "auditflow init") {
+		t.Fatalf("projector with the stream deleted: exit %d, want 1 naming auditflow init:\n%s", code, p.out.String())
+	}
+	if _, err := srv.JS.Stream(context.Background(), producer.DefaultStreamName); !errors.Is(err, jetstream.ErrStreamNotFound) {
+		t.Fatalf("stream after the runner and the projector: %v, want still missing", err)
+	}
+
+	refused := start(t, srv.URL, bin.auditflow, "init", "--lock-lease", lease.String())
+	if code := refused.wait(t, 30*time.Second); code != 5 || !strings.Contains(refused.out.String(), "was deleted") {
+		t.Fatalf("init over a deleted stream: exit %d, want 5 saying it was deleted:\n%s", code, refused.out.String())
+	}
+	if _, err := srv.JS.Stream(context.Background(), producer.DefaultStreamName); !errors.Is(err, jetstream.ErrStreamNotFound) {
+		t.Fatalf("stream after a refused init: %v", err)
+	}
+	forced := start(t, srv.URL, bin.auditflow, "init", "--lock-lease", lease.String(), "--force")
+	if code := forced.wait(t, 30*time.Second); code != 0 || !strings.Contains(forced.out.String(), "EMPTY") {
+		t.Fatalf("init --force: exit %d\n%s", code, forced.out.String())
+	}
+}
+
+// TestRemovedLockStopsItsHolder: purging the lock bucket, or deleting a
+// live lock's key, under a runner applying a change makes that runner stop
+// the change at its next refresh — within a third of the lease — and exit
+// 5 (lock lost), not finish it beside the next holder. This is why the
+// rights to purge the bucket and to other pipelines' keys are denied
+// (deploy/nats/accounts.conf): between the removal and that refresh, a
+// second runner can take the lock.
+func TestRemovedLockStopsItsHolder(t *testing.T) {
+	for name, remove := range map[string]func(t *testing.T, js jetstream.JetStream){
+		"bucket purged": func(t *testing.T, js jetstream.JetStream) {
+			s, err := js.Stream(context.Background(), "KV_"+lock.DefaultBucket)
+			if err == nil {
+				err = s.Purge(context.Background())
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		},
+		"key deleted": func(t *testing.T, js jetstream.JetStream) {
+			kv, err := js.KeyValue(context.Background(), lock.DefaultBucket)
+			if err == nil {
+				err = kv.Delete(context.Background(), "billing")
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			srv := startServer(t)
+			initAuditflow(t, srv.URL)
+			dir := t.TempDir()
+			journal := filepath.Join(dir, "journal")
+			changeFile(t, dir, "1.yaml", `id: 0001-slow
+apply: |
+  JOURNAL=`+journal+`
+  `+strings.ReplaceAll(journalScript, "\n", "\n  ")+`
+  sleep 30 & wait $!
+  log end
+`)
+			r := runner(t, srv.URL, dir, "billing", "runner-a", "--stop-grace", "1s")
+			eventually(t, 20*time.Second, "the change starts", func() bool { return len(readJournal(t, journal)) > 0 })
+			remove(t, srv.JS)
+			removed := time.Now()
+			if code := r.wait(t, 30*time.Second); code != 5 {
+				t.Fatalf("holder after the lock was removed: exit %d, want 5:\n%s", code, r.out.String())
+			}
+			ss := spans(readJournal(t, journal))
+			if len(ss) != 1 || ss[0].ended {
+				t.Fatalf("executions %+v, want one, stopped", ss)
+			}
+			stopped := ss[0].end.Sub(removed)
+			t.Logf("the change's last sign of life came %s after the lock was removed", stopped.Round(time.Millisecond))
+			// The next refresh, the stop grace, and slack for a loaded machine.
+			if bound := lease/3 + time.Second + time.Second; stopped > bound {
+				t.Errorf("the change went on for %s after its lock was removed, over %s", stopped, bound)
+			}
+			es := history(t, srv.JS, "billing", "0001-slow")
+			if got := typesOf(es); len(got) != 2 || got[1] == events.ExecutionSucceeded {
+				t.Fatalf("recorded %v, want a start and a stop", got)
+			}
+			t.Logf("recorded %s: %s", es[1].Type, es[1].ErrorMessage)
+		})
+	}
+}
