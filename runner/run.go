@@ -651,7 +651,7 @@ type Resolution struct {
 // fencing token. It is refused if the change moves meanwhile
 // (producer.ErrConflict) or needs no resolution (ErrNothingToResolve).
 func Resolve(ctx context.Context, prod *producer.Producer, locker *lock.Locker, r Resolution) (uint64, error) {
-	operator, err := operatorIdentity(prod, r)
+	operator, err := OperatorOf(prod.Signer(), r)
 	if err != nil {
 		return 0, err
 	}
@@ -687,7 +687,7 @@ func Resolve(ctx context.Context, prod *producer.Producer, locker *lock.Locker, 
 		// the decision is recorded after that message, which stays.
 	case err != nil:
 		return 0, err
-	case judge(r.Trust, last, head) != nil:
+	case Judge(r.Trust, last, head) != nil:
 		// Whatever it claims, the change's newest event is not trusted:
 		// the decision is recorded after it.
 	default:
@@ -710,11 +710,10 @@ func Resolve(ctx context.Context, prod *producer.Producer, locker *lock.Locker, 
 	return h.Seq, err
 }
 
-// operatorIdentity is the operator a resolution records (see
-// Resolution.Operator): the signing key's identity when the producer
-// signs, checked against the trust list if there is one.
-func operatorIdentity(prod *producer.Producer, r Resolution) (string, error) {
-	s := prod.Signer()
+// OperatorOf is the operator a resolution signed by s (nil: unsigned)
+// records (see Resolution.Operator): the key's identity, checked against
+// r.Trust if set. The error wraps ErrInvalidConfig.
+func OperatorOf(s *trust.Signer, r Resolution) (string, error) {
 	switch {
 	case s == nil && r.Trust != nil:
 		return "", fmt.Errorf("%w: a trust list is configured, and an unsigned resolution would be untrusted: sign it with an operator's key (auditflow keys new; --signing-key)", ErrInvalidConfig)

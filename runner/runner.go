@@ -205,10 +205,13 @@ func (r *Runner) read(ctx context.Context, c Change) (Step, error) {
 // untrusted judges a change's newest event, read at head, against
 // Config.Trust; nil if it is trusted (or there is no list).
 func (r *Runner) untrusted(last events.Event, head producer.Head) *UntrustedEvent {
-	return judge(r.cfg.Trust, last, head)
+	return Judge(r.cfg.Trust, last, head)
 }
 
-func judge(list *trust.List, last events.Event, head producer.Head) *UntrustedEvent {
+// Judge judges a change's newest event, last, read at head (whose
+// Signature is its header), against list: nil if it is trusted, or list
+// is nil.
+func Judge(list *trust.List, last events.Event, head producer.Head) *UntrustedEvent {
 	if list == nil {
 		return nil
 	}
