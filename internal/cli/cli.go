@@ -60,6 +60,7 @@ type app struct {
 	logFormat  string
 	consumer   string
 	lockBucket string
+	signing    signing // --signing-key, --trust (signing.go)
 
 	out, errOut io.Writer
 	log         *slog.Logger
@@ -128,6 +129,7 @@ connection test), 4 not found or nothing to fix, 5 refused as unsafe
 	gofs := flag.NewFlagSet("auditflow", flag.ContinueOnError)
 	a.nats.RegisterFlags(gofs)
 	a.store.RegisterFlags(gofs)
+	a.signing.flags.RegisterFlags(gofs)
 	pf := root.PersistentFlags()
 	pf.AddGoFlagSet(gofs)
 	pf.BoolVar(&a.asJSON, "json", false, "print JSON instead of tables")
@@ -138,7 +140,7 @@ connection test), 4 not found or nothing to fix, 5 refused as unsafe
 	pf.StringVar(&a.logFormat, "log-format", natsconn.Env("AUDITFLOW_LOG_FORMAT", "text"), "text or json [AUDITFLOW_LOG_FORMAT]")
 	root.AddCommand(a.initCommand())
 	root.AddCommand(a.auditCommand(), a.issueCommand(), a.lockCommand(), a.statsCommand(),
-		a.testConnectionCommand(), a.verifySchemaCommand(), a.replayCommand(), a.verifyCommand(), a.repairCommand())
+		a.testConnectionCommand(), a.verifySchemaCommand(), a.replayCommand(), a.verifyCommand(), a.repairCommand(), a.keysCommand())
 	return root
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -90,8 +91,9 @@ stop at it, and get says which message it is and how to resolve the change.`,
 			// The store holds only valid events: what runners stop at may
 			// be a message it never had (dead-lettered). The stream says.
 			var bad *producer.BadEventError
+			var untrusted *runner.UntrustedEvent
 			if guidance || len(rows) == 0 {
-				if bad, err = a.badNewest(ctx, pipeline, change); err != nil {
+				if bad, untrusted, err = a.newestProblem(ctx, pipeline, change); err != nil {
 					if len(rows) == 0 {
 						return err
 					}
@@ -118,9 +120,10 @@ stop at it, and get says which message it is and how to resolve the change.`,
 			}
 			if guidance {
 				detail.Guidance = guide(v)
-				if bad != nil {
-					ce := &runner.ChangeError{Pipeline: pipeline, ChangeID: change, TargetSystem: v.TargetSystem, Bad: bad, Err: runner.ErrManualIntervention}
-					detail.Guidance = ce.Guidance(`auditflow issue fix -p %s -c %s -r applied|rolled-back --reason "..."`)
+				if bad != nil || untrusted != nil {
+					ce := &runner.ChangeError{Pipeline: pipeline, ChangeID: change, TargetSystem: v.TargetSystem, State: v.State,
+						Bad: bad, Untrusted: untrusted, Err: runner.ErrManualIntervention}
+					detail.Guidance = ce.Guidance(`auditflow issue fix -p %s -c %s -r applied|rolled-back --reason "..." --signing-key KEY`)
 				}
 			}
 			return a.emit(detail, func(w *tabwriter.Writer) {
@@ -140,6 +143,9 @@ stop at it, and get says which message it is and how to resolve the change.`,
 					}
 					if v.Operator != "" {
 						fmt.Fprintf(w, "resolved by\t%s: %s\n", v.Operator, v.Reason)
+					}
+					if v.Trust != "" {
+						fmt.Fprintf(w, "UNTRUSTED\tthe newest event is not trusted: %s\n", v.Trust)
 					}
 					_ = w.Flush()
 					if detail.ErrorTrace != "" {
@@ -181,7 +187,15 @@ and, with rolled-back, the next run applies the change a second time.
 fix also resolves a change whose newest message on the stream is not a
 valid event of it (garbage, or another change's event on its subject: see
 issue get --guidance): the decision is recorded after that message, which
-the stream keeps, and runs go on from it.`,
+the stream keeps, and runs go on from it.
+
+With --signing-key the event is signed, and the operator recorded is the
+key's identity — "<name> (<public key>)" from the trust list (--trust), or
+the public key and --operator without one — not free text. With --trust the
+key must be one the list trusts as an operator for the pipeline, --operator
+may only repeat its name, and a change whose newest event the list does not
+trust (a forgery: see issue get --guidance) can be resolved whatever that
+event claims.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			res := events.Resolution(strings.ToUpper(strings.ReplaceAll(resolution, "-", "_")))
@@ -192,22 +206,36 @@ the stream keeps, and runs go on from it.`,
 				return usage("--resolution: want applied or rolled-back, got %q", resolution)
 			case strings.TrimSpace(reason) == "":
 				return usage("--reason is required: it is recorded in the audit log")
-			case operator == "":
+			}
+			signer, list, err := a.loadSigning()
+			if err != nil {
+				return err
+			}
+			if signer != nil && !cmd.Flags().Changed("operator") {
+				operator = "" // the key says who: $USER is not an identity
+			}
+			switch {
+			case signer == nil && operator == "":
 				return usage("--operator is required (no $USER to default to)")
 			case len(reason) > events.MaxMessageLen:
 				return usage("--reason: %d bytes; the limit is %d (events.MaxMessageLen)", len(reason), events.MaxMessageLen)
 			case len(operator) > events.MaxTextLen:
 				return usage("--operator: %d bytes; the limit is %d (events.MaxTextLen)", len(operator), events.MaxTextLen)
 			}
+			host, _ := os.Hostname()
+			r := runner.Resolution{Pipeline: pipeline, ChangeID: change, Resolution: res, Operator: operator, Reason: reason,
+				Host: host, RunnerID: "auditflow-cli", Force: force, Trust: list}
+			if operator, err = runner.OperatorOf(signer, r); err != nil { // before anything is asked of NATS
+				return usageError{err}
+			}
 			js, err := a.connect()
 			if err != nil {
 				return err
 			}
-			prod, err := producer.New(cmd.Context(), js, producer.Config{Stream: a.streamConfig(), Logger: a.log})
+			prod, err := producer.New(cmd.Context(), js, producer.Config{Stream: a.streamConfig(), Signer: signer, Logger: a.log})
 			if err != nil {
 				return err
 			}
-			host, _ := os.Hostname()
 			var locker *lock.Locker
 			if !force {
 				if locker, err = a.locker(cmd.Context()); err != nil {
@@ -216,9 +244,10 @@ the stream keeps, and runs go on from it.`,
 			} else {
 				fmt.Fprintln(a.errOut, "auditflow: --force: recording without the pipeline lock. If a runner is still applying this change, its outcome will be recorded as OVERLAPPED, and with rolled-back the change will run a second time.")
 			}
-			seq, err := runner.Resolve(cmd.Context(), prod, locker, runner.Resolution{Pipeline: pipeline, ChangeID: change,
-				Resolution: res, Operator: operator, Reason: reason, Host: host, RunnerID: "auditflow-cli", Force: force})
+			seq, err := runner.Resolve(cmd.Context(), prod, locker, r)
 			switch {
+			case errors.Is(err, runner.ErrInvalidConfig):
+				return usageError{err}
 			case errors.Is(err, runner.ErrNothingToResolve):
 				return fmt.Errorf("%w: %w", errNotFound, err)
 			case errors.Is(err, runner.ErrUnsafeResolution):
@@ -236,7 +265,7 @@ the stream keeps, and runs go on from it.`,
 	fix.Flags().StringVarP(&change, "change", "c", "", "the change id (required)")
 	fix.Flags().StringVarP(&resolution, "resolution", "r", "", "applied or rolled-back (required)")
 	fix.Flags().StringVar(&reason, "reason", "", "why; recorded in the audit log (required)")
-	fix.Flags().StringVar(&operator, "operator", natsconn.Env("USER", ""), "who decides (default $USER)")
+	fix.Flags().StringVar(&operator, "operator", natsconn.Env("USER", ""), "who decides (default $USER); with --signing-key the key's identity is recorded instead (see --help)")
 	fix.Flags().BoolVar(&force, "force", false, "record without the pipeline lock, even while a runner may be applying the change (see --help)")
 	issue.AddCommand(list, get, fix)
 	return issue
@@ -270,29 +299,40 @@ type badNewestView struct {
 	Problem      string `json:"problem"`
 }
 
-// badNewest reads a change's newest message from the stream (read-only:
-// the stream is neither created nor checked) and returns it if it is not a
-// valid event of the change; nil if it is, or the change has none.
-func (a *app) badNewest(ctx context.Context, pipeline, change string) (*producer.BadEventError, error) {
+// newestProblem reads a change's newest message from the stream
+// (read-only: the stream is neither created nor checked) and returns it if
+// it is not a valid event of the change, or, judged with --trust, if it is
+// an event the trust list does not accept; nils if neither, or the change
+// has none.
+func (a *app) newestProblem(ctx context.Context, pipeline, change string) (*producer.BadEventError, *runner.UntrustedEvent, error) {
+	list, err := a.trustList()
+	if err != nil {
+		return nil, nil, err
+	}
 	js, err := a.connect()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	_, _, err = producer.ReadLast(rctx, js, a.streamConfig(), pipeline, change)
+	last, head, err := producer.ReadLast(rctx, js, a.streamConfig(), pipeline, change)
 	var bad *producer.BadEventError
 	switch {
 	case errors.As(err, &bad):
-		return bad, nil
-	case err == nil, errors.Is(err, producer.ErrNoEvents):
-		return nil, nil
+		return bad, nil, nil
+	case err == nil:
+		return nil, runner.Judge(list, last, head), nil
+	case errors.Is(err, producer.ErrNoEvents):
+		return nil, nil, nil
 	}
-	return nil, fmt.Errorf("read the change's newest message from the stream: %w", err)
+	return nil, nil, fmt.Errorf("read the change's newest message from the stream: %w", err)
 }
 
 func viewOf(i stores.Issue, now time.Time, staleAfter time.Duration) issueView {
 	v := issueView{Issue: i, Shown: string(i.State), NeedsOperator: i.Status == stores.IssueOpen}
+	if i.Trust != "" {
+		v.Shown += " (UNTRUSTED)"
+	}
 	if i.Stale(now, staleAfter) {
 		v.Stale, v.NeedsOperator, v.Shown = true, true, string(events.StateUncertain)+" (stale start)"
 	}
@@ -313,6 +353,12 @@ func guide(v issueView) string {
 		retry = "\n  - If the change is idempotent, set its recovery to ALWAYS_RETRY instead: the next run re-runs it."
 	}
 	switch {
+	case v.Trust != "":
+		return "What happened: the change's newest event claims " + string(v.State) + ", but it is not trusted: " + v.Trust + ".\n" +
+			"Anyone who can publish on the audit subjects could have written it, so runners stop at the change instead of believing it.\n" +
+			"Inspect: who published it (the history below; nats stream get AUDIT " + strconv.FormatUint(v.Seq, 10) + "), and " + target + ": what does it really hold?\n" +
+			"Fix, signed with an operator key the trust list names (--signing-key), one of:\n  - The change is in effect: " + fix("applied") +
+			"\n  - It is not, or you undid it: " + fix("rolled-back") + " (the next run applies it again)"
 	case v.Status == stores.IssueClosed:
 		return "Nothing to do: the change is " + string(v.State) + "."
 	case v.Status == stores.IssueInProgress && !v.Stale:

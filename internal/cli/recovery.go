@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -76,11 +77,16 @@ continues where it stopped when run again, and running it twice changes
 nothing. Into an empty store it uses the store's bulk path when it has one.
 
 To migrate, point --store and its flags at the new store (e.g. from mongo to
-dynamodb) and replay; to rebuild a damaged store in place, add --reset.`,
+dynamodb) and replay; to rebuild a damaged store in place, add --reset.
+Give it the projectors' --trust: replay judges signatures as they do.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			cfg := projector.ReplayConfig{Stream: a.streamConfig(), FromSeq: fromSeq, BatchSize: batch, Checkpoint: checkpoint, Logger: a.log}
+			list, err := a.trustList()
+			if err != nil {
+				return err
+			}
+			cfg := projector.ReplayConfig{Stream: a.streamConfig(), FromSeq: fromSeq, BatchSize: batch, Checkpoint: checkpoint, Trust: list, Logger: a.log}
 			if since != "" {
 				t, err := parseSince(since)
 				if err != nil {
@@ -145,8 +151,12 @@ func (a *app) runVerify(ctx context.Context) (*verify.Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	list, err := a.trustList()
+	if err != nil {
+		return nil, err
+	}
 	bar := a.newProgress("verify", -1)
-	rep, err := verify.Verify(ctx, js, st, verify.Config{Stream: a.streamConfig(), Logger: a.log,
+	rep, err := verify.Verify(ctx, js, st, verify.Config{Stream: a.streamConfig(), Trust: list, Logger: a.log,
 		Progress: func(streamRead, storeRead int) { bar.set(int64(streamRead+storeRead), -1, 0, 0) }})
 	bar.finish()
 	return rep, err
@@ -169,6 +179,11 @@ func (a *app) verifyCommand() *cobra.Command {
                that change stop at it until an operator resolves the change
   downgrades   a schema-version-1 event (no hash chain) on a change whose
                events carry the chain: an old writer, or a forged event
+  signatures   with --trust: events, in the stream and (judged from the row)
+               in the store, that are unsigned, signed by an unknown or
+               revoked key or one outside its roles or pipelines, whose
+               signature is not over their bytes, or replayed, until a
+               trusted operator's resolution follows
 
 It exits 3 while any of these is open, and says for each what to do.`,
 		Args: cobra.NoArgs,
@@ -219,6 +234,7 @@ func verifyTable(w *tabwriter.Writer, rep *verify.Report) {
 	showRows(w, "wrong subject", "on the wrong subject", rep.WrongSubject, verify.BadMessage.String)
 	showRows(w, "undecodable", "undecodable", rep.Unreadable, verify.BadMessage.String)
 	showRows(w, "downgrade", "downgrades", rep.Downgrades, verify.Downgrade.String)
+	signaturesTable(w, rep)
 	unacked := rep.Unacknowledged()
 	fmt.Fprintf(w, "lock tokens\t%d events written with a stale lock token, %d not acknowledged\n", len(rep.StaleTokens), len(unacked))
 	showRows(w, "stale token", "stale-token events", rep.StaleTokens, verify.StaleToken.String)
@@ -282,6 +298,15 @@ func streamAdvice(rep *verify.Report) []string {
 		out = append(out, fmt.Sprintf("DOWNGRADE: seq %d, a schema-version-1 %s without the hash chain on %s/%s, whose events carry it since seq %d: an old writer, or an event forged past the chain. Find out who wrote it (auditflow issue get -p %s -c %s), inspect the target, then record what it holds: %s",
 			d.Seq, d.Type, d.Pipeline, d.ChangeID, d.ChainSince, shellQuote(d.Pipeline), shellQuote(d.ChangeID), fixCommand(d.Pipeline, d.ChangeID)))
 	}
+	untrusted := untrustedAdvice(rep)
+	for i, u := range untrusted {
+		if i == shown {
+			out = append(out, fmt.Sprintf("… and %d more untrusted events (--json lists them)", len(untrusted)-shown))
+			break
+		}
+		out = append(out, fmt.Sprintf("UNTRUSTED: seq %d, %s on %s/%s (%s): %s. Anyone who can publish on the audit subjects could have written it: find out who (nats stream get %s %d), inspect the target, then record what it holds, signed with an operator key the trust list names: %s --signing-key KEY",
+			u.Seq, u.Type, u.Pipeline, u.ChangeID, u.Where, u.Problem, streamName, u.Seq, fixCommand(u.Pipeline, u.ChangeID)))
+	}
 	if len(rep.Unacknowledged()) > 0 {
 		out = append(out, "STALE TOKENS: a runner wrote without the pipeline lock: inspect the target for each change above, then record what it holds with `auditflow issue fix` (which acknowledges it)")
 	}
@@ -337,7 +362,14 @@ write (inspect the target, then issue fix).`,
 			if err != nil {
 				return err
 			}
-			plan, err := verify.PlanRepair(ctx, a.js, a.st, rep, verify.Config{Stream: a.streamConfig()})
+			list, err := a.trustList()
+			if err != nil {
+				return err
+			}
+			plan, err := verify.PlanRepair(ctx, a.js, a.st, rep, verify.Config{Stream: a.streamConfig(), Trust: list})
+			if errors.Is(err, verify.ErrNeedsTrust) {
+				return usageError{err}
+			}
 			if err != nil {
 				return err
 			}
@@ -363,12 +395,12 @@ write (inspect the target, then issue fix).`,
 				return err
 			}
 			bar := a.newProgress("rebuild", 0)
-			err = verify.Repair(ctx, a.js, a.st, plan, projector.ReplayConfig{Stream: a.streamConfig(), Logger: a.log, Progress: bar.replay})
+			err = verify.Repair(ctx, a.js, a.st, plan, projector.ReplayConfig{Stream: a.streamConfig(), Trust: list, Logger: a.log, Progress: bar.replay})
 			bar.finish()
 			if err != nil {
 				return err
 			}
-			after, err := verify.Verify(ctx, a.js, a.st, verify.Config{Stream: a.streamConfig(), Logger: a.log})
+			after, err := verify.Verify(ctx, a.js, a.st, verify.Config{Stream: a.streamConfig(), Trust: list, Logger: a.log})
 			if err != nil {
 				return err
 			}

@@ -8,11 +8,15 @@ package trusttest
 
 import (
 	"context"
+	"os"
+	"path/filepath"
+	"sync"
 	"testing"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/producer"
@@ -40,7 +44,47 @@ func NewSigner(t testing.TB) *trust.Signer {
 	if err != nil {
 		t.Fatal(err)
 	}
+	seed, err := kp.Seed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seeds.Store(s.PublicKey(), seed)
 	return s
+}
+
+// seeds keeps NewSigner's seeds by public key, for WriteKey.
+var seeds sync.Map
+
+// WriteKey writes the seed of a NewSigner key to a file in dir, as
+// `auditflow keys new` would, and returns its path.
+func WriteKey(t testing.TB, dir string, s *trust.Signer) string {
+	t.Helper()
+	seed, ok := seeds.Load(s.PublicKey())
+	if !ok {
+		t.Fatalf("key %s was not made by NewSigner", s.PublicKey())
+	}
+	path := filepath.Join(dir, s.PublicKey()[:8]+".nk")
+	if err := os.WriteFile(path, append(seed.([]byte), '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// WriteList writes list as a trust-list file in dir and returns its path.
+func WriteList(t testing.TB, dir string, list *trust.List) string {
+	t.Helper()
+	b, err := yaml.Marshal(map[string][]trust.Key{"keys": list.Keys()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "trust.yaml")
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := trust.LoadList(path); err != nil {
+		t.Fatalf("the written list does not load: %v", err)
+	}
+	return path
 }
 
 // Forgery is one untrusted event of the scenario: the newest event of its

@@ -1,0 +1,129 @@
+package cli_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/auditflow/auditflow/internal/cli"
+	"github.com/auditflow/auditflow/internal/embedded"
+	"github.com/auditflow/auditflow/internal/natstest"
+	"github.com/auditflow/auditflow/internal/trusttest"
+	"github.com/auditflow/auditflow/projector"
+	"github.com/auditflow/auditflow/stores"
+	"github.com/auditflow/auditflow/stores/sqlitestore"
+	"github.com/auditflow/auditflow/trust"
+	"github.com/auditflow/auditflow/verify"
+)
+
+// TestSignedEventsFromTheCLI: over the forgery scenario, verify --trust
+// exits 3 naming every untrusted event, issue list and issue get show and
+// explain them, issue fix refuses a resolution the list would not trust
+// (unsigned, a runner's key, another name) and records one signed with
+// the operator's key under the key's identity; once every forgery is so
+// resolved, verify exits 0. keys new writes a key and the entry that
+// trusts it.
+func TestSignedEventsFromTheCLI(t *testing.T) {
+	srv := natstest.StartWith(t, embedded.Config{Port: -1})
+	sc := trusttest.Publish(t, srv.JS)
+	dir := t.TempDir()
+	list := trusttest.WriteList(t, dir, sc.List)
+	opKey, runnerKey := trusttest.WriteKey(t, dir, sc.Keys.Operator), trusttest.WriteKey(t, dir, sc.Keys.Runner)
+	dbPath := filepath.Join(dir, "audit.db")
+	st, err := sqlitestore.Open(context.Background(), dbPath, sqlitestore.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	catchUp := func() {
+		t.Helper()
+		if _, err := projector.Replay(context.Background(), srv.JS, st, projector.ReplayConfig{Trust: sc.List}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	catchUp()
+	run := func(args ...string) (int, string, string) {
+		t.Helper()
+		full := append([]string{"--nats-url", srv.ClientURL(), "--store", "sqlite", "--sqlite-path", dbPath}, args...)
+		var out, errOut bytes.Buffer
+		code := cli.Main(context.Background(), full, &out, &errOut)
+		return code, out.String(), errOut.String()
+	}
+
+	code, out, errOut := run("verify", "--trust", list)
+	if code != cli.ExitProblems || strings.Count(out, "UNTRUSTED: seq") != len(sc.Forgeries) || !strings.Contains(out, "replayed: a signature copied from seq") {
+		t.Fatalf("verify --trust: exit %d\n%s\n%s", code, out, errOut)
+	}
+	var rep verify.Report
+	if code, out, _ = run("--json", "verify", "--trust", list); code != cli.ExitProblems || json.Unmarshal([]byte(out), &rep) != nil ||
+		len(rep.OpenUntrusted()) != 2*len(sc.Forgeries) {
+		t.Fatalf("verify --json: exit %d, %d open untrusted\n%s", code, len(rep.OpenUntrusted()), out)
+	}
+	t.Setenv("AUDITFLOW_TRUST", list) // from here on, as a deployment would set it
+
+	code, out, errOut = run("issue", "list")
+	if code != cli.ExitOK || strings.Count(out, "(UNTRUSTED)") != len(sc.Forgeries) || strings.Contains(out, "signed-ok") {
+		t.Fatalf("issue list: exit %d\n%s\n%s", code, out, errOut)
+	}
+	code, out, errOut = run("issue", "get", "-p", trusttest.Pipeline, "-c", "unsigned", "--guidance")
+	if code != cli.ExitOK || !strings.Contains(out, "is not trusted: unsigned") || !strings.Contains(out, "--signing-key KEY") {
+		t.Fatalf("issue get --guidance: exit %d\n%s\n%s", code, out, errOut)
+	}
+
+	fix := func(change string, extra ...string) (int, string, string) {
+		return run(append([]string{"issue", "fix", "-p", trusttest.Pipeline, "-c", change, "-r", "rolled-back",
+			"--reason", "forged: the target never had it", "--force"}, extra...)...)
+	}
+	for name, extra := range map[string][]string{
+		"unsigned":       nil,
+		"a runner's key": {"--signing-key", runnerKey},
+		"another name":   {"--signing-key", opKey, "--operator", "mallory"},
+		"a missing key":  {"--signing-key", filepath.Join(dir, "missing.nk")},
+	} {
+		if code, out, errOut := fix("unsigned", extra...); code != cli.ExitUsage {
+			t.Errorf("issue fix with %s: exit %d, want %d\n%s\n%s", name, code, cli.ExitUsage, out, errOut)
+		}
+	}
+	identity := "alice (" + sc.Keys.Operator.PublicKey() + ")"
+	for _, f := range sc.Forgeries {
+		code, out, errOut := fix(f.ChangeID, "--signing-key", opKey)
+		if code != cli.ExitOK || !strings.Contains(out, "by "+identity) {
+			t.Fatalf("issue fix %s: exit %d\n%s\n%s", f.ChangeID, code, out, errOut)
+		}
+	}
+	catchUp()
+	is, err := st.Issues(context.Background(), stores.IssueQuery{Pipeline: trusttest.Pipeline, ChangeID: "unsigned"})
+	if err != nil || len(is) != 1 || is[0].Status != stores.IssueClosed || is[0].Operator != identity {
+		t.Fatalf("issue after the fix: %+v %v", is, err)
+	}
+	if code, out, errOut := run("verify"); code != cli.ExitOK {
+		t.Fatalf("verify after trusted resolutions: exit %d\n%s\n%s", code, out, errOut)
+	}
+
+	keyFile := filepath.Join(dir, "bob.nk")
+	code, out, errOut = run("keys", "new", "--out", keyFile, "--name", "bob", "--role", "operator", "--pipeline", "billing")
+	if code != cli.ExitOK {
+		t.Fatalf("keys new: exit %d\n%s\n%s", code, out, errOut)
+	}
+	s, err := trust.LoadSigner(keyFile)
+	if err != nil || !strings.Contains(out, s.PublicKey()) {
+		t.Fatalf("keys new printed\n%s\nfor key %v (%v)", out, s, err)
+	}
+	entry := out[strings.Index(out, "  - key:"):]
+	if l, err := trust.ParseList([]byte("keys:\n" + entry)); err != nil || l.Identity(s.PublicKey()) != "bob ("+s.PublicKey()+")" {
+		t.Fatalf("the printed entry does not parse: %v\n%s", err, entry)
+	}
+	if fi, err := os.Stat(keyFile); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v %v", fi, err)
+	}
+	if code, _, _ := run("keys", "new", "--out", keyFile); code == cli.ExitOK {
+		t.Fatal("keys new overwrote a key")
+	}
+	if code, out, _ := run("keys", "public", "--key", keyFile); code != cli.ExitOK || strings.TrimSpace(out) != s.PublicKey() {
+		t.Fatalf("keys public: exit %d %q", code, out)
+	}
+}
