@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/internal/embedded"
 	"github.com/auditflow/auditflow/internal/natstest"
 	"github.com/auditflow/auditflow/internal/trusttest"
 	"github.com/auditflow/auditflow/producer"
@@ -98,4 +99,44 @@ func issue(t *testing.T, st stores.Store, change string) stores.Issue {
 		t.Fatalf("issue %s: %+v %v", change, is, err)
 	}
 	return is[0]
+}
+
+// BenchmarkEndToEndSigned is BenchmarkEndToEnd (sync=false) with every
+// event signed and judged against a trust list: what checking signatures
+// costs a projector.
+//
+//	go test ./projector -run XXX -bench EndToEndSigned -benchtime 50000x
+func BenchmarkEndToEndSigned(b *testing.B) {
+	js, _ := benchServer(b, embedded.Config{})
+	ctx := context.Background()
+	key := trusttest.NewSigner(b)
+	list, err := trust.NewList(trust.Key{Key: key.PublicKey(), Name: "runner", Roles: []trust.Role{trust.RoleRunner}, Pipelines: []string{trust.AllPipelines}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	prod, err := producer.New(ctx, js, producer.Config{Signer: key})
+	if err != nil {
+		b.Fatal(err)
+	}
+	st := openSQLite(b)
+	evs := benchEvents(b.N)
+	b.ResetTimer()
+	p, err := projector.New(ctx, js, st, projector.Config{CreateStreams: true, StoreName: "sqlite", Trust: list})
+	if err != nil {
+		b.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error)
+	go func() { done <- p.Run(rctx) }()
+	publishAll(b, prod, evs)
+	if err := p.WaitCaughtUp(ctx); err != nil {
+		b.Fatal(err)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
+	cancel()
+	<-done
+	if s := p.Stats(); s.Applied != uint64(b.N) || s.Untrusted != 0 {
+		b.Fatalf("applied %d (want %d), untrusted %d", s.Applied, b.N, s.Untrusted)
+	}
 }

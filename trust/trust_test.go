@@ -13,7 +13,7 @@ import (
 	"github.com/auditflow/auditflow/trust"
 )
 
-func newSigner(t *testing.T) *trust.Signer {
+func newSigner(t testing.TB) *trust.Signer {
 	t.Helper()
 	kp, err := nkeys.CreateUser()
 	if err != nil {
@@ -191,6 +191,24 @@ func TestKeyFiles(t *testing.T) {
 	for _, typ := range events.Types {
 		if err := list.Allows(ls.PublicKey(), typ, "any-pipeline"); err != nil {
 			t.Fatalf("local key may not sign %s: %v", typ, err)
+		}
+	}
+}
+
+// BenchmarkCheck: the cost of judging one signed event, which a projector
+// pays per event (go test ./trust -run XXX -bench Check).
+func BenchmarkCheck(b *testing.B) {
+	s := newSigner(b)
+	l, err := trust.NewList(trust.Key{Key: s.PublicKey(), Name: "r", Roles: []trust.Role{trust.RoleRunner}, Pipelines: []string{"*"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	data := []byte(`{"specversion":"1.0","id":"x"}`)
+	header := s.Sign(data)
+	at := trust.Signed{Pipeline: "p", Type: events.ExecutionSucceeded, Seq: 1, Hash: events.Hash(data)}
+	for b.Loop() {
+		if _, _, v := l.CheckHeader(header, at); !v.Trusted() {
+			b.Fatal(v)
 		}
 	}
 }
