@@ -52,6 +52,16 @@
 // is how a newer build reads it. Only versions up to VersionsAhead past this
 // build's are held: a schemaVersion of 99 is junk, and is dead-lettered.
 //
+// With a trust list (Config.Trust, package trust) the fetcher also judges
+// each event's signature, from its Auditflow-Signature header and the hash
+// of its bytes. An untrusted event — unsigned, an unknown or revoked key, a
+// key outside its roles or pipelines, a signature not over these bytes — is
+// stored with its verdict (stores.Record.Trust), which keeps its change's
+// issue OPEN whatever the event claims, and is logged and counted. It is an
+// issue for an operator, not an outage: readiness does not depend on it.
+// Every row keeps its event's signature, so a store can be checked without
+// the stream.
+//
 // After every write attempt the projector publishes an [AuditWrite] on
 // audit.writes.<store> for metrics and alerting ([SubscribeWrites],
 // [NewWriteSubscription]): anyone on the bus can watch every projector.
@@ -71,6 +81,7 @@
 //	auditflow_projector_held_newer_version_events       gauge: distinct newer-version events held in the last 2m
 //	auditflow_projector_busy_worker_naks_total          counter: messages handed back because their loop was busy
 //	auditflow_projector_stale_token_events_total        counter: events written with a stale lock token
+//	auditflow_projector_untrusted_events_total          counter: events the trust list does not accept (each opens an issue)
 //	auditflow_projector_stalled                         gauge: 1 while a write fails for StallAfter, or nothing progresses for StallAfter with a lag
 //	auditflow_projector_last_applied_sequence           gauge: highest stream sequence this process applied
 //	auditflow_projector_lag_messages                    gauge: consumer NumPending + NumAckPending

@@ -28,6 +28,15 @@
 // its state is unknown, the stream cannot drop the message, and a
 // resolution recorded after it is the way forward.
 //
+// With a trust list (Config.Trust, package trust), a change whose newest
+// event the list does not accept — unsigned, or signed by a key it does
+// not trust for that — is BLOCKED too, whatever the event claims: a forged
+// ExecutionSucceeded must not make runners skip a change. The runner signs
+// what it writes with its producer's key (producer.Config.Signer), and
+// refuses to run with a key the list would not trust as a runner; Resolve
+// signs with the operator's key and records the key's identity as the
+// operator (see Resolution.Operator).
+//
 // # Fencing: a change never outlives its lease unnoticed
 //
 // A lock with a lease cannot by itself rule out two holders: a runner

@@ -12,4 +12,11 @@
 // issue row is the newest event of its change, guarded by stream sequence.
 // So a store needs no transactions across rows, and a rebuild from the
 // stream gives the same rows as live projection.
+//
+// Rows also keep each event's signature (Record.Signer, Record.Signature:
+// over Record.Hash, see package trust), so a store can be checked without
+// the stream, and the projector's trust verdict (Record.Trust, Issue.Trust):
+// an untrusted event leaves its change's issue OPEN whatever its state
+// (IssueStatusOf). The verdict is a function of the event and the trust
+// list, so a replay with the same list gives the same rows.
 package stores
