@@ -46,6 +46,13 @@
 // before stay trusted. The stream assigns sequences, so a holder of a
 // revoked key cannot backdate an event.
 //
+// A stream that existed before signing was turned on holds unsigned
+// history. A top-level unsignedUpToSeq: N accepts unsigned events up to
+// stream sequence N — set it to the sequence of the last event written
+// unsigned, once every writer signs — so that history does not become a
+// wall of issues; unsigned events after N are untrusted. (What was
+// unsigned was never protected: verify's other checks still apply to it.)
+//
 // [List.Check] judges one event: it is trusted, or its [Verdict] says why
 // not — unsigned, an unknown key, a bad signature (the bytes are not what
 // the key signed: altered, or a signature copied from another event), a

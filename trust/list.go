@@ -69,6 +69,9 @@ func (k Key) YAML() string {
 type List struct {
 	keys  []Key
 	byKey map[string]*listed
+	// unsignedUpTo: unsigned events at stream sequences up to it were
+	// written before signing was turned on, and are accepted (0: none).
+	unsignedUpTo uint64
 }
 
 type listed struct {
@@ -77,7 +80,10 @@ type listed struct {
 }
 
 type listFile struct {
-	Keys []Key `yaml:"keys"`
+	// UnsignedUpToSeq accepts unsigned events up to this stream sequence:
+	// the history written before signing was turned on.
+	UnsignedUpToSeq *uint64 `yaml:"unsignedUpToSeq,omitempty"`
+	Keys            []Key   `yaml:"keys"`
 }
 
 // LoadList reads a trust list file (see ParseList).
@@ -93,11 +99,12 @@ func LoadList(path string) (*List, error) {
 	return l, nil
 }
 
-// ParseList parses a trust list: YAML with one top-level field, keys, a
-// list of entries with key, name, roles, pipelines and optionally
-// revokedAfterSeq (see Key and the package documentation). Decoding is
-// strict: an unknown field (a misspelt revokedAfterSeq) is an error, not
-// a key that is never revoked.
+// ParseList parses a trust list: YAML with a top-level field keys, a list
+// of entries with key, name, roles, pipelines and optionally
+// revokedAfterSeq (see Key and the package documentation), and optionally
+// unsignedUpToSeq (see WithUnsignedUpTo). Decoding is strict: an unknown
+// field (a misspelt revokedAfterSeq) is an error, not a key that is never
+// revoked.
 func ParseList(b []byte) (*List, error) {
 	var f listFile
 	dec := yaml.NewDecoder(bytes.NewReader(b))
@@ -108,7 +115,40 @@ func ParseList(b []byte) (*List, error) {
 		}
 		return nil, fmt.Errorf("%w: %w", ErrInvalidList, err)
 	}
-	return NewList(f.Keys...)
+	l, err := NewList(f.Keys...)
+	if err != nil || f.UnsignedUpToSeq == nil {
+		return l, err
+	}
+	return l.WithUnsignedUpTo(*f.UnsignedUpToSeq), nil
+}
+
+// WithUnsignedUpTo returns a copy of l that also accepts unsigned events
+// at stream sequences up to seq: the history written before signing was
+// turned on (set it to the sequence of the last event written unsigned).
+// The stream assigns sequences, so an unsigned event published later
+// cannot pass for history. A malformed signature is never accepted.
+func (l *List) WithUnsignedUpTo(seq uint64) *List {
+	c := *l
+	c.unsignedUpTo = seq
+	return &c
+}
+
+// UnsignedUpTo is the sequence up to which unsigned events are accepted
+// (0: none).
+func (l *List) UnsignedUpTo() uint64 {
+	if l == nil {
+		return 0
+	}
+	return l.unsignedUpTo
+}
+
+// Marshal writes l in the format ParseList reads.
+func (l *List) Marshal() ([]byte, error) {
+	f := listFile{Keys: l.Keys()}
+	if l.unsignedUpTo > 0 {
+		f.UnsignedUpToSeq = &l.unsignedUpTo
+	}
+	return yaml.Marshal(f)
 }
 
 // NewList builds a trust list from keys, checking each.
@@ -245,6 +285,9 @@ func (l *List) Check(s Signed) Verdict {
 		return Verdict{}
 	}
 	if s.Signer == "" && s.Signature == "" {
+		if s.Seq <= l.unsignedUpTo {
+			return Verdict{} // history from before signing
+		}
 		return Verdict{Kind: KindUnsigned, Problem: "unsigned: no " + Header + " header"}
 	}
 	k, ok := l.byKey[s.Signer]

@@ -172,34 +172,57 @@ func decodePublic(key string) (ed25519.PublicKey, error) {
 	return ed25519.PublicKey(raw), nil
 }
 
-// LocalKeyFile is the key LocalKey keeps in its directory.
-const LocalKeyFile = "signing.nk"
+// Files LocalKey keeps in its directory.
+const (
+	LocalKeyFile   = "signing.nk"
+	LocalTrustFile = "trust.yaml"
+)
 
 // LocalName is the name LocalKey's list gives its key.
 const LocalName = "local"
 
-// LocalKey is the embedded mode's zero-setup signing: it loads
-// <dir>/signing.nk, creating it (a new user key, mode 0600) on first use,
-// and returns its signer and a trust list that trusts it, and only it, as
-// runner and operator on every pipeline.
-func LocalKey(dir string) (*Signer, *List, error) {
-	path := filepath.Join(dir, LocalKeyFile)
-	s, err := LoadSigner(path)
+// LocalKey is the embedded mode's zero-setup signing. It loads
+// <dir>/signing.nk and <dir>/trust.yaml, creating them on first use: a new
+// user key (mode 0600), and a trust list that trusts it, and only it, as
+// runner and operator on every pipeline. lastSeq is the audit stream's
+// last sequence now: on first use the events already on the stream were
+// written unsigned, before the key existed, and the list accepts them
+// (List.WithUnsignedUpTo), so an existing data directory keeps working.
+// The list file can be edited like any trust list; if it is removed, it
+// is written again without accepting unsigned history.
+func LocalKey(dir string, lastSeq uint64) (*Signer, *List, error) {
+	keyPath, listPath := filepath.Join(dir, LocalKeyFile), filepath.Join(dir, LocalTrustFile)
+	s, err := LoadSigner(keyPath)
+	created := false
 	if errors.Is(err, fs.ErrNotExist) {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, nil, fmt.Errorf("trust: local key: %w", err)
 		}
-		s, err = NewKeyFile(path)
+		s, err = NewKeyFile(keyPath)
+		created = err == nil
 		if errors.Is(err, fs.ErrExist) { // another process made it first
-			s, err = LoadSigner(path)
+			s, err = LoadSigner(keyPath)
 		}
 	}
 	if err != nil {
 		return nil, nil, err
 	}
-	l, err := NewList(Key{Key: s.PublicKey(), Name: LocalName, Roles: []Role{RoleRunner, RoleOperator}, Pipelines: []string{AllPipelines}})
-	if err != nil {
+	l, err := LoadList(listPath)
+	if !errors.Is(err, fs.ErrNotExist) {
+		return s, l, err
+	}
+	if l, err = NewList(Key{Key: s.PublicKey(), Name: LocalName, Roles: []Role{RoleRunner, RoleOperator}, Pipelines: []string{AllPipelines}}); err != nil {
 		return nil, nil, err
+	}
+	if created {
+		l = l.WithUnsignedUpTo(lastSeq)
+	}
+	b, err := l.Marshal()
+	if err == nil {
+		err = os.WriteFile(listPath, b, 0o644)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("trust: local trust list: %w", err)
 	}
 	return s, l, nil
 }

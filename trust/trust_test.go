@@ -113,6 +113,15 @@ func TestParseList(t *testing.T) {
 	if got, ok := l.Lookup(k); !ok || got.Name != "alice" || got.RevokedAfterSeq == nil || *got.RevokedAfterSeq != 7 {
 		t.Fatalf("Lookup = %+v %v", got, ok)
 	}
+	// unsignedUpToSeq, and Marshal writes what ParseList reads.
+	withHistory, err := trust.ParseList([]byte("unsignedUpToSeq: 41\n" + good))
+	if err != nil || withHistory.UnsignedUpTo() != 41 {
+		t.Fatalf("unsignedUpToSeq: %v %v", withHistory, err)
+	}
+	b, err := withHistory.Marshal()
+	if again, err2 := trust.ParseList(b); err != nil || err2 != nil || again.UnsignedUpTo() != 41 || len(again.Keys()) != 1 {
+		t.Fatalf("Marshal round trip:\n%s\n%v %v", b, err, err2)
+	}
 	// The snippet keys new prints parses back.
 	snippet := "keys:\n" + indent(trust.Key{Key: k, Name: "bob", Roles: []trust.Role{trust.RoleRunner}, Pipelines: []string{"billing"}}.YAML())
 	if _, err := trust.ParseList([]byte(snippet)); err != nil {
@@ -180,13 +189,18 @@ func TestKeyFiles(t *testing.T) {
 	}
 
 	local := filepath.Join(dir, "data")
-	ls, list, err := trust.LocalKey(local)
+	ls, list, err := trust.LocalKey(local, 5) // a data directory with 5 unsigned events
 	if err != nil {
 		t.Fatal(err)
 	}
-	ls2, _, err := trust.LocalKey(local)
-	if err != nil || ls2.PublicKey() != ls.PublicKey() {
-		t.Fatalf("second LocalKey made another key: %v", err)
+	ls2, list2, err := trust.LocalKey(local, 99)
+	if err != nil || ls2.PublicKey() != ls.PublicKey() || list2.UnsignedUpTo() != 5 {
+		t.Fatalf("second LocalKey: key %v, unsigned up to %d, %v; want the same key and list", ls2.PublicKey() == ls.PublicKey(), list2.UnsignedUpTo(), err)
+	}
+	for seq, trusted := range map[uint64]bool{5: true, 6: false} {
+		if v := list.Check(trust.Signed{Pipeline: "p", Type: events.ExecutionSucceeded, Seq: seq, Hash: events.Hash(nil)}); v.Trusted() != trusted {
+			t.Errorf("unsigned event at seq %d: %+v, want trusted %v", seq, v, trusted)
+		}
 	}
 	for _, typ := range events.Types {
 		if err := list.Allows(ls.PublicKey(), typ, "any-pipeline"); err != nil {

@@ -16,7 +16,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
-	"go.yaml.in/yaml/v3"
 
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/producer"
@@ -73,7 +72,7 @@ func WriteKey(t testing.TB, dir string, s *trust.Signer) string {
 // WriteList writes list as a trust-list file in dir and returns its path.
 func WriteList(t testing.TB, dir string, list *trust.List) string {
 	t.Helper()
-	b, err := yaml.Marshal(map[string][]trust.Key{"keys": list.Keys()})
+	b, err := list.Marshal()
 	if err != nil {
 		t.Fatal(err)
 	}
