@@ -35,7 +35,7 @@ const (
 	ExitOK       = 0
 	ExitError    = 1 // could not do it: unreachable server, permission, …
 	ExitUsage    = 2 // bad flags or configuration
-	ExitProblems = 3 // the check ran and found problems: drift, a broken chain, an open stream problem, a bad schema, a failed connection test
+	ExitProblems = 3 // the check ran and found problems: drift, a broken chain, an open stream problem, an untrusted event, a bad schema, a failed connection test
 	ExitNotFound = 4 // no such change or lock, or nothing to fix
 	ExitRefused  = 5 // refused as unsafe: a runner may be applying the change (see --force)
 )
@@ -111,7 +111,8 @@ with --store and the store's flags, as for the projector).
 
 Exit codes: 0 ok, 1 error, 2 bad usage or configuration, 3 problems found
 (drift, broken hash chain, an unresolved bad message on a change's subject,
-an unacknowledged downgrade or stale-token write, schema problems, failed
+an unacknowledged downgrade or stale-token write, an untrusted event with
+no trusted resolution after it (--trust), schema problems, failed
 connection test), 4 not found or nothing to fix, 5 refused as unsafe
 (issue fix while a runner may be applying the change; see --force).`,
 		SilenceUsage:  true,
