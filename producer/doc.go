@@ -4,7 +4,11 @@
 // The stream ([EnsureStream]) is created with the defaults a source of truth
 // needs: file storage, no limits, every message of every subject kept,
 // delete and purge denied, direct gets allowed. An existing stream is
-// checked, never silently changed.
+// checked, never silently changed. Creating it is an explicit act
+// (`auditflow init`, the embedded mode): [New] opens the existing stream
+// ([OpenStream]) and reports a missing one as [ErrNoStream], saying to init
+// or restore it, because an empty stream in place of a deleted one would
+// make every runner apply every change again.
 //
 // Each change has its own subject, <prefix>.<pipeline>.<changeId> (see
 // events.Subject), so:
@@ -23,8 +27,10 @@
 // answer while a cluster elects a leader (killing a stream's leader stalls
 // it for the raft election timeout, several seconds), a client between
 // servers, JetStream's "temporarily unavailable" answers. That includes
-// [New]'s stream check ([EnsureStream] with [WithRetry]), so a process
-// started during an election waits for it. A server's refusal is returned
+// [New]'s stream check ([OpenStream] with [WithRetry]), so a process
+// started during an election waits for it. A missing NATS permission is not
+// retried: the request ends as soon as the server reports the violation,
+// with an error naming the denied subject. A server's refusal is returned
 // at once, except a wrong-last-sequence refusal: a replicated stream
 // sometimes gives one while a proposal on the subject is in flight, so the
 // producer re-reads the subject first and reports [ErrConflict] only if
