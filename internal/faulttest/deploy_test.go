@@ -30,6 +30,7 @@ import (
 	"github.com/auditflow/auditflow/projector"
 	"github.com/auditflow/auditflow/stores"
 	"github.com/auditflow/auditflow/stores/sqlitestore"
+	"github.com/auditflow/auditflow/stores/storetest"
 )
 
 // The deployment's roles, as deploy/nats/accounts.conf names its users.
@@ -385,6 +386,13 @@ func TestDeployDenials(t *testing.T) {
 // and its password; without its certificate, or without TLS, it is
 // refused. auditflow init runs over it with the --nats-tls-* flags.
 func TestDeployTLS(t *testing.T) {
+	if _, err := exec.LookPath("openssl"); err != nil {
+		msg := "openssl is not installed (apt-get install openssl): deploy/tls/make-certs.sh uses it"
+		if os.Getenv(storetest.RequireIntegrationEnv) == "1" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
 	certs := t.TempDir()
 	if out, err := exec.Command("sh", filepath.Join("..", "..", "deploy", "tls", "make-certs.sh"), certs).CombinedOutput(); err != nil {
 		t.Fatalf("make-certs.sh: %v\n%s", err, out)
