@@ -24,6 +24,7 @@ import (
 	"github.com/auditflow/auditflow/internal/logging"
 	"github.com/auditflow/auditflow/internal/natsconn"
 	"github.com/auditflow/auditflow/internal/storeflags"
+	"github.com/auditflow/auditflow/internal/trustflags"
 	"github.com/auditflow/auditflow/lock"
 	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/projector"
@@ -89,7 +90,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var ue usageError
 	switch {
 	case errors.As(err, &ue), errors.Is(err, stores.ErrInvalidConfig), errors.Is(err, stores.ErrInvalidQuery),
-		errors.Is(err, producer.ErrInvalidConfig), errors.Is(err, lock.ErrInvalidConfig), errors.Is(err, projector.ErrInvalidConfig):
+		errors.Is(err, producer.ErrInvalidConfig), errors.Is(err, lock.ErrInvalidConfig), errors.Is(err, projector.ErrInvalidConfig),
+		errors.Is(err, natsconn.ErrInvalidConfig), errors.Is(err, trustflags.ErrInvalid):
 		return ExitUsage
 	case errors.Is(err, errProblems):
 		return ExitProblems

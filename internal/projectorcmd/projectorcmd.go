@@ -22,6 +22,7 @@ import (
 	"github.com/auditflow/auditflow/internal/natsconn"
 	"github.com/auditflow/auditflow/internal/redact"
 	"github.com/auditflow/auditflow/internal/storeflags"
+	"github.com/auditflow/auditflow/internal/trustflags"
 	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/projector"
 	"github.com/auditflow/auditflow/stores"
@@ -52,6 +53,7 @@ type options struct {
 	stallAfter      time.Duration
 	shutdownTimeout time.Duration
 	metricsAddr     string
+	sig             trustflags.Config
 	logLevel        string
 	logFormat       string
 }
@@ -66,6 +68,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	}
 	env := natsconn.Env
 	o.nats.RegisterFlags(fs)
+	o.sig.RegisterTrustFlag(fs)
 	o.store.RegisterFlags(fs)
 	fs.IntVar(&o.replicas, "stream-replicas", 1, "replicas of the audit streams when creating them")
 	fs.StringVar(&o.consumer, "consumer", env("AUDITFLOW_CONSUMER", ""), "durable consumer name, shared by all workers of one store (default projector-<store>) [AUDITFLOW_CONSUMER]")
@@ -169,6 +172,10 @@ func run(ctx context.Context, o *options, log *slog.Logger) (int, error) {
 		}
 		defer ln.Close()
 	}
+	list, err := o.sig.List()
+	if err != nil {
+		return ExitUsage, err
+	}
 	log.Info("opening audit store", "store", o.store.Describe())
 	store, closeStore, err := o.store.Open(ctx, log)
 	if err != nil {
@@ -190,7 +197,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) (int, error) {
 	p, err := projector.New(ctx, js, store, projector.Config{
 		Stream: producer.StreamConfig{Replicas: o.replicas}, StoreName: o.store.Kind, Consumer: o.consumer,
 		Workers: o.workers, BatchSize: o.batch, AckWait: o.ackWait, WriteTimeout: o.writeTimeout,
-		StallAfter: o.stallAfter, ShutdownTimeout: o.shutdownTimeout, Registerer: reg, Logger: log,
+		StallAfter: o.stallAfter, ShutdownTimeout: o.shutdownTimeout, Trust: list, Registerer: reg, Logger: log,
 	})
 	if err != nil {
 		return exitFor(err), err
@@ -229,7 +236,7 @@ func serve(ln net.Listener, h http.Handler, log *slog.Logger) (stop func()) {
 func exitFor(err error) int {
 	if errors.Is(err, stores.ErrInvalidConfig) || errors.Is(err, projector.ErrInvalidConfig) ||
 		errors.Is(err, producer.ErrInvalidConfig) || errors.Is(err, producer.ErrStreamMismatch) ||
-		errors.Is(err, natsconn.ErrInvalidConfig) {
+		errors.Is(err, natsconn.ErrInvalidConfig) || errors.Is(err, trustflags.ErrInvalid) {
 		return ExitUsage
 	}
 	return ExitError

@@ -27,6 +27,7 @@ import (
 	"github.com/auditflow/auditflow/internal/natsconn"
 	"github.com/auditflow/auditflow/internal/redact"
 	"github.com/auditflow/auditflow/internal/render"
+	"github.com/auditflow/auditflow/internal/trustflags"
 	"github.com/auditflow/auditflow/lock"
 	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/projector"
@@ -34,6 +35,7 @@ import (
 	"github.com/auditflow/auditflow/runner/changefile"
 	"github.com/auditflow/auditflow/stores"
 	"github.com/auditflow/auditflow/stores/sqlitestore"
+	"github.com/auditflow/auditflow/trust"
 )
 
 // Exit codes, documented in the README.
@@ -83,27 +85,29 @@ func (s Signal) Error() string {
 }
 
 type options struct {
-	nats       natsconn.Config
-	changes    string
-	pipeline   string
-	dryRun     bool
-	embedded   bool
-	dataDir    string
-	syncAlways bool
-	replicas   int
-	lease      time.Duration
-	lockRetry  time.Duration
-	lockGiveUp time.Duration
-	runnerID   string
-	resolve    string
-	resolution string
-	reason     string
-	operator   string
-	force      bool
-	stopGrace  time.Duration
-	logLevel   string
-	logFormat  string
-	secrets    []string // values to mask in what the runner shows and records
+	nats        natsconn.Config
+	changes     string
+	pipeline    string
+	dryRun      bool
+	embedded    bool
+	dataDir     string
+	syncAlways  bool
+	replicas    int
+	lease       time.Duration
+	lockRetry   time.Duration
+	lockGiveUp  time.Duration
+	runnerID    string
+	resolve     string
+	resolution  string
+	reason      string
+	operator    string
+	force       bool
+	operatorSet bool // --operator given, not $USER's default
+	sig         trustflags.Config
+	stopGrace   time.Duration
+	logLevel    string
+	logFormat   string
+	secrets     []string // values to mask in what the runner shows and records
 }
 
 // secrets are the values the runner masks in change output and traces,
@@ -165,7 +169,7 @@ Flags:
 	fs.BoolVar(&o.embedded, "embedded", false, "run an in-process NATS server and projector into SQLite under --data-dir, then print the changeLog")
 	fs.StringVar(&o.dataDir, "data-dir", ".auditflow", "where --embedded keeps its stream and SQLite store")
 	fs.BoolVar(&o.syncAlways, "sync-always", true, "with --embedded: fsync every event before acknowledging it")
-	fs.IntVar(&o.replicas, "stream-replicas", 1, "replicas of the audit stream and lock bucket when creating them")
+	fs.IntVar(&o.replicas, "stream-replicas", 1, "replicas the audit stream and lock bucket must have (auditflow init creates them; --embedded here)")
 	fs.DurationVar(&o.lease, "lock-lease", lock.DefaultLease, "pipeline lock lease")
 	fs.DurationVar(&o.lockRetry, "lock-retry", lock.DefaultRetryInterval, "first wait between attempts on a held lock")
 	fs.DurationVar(&o.lockGiveUp, "lock-give-up", lock.DefaultGiveUpAfter, "how long to wait for a held lock")
@@ -174,13 +178,15 @@ Flags:
 	fs.StringVar(&o.resolve, "resolve", "", "change id to record a manual resolution for")
 	fs.StringVar(&o.resolution, "resolution", "", "with --resolve: applied or rolled-back")
 	fs.StringVar(&o.reason, "reason", "", "with --resolve: why (recorded in the audit log)")
-	fs.StringVar(&o.operator, "operator", natsconn.Env("USER", ""), "with --resolve: who decides (default $USER)")
+	fs.StringVar(&o.operator, "operator", natsconn.Env("USER", ""), "with --resolve: who decides (default $USER); with --signing-key, the key's identity is recorded and this may only repeat its name")
+	o.sig.RegisterFlags(fs)
 	fs.BoolVar(&o.force, "force", false, "with --resolve: record without the pipeline lock, even while a runner may be applying the change (it may then run twice)")
 	fs.StringVar(&o.logLevel, "log-level", natsconn.Env("AUDITFLOW_LOG_LEVEL", "info"), "debug, info, warn or error [AUDITFLOW_LOG_LEVEL]")
 	fs.StringVar(&o.logFormat, "log-format", natsconn.Env("AUDITFLOW_LOG_FORMAT", "text"), "text or json [AUDITFLOW_LOG_FORMAT]")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
+	fs.Visit(func(f *flag.Flag) { o.operatorSet = o.operatorSet || f.Name == "operator" })
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
@@ -193,8 +199,8 @@ Flags:
 		return nil, fmt.Errorf("--resolution: want applied or rolled-back, got %q", o.resolution)
 	case o.resolve != "" && strings.TrimSpace(o.reason) == "":
 		return nil, errors.New("--reason: required with --resolve; it goes into the audit log")
-	case o.resolve != "" && o.operator == "":
-		return nil, errors.New("--operator: required with --resolve (no $USER to default to)")
+	case o.resolve != "" && o.operator == "" && o.sig.SigningKey == "":
+		return nil, errors.New("--operator: required with --resolve (no $USER to default to), or sign with --signing-key")
 	case len(o.reason) > events.MaxMessageLen:
 		return nil, fmt.Errorf("--reason: %d bytes; the limit is %d (events.MaxMessageLen)", len(o.reason), events.MaxMessageLen)
 	case len(o.operator) > events.MaxTextLen:
@@ -287,7 +293,23 @@ func run(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) (i
 			return codeFor(err), err
 		}
 	}
-	prod, err := producer.New(ctx, js, producer.Config{Stream: streamCfg, Logger: log})
+	signer, list, err := o.sig.Load()
+	if err != nil {
+		return ExitUsage, err
+	}
+	localKey := o.embedded && signer == nil && list == nil
+	if localKey {
+		// Zero setup: a local key, and a trust list that believes it (and
+		// this stream's unsigned history, if any).
+		s, err := js.Stream(ctx, producer.DefaultStreamName)
+		if err != nil {
+			return codeFor(err), err
+		}
+		if signer, list, err = trust.LocalKey(o.dataDir, s.CachedInfo().State.LastSeq); err != nil {
+			return ExitError, err
+		}
+	}
+	prod, err := producer.New(ctx, js, producer.Config{Stream: streamCfg, Signer: signer, Logger: log})
 	if err != nil {
 		return codeFor(err), err
 	}
@@ -296,7 +318,7 @@ func run(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) (i
 	if err != nil {
 		return codeFor(err), err
 	}
-	r, err := runner.New(prod, locker, runner.Config{Pipeline: o.pipeline, RunnerID: o.runnerID, Logger: log})
+	r, err := runner.New(prod, locker, runner.Config{Pipeline: o.pipeline, RunnerID: o.runnerID, Trust: list, Logger: log})
 	if err != nil {
 		return ExitUsage, err
 	}
@@ -305,7 +327,7 @@ func run(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) (i
 	var store *sqlitestore.Store
 	if o.embedded {
 		var stop func()
-		if proj, store, stop, err = startProjector(ctx, o, js, streamCfg, log); err != nil {
+		if proj, store, stop, err = startProjector(ctx, o, js, streamCfg, list, log); err != nil {
 			return ExitError, err
 		}
 		defer stop()
@@ -320,11 +342,32 @@ func run(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) (i
 		if o.force {
 			log.Warn("--force: recording without the pipeline lock; if a runner is still applying this change, its outcome will be recorded as OVERLAPPED, and with rolled-back the change runs a second time")
 		}
-		seq, err := r.Resolve(ctx, runner.Resolution{ChangeID: o.resolve, Resolution: res, Operator: o.operator, Reason: o.reason, Force: o.force})
+		operator := o.operator
+		if signer != nil && !o.operatorSet {
+			operator = "" // $USER is not an identity: the key's is recorded
+		}
+		req := runner.Resolution{Pipeline: o.pipeline, ChangeID: o.resolve, Resolution: res, Operator: operator, Reason: o.reason, Force: o.force, Trust: list}
+		if localKey {
+			// The embedded mode's one local key signs for whoever runs it:
+			// record their name beside the key, as without a trust list.
+			req.Trust, req.Operator = nil, o.operator
+		}
+		who, err := runner.OperatorOf(signer, req)
 		if err != nil {
 			return codeFor(err), err
 		}
-		fmt.Fprintf(stdout, "recorded: change %s of %s resolved as %s by %s (stream sequence %d)\n", o.resolve, o.pipeline, res, o.operator, seq)
+		var seq uint64
+		if localKey { // no list to name the operator by (see above)
+			host, _ := os.Hostname()
+			req.Host, req.RunnerID = host, o.runnerID
+			seq, err = runner.Resolve(ctx, prod, locker, req)
+		} else {
+			seq, err = r.Resolve(ctx, req)
+		}
+		if err != nil {
+			return codeFor(err), err
+		}
+		fmt.Fprintf(stdout, "recorded: change %s of %s resolved as %s by %s (stream sequence %d)\n", o.resolve, o.pipeline, res, who, seq)
 	case o.dryRun:
 		plan, err := r.Plan(ctx, changes)
 		if err != nil {
@@ -332,8 +375,9 @@ func run(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) (i
 		}
 		printPlan(stdout, plan)
 		for _, s := range plan {
-			if s.Bad != nil { // what a run would stop at, and the way past it
-				ce := &runner.ChangeError{Pipeline: o.pipeline, ChangeID: s.Change.ID, TargetSystem: s.Change.TargetSystem, Bad: s.Bad, Err: runner.ErrManualIntervention}
+			if s.Bad != nil || s.Untrusted != nil { // what a run would stop at, and the way past it
+				ce := &runner.ChangeError{Pipeline: o.pipeline, ChangeID: s.Change.ID, TargetSystem: s.Change.TargetSystem, State: s.State,
+					Bad: s.Bad, Untrusted: s.Untrusted, Err: runner.ErrManualIntervention}
 				fmt.Fprintf(stdout, "\n%s is BLOCKED: %s\n", s.Change.ID, ce.Guidance(resolveHint(o)))
 			}
 		}
@@ -356,12 +400,12 @@ func run(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) (i
 	return ExitOK, nil
 }
 
-func startProjector(ctx context.Context, o *options, js jetstream.JetStream, streamCfg producer.StreamConfig, log *slog.Logger) (*projector.Projector, *sqlitestore.Store, func(), error) {
+func startProjector(ctx context.Context, o *options, js jetstream.JetStream, streamCfg producer.StreamConfig, list *trust.List, log *slog.Logger) (*projector.Projector, *sqlitestore.Store, func(), error) {
 	store, err := sqlitestore.Open(ctx, filepath.Join(o.dataDir, "audit.db"), sqlitestore.Config{})
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	proj, err := projector.New(ctx, js, store, projector.Config{Stream: streamCfg, StoreName: "sqlite", Logger: log})
+	proj, err := projector.New(ctx, js, store, projector.Config{Stream: streamCfg, StoreName: "sqlite", Trust: list, Logger: log})
 	if err != nil {
 		_ = store.Close()
 		return nil, nil, nil, err
@@ -382,7 +426,7 @@ func codeFor(err error) int {
 		return ExitLockNotObtained
 	case errors.Is(err, runner.ErrInvalidChange), errors.Is(err, runner.ErrInvalidConfig), errors.Is(err, runner.ErrNothingToResolve),
 		errors.Is(err, lock.ErrInvalidConfig), errors.Is(err, producer.ErrInvalidConfig), errors.Is(err, producer.ErrStreamMismatch),
-		errors.Is(err, natsconn.ErrInvalidConfig):
+		errors.Is(err, natsconn.ErrInvalidConfig), errors.Is(err, trustflags.ErrInvalid):
 		return ExitUsage
 	}
 	return ExitError

@@ -9,7 +9,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/internal/embedded"
+	"github.com/auditflow/auditflow/internal/natstest"
 	"github.com/auditflow/auditflow/internal/runnercmd"
+	"github.com/auditflow/auditflow/producer"
+	"github.com/auditflow/auditflow/trust"
 )
 
 func runCmd(t *testing.T, args ...string) (int, string, string) {
@@ -96,4 +103,48 @@ func TestUsageErrors(t *testing.T) {
 			t.Errorf("%s: exit %d, want %d with a message; stderr %q", name, code, runnercmd.ExitUsage, stderr)
 		}
 	}
+}
+
+// TestEmbeddedSignsWithALocalKey: the quickstart needs no key setup, yet
+// every event it writes is signed by a local key its own trust list
+// believes — so a forged event on its stream is caught like anywhere else.
+func TestEmbeddedSignsWithALocalKey(t *testing.T) {
+	data := t.TempDir()
+	if code, out, stderr := runCmd(t, "--embedded", "--data-dir", data, "--changes", "../../examples/changes"); code != runnercmd.ExitOK {
+		t.Fatalf("exit %d\n%s\n%s", code, out, stderr)
+	}
+	list, err := trust.LoadList(filepath.Join(data, trust.LocalTrustFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := embedded.Start(embedded.Config{DataDir: filepath.Join(data, "nats")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	nc, err := srv.Connect("check")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	for _, e := range natstest.ReadEvents(t, js, producer.DefaultStreamName) {
+		m, err := mustStream(t, js).GetMsg(context.Background(), e.Seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _, v := list.CheckHeader(m.Header.Get(trust.Header), trust.Signed{Pipeline: e.Pipeline, Type: e.Type, Seq: e.Seq, Hash: events.Hash(e.Data)})
+		if v.Problem != "" || m.Header.Get(trust.Header) == "" {
+			t.Fatalf("seq %d %s: %s", e.Seq, e.Type, v.Problem)
+		}
+	}
+}
+
+func mustStream(t *testing.T, js jetstream.JetStream) jetstream.Stream {
+	t.Helper()
+	s, err := js.Stream(context.Background(), producer.DefaultStreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
