@@ -384,8 +384,16 @@ func (p *Producer) encode(e events.Event) ([]byte, error) {
 }
 
 // lastMsg reads the newest message on subject.
+// lastMsg reads a subject's newest message. A direct get may be answered
+// by a mirror of the stream (see MirrorConfig), which can be behind: such
+// an answer is asked again a few times, for the stream's own.
 func (p *Producer) lastMsg(ctx context.Context, subject string) (*jetstream.RawStreamMsg, error) {
-	return p.stream.GetLastMsgForSubject(ctx, subject)
+	for i := 0; ; i++ {
+		m, err := p.stream.GetLastMsgForSubject(ctx, subject)
+		if err != nil || i == 7 || m.Header.Get(jetstream.StreamHeader) == "" || m.Header.Get(jetstream.StreamHeader) == p.cfg.Stream.Name {
+			return m, err
+		}
+	}
 }
 
 func isWrongLastSeq(err error) bool {

@@ -171,7 +171,8 @@ type NoStreamError struct {
 func (e *NoStreamError) Error() string {
 	return fmt.Sprintf("producer: the audit stream %s does not exist. auditflow never creates it implicitly: if it was deleted, "+
 		"an empty one would make every runner apply every change again. A new deployment: create it once with `auditflow init` "+
-		"(as the admin user). A deleted stream: restore it from its backup or mirror first (e.g. nats stream restore), then start runners and projectors again",
+		"(as the admin user). A deleted stream: restore it from its backup or mirror first (auditflow restore --from AUDIT_MIRROR, or nats stream restore), "+
+		"then start runners and projectors again",
 		e.Stream)
 }
 
@@ -233,6 +234,9 @@ func streamDiff(have, want jetstream.StreamConfig) []string {
 	}
 	if !have.DenyDelete || !have.DenyPurge {
 		add("deny delete/purge", [2]bool{have.DenyDelete, have.DenyPurge}, [2]bool{true, true})
+	}
+	if len(have.Sources) > 0 || have.Mirror != nil {
+		d = append(d, "sources or a mirror (a restore is filling it: wait for auditflow restore to finish)")
 	}
 	if !have.AllowDirect {
 		add("allow direct", have.AllowDirect, true)
