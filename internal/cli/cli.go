@@ -141,7 +141,7 @@ connection test), 4 not found or nothing to fix, 5 refused as unsafe
 	pf.StringVar(&a.lockBucket, "lock-bucket", lock.DefaultBucket, "the pipeline lock KV bucket")
 	pf.StringVar(&a.logLevel, "log-level", natsconn.Env("AUDITFLOW_LOG_LEVEL", "warn"), "debug, info, warn or error [AUDITFLOW_LOG_LEVEL]")
 	pf.StringVar(&a.logFormat, "log-format", natsconn.Env("AUDITFLOW_LOG_FORMAT", "text"), "text or json [AUDITFLOW_LOG_FORMAT]")
-	root.AddCommand(a.initCommand())
+	root.AddCommand(a.initCommand(), a.restoreCommand())
 	root.AddCommand(a.auditCommand(), a.issueCommand(), a.lockCommand(), a.statsCommand(),
 		a.testConnectionCommand(), a.verifySchemaCommand(), a.replayCommand(), a.verifyCommand(), a.repairCommand(), a.keysCommand())
 	return root

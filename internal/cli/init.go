@@ -37,6 +37,7 @@ const (
 func (a *app) initCommand() *cobra.Command {
 	var lease, wait time.Duration
 	var force, dryRun bool
+	var mirror producer.Mirror
 	cmd := &cobra.Command{
 		Use:   "init",
 		Short: "Create the audit stream, the lock bucket and the projector's streams if missing (admin; idempotent)",
@@ -47,6 +48,8 @@ safe configuration, and reports what already exists:
                                   denied, --stream-replicas replicas
   the lock bucket (auditflow_locks)  --lock-lease as its TTL
   AUDIT_DEADLETTER, AUDIT_WRITES  the projector's dead letters and telemetry
+  --mirror NAME                   a continuous mirror of the audit stream, its
+                                  backup of record (auditflow restore --from)
 
 Runners and projectors never create these: one that finds the audit stream
 missing stops with an error, because an empty stream in place of a deleted
@@ -76,7 +79,7 @@ permission), 3 something exists with another configuration, 5 refused.`,
 			ctx, stop := natsperm.Watch(cmd.Context(), a.nc, natsperm.JetStream)
 			defer stop()
 			opts := initOptions{replicas: a.replicas, bucket: a.lockBucket, lease: lease, leaseSet: cmd.Flags().Changed("lock-lease"),
-				force: force, dryRun: dryRun}
+				force: force, dryRun: dryRun, mirror: mirror}
 			// A cluster that is still electing its leaders answers "not now"
 			// or not at all: init is idempotent, so try it again for --wait.
 			var items []initItem
@@ -108,6 +111,9 @@ permission), 3 something exists with another configuration, 5 refused.`,
 	cmd.Flags().DurationVar(&lease, "lock-lease", lock.DefaultLease, "the lock bucket's TTL (the runners' --lock-lease) when creating it; checked against an existing bucket only when given")
 	cmd.Flags().BoolVar(&force, "force", false, "create an empty audit stream even though the other resources show it existed and was deleted")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "report what is missing and change nothing")
+	cmd.Flags().StringVar(&mirror.Name, "mirror", "", "also create this stream as a continuous mirror of the audit stream (e.g. AUDIT_MIRROR): the backup that auditflow restore recreates a deleted stream from")
+	cmd.Flags().StringVar(&mirror.Domain, "mirror-source-domain", "", "the audit stream's JetStream domain, when the mirror is made on a server of another domain (a leaf node or another cluster)")
+	cmd.Flags().IntVar(&mirror.Replicas, "mirror-replicas", 0, "the mirror's replicas (default: --stream-replicas)")
 	cmd.Flags().DurationVar(&wait, "wait", 0, "how long to keep trying while the server or cluster is not ready (no answer, no JetStream leader yet)")
 	return cmd
 }
@@ -118,6 +124,7 @@ type initOptions struct {
 	lease         time.Duration
 	leaseSet      bool // --lock-lease given: check an existing bucket's TTL against it
 	force, dryRun bool
+	mirror        producer.Mirror // Name "": none
 }
 
 // initResources creates what is missing, in order: the audit stream first,
@@ -170,6 +177,14 @@ func (a *app) initResources(ctx context.Context, js jetstream.JetStream, o initO
 	items = append(items, it)
 	if it.Status == initDiffers {
 		differs = append(differs, "lock bucket "+o.bucket)
+	}
+
+	if o.mirror.Name != "" {
+		it, err := initMirror(ctx, js, sc, o)
+		if err != nil {
+			return items, err
+		}
+		items = append(items, it)
 	}
 
 	for _, s := range projector.Streams(projector.Config{Stream: sc}) {
@@ -235,6 +250,38 @@ func (a *app) initBucket(ctx context.Context, js jetstream.JetStream, o initOpti
 	it.Status, it.Detail = initExists, fmt.Sprintf("lease (TTL) %s, R%d", st.TTL(), replicas)
 	if o.leaseSet && st.TTL() != o.lease {
 		it.Status, it.Detail = initDiffers, fmt.Sprintf("lease (TTL) %s (want %s): runners must use --lock-lease %s", st.TTL(), o.lease, st.TTL())
+	}
+	return it, nil
+}
+
+// initMirror creates the mirror if missing, or reports the existing one.
+func initMirror(ctx context.Context, js jetstream.JetStream, sc producer.StreamConfig, o initOptions) (initItem, error) {
+	it := initItem{What: "mirror", Name: o.mirror.Name, Detail: "of " + sc.Name + ", file storage, no limits, delete and purge denied"}
+	if _, err := producer.MirrorConfig(sc, o.mirror); err != nil {
+		return it, usageError{err}
+	}
+	_, err := js.Stream(ctx, o.mirror.Name)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound) && o.dryRun:
+		it.Status = initWouldCreate
+		return it, nil
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		it.Status = initCreated
+	case err != nil:
+		return it, fmt.Errorf("stream %s: %w", o.mirror.Name, err)
+	default:
+		it.Status = initExists
+	}
+	s, err := producer.EnsureMirror(ctx, js, sc, o.mirror)
+	if errors.Is(err, producer.ErrStreamMismatch) {
+		it.Status, it.Detail = initDiffers, err.Error()
+		return it, fmt.Errorf("%w: %w", errProblems, err)
+	}
+	if err != nil {
+		return it, err
+	}
+	if info, err := s.Info(ctx); err == nil && info.Mirror != nil {
+		it.Detail += fmt.Sprintf("; %d messages, %d behind", info.State.Msgs, info.Mirror.Lag)
 	}
 	return it, nil
 }

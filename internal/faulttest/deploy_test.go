@@ -147,15 +147,15 @@ func TestDeployRolesDoTheirJobs(t *testing.T) {
 		return p
 	}
 	initAs := func() *proc {
-		return as(roleAdmin, bin.auditflow, "init", "--lock-lease", lease.String())
+		return as(roleAdmin, bin.auditflow, "init", "--lock-lease", lease.String(), "--mirror", "AUDIT_MIRROR")
 	}
 	first := initAs()
-	if code := first.wait(t, 30*time.Second); code != 0 || strings.Count(first.out.String(), " created ") != 4 {
-		t.Fatalf("init as admin: exit %d, want 0 creating 4 things:\n%s", code, first.out.String())
+	if code := first.wait(t, 30*time.Second); code != 0 || strings.Count(first.out.String(), " created ") != 5 {
+		t.Fatalf("init as admin: exit %d, want 0 creating 5 things:\n%s", code, first.out.String())
 	}
 	again := initAs()
-	if code := again.wait(t, 30*time.Second); code != 0 || strings.Count(again.out.String(), " exists ") != 4 {
-		t.Fatalf("init again: exit %d, want 0 finding 4 things:\n%s", code, again.out.String())
+	if code := again.wait(t, 30*time.Second); code != 0 || strings.Count(again.out.String(), " exists ") != 5 {
+		t.Fatalf("init again: exit %d, want 0 finding 5 things:\n%s", code, again.out.String())
 	}
 
 	dir := t.TempDir()
@@ -274,6 +274,10 @@ func TestDeployDenials(t *testing.T) {
 			denial{user, "bound the audit stream's age", "$JS.API.STREAM.UPDATE.AUDIT", func(ctx context.Context, js jetstream.JetStream) error {
 				cfg := jetstream.StreamConfig{Name: "AUDIT", Subjects: []string{"audit.exec.>"}, MaxAge: time.Hour}
 				_, err := js.UpdateStream(ctx, cfg)
+				return err
+			}},
+			denial{user, "promote or bound the mirror", "$JS.API.STREAM.UPDATE.AUDIT_MIRROR", func(ctx context.Context, js jetstream.JetStream) error {
+				_, err := js.UpdateStream(ctx, jetstream.StreamConfig{Name: "AUDIT_MIRROR", MaxAge: time.Hour})
 				return err
 			}},
 		)
