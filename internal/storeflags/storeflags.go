@@ -16,12 +16,14 @@ package storeflags
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -46,6 +48,10 @@ import (
 	"github.com/auditflow/auditflow/stores/sqlitestore"
 )
 
+// ErrStoreMissing: a command that only reads found no store to read (a
+// missing SQLite file); it creates none.
+var ErrStoreMissing = errors.New("audit store missing")
+
 // Kinds lists the backends.
 var Kinds = []string{"sqlite", "mongo", "dynamodb", "couchbase"}
 
@@ -56,7 +62,12 @@ type Config struct {
 	// collections or indexes where the backend allows (sqlite, mongo,
 	// dynamodb), so a schema check sees what is really there.
 	CheckOnly bool
-	SQLite    struct {
+	// ReadOnly opens the store for reading only: nothing is created — no
+	// SQLite file, table, collection or index (sqlite, mongo, dynamodb;
+	// couchbase still creates a missing scope or collection) — and a
+	// missing SQLite file is ErrStoreMissing, naming the path.
+	ReadOnly bool
+	SQLite   struct {
 		Path, ChangeLog, Issues, Checkpoints string
 	}
 	Mongo struct {
@@ -298,10 +309,15 @@ func (c *Config) open(ctx context.Context, log *slog.Logger) (stores.Store, func
 	switch c.Kind {
 	case "sqlite":
 		s := c.SQLite
+		if c.ReadOnly || c.CheckOnly {
+			if _, err := os.Stat(s.Path); errors.Is(err, os.ErrNotExist) {
+				return nil, nil, fmt.Errorf("%w: --sqlite-path %s: no such database file (this command reads only and creates nothing: check the path; the projector or auditflow replay creates it)", ErrStoreMissing, s.Path)
+			}
+		}
 		st, err := sqlitestore.Open(ctx, s.Path, sqlitestore.Config{ChangeLogTable: s.ChangeLog, IssuesTable: s.Issues,
-			CheckpointsTable: s.Checkpoints, SkipSchema: c.CheckOnly})
+			CheckpointsTable: s.Checkpoints, SkipSchema: c.CheckOnly, ReadOnly: c.ReadOnly})
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, SQLiteOpenError(s.Path, err)
 		}
 		return st, func() { _ = st.Close() }, nil
 	case "mongo":
@@ -325,7 +341,7 @@ func (c *Config) openMongo(ctx context.Context, log *slog.Logger) (stores.Store,
 	st, err := mongostore.New(ctx, client, mongostore.Config{
 		Database: m.Database, ChangeLogCollection: m.ChangeLog, IssuesCollection: m.Issues,
 		CheckpointsCollection: m.Checkpoints, WriteConcern: wc, ReadConcern: &readconcern.ReadConcern{Level: m.ReadConcern},
-		ReadPreference: rp, BatchSize: m.BatchSize, SkipIndexes: m.SkipIndexes || c.CheckOnly, Logger: log,
+		ReadPreference: rp, BatchSize: m.BatchSize, SkipIndexes: m.SkipIndexes || c.CheckOnly || c.ReadOnly, Logger: log,
 	})
 	if err != nil {
 		closeClient()
@@ -359,7 +375,7 @@ func (c *Config) openDynamo(ctx context.Context, log *slog.Logger) (stores.Store
 	st, err := dynamostore.New(ctx, client, dynamostore.Config{
 		TablePrefix: d.TablePrefix, ChangeLogTable: d.ChangeLog, IssuesTable: d.Issues, CheckpointsTable: d.Checkpoints,
 		EventuallyConsistentReads: d.EventuallyConsistent, BillingMode: billing, ReadCapacity: d.ReadCapacity,
-		WriteCapacity: d.WriteCapacity, SkipCreateTables: d.SkipCreate || c.CheckOnly, Concurrency: d.Concurrency, Logger: log,
+		WriteCapacity: d.WriteCapacity, SkipCreateTables: d.SkipCreate || c.CheckOnly || c.ReadOnly, Concurrency: d.Concurrency, Logger: log,
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("dynamodb: %w (check the region/endpoint, the credentials, and permission to describe, create, read and write tables %s*)", err, d.TablePrefix)
@@ -386,4 +402,73 @@ func (c *Config) openCouchbase(ctx context.Context, log *slog.Logger) (stores.St
 		return nil, nil, fmt.Errorf("couchbase %s: %w (check the connection string, user %s's access to bucket %s, and that it may create scopes and collections)", redact.URI(cb.ConnStr), err, cb.User, cb.Bucket)
 	}
 	return st, func() { _ = st.Close(); closeCluster() }, nil
+}
+
+// SQLiteOpenError wraps an error from opening the SQLite database at path
+// with the path and, when SQLite cannot open the file (its bare "unable to
+// open database file (14)" names neither), the likely cause: a missing
+// directory, or one this user may not write.
+func SQLiteOpenError(path string, err error) error {
+	if err == nil || !strings.Contains(err.Error(), "unable to open database file") {
+		return fmt.Errorf("sqlite %s: %w", path, err)
+	}
+	dir := filepath.Dir(path)
+	hint := ""
+	switch fi, serr := os.Stat(dir); {
+	case errors.Is(serr, os.ErrNotExist):
+		hint = "directory " + dir + " does not exist: create it, or fix the path"
+	case serr != nil:
+		hint = serr.Error()
+	case !fi.IsDir():
+		hint = dir + " is not a directory"
+	case !writable(dir):
+		hint = "directory " + dir + " is not writable by this user (SQLite also writes its -wal and -shm files there)"
+	default:
+		hint = "check the file's permissions, and that it is an SQLite database"
+	}
+	return fmt.Errorf("sqlite %s: %w (%s)", path, err, hint)
+}
+
+// writable reports whether this process can create a file in dir.
+func writable(dir string) bool {
+	f, err := os.CreateTemp(dir, ".auditflow-probe-*")
+	if err != nil {
+		return false
+	}
+	name := f.Name()
+	_ = f.Close()
+	_ = os.Remove(name)
+	return true
+}
+
+// ProbeWrite checks, where the backend allows without leaving anything
+// behind, that the store may be written: for SQLite it takes the
+// database's write lock (BEGIN IMMEDIATE) and rolls back, on an existing
+// file only. It returns ok false with no error when the backend has no
+// such probe.
+func (c *Config) ProbeWrite(ctx context.Context) (ok bool, err error) {
+	if c.Kind != "sqlite" {
+		return false, nil
+	}
+	path := c.SQLite.Path
+	if _, err := os.Stat(path); err != nil {
+		return false, fmt.Errorf("%w: --sqlite-path %s: %w", ErrStoreMissing, path, err)
+	}
+	db, err := sql.Open("sqlite", "file:"+path+"?mode=rw&_pragma=busy_timeout(5000)")
+	if err != nil {
+		return false, SQLiteOpenError(path, err)
+	}
+	defer db.Close()
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return false, SQLiteOpenError(path, err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		return false, SQLiteOpenError(path, err)
+	}
+	if _, err := conn.ExecContext(ctx, "ROLLBACK"); err != nil {
+		return false, SQLiteOpenError(path, err)
+	}
+	return true, nil
 }

@@ -27,6 +27,10 @@ type Config struct {
 	// SkipSchema leaves the tables and indexes alone on open (no creation,
 	// no migration), for checking a schema rather than fixing it.
 	SkipSchema bool
+	// ReadOnly opens an existing database read-only (SQLite's mode=ro):
+	// nothing is created — not the file, not the schema — and every write
+	// fails. Implies SkipSchema. For commands that only read.
+	ReadOnly bool
 }
 
 // Defaults.
@@ -86,13 +90,25 @@ func Open(ctx context.Context, path string, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("%w: sqlitestore: empty database path", stores.ErrInvalidConfig)
 	}
 	q := url.Values{}
-	for _, p := range []string{"busy_timeout(30000)", "journal_mode(WAL)", "synchronous(FULL)"} {
+	pragmas := []string{"busy_timeout(30000)", "journal_mode(WAL)", "synchronous(FULL)"}
+	if cfg.ReadOnly {
+		pragmas = pragmas[:1] // a read-only connection changes no setting
+		q.Set("mode", "ro")
+		cfg.SkipSchema = true
+	}
+	for _, p := range pragmas {
 		q.Add("_pragma", p)
 	}
 	q.Set("_txlock", "immediate")
 	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
 	if err != nil {
 		return nil, fmt.Errorf("sqlitestore: open %s: %w", path, err)
+	}
+	if cfg.ReadOnly { // sql.Open is lazy: find a missing file now
+		if err := db.PingContext(ctx); err != nil {
+			_ = db.Close()
+			return nil, fmt.Errorf("sqlitestore: open %s read-only: %w", path, err)
+		}
 	}
 	// Two processes creating the same new file race to switch it to WAL,
 	// and the loser gets SQLITE_BUSY without the busy handler being asked.
