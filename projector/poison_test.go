@@ -562,7 +562,10 @@ func TestSlowWritesAreNotRedeliveredBehindThemselves(t *testing.T) {
 				t.Fatalf("seq %d stored %d times: redelivered behind its own write", seq, n)
 			}
 		}
-		if st := p.Stats(); st.Applied != uint64(want) || st.BusyNaks != 0 {
+		// Messages fetched while the loop's queue is full may be handed
+		// back (BusyNaks, timing-dependent on a loaded machine): that is
+		// not a redelivery behind a write, and each is still stored once.
+		if st := p.Stats(); st.Applied != uint64(want) {
 			t.Fatalf("stats %+v", st)
 		}
 	}
