@@ -145,7 +145,7 @@ func TestMirrorConfigValidation(t *testing.T) {
 	}
 }
 
-func waitMsgs(t *testing.T, s jetstream.Stream, n uint64) {
+func waitMsgs(t testing.TB, s jetstream.Stream, n uint64) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -158,4 +158,53 @@ func waitMsgs(t *testing.T, s jetstream.Stream, n uint64) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// BenchmarkRestore measures Restore of a 20,000-event stream against its
+// ceiling in the same run: the time a fresh mirror takes to copy the same
+// stream (JetStream's own copy rate). Restore adds the promotion, the
+// checks and the final update to a copy of the same kind.
+func BenchmarkRestore(b *testing.B) {
+	const n = 20000
+	ctx := context.Background()
+	var copyS, restoreS float64
+	for i := 0; i < b.N; i++ {
+		srv := natstest.Start(b)
+		p, err := producer.New(ctx, srv.JS, producer.Config{CreateStream: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		e := events.New(events.ExecutionSucceeded, "billing", "0001-change")
+		e.ExecutionID = "x"
+		data, err := events.Encode(e)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for j := range n {
+			if _, err := srv.JS.PublishAsync(fmt.Sprintf("audit.exec.billing.%04d-change", j%500), data); err != nil {
+				b.Fatal(err)
+			}
+		}
+		<-srv.JS.PublishAsyncComplete()
+		_ = p
+		sc := producer.StreamConfig{}
+		start := time.Now()
+		if _, err := producer.EnsureMirror(ctx, srv.JS, sc, producer.Mirror{Name: "AUDIT_MIRROR"}); err != nil {
+			b.Fatal(err)
+		}
+		m, _ := srv.JS.Stream(ctx, "AUDIT_MIRROR")
+		waitMsgs(b, m, n)
+		copyS += time.Since(start).Seconds()
+		if err := srv.JS.DeleteStream(ctx, producer.DefaultStreamName); err != nil {
+			b.Fatal(err)
+		}
+		r, err := producer.Restore(ctx, srv.JS, sc, "AUDIT_MIRROR", nil)
+		if err != nil || r.Messages != n {
+			b.Fatalf("Restore = %+v, %v", r, err)
+		}
+		restoreS += r.Took.Seconds()
+	}
+	b.ReportMetric(float64(n*b.N)/restoreS, "restored-events/s")
+	b.ReportMetric(float64(n*b.N)/copyS, "mirror-copy-events/s")
+	b.ReportMetric(copyS/restoreS, "ratio-to-mirror-copy")
 }
