@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -33,6 +35,7 @@ type Config struct {
 // Server is a running in-process NATS server.
 type Server struct {
 	*server.Server
+	unlock func()
 }
 
 // Start starts a JetStream-enabled server and waits until it accepts
@@ -40,6 +43,16 @@ type Server struct {
 func Start(cfg Config) (*Server, error) {
 	if cfg.DataDir == "" {
 		return nil, errors.New("embedded: DataDir is required")
+	}
+	// Fail at once, naming the directory, where the server would only
+	// time out: a data dir that cannot be created or written, or one
+	// another process is serving (two servers on one store corrupt it).
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return nil, fmt.Errorf("embedded: data directory %s: %w (choose another with --data-dir, or fix its permissions)", cfg.DataDir, err)
+	}
+	unlock, err := lockDir(cfg.DataDir)
+	if err != nil {
+		return nil, err
 	}
 	opts := &server.Options{
 		ServerName: "auditflow-embedded",
@@ -55,6 +68,7 @@ func Start(cfg Config) (*Server, error) {
 	}
 	s, err := server.NewServer(opts)
 	if err != nil {
+		unlock()
 		return nil, fmt.Errorf("embedded: %w", err)
 	}
 	if cfg.Logger != nil {
@@ -63,9 +77,16 @@ func Start(cfg Config) (*Server, error) {
 	go s.Start() // the Server owns this goroutine; Shutdown ends it
 	if !s.ReadyForConnections(30 * time.Second) {
 		s.Shutdown()
-		return nil, errors.New("embedded: NATS server not ready after 30s")
+		unlock()
+		return nil, fmt.Errorf("embedded: NATS server on %s not ready after 30s", cfg.DataDir)
 	}
-	return &Server{s}, nil
+	if !s.JetStreamEnabled() {
+		s.Shutdown()
+		s.WaitForShutdown()
+		unlock()
+		return nil, fmt.Errorf("embedded: JetStream did not start on %s (see the log above)", cfg.DataDir)
+	}
+	return &Server{Server: s, unlock: unlock}, nil
 }
 
 // Connect opens an in-process client connection (no TCP).
@@ -78,6 +99,29 @@ func (s *Server) Connect(name string, opts ...nats.Option) (*nats.Conn, error) {
 func (s *Server) Close() {
 	s.Shutdown()
 	s.WaitForShutdown()
+	if s.unlock != nil {
+		s.unlock()
+	}
+}
+
+// lockFile is the file in the data directory that one server at a time
+// holds locked.
+const lockFile = "auditflow.lock"
+
+// lockDir takes the data directory's lock file, creating it: that also
+// proves the directory writable. It fails at once if another process
+// holds it.
+func lockDir(dir string) (func(), error) {
+	path := filepath.Join(dir, lockFile)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("embedded: data directory %s is not writable: %w (choose another with --data-dir, or fix its permissions)", dir, err)
+	}
+	if err := tryLock(f); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("embedded: data directory %s is in use by another process (a runner --embedded, or auditflow, still running?): %w", dir, err)
+	}
+	return func() { _ = f.Close() }, nil // closing releases the lock
 }
 
 type logAdapter struct{ l *slog.Logger }
