@@ -63,12 +63,21 @@ func TestRestoreFromMirror(t *testing.T) {
 	if _, err := producer.Restore(ctx, srv.JS, sc, "NO_SUCH", nil); !errors.Is(err, producer.ErrRestore) {
 		t.Fatalf("Restore from a missing stream = %v", err)
 	}
+	// Interrupted once the stream exists: nobody may open it, and a second
+	// run finishes it.
+	cctx, cancel := context.WithCancel(ctx)
+	if _, err := producer.Restore(cctx, srv.JS, sc, m.Name, func(have, want uint64) { cancel() }); !errors.Is(err, context.Canceled) {
+		t.Fatalf("interrupted Restore = %v", err)
+	}
+	if _, err := producer.OpenStream(ctx, srv.JS, sc); !errors.Is(err, producer.ErrStreamMismatch) || !strings.Contains(err.Error(), "restore") {
+		t.Fatalf("OpenStream of a half-restored stream = %v, want refused naming the restore", err)
+	}
 	var calls int
 	r, err := producer.Restore(ctx, srv.JS, sc, m.Name, func(have, want uint64) { calls++ })
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Messages != n || r.FirstSeq != 1 || r.LastSeq != n || !r.MirrorWasPromoted || !r.LastMessageMatches || calls == 0 {
+	if r.Messages != n || r.FirstSeq != 1 || r.LastSeq != n || !r.MirrorWasPromoted || !r.LastMessageMatches || !r.Resumed || calls == 0 {
 		t.Fatalf("Restore = %+v (%d progress calls)", r, calls)
 	}
 	t.Logf("restored %d messages in %s", r.Messages, r.Took)
@@ -207,4 +216,78 @@ func BenchmarkRestore(b *testing.B) {
 	b.ReportMetric(float64(n*b.N)/restoreS, "restored-events/s")
 	b.ReportMetric(float64(n*b.N)/copyS, "mirror-copy-events/s")
 	b.ReportMetric(copyS/restoreS, "ratio-to-mirror-copy")
+}
+
+// TestRestoreOnCluster: on a 3-node cluster, an R3 stream with an R3
+// mirror is deleted and restored while the mirror's leader is killed;
+// the restored stream holds every event at its sequence, on R3.
+func TestRestoreOnCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a 3-node cluster; takes 5-15 s")
+	}
+	c := natstest.StartCluster(t, 3)
+	_, js := c.Connect(t)
+	ctx := context.Background()
+	sc := producer.StreamConfig{Replicas: 3}
+	p, err := producer.New(ctx, js, producer.Config{CreateStream: true, Stream: sc, RetryFor: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := producer.EnsureMirror(ctx, js, sc, producer.Mirror{Name: "AUDIT_MIRROR"}); err != nil {
+		t.Fatal(err)
+	}
+	const n = 500
+	for i := range n {
+		e := events.New(events.ExecutionStarted, "billing", fmt.Sprintf("%04d-change", i%50))
+		e.ExecutionID = fmt.Sprint(i)
+		if _, err := p.Publish(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mirror, err := js.Stream(ctx, "AUDIT_MIRROR")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitMsgs(t, mirror, n)
+	if err := js.DeleteStream(ctx, producer.DefaultStreamName); err != nil {
+		t.Fatal(err)
+	}
+	// The mirror's leader dies: the restore must still find a whole copy.
+	killed := c.WaitStreamLeader("AUDIT_MIRROR", 10*time.Second)
+	c.Kill(killed)
+	c.WaitStreamLeader("AUDIT_MIRROR", 20*time.Second)
+	var r producer.Restored
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		r, err = producer.Restore(rctx, js, sc, "AUDIT_MIRROR", nil)
+		cancel()
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		t.Logf("restore, to be run again: %v", err) // an answer lost to the kill: a restore is resumable
+		time.Sleep(500 * time.Millisecond)
+	}
+	if err != nil || r.Messages != n || r.LastSeq != n {
+		t.Fatalf("Restore = %+v, %v", r, err)
+	}
+	c.Restart(killed)
+	s, err := producer.OpenStream(ctx, js, sc, producer.WithRetry(producer.Retry{For: 20 * time.Second}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil || info.State.Msgs != n || info.Config.Replicas != 3 {
+		t.Fatalf("restored stream: %+v %v", info, err)
+	}
+	for _, seq := range []uint64{1, n / 2, n} {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := events.Decode(m.Data)
+		if err != nil || e.ExecutionID != fmt.Sprint(seq-1) {
+			t.Fatalf("message %d: execution %q (%v), want %d", seq, e.ExecutionID, err, seq-1)
+		}
+	}
 }
