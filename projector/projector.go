@@ -677,7 +677,9 @@ func (p *Projector) write(ctx context.Context, log *slog.Logger, worker int, bat
 func (p *Projector) attempt(ctx context.Context, worker int, recs []stores.Record) error {
 	actx, cancel := context.WithTimeoutCause(ctx, p.cfg.WriteTimeout, errWriteTimeout)
 	start := time.Now()
-	err := p.store.Apply(actx, stores.Batch{Checkpoint: p.cfg.Consumer, Records: recs})
+	b := stores.Batch{Checkpoint: p.cfg.Consumer, Records: recs}
+	b.Through = b.MaxSeq()
+	err := p.store.Apply(actx, b)
 	took := time.Since(start)
 	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(actx), errWriteTimeout) {
 		err = fmt.Errorf("%w after %s: %w", errWriteTimeout, p.cfg.WriteTimeout, err)

@@ -3,6 +3,7 @@ package stores
 import (
 	"context"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -43,10 +44,21 @@ const (
 
 // Batch is what a projector hands to a store in one Apply.
 type Batch struct {
-	// Checkpoint names the consumer whose progress this batch records. The
-	// store keeps, per name, the highest sequence it has applied.
+	// Checkpoint names the consumer whose progress this batch records.
 	Checkpoint string
-	Records    []Record
+	// Through is the writer's promise that once this batch is stored,
+	// every stream event at or below Through is stored — or was
+	// deliberately not (dead-lettered, or skipped as no store should hold
+	// it). The store raises the checkpoint named Checkpoint to Through
+	// after the batch's rows are written, never lowering it; 0 leaves it
+	// as it is. Through is not the batch's highest sequence: with several
+	// batches in flight, a batch may hold events above an earlier one that
+	// is not stored yet, and the checkpoint must stay below that one. A
+	// batch with no records and Through > 0 records progress only (events
+	// that were dead-lettered, or stored by batches that could not claim
+	// them when they were written).
+	Through uint64
+	Records []Record
 }
 
 // Store is an audit store: a projection of the stream into a changeLog (one
@@ -63,15 +75,20 @@ type Batch struct {
 //   - Apply is durable on return: a projector acknowledges the batch's
 //     messages only after Apply returns nil. On error nothing may be assumed
 //     written; the projector retries the whole batch (see the first rule).
-//   - The checkpoint only moves forward: Apply raises it to the batch's
-//     highest sequence if that is higher.
+//   - The checkpoint is contiguous and only moves forward: Apply raises it
+//     to Batch.Through if that is higher, and only once the batch's rows
+//     are written, so it never covers a row that is not. Whatever order
+//     batches land in, every event at or below a checkpoint is stored (as
+//     far as the writers' Through promises hold). It is not the highest
+//     sequence stored: rows above it may be there too.
 //   - Apply, History and Issues honour ctx cancellation and return an error
 //     wrapping ctx.Err().
 //   - Stores with different configured names (tables, collections, prefixes)
 //     on one server never see each other's data.
 type Store interface {
 	Apply(ctx context.Context, b Batch) error
-	// Checkpoint returns the highest sequence applied under name, 0 if none.
+	// Checkpoint returns the contiguous checkpoint recorded under name
+	// (see Batch.Through): every event at or below it is stored. 0 if none.
 	Checkpoint(ctx context.Context, name string) (uint64, error)
 	// History returns changeLog rows matching q, newest (highest sequence)
 	// first. Page with q.BeforeSeq = the last row's Seq.
@@ -179,6 +196,9 @@ func (b Batch) Validate() error {
 	if b.Checkpoint == "" {
 		return fmt.Errorf("%w: empty checkpoint name", ErrInvalidRecord)
 	}
+	if b.Through > math.MaxInt64 {
+		return fmt.Errorf("%w: checkpoint %q: sequence %d is beyond what stores hold (2^63-1)", ErrInvalidRecord, b.Checkpoint, b.Through)
+	}
 	for i, r := range b.Records {
 		if r.Seq == 0 {
 			return fmt.Errorf("%w: record %d (event %q) has sequence 0", ErrInvalidRecord, i, r.ID)
@@ -197,7 +217,9 @@ func (b Batch) Validate() error {
 	return nil
 }
 
-// MaxSeq is the highest sequence in the batch: the checkpoint it sets.
+// MaxSeq is the highest sequence in the batch: its high-water mark, which
+// is the checkpoint only for a writer that hands events over in stream
+// order, one batch at a time (Through = MaxSeq, as a replay does).
 func (b Batch) MaxSeq() uint64 {
 	var m uint64
 	for _, r := range b.Records {

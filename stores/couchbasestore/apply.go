@@ -26,10 +26,16 @@ func (s *Store) Apply(ctx context.Context, b stores.Batch) error {
 	if err != nil {
 		return err
 	}
+	p := newPlan(ks, b)
 	if len(b.Records) == 0 {
+		if b.Through == 0 {
+			return nil
+		}
+		if err := s.run(ctx, []task{s.raiseCheckpoint(p)}); err != nil {
+			return s.fail(ctx, "raise checkpoint", err)
+		}
 		return nil
 	}
-	p := newPlan(ks, b)
 	steps := []struct {
 		name  string
 		tasks func() []task
@@ -63,7 +69,7 @@ type plan struct {
 	changes    []*changePlan
 	pages      map[pageRef]map[uint64]string // → segment → latest OccurredAt in it
 	checkpoint string
-	maxSeq     uint64
+	through    uint64 // the batch's Through: the checkpoint it sets
 }
 
 type pageRef struct {
@@ -95,7 +101,7 @@ type changePlan struct {
 }
 
 func newPlan(ks keyspace, b stores.Batch) *plan {
-	p := &plan{ks: ks, pages: map[pageRef]map[uint64]string{}, checkpoint: b.Checkpoint, maxSeq: b.MaxSeq()}
+	p := &plan{ks: ks, pages: map[pageRef]map[uint64]string{}, checkpoint: b.Checkpoint, through: b.Through}
 	bySeq := make(map[uint64]stores.Record, len(b.Records))
 	for _, r := range b.Records {
 		if _, dup := bySeq[r.Seq]; !dup { // a sequence is one event; keep the first copy
@@ -414,18 +420,22 @@ func (s *Store) removeMembers(p *plan) []task {
 	return tasks
 }
 
-// raiseCheckpoint raises the batch's checkpoint under CAS, never lowering
-// it; the name is listed (for Reset) before the document is created.
+// raiseCheckpoint raises the batch's checkpoint to its Through under CAS,
+// never lowering it (Through 0 changes nothing); the name is listed (for
+// Reset) before the document is created.
 func (s *Store) raiseCheckpoint(p *plan) task {
 	return func(ctx context.Context) error {
+		if p.through == 0 {
+			return nil
+		}
 		listName := func(ctx context.Context) error {
 			return s.upsertPaths(ctx, p.ks.checkpointDir(), []gocb.MutateInSpec{upsertPath("n."+digest(16, p.checkpoint), p.checkpoint)})
 		}
 		return update(ctx, s, p.ks.checkpoint(p.checkpoint), listName, func(d *checkpointDoc, _ bool) bool {
-			if d.Seq >= p.maxSeq {
+			if d.Seq >= p.through {
 				return false
 			}
-			d.Name, d.Seq = p.checkpoint, p.maxSeq
+			d.Name, d.Seq = p.checkpoint, p.through
 			return true
 		})
 	}

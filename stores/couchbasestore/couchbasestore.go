@@ -231,7 +231,8 @@ func (s *Store) fail(ctx context.Context, op string, err error) error {
 	return fmt.Errorf("couchbasestore: %s: %w", op, stores.ContextError(ctx, err))
 }
 
-// Checkpoint returns the highest sequence applied under name, 0 if none.
+// Checkpoint returns the contiguous checkpoint recorded under name (see
+// stores.Batch.Through), 0 if none.
 func (s *Store) Checkpoint(ctx context.Context, name string) (uint64, error) {
 	ks, err := s.begin(ctx)
 	if err != nil {

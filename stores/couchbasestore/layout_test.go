@@ -53,7 +53,7 @@ func TestMatchesReferenceAcrossLeavesAndPages(t *testing.T) {
 		batches = append(batches, batches[i*3])
 	}
 	for _, b := range batches {
-		if err := ref.Apply(ctx, stores.Batch{Checkpoint: "projector", Records: b}); err != nil {
+		if err := ref.Apply(ctx, stores.Batch{Checkpoint: "projector", Through: stores.Batch{Records: b}.MaxSeq(), Records: b}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -63,7 +63,7 @@ func TestMatchesReferenceAcrossLeavesAndPages(t *testing.T) {
 	for range 3 {
 		wg.Go(func() {
 			for b := range work {
-				if err := cb.Apply(ctx, stores.Batch{Checkpoint: "projector", Records: b}); err != nil {
+				if err := cb.Apply(ctx, stores.Batch{Checkpoint: "projector", Through: stores.Batch{Records: b}.MaxSeq(), Records: b}); err != nil {
 					errs <- err
 					return
 				}
@@ -161,7 +161,7 @@ func TestMatchesReferenceAcrossLeavesAndPages(t *testing.T) {
 	}
 	// And a rebuild by replay gives the same answers again.
 	for _, b := range batches {
-		if err := cb.Apply(ctx, stores.Batch{Checkpoint: "projector", Records: b}); err != nil {
+		if err := cb.Apply(ctx, stores.Batch{Checkpoint: "projector", Through: stores.Batch{Records: b}.MaxSeq(), Records: b}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -69,8 +69,14 @@ func (s *Store) Apply(ctx context.Context, b stores.Batch) error {
 	if err := b.Validate(); err != nil {
 		return err
 	}
-	if err := s.check(ctx, "apply"); err != nil || len(b.Records) == 0 {
+	if err := s.check(ctx, "apply"); err != nil {
 		return err
+	}
+	if len(b.Records) == 0 {
+		if err := s.raiseCheckpoint(ctx, b.Checkpoint, b.Through); err != nil {
+			return fmt.Errorf("dynamostore: apply: %w", stores.ContextError(ctx, err))
+		}
+		return nil
 	}
 	// Encode everything first: an event DynamoDB would refuse fails the
 	// batch before any of it is written.
@@ -109,7 +115,7 @@ func (s *Store) Apply(ctx context.Context, b stores.Batch) error {
 		return fmt.Errorf("dynamostore: apply: %w", stores.ContextError(ctx, err))
 	}
 	// Last: the checkpoint never covers a row that is not written.
-	if err := s.raiseCheckpoint(ctx, b.Checkpoint, b.MaxSeq()); err != nil {
+	if err := s.raiseCheckpoint(ctx, b.Checkpoint, b.Through); err != nil {
 		return fmt.Errorf("dynamostore: apply: %w", stores.ContextError(ctx, err))
 	}
 	return nil
@@ -136,7 +142,12 @@ func (s *Store) putIssue(ctx context.Context, it item) error {
 	return nil
 }
 
+// raiseCheckpoint raises the checkpoint to seq (a batch's Through; 0
+// changes nothing), never lowering it.
 func (s *Store) raiseCheckpoint(ctx context.Context, name string, seq uint64) error {
+	if seq == 0 {
+		return nil
+	}
 	_, err := s.client.UpdateItem(ctx, &dynamodb.UpdateItemInput{
 		TableName:                &s.checkpoints,
 		Key:                      item{attrName: &types.AttributeValueMemberS{Value: name}},
@@ -161,7 +172,8 @@ func isConditionFailed(err error) bool {
 	return errors.As(err, &cf)
 }
 
-// Checkpoint returns the highest sequence applied under name.
+// Checkpoint returns the contiguous checkpoint recorded under name (see
+// stores.Batch.Through), 0 if none.
 func (s *Store) Checkpoint(ctx context.Context, name string) (uint64, error) {
 	if err := s.check(ctx, "checkpoint"); err != nil {
 		return 0, err

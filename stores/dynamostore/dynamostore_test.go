@@ -286,7 +286,7 @@ func TestBackend(t *testing.T) {
 			}, context.Canceled},
 		} {
 			c, cancel := tc.ctx()
-			err := st.Apply(c, stores.Batch{Checkpoint: "c", Records: recs})
+			err := st.Apply(c, stores.Batch{Checkpoint: "c", Through: 300, Records: recs})
 			cancel()
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("%s: Apply = %v, want %v", tc.name, err, tc.want)

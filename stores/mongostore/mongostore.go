@@ -278,7 +278,7 @@ func (s *Store) Apply(ctx context.Context, b stores.Batch) error {
 		return fmt.Errorf("mongostore: apply: %w", err)
 	}
 	if len(b.Records) == 0 {
-		return nil
+		return s.raiseCheckpoint(ctx, b.Checkpoint, b.Through)
 	}
 	// Encode everything before writing anything, so a record this backend
 	// cannot hold is rejected with nothing written.
@@ -320,7 +320,7 @@ func (s *Store) Apply(ctx context.Context, b stores.Batch) error {
 			return err
 		}
 	}
-	return s.raiseCheckpoint(ctx, b.Checkpoint, int64(b.MaxSeq()))
+	return s.raiseCheckpoint(ctx, b.Checkpoint, b.Through)
 }
 
 // encode marshals the document of event id at seq, and refuses it if it is
@@ -448,14 +448,18 @@ func duplicateID(we mongo.WriteError) bool {
 	return err == nil && len(elems) == 1 && elems[0].Key() == fID
 }
 
-// raiseCheckpoint moves the checkpoint up to seq with $max, so it never goes
-// back whatever order batches land in. Two writers creating the same
+// raiseCheckpoint moves the checkpoint up to seq (a batch's Through; 0
+// changes nothing) with $max, so it never goes back whatever order batches
+// land in. Two writers creating the same
 // checkpoint at once may both try to insert it; MongoDB retries that upsert
 // itself, FerretDB reports the duplicate key, and the retry then matches
 // the document the other writer inserted.
-func (s *Store) raiseCheckpoint(ctx context.Context, name string, seq int64) error {
+func (s *Store) raiseCheckpoint(ctx context.Context, name string, seq uint64) error {
+	if seq == 0 {
+		return nil
+	}
 	filter := bson.D{{Key: fID, Value: text(name)}}
-	update := bson.D{{Key: "$max", Value: bson.D{{Key: fSeq, Value: seq}}}}
+	update := bson.D{{Key: "$max", Value: bson.D{{Key: fSeq, Value: int64(seq)}}}} // Validate bounds it
 	var err error
 	for range 3 {
 		_, err = s.checkpoints.UpdateOne(ctx, filter, update, options.UpdateOne().SetUpsert(true))
@@ -469,7 +473,8 @@ func (s *Store) raiseCheckpoint(ctx context.Context, name string, seq int64) err
 	return fail(ctx, fmt.Sprintf("checkpoint %q", name), err)
 }
 
-// Checkpoint returns the highest sequence applied under name, 0 if none.
+// Checkpoint returns the contiguous checkpoint recorded under name (see
+// stores.Batch.Through), 0 if none.
 func (s *Store) Checkpoint(ctx context.Context, name string) (uint64, error) {
 	if s.closed.Load() {
 		return 0, fmt.Errorf("mongostore: checkpoint: %w", stores.ErrClosed)

@@ -247,7 +247,7 @@ func TestExoticValues(t *testing.T) {
 	r.OccurredAt = time.Date(2026, 3, 4, 5, 6, 7, 123456789, time.UTC)
 	r.LockToken = 1<<64 - 1
 	r.Hash, r.PrevHash = events.Hash([]byte("this one")), events.Hash([]byte("the one before"))
-	if err := s.Apply(ctx, stores.Batch{Checkpoint: "nul\x00name", Records: []stores.Record{r}}); err != nil {
+	if err := s.Apply(ctx, stores.Batch{Checkpoint: "nul\x00name", Through: r.Seq, Records: []stores.Record{r}}); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range []struct {

@@ -240,10 +240,13 @@ func (s *Store) Apply(ctx context.Context, b stores.Batch) error {
 	if err := b.Validate(); err != nil {
 		return err
 	}
-	if len(b.Records) == 0 {
+	if len(b.Records) == 0 && b.Through == 0 {
 		return ctx.Err()
 	}
 	return s.inTx(ctx, func(tx *sql.Tx) error {
+		if len(b.Records) == 0 {
+			return s.raiseCheckpoint(ctx, tx, b)
+		}
 		err := execRows(ctx, tx, s.sql.insertLog, len(b.Records), func(i int, args []any) ([]any, error) {
 			return logArgs(b.Records[i], args)
 		})
@@ -257,9 +260,20 @@ func (s *Store) Apply(ctx context.Context, b stores.Batch) error {
 		if err != nil {
 			return fmt.Errorf("upsert issues: %w", err)
 		}
-		_, err = tx.ExecContext(ctx, s.sql.upsertCP, b.Checkpoint, b.MaxSeq())
-		return err
+		return s.raiseCheckpoint(ctx, tx, b)
 	})
+}
+
+// raiseCheckpoint raises b's checkpoint to b.Through, in the batch's
+// transaction: never lowered, and never covering rows not written.
+func (s *Store) raiseCheckpoint(ctx context.Context, tx *sql.Tx, b stores.Batch) error {
+	if b.Through == 0 {
+		return nil
+	}
+	if _, err := tx.ExecContext(ctx, s.sql.upsertCP, b.Checkpoint, int64(b.Through)); err != nil {
+		return fmt.Errorf("raise checkpoint: %w", err)
+	}
+	return nil
 }
 
 func logArgs(r stores.Record, args []any) ([]any, error) {
@@ -353,7 +367,8 @@ func (s *Store) inTx(ctx context.Context, fn func(*sql.Tx) error) error {
 	return nil
 }
 
-// Checkpoint returns the highest sequence applied under name.
+// Checkpoint returns the contiguous checkpoint recorded under name (see
+// stores.Batch.Through), 0 if none.
 func (s *Store) Checkpoint(ctx context.Context, name string) (uint64, error) {
 	var seq int64
 	err := s.db.QueryRowContext(ctx, `SELECT seq FROM `+quote(s.cfg.CheckpointsTable)+` WHERE name = ?`, name).Scan(&seq)

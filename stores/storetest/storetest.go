@@ -141,9 +141,13 @@ func testSignature(seq uint64) string {
 	return s + strings.Repeat("A_-z", 22)[:86-len(s)]
 }
 
+// apply applies recs as a writer that hands events over in stream order
+// would: the checkpoint "projector" goes to the highest sequence of recs.
 func apply(t *testing.T, s stores.Store, recs ...stores.Record) {
 	t.Helper()
-	if err := s.Apply(context.Background(), stores.Batch{Checkpoint: "projector", Records: recs}); err != nil {
+	b := stores.Batch{Checkpoint: "projector", Records: recs}
+	b.Through = b.MaxSeq()
+	if err := s.Apply(context.Background(), b); err != nil {
 		t.Fatalf("Apply: %v", err)
 	}
 }
@@ -572,6 +576,8 @@ func testIssueQueries(t *testing.T, s *suite) {
 	}
 }
 
+// testCheckpoint: the checkpoint is what the writer promised (Through),
+// not the highest sequence written, and it only moves forward.
 func testCheckpoint(t *testing.T, s *suite) {
 	st := s.open(t, "")
 	ctx := context.Background()
@@ -583,27 +589,73 @@ func testCheckpoint(t *testing.T, s *suite) {
 		}
 		return n
 	}
-	if n := cp("projector"); n != 0 {
-		t.Fatalf("fresh checkpoint = %d, want 0", n)
+	write := func(name string, through uint64, recs ...stores.Record) {
+		t.Helper()
+		if err := st.Apply(ctx, stores.Batch{Checkpoint: name, Through: through, Records: recs}); err != nil {
+			t.Fatalf("Apply(%s, through %d): %v", name, through, err)
+		}
 	}
-	apply(t, st, rec(10, events.ExecutionStarted, "p", "a"), rec(7, events.ExecutionStarted, "p", "b"))
-	if n := cp("projector"); n != 10 {
-		t.Fatalf("checkpoint = %d, want 10", n)
+	want := func(name string, n uint64, what string) {
+		t.Helper()
+		if got := cp(name); got != n {
+			t.Fatalf("%s: checkpoint %s = %d, want %d", what, name, got, n)
+		}
 	}
-	apply(t, st, rec(5, events.ExecutionStarted, "p", "c"))
-	if n := cp("projector"); n != 10 {
-		t.Fatalf("checkpoint went back to %d, want 10", n)
+	want("projector", 0, "fresh store")
+	// Two workers' batches: the one holding 10 and 7 lands first, while 1–6
+	// are not stored yet. Its rows are stored; the checkpoint does not move.
+	write("projector", 0, rec(10, events.ExecutionStarted, "p", "a"), rec(7, events.ExecutionStarted, "p", "b"))
+	want("projector", 0, "a batch above an unstored event")
+	if got := history(t, st, stores.HistoryQuery{}); len(got) != 2 {
+		t.Fatalf("rows of a batch that moved no checkpoint: %d, want 2", len(got))
 	}
-	if err := st.Apply(ctx, stores.Batch{Checkpoint: "replay", Records: []stores.Record{rec(3, events.ExecutionStarted, "p", "d")}}); err != nil {
+	write("projector", 8, rec(5, events.ExecutionStarted, "p", "c"))
+	want("projector", 8, "Through above the batch's own sequences")
+	write("projector", 6, rec(6, events.ExecutionStarted, "p", "e"))
+	want("projector", 8, "a lower Through")
+	// Progress only: the events up to 12 were dead-lettered.
+	write("projector", 12)
+	want("projector", 12, "an empty batch with Through")
+	write("projector", 0)
+	want("projector", 12, "an empty batch without Through")
+	write("replay", 3, rec(3, events.ExecutionStarted, "p", "d"))
+	want("replay", 3, "another name")
+	want("projector", 12, "another name's batch")
+	if got := history(t, st, stores.HistoryQuery{}); len(got) != 5 {
+		t.Fatalf("rows: %d, want 5", len(got))
+	}
+	err := st.Apply(ctx, stores.Batch{Checkpoint: "projector", Through: 1 << 63, Records: []stores.Record{rec(20, events.ExecutionStarted, "p", "f")}})
+	if !errors.Is(err, stores.ErrInvalidRecord) {
+		t.Fatalf("Through beyond 2^63-1: %v, want ErrInvalidRecord", err)
+	}
+	want("projector", 12, "a refused batch")
+
+	// Concurrent writers raising one checkpoint in any order end at the
+	// highest Through.
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	through := func(w, i int) uint64 { return uint64(100 + (w*7+i*5)%24) }
+	var top uint64
+	for w := range 4 {
+		for i := range 6 {
+			top = max(top, through(w, i))
+		}
+		wg.Go(func() {
+			for i := range 6 {
+				through := through(w, i)
+				if err := st.Apply(ctx, stores.Batch{Checkpoint: "workers", Through: through}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
 		t.Fatal(err)
 	}
-	if a, b := cp("projector"), cp("replay"); a != 10 || b != 3 {
-		t.Fatalf("checkpoints projector=%d replay=%d, want 10 and 3", a, b)
-	}
-	apply(t, st) // an empty batch changes nothing
-	if n := cp("projector"); n != 10 {
-		t.Fatalf("empty batch moved the checkpoint to %d", n)
-	}
+	want("workers", top, "concurrent writers")
 }
 
 func testReset(t *testing.T, s *suite) {
@@ -665,7 +717,9 @@ func testConcurrentWorkers(t *testing.T, s *suite) {
 				if w >= 2 && i%3 != 0 { // the other two apply an overlapping third
 					continue
 				}
-				if err := st.Apply(context.Background(), stores.Batch{Checkpoint: "projector", Records: b}); err != nil {
+				// Each claims what it stored last: one of them ends at seq.
+				through := (stores.Batch{Records: b}).MaxSeq()
+				if err := st.Apply(context.Background(), stores.Batch{Checkpoint: "projector", Through: through, Records: b}); err != nil {
 					errs <- fmt.Errorf("worker %d: %w", w, err)
 					return
 				}
