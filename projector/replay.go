@@ -153,7 +153,7 @@ func Replay(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg
 		b := backoff.WithContext(backoff.NewExponentialBackOff(
 			backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxElapsedTime(cfg.RetryFor)), ctx)
 		err := backoff.RetryNotify(func() error {
-			return store.Apply(ctx, stores.Batch{Checkpoint: cfg.Checkpoint, Records: batch})
+			return store.Apply(ctx, stores.Batch{Checkpoint: cfg.Checkpoint, Through: batch[len(batch)-1].Seq, Records: batch})
 		}, b, func(err error, wait time.Duration) {
 			log.Warn("replay: store write failed, retrying", "firstSeq", batch[0].Seq, "err", err, "retryIn", wait)
 		})
