@@ -64,8 +64,9 @@ func (p ReplayProgress) Remaining() time.Duration {
 }
 
 // Replay rebuilds or brings up to date a store from the stream: it reads
-// the stream with an ordered consumer (ephemeral, unacknowledged, so the
-// live projectors' durable consumers are untouched) from the configured
+// the stream with Scan (an ephemeral, unacknowledged consumer, so the
+// live projectors' durable consumers are untouched; it rides out a
+// cluster's fail-overs and node losses) from the configured
 // start up to the last event present when it began, and applies it in
 // batches, recording its progress under the Checkpoint name in the store.
 // Applying is idempotent, so a replay over rows already there, or run
@@ -91,34 +92,30 @@ func Replay(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	stream, err := js.Stream(ctx, cfg.Stream.Name)
+	target, msgs, err := StreamLastSeq(ctx, js, cfg.Stream.Name, cfg.RetryFor, log)
 	if err != nil {
-		return ReplayProgress{}, fmt.Errorf("replay: stream %s: %w", cfg.Stream.Name, err)
+		return ReplayProgress{}, fmt.Errorf("replay: %w", err)
 	}
-	info := stream.CachedInfo()
-	prog := ReplayProgress{Target: info.State.LastSeq}
-	occ := jetstream.OrderedConsumerConfig{FilterSubjects: []string{cfg.Stream.SubjectPrefix + ".>"}}
+	prog := ReplayProgress{Target: target}
+	sc := ScanConfig{Stream: cfg.Stream.Name, Subjects: []string{cfg.Stream.SubjectPrefix + ".>"}, ToSeq: target,
+		BatchSize: cfg.BatchSize, RetryFor: cfg.RetryFor, Logger: log}
 	switch {
 	case !cfg.Since.IsZero():
-		occ.DeliverPolicy, occ.OptStartTime = jetstream.DeliverByStartTimePolicy, &cfg.Since
+		sc.Since = cfg.Since
 	case cfg.FromSeq > 0:
-		occ.DeliverPolicy, occ.OptStartSeq = jetstream.DeliverByStartSequencePolicy, cfg.FromSeq
+		sc.FromSeq = cfg.FromSeq
 	default:
 		cp, err := store.Checkpoint(ctx, cfg.Checkpoint)
 		if err != nil {
 			return prog, fmt.Errorf("replay: read checkpoint %q: %w", cfg.Checkpoint, err)
 		}
-		occ.DeliverPolicy, occ.OptStartSeq = jetstream.DeliverByStartSequencePolicy, cp+1
+		sc.FromSeq = cp + 1
 		if cp > 0 {
 			log.Info("resuming replay after its checkpoint", "checkpoint", cfg.Checkpoint, "seq", cp)
 		}
 	}
-	if occ.OptStartSeq > prog.Target || info.State.Msgs == 0 {
+	if sc.FromSeq > prog.Target || msgs == 0 {
 		return prog, nil // nothing to do
-	}
-	cons, err := stream.OrderedConsumer(ctx, occ)
-	if err != nil {
-		return prog, fmt.Errorf("replay: consumer: %w", err)
 	}
 	// A rebuild into an empty store may use the store's bulk path.
 	if bl, ok := store.(stores.BulkLoader); ok {
@@ -142,7 +139,7 @@ func Replay(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg
 	rctx, stop := context.WithCancel(ctx)
 	defer stop()
 	go func() {
-		readErr <- readBatches(rctx, cons, cfg.BatchSize, prog.Target, cfg.Stream.SubjectPrefix, cfg.Trust, batches, &skipped, log)
+		readErr <- readBatches(rctx, js, sc, cfg.Stream.SubjectPrefix, cfg.Trust, batches, &skipped, log)
 	}()
 
 	start := time.Now()
@@ -180,10 +177,10 @@ func Replay(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg
 	return prog, nil
 }
 
-// readBatches judges what ScanStream reads as the live projector does
+// readBatches judges what Scan reads as the live projector does
 // (decide) and sends the records to store in batches; it closes out when
 // done.
-func readBatches(ctx context.Context, cons jetstream.Consumer, size int, target uint64, prefix string, list *trust.List, out chan<- []stores.Record, skipped *atomic.Uint64, log *slog.Logger) error {
+func readBatches(ctx context.Context, js jetstream.JetStream, sc ScanConfig, prefix string, list *trust.List, out chan<- []stores.Record, skipped *atomic.Uint64, log *slog.Logger) error {
 	defer close(out)
 	send := func(batch []stores.Record) error {
 		if len(batch) == 0 {
@@ -196,7 +193,7 @@ func readBatches(ctx context.Context, cons jetstream.Consumer, size int, target 
 			return ctx.Err()
 		}
 	}
-	return ScanStream(ctx, cons, size, target, func(msgs []StreamMsg) error {
+	return Scan(ctx, js, sc, func(msgs []StreamMsg) error {
 		batch := make([]stores.Record, 0, len(msgs))
 		for _, m := range msgs {
 			v := decide(events.Decode, prefix, list, m)
@@ -234,8 +231,13 @@ type StreamMsg struct {
 // so it takes what is there without waiting, and waits only when a fetch
 // comes back empty (a consumer just created); two empty fetches with
 // nothing pending end the scan early (target was beyond the filter).
+//
+// Deprecated: an ordered consumer handed in cannot be recreated where the
+// scan stopped; use Scan, which rides out a cluster's fail-overs. ScanStream
+// only retries "no responders" (an ordered consumer just recreated by its
+// fetch) a few times.
 func ScanStream(ctx context.Context, cons jetstream.Consumer, size int, target uint64, fn func([]StreamMsg) error) error {
-	empty := 0
+	empty, retries := 0, 0
 	for {
 		var mb jetstream.MessageBatch
 		var err error
@@ -244,9 +246,17 @@ func ScanStream(ctx context.Context, cons jetstream.Consumer, size int, target u
 		} else {
 			mb, err = cons.Fetch(size, jetstream.FetchMaxWait(time.Second))
 		}
+		if errors.Is(err, nats.ErrNoResponders) && retries < 5 {
+			retries++
+			if err := sleepCtx(ctx, time.Duration(retries)*100*time.Millisecond); err != nil {
+				return err
+			}
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("read stream: fetch: %w", err)
 		}
+		retries = 0
 		batch := make([]StreamMsg, 0, size)
 		var last uint64
 		for m := range mb.Messages() {
@@ -260,7 +270,13 @@ func ScanStream(ctx context.Context, cons jetstream.Consumer, size int, target u
 			}
 			batch = append(batch, StreamMsg{Seq: last, Subject: m.Subject(), Data: m.Data(), Header: m.Headers()})
 		}
-		if err := mb.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		if err := mb.Error(); errors.Is(err, nats.ErrNoResponders) && last == 0 && retries < 5 {
+			retries++
+			if err := sleepCtx(ctx, time.Duration(retries)*100*time.Millisecond); err != nil {
+				return err
+			}
+			continue
+		} else if err != nil && !errors.Is(err, context.DeadlineExceeded) {
 			return fmt.Errorf("read stream: fetch: %w", err)
 		}
 		if len(batch) > 0 {
@@ -288,5 +304,16 @@ func ScanStream(ctx context.Context, cons jetstream.Consumer, size int, target u
 				return nil
 			}
 		}
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
 	}
 }

@@ -390,7 +390,7 @@ func Verify(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg
 		return nil, fmt.Errorf("verify: stream %s: %w", cfg.Stream.Name, err)
 	}
 	rep := &Report{TrustChecked: cfg.Trust != nil}
-	byChange, latest, facts, err := readStream(ctx, stream, cfg, rep)
+	byChange, latest, facts, err := readStream(ctx, js, cfg, rep)
 	if err != nil {
 		return nil, err
 	}
@@ -413,8 +413,12 @@ func Verify(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg
 }
 
 // readStream reads every event up to the stream's current last one.
-func readStream(ctx context.Context, stream jetstream.Stream, cfg Config, rep *Report) (map[key][]entry, map[key]stores.Record, streamFacts, error) {
-	rep.LastSeq = stream.CachedInfo().State.LastSeq
+func readStream(ctx context.Context, js jetstream.JetStream, cfg Config, rep *Report) (map[key][]entry, map[key]stores.Record, streamFacts, error) {
+	last, _, err := projector.StreamLastSeq(ctx, js, cfg.Stream.Name, 0, cfg.Logger)
+	if err != nil {
+		return nil, nil, streamFacts{}, fmt.Errorf("verify: %w", err)
+	}
+	rep.LastSeq = last
 	byChange := map[key][]entry{}
 	latest := map[key]stores.Record{}
 	facts := streamFacts{misfiled: map[uint64]bool{}, afterBad: map[uint64]bool{}}
@@ -422,10 +426,6 @@ func readStream(ctx context.Context, stream jetstream.Stream, cfg Config, rep *R
 		return byChange, latest, facts, nil
 	}
 	prefix := cfg.Stream.SubjectPrefix
-	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{prefix + ".>"}})
-	if err != nil {
-		return nil, nil, facts, fmt.Errorf("verify: consumer: %w", err)
-	}
 	// By subject, as the chain runs: the previous message, whether it was
 	// a bad one, and where the chain started.
 	prevOf := map[string]entry{}
@@ -434,7 +434,8 @@ func readStream(ctx context.Context, stream jetstream.Stream, cfg Config, rep *R
 	type high struct{ token, seq uint64 }
 	newest := map[string]high{} // by pipeline: the highest lock token so far
 	seen := map[string]uint64{} // signature → the first sequence carrying it
-	err = projector.ScanStream(ctx, cons, 1000, rep.LastSeq, func(msgs []projector.StreamMsg) error {
+	sc := projector.ScanConfig{Stream: cfg.Stream.Name, Subjects: []string{prefix + ".>"}, ToSeq: rep.LastSeq, Logger: cfg.Logger}
+	err = projector.Scan(ctx, js, sc, func(msgs []projector.StreamMsg) error {
 		for _, m := range msgs {
 			hash := events.Hash(m.Data)
 			e, err := events.Decode(m.Data)
