@@ -16,7 +16,7 @@ import (
 
 type listFlags struct {
 	pipeline, change, state string
-	since                   time.Duration
+	since                   sinceFlag
 	limit                   int
 }
 
@@ -24,7 +24,7 @@ func (f *listFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVarP(&f.pipeline, "pipeline", "p", "", "only this pipeline")
 	cmd.Flags().StringVarP(&f.change, "change", "c", "", "only this change id")
 	cmd.Flags().StringVarP(&f.state, "state", "s", "", "only this state: "+statesList())
-	cmd.Flags().DurationVar(&f.since, "since", 0, "only events of the last duration (e.g. 24h)")
+	cmd.Flags().Var(&f.since, "since", "only events since then: a duration back from now (24h) or an RFC 3339 time")
 	cmd.Flags().IntVar(&f.limit, "limit", 100, "at most this many rows")
 }
 
@@ -43,17 +43,27 @@ func (a *app) auditCommand() *cobra.Command {
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "Each change's current state, or with --history every execution event",
-		Args:  cobra.NoArgs,
+		Example: `  auditflow audit list
+  auditflow audit list -p billing -s FAILED --since 24h --json
+  auditflow audit list --history -c 0002-add-customer-index`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			state := events.State(strings.ToUpper(f.state))
+			if state != "" && !slices.Contains(events.States, state) {
+				return usage("--state: want one of %s, got %q", statesList(), f.state)
+			}
+			if f.limit < 1 {
+				return usage("--limit: want at least 1, got %d", f.limit)
+			}
 			st, err := a.openStore(cmd.Context())
 			if err != nil {
 				return err
 			}
-			state := events.State(strings.ToUpper(f.state))
+			now := time.Now()
 			if history {
 				q := stores.HistoryQuery{Pipeline: f.pipeline, ChangeID: f.change, State: state, Limit: f.limit}
-				if f.since > 0 {
-					q.Since = time.Now().Add(-f.since)
+				if f.since.set() {
+					q.Since = f.since.from(now)
 				}
 				rows, err := st.History(cmd.Context(), q)
 				if err != nil {
@@ -63,14 +73,17 @@ func (a *app) auditCommand() *cobra.Command {
 			}
 			// The current state of each change is its issue row (the newest
 			// event of the change).
-			rows, err := st.Issues(cmd.Context(), stores.IssueQuery{Pipeline: f.pipeline, ChangeID: f.change, Limit: stores.MaxLimit})
+			rows, err := allIssues(cmd.Context(), st, stores.IssueQuery{Pipeline: f.pipeline, ChangeID: f.change})
 			if err != nil {
 				return err
 			}
 			rows = slices.DeleteFunc(rows, func(i stores.Issue) bool {
-				return (state != "" && i.State != state) || (f.since > 0 && i.UpdatedAt.Before(time.Now().Add(-f.since)))
+				return (state != "" && i.State != state) || (f.since.set() && i.UpdatedAt.Before(f.since.from(now)))
 			})
 			rows = rows[:min(len(rows), f.limit)]
+			if rows == nil {
+				rows = []stores.Issue{}
+			}
 			return a.emit(rows, func(w *tabwriter.Writer) {
 				fmt.Fprintln(w, "PIPELINE\tCHANGE\tSTATE\tSTATUS\tUPDATED (UTC)\tAUTHOR\tTARGET\tSEQ")
 				for _, i := range rows {

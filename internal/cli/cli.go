@@ -15,12 +15,16 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
+	"reflect"
 	"text/tabwriter"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
+	"github.com/auditflow/auditflow/internal/buildinfo"
+	"github.com/auditflow/auditflow/internal/embedded"
 	"github.com/auditflow/auditflow/internal/logging"
 	"github.com/auditflow/auditflow/internal/natsconn"
 	"github.com/auditflow/auditflow/internal/storeflags"
@@ -62,14 +66,30 @@ type app struct {
 	consumer   string
 	lockBucket string
 	signing    signing // --signing-key, --trust (signing.go)
+	embedded   bool    // --embedded, or detected: read runner --embedded's data dir in-process
+	dataDir    string  // --data-dir
+	detected   bool    // embedded was detected, not asked for: say so once
+	noted      bool
+	readOnly   bool // the command only reads: the store is opened read-only and nothing is created
+	ran        bool // flags and arguments were accepted: a later error is not a usage error
 
 	out, errOut io.Writer
 	log         *slog.Logger
 
+	srv        *embedded.Server
 	nc         *nats.Conn
 	js         jetstream.JetStream
 	st         stores.Store
 	closeStore func()
+}
+
+// readOnlyCommands only read: they open the store read-only (a missing
+// SQLite file is an error naming it, never a new empty database) and
+// create nothing on NATS.
+var readOnlyCommands = map[string]bool{
+	"auditflow audit list": true, "auditflow issue list": true, "auditflow issue get": true, "auditflow stats": true,
+	"auditflow lock list": true, "auditflow test-connection": true, "auditflow verify-schema": true, "auditflow verify": true,
+	"auditflow deadletter list": true, "auditflow deadletter show": true,
 }
 
 // Main runs the command line and returns the exit code.
@@ -87,9 +107,15 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if !errors.Is(err, errProblems) {
 		fmt.Fprintln(stderr, "auditflow:", err)
 	}
+	if !a.ran { // cobra refused the command line: an unknown command, a stray argument
+		if !errors.As(err, new(usageError)) {
+			fmt.Fprintln(stderr, "Run 'auditflow --help' for usage.")
+		}
+		return ExitUsage
+	}
 	var ue usageError
 	switch {
-	case errors.As(err, &ue), errors.Is(err, stores.ErrInvalidConfig), errors.Is(err, stores.ErrInvalidQuery),
+	case errors.As(err, &ue), errors.Is(err, stores.ErrInvalidConfig), errors.Is(err, stores.ErrInvalidQuery), errors.Is(err, storeflags.ErrStoreMissing),
 		errors.Is(err, producer.ErrInvalidConfig), errors.Is(err, lock.ErrInvalidConfig), errors.Is(err, projector.ErrInvalidConfig),
 		errors.Is(err, natsconn.ErrInvalidConfig), errors.Is(err, trustflags.ErrInvalid):
 		return ExitUsage
@@ -120,14 +146,18 @@ connection test), 4 not found or nothing to fix, 5 refused as unsafe
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			a.ran = true
 			log, err := logging.New(a.errOut, a.logLevel, a.logFormat)
 			if err != nil {
 				return usageError{err}
 			}
 			a.log = log
-			return nil
+			a.readOnly = readOnlyCommands[cmd.CommandPath()]
+			return a.setUpEmbedded(cmd)
 		},
 	}
+	root.Version = buildinfo.Read().String()
+	root.SetVersionTemplate("auditflow {{.Version}}\n")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	gofs := flag.NewFlagSet("auditflow", flag.ContinueOnError)
 	a.nats.RegisterFlags(gofs)
@@ -141,9 +171,12 @@ connection test), 4 not found or nothing to fix, 5 refused as unsafe
 	pf.StringVar(&a.lockBucket, "lock-bucket", lock.DefaultBucket, "the pipeline lock KV bucket")
 	pf.StringVar(&a.logLevel, "log-level", natsconn.Env("AUDITFLOW_LOG_LEVEL", "warn"), "debug, info, warn or error [AUDITFLOW_LOG_LEVEL]")
 	pf.StringVar(&a.logFormat, "log-format", natsconn.Env("AUDITFLOW_LOG_FORMAT", "text"), "text or json [AUDITFLOW_LOG_FORMAT]")
+	pf.BoolVar(&a.embedded, "embedded", false, "read the data of runner --embedded in --data-dir: its NATS store, served in-process, and its SQLite store (the default when --data-dir exists and no NATS or store setting is given)")
+	pf.StringVar(&a.dataDir, "data-dir", ".auditflow", "the data directory of runner --embedded")
 	root.AddCommand(a.initCommand(), a.restoreCommand())
-	root.AddCommand(a.auditCommand(), a.issueCommand(), a.lockCommand(), a.statsCommand(),
+	root.AddCommand(a.auditCommand(), a.issueCommand(), a.lockCommand(), a.statsCommand(), a.deadletterCommand(),
 		a.testConnectionCommand(), a.verifySchemaCommand(), a.replayCommand(), a.verifyCommand(), a.repairCommand(), a.keysCommand())
+	finishHelp(root, a)
 	return root
 }
 
@@ -165,10 +198,23 @@ func (a *app) connect() (jetstream.JetStream, error) {
 	if a.js != nil {
 		return a.js, nil
 	}
-	a.nats.Name = "auditflow-cli"
-	nc, err := natsconn.Connect(a.nats, a.log)
-	if err != nil {
-		return nil, err
+	var nc *nats.Conn
+	if a.embedded {
+		a.note()
+		srv, err := embedded.Start(embedded.Config{DataDir: filepath.Join(a.dataDir, "nats"), SyncAlways: true, Logger: a.log})
+		if err != nil {
+			return nil, err
+		}
+		a.srv = srv
+		if nc, err = srv.Connect("auditflow-cli"); err != nil {
+			return nil, err
+		}
+	} else {
+		a.nats.Name = "auditflow-cli"
+		var err error
+		if nc, err = natsconn.Connect(a.nats, a.log); err != nil {
+			return nil, err
+		}
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -184,6 +230,8 @@ func (a *app) openStore(ctx context.Context) (stores.Store, error) {
 	if a.st != nil {
 		return a.st, nil
 	}
+	a.note()
+	a.store.ReadOnly = a.readOnly
 	st, closeStore, err := a.store.Open(ctx, a.log)
 	if err != nil {
 		return nil, err
@@ -199,11 +247,17 @@ func (a *app) close() {
 	if a.nc != nil {
 		a.nc.Close()
 	}
+	if a.srv != nil {
+		a.srv.Close()
+	}
 }
 
 // emit prints v as JSON with --json, or runs table otherwise.
 func (a *app) emit(v any, table func(w *tabwriter.Writer)) error {
 	if a.asJSON {
+		if rv := reflect.ValueOf(v); rv.Kind() == reflect.Slice && rv.IsNil() {
+			v = []struct{}{} // an empty list is [], never null
+		}
 		enc := json.NewEncoder(a.out)
 		enc.SetIndent("", "  ")
 		return enc.Encode(v)

@@ -24,31 +24,40 @@ import (
 func (a *app) issueCommand() *cobra.Command {
 	issue := &cobra.Command{Use: "issue", Short: "Changes that need an operator: list, inspect, fix"}
 	var pipeline, change string
-	var all bool
+	var all, failOnOpen bool
 	var staleAfter time.Duration
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "Open issues: failed, rollback failed, uncertain (and executions started long ago without an end)",
-		Args:  cobra.NoArgs,
+		Example: `  auditflow issue list
+  auditflow issue list -p billing --json
+  auditflow issue list --fail-on-open          # a CI gate: exit 3 while an issue is open`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			st, err := a.openStore(cmd.Context())
 			if err != nil {
 				return err
 			}
-			q := stores.IssueQuery{Pipeline: pipeline, Limit: stores.MaxLimit}
-			rows, err := st.Issues(cmd.Context(), q)
+			rows, err := allIssues(cmd.Context(), st, stores.IssueQuery{Pipeline: pipeline})
 			if err != nil {
 				return err
 			}
 			now := time.Now()
-			var out []issueView
+			out := []issueView{}
+			open := 0
 			for _, i := range rows {
 				v := viewOf(i, now, staleAfter)
+				if v.NeedsOperator {
+					open++
+				}
 				if all || v.NeedsOperator {
 					out = append(out, v)
 				}
 			}
-			return a.emit(out, func(w *tabwriter.Writer) {
+			if failOnOpen && open > 0 {
+				defer func() { fmt.Fprintf(a.errOut, "auditflow: %d open issue(s) (--fail-on-open)\n", open) }()
+			}
+			err = a.emit(out, func(w *tabwriter.Writer) {
 				if len(out) == 0 {
 					fmt.Fprintln(w, "no open issues")
 					return
@@ -59,10 +68,15 @@ func (a *app) issueCommand() *cobra.Command {
 						v.Recovery, render.Dash(v.TargetSystem), render.Dash(render.Clip(v.ErrorMessage, 60)))
 				}
 			})
+			if err == nil && failOnOpen && open > 0 {
+				return fmt.Errorf("%w: %d open issue(s)", errProblems, open)
+			}
+			return err
 		},
 	}
 	list.Flags().StringVarP(&pipeline, "pipeline", "p", "", "only this pipeline")
 	list.Flags().BoolVar(&all, "all", false, "every change's row, closed and running ones too")
+	list.Flags().BoolVar(&failOnOpen, "fail-on-open", false, "exit 3 when an issue is open (a CI gate)")
 	list.Flags().DurationVar(&staleAfter, "stale-after", stores.DefaultStaleAfter, "report an execution started this long ago without an end as UNCERTAIN")
 
 	var guidance bool
@@ -74,7 +88,8 @@ has no row for the change) it also reads the change's newest message on the
 stream: if that is not a valid event of the change — garbage, or another
 change's event published on its subject, which projectors dead-letter — runs
 stop at it, and get says which message it is and how to resolve the change.`,
-		Args: cobra.NoArgs,
+		Example: "  auditflow issue get -p billing -c 0002-add-customer-index --guidance",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if pipeline == "" || change == "" {
 				return usage("--pipeline and --change are required")
@@ -196,7 +211,8 @@ key must be one the list trusts as an operator for the pipeline, --operator
 may only repeat its name, and a change whose newest event the list does not
 trust (a forgery: see issue get --guidance) can be resolved whatever that
 event claims.`,
-		Args: cobra.NoArgs,
+		Example: `  auditflow issue fix -p billing -c 0002-add-customer-index -r applied --reason "index exists; checked in psql"`,
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			res := events.Resolution(strings.ToUpper(strings.ReplaceAll(resolution, "-", "_")))
 			switch {

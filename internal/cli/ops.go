@@ -53,8 +53,14 @@ func (a *app) report(checks []check) error {
 func (a *app) testConnectionCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "test-connection",
-		Short: "Check that the audit log (NATS JetStream) and the audit store are reachable and usable",
-		Args:  cobra.NoArgs,
+		Short: "Check that the audit log (NATS JetStream) and the audit store are reachable and usable, creating nothing",
+		Long: `test-connection connects to NATS, checks JetStream and the audit stream, opens
+the store read-only (it creates no file, table, collection or index: a store
+that is missing is a failed check) and reads it. For SQLite it also proves
+that the store may be written: it takes the database's write lock and rolls
+back, leaving nothing behind.`,
+		Example: "  auditflow --nats-url nats://nats:4222 --store sqlite --sqlite-path /data/audit.db test-connection",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			var checks []check
@@ -71,11 +77,19 @@ func (a *app) testConnectionCommand() *cobra.Command {
 				checks = append(checks, check{What: "store", Detail: err.Error()})
 				return a.report(checks)
 			}
-			checks = append(checks, check{What: "store", OK: true, Detail: "opened " + a.store.Describe() + " (schema and indexes created if missing)"})
+			checks = append(checks, check{What: "store", OK: true, Detail: "opened " + a.store.Describe() + " read-only"})
 			if cp, err := st.Checkpoint(ctx, a.consumerName()); err != nil {
-				checks = append(checks, check{What: "store read", Detail: err.Error() + " (check that the credentials may read the audit tables/collections)"})
+				checks = append(checks, check{What: "store read", Detail: err.Error() + " (check that the credentials may read the audit tables/collections; the projector creates them)"})
 			} else {
 				checks = append(checks, check{What: "store read", OK: true, Detail: fmt.Sprintf("checkpoint of %s: %d", a.consumerName(), cp)})
+			}
+			switch ok, err := a.store.ProbeWrite(ctx); {
+			case err != nil:
+				checks = append(checks, check{What: "store write", Detail: err.Error()})
+			case ok:
+				checks = append(checks, check{What: "store write", OK: true, Detail: "took the write lock and rolled back: writable"})
+			default:
+				checks = append(checks, check{What: "store write", Warn: true, Detail: "not probed: " + a.store.Kind + " has no write check that leaves nothing behind"})
 			}
 			return a.report(checks)
 		},
@@ -108,9 +122,10 @@ func streamChecks(cmd *cobra.Command, js jetstream.JetStream, a *app) []check {
 
 func (a *app) verifySchemaCommand() *cobra.Command {
 	return &cobra.Command{
-		Use:   "verify-schema",
-		Short: "Check the stream, the lock bucket and the store's tables/collections and indexes",
-		Args:  cobra.NoArgs,
+		Use:     "verify-schema",
+		Short:   "Check the stream, the lock bucket and the store's tables/collections and indexes, creating nothing",
+		Example: "  auditflow --store mongo verify-schema --json",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			var checks []check

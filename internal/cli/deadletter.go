@@ -1,0 +1,186 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"text/tabwriter"
+	"time"
+	"unicode/utf8"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+
+	"github.com/auditflow/auditflow/internal/render"
+	"github.com/auditflow/auditflow/projector"
+)
+
+// deadLetterView is a message of AUDIT_DEADLETTER as shown.
+type deadLetterView struct {
+	Seq              uint64    `json:"seq"`
+	Time             time.Time `json:"time"`
+	Reason           string    `json:"reason"`
+	OriginalStream   string    `json:"originalStream"`
+	OriginalSubject  string    `json:"originalSubject"`
+	OriginalSequence uint64    `json:"originalSequence"`
+	OriginalSize     int       `json:"originalSize"`
+	OriginalHash     string    `json:"originalHash"`
+	Consumer         string    `json:"consumer"`
+	Copy             string    `json:"copy"`           // full: Body is the original; reference: its first bytes, the original stays in its stream
+	Body             string    `json:"body,omitempty"` // with show: the body, if it is UTF-8
+	BodyBase64       []byte    `json:"bodyBase64,omitempty"`
+}
+
+func deadLetterOf(m *jetstream.RawStreamMsg, body bool) deadLetterView {
+	h := m.Header
+	seq, _ := strconv.ParseUint(h.Get(projector.HeaderSequence), 10, 64)
+	size, _ := strconv.Atoi(h.Get(projector.HeaderSize))
+	v := deadLetterView{Seq: m.Sequence, Time: m.Time.UTC(), Reason: h.Get(projector.HeaderReason), OriginalStream: h.Get(projector.HeaderStream),
+		OriginalSubject: h.Get(projector.HeaderSubject), OriginalSequence: seq, OriginalSize: size, OriginalHash: h.Get(projector.HeaderHash),
+		Consumer: h.Get(projector.HeaderConsumer), Copy: h.Get(projector.HeaderCopy)}
+	if body {
+		if utf8.Valid(m.Data) {
+			v.Body = string(m.Data)
+		} else {
+			v.BodyBase64 = m.Data
+		}
+	}
+	return v
+}
+
+// deadLetters reads the dead letters with sequence above after, at most
+// limit of them (0: all), oldest first.
+func (a *app) deadLetters(ctx context.Context, after uint64, limit int) ([]deadLetterView, uint64, error) {
+	js, err := a.connect()
+	if err != nil {
+		return nil, 0, err
+	}
+	s, err := js.Stream(ctx, projector.DeadLetterStream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, 0, fmt.Errorf("%w: stream %s does not exist (auditflow init creates it)", errNotFound, projector.DeadLetterStream)
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	state := s.CachedInfo().State
+	out := []deadLetterView{}
+	if state.Msgs == 0 || state.LastSeq <= after {
+		return out, state.Msgs, nil
+	}
+	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq: max(after+1, state.FirstSeq)})
+	if err != nil {
+		return nil, 0, err
+	}
+	errEnough := errors.New("enough")
+	err = projector.ScanStream(ctx, cons, 500, state.LastSeq, func(msgs []projector.StreamMsg) error {
+		for _, m := range msgs {
+			raw, err := s.GetMsg(ctx, m.Seq) // for its time; dead letters are few
+			if err != nil {
+				return err
+			}
+			out = append(out, deadLetterOf(raw, false))
+			if limit > 0 && len(out) >= limit {
+				return errEnough
+			}
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errEnough) {
+		return nil, 0, err
+	}
+	return out, state.Msgs, nil
+}
+
+func (a *app) deadletterCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "deadletter",
+		Short: "Messages no store could hold (stream AUDIT_DEADLETTER): list and show them",
+		Long: `Projectors copy to AUDIT_DEADLETTER every message they cannot store —
+undecodable, on another change's subject, or refused by the store — with the
+reason and the original's stream, subject and sequence (the original stays
+in AUDIT: delete and purge are denied). A dead letter blocks nothing; the
+change whose subject it is on waits for an operator (issue get --guidance,
+then issue fix).`,
+		Example: "  auditflow deadletter list\n  auditflow deadletter show 3 --json",
+	}
+	var after uint64
+	var limit int
+	list := &cobra.Command{
+		Use:     "list",
+		Short:   "Dead letters, oldest first, with their reason and original",
+		Example: "  auditflow deadletter list --after 100 --limit 20 --json",
+		Args:    cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if limit < 0 {
+				return usage("--limit: want 0 (all) or more, got %d", limit)
+			}
+			out, _, err := a.deadLetters(c.Context(), after, limit)
+			if err != nil {
+				return err
+			}
+			return a.emit(out, func(w *tabwriter.Writer) {
+				if len(out) == 0 {
+					fmt.Fprintln(w, "no dead letters")
+					return
+				}
+				fmt.Fprintln(w, "SEQ\tTIME (UTC)\tORIGINAL\tCOPY\tCONSUMER\tREASON")
+				for _, d := range out {
+					fmt.Fprintf(w, "%d\t%s\t%s seq %d\t%s\t%s\t%s\n", d.Seq, d.Time.Format(time.DateTime), d.OriginalStream, d.OriginalSequence,
+						d.Copy, render.Dash(d.Consumer), render.Clip(d.Reason, 80))
+				}
+			})
+		},
+	}
+	list.Flags().Uint64Var(&after, "after", 0, "only dead letters after this sequence of AUDIT_DEADLETTER")
+	list.Flags().IntVar(&limit, "limit", 100, "at most this many (0: all)")
+	show := &cobra.Command{
+		Use:     "show SEQ",
+		Short:   "One dead letter: its reason, its original, and its body",
+		Example: "  auditflow deadletter show 3",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			seq, err := strconv.ParseUint(args[0], 10, 64)
+			if err != nil || seq == 0 {
+				return usage("SEQ: want a sequence number of AUDIT_DEADLETTER (deadletter list shows them), got %q", args[0])
+			}
+			js, err := a.connect()
+			if err != nil {
+				return err
+			}
+			s, err := js.Stream(c.Context(), projector.DeadLetterStream)
+			if err != nil {
+				return err
+			}
+			raw, err := s.GetMsg(c.Context(), seq)
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				return fmt.Errorf("%w: no dead letter %d", errNotFound, seq)
+			}
+			if err != nil {
+				return err
+			}
+			d := deadLetterOf(raw, true)
+			return a.emit(d, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "dead letter\t%d, %s UTC, by consumer %s\n", d.Seq, d.Time.Format(time.DateTime), render.Dash(d.Consumer))
+				fmt.Fprintf(w, "reason\t%s\n", d.Reason)
+				fmt.Fprintf(w, "original\t%s seq %d, subject %s, %d bytes, %s\n", d.OriginalStream, d.OriginalSequence, d.OriginalSubject, d.OriginalSize, d.OriginalHash)
+				fmt.Fprintf(w, "inspect\tnats stream get %s %d\n", d.OriginalStream, d.OriginalSequence)
+				switch {
+				case d.Copy == projector.CopyReference:
+					fmt.Fprintf(w, "body\tthe first %d bytes (the original stays in %s):\n", len(raw.Data), d.OriginalStream)
+				default:
+					fmt.Fprintln(w, "body\t")
+				}
+				_ = w.Flush()
+				if d.Body != "" {
+					fmt.Fprintln(w, d.Body)
+				} else {
+					fmt.Fprintf(w, "(%d bytes, not UTF-8: use --json for base64)\n", len(raw.Data))
+				}
+			})
+		},
+	}
+	cmd.AddCommand(list, show)
+	return cmd
+}
