@@ -72,23 +72,36 @@ func (a *app) replayCommand() *cobra.Command {
 		Long: `replay reads the audit stream with an ordered consumer — the live projectors'
 consumers are not touched — and applies it to the configured store: from the
 first event (default, or --from-seq / --since), up to the last event present
-when it starts. It records its progress in the store, so an interrupted replay
+when it starts. It rides out a cluster's fail-overs (a node lost, a leader
+change): it starts again after the last event it stored. It records its progress in the store, so an interrupted replay
 continues where it stopped when run again, and running it twice changes
 nothing. Into an empty store it uses the store's bulk path when it has one.
 
 To migrate, point --store and its flags at the new store (e.g. from mongo to
-dynamodb) and replay; to rebuild a damaged store in place, add --reset.
+dynamodb) and replay; to rebuild a damaged store in place, add --reset (which
+always rebuilds from the first event: it refuses --from-seq and --since).
 Give it the projectors' --trust: replay judges signatures as they do.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
+			hasFrom, hasSince := cmd.Flags().Changed("from-seq"), cmd.Flags().Changed("since")
+			switch {
+			case reset && (hasFrom || hasSince):
+				// Wiping the store and rebuilding only part of it would
+				// leave it without the events before the start.
+				return usage("--reset rebuilds the whole store from the first event: it cannot be combined with --from-seq or --since")
+			case hasFrom && hasSince:
+				return usage("--from-seq and --since both say where to start: give one")
+			case hasFrom && fromSeq == 0:
+				return usage("--from-seq: sequences start at 1")
+			}
 			list, err := a.trustList()
 			if err != nil {
 				return err
 			}
 			cfg := projector.ReplayConfig{Stream: a.streamConfig(), FromSeq: fromSeq, BatchSize: batch, Checkpoint: checkpoint, Trust: list, Logger: a.log}
-			if since != "" {
-				t, err := parseSince(since)
+			if hasSince {
+				t, err := parseSince(since, time.Now())
 				if err != nil {
 					return usage("--since: %v", err)
 				}
@@ -106,9 +119,7 @@ Give it the projectors' --trust: replay judges signatures as they do.`,
 				if err := st.Reset(ctx); err != nil {
 					return fmt.Errorf("reset: %w", err)
 				}
-				if cfg.FromSeq == 0 && cfg.Since.IsZero() {
-					cfg.FromSeq = 1
-				}
+				cfg.FromSeq = 1
 			}
 			bar := a.newProgress("replay", 0)
 			cfg.Progress = bar.replay
@@ -127,19 +138,31 @@ Give it the projectors' --trust: replay judges signatures as they do.`,
 			})
 		},
 	}
-	cmd.Flags().Uint64Var(&fromSeq, "from-seq", 0, "start at this stream sequence (default: after the replay checkpoint, or the first event)")
-	cmd.Flags().StringVar(&since, "since", "", "start at events stored since a time (RFC 3339) or a duration ago (e.g. 24h)")
+	cmd.Flags().Uint64Var(&fromSeq, "from-seq", 0, "start at this stream sequence (default: after the replay checkpoint, or the first event); not with --since or --reset")
+	cmd.Flags().StringVar(&since, "since", "", "start at events stored since a time (RFC 3339) or a duration ago (e.g. 24h); not with --from-seq or --reset")
 	cmd.Flags().IntVar(&batch, "batch", 1000, "events per store write")
 	cmd.Flags().StringVar(&checkpoint, "checkpoint", "replay", "name of the progress record kept in the store")
 	cmd.Flags().BoolVar(&reset, "reset", false, "delete every row of the store first (it is rebuilt from the stream)")
 	return cmd
 }
 
-func parseSince(s string) (time.Time, error) {
+// parseSince reads --since: a duration before now (24h, 90m) or an RFC 3339
+// time. A negative duration or a time after now would start in the future.
+func parseSince(s string, now time.Time) (time.Time, error) {
 	if d, err := time.ParseDuration(s); err == nil {
-		return time.Now().Add(-d), nil
+		if d < 0 {
+			return time.Time{}, fmt.Errorf("%q is a negative duration: give how long ago, e.g. 24h", s)
+		}
+		return now.Add(-d), nil
 	}
-	return time.Parse(time.RFC3339, s)
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%q is neither a duration (e.g. 24h) nor an RFC 3339 time (e.g. 2026-01-02T15:04:05Z)", s)
+	}
+	if t.After(now) {
+		return time.Time{}, fmt.Errorf("%s is in the future", s)
+	}
+	return t, nil
 }
 
 func (a *app) runVerify(ctx context.Context) (*verify.Report, error) {
