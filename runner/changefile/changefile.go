@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"maps"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -72,6 +74,9 @@ type Options struct {
 	// is stopped; a change file's grace: overrides it. Zero means
 	// DefaultGrace.
 	Grace time.Duration
+	// Logger receives warnings about the files (an order that sorts
+	// differently as text than as a number); nil discards them.
+	Logger *slog.Logger
 }
 
 // Load reads every *.yaml and *.yml file in dir (not subdirectories), in
@@ -97,6 +102,7 @@ func Load(dir string, opts Options) ([]runner.Change, error) {
 	}
 	seen := map[string]string{}
 	var out []runner.Change
+	orders := map[string]string{} // order → a file that has it
 	for _, name := range names {
 		path := filepath.Join(dir, name)
 		f, err := parse(path)
@@ -112,8 +118,37 @@ func Load(dir string, opts Options) ([]runner.Change, error) {
 			return nil, fmt.Errorf("%w: %s: %w", ErrInvalid, path, err)
 		}
 		out = append(out, c)
+		orders[f.Order] = path
 	}
+	warnNumericOrders(opts.Logger, orders)
 	return out, nil
+}
+
+// warnNumericOrders warns when every order looks like a number and their
+// text order — the one changes run in — is not their numeric order:
+// "order: 10" runs before "order: 9". It warns rather than refuses, since
+// the order of changes already applied must not change under them.
+func warnNumericOrders(log *slog.Logger, orders map[string]string) {
+	if log == nil || len(orders) < 2 {
+		return
+	}
+	nums := map[string]float64{}
+	for o := range orders {
+		n, err := strconv.ParseFloat(strings.TrimSpace(o), 64)
+		if err != nil {
+			return // not all numeric: text order is clearly meant
+		}
+		nums[o] = n
+	}
+	byText := slices.Sorted(maps.Keys(orders))
+	for i := 1; i < len(byText); i++ {
+		a, b := byText[i-1], byText[i]
+		if nums[a] > nums[b] {
+			log.Warn("change file orders are compared as text, not as numbers: zero-pad them (\"0009\", \"0010\") to run them in numeric order",
+				"runsFirst", fmt.Sprintf("order %s (%s)", a, orders[a]), "runsAfter", fmt.Sprintf("order %s (%s)", b, orders[b]))
+			return
+		}
+	}
 }
 
 func parse(path string) (File, error) {
@@ -124,10 +159,43 @@ func parse(path string) (File, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true) // a misspelt "rolback" must not silently mean "no rollback"
 	var f File
-	if err := dec.Decode(&f); err != nil {
-		return File{}, fmt.Errorf("%w: %s: %w", ErrInvalid, path, err)
+	if err := dec.Decode(&f); errors.Is(err, io.EOF) {
+		return File{}, fmt.Errorf("%w: file %s is empty (no YAML document): write a change in it (id, apply, …) or remove it", ErrInvalid, path)
+	} else if err != nil {
+		return File{}, fmt.Errorf("%w: %s: %s", ErrInvalid, path, yamlProblem(err))
+	}
+	// A second document would be silently ignored: refuse it.
+	var next yaml.Node
+	if err := dec.Decode(&next); !errors.Is(err, io.EOF) {
+		line := ""
+		if err == nil {
+			line = fmt.Sprintf(" (the second starts at line %d)", next.Line)
+		}
+		return File{}, fmt.Errorf("%w: %s holds more than one YAML document%s: put each change in a file of its own", ErrInvalid, path, line)
 	}
 	return f, nil
+}
+
+// knownKeys are a change file's keys, for error messages.
+var knownKeys = func() string {
+	t := reflect.TypeFor[File]()
+	keys := make([]string, t.NumField())
+	for i := range keys {
+		keys[i] = t.Field(i).Tag.Get("yaml")
+	}
+	return strings.Join(keys, ", ")
+}()
+
+var unknownField = regexp.MustCompile(`field (\S+) not found in type \S+`)
+
+// yamlProblem rewords the YAML decoder's errors for a change file's
+// author: where (line), which key, and what is wrong with it.
+func yamlProblem(err error) string {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	msg = strings.TrimPrefix(msg, "unmarshal errors:\n  ")
+	msg = strings.ReplaceAll(msg, "\n  ", "; ")
+	msg = unknownField.ReplaceAllString(msg, "unknown key \"$1\" (the keys are "+knownKeys+")")
+	return strings.ReplaceAll(msg, "changefile.File", "a change")
 }
 
 func (f File) change(dir string, opts Options) (runner.Change, error) {

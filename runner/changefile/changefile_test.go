@@ -3,6 +3,7 @@ package changefile_test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -107,5 +108,57 @@ func TestInvalidFiles(t *testing.T) {
 	}
 	if _, err := changefile.Load(t.TempDir(), changefile.Options{}); !errors.Is(err, changefile.ErrInvalid) {
 		t.Errorf("empty dir = %v", err)
+	}
+}
+
+// TestLoadNamesTheFileAndTheProblem: every refusal names the file and says
+// what is wrong, in a change file author's words.
+func TestLoadNamesTheFileAndTheProblem(t *testing.T) {
+	for name, tc := range map[string]struct {
+		body string
+		want []string
+	}{
+		"empty":         {"", []string{"empty.yaml is empty"}},
+		"only comments": {"# nothing yet\n", []string{"only comments.yaml is empty"}},
+		"two documents": {"id: a\napply: 'true'\n---\nid: b\napply: 'true'\n", []string{"two documents.yaml holds more than one YAML document", "line 3"}},
+		"unknown key":   {"id: a\napply: 'true'\nrolback: 'true'\n", []string{"unknown key.yaml", "line 3", `unknown key "rolback"`, "rollback"}},
+		"bad type":      {"id: a\napply: 'true'\ntransactional: maybe\n", []string{"bad type.yaml", "line 3", "maybe"}},
+		"no apply":      {"id: a\n", []string{"no apply.yaml", "apply is required"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			write(t, dir, name+".yaml", tc.body)
+			_, err := changefile.Load(dir, changefile.Options{})
+			if !errors.Is(err, changefile.ErrInvalid) {
+				t.Fatalf("Load = %v, want ErrInvalid", err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// TestNumericOrdersWarn: unquoted orders 9 and 10 run 10 first (text
+// order); Load says so, naming both files, and still loads them.
+func TestNumericOrdersWarn(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir, "a.yaml", "id: nine\norder: 9\napply: 'true'\n")
+	write(t, dir, "b.yaml", "id: ten\norder: 10\napply: 'true'\n")
+	var logs strings.Builder
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	if _, err := changefile.Load(dir, changefile.Options{Logger: log}); err != nil {
+		t.Fatal(err)
+	}
+	if out := logs.String(); !strings.Contains(out, "compared as text") || !strings.Contains(out, "b.yaml") || !strings.Contains(out, "a.yaml") {
+		t.Fatalf("no warning naming both files: %q", out)
+	}
+	logs.Reset()
+	write(t, dir, "b.yaml", "id: ten\norder: \"10\"\napply: 'true'\n")
+	write(t, dir, "a.yaml", "id: nine\norder: \"09\"\napply: 'true'\n")
+	if _, err := changefile.Load(dir, changefile.Options{Logger: log}); err != nil || logs.Len() != 0 {
+		t.Fatalf("zero-padded orders: %v, logs %q", err, logs.String())
 	}
 }
