@@ -71,6 +71,8 @@ func TestConformance(t *testing.T) {
 		AtomicBatch:   false, // no transactions: see the package doc
 		Repairer:      true,
 		SchemaChecker: true,
+		// See the package doc: FerretDB's filtered updates are not atomic.
+		NonAtomicUpdates: ferretDB(t, client),
 	})
 }
 
