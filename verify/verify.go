@@ -72,33 +72,37 @@ type Config struct {
 
 // Row identifies one changeLog row.
 type Row struct {
-	Pipeline, ChangeID string
-	Seq                uint64
-	EventID            string
-	Type               events.Type
+	Pipeline string      `json:"pipeline"`
+	ChangeID string      `json:"changeId"`
+	Seq      uint64      `json:"seq"`
+	EventID  string      `json:"eventId"`
+	Type     events.Type `json:"type"`
 }
 
 // Mismatch is a row present on both sides with different content.
 type Mismatch struct {
 	Row
-	Fields []string // the fields that differ
+	Fields []string `json:"fields"` // the fields that differ
 }
 
 // IssueDrift is an issue row that does not match its change's newest event.
 type IssueDrift struct {
-	Pipeline, ChangeID string
-	Problem            string // "missing", "extra" or the fields that differ
-	Want               *stores.Issue
-	Have               *stores.Issue
+	Pipeline string        `json:"pipeline"`
+	ChangeID string        `json:"changeId"`
+	Problem  string        `json:"problem"`        // "missing", "extra" or the fields that differ
+	Want     *stores.Issue `json:"want,omitempty"` // nil: the change has no event up to the snapshot
+	Have     *stores.Issue `json:"have,omitempty"` // nil: the store has no issue row
 }
 
 // Break is a broken link of a change's hash chain.
 type Break struct {
-	Where              string // "stream" or "store"
-	Pipeline, ChangeID string
-	Seq                uint64 // the event whose prevHash does not match
-	PrevSeq            uint64 // the event it should point at (0: none)
-	Want, Got          string // expected and actual prevHash
+	Where    string `json:"where"` // "stream" or "store"
+	Pipeline string `json:"pipeline"`
+	ChangeID string `json:"changeId"`
+	Seq      uint64 `json:"seq"`     // the event whose prevHash does not match
+	PrevSeq  uint64 `json:"prevSeq"` // the event it should point at (0: none)
+	Want     string `json:"want"`    // expected prevHash
+	Got      string `json:"got"`     // actual prevHash
 }
 
 func (b Break) String() string {
@@ -126,13 +130,13 @@ func short(h string) string {
 // did not take the lock at all.
 type StaleToken struct {
 	Row
-	Token    uint64 // the event's lock token
-	Newer    uint64 // the higher token recorded before it
-	NewerSeq uint64 // where that token was first recorded
+	Token    uint64 `json:"token"`    // the event's lock token
+	Newer    uint64 `json:"newer"`    // the higher token recorded before it
+	NewerSeq uint64 `json:"newerSeq"` // where that token was first recorded
 	// Acknowledged: the event is its runner's own ExecutionOverlapped
 	// record, or an ExecutionOverlapped or ManuallyResolved event follows it
 	// on the same change, so an operator has been asked to look.
-	Acknowledged bool
+	Acknowledged bool `json:"acknowledged"`
 }
 
 func (s StaleToken) String() string {
@@ -151,18 +155,19 @@ func (s StaleToken) String() string {
 // a runner stops at it while it is its change's newest message, until an
 // operator records the change's state after it (auditflow issue fix).
 type BadMessage struct {
-	Seq     uint64
-	Subject string
+	Seq     uint64 `json:"seq"`
+	Subject string `json:"subject"`
 	// Pipeline and ChangeID name the change whose subject it is on; both
 	// are "" if the subject is no change's (nothing reads it there).
-	Pipeline, ChangeID string
+	Pipeline string `json:"pipeline"`
+	ChangeID string `json:"changeId"`
 	// Event is the event it holds when it is another change's event; nil
 	// for a message that does not decode.
-	Event *Row   `json:",omitempty"`
-	What  string // why it is not the change's event
+	Event *Row   `json:"event,omitempty"`
+	What  string `json:"what"` // why it is not the change's event
 	// Acknowledged: an operator's resolution follows it on its change's
 	// subject, so the change has moved past it.
-	Acknowledged bool
+	Acknowledged bool `json:"acknowledged"`
 }
 
 // Open reports whether the message still needs an operator: it is on a
@@ -191,13 +196,13 @@ func (b BadMessage) String() string {
 // until an operator has recorded the change's state after it.
 type Downgrade struct {
 	Row
-	Version int
+	Version int `json:"version"`
 	// ChainSince is the change's first event at schema version 2 or later
 	// (or carrying prevHash).
-	ChainSince uint64
+	ChainSince uint64 `json:"chainSince"`
 	// Acknowledged: a ManuallyResolved at version 2 or later follows it on
 	// its change.
-	Acknowledged bool
+	Acknowledged bool `json:"acknowledged"`
 }
 
 func (d Downgrade) String() string {
@@ -213,15 +218,15 @@ func (d Downgrade) String() string {
 // found in the stream or, judged from the row alone, in the store.
 type Untrusted struct {
 	Row
-	Where string // "stream" or "store"
+	Where string `json:"where"` // "stream" or "store"
 	// Signer is the signing key's identity ("<name> (<key>)" or the key),
 	// "" for an unsigned event.
-	Signer  string
-	Kind    trust.Kind // unsigned, unknown key, bad signature, role, pipeline, revoked, replayed
-	Problem string
+	Signer  string     `json:"signer"`
+	Kind    trust.Kind `json:"kind"` // unsigned, unknown key, bad signature, role, pipeline, revoked, replayed
+	Problem string     `json:"problem"`
 	// Acknowledged: a trusted operator's resolution follows it on its
 	// change, so the change's state is an operator's, not the forger's.
-	Acknowledged bool
+	Acknowledged bool `json:"acknowledged"`
 }
 
 func (u Untrusted) String() string {
@@ -234,55 +239,58 @@ func (u Untrusted) String() string {
 
 // ChangeSummary is the count and digest of one change on each side.
 type ChangeSummary struct {
-	Pipeline, ChangeID        string
-	StreamEvents, StoreRows   int
-	StreamDigest, StoreDigest string
+	Pipeline     string `json:"pipeline"`
+	ChangeID     string `json:"changeId"`
+	StreamEvents int    `json:"streamEvents"`
+	StoreRows    int    `json:"storeRows"`
+	StreamDigest string `json:"streamDigest"`
+	StoreDigest  string `json:"storeDigest"`
 }
 
 // Report is what Verify found.
 type Report struct {
 	// StreamEvents counts the valid events read from the stream, each on
 	// its own change's subject: the rows a store must hold.
-	StreamEvents int
-	Undecodable  int // stream messages that cannot be decoded (dead-lettered, never in a store)
-	StoreRows    int
-	Changes      int
-	LastSeq      uint64 // the stream's last sequence when verify began
+	StreamEvents int    `json:"streamEvents"`
+	Undecodable  int    `json:"undecodable"` // stream messages that cannot be decoded (dead-lettered, never in a store)
+	StoreRows    int    `json:"storeRows"`
+	Changes      int    `json:"changes"`
+	LastSeq      uint64 `json:"lastSeq"` // the stream's last sequence when verify began
 
-	Missing    []Row
-	Extra      []Row
-	Mismatched []Mismatch
-	Issues     []IssueDrift
-	Drifted    []ChangeSummary // per-change counts and digests, for changes with any drift
+	Missing    []Row           `json:"missing"`
+	Extra      []Row           `json:"extra"`
+	Mismatched []Mismatch      `json:"mismatched"`
+	Issues     []IssueDrift    `json:"issues"`
+	Drifted    []ChangeSummary `json:"drifted"` // per-change counts and digests, for changes with any drift
 
-	StreamChain []Break
-	StoreChain  []Break
-	Unchained   int // events after a change's first with no prevHash (writers that do not chain)
-	Unhashed    int // store rows without a hash (written before the hash chain existed)
+	StreamChain []Break `json:"streamChain"`
+	StoreChain  []Break `json:"storeChain"`
+	Unchained   int     `json:"unchained"` // events after a change's first with no prevHash (writers that do not chain)
+	Unhashed    int     `json:"unhashed"`  // store rows without a hash (written before the hash chain existed)
 
 	// StaleTokens lists events written with a stale lock token, in stream
 	// order (see StaleToken).
-	StaleTokens []StaleToken
+	StaleTokens []StaleToken `json:"staleTokens"`
 
 	// Unreadable lists the messages that do not decode, WrongSubject the
 	// valid events published on another change's subject, in stream order
 	// (see BadMessage). Neither is a row a store should hold.
-	Unreadable   []BadMessage
-	WrongSubject []BadMessage
+	Unreadable   []BadMessage `json:"unreadable"`
+	WrongSubject []BadMessage `json:"wrongSubject"`
 	// Downgrades lists schema-version-1 events after their change's hash
 	// chain had started (see Downgrade), in stream order.
-	Downgrades []Downgrade
+	Downgrades []Downgrade `json:"downgrades"`
 
 	// TrustChecked: verify had a trust list, and Untrusted and
 	// StoreUntrusted list what it does not accept, in sequence order.
-	TrustChecked   bool
-	Untrusted      []Untrusted
-	StoreUntrusted []Untrusted
+	TrustChecked   bool        `json:"trustChecked"`
+	Untrusted      []Untrusted `json:"untrusted"`
+	StoreUntrusted []Untrusted `json:"storeUntrusted"`
 	// StoreVerdicts counts store rows that carry a projector's trust
 	// verdict (stores.Record.Trust): a store projected with a trust list.
-	StoreVerdicts int
+	StoreVerdicts int `json:"storeVerdicts"`
 
-	Elapsed time.Duration
+	Elapsed time.Duration `json:"-"`
 }
 
 // Drift reports whether store and stream differ.
