@@ -15,6 +15,7 @@ import (
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/internal/natsconn"
 	"github.com/auditflow/auditflow/internal/render"
+	"github.com/auditflow/auditflow/internal/storeflags"
 	"github.com/auditflow/auditflow/lock"
 	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/runner"
@@ -95,13 +96,18 @@ stop at it, and get says which message it is and how to resolve the change.`,
 				return usage("--pipeline and --change are required")
 			}
 			ctx := cmd.Context()
+			var rows []stores.Issue
 			st, err := a.openStore(ctx)
-			if err != nil {
+			switch {
+			case errors.Is(err, storeflags.ErrStoreMissing) && guidance:
+				// The stream alone can still say what blocks the change.
+				fmt.Fprintf(a.errOut, "auditflow: %v; the guidance is from the stream alone\n", err)
+			case err != nil:
 				return err
-			}
-			rows, err := st.Issues(ctx, stores.IssueQuery{Pipeline: pipeline, ChangeID: change})
-			if err != nil {
-				return err
+			default:
+				if rows, err = st.Issues(ctx, stores.IssueQuery{Pipeline: pipeline, ChangeID: change}); err != nil {
+					return err
+				}
 			}
 			// The store holds only valid events: what runners stop at may
 			// be a message it never had (dead-lettered). The stream says.

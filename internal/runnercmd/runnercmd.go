@@ -3,6 +3,7 @@
 package runnercmd
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -22,11 +23,13 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/internal/buildinfo"
 	"github.com/auditflow/auditflow/internal/embedded"
 	"github.com/auditflow/auditflow/internal/logging"
 	"github.com/auditflow/auditflow/internal/natsconn"
 	"github.com/auditflow/auditflow/internal/redact"
 	"github.com/auditflow/auditflow/internal/render"
+	"github.com/auditflow/auditflow/internal/storeflags"
 	"github.com/auditflow/auditflow/internal/trustflags"
 	"github.com/auditflow/auditflow/lock"
 	"github.com/auditflow/auditflow/producer"
@@ -140,12 +143,20 @@ func readSmall(path string) ([]byte, error) {
 	return io.ReadAll(io.LimitReader(f, 64<<10))
 }
 
-func parse(args []string, stderr io.Writer) (*options, error) {
+// errVersion: --version was asked for.
+var errVersion = errors.New("version")
+
+func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	o := &options{}
 	fs := flag.NewFlagSet("runner", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, `Usage: runner --changes DIR [flags]          apply a pipeline's change files
+	// -h prints the usage on stdout (it is what was asked for); a bad
+	// flag gets its error and a pointer to -h on stderr.
+	fs.Usage = func() {}
+	usageText := func() {
+		fs.SetOutput(stdout)
+		defer fs.SetOutput(stderr)
+		fmt.Fprint(stdout, `Usage: runner --changes DIR [flags]          apply a pipeline's change files
        runner --resolve CHANGE --resolution applied|rolled-back --reason TEXT
                                               record an operator's decision
 
@@ -158,10 +169,18 @@ Exit codes: 0 ok, 1 error, 2 bad usage/config, 3 change failed,
             130 interrupted by SIGINT, 143 by SIGTERM (the change got SIGTERM
               and a grace period; its outcome and any rollback are recorded).
 
+Examples:
+  runner --embedded --changes examples/changes     # in-process NATS and SQLite under .auditflow/
+  runner --embedded --changes examples/changes --dry-run
+  runner --nats-url nats://nats:4222 --pipeline billing --changes ./changes
+  runner --pipeline billing --resolve 0002-add-customer-index --resolution applied --reason "index exists"
+
 Flags:
 `)
 		fs.PrintDefaults()
 	}
+	var version bool
+	fs.BoolVar(&version, "version", false, "print the version, commit and Go version, and exit")
 	o.nats.RegisterFlags(fs)
 	fs.StringVar(&o.changes, "changes", "", "directory of *.yaml change files")
 	fs.StringVar(&o.pipeline, "pipeline", natsconn.Env("AUDITFLOW_PIPELINE", "default"), "pipeline (service or fleet) name [AUDITFLOW_PIPELINE]")
@@ -183,8 +202,14 @@ Flags:
 	fs.BoolVar(&o.force, "force", false, "with --resolve: record without the pipeline lock, even while a runner may be applying the change (it may then run twice)")
 	fs.StringVar(&o.logLevel, "log-level", natsconn.Env("AUDITFLOW_LOG_LEVEL", "info"), "debug, info, warn or error [AUDITFLOW_LOG_LEVEL]")
 	fs.StringVar(&o.logFormat, "log-format", natsconn.Env("AUDITFLOW_LOG_FORMAT", "text"), "text or json [AUDITFLOW_LOG_FORMAT]")
-	if err := fs.Parse(args); err != nil {
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+		usageText()
 		return nil, err
+	} else if err != nil {
+		return nil, fmt.Errorf("%w (runner -h shows the flags)", err)
+	}
+	if version {
+		return nil, errVersion
 	}
 	fs.Visit(func(f *flag.Flag) { o.operatorSet = o.operatorSet || f.Name == "operator" })
 	if fs.NArg() > 0 {
@@ -213,8 +238,12 @@ Flags:
 
 // Main runs the command and returns its exit code.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	o, err := parse(args, stderr)
+	o, err := parse(args, stdout, stderr)
 	if errors.Is(err, flag.ErrHelp) {
+		return ExitOK
+	}
+	if errors.Is(err, errVersion) {
+		fmt.Fprintln(stdout, buildinfo.Line("runner"))
 		return ExitOK
 	}
 	if err != nil {
@@ -261,8 +290,23 @@ func run(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) (i
 			return ExitUsage, err
 		}
 		if changes, err = changefile.Load(o.changes, changefile.Options{Pipeline: o.pipeline, Output: stdout, Grace: o.stopGrace,
-			Env: []string{"AUDITFLOW_DATA_DIR=" + dataDir}, Secrets: o.secrets}); err != nil {
+			Env: []string{"AUDITFLOW_DATA_DIR=" + dataDir}, Secrets: o.secrets, Logger: log}); err != nil {
 			return ExitUsage, err
+		}
+	}
+	if o.embedded && o.dryRun {
+		if _, err := os.Stat(filepath.Join(o.dataDir, "nats")); errors.Is(err, os.ErrNotExist) {
+			// Nothing has run here: the plan is every change, and a dry
+			// run creates nothing (no data dir, stream, bucket or store).
+			plan := make([]runner.Step, len(changes))
+			for i, c := range changes {
+				plan[i] = runner.Step{Change: c, Action: runner.ActionRun, Reason: "never run (no embedded data in " + o.dataDir + " yet)"}
+			}
+			slices.SortStableFunc(plan, func(a, b runner.Step) int {
+				return cmp.Or(cmp.Compare(a.Change.Order, b.Change.Order), cmp.Compare(a.Change.ID, b.Change.ID))
+			})
+			printPlan(stdout, plan)
+			return ExitOK, nil
 		}
 	}
 	var nc *nats.Conn
@@ -288,7 +332,7 @@ func run(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) (i
 		return ExitError, err
 	}
 	streamCfg := producer.StreamConfig{Replicas: o.replicas}
-	if o.embedded { // this process's own server: create what auditflow init creates (a server's runners never do)
+	if o.embedded && !o.dryRun { // this process's own server: create what auditflow init creates (a server's runners never do)
 		if err := projector.EnsureStreams(ctx, js, projector.Config{Stream: streamCfg}); err != nil {
 			return codeFor(err), err
 		}
@@ -313,7 +357,7 @@ func run(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) (i
 	if err != nil {
 		return codeFor(err), err
 	}
-	locker, err := lock.New(ctx, js, lock.Config{CreateBucket: o.embedded, Replicas: o.replicas, Lease: o.lease, RetryInterval: o.lockRetry,
+	locker, err := lock.New(ctx, js, lock.Config{CreateBucket: o.embedded && !o.dryRun, Replicas: o.replicas, Lease: o.lease, RetryInterval: o.lockRetry,
 		GiveUpAfter: o.lockGiveUp, Owner: o.runnerID, Logger: log})
 	if err != nil {
 		return codeFor(err), err
@@ -325,7 +369,7 @@ func run(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) (i
 
 	var proj *projector.Projector
 	var store *sqlitestore.Store
-	if o.embedded {
+	if o.embedded && !o.dryRun {
 		var stop func()
 		if proj, store, stop, err = startProjector(ctx, o, js, streamCfg, list, log); err != nil {
 			return ExitError, err
@@ -392,6 +436,11 @@ func run(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) (i
 			if err := showChangeLog(ctx, stdout, proj, store, o.pipeline); err != nil && runErr == nil {
 				runErr = err
 			}
+			dd := ""
+			if o.dataDir != ".auditflow" {
+				dd = " --data-dir " + o.dataDir
+			}
+			fmt.Fprintf(stdout, "\nInspect it with the operator CLI (it reads %s): auditflow%s audit list | issue list | stats\n", o.dataDir, dd)
 		}
 		if runErr != nil {
 			return codeFor(runErr), runErr
@@ -401,9 +450,10 @@ func run(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) (i
 }
 
 func startProjector(ctx context.Context, o *options, js jetstream.JetStream, streamCfg producer.StreamConfig, list *trust.List, log *slog.Logger) (*projector.Projector, *sqlitestore.Store, func(), error) {
-	store, err := sqlitestore.Open(ctx, filepath.Join(o.dataDir, "audit.db"), sqlitestore.Config{})
+	path := filepath.Join(o.dataDir, "audit.db")
+	store, err := sqlitestore.Open(ctx, path, sqlitestore.Config{})
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, storeflags.SQLiteOpenError(path, err)
 	}
 	proj, err := projector.New(ctx, js, store, projector.Config{Stream: streamCfg, StoreName: "sqlite", Trust: list, Logger: log})
 	if err != nil {
