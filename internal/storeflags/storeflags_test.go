@@ -2,6 +2,7 @@ package storeflags_test
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"io"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/auditflow/auditflow/internal/storeflags"
+	"github.com/auditflow/auditflow/stores"
 )
 
 func parse(t *testing.T, args ...string) *storeflags.Config {
@@ -119,5 +121,60 @@ func TestErrorsHideSecrets(t *testing.T) {
 	c := parse(t, "--store", "dynamodb", "--dynamo-endpoint", "https://u:hunter2-pw@ddb local/")
 	if err := c.Validate(); err == nil || strings.Contains(err.Error(), "hunter2") {
 		t.Errorf("dynamo endpoint: %v", err)
+	}
+}
+
+// TestReadOnlyCreatesNothing: a read-only open of a missing SQLite file is
+// ErrStoreMissing naming the path, with no file made; of an existing one
+// it reads, refuses writes, and leaves the directory as it was.
+func TestReadOnlyCreatesNothing(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "audit.db")
+	c := parse(t, "--sqlite-path", path)
+	c.ReadOnly = true
+	if _, _, err := c.Open(ctx, nil); !errors.Is(err, storeflags.ErrStoreMissing) || !strings.Contains(err.Error(), path) {
+		t.Fatalf("read-only open of a missing file = %v", err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Fatalf("left %v", entries)
+	}
+	rw := parse(t, "--sqlite-path", path)
+	st, closeStore, err := rw.Open(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeStore()
+	before, _ := os.ReadDir(dir)
+	st, closeStore, err = c.Open(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Issues(ctx, stores.IssueQuery{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Reset(ctx); err == nil {
+		t.Fatal("a read-only store accepted a write")
+	}
+	closeStore()
+	if after, _ := os.ReadDir(dir); len(after) != len(before) {
+		t.Fatalf("files before %v, after %v", before, after)
+	}
+	if ok, err := rw.ProbeWrite(ctx); !ok || err != nil {
+		t.Fatalf("ProbeWrite = %v, %v", ok, err)
+	}
+	if after, _ := os.ReadDir(dir); len(after) != len(before) {
+		t.Fatalf("the write probe left files: before %v, after %v", before, after)
+	}
+}
+
+// TestSQLiteOpenErrorNamesPathAndCause: SQLite's bare "unable to open
+// database file (14)" becomes the path and the likely cause.
+func TestSQLiteOpenErrorNamesPathAndCause(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "no-such-dir", "audit.db")
+	c := parse(t, "--sqlite-path", path)
+	_, _, err := c.Open(context.Background(), nil)
+	if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "does not exist") {
+		t.Fatalf("Open under a missing directory = %v", err)
 	}
 }

@@ -27,9 +27,12 @@ type Config struct {
 	// SkipSchema leaves the tables and indexes alone on open (no creation,
 	// no migration), for checking a schema rather than fixing it.
 	SkipSchema bool
-	// ReadOnly opens an existing database read-only (SQLite's mode=ro):
-	// nothing is created — not the file, not the schema — and every write
-	// fails. Implies SkipSchema. For commands that only read.
+	// ReadOnly opens an existing database for reading: nothing is
+	// created — not the file, not the schema — and every write fails
+	// (query_only). Implies SkipSchema. For commands that only read. The
+	// file is opened read-write where allowed, so that closing removes
+	// the -wal and -shm files as usual; else read-only (mode=ro), which
+	// may leave them behind.
 	ReadOnly bool
 }
 
@@ -89,26 +92,17 @@ func Open(ctx context.Context, path string, cfg Config) (*Store, error) {
 	if path == "" {
 		return nil, fmt.Errorf("%w: sqlitestore: empty database path", stores.ErrInvalidConfig)
 	}
-	q := url.Values{}
-	pragmas := []string{"busy_timeout(30000)", "journal_mode(WAL)", "synchronous(FULL)"}
 	if cfg.ReadOnly {
-		pragmas = pragmas[:1] // a read-only connection changes no setting
-		q.Set("mode", "ro")
-		cfg.SkipSchema = true
+		return openReadOnly(ctx, path, cfg)
 	}
-	for _, p := range pragmas {
+	q := url.Values{}
+	for _, p := range []string{"busy_timeout(30000)", "journal_mode(WAL)", "synchronous(FULL)"} {
 		q.Add("_pragma", p)
 	}
 	q.Set("_txlock", "immediate")
 	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
 	if err != nil {
 		return nil, fmt.Errorf("sqlitestore: open %s: %w", path, err)
-	}
-	if cfg.ReadOnly { // sql.Open is lazy: find a missing file now
-		if err := db.PingContext(ctx); err != nil {
-			_ = db.Close()
-			return nil, fmt.Errorf("sqlitestore: open %s read-only: %w", path, err)
-		}
 	}
 	// Two processes creating the same new file race to switch it to WAL,
 	// and the loser gets SQLITE_BUSY without the busy handler being asked.
@@ -130,6 +124,36 @@ func Open(ctx context.Context, path string, cfg Config) (*Store, error) {
 	}
 	s.own = true
 	return s, nil
+}
+
+// openReadOnly opens an existing database for Config.ReadOnly: mode=rw
+// (never creates the file) with query_only, or mode=ro if the file may
+// not be written.
+func openReadOnly(ctx context.Context, path string, cfg Config) (*Store, error) {
+	cfg.SkipSchema = true
+	var err error
+	for _, mode := range []string{"rw", "ro"} {
+		q := url.Values{}
+		q.Set("mode", mode)
+		q.Add("_pragma", "busy_timeout(30000)")
+		q.Add("_pragma", "query_only(1)")
+		var db *sql.DB
+		if db, err = sql.Open("sqlite", "file:"+path+"?"+q.Encode()); err != nil {
+			return nil, fmt.Errorf("sqlitestore: open %s: %w", path, err)
+		}
+		if err = db.PingContext(ctx); err != nil { // sql.Open is lazy: find a missing file now
+			_ = db.Close()
+			continue
+		}
+		s, err := New(ctx, db, cfg)
+		if err != nil {
+			_ = db.Close()
+			return nil, err
+		}
+		s.own = true
+		return s, nil
+	}
+	return nil, fmt.Errorf("sqlitestore: open %s for reading: %w", path, err)
 }
 
 func isBusy(err error) bool {
