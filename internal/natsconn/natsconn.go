@@ -35,6 +35,12 @@ type Config struct {
 	TLSKey  string
 	TLSCA   string // CA to verify the server with
 	Name    string // connection name shown in server monitoring
+	// Context names a NATS CLI context (~/.config/nats/context/NAME.json)
+	// that fills in what the settings above leave unset.
+	Context string
+
+	contextLoaded         bool
+	user, password, token string // from the context
 }
 
 // Env returns the value of an environment variable, or def.
@@ -58,6 +64,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.TLSCert, "nats-tls-cert", Env("AUDITFLOW_NATS_TLS_CERT", ""), "client certificate for mutual TLS [AUDITFLOW_NATS_TLS_CERT]")
 	fs.StringVar(&c.TLSKey, "nats-tls-key", Env("AUDITFLOW_NATS_TLS_KEY", ""), "client key for mutual TLS [AUDITFLOW_NATS_TLS_KEY]")
 	fs.StringVar(&c.TLSCA, "nats-tls-ca", Env("AUDITFLOW_NATS_TLS_CA", ""), "CA certificate to verify the server [AUDITFLOW_NATS_TLS_CA]")
+	fs.StringVar(&c.Context, "context", Env("AUDITFLOW_NATS_CONTEXT", ""), "NATS CLI context `NAME` (~/.config/nats/context/NAME.json, as nats context save writes it): its server, credentials and TLS files, where the --nats-* flags give none [AUDITFLOW_NATS_CONTEXT]")
 }
 
 // Validate checks that the settings fit together and that the files they
@@ -65,6 +72,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 // ErrInvalidConfig and show no secret: URLs are redacted, files are named,
 // never quoted.
 func (c Config) Validate() error {
+	if err := c.applyContext(); err != nil {
+		return err
+	}
 	_, _, err := c.load()
 	return err
 }
@@ -157,7 +167,13 @@ func readSmall(path string) ([]byte, error) {
 // show them: the URLs' passwords and tokens, and what the URL, creds, nkey
 // and TLS key files hold. Files that cannot be read are skipped.
 func (c Config) Secrets() []string {
+	_ = c.applyContext() // its errors are Validate's to report
 	out := redact.Secrets(c.URL)
+	for _, s := range []string{c.password, c.token} {
+		if s != "" {
+			out = append(out, s)
+		}
+	}
 	for _, path := range []string{c.URLFile, c.Creds, c.Nkey, c.TLSKey} {
 		if path == "" {
 			continue
@@ -172,6 +188,9 @@ func (c Config) Secrets() []string {
 // Connect connects with reconnection forever (the stream outlives brief
 // outages) and logs connection state changes.
 func Connect(c Config, log *slog.Logger) (*nats.Conn, error) {
+	if err := c.applyContext(); err != nil {
+		return nil, err
+	}
 	urls, nkey, err := c.load()
 	if err != nil {
 		return nil, err
@@ -196,6 +215,12 @@ func Connect(c Config, log *slog.Logger) (*nats.Conn, error) {
 	}
 	if c.TLSCA != "" {
 		opts = append(opts, nats.RootCAs(c.TLSCA))
+	}
+	if c.user != "" {
+		opts = append(opts, nats.UserInfo(c.user, c.password))
+	}
+	if c.token != "" {
+		opts = append(opts, nats.Token(c.token))
 	}
 	nc, err := nats.Connect(urls, opts...)
 	if err != nil {
