@@ -191,7 +191,8 @@ func (p *Projector) deadLetter(ctx context.Context, d delivery, reason error) bo
 		return false
 	}
 	p.health.deadLetterOK()
-	p.deadLettered.Add(1) // before the terminate, as applied is counted before the ack
+	p.progress.finish(d.seq) // deliberately not stored: the checkpoint may pass it
+	p.deadLettered.Add(1)    // before the terminate, as applied is counted before the ack
 	p.settle(m, func() error { return m.TermWithReason(truncate(oneLine(reason.Error(), 256), 256)) })
 	p.health.progressed()
 	p.log.Error("dead-lettered an event that cannot be stored", "seq", d.seq, "subject", m.Subject(), "to", dl.Subject,

@@ -12,3 +12,9 @@ var ErrNotReady = errors.New("projector: not ready")
 // (stores.ErrInvalidRecord, e.g. a DynamoDB item over 400 KB). The record
 // is dead-lettered and the rest of its batch stored.
 var ErrStoreRefused = errors.New("the store refused the record")
+
+// ErrStoreBehind: the store lacks events its consumer has already
+// acknowledged — it has recorded no progress for the consumer (a new, lost
+// or reset store, or the wrong one) while the consumer's ack floor is past
+// the first event. New refuses to consume into it unless Config.Rebuild.
+var ErrStoreBehind = errors.New("projector: the store is behind its consumer")

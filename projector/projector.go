@@ -86,6 +86,14 @@ type Config struct {
 	DeadLetterPrefix string
 	// WritesPrefix is where AuditWrite events go. Default "audit.writes".
 	WritesPrefix string
+	// Rebuild lets New fill a store that has recorded no progress for the
+	// consumer while the consumer has acknowledged events (a new, lost or
+	// reset store): New replays the stream into it (Replay, recording its
+	// progress under the consumer's name, so an interrupted rebuild
+	// resumes) before the projector consumes. Without it New refuses such a
+	// store with ErrStoreBehind. A store that is behind but has progress
+	// for the consumer is always brought up to date (see New).
+	Rebuild bool
 	// Decode decodes a message's data into an event. Default events.Decode.
 	// It is a seam for tests and for reading a newer format: a build that
 	// reads a newer schema version supplies a decoder for it. Whatever it
@@ -197,8 +205,10 @@ type Projector struct {
 	health                                                              health
 	lag                                                                 lagReader
 	busyLog                                                             logLimit
+	progress                                                            progress // the contiguous checkpoint (checkpoint.go)
+	checkpointKick                                                      chan struct{}
 
-	lastSeq       atomic.Uint64        // highest sequence applied
+	lastSeq       atomic.Uint64        // highest sequence applied: a high-water mark
 	stopping      atomic.Bool          // Run's context is done
 	writeDuration prometheus.Histogram // nil without metrics
 }
@@ -208,6 +218,16 @@ type Projector struct {
 // Config.CreateStreams, and otherwise fails with an error naming what is
 // missing (producer.ErrNoStream, ErrNoStream) — and creates or updates the
 // durable consumer.
+//
+// Then it compares the store's checkpoint for the consumer with the
+// consumer's ack floor, since the consumer never delivers again what it has
+// acknowledged. A store with no progress for the consumer while the
+// consumer has acknowledged events (a new or lost store) is refused with
+// ErrStoreBehind, whose message says what to do, unless Config.Rebuild: then
+// New replays the stream into it first. A store behind by some events but
+// with progress for the consumer (a projector killed before it recorded its
+// latest checkpoint, a store restored from a backup) is brought up to date
+// by replaying the events after its checkpoint.
 func New(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg Config) (*Projector, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -216,7 +236,8 @@ func New(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg Co
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	p := &Projector{js: js, nc: js.Conn(), store: store, cfg: cfg, log: log.With("store", cfg.StoreName)}
+	p := &Projector{js: js, nc: js.Conn(), store: store, cfg: cfg, log: log.With("store", cfg.StoreName),
+		checkpointKick: make(chan struct{}, 1)}
 	p.lag = lagReader{read: p.consumerState, log: p.log, ttl: lagCacheTTL, timeout: lagTimeout}
 	// A projector started while its cluster elects a leader waits for one.
 	b := backoff.WithContext(backoff.NewExponentialBackOff(
@@ -231,6 +252,9 @@ func New(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg Co
 		p.log.Warn("projector setup failed, retrying", "wait", wait.Round(time.Millisecond), "err", err)
 	})
 	if err != nil {
+		return nil, err
+	}
+	if err := p.checkStore(ctx); err != nil {
 		return nil, err
 	}
 	if cfg.Registerer != nil {
@@ -268,7 +292,14 @@ type Stats struct {
 	// Untrusted counts events whose signature the trust list does not
 	// accept (see Config.Trust); redeliveries count again.
 	Untrusted uint64
-	LastSeq   uint64 // highest stream sequence applied, 0 before the first write
+	// LastSeq is the highest stream sequence applied, 0 before the first
+	// write: a high-water mark, with events below it possibly not stored
+	// yet (another worker's batch, a held event).
+	LastSeq uint64
+	// Checkpoint is the highest contiguous checkpoint this process has
+	// recorded in the store: every event at or below it is stored or
+	// dead-lettered (see stores.Batch.Through).
+	Checkpoint uint64
 }
 
 // Stats returns the counters.
@@ -276,7 +307,13 @@ func (p *Projector) Stats() Stats {
 	return Stats{Applied: p.applied.Load(), Batches: p.batches.Load(), Retries: p.retries.Load(),
 		WriteFailures: p.writeFailures.Load(), DeadLettered: p.deadLettered.Load(),
 		DeadLetterFailures: p.deadLetterFailures.Load(), StoreRefusals: p.storeRefusals.Load(),
-		Held: p.held.Load(), BusyNaks: p.busyNaks.Load(), StaleTokens: p.staleTokens.Load(), Untrusted: p.untrusted.Load(), LastSeq: p.lastSeq.Load()}
+		Held: p.held.Load(), BusyNaks: p.busyNaks.Load(), StaleTokens: p.staleTokens.Load(), Untrusted: p.untrusted.Load(), LastSeq: p.lastSeq.Load(),
+		Checkpoint: p.checkpointRecorded()}
+}
+
+func (p *Projector) checkpointRecorded() uint64 {
+	_, recorded := p.progress.state()
+	return recorded
 }
 
 // setup opens (with CreateStreams: creates) the streams and creates or
@@ -381,6 +418,10 @@ func (p *Projector) Run(ctx context.Context) error {
 	parts := make([]chan []delivery, p.cfg.Workers)
 	deadLetters := make(chan []delivery, 4)
 	var wg sync.WaitGroup
+	cpctx, stopCheckpoints := context.WithCancel(ctx)
+	defer stopCheckpoints()
+	var cp sync.WaitGroup
+	cp.Go(func() { p.checkpointLoop(cpctx) })
 	for i := range parts {
 		parts[i] = make(chan []delivery, 2)
 		wg.Go(func() { p.work(ctx, i, parts[i]) })
@@ -392,6 +433,9 @@ func (p *Projector) Run(ctx context.Context) error {
 	}
 	close(deadLetters)
 	wg.Wait()
+	stopCheckpoints()
+	cp.Wait()
+	p.finalCheckpoint(context.WithoutCancel(ctx))
 	p.log.Info("projector stopped", "applied", p.applied.Load(), "deadLettered", p.deadLettered.Load())
 	return nil
 }
@@ -634,9 +678,11 @@ func (p *Projector) write(ctx context.Context, log *slog.Logger, worker int, bat
 	for {
 		err := p.attempt(ctx, worker, recs)
 		if err == nil {
+			p.progress.finish(seqsOf(recs)...)
 			for _, d := range batch {
 				p.settle(d.msg, d.msg.Ack) // a lost ack means a harmless redelivery
 			}
+			p.checkpointSoon()
 			p.health.progressed()
 			p.health.writeDone(worker)
 			return
@@ -677,10 +723,14 @@ func (p *Projector) write(ctx context.Context, log *slog.Logger, worker int, bat
 func (p *Projector) attempt(ctx context.Context, worker int, recs []stores.Record) error {
 	actx, cancel := context.WithTimeoutCause(ctx, p.cfg.WriteTimeout, errWriteTimeout)
 	start := time.Now()
-	b := stores.Batch{Checkpoint: p.cfg.Consumer, Records: recs}
-	b.Through = b.MaxSeq()
-	err := p.store.Apply(actx, b)
+	// The checkpoint this write may claim: everything at or below it is
+	// stored once this batch is (see checkpoint.go).
+	through := p.progress.through(seqsOf(recs))
+	err := p.store.Apply(actx, stores.Batch{Checkpoint: p.cfg.Consumer, Through: through, Records: recs})
 	took := time.Since(start)
+	if err == nil {
+		p.progress.stored(through)
+	}
 	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(actx), errWriteTimeout) {
 		err = fmt.Errorf("%w after %s: %w", errWriteTimeout, p.cfg.WriteTimeout, err)
 	}
