@@ -33,6 +33,10 @@ const (
 	ExitOK    = 0
 	ExitError = 1
 	ExitUsage = 2
+	// ExitStoreBehind: refused to consume into a store that lacks events
+	// the consumer has acknowledged (a new or lost store); the message
+	// says what to do, e.g. start once with --rebuild.
+	ExitStoreBehind = 5
 )
 
 // DefaultMetricsAddr is where /metrics, /healthz and /readyz are served
@@ -52,6 +56,7 @@ type options struct {
 	writeTimeout    time.Duration
 	stallAfter      time.Duration
 	shutdownTimeout time.Duration
+	rebuild         bool
 	metricsAddr     string
 	sig             trustflags.Config
 	logLevel        string
@@ -94,6 +99,8 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		"/readyz fails when nothing was stored or acknowledged for this long while events are pending, or one store write has failed for this long")
 	duration(&o.shutdownTimeout, "shutdown-timeout", "AUDITFLOW_SHUTDOWN_TIMEOUT", projector.DefaultShutdownTimeout,
 		"on SIGINT/SIGTERM, how long to keep trying to store the batches in flight before handing them back to NATS for another projector")
+	fs.BoolVar(&o.rebuild, "rebuild", false,
+		"if the store has no progress for the consumer while the consumer has acknowledged events (a new or lost store), replay the stream into it before consuming; without it the projector refuses such a store (exit 5). An interrupted rebuild resumes; on a store that is up to date it does nothing")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", env("AUDITFLOW_METRICS_ADDR", DefaultMetricsAddr), "host:port serving /metrics, /healthz and /readyz; empty disables [AUDITFLOW_METRICS_ADDR]")
 	fs.StringVar(&o.logLevel, "log-level", env("AUDITFLOW_LOG_LEVEL", "info"), "debug, info, warn or error [AUDITFLOW_LOG_LEVEL]")
 	fs.StringVar(&o.logFormat, "log-format", env("AUDITFLOW_LOG_FORMAT", "text"), "text or json [AUDITFLOW_LOG_FORMAT]")
@@ -197,7 +204,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) (int, error) {
 	p, err := projector.New(ctx, js, store, projector.Config{
 		Stream: producer.StreamConfig{Replicas: o.replicas}, StoreName: o.store.Kind, Consumer: o.consumer,
 		Workers: o.workers, BatchSize: o.batch, AckWait: o.ackWait, WriteTimeout: o.writeTimeout,
-		StallAfter: o.stallAfter, ShutdownTimeout: o.shutdownTimeout, Trust: list, Registerer: reg, Logger: log,
+		StallAfter: o.stallAfter, ShutdownTimeout: o.shutdownTimeout, Rebuild: o.rebuild, Trust: list, Registerer: reg, Logger: log,
 	})
 	if err != nil {
 		return exitFor(err), err
@@ -234,6 +241,9 @@ func serve(ln net.Listener, h http.Handler, log *slog.Logger) (stop func()) {
 }
 
 func exitFor(err error) int {
+	if errors.Is(err, projector.ErrStoreBehind) {
+		return ExitStoreBehind
+	}
 	if errors.Is(err, stores.ErrInvalidConfig) || errors.Is(err, projector.ErrInvalidConfig) ||
 		errors.Is(err, producer.ErrInvalidConfig) || errors.Is(err, producer.ErrStreamMismatch) ||
 		errors.Is(err, natsconn.ErrInvalidConfig) || errors.Is(err, trustflags.ErrInvalid) {
