@@ -366,183 +366,58 @@ func (r *Report) FirstBreak() (Break, bool) {
 
 type key struct{ pipeline, change string }
 
-// entry is what verify keeps of one stream event: enough to compare and
-// chain, not the event itself.
-type entry struct {
-	Row
-	hash, prevHash string
-	version        int
-	digest         [32]byte
-	trusted        bool // its signature passes the trust list (always, without one)
-}
-
-// streamFacts is what readStream learns for the store's chain check:
-// which events are not rows at all (published on another change's
-// subject), and which follow a bad message on their subject (their
-// prevHash is that message's hash, which no store row has).
-type streamFacts struct {
-	misfiled, afterBad map[uint64]bool
-}
-
-// Verify compares store with the stream up to the stream's last event at
-// the start. Events arriving meanwhile are not in the comparison, so verify
-// a store whose projector is running only if it is caught up, or accept
-// that the newest rows may show as extra.
+// Verify compares store with the stream up to a snapshot: the stream's
+// last sequence when it begins (Report.LastSeq). Nothing newer is judged
+// or reported, so verify may run while projectors write: a store row or
+// issue row reflecting an event past the snapshot is not drift (it is
+// checked to be on the stream, though: a row the stream never had is),
+// and what looked wrong because a projector was behind when its range was
+// read is read again before it is reported (see confirm).
+//
+// Its memory is bounded by the number of changes, not of events: it reads
+// the stream and the store's rows side by side in sequence order (see
+// pass), keeping per change a few sequences and digests.
 func Verify(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg Config) (*Report, error) {
 	start := time.Now()
 	if err := cfg.Stream.Validate(); err != nil {
 		return nil, err
 	}
+	last, _, err := projector.StreamLastSeq(ctx, js, cfg.Stream.Name, 0, cfg.Logger)
+	if err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
+	}
 	stream, err := js.Stream(ctx, cfg.Stream.Name)
 	if err != nil {
 		return nil, fmt.Errorf("verify: stream %s: %w", cfg.Stream.Name, err)
 	}
-	rep := &Report{TrustChecked: cfg.Trust != nil}
-	byChange, latest, facts, err := readStream(ctx, js, cfg, rep)
+	rep := &Report{TrustChecked: cfg.Trust != nil, LastSeq: last}
+	p := &pass{ctx: ctx, js: js, stream: stream, store: store, cfg: cfg, rep: rep, snapshot: last, withTrust: cfg.Trust != nil,
+		changes: map[key]*change{}, prevOf: map[string]link{}, badBefore: map[string]bool{}, chainSince: map[string]uint64{},
+		newest: map[string]high{}, seen: map[[16]byte]uint64{}, storeSeen: map[[16]byte]uint64{},
+		facts: streamFacts{notRows: map[uint64]bool{}, misfiled: map[uint64]bool{}, afterBad: map[uint64]bool{}}}
+	if last > 0 {
+		if err := projector.Scan(ctx, js, p.scanConfig(), p.batch); err != nil {
+			return nil, fmt.Errorf("verify: %w", err)
+		}
+	}
+	if p.storeDone < last { // the stream's newest messages were not audit events
+		if err := p.compareRange(last, nil); err != nil {
+			return nil, err
+		}
+	}
+	if err := p.rowsAbove(); err != nil {
+		return nil, err
+	}
+	issues, err := p.compareIssues()
 	if err != nil {
 		return nil, err
 	}
-	rows, err := readStore(ctx, store, stream, rep.LastSeq, cfg, rep)
-	if err != nil {
+	if err := p.confirm(issues); err != nil {
 		return nil, err
 	}
-	rep.Changes = len(byChange)
-	compareRows(byChange, rows, rep, cfg.Trust != nil)
-	if err := nameMismatchedFields(ctx, stream, rows, rep, cfg.Trust); err != nil {
-		return nil, err
-	}
-	if err := compareIssues(ctx, store, stream, latest, rep, cfg.Trust != nil); err != nil {
-		return nil, err
-	}
-	checkStoreChains(rows, rep, facts)
-	checkStoreSignatures(rows, rep, cfg.Trust, facts)
+	p.finish()
 	rep.Elapsed = time.Since(start)
 	return rep, nil
-}
-
-// readStream reads every event up to the stream's current last one.
-func readStream(ctx context.Context, js jetstream.JetStream, cfg Config, rep *Report) (map[key][]entry, map[key]stores.Record, streamFacts, error) {
-	last, _, err := projector.StreamLastSeq(ctx, js, cfg.Stream.Name, 0, cfg.Logger)
-	if err != nil {
-		return nil, nil, streamFacts{}, fmt.Errorf("verify: %w", err)
-	}
-	rep.LastSeq = last
-	byChange := map[key][]entry{}
-	latest := map[key]stores.Record{}
-	facts := streamFacts{misfiled: map[uint64]bool{}, afterBad: map[uint64]bool{}}
-	if rep.LastSeq == 0 {
-		return byChange, latest, facts, nil
-	}
-	prefix := cfg.Stream.SubjectPrefix
-	// By subject, as the chain runs: the previous message, whether it was
-	// a bad one, and where the chain started.
-	prevOf := map[string]entry{}
-	badBefore := map[string]bool{}
-	chainSince := map[string]uint64{}
-	type high struct{ token, seq uint64 }
-	newest := map[string]high{} // by pipeline: the highest lock token so far
-	seen := map[string]uint64{} // signature → the first sequence carrying it
-	sc := projector.ScanConfig{Stream: cfg.Stream.Name, Subjects: []string{prefix + ".>"}, ToSeq: rep.LastSeq, Logger: cfg.Logger}
-	err = projector.Scan(ctx, js, sc, func(msgs []projector.StreamMsg) error {
-		for _, m := range msgs {
-			hash := events.Hash(m.Data)
-			e, err := events.Decode(m.Data)
-			if err == nil {
-				err = events.CheckSubject(prefix, m.Subject, e)
-			}
-			if err != nil {
-				b := badMessage(prefix, m, e, err)
-				if b.Event != nil {
-					rep.WrongSubject = append(rep.WrongSubject, b)
-					facts.misfiled[m.Seq] = true
-				} else {
-					rep.Unreadable = append(rep.Unreadable, b)
-					rep.Undecodable++
-				}
-				prevOf[m.Subject] = entry{Row: Row{Seq: m.Seq}, hash: hash}
-				badBefore[m.Subject] = true
-				continue
-			}
-			if badBefore[m.Subject] {
-				facts.afterBad[m.Seq] = true
-				delete(badBefore, m.Subject)
-			}
-			rec, v := judgeMsg(cfg.Trust, m, e, hash)
-			u, untrusted := judgeRecord("stream", rec, v, cfg.Trust, seen)
-			if untrusted {
-				rep.Untrusted = append(rep.Untrusted, u)
-			}
-			en := entry{Row: rowOf(rec), hash: hash, prevHash: e.PrevHash, version: e.SchemaVersion, digest: digest(rec, cfg.Trust != nil),
-				trusted: !untrusted}
-			k := key{e.Pipeline, e.ChangeID}
-			byChange[k] = append(byChange[k], en)
-			if l, ok := latest[k]; !ok || rec.Seq > l.Seq {
-				latest[k] = rec
-			}
-			if tok := e.LockToken; tok > 0 {
-				switch h := newest[e.Pipeline]; {
-				case tok < h.token:
-					rep.StaleTokens = append(rep.StaleTokens, StaleToken{Row: en.Row, Token: tok, Newer: h.token, NewerSeq: h.seq})
-				case tok > h.token:
-					newest[e.Pipeline] = high{tok, m.Seq}
-				}
-			}
-			prev, hasPrev := prevOf[m.Subject]
-			switch {
-			case !hasPrev && e.PrevHash != "":
-				rep.StreamChain = append(rep.StreamChain, Break{Where: "stream", Pipeline: e.Pipeline, ChangeID: e.ChangeID, Seq: m.Seq, Got: e.PrevHash})
-			case hasPrev && e.PrevHash == "" && e.SchemaVersion < 2 && chainSince[m.Subject] != 0:
-				// Not a writer that does not chain: one that claims to
-				// predate the chain, on a change that has it.
-				rep.Downgrades = append(rep.Downgrades, Downgrade{Row: en.Row, Version: e.SchemaVersion, ChainSince: chainSince[m.Subject]})
-			case hasPrev && e.PrevHash == "":
-				rep.Unchained++
-			case hasPrev && e.PrevHash != prev.hash:
-				rep.StreamChain = append(rep.StreamChain, Break{Where: "stream", Pipeline: e.Pipeline, ChangeID: e.ChangeID,
-					Seq: m.Seq, PrevSeq: prev.Seq, Want: prev.hash, Got: e.PrevHash})
-			}
-			if chainSince[m.Subject] == 0 && (e.PrevHash != "" || e.SchemaVersion >= 2) {
-				chainSince[m.Subject] = m.Seq
-			}
-			prevOf[m.Subject] = en
-			rep.StreamEvents++
-		}
-		if cfg.Progress != nil {
-			cfg.Progress(rep.StreamEvents+rep.Undecodable+len(rep.WrongSubject), 0)
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, nil, facts, fmt.Errorf("verify: %w", err)
-	}
-	// An operator's resolution after an event says someone has looked;
-	// with a trust list, only a trusted one.
-	resolvedAfter := func(pipeline, change string, seq uint64, minVersion int) bool {
-		for _, en := range byChange[key{pipeline, change}] {
-			if en.Seq > seq && en.Type == events.ManuallyResolved && en.version >= minVersion && en.trusted {
-				return true
-			}
-		}
-		return false
-	}
-	for i, u := range rep.Untrusted {
-		rep.Untrusted[i].Acknowledged = resolvedAfter(u.Pipeline, u.ChangeID, u.Seq, 0)
-	}
-	for i, st := range rep.StaleTokens {
-		rep.StaleTokens[i].Acknowledged = st.Type == events.ExecutionOverlapped || resolvedAfter(st.Pipeline, st.ChangeID, st.Seq, 0) ||
-			slices.ContainsFunc(byChange[key{st.Pipeline, st.ChangeID}], func(en entry) bool {
-				return en.Seq > st.Seq && en.Type == events.ExecutionOverlapped
-			})
-	}
-	for _, bs := range [][]BadMessage{rep.Unreadable, rep.WrongSubject} {
-		for i, b := range bs {
-			bs[i].Acknowledged = b.ChangeID != "" && resolvedAfter(b.Pipeline, b.ChangeID, b.Seq, 0)
-		}
-	}
-	for i, d := range rep.Downgrades {
-		rep.Downgrades[i].Acknowledged = resolvedAfter(d.Pipeline, d.ChangeID, d.Seq, 2)
-	}
-	return byChange, latest, facts, nil
 }
 
 // badMessage describes a stream message that is not a valid event of the
@@ -561,38 +436,6 @@ func badMessage(prefix string, m projector.StreamMsg, e events.Event, err error)
 		}
 	}
 	return b
-}
-
-// readStore reads every changeLog row up to lastSeq.
-//
-// A row beyond lastSeq was projected after verify began, or was never in
-// the stream at all: the stream, asked for that sequence, tells which.
-func readStore(ctx context.Context, store stores.Store, stream jetstream.Stream, lastSeq uint64, cfg Config, rep *Report) (map[string]stores.Record, error) {
-	rows := map[string]stores.Record{}
-	q := stores.HistoryQuery{Limit: stores.MaxLimit}
-	for {
-		page, err := store.History(ctx, q)
-		if err != nil {
-			return nil, fmt.Errorf("verify: read store: %w", err)
-		}
-		if len(page) == 0 {
-			return rows, nil
-		}
-		for _, r := range page {
-			if r.Seq > lastSeq && inStream(ctx, stream, r.Seq, r.ID) {
-				continue // projected after verify began
-			}
-			rows[r.ID] = r
-			rep.StoreRows++
-			if r.Trust != "" {
-				rep.StoreVerdicts++
-			}
-		}
-		if cfg.Progress != nil {
-			cfg.Progress(rep.StreamEvents+rep.Undecodable, rep.StoreRows)
-		}
-		q.BeforeSeq = page[len(page)-1].Seq
-	}
 }
 
 func rowOf(r stores.Record) Row {
@@ -616,77 +459,6 @@ func digest(r stores.Record, withTrust bool) [32]byte {
 	return [32]byte(h.Sum(nil))
 }
 
-func compareRows(byChange map[key][]entry, rows map[string]stores.Record, rep *Report, withTrust bool) {
-	seen := map[string]bool{}
-	drifted := map[key]bool{}
-	for k, es := range byChange {
-		for _, e := range es {
-			seen[e.EventID] = true
-			r, ok := rows[e.EventID]
-			switch {
-			case !ok:
-				rep.Missing = append(rep.Missing, e.Row)
-				drifted[k] = true
-			case digest(r, withTrust) != e.digest:
-				rep.Mismatched = append(rep.Mismatched, Mismatch{Row: e.Row})
-				drifted[k] = true
-			}
-		}
-	}
-	for id, r := range rows {
-		if !seen[id] {
-			rep.Extra = append(rep.Extra, rowOf(r))
-			drifted[key{r.Pipeline, r.ChangeID}] = true
-		}
-	}
-	storeByChange := map[key][]stores.Record{}
-	for _, r := range rows {
-		k := key{r.Pipeline, r.ChangeID}
-		if drifted[k] {
-			storeByChange[k] = append(storeByChange[k], r)
-		}
-	}
-	for k := range drifted {
-		s := ChangeSummary{Pipeline: k.pipeline, ChangeID: k.change, StreamEvents: len(byChange[k]), StoreRows: len(storeByChange[k])}
-		h := sha256.New()
-		for _, e := range byChange[k] {
-			h.Write(e.digest[:])
-		}
-		s.StreamDigest = fmt.Sprintf("%x", h.Sum(nil))[:16]
-		h.Reset()
-		srs := storeByChange[k]
-		slices.SortFunc(srs, func(a, b stores.Record) int { return int(a.Seq) - int(b.Seq) })
-		for _, r := range srs {
-			d := digest(r, withTrust)
-			h.Write(d[:])
-		}
-		s.StoreDigest = fmt.Sprintf("%x", h.Sum(nil))[:16]
-		rep.Drifted = append(rep.Drifted, s)
-	}
-	sortRows(rep.Missing)
-	sortRows(rep.Extra)
-	slices.SortFunc(rep.Mismatched, func(a, b Mismatch) int { return int(a.Seq) - int(b.Seq) })
-	slices.SortFunc(rep.Drifted, func(a, b ChangeSummary) int {
-		if a.Pipeline != b.Pipeline {
-			return cmpStr(a.Pipeline, b.Pipeline)
-		}
-		return cmpStr(a.ChangeID, b.ChangeID)
-	})
-}
-
-// nameMismatchedFields reads each mismatched event from the stream again
-// (they are few) and names the fields in which the store's row differs.
-func nameMismatchedFields(ctx context.Context, stream jetstream.Stream, rows map[string]stores.Record, rep *Report, list *trust.List) error {
-	for i, m := range rep.Mismatched {
-		want, err := StreamRecord(ctx, stream, m.Seq, list)
-		if err != nil {
-			return err
-		}
-		rep.Mismatched[i].Fields = recordDiff(want, rows[m.EventID], list != nil)
-	}
-	return nil
-}
-
 // StreamRecord reads the event at seq from the stream as a store row,
 // with its signature and, judged with list, its trust verdict (as a
 // projector with that list stores it).
@@ -695,11 +467,16 @@ func StreamRecord(ctx context.Context, stream jetstream.Stream, seq uint64, list
 	if err != nil {
 		return stores.Record{}, fmt.Errorf("verify: read seq %d: %w", seq, err)
 	}
+	return recordOf(m, list)
+}
+
+// recordOf is the row for a message read from the stream.
+func recordOf(m *jetstream.RawStreamMsg, list *trust.List) (stores.Record, error) {
 	e, err := events.Decode(m.Data)
 	if err != nil {
-		return stores.Record{}, fmt.Errorf("verify: seq %d: %w", seq, err)
+		return stores.Record{}, fmt.Errorf("verify: seq %d: %w", m.Sequence, err)
 	}
-	rec, _ := judgeMsg(list, projector.StreamMsg{Seq: seq, Subject: m.Subject, Data: m.Data, Header: m.Header}, e, events.Hash(m.Data))
+	rec, _ := judgeMsg(list, projector.StreamMsg{Seq: m.Sequence, Subject: m.Subject, Data: m.Data, Header: m.Header}, e, events.Hash(m.Data))
 	return rec, nil
 }
 
@@ -717,13 +494,17 @@ func judgeMsg(list *trust.List, m projector.StreamMsg, e events.Event, hash stri
 // must come in sequence order): a signature copied onto other bytes, or
 // the same signed bytes published again. Without a list every row is
 // trusted.
-func judgeRecord(where string, r stores.Record, v trust.Verdict, list *trust.List, seen map[string]uint64) (Untrusted, bool) {
+func judgeRecord(where string, r stores.Record, v trust.Verdict, list *trust.List, seen map[[16]byte]uint64) (Untrusted, bool) {
 	if list == nil {
 		return Untrusted{}, false
 	}
 	if r.Signature != "" {
-		if first, ok := seen[r.Signature]; !ok {
-			seen[r.Signature] = r.Seq
+		// Half a SHA-256 of each signature: 24 bytes a signed event
+		// instead of the signature's 86 and more.
+		sum := sha256.Sum256([]byte(r.Signature))
+		sig := [16]byte(sum[:16])
+		if first, ok := seen[sig]; !ok {
+			seen[sig] = r.Seq
 		} else if first != r.Seq {
 			what := "a signature copied from seq %d, onto other bytes"
 			if v.Trusted() {
@@ -740,36 +521,6 @@ func judgeRecord(where string, r stores.Record, v trust.Verdict, list *trust.Lis
 		u.Signer = list.Identity(r.Signer)
 	}
 	return u, true
-}
-
-// checkStoreSignatures judges every store row's signature from the row
-// (Signer, Signature, Hash): a store can be checked without the stream.
-// Rows of events on another change's subject are not the change's rows.
-func checkStoreSignatures(rows map[string]stores.Record, rep *Report, list *trust.List, facts streamFacts) {
-	if list == nil {
-		return
-	}
-	sorted := make([]stores.Record, 0, len(rows))
-	for _, r := range rows {
-		if !facts.misfiled[r.Seq] {
-			sorted = append(sorted, r)
-		}
-	}
-	slices.SortFunc(sorted, func(a, b stores.Record) int { return cmp.Compare(a.Seq, b.Seq) })
-	seen := map[string]uint64{}
-	resolved := map[key]uint64{} // the newest trusted resolution of each change
-	for _, r := range sorted {
-		v := list.Check(trust.Signed{Pipeline: r.Pipeline, Type: r.Type, Seq: r.Seq, Hash: r.Hash, Signer: r.Signer, Signature: r.Signature})
-		u, bad := judgeRecord("store", r, v, list, seen)
-		if bad {
-			rep.StoreUntrusted = append(rep.StoreUntrusted, u)
-		} else if r.Type == events.ManuallyResolved {
-			resolved[key{r.Pipeline, r.ChangeID}] = r.Seq
-		}
-	}
-	for i, u := range rep.StoreUntrusted {
-		rep.StoreUntrusted[i].Acknowledged = resolved[key{u.Pipeline, u.ChangeID}] > u.Seq
-	}
 }
 
 // recordDiff names the fields in which two rows differ (Trust only
@@ -804,66 +555,6 @@ func recordDiff(want, got stores.Record, withTrust bool) []string {
 	return fields
 }
 
-func sortRows(rs []Row) { slices.SortFunc(rs, func(a, b Row) int { return int(a.Seq) - int(b.Seq) }) }
-
-func cmpStr(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
-func compareIssues(ctx context.Context, store stores.Store, stream jetstream.Stream, latest map[key]stores.Record, rep *Report, withTrust bool) error {
-	have := map[key]stores.Issue{}
-	q := stores.IssueQuery{Limit: stores.MaxLimit}
-	for {
-		page, err := store.Issues(ctx, q)
-		if err != nil {
-			return fmt.Errorf("verify: read issues: %w", err)
-		}
-		if len(page) == 0 {
-			break
-		}
-		for _, i := range page {
-			if i.Seq <= rep.LastSeq || !inStream(ctx, stream, i.Seq, i.EventID) {
-				have[key{i.Pipeline, i.ChangeID}] = i
-			}
-		}
-		q.BeforeSeq = page[len(page)-1].Seq
-	}
-	for k, r := range latest {
-		got, ok := have[k]
-		if !withTrust && ok {
-			r.Trust = got.Trust // not judged without a list: take the projector's verdict as it is
-		}
-		want := stores.IssueOf(r)
-		switch {
-		case !ok:
-			rep.Issues = append(rep.Issues, IssueDrift{Pipeline: k.pipeline, ChangeID: k.change, Problem: "missing", Want: &want})
-		default:
-			if fields := issueDiff(want, got); len(fields) > 0 {
-				rep.Issues = append(rep.Issues, IssueDrift{Pipeline: k.pipeline, ChangeID: k.change,
-					Problem: "differs in " + fmt.Sprint(fields), Want: &want, Have: &got})
-			}
-		}
-	}
-	for k, got := range have {
-		if _, ok := latest[k]; !ok {
-			rep.Issues = append(rep.Issues, IssueDrift{Pipeline: k.pipeline, ChangeID: k.change, Problem: "extra", Have: &got})
-		}
-	}
-	slices.SortFunc(rep.Issues, func(a, b IssueDrift) int {
-		if a.Pipeline != b.Pipeline {
-			return cmpStr(a.Pipeline, b.Pipeline)
-		}
-		return cmpStr(a.ChangeID, b.ChangeID)
-	})
-	return nil
-}
-
 func issueDiff(want, got stores.Issue) []string {
 	want.UpdatedAt, got.UpdatedAt = want.UpdatedAt.UTC(), got.UpdatedAt.UTC()
 	var fields []string
@@ -874,49 +565,4 @@ func issueDiff(want, got stores.Issue) []string {
 		}
 	}
 	return fields
-}
-
-// checkStoreChains checks, per change, that each row's prevHash is the
-// previous row's hash. Rows of events published on another change's
-// subject (a store fed by an older projector has them; they show as extra
-// rows) are not links of any change's chain, and a row whose predecessor
-// on the stream is a bad message points at that message, which no store
-// holds: neither is a broken link.
-func checkStoreChains(rows map[string]stores.Record, rep *Report, facts streamFacts) {
-	byChange := map[key][]stores.Record{}
-	for _, r := range rows {
-		if facts.misfiled[r.Seq] {
-			continue
-		}
-		k := key{r.Pipeline, r.ChangeID}
-		byChange[k] = append(byChange[k], r)
-	}
-	for k, rs := range byChange {
-		slices.SortFunc(rs, func(a, b stores.Record) int { return int(a.Seq) - int(b.Seq) })
-		for i, r := range rs {
-			if r.Hash == "" {
-				rep.Unhashed++
-			}
-			if i == 0 || r.PrevHash == "" || rs[i-1].Hash == "" || facts.afterBad[r.Seq] {
-				continue
-			}
-			if r.PrevHash != rs[i-1].Hash {
-				rep.StoreChain = append(rep.StoreChain, Break{Where: "store", Pipeline: k.pipeline, ChangeID: k.change,
-					Seq: r.Seq, PrevSeq: rs[i-1].Seq, Want: rs[i-1].Hash, Got: r.PrevHash})
-			}
-		}
-	}
-	slices.SortFunc(rep.StoreChain, func(a, b Break) int { return int(a.Seq) - int(b.Seq) })
-}
-
-// inStream reports whether a store row at a sequence past the snapshot is
-// really on the stream (projected after verify began): false means the
-// store holds a row the stream never had.
-func inStream(ctx context.Context, stream jetstream.Stream, seq uint64, eventID string) bool {
-	m, err := stream.GetMsg(ctx, seq)
-	if err != nil {
-		return false
-	}
-	e, err := events.Decode(m.Data)
-	return err == nil && (eventID == "" || e.ID == eventID)
 }
