@@ -14,6 +14,16 @@
 // effect of events on a change in stream order when workers apply batches
 // concurrently, or when a change's events come back in another order.
 //
+// Each write also records the store's contiguous checkpoint for the
+// consumer: a sequence at or below which every event is stored or
+// dead-lettered, proven from the consumer's ack floor and what the process
+// has settled since (see checkpoint.go), never the highest sequence
+// written. Before consuming, New compares it with the consumer's ack floor
+// — the consumer never redelivers what it acknowledged — and refuses an
+// empty store behind it (ErrStoreBehind) unless Config.Rebuild replays the
+// stream into it; a store behind with progress (a kill -9, a restored
+// backup) is caught up by replaying from its checkpoint.
+//
 // Nothing holds the projector up for long:
 //
 //   - Every message a process holds (queued for a loop, being written,
@@ -83,7 +93,8 @@
 //	auditflow_projector_stale_token_events_total        counter: events written with a stale lock token
 //	auditflow_projector_untrusted_events_total          counter: events the trust list does not accept (each opens an issue)
 //	auditflow_projector_stalled                         gauge: 1 while a write fails for StallAfter, or nothing progresses for StallAfter with a lag
-//	auditflow_projector_last_applied_sequence           gauge: highest stream sequence this process applied
+//	auditflow_projector_last_applied_sequence           gauge: highest stream sequence this process applied (a high-water mark)
+//	auditflow_projector_checkpoint_sequence             gauge: the contiguous checkpoint this process last recorded
 //	auditflow_projector_lag_messages                    gauge: consumer NumPending + NumAckPending
 //
 // The lag is read from the server when scraped, at most once a second

@@ -66,8 +66,12 @@ func (p *Projector) registerMetrics(reg prometheus.Registerer) error {
 		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "auditflow_projector_last_applied_sequence",
-			Help: "Highest stream sequence this process has applied to the store (0 before its first write).",
+			Help: "Highest stream sequence this process has applied to the store (0 before its first write): a high-water mark, with events below it possibly not stored yet.",
 		}, func() float64 { return float64(p.lastSeq.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "auditflow_projector_checkpoint_sequence",
+			Help: "The contiguous checkpoint this process last recorded in the store: every stream event at or below it is stored or dead-lettered.",
+		}, func() float64 { return float64(p.checkpointRecorded()) }),
 		p.writeDuration,
 		&lagCollector{
 			desc: prometheus.NewDesc("auditflow_projector_lag_messages",
