@@ -455,7 +455,9 @@ func startProjector(ctx context.Context, o *options, js jetstream.JetStream, str
 	if err != nil {
 		return nil, nil, nil, storeflags.SQLiteOpenError(path, err)
 	}
-	proj, err := projector.New(ctx, js, store, projector.Config{Stream: streamCfg, StoreName: "sqlite", Trust: list, Logger: log})
+	// Rebuild: the embedded store is a local copy of the local stream, so a
+	// deleted audit.db is rebuilt from it rather than refused.
+	proj, err := projector.New(ctx, js, store, projector.Config{Stream: streamCfg, StoreName: "sqlite", Rebuild: true, Trust: list, Logger: log})
 	if err != nil {
 		_ = store.Close()
 		return nil, nil, nil, err

@@ -50,6 +50,17 @@ func TestEmbeddedQuickstart(t *testing.T) {
 	if code != runnercmd.ExitOK || strings.Count(out, "SKIPPED") != 4 {
 		t.Fatalf("second run: exit %d\n%s\n%s", code, out, stderr)
 	}
+	// A deleted audit store is rebuilt from the local stream, not refused
+	// as behind its consumer.
+	for _, f := range []string{"audit.db", "audit.db-wal", "audit.db-shm"} {
+		if err := os.Remove(filepath.Join(data, f)); err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+	}
+	code, out, stderr = runCmd(t, "--embedded", "--data-dir", data, "--changes", "../../examples/changes")
+	if code != runnercmd.ExitOK || strings.Count(out, "SKIPPED") != 4 || !strings.Contains(out, "changeLog of pipeline default (8 events") {
+		t.Fatalf("run after deleting audit.db: exit %d\n%s\n%s", code, out, stderr)
+	}
 }
 
 func TestExitCodesAndOperatorFix(t *testing.T) {
