@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
 
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/stores"
@@ -24,9 +27,10 @@ import (
 //     consumer's, and everything up to its checkpoint is in it (the
 //     checkpoint is contiguous). Either the last projector died before it
 //     recorded its latest progress (the checkpoint is recorded about once
-//     a second) or the store was restored from a backup. Replaying from
-//     the checkpoint on stores whatever it lacks; events already there are
-//     applied again, which changes nothing.
+//     a second) or the store was restored from a backup. Reading the
+//     stream from the checkpoint to the ack floor stores whatever it
+//     lacks; events already there are applied again, which changes
+//     nothing.
 //
 // It leaves the floor of the projector's progress at the ack floor (or the
 // checkpoint, if higher), which Run's writes build on.
@@ -52,8 +56,12 @@ func (p *Projector) checkStore(ctx context.Context) error {
 			"Or point the projector at the store this consumer has been writing to. Or, to have the consumer deliver "+
 			"the stream again from its first event, delete it (nats consumer rm %s %s) or use another --consumer name",
 			ErrStoreBehind, p.cfg.Consumer, ackFloor, p.cfg.Stream.Name, p.cfg.Consumer)
+	case cp == 0:
+		if cp, err = p.rebuild(ctx, ackFloor); err != nil {
+			return err
+		}
 	default:
-		if cp, err = p.fill(ctx, cp, ackFloor); err != nil {
+		if cp, err = p.catchUp(ctx, cp, ackFloor); err != nil {
 			return err
 		}
 	}
@@ -62,17 +70,12 @@ func (p *Projector) checkStore(ctx context.Context) error {
 	return nil
 }
 
-// fill replays the stream into the store from after its checkpoint cp, so
-// that it holds everything up to at least ackFloor, and returns the new
-// checkpoint. The replay records its progress under the consumer's
-// checkpoint name, so an interrupted fill resumes where it stopped.
-func (p *Projector) fill(ctx context.Context, cp, ackFloor uint64) (uint64, error) {
-	if cp == 0 {
-		p.log.Warn("rebuild: replaying the stream into the store before consuming", "consumer", p.cfg.Consumer, "ackFloor", ackFloor)
-	} else {
-		p.log.Warn("the store is behind its consumer (the last projector stopped before recording its progress, or the store was restored from a backup): replaying the events after its checkpoint before consuming",
-			"consumer", p.cfg.Consumer, "checkpoint", cp, "ackFloor", ackFloor, "events", ackFloor-cp)
-	}
+// rebuild replays the whole stream into the store (Config.Rebuild) and
+// returns the new checkpoint. The replay records its progress under the
+// consumer's checkpoint name, so an interrupted rebuild resumes where it
+// stopped; into an empty store it takes the store's bulk path.
+func (p *Projector) rebuild(ctx context.Context, ackFloor uint64) (uint64, error) {
+	p.log.Warn("rebuild: replaying the stream into the store before consuming", "consumer", p.cfg.Consumer, "ackFloor", ackFloor)
 	prog, err := Replay(ctx, p.js, p.store, ReplayConfig{Stream: p.cfg.Stream, Checkpoint: p.cfg.Consumer,
 		Trust: p.cfg.Trust, Logger: p.log})
 	switch {
@@ -81,25 +84,85 @@ func (p *Projector) fill(ctx context.Context, cp, ackFloor uint64) (uint64, erro
 		// no store should hold it; the last batch may have claimed less.
 		if prog.Target > 0 {
 			if err := p.store.Apply(ctx, stores.Batch{Checkpoint: p.cfg.Consumer, Through: prog.Target}); err != nil {
-				return 0, fmt.Errorf("projector: record the replay's progress: %w", err)
+				return 0, fmt.Errorf("projector: record the rebuild's progress: %w", err)
 			}
 		}
 	case errors.Is(err, events.ErrUnsupportedVersion):
 		// An event of a newer schema version: fine if it is past what the
 		// consumer acknowledged (the projector holds it, as it would have);
 		// checked below.
-		p.log.Warn("the replay stopped at an event of a newer schema version", "err", err)
+		p.log.Warn("rebuild: the replay stopped at an event of a newer schema version", "err", err)
 	default:
-		return 0, fmt.Errorf("projector: replaying the stream into the store (start again to resume): %w", err)
+		return 0, fmt.Errorf("projector: rebuild: replaying the stream into the store (start again to resume): %w", err)
 	}
 	got, err := p.store.Checkpoint(ctx, p.cfg.Consumer)
 	if err != nil {
 		return 0, fmt.Errorf("projector: read the store's checkpoint %q: %w", p.cfg.Consumer, err)
 	}
 	if got < ackFloor {
-		return 0, fmt.Errorf("%w: a replay into it ended at sequence %d, below the consumer's ack floor %d (stopped at an event this build cannot read? upgrade the projector)",
+		return 0, fmt.Errorf("%w: a rebuild ended at sequence %d, below the consumer's ack floor %d (stopped at an event this build cannot read? upgrade the projector)",
 			ErrStoreBehind, got, ackFloor)
 	}
-	p.log.Info("the store holds every event its consumer has acknowledged", "checkpoint", got, "replayed", prog.Applied, "skipped", prog.Skipped)
+	p.log.Info("rebuild: the store holds every event its consumer has acknowledged", "checkpoint", got,
+		"replayed", prog.Applied, "skipped", prog.Skipped, "took", prog.Elapsed.Round(time.Millisecond))
 	return got, nil
+}
+
+// catchUp stores the events after the store's checkpoint cp up to the
+// consumer's ack floor, read from the stream (Scan) and judged as the
+// live projector judges them, and returns the new checkpoint, ackFloor.
+// Events past the ack floor are left to the consumer, which will deliver
+// them. Every batch records its progress, so an interrupted catch-up
+// resumes where it stopped.
+func (p *Projector) catchUp(ctx context.Context, cp, ackFloor uint64) (uint64, error) {
+	p.log.Warn("the store is behind its consumer (the last projector stopped before recording its progress, or the store was restored from a backup): storing the events after its checkpoint before consuming",
+		"consumer", p.cfg.Consumer, "checkpoint", cp, "ackFloor", ackFloor, "events", ackFloor-cp)
+	start := time.Now()
+	var applied, skipped int
+	err := Scan(ctx, p.js, ScanConfig{Stream: p.cfg.Stream.Name, Subjects: []string{p.cfg.Stream.SubjectPrefix + ".>"},
+		FromSeq: cp + 1, ToSeq: ackFloor, BatchSize: p.cfg.BatchSize, Logger: p.log}, func(msgs []StreamMsg) error {
+		recs := make([]stores.Record, 0, len(msgs))
+		for _, m := range msgs {
+			v := decide(p.cfg.Decode, p.cfg.Stream.SubjectPrefix, p.cfg.Trust, m)
+			switch v.outcome {
+			case outStore:
+				recs = append(recs, v.rec)
+			case outHold:
+				// Acknowledged, so a newer projector stored it.
+				return fmt.Errorf("%w: the event at seq %d (%s) has schema version %d, newer than this build reads (%d), and a newer projector has stored it: upgrade this one",
+					ErrStoreBehind, m.Seq, m.Subject, v.version, events.SchemaVersion)
+			default:
+				skipped++ // dead-lettered when it was consumed
+			}
+		}
+		applied += len(recs)
+		return p.applyRetrying(ctx, stores.Batch{Checkpoint: p.cfg.Consumer, Through: msgs[len(msgs)-1].Seq, Records: recs})
+	})
+	if err == nil { // the range may end in sequences the stream does not hold
+		err = p.applyRetrying(ctx, stores.Batch{Checkpoint: p.cfg.Consumer, Through: ackFloor})
+	}
+	if err != nil {
+		return 0, fmt.Errorf("projector: storing the events the store lacks (start again to resume): %w", err)
+	}
+	p.log.Info("the store holds every event its consumer has acknowledged", "checkpoint", ackFloor,
+		"stored", applied, "skipped", skipped, "took", time.Since(start).Round(time.Millisecond))
+	return ackFloor, nil
+}
+
+// applyRetrying applies b, retrying failures with back-off for up to two
+// minutes, as a replay does.
+func (p *Projector) applyRetrying(ctx context.Context, b stores.Batch) error {
+	bo := backoff.WithContext(backoff.NewExponentialBackOff(backoff.WithInitialInterval(100*time.Millisecond),
+		backoff.WithMaxInterval(p.cfg.RetryMax), backoff.WithMaxElapsedTime(2*time.Minute)), ctx)
+	return backoff.RetryNotify(func() error {
+		wctx, cancel := context.WithTimeout(ctx, p.cfg.WriteTimeout)
+		defer cancel()
+		err := p.store.Apply(wctx, b)
+		if errors.Is(err, stores.ErrInvalidRecord) {
+			return backoff.Permanent(err)
+		}
+		return err
+	}, bo, func(err error, wait time.Duration) {
+		p.log.Warn("store write failed, retrying", "through", b.Through, "err", err, "retryIn", wait)
+	})
 }
