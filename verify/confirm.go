@@ -19,8 +19,9 @@ import (
 // issueCandidate is an issue row that did not match in the pass: it is
 // drift only if it still does not once confirmed (see confirm).
 type issueCandidate struct {
-	k    key
-	have *stores.Issue
+	k     key
+	have  *stores.Issue
+	drift *IssueDrift // as last confirmed
 }
 
 // compareIssues compares the store's issue rows with each change's newest
@@ -72,20 +73,92 @@ func (p *pass) compareIssues() ([]issueCandidate, error) {
 // and reports only what is still wrong: a projector running meanwhile may
 // have been behind when the pass read its range (a row missing, an issue
 // one event behind), or may have moved an issue past the snapshot while
-// the issues were paged (it then reads as missing). What a projector
-// never does — alter a row, add a row the stream does not have — needs no
-// second look.
+// the issues were paged (it then reads as missing). What is still wrong
+// is read again a few times over Config.Settle, so that a projector a
+// moment behind the snapshot is not reported; only then is it drift. What a
+// projector never does — alter a row, add a row the stream does not
+// have — needs no second look.
 func (p *pass) confirm(issues []issueCandidate) error {
+	missing := p.rep.Missing
+	for _, wait := range confirmWaits(p.cfg.Settle) {
+		if len(missing)+len(issues) == 0 {
+			break
+		}
+		if err := sleep(p.ctx, wait); err != nil {
+			return err
+		}
+		var err error
+		if missing, err = p.confirmRows(missing); err != nil {
+			return err
+		}
+		var still []issueCandidate
+		for _, ic := range issues {
+			d, err := p.confirmIssue(ic)
+			if err != nil {
+				return err
+			}
+			if d != nil {
+				ic.drift = d
+				still = append(still, ic)
+			}
+		}
+		issues = still
+	}
+	p.rep.Missing = missing
+	for _, ic := range issues {
+		p.rep.Issues = append(p.rep.Issues, *ic.drift)
+	}
+	for _, c := range p.changes {
+		c.drift = false
+	}
+	for _, rs := range [][]Row{p.rep.Missing, p.rep.Extra, mismatchedRows(p.rep)} {
+		for _, r := range rs {
+			p.change(key{r.Pipeline, r.ChangeID}).drift = true
+		}
+	}
+	return nil
+}
+
+// confirmWaits are the pauses before each look of confirm: growing, and
+// settle in all.
+func confirmWaits(settle time.Duration) []time.Duration {
+	switch {
+	case settle < 0:
+		return []time.Duration{0}
+	case settle == 0:
+		settle = DefaultSettle
+	}
+	return []time.Duration{0, settle / 60, settle / 15, settle / 4, settle - settle/60 - settle/15 - settle/4}
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	if d == 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// confirmRows reads again the changes with rows missing and returns the
+// rows still missing; a row found now that differs from the stream is
+// added to the report as altered.
+func (p *pass) confirmRows(missing []Row) ([]Row, error) {
 	byChange := map[key][]Row{}
-	for _, r := range p.rep.Missing {
+	for _, r := range missing {
 		k := key{r.Pipeline, r.ChangeID}
 		byChange[k] = append(byChange[k], r)
 	}
-	var missing []Row
+	var still []Row
 	for k, rows := range byChange {
 		have, err := p.changeRows(k)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		byID := make(map[string]stores.Record, len(have))
 		for _, r := range have {
@@ -94,12 +167,12 @@ func (p *pass) confirm(issues []issueCandidate) error {
 		for _, r := range rows {
 			got, ok := byID[r.EventID]
 			if !ok || got.Seq != r.Seq {
-				missing = append(missing, r)
+				still = append(still, r)
 				continue
 			}
 			want, err := p.streamRecord(r.Seq)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			if digest(want, p.withTrust) != digest(got, p.withTrust) {
 				p.rep.Mismatched = append(p.rep.Mismatched, Mismatch{Row: r, Fields: recordDiff(want, got, p.withTrust)})
@@ -115,26 +188,7 @@ func (p *pass) confirm(issues []issueCandidate) error {
 			}
 		}
 	}
-	p.rep.Missing = missing
-	for _, c := range p.changes {
-		c.drift = false
-	}
-	for _, rs := range [][]Row{p.rep.Missing, p.rep.Extra, mismatchedRows(p.rep)} {
-		for _, r := range rs {
-			p.change(key{r.Pipeline, r.ChangeID}).drift = true
-		}
-	}
-
-	for _, ic := range issues {
-		d, err := p.confirmIssue(ic)
-		if err != nil {
-			return err
-		}
-		if d != nil {
-			p.rep.Issues = append(p.rep.Issues, *d)
-		}
-	}
-	return nil
+	return still, nil
 }
 
 // confirmIssue reads a change's issue row again and compares it with the

@@ -68,7 +68,16 @@ type Config struct {
 	// Progress, if set, is told how many stream events and store rows have
 	// been read, as reading goes.
 	Progress func(streamRead, storeRead int)
+	// Settle is how long verify keeps reading again what looks wrong
+	// (a row missing, an issue row behind) before it reports it: a
+	// projector running meanwhile may have been a moment behind the
+	// snapshot. Default DefaultSettle; negative: one second look only.
+	Settle time.Duration
 }
+
+// DefaultSettle is Config.Settle's default: what looks wrong is read again
+// over 3 s, in growing steps, before verify calls it drift.
+const DefaultSettle = 3 * time.Second
 
 // Row identifies one changeLog row.
 type Row struct {
