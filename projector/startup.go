@@ -32,8 +32,8 @@ import (
 //     lacks; events already there are applied again, which changes
 //     nothing.
 //
-// It leaves the floor of the projector's progress at the ack floor (or the
-// checkpoint, if higher), which Run's writes build on.
+// It leaves the floor of the projector's progress at the ack floor, which
+// Run's writes build on.
 func (p *Projector) checkStore(ctx context.Context) error {
 	ackFloor := p.cons.CachedInfo().AckFloor.Stream
 	cp, err := p.store.Checkpoint(ctx, p.cfg.Consumer)
@@ -65,7 +65,11 @@ func (p *Projector) checkStore(ctx context.Context) error {
 			return err
 		}
 	}
-	p.progress.raise(max(cp, ackFloor))
+	// The floor is what the server proves, not the store's checkpoint: one
+	// written by an earlier version is a high-water mark. A checkpoint past
+	// the ack floor (acks lost in a crash) is caught up with as the
+	// consumer redelivers.
+	p.progress.raise(ackFloor)
 	p.progress.stored(cp)
 	return nil
 }
