@@ -1,11 +1,15 @@
 // Package verify compares an audit store with the stream it was projected
 // from, and repairs the difference.
 //
-// Verify reads the whole stream (an ordered consumer: the live projectors
-// are not disturbed) and the whole store, and reports, per change, the rows
-// the store is missing, the rows it has that the stream does not, the rows
-// whose content differs, and the issue rows that do not match the newest
-// event of their change. It also checks the hash chain: every event's
+// Verify reads the stream up to a snapshot (its last sequence when verify
+// begins; projector.Scan, so the live projectors are not disturbed and a
+// cluster's fail-overs are ridden out) and the store's rows side by side in
+// sequence order, and reports, per change, the rows the store is missing,
+// the rows it has that the stream does not, the rows whose content differs,
+// and the issue rows that do not match the newest event of their change up
+// to the snapshot. Nothing newer than the snapshot is judged, so verify
+// may run while projectors write; its memory grows with the changes, not
+// the events. It also checks the hash chain: every event's
 // prevHash must be the hash of the bytes of the change's previous event, in
 // the stream and in the store's rows, and names the first broken link — an
 // event altered after it was written breaks the link from its successor.
@@ -31,10 +35,13 @@
 // (the verdicts only with a list: without one verify cannot judge them,
 // and repair refuses to overwrite them).
 //
-// Repair turns a report into corrections (the stream's rows for missing and
-// altered ones, deletions for stray ones, the expected issues) and applies
-// them through stores.Repairer, or, for a store without targeted repair,
-// rebuilds it: Reset, then a replay of the stream.
+// Repair turns a report into corrections and applies them: what Store.Apply
+// can do (missing rows, issue rows missing or behind) by re-applying the
+// stream's events through it, idempotent and sequence-guarded, so that a
+// projector writing meanwhile is never rolled back; the rest (altered and
+// stray rows, issue rows wrong at their own sequence) through
+// stores.Repairer, or, for a store without it, by a rebuild: Reset, then a
+// replay of the stream.
 package verify
 
 import (
