@@ -69,8 +69,8 @@ func (a *app) replayCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "replay",
 		Short: "Rebuild the store from the stream (disaster recovery, or moving to another store kind)",
-		Long: `replay reads the audit stream with an ordered consumer — the live projectors'
-consumers are not touched — and applies it to the configured store: from the
+		Long: `replay reads the audit stream with an ephemeral consumer of its own — the live
+projectors' consumers are not touched — and applies it to the configured store: from the
 first event (default, or --from-seq / --since), up to the last event present
 when it starts. It rides out a cluster's fail-overs (a node lost, a leader
 change): it starts again after the last event it stored. It records its progress in the store, so an interrupted replay
@@ -189,7 +189,8 @@ func (a *app) verifyCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "verify",
 		Short: "Compare the store with the stream, check the hash chains, lock tokens and subjects; exit 3 on drift, a broken link, or an open stream problem",
-		Long: `verify reads the whole stream and the whole store and reports:
+		Long: `verify reads the stream up to its last event when verify starts (the
+snapshot) and the store side by side, and reports:
 
   drift        rows missing from the store, rows the stream never had, rows
                that differ, issue rows that do not match (repair fixes them)
@@ -208,7 +209,11 @@ func (a *app) verifyCommand() *cobra.Command {
                signature is not over their bytes, or replayed, until a
                trusted operator's resolution follows
 
-It exits 3 while any of these is open, and says for each what to do.`,
+Nothing newer than the snapshot is judged, and what looks wrong because a
+projector was a moment behind is read again over a few seconds before it is
+reported: verify may run while projectors write. On a cluster it rides out
+a node's loss or a leader change. It exits 3 while any of these is open, and
+says for each what to do.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			rep, err := a.runVerify(cmd.Context())
@@ -370,10 +375,13 @@ func (a *app) repairCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "repair",
 		Short: "Make the store match the stream: print the plan (--dry-run) or carry it out",
-		Long: `repair runs verify, then corrects the store from the stream: altered and
-missing rows are written from the stream, stray rows deleted, issue rows
-recomputed. Stores without targeted repair (couchbase) are rebuilt instead:
-reset, then replayed. Problems of the stream itself are not something a
+		Long: `repair runs verify, then corrects the store from the stream: missing rows
+and issue rows missing or behind are re-applied from the stream through the
+store's normal, sequence-guarded writes (so a projector writing meanwhile is
+never rolled back); altered rows are rewritten, stray rows deleted, issue rows
+wrong at their own sequence rewritten unless they moved since verify read them.
+A store without targeted repair (couchbase) is rebuilt instead when it needs
+more than re-applied events: reset, then replayed (stop its projector first). Problems of the stream itself are not something a
 store repair can fix, and repair says so and exits 3: a broken hash chain
 (restore the stream from a trusted copy), a bad message on a change's
 subject or a downgrade (resolve the change with issue fix), a stale-token
