@@ -15,12 +15,16 @@ import (
 // publish one per attempt on <WritesPrefix>.<store>, so other services can
 // watch throughput, latency and failures without touching the store.
 type AuditWrite struct {
-	Store    string        `json:"store"`
-	Consumer string        `json:"consumer"`
-	Worker   int           `json:"worker"`
-	Count    int           `json:"count"`
-	FirstSeq uint64        `json:"firstSeq"`
-	LastSeq  uint64        `json:"lastSeq"`
+	Store    string `json:"store"`
+	Consumer string `json:"consumer"`
+	Worker   int    `json:"worker"`
+	Count    int    `json:"count"`
+	FirstSeq uint64 `json:"firstSeq"`
+	LastSeq  uint64 `json:"lastSeq"`
+	// Through is the contiguous checkpoint the write claimed
+	// (stores.Batch.Through): everything at or below it is stored once the
+	// write succeeds.
+	Through  uint64        `json:"through,omitempty"`
 	Duration time.Duration `json:"durationNs"`
 	At       time.Time     `json:"at"`
 	Error    string        `json:"error,omitempty"` // empty on success

@@ -7,6 +7,12 @@
 // contract documented on Store: idempotent, order-insensitive, durable,
 // cancellable, isolated by configured names.
 //
+// A store's checkpoint is the writer's word, not the store's inference:
+// each Batch says through which sequence everything is stored once it is
+// (Batch.Through), and the store only keeps the highest such promise. A
+// store cannot know which events exist below the rows it holds; a writer
+// that tracks what it has settled can (see package projector).
+//
 // The design rule that keeps backends small and replay exact: every row is a
 // function of events alone. A changeLog row is one event keyed by its id; an
 // issue row is the newest event of its change, guarded by stream sequence.
