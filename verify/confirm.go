@@ -75,19 +75,32 @@ func (p *pass) compareIssues() ([]issueCandidate, error) {
 // one event behind), or may have moved an issue past the snapshot while
 // the issues were paged (it then reads as missing). What is still wrong
 // is read again a few times over Config.Settle, so that a projector a
-// moment behind the snapshot is not reported; only then is it drift. What a
+// moment behind the snapshot is not reported; only then is it drift. It
+// stops waiting early once nothing has been written to the store for
+// quietEnough (no projector is running, or none is behind). What a
 // projector never does — alter a row, add a row the stream does not
 // have — needs no second look.
 func (p *pass) confirm(issues []issueCandidate) error {
 	missing := p.rep.Missing
-	for _, wait := range confirmWaits(p.cfg.Settle) {
-		if len(missing)+len(issues) == 0 {
+	var top uint64          // the store's newest row at the last look
+	var quiet time.Duration // how long it has not moved
+	for i, wait := range confirmWaits(p.cfg.Settle) {
+		if len(missing)+len(issues) == 0 || quiet >= quietEnough {
 			break
 		}
 		if err := sleep(p.ctx, wait); err != nil {
 			return err
 		}
-		var err error
+		newest, err := p.storeTop()
+		if err != nil {
+			return err
+		}
+		if i > 0 && newest == top {
+			quiet += wait
+		} else {
+			quiet = 0
+		}
+		top = newest
 		if missing, err = p.confirmRows(missing); err != nil {
 			return err
 		}
@@ -117,6 +130,19 @@ func (p *pass) confirm(issues []issueCandidate) error {
 		}
 	}
 	return nil
+}
+
+// quietEnough: a store nobody has written to for this long (no projector
+// running, or none behind) will not change by waiting longer.
+const quietEnough = 200 * time.Millisecond
+
+// storeTop is the sequence of the store's newest row.
+func (p *pass) storeTop() (uint64, error) {
+	page, err := p.store.History(p.ctx, stores.HistoryQuery{Limit: 1})
+	if err != nil || len(page) == 0 {
+		return 0, err
+	}
+	return page[0].Seq, nil
 }
 
 // confirmWaits are the pauses before each look of confirm: growing, and

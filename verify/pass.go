@@ -86,12 +86,11 @@ type pass struct {
 }
 
 // streamFacts is what the stream pass learns for the store's chain
-// check: which sequences hold no row at all (bad messages: undecodable,
-// or published on another change's subject), and which events follow a
-// bad message on their subject (their prevHash is that message's hash,
-// which no store row has).
+// check: which events are not rows at all (published on another change's
+// subject), and which follow a bad message on their subject (their
+// prevHash is that message's hash, which no store row has).
 type streamFacts struct {
-	notRows, misfiled, afterBad map[uint64]bool
+	misfiled, afterBad map[uint64]bool
 }
 
 func (p *pass) change(k key) *change {
@@ -131,7 +130,6 @@ func (p *pass) batch(msgs []projector.StreamMsg) error {
 				p.rep.Unreadable = append(p.rep.Unreadable, b)
 				p.rep.Undecodable++
 			}
-			p.facts.notRows[m.Seq] = true
 			p.prevOf[m.Subject] = link{seq: m.Seq, hash: hash}
 			p.badBefore[m.Subject] = true
 			continue

@@ -410,7 +410,7 @@ func Verify(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg
 	p := &pass{ctx: ctx, js: js, stream: stream, store: store, cfg: cfg, rep: rep, snapshot: last, withTrust: cfg.Trust != nil,
 		changes: map[key]*change{}, prevOf: map[string]link{}, badBefore: map[string]bool{}, chainSince: map[string]uint64{},
 		newest: map[string]high{}, seen: map[[16]byte]uint64{}, storeSeen: map[[16]byte]uint64{},
-		facts: streamFacts{notRows: map[uint64]bool{}, misfiled: map[uint64]bool{}, afterBad: map[uint64]bool{}}}
+		facts: streamFacts{misfiled: map[uint64]bool{}, afterBad: map[uint64]bool{}}}
 	if last > 0 {
 		if err := projector.Scan(ctx, js, p.scanConfig(), p.batch); err != nil {
 			return nil, fmt.Errorf("verify: %w", err)
