@@ -69,7 +69,7 @@ func Scan(ctx context.Context, js jetstream.JetStream, cfg ScanConfig, fn func([
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &scanner{js: js, cfg: cfg, log: log, next: max(cfg.FromSeq, 1)}
-	defer s.dropConsumer(context.WithoutCancel(ctx))
+	defer s.cleanUp(context.WithoutCancel(ctx))
 	if s.next > cfg.ToSeq {
 		return nil
 	}
@@ -122,10 +122,13 @@ type scanner struct {
 	// handed: fn has had a message (Since no longer says where to start).
 	handed bool
 
-	cons    jetstream.Consumer
-	name    string
-	consSeq uint64 // the last consumer sequence seen on cons
-	empties int    // fetches in a row that brought nothing
+	cons jetstream.Consumer
+	name string
+	// undeleted are consumers a delete failed for (their node was down,
+	// no leader yet): tried again at the end.
+	undeleted []string
+	consSeq   uint64 // the last consumer sequence seen on cons
+	empties   int    // fetches in a row that brought nothing
 }
 
 func (s *scanner) newBackOff(ctx context.Context) backoff.BackOff {
@@ -188,7 +191,24 @@ func (s *scanner) dropConsumer(ctx context.Context) {
 	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if err := s.js.DeleteConsumer(rctx, s.cfg.Stream, name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-		s.log.Debug("read stream: could not delete a scan consumer; the server removes it once inactive", "consumer", name, "err", err)
+		s.undeleted = append(s.undeleted, name)
+		s.log.Debug("read stream: could not delete a scan consumer yet", "consumer", name, "err", err)
+	}
+}
+
+// cleanUp deletes the current consumer and tries once more those that
+// could not be deleted before; what still fails the server removes once
+// inactive.
+func (s *scanner) cleanUp(ctx context.Context) {
+	s.dropConsumer(ctx)
+	for _, name := range s.undeleted {
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := s.js.DeleteConsumer(rctx, s.cfg.Stream, name)
+		cancel()
+		if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			s.log.Debug("read stream: could not delete a scan consumer; the server removes it once inactive", "consumer", name,
+				"inactiveThreshold", s.cfg.InactiveThreshold, "err", err)
+		}
 	}
 }
 
