@@ -70,7 +70,7 @@ func (p *Projector) registerMetrics(reg prometheus.Registerer) error {
 		}, func() float64 { return float64(p.lastSeq.Load()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "auditflow_projector_checkpoint_sequence",
-			Help: "The contiguous checkpoint this process last recorded in the store: every stream event at or below it is stored or dead-lettered.",
+			Help: "The store's contiguous checkpoint as this process knows it (read at start, then the highest it recorded): every stream event at or below it is stored or dead-lettered.",
 		}, func() float64 { return float64(p.checkpointRecorded()) }),
 		p.writeDuration,
 		&lagCollector{

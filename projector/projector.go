@@ -296,9 +296,9 @@ type Stats struct {
 	// write: a high-water mark, with events below it possibly not stored
 	// yet (another worker's batch, a held event).
 	LastSeq uint64
-	// Checkpoint is the highest contiguous checkpoint this process has
-	// recorded in the store: every event at or below it is stored or
-	// dead-lettered (see stores.Batch.Through).
+	// Checkpoint is the store's contiguous checkpoint as this process
+	// knows it — read at start, then the highest it recorded: every event
+	// at or below it is stored or dead-lettered (see stores.Batch.Through).
 	Checkpoint uint64
 }
 
