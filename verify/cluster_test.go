@@ -3,6 +3,7 @@ package verify_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -60,6 +61,28 @@ func waitCurrent(t *testing.T, js jetstream.JetStream, stream string, timeout ti
 	t.Fatalf("stream %s: replicas not current after %s", stream, timeout)
 }
 
+// scanConsumerHost is the node that hosts the scan's consumer, -1 if
+// there is none.
+func scanConsumerHost(t *testing.T, js jetstream.JetStream) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, "AUDIT")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := s.ListConsumers(ctx)
+	host := -1
+	for ci := range l.Info() {
+		if strings.HasPrefix(ci.Name, "auditflow-scan-") && ci.Cluster != nil {
+			_, _ = fmt.Sscanf(ci.Cluster.Leader, "n%d", &host)
+		}
+	}
+	return host
+}
+
+// msgRetry is what projector.Scan logs when it starts over.
+const msgRetry = "read stream: retrying"
+
 // consumersLeft lists the consumers on stream, waiting up to timeout for
 // there to be none.
 func consumersLeft(t *testing.T, js jetstream.JetStream, stream string, timeout time.Duration) []string {
@@ -91,8 +114,8 @@ func consumersLeft(t *testing.T, js jetstream.JetStream, stream string, timeout 
 }
 
 // TestReplayAndVerifyRideOutLeaderLoss: on a 3-node cluster with an R3
-// stream, the stream's leader is killed while replay reads the stream and
-// again while verify reads it. Both complete: the replayed store holds
+// stream, the node that leads the stream and hosts the scan's consumer is
+// killed while replay reads the stream, and again while verify reads it. Both complete: the replayed store holds
 // every event, verify finds no drift, and no consumer is left behind.
 func TestReplayAndVerifyRideOutLeaderLoss(t *testing.T) {
 	if testing.Short() {
@@ -104,7 +127,8 @@ func TestReplayAndVerifyRideOutLeaderLoss(t *testing.T) {
 	_, js := c.Connect(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	log := natstest.Logger(t)
+	logs := natstest.CountingLogger(t)
+	log := logs.Logger
 	streamCfg := producer.StreamConfig{Replicas: 3}
 	prod, err := producer.New(ctx, js, producer.Config{CreateStream: true, Stream: streamCfg, RetryFor: 30 * time.Second})
 	if err != nil {
@@ -113,26 +137,32 @@ func TestReplayAndVerifyRideOutLeaderLoss(t *testing.T) {
 	publishMany(t, prod, "billing", n, 500)
 	t.Logf("cluster up, %d events published in %s", n, time.Since(start).Round(time.Millisecond))
 
-	// Kill the stream's leader once the reader is well under way (the
-	// callback blocks until the node is down, so the scan is mid-stream).
+	// Once the reader is under way, move the stream's leadership (step
+	// downs) to the node that hosts the scan's consumer, then kill that
+	// node: the stream loses its leader and the scan its consumer. The
+	// callback blocks until it is done, so the scan is mid-stream.
 	killAt := func(what string, at int, read func() int) (func(), *int) {
 		killed := -1
 		return func() {
 			if killed >= 0 || read() < at {
 				return
 			}
-			killed = c.StreamLeader(streamCfg.Name)
-			if killed < 0 {
-				killed = c.WaitStreamLeader("AUDIT", 10*time.Second)
+			host := scanConsumerHost(t, js)
+			for range 6 {
+				if l := c.WaitStreamLeader("AUDIT", 10*time.Second); l == host || host < 0 {
+					break
+				}
+				t.Logf("%s: stream leader stepped down to node %d", what, c.StepDown("AUDIT"))
 			}
-			t.Logf("%s: killing node %d, the stream leader, after %d events", what, killed, read())
+			killed = c.WaitStreamLeader("AUDIT", 10*time.Second)
+			t.Logf("%s: killing node %d, the stream leader, after %d events (the scan's consumer is on node %d)", what, killed, read(), host)
 			c.Kill(killed)
 		}, &killed
 	}
 
 	st, _ := openSQLite(t)
 	var applied uint64
-	kill, killed := killAt("replay", 6_000, func() int { return int(applied) })
+	kill, killed := killAt("replay", 5_000, func() int { return int(applied) })
 	t0 := time.Now()
 	prog, err := projector.Replay(ctx, js, st, projector.ReplayConfig{Logger: log, Progress: func(p projector.ReplayProgress) {
 		applied = p.Applied
@@ -144,7 +174,7 @@ func TestReplayAndVerifyRideOutLeaderLoss(t *testing.T) {
 	if *killed < 0 {
 		t.Fatal("replay ended before the leader was killed")
 	}
-	t.Logf("replay: %d events in %s across the kill", prog.Applied, time.Since(t0).Round(time.Millisecond))
+	t.Logf("replay: %d events in %s across the kill, %d retries", prog.Applied, time.Since(t0).Round(time.Millisecond), logs.Count(msgRetry))
 	if prog.Applied != n || prog.Seq != n {
 		t.Fatalf("replay applied %d events up to seq %d, want %d", prog.Applied, prog.Seq, n)
 	}
@@ -164,7 +194,7 @@ func TestReplayAndVerifyRideOutLeaderLoss(t *testing.T) {
 	if *killed < 0 {
 		t.Fatal("verify ended before the leader was killed")
 	}
-	t.Logf("verify: %d events in %s across the kill", rep.StreamEvents, time.Since(t0).Round(time.Millisecond))
+	t.Logf("verify: %d events in %s across the kill, %d retries in all", rep.StreamEvents, time.Since(t0).Round(time.Millisecond), logs.Count(msgRetry))
 	if rep.Drift() || rep.Tampered() || rep.StreamEvents != n || rep.StoreRows != n || rep.LastSeq != n {
 		t.Fatalf("want no drift over %d events, got %+v", n, rep)
 	}
