@@ -25,24 +25,31 @@ var examples = map[string]string{
 	"auditflow": `  auditflow audit list                         # after runner --embedded: reads .auditflow/
   auditflow --nats-url nats://nats:4222 --store mongo issue list --json
   auditflow --context prod stats --since 24h`,
-	"auditflow audit":        "  auditflow audit list -p billing --since 24h",
-	"auditflow issue":        "  auditflow issue list --fail-on-open",
-	"auditflow lock":         "  auditflow lock list",
-	"auditflow keys":         "  auditflow keys new --out alice.nk --name alice --role operator",
-	"auditflow init":         "  auditflow init --stream-replicas 3 --mirror AUDIT_MIRROR",
-	"auditflow restore":      "  auditflow restore --from AUDIT_MIRROR",
-	"auditflow replay":       "  auditflow --store mongo replay --reset",
-	"auditflow verify":       "  auditflow --store sqlite --sqlite-path /var/lib/auditflow/audit.db verify --json",
-	"auditflow repair":       "  auditflow --store dynamodb repair --dry-run",
-	"auditflow keys new":     "  auditflow keys new --out runner-billing.nk --name runner-billing --role runner --pipeline billing",
-	"auditflow keys public":  "  auditflow keys public --key runner-billing.nk",
-	"auditflow lock release": "  auditflow lock release -p billing --force --revision 42",
+	"auditflow audit":                 "  auditflow audit list -p billing --since 24h",
+	"auditflow issue":                 "  auditflow issue list --fail-on-open",
+	"auditflow lock":                  "  auditflow lock list",
+	"auditflow keys":                  "  auditflow keys new --out alice.nk --name alice --role operator",
+	"auditflow init":                  "  auditflow init --stream-replicas 3 --mirror AUDIT_MIRROR",
+	"auditflow restore":               "  auditflow restore --from AUDIT_MIRROR",
+	"auditflow replay":                "  auditflow --store mongo replay --reset",
+	"auditflow verify":                "  auditflow --store sqlite --sqlite-path /var/lib/auditflow/audit.db verify --json",
+	"auditflow repair":                "  auditflow --store dynamodb repair --dry-run",
+	"auditflow keys new":              "  auditflow keys new --out runner-billing.nk --name runner-billing --role runner --pipeline billing",
+	"auditflow keys public":           "  auditflow keys public --key runner-billing.nk",
+	"auditflow lock release":          "  auditflow lock release -p billing --force --revision 42",
+	"auditflow lock list":             "  auditflow lock list --json",
+	"auditflow completion":            "  auditflow completion bash > /etc/bash_completion.d/auditflow",
+	"auditflow completion bash":       "  auditflow completion bash > /etc/bash_completion.d/auditflow",
+	"auditflow completion zsh":        "  auditflow completion zsh > \"${fpath[1]}/_auditflow\"",
+	"auditflow completion fish":       "  auditflow completion fish > ~/.config/fish/completions/auditflow.fish",
+	"auditflow completion powershell": "  auditflow completion powershell | Out-String | Invoke-Expression",
 }
 
 // finishHelp gives every command an example, and makes help show the
 // flags of the selected store only (--store, default sqlite): the four
 // stores have 45 flags between them, which drowned every command's own.
 func finishHelp(root *cobra.Command, a *app) {
+	root.InitDefaultCompletionCmd() // now, not at Execute: it gets examples too
 	var walk func(*cobra.Command)
 	walk = func(c *cobra.Command) {
 		if c.Example == "" {

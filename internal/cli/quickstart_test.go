@@ -139,3 +139,38 @@ func listDir(t *testing.T, dir string) []string {
 	}
 	return out
 }
+
+// TestHelp: every command's help is on stdout, ends with examples, and
+// shows the selected store's flags only.
+func TestHelp(t *testing.T) {
+	t.Chdir(t.TempDir())
+	var walk func(path []string)
+	seen := 0
+	walk = func(path []string) {
+		code, out, stderr := auditflow(t, append(path, "--help")...)
+		if code != cli.ExitOK || stderr != "" || !strings.Contains(out, "Examples:") {
+			t.Errorf("auditflow %s --help: exit %d, stderr %q, examples %v", strings.Join(path, " "), code, stderr, strings.Contains(out, "Examples:"))
+		}
+		if strings.Contains(out, "--mongo-uri") || !strings.Contains(out, "--sqlite-path") {
+			t.Errorf("auditflow %s --help shows another store's flags, or not sqlite's", strings.Join(path, " "))
+		}
+		seen++
+		_, cmds, ok := strings.Cut(out, "Available Commands:\n")
+		if !ok {
+			return
+		}
+		cmds, _, _ = strings.Cut(cmds, "\n\n")
+		for _, line := range strings.Split(cmds, "\n") {
+			if f := strings.Fields(line); len(f) > 0 && f[0] != "help" {
+				walk(append(slices.Clone(path), f[0]))
+			}
+		}
+	}
+	walk(nil)
+	if seen < 20 {
+		t.Fatalf("walked %d commands only", seen)
+	}
+	if _, out, _ := auditflow(t, "--store", "mongo", "audit", "list", "--help"); !strings.Contains(out, "--mongo-uri") || strings.Contains(out, "--sqlite-path") {
+		t.Fatalf("--store mongo --help does not show mongo's flags alone:\n%s", out)
+	}
+}
