@@ -87,7 +87,11 @@ func BenchmarkVerifyMemory(b *testing.B) {
 
 	for b.Loop() {
 		for _, mode := range []string{"scan", "verify"} {
-			cmd := exec.Command(os.Args[0], "-test.run=^TestVerifyChild$", "-test.v")
+			args := []string{"-test.run=^TestVerifyChild$", "-test.v"}
+			if dir := os.Getenv("AUDITFLOW_VERIFY_BENCH_PROFILE"); dir != "" { // a CPU profile per child
+				args = append(args, "-test.cpuprofile="+filepath.Join(dir, mode+".prof"))
+			}
+			cmd := exec.Command(os.Args[0], args...)
 			cmd.Env = append(os.Environ(), verifyChildEnv+"="+mode, "AUDITFLOW_BENCH_NATS="+srv.ClientURL(), "AUDITFLOW_BENCH_DB="+db)
 			out, err := cmd.CombinedOutput()
 			if err != nil {
