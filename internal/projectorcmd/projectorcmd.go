@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/auditflow/auditflow/internal/buildinfo"
 	"github.com/auditflow/auditflow/internal/logging"
 	"github.com/auditflow/auditflow/internal/natsconn"
 	"github.com/auditflow/auditflow/internal/redact"
@@ -63,14 +64,38 @@ type options struct {
 	logFormat       string
 }
 
-func parse(args []string, stderr io.Writer) (*options, error) {
+// errVersion: --version was asked for.
+var errVersion = errors.New("version")
+
+func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	o := &options{}
 	fs := flag.NewFlagSet("projector", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, "Usage: projector --store sqlite|mongo|dynamodb|couchbase [flags]\n\nConsumes the audit stream into an audit store until SIGINT/SIGTERM.\nOnly the selected store's flags matter.\n\nFlags:\n")
+	// -h prints the usage on stdout (it is what was asked for); a bad flag
+	// gets its error and a pointer to -h on stderr.
+	fs.Usage = func() {}
+	usageText := func() {
+		fs.SetOutput(stdout)
+		defer fs.SetOutput(stderr)
+		fmt.Fprint(stdout, `Usage: projector --store sqlite|mongo|dynamodb|couchbase [flags]
+
+Consumes the audit stream into an audit store until SIGINT/SIGTERM.
+Only the selected store's flags matter.
+
+Exit codes: 0 stopped, 1 error, 2 bad usage/config, 5 the store is behind
+its consumer (new or lost: --rebuild fills it from the stream).
+
+Examples:
+  projector --store sqlite --sqlite-path /var/lib/auditflow/audit.db
+  projector --store mongo --mongo-uri-file /run/secrets/mongo-uri --metrics-addr :9090
+  projector --store sqlite --sqlite-path audit.db --rebuild     # a lost store, rebuilt from the stream
+
+Flags:
+`)
 		fs.PrintDefaults()
 	}
+	var version bool
+	fs.BoolVar(&version, "version", false, "print the version, commit and Go version, and exit")
 	env := natsconn.Env
 	o.nats.RegisterFlags(fs)
 	o.sig.RegisterTrustFlag(fs)
@@ -104,8 +129,14 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.metricsAddr, "metrics-addr", env("AUDITFLOW_METRICS_ADDR", DefaultMetricsAddr), "host:port serving /metrics, /healthz and /readyz; empty disables [AUDITFLOW_METRICS_ADDR]")
 	fs.StringVar(&o.logLevel, "log-level", env("AUDITFLOW_LOG_LEVEL", "info"), "debug, info, warn or error [AUDITFLOW_LOG_LEVEL]")
 	fs.StringVar(&o.logFormat, "log-format", env("AUDITFLOW_LOG_FORMAT", "text"), "text or json [AUDITFLOW_LOG_FORMAT]")
-	if err := fs.Parse(args); err != nil {
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+		usageText()
 		return nil, err
+	} else if err != nil {
+		return nil, fmt.Errorf("%w (projector -h shows the flags)", err)
+	}
+	if version {
+		return nil, errVersion
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
@@ -138,14 +169,18 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 // store configuration, without connecting to anything (for deployment
 // files' tests).
 func CheckArgs(args []string) error {
-	_, err := parse(args, io.Discard)
+	_, err := parse(args, io.Discard, io.Discard)
 	return err
 }
 
 // Main runs the command and returns its exit code.
-func Main(ctx context.Context, args []string, stderr io.Writer) int {
-	o, err := parse(args, stderr)
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	o, err := parse(args, stdout, stderr)
 	if errors.Is(err, flag.ErrHelp) {
+		return ExitOK
+	}
+	if errors.Is(err, errVersion) {
+		fmt.Fprintln(stdout, buildinfo.Line("projector"))
 		return ExitOK
 	}
 	if err != nil {
@@ -201,6 +236,9 @@ func run(ctx context.Context, o *options, log *slog.Logger) (int, error) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if err := buildinfo.Register(reg); err != nil {
+		return 1, err
+	}
 	p, err := projector.New(ctx, js, store, projector.Config{
 		Stream: producer.StreamConfig{Replicas: o.replicas}, StoreName: o.store.Kind, Consumer: o.consumer,
 		Workers: o.workers, BatchSize: o.batch, AckWait: o.ackWait, WriteTimeout: o.writeTimeout,

@@ -96,7 +96,7 @@ func projectInto(t *testing.T, storeArgs []string) {
 	done := make(chan int)
 	go func() {
 		done <- projectorcmd.Main(rctx, append([]string{"--nats-url", srv.ClientURL(), "--log-format", "json",
-			"--metrics-addr", "127.0.0.1:0"}, storeArgs...), &stderr)
+			"--metrics-addr", "127.0.0.1:0"}, storeArgs...), io.Discard, &stderr)
 	}()
 	cons, err := js.Consumer(ctx, producer.DefaultStreamName, "projector-"+storeArgs[1])
 	for err != nil {
@@ -168,6 +168,13 @@ func checkEndpoints(t *testing.T, addr, kind string, n int) {
 	if _, ok := m["go_goroutines"]; !ok {
 		t.Error("no Go runtime metrics")
 	}
+	buildInfo := false
+	for name, v := range m {
+		buildInfo = buildInfo || (strings.HasPrefix(name, "auditflow_build_info{") && v == 1)
+	}
+	if !buildInfo {
+		t.Error("no auditflow_build_info")
+	}
 	for _, path := range []string{"/healthz", "/readyz"} {
 		resp, err := http.Get("http://" + addr + path)
 		if err != nil {
@@ -191,7 +198,7 @@ func TestMetricsAddrInUse(t *testing.T) {
 	defer ln.Close()
 	var stderr bytes.Buffer
 	code := projectorcmd.Main(context.Background(), []string{"--metrics-addr", ln.Addr().String(),
-		"--sqlite-path", filepath.Join(t.TempDir(), "audit.db"), "--nats-url", "nats://127.0.0.1:1"}, &stderr)
+		"--sqlite-path", filepath.Join(t.TempDir(), "audit.db"), "--nats-url", "nats://127.0.0.1:1"}, io.Discard, &stderr)
 	if code != projectorcmd.ExitError || !strings.Contains(stderr.String(), "--metrics-addr") {
 		t.Fatalf("exit %d, want %d naming --metrics-addr\n%s", code, projectorcmd.ExitError, stderr.String())
 	}
@@ -237,7 +244,7 @@ func TestUsageErrors(t *testing.T) {
 		"shutdown timeout":    {[]string{"--shutdown-timeout", "0s"}, "--shutdown-timeout"},
 	} {
 		var stderr bytes.Buffer
-		code := projectorcmd.Main(context.Background(), c.args, &stderr)
+		code := projectorcmd.Main(context.Background(), c.args, io.Discard, &stderr)
 		if code != projectorcmd.ExitUsage || !strings.Contains(stderr.String(), c.flag) {
 			t.Errorf("%s: exit %d, want %d with an error naming %s\n%s", name, code, projectorcmd.ExitUsage, c.flag, stderr.String())
 		}
@@ -263,5 +270,26 @@ func TestTimingFlags(t *testing.T) {
 	t.Setenv("AUDITFLOW_STALL_AFTER", "soon")
 	if err := projectorcmd.CheckArgs([]string{"--sqlite-path", db, "--write-timeout", "1s"}); err == nil || !strings.Contains(err.Error(), "AUDITFLOW_STALL_AFTER") {
 		t.Fatalf("a malformed duration in the environment: %v", err)
+	}
+}
+
+// TestHelpAndVersionOnStdout: -h and --version answer on stdout with exit 0;
+// a bad flag answers on stderr with exit 2, pointing at -h.
+func TestHelpAndVersionOnStdout(t *testing.T) {
+	for _, c := range []struct {
+		args     []string
+		code     int
+		out, err string
+	}{
+		{[]string{"-h"}, projectorcmd.ExitOK, "Examples:", ""},
+		{[]string{"--version"}, projectorcmd.ExitOK, "projector version ", ""},
+		{[]string{"--no-such-flag"}, projectorcmd.ExitUsage, "", "projector -h shows the flags"},
+	} {
+		var stdout, stderr bytes.Buffer
+		code := projectorcmd.Main(context.Background(), c.args, &stdout, &stderr)
+		if code != c.code || !strings.Contains(stdout.String(), c.out) || !strings.Contains(stderr.String(), c.err) ||
+			(c.out == "" && stdout.Len() > 0) || (c.err == "" && stderr.Len() > 0) {
+			t.Errorf("%v: exit %d\nstdout:\n%s\nstderr:\n%s", c.args, code, stdout.String(), stderr.String())
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -64,7 +65,7 @@ func TestLostStoreRefusedThenRebuilt(t *testing.T) {
 		defer cancel()
 		var stderr syncBuffer
 		done := make(chan int, 1)
-		go func() { done <- projectorcmd.Main(rctx, append(args, extra...), &stderr) }()
+		go func() { done <- projectorcmd.Main(rctx, append(args, extra...), io.Discard, &stderr) }()
 		for deadline := time.Now().Add(30 * time.Second); rows(t, path) < want || !strings.Contains(stderr.String(), "projector running"); time.Sleep(20 * time.Millisecond) {
 			select {
 			case code := <-done:
@@ -92,7 +93,7 @@ func TestLostStoreRefusedThenRebuilt(t *testing.T) {
 
 	var stderr syncBuffer
 	start := time.Now()
-	code := projectorcmd.Main(ctx, args, &stderr)
+	code := projectorcmd.Main(ctx, args, io.Discard, &stderr)
 	if code != projectorcmd.ExitStoreBehind {
 		t.Fatalf("exit %d into a lost store, want %d\n%s", code, projectorcmd.ExitStoreBehind, stderr.String())
 	}

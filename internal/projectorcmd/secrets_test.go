@@ -3,6 +3,7 @@ package projectorcmd_test
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,7 +20,7 @@ func TestSecretsStayOutOfHelpAndErrors(t *testing.T) {
 	t.Setenv("AUDITFLOW_COUCHBASE_CONNSTR", "couchbase://u:"+canary+"@cb")
 	t.Setenv("AUDITFLOW_COUCHBASE_PASSWORD", canary)
 	var help bytes.Buffer
-	if code := projectorcmd.Main(context.Background(), []string{"-h"}, &help); code != projectorcmd.ExitOK {
+	if code := projectorcmd.Main(context.Background(), []string{"-h"}, &help, io.Discard); code != projectorcmd.ExitOK {
 		t.Fatalf("-h: exit %d", code)
 	}
 	if strings.Contains(help.String(), canary) || !strings.Contains(help.String(), "nats://auditflow:redacted@") || !strings.Contains(help.String(), "-nats-nkey") {
@@ -41,7 +42,7 @@ func TestSecretsStayOutOfHelpAndErrors(t *testing.T) {
 		"mongo uri file":       {[]string{"--store", "mongo", "--mongo-uri-file", seed}, projectorcmd.ExitUsage},
 	} {
 		var stderr bytes.Buffer
-		code := projectorcmd.Main(context.Background(), append(c.args, "--metrics-addr", "", "--log-level", "debug"), &stderr)
+		code := projectorcmd.Main(context.Background(), append(c.args, "--metrics-addr", "", "--log-level", "debug"), io.Discard, &stderr)
 		if code != c.code || strings.Contains(stderr.String(), canary) {
 			t.Errorf("%s: exit %d, want %d without the secret:\n%s", name, code, c.code, stderr.String())
 		}
