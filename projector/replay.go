@@ -92,10 +92,11 @@ func Replay(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	target, msgs, err := StreamLastSeq(ctx, js, cfg.Stream.Name, cfg.RetryFor, log)
+	stream, err := LookupStream(ctx, js, cfg.Stream.Name, cfg.RetryFor, log)
 	if err != nil {
 		return ReplayProgress{}, fmt.Errorf("replay: %w", err)
 	}
+	target, msgs := stream.CachedInfo().State.LastSeq, stream.CachedInfo().State.Msgs
 	prog := ReplayProgress{Target: target}
 	sc := ScanConfig{Stream: cfg.Stream.Name, Subjects: []string{cfg.Stream.SubjectPrefix + ".>"}, ToSeq: target,
 		BatchSize: cfg.BatchSize, RetryFor: cfg.RetryFor, Logger: log}

@@ -293,34 +293,33 @@ func (s *scanner) step(ctx context.Context, fn func([]StreamMsg) error) (done, p
 	return false, false, nil
 }
 
-// StreamLastSeq returns the stream's last sequence and message count,
-// retrying for up to retryFor (default 2m) what a cluster's fail-over
-// makes fail meanwhile (no responders, timeouts, no leader yet).
-func StreamLastSeq(ctx context.Context, js jetstream.JetStream, stream string, retryFor time.Duration, log *slog.Logger) (last, msgs uint64, err error) {
+// LookupStream returns the stream (its CachedInfo read now: the last
+// sequence, the message count), retrying for up to retryFor (default 2m)
+// what a cluster's fail-over makes fail meanwhile (no responders,
+// timeouts, no leader yet). A stream that does not exist is an error at
+// once.
+func LookupStream(ctx context.Context, js jetstream.JetStream, stream string, retryFor time.Duration, log *slog.Logger) (jetstream.Stream, error) {
 	setDefault(&retryFor, 2*time.Minute)
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	var s jetstream.Stream
 	b := backoff.WithContext(backoff.NewExponentialBackOff(backoff.WithInitialInterval(100*time.Millisecond),
 		backoff.WithMaxInterval(2*time.Second), backoff.WithMaxElapsedTime(retryFor)), ctx)
-	err = backoff.RetryNotify(func() error {
+	err := backoff.RetryNotify(func() error {
 		rctx, cancel := context.WithTimeout(ctx, scanRequestTimeout)
 		defer cancel()
-		s, err := js.Stream(rctx, stream)
+		var err error
+		s, err = js.Stream(rctx, stream)
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
 			return backoff.Permanent(err)
 		}
-		if err != nil {
-			return err
-		}
-		st := s.CachedInfo().State
-		last, msgs = st.LastSeq, st.Msgs
-		return nil
+		return err
 	}, b, func(err error, wait time.Duration) {
 		log.Warn("stream info failed, retrying", "stream", stream, "err", err, "retryIn", wait)
 	})
 	if err != nil {
-		return 0, 0, fmt.Errorf("stream %s: %w", stream, err)
+		return nil, fmt.Errorf("stream %s: %w", stream, err)
 	}
-	return last, msgs, nil
+	return s, nil
 }

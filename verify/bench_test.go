@@ -159,10 +159,11 @@ func TestVerifyChild(t *testing.T) {
 	var r verifyChildResult
 	switch mode {
 	case "scan":
-		last, _, err := projector.StreamLastSeq(ctx, js, producer.DefaultStreamName, 0, nil)
+		s, err := projector.LookupStream(ctx, js, producer.DefaultStreamName, 0, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
+		last := s.CachedInfo().State.LastSeq
 		err = projector.Scan(ctx, js, projector.ScanConfig{Stream: producer.DefaultStreamName, ToSeq: last}, func(ms []projector.StreamMsg) error {
 			r.Events += len(ms)
 			return nil

@@ -88,7 +88,7 @@ func PlanRepair(ctx context.Context, js jetstream.JetStream, store stores.Store,
 	if err := cfg.Stream.Validate(); err != nil {
 		return Plan{}, err
 	}
-	stream, err := js.Stream(ctx, cfg.Stream.Name)
+	stream, err := projector.LookupStream(ctx, js, cfg.Stream.Name, 0, cfg.Logger)
 	if err != nil {
 		return Plan{}, fmt.Errorf("repair: %w", err)
 	}
@@ -239,7 +239,7 @@ func healIssues(ctx context.Context, js jetstream.JetStream, store stores.Store,
 	if len(changes) == 0 {
 		return nil
 	}
-	stream, err := js.Stream(ctx, replay.Stream.Name)
+	stream, err := projector.LookupStream(ctx, js, replay.Stream.Name, 0, replay.Logger)
 	if err != nil {
 		return fmt.Errorf("repair: %w", err)
 	}

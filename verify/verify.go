@@ -398,14 +398,11 @@ func Verify(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg
 	if err := cfg.Stream.Validate(); err != nil {
 		return nil, err
 	}
-	last, _, err := projector.StreamLastSeq(ctx, js, cfg.Stream.Name, 0, cfg.Logger)
+	stream, err := projector.LookupStream(ctx, js, cfg.Stream.Name, 0, cfg.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("verify: %w", err)
 	}
-	stream, err := js.Stream(ctx, cfg.Stream.Name)
-	if err != nil {
-		return nil, fmt.Errorf("verify: stream %s: %w", cfg.Stream.Name, err)
-	}
+	last := stream.CachedInfo().State.LastSeq
 	rep := &Report{TrustChecked: cfg.Trust != nil, LastSeq: last}
 	p := &pass{ctx: ctx, js: js, stream: stream, store: store, cfg: cfg, rep: rep, snapshot: last, withTrust: cfg.Trust != nil,
 		changes: map[key]*change{}, prevOf: map[string]link{}, badBefore: map[string]bool{}, chainSince: map[string]uint64{},
