@@ -2,6 +2,7 @@ package projector
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -46,13 +47,23 @@ type ReplayConfig struct {
 
 // ReplayProgress is how far a replay has got.
 type ReplayProgress struct {
-	Applied    uint64 // events stored by this replay
-	Skipped    uint64 // events no store should hold, passed over
-	Seq        uint64 // last sequence stored
-	First      uint64 // first sequence of this replay
-	Target     uint64 // the stream's last sequence when the replay began
-	Elapsed    time.Duration
-	EventsPerS float64
+	Applied    uint64        `json:"applied"` // events stored by this replay
+	Skipped    uint64        `json:"skipped"` // events no store should hold, passed over
+	Seq        uint64        `json:"seq"`     // last sequence stored
+	First      uint64        `json:"first"`   // first sequence of this replay
+	Target     uint64        `json:"target"`  // the stream's last sequence when the replay began
+	Elapsed    time.Duration `json:"-"`       // as elapsedMs in JSON
+	EventsPerS float64       `json:"eventsPerSecond"`
+}
+
+// MarshalJSON writes the progress in camelCase, the elapsed time in
+// milliseconds (elapsedMs), as verify's report (auditflow replay --json).
+func (p ReplayProgress) MarshalJSON() ([]byte, error) {
+	type plain ReplayProgress
+	return json.Marshal(struct {
+		plain
+		ElapsedMs int64 `json:"elapsedMs"`
+	}{plain(p), p.Elapsed.Milliseconds()})
 }
 
 // Remaining estimates the time left at the current rate.

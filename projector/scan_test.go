@@ -2,6 +2,7 @@ package projector_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"testing"
 	"time"
@@ -74,5 +75,17 @@ func TestScanResumesWhereItStopped(t *testing.T) {
 	}
 	if n := deleteConsumers(); n != 0 {
 		t.Fatalf("%d consumers left behind", n)
+	}
+}
+
+// TestReplayProgressJSON: camelCase names and milliseconds, as verify's
+// report.
+func TestReplayProgressJSON(t *testing.T) {
+	b, err := json.Marshal(projector.ReplayProgress{Applied: 3, Seq: 9, First: 7, Target: 9, Elapsed: 1500 * time.Millisecond, EventsPerS: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"applied":3,"skipped":0,"seq":9,"first":7,"target":9,"eventsPerSecond":2,"elapsedMs":1500}`; string(b) != want {
+		t.Fatalf("got  %s\nwant %s", b, want)
 	}
 }
