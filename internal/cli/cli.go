@@ -1,10 +1,14 @@
 // Package cli is the operator command, auditflow: inspecting the audit
-// store (audit and issue listings, stats), fixing issues, managing locks,
+// store (audit and issue listings, stats, dead letters), fixing issues, managing locks,
 // and the stream-as-source-of-truth operations (replay, verify, repair,
 // test-connection, verify-schema). cmd/auditflow is its thin main.
 //
-// Every command prints a table for people or, with --json, JSON for tools,
-// and exits with a documented code (see Exit*).
+// Every command prints a table for people or, with --json, JSON for tools
+// (camelCase, [] for empty lists, durations in ms: the golden files in
+// testdata/ pin them), and exits with a documented code (see Exit*).
+// Commands that only read open the store read-only and create nothing.
+// After runner --embedded, the commands read its data directory in-process
+// with no flags (embedded.go).
 package cli
 
 import (

@@ -1,6 +1,12 @@
 // Package embedded runs a NATS JetStream server inside the process, for the
 // embedded default (no infrastructure to install) and for tests, which must
 // use a real server rather than a mock of one.
+//
+// One process at a time serves a data directory: Start takes a lock file
+// in it (auditflow.lock) and fails at once, naming the directory, if
+// another process holds it or the directory cannot be created or written —
+// two servers on one store would corrupt it, and the server itself would
+// only time out.
 package embedded
 
 import (
