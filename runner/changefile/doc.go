@@ -17,6 +17,10 @@
 //	rollback: sqlite3 "$DB" 'DROP INDEX IF EXISTS users_email'
 //
 // Unknown keys are errors: a misspelt "rolback" must not mean "no rollback".
+// So are an empty file and a second YAML document in a file (it would be
+// silently ignored); errors name the file, the line and the key. Orders
+// compare as text, so Load warns (Options.Logger) when every order looks
+// like a number and text order is not numeric order (10 before 9).
 //
 // # Environment
 //
