@@ -157,6 +157,9 @@ connection test), 4 not found or nothing to fix, 5 refused as unsafe
 			}
 			a.log = log
 			a.readOnly = readOnlyCommands[cmd.CommandPath()]
+			if f := cmd.Flags().Lookup("dry-run"); f != nil && f.Value.String() == "true" {
+				a.readOnly = true // a dry run (repair --dry-run) changes nothing, and creates no store either
+			}
 			return a.setUpEmbedded(cmd)
 		},
 	}

@@ -138,6 +138,7 @@ func TestGoldenExitCodes(t *testing.T) {
 		"issue list --fail-on-open",
 		"issue get -p default",
 		"issue get -p default -c no-such-change",
+		"repair --dry-run",
 		"deadletter show 1",
 		"deadletter show x",
 		"--sqlite-path wrong/audit.db issue list",
