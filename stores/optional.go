@@ -1,6 +1,10 @@
 package stores
 
-import "context"
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+)
 
 // Optional capabilities. The Store contract is what a projector needs;
 // operator tools discover these by type assertion and fall back when a
@@ -47,4 +51,20 @@ func (r Repair) Empty() bool {
 type BulkLoader interface {
 	BeginBulk(ctx context.Context) error
 	EndBulk(ctx context.Context) error
+}
+
+// WriteProber is implemented by stores that can check they may be written
+// without leaving anything behind (auditflow test-connection): a probe
+// row outside the audit data, written and removed, or a write lock taken
+// and released. No reader ever sees a probe as audit data.
+type WriteProber interface {
+	ProbeWrite(ctx context.Context) error
+}
+
+// ProbeName is a fresh name for a probe row, so that concurrent probes
+// never meet.
+func ProbeName() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return "probe-" + hex.EncodeToString(b)
 }

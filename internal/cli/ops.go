@@ -83,11 +83,13 @@ back, leaving nothing behind.`,
 			} else {
 				checks = append(checks, check{What: "store read", OK: true, Detail: fmt.Sprintf("checkpoint of %s: %d", a.consumerName(), cp)})
 			}
-			switch ok, err := a.store.ProbeWrite(ctx); {
+			switch ok, err := a.store.ProbeWrite(ctx, st); {
 			case err != nil:
-				checks = append(checks, check{What: "store write", Detail: err.Error()})
-			case ok:
+				checks = append(checks, check{What: "store write", Detail: err.Error() + " (the projector's credentials must write the store)"})
+			case ok && a.store.Kind == "sqlite":
 				checks = append(checks, check{What: "store write", OK: true, Detail: "took the write lock and rolled back: writable"})
+			case ok:
+				checks = append(checks, check{What: "store write", OK: true, Detail: "wrote a probe row and removed it: writable"})
 			default:
 				checks = append(checks, check{What: "store write", Warn: true, Detail: "not probed: " + a.store.Kind + " has no write check that leaves nothing behind"})
 			}

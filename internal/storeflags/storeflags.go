@@ -395,7 +395,7 @@ func (c *Config) openCouchbase(ctx context.Context, log *slog.Logger) (stores.St
 	closeCluster := func() { _ = cluster.Close(nil) }
 	st, err := couchbasestore.New(ctx, cluster, couchbasestore.Config{
 		Bucket: cb.Bucket, Scope: cb.Scope, Collection: cb.Collection, Durability: dur,
-		Concurrency: cb.Concurrency, OpTimeout: cb.Timeout, Logger: log,
+		Concurrency: cb.Concurrency, OpTimeout: cb.Timeout, ReadOnly: c.ReadOnly || c.CheckOnly, Logger: log,
 	})
 	if err != nil {
 		closeCluster()
@@ -441,14 +441,22 @@ func writable(dir string) bool {
 	return true
 }
 
-// ProbeWrite checks, where the backend allows without leaving anything
-// behind, that the store may be written: for SQLite it takes the
-// database's write lock (BEGIN IMMEDIATE) and rolls back, on an existing
-// file only. It returns ok false with no error when the backend has no
-// such probe.
-func (c *Config) ProbeWrite(ctx context.Context) (ok bool, err error) {
+// ProbeWrite checks, without leaving anything behind, that the store may
+// be written: for SQLite it takes the database's write lock (BEGIN
+// IMMEDIATE) and rolls back, on an existing file only; the other backends
+// write a probe row outside the audit data through st and remove it
+// (stores.WriteProber). It returns ok false with no error when the backend
+// has no such probe.
+func (c *Config) ProbeWrite(ctx context.Context, st stores.Store) (ok bool, err error) {
 	if c.Kind != "sqlite" {
-		return false, nil
+		p, isProber := st.(stores.WriteProber)
+		if !isProber {
+			return false, nil
+		}
+		if err := p.ProbeWrite(ctx); err != nil {
+			return false, err
+		}
+		return true, nil
 	}
 	path := c.SQLite.Path
 	if _, err := os.Stat(path); err != nil {

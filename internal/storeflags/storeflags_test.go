@@ -160,7 +160,7 @@ func TestReadOnlyCreatesNothing(t *testing.T) {
 	if after, _ := os.ReadDir(dir); len(after) != len(before) {
 		t.Fatalf("files before %v, after %v", before, after)
 	}
-	if ok, err := rw.ProbeWrite(ctx); !ok || err != nil {
+	if ok, err := rw.ProbeWrite(ctx, nil); !ok || err != nil {
 		t.Fatalf("ProbeWrite = %v, %v", ok, err)
 	}
 	if after, _ := os.ReadDir(dir); len(after) != len(before) {

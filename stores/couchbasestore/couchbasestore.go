@@ -42,6 +42,9 @@ type Config struct {
 	// SetupTimeout bounds New: waiting for the bucket and creating the
 	// scope and collection. Default 30s.
 	SetupTimeout time.Duration
+	// ReadOnly opens an existing store for reading: New creates no scope,
+	// collection or meta document, and fails if they are missing.
+	ReadOnly bool
 	// Logger receives debug logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -146,6 +149,16 @@ func New(ctx context.Context, cluster *gocb.Cluster, cfg Config) (*Store, error)
 		return nil, fmt.Errorf("couchbasestore: %w", stores.ContextError(ctx, err))
 	}
 	s := &Store{cfg: cfg, coll: b.Scope(cfg.Scope).Collection(cfg.Collection), log: log}
+	if cfg.ReadOnly {
+		var m metaDoc
+		switch _, exists, err := s.get(sctx, metaKey, &m); {
+		case err != nil:
+			return nil, fmt.Errorf("couchbasestore: read meta: %w", stores.ContextError(ctx, err))
+		case !exists:
+			return nil, fmt.Errorf("couchbasestore: %s.%s.%s holds no audit store (opened read-only: nothing was created)", cfg.Bucket, cfg.Scope, cfg.Collection)
+		}
+		return s, nil
+	}
 	if err := s.initMeta(sctx); err != nil {
 		return nil, fmt.Errorf("couchbasestore: %w", stores.ContextError(ctx, err))
 	}
@@ -167,6 +180,12 @@ func ensureCollection(ctx context.Context, b *gocb.Bucket, cfg Config) error {
 			haveScope = true
 			haveColl = slices.ContainsFunc(sc.Collections, func(c gocb.CollectionSpec) bool { return c.Name == cfg.Collection })
 		}
+	}
+	if cfg.ReadOnly {
+		if (!haveScope && cfg.Scope != "_default") || (!haveColl && cfg.Collection != "_default") {
+			return fmt.Errorf("collection %s.%s.%s does not exist (opened read-only: nothing was created)", cfg.Bucket, cfg.Scope, cfg.Collection)
+		}
+		return nil
 	}
 	if !haveScope && cfg.Scope != "_default" {
 		err := mgr.CreateScope(cfg.Scope, &gocb.CreateScopeOptions{Context: ctx})
@@ -243,6 +262,22 @@ func (s *Store) Checkpoint(ctx context.Context, name string) (uint64, error) {
 		return 0, s.fail(ctx, "checkpoint "+name, err)
 	}
 	return d.Seq, nil
+}
+
+// ProbeWrite checks that the store may be written: it inserts a probe
+// document, outside the audit layout, and removes it.
+func (s *Store) ProbeWrite(ctx context.Context) error {
+	if _, err := s.begin(ctx); err != nil {
+		return err
+	}
+	key := "auditflow:probe:" + stores.ProbeName()
+	if err := s.insert(ctx, key, map[string]string{"probe": "auditflow test-connection"}); err != nil {
+		return s.fail(ctx, "probe write", err)
+	}
+	if err := s.remove(ctx, key); err != nil {
+		return s.fail(ctx, "probe remove", err)
+	}
+	return nil
 }
 
 // Close marks the store closed. The cluster stays open: it is the caller's.

@@ -189,3 +189,44 @@ func envOr(name, def string) string {
 	}
 	return def
 }
+
+// TestReadOnlyCreatesNothing: a read-only open of a collection that does
+// not exist fails and creates no collection; of an existing store, it
+// reads.
+func TestReadOnlyCreatesNothing(t *testing.T) {
+	ctx := context.Background()
+	cluster, bucket := connect(t)
+	b := make([]byte, 4)
+	_, _ = crand.Read(b)
+	name := "ro" + hex.EncodeToString(b)
+	t.Cleanup(func() { dropCollection(cluster, bucket, name) })
+	cfg := couchbasestore.Config{Bucket: bucket, Scope: testScope, Collection: name, ReadOnly: true}
+	if _, err := couchbasestore.New(ctx, cluster, cfg); err == nil || !strings.Contains(err.Error(), "nothing was created") {
+		t.Fatalf("read-only open of a missing collection = %v", err)
+	}
+	scopes, err := cluster.Bucket(bucket).CollectionsV2().GetAllScopes(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sc := range scopes {
+		for _, c := range sc.Collections {
+			if c.Name == name {
+				t.Fatalf("the read-only open created %s.%s", sc.Name, name)
+			}
+		}
+	}
+	rw := cfg
+	rw.ReadOnly = false
+	st, err := couchbasestore.New(ctx, cluster, rw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = st.Close()
+	ro, err := couchbasestore.New(ctx, cluster, cfg)
+	if err != nil {
+		t.Fatalf("read-only open of an existing store: %v", err)
+	}
+	if _, err := ro.Checkpoint(ctx, "projector"); err != nil {
+		t.Fatal(err)
+	}
+}

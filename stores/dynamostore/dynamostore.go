@@ -167,6 +167,22 @@ func (s *Store) raiseCheckpoint(ctx context.Context, name string, seq uint64) er
 	return nil
 }
 
+// ProbeWrite checks that the store may be written: it puts a probe item
+// in the checkpoints table, under a name no projector uses, and deletes it.
+func (s *Store) ProbeWrite(ctx context.Context) error {
+	if err := s.check(ctx, "probe"); err != nil {
+		return err
+	}
+	key := item{attrName: &types.AttributeValueMemberS{Value: "auditflow:" + stores.ProbeName()}}
+	if _, err := s.client.PutItem(ctx, &dynamodb.PutItemInput{TableName: &s.checkpoints, Item: key}); err != nil {
+		return fmt.Errorf("dynamostore: probe write: %w", translate(ctx, err))
+	}
+	if _, err := s.client.DeleteItem(ctx, &dynamodb.DeleteItemInput{TableName: &s.checkpoints, Key: key}); err != nil {
+		return fmt.Errorf("dynamostore: probe delete: %w", translate(ctx, err))
+	}
+	return nil
+}
+
 func isConditionFailed(err error) bool {
 	var cf *types.ConditionalCheckFailedException
 	return errors.As(err, &cf)

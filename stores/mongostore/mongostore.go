@@ -490,6 +490,23 @@ func (s *Store) Checkpoint(ctx context.Context, name string) (uint64, error) {
 	return uint64(d.Seq), nil
 }
 
+// ProbeWrite checks that the store may be written: it writes a probe
+// document in the checkpoints collection, under a name no projector uses,
+// and deletes it.
+func (s *Store) ProbeWrite(ctx context.Context) error {
+	if s.closed.Load() {
+		return fmt.Errorf("mongostore: probe: %w", stores.ErrClosed)
+	}
+	filter := bson.D{{Key: fID, Value: "auditflow:" + stores.ProbeName()}}
+	if _, err := s.checkpoints.InsertOne(ctx, bson.D{filter[0], {Key: fSeq, Value: int64(0)}}); err != nil {
+		return fail(ctx, "probe write", err)
+	}
+	if _, err := s.checkpoints.DeleteOne(ctx, filter); err != nil {
+		return fail(ctx, "probe delete", err)
+	}
+	return nil
+}
+
 // beforeSeq adds the paging cursor to f. Stored sequences fit an int64, so
 // a cursor beyond that excludes nothing.
 func beforeSeq(f bson.D, before uint64) bson.D {

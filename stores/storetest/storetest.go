@@ -82,6 +82,7 @@ func Run(t *testing.T, newStore NewStore, f Features) {
 		{"SparseSequences", testSparseSequences},
 		{"Repair", testRepair},
 		{"SchemaCheck", testSchemaCheck},
+		{"WriteProbe", testWriteProbe},
 		{"SignedEvents", testSignedEvents},
 	}
 	for i, c := range cases {
@@ -1006,6 +1007,34 @@ func testSchemaCheck(t *testing.T, s *suite) {
 	problems, err := c.CheckSchema(context.Background())
 	if err != nil || len(problems) != 0 {
 		t.Fatalf("fresh store: CheckSchema = %v, %v", problems, err)
+	}
+}
+
+// testWriteProbe: a store's write probe succeeds on a writable store and
+// leaves nothing a reader sees: no row, no issue, no checkpoint moved.
+func testWriteProbe(t *testing.T, s *suite) {
+	st := s.open(t, "")
+	p, ok := st.(stores.WriteProber)
+	if !ok {
+		t.Skip("no write probe")
+	}
+	ctx := context.Background()
+	apply(t, st, rec(1, events.ExecutionStarted, "p", "c1"))
+	for range 2 {
+		if err := p.ProbeWrite(ctx); err != nil {
+			t.Fatalf("ProbeWrite: %v", err)
+		}
+	}
+	hist, err := st.History(ctx, stores.HistoryQuery{Limit: stores.MaxLimit})
+	if err != nil || len(hist) != 1 {
+		t.Fatalf("history after probes: %d rows, %v; want the 1 applied", len(hist), err)
+	}
+	is, err := st.Issues(ctx, stores.IssueQuery{Limit: stores.MaxLimit})
+	if err != nil || len(is) != 1 {
+		t.Fatalf("issues after probes: %d, %v; want 1", len(is), err)
+	}
+	if cp, err := st.Checkpoint(ctx, "projector"); err != nil || cp != 1 {
+		t.Fatalf("checkpoint after probes: %d, %v; want 1", cp, err)
 	}
 }
 
