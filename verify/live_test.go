@@ -196,3 +196,72 @@ func TestVerifyAndRepairWhileAProjectorRuns(t *testing.T) {
 		t.Fatalf("issue rows went back to older events:\n%v", regressions)
 	}
 }
+
+// TestRepairNeverRollsBackAnIssue: a plan made from a verify report is
+// carried out after the projector has moved the issues it corrects to
+// newer events (an issue altered at its own sequence, and one deleted).
+// Repair leaves the altered one to the projector's newer write and
+// re-applies the deleted one's event through the guarded Apply, which
+// cannot replace a newer issue: neither goes back.
+func TestRepairNeverRollsBackAnIssue(t *testing.T) {
+	srv := natstest.Start(t)
+	history(t, srv.JS)
+	st, path := openSQLite(t)
+	project(t, srv.JS, st, "sqlite")
+	ctx := context.Background()
+	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	for _, q := range []string{
+		`UPDATE "issues" SET author = 'mallory' WHERE pipeline = 'billing' AND change_id = '0001-schema'`,
+		`DELETE FROM "issues" WHERE pipeline = 'billing' AND change_id = '0002-index'`,
+	} {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep := verifyStore(t, srv.JS, st)
+	if len(rep.Issues) != 2 {
+		t.Fatalf("issues drift %+v, want the altered and the deleted", rep.Issues)
+	}
+	plan, err := verify.PlanRepair(ctx, srv.JS, st, rep, verify.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(plan.Fix.Issues) != 1 || len(plan.Issues) != 1 {
+		t.Fatalf("plan: %v", plan.Lines())
+	}
+	// Meanwhile both changes run again and the projector records it.
+	prod, err := producer.New(ctx, srv.JS, producer.Config{CreateStream: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	newer := map[string]uint64{}
+	for _, c := range []string{"0001-schema", "0002-index"} {
+		e := events.New(events.ExecutionStarted, "billing", c)
+		e.ExecutionID = "exec-again"
+		h, err := prod.Publish(ctx, e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		newer[c] = h.Seq
+	}
+	project(t, srv.JS, st, "sqlite")
+	if err := verify.Repair(ctx, srv.JS, st, plan, projector.ReplayConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	for c, seq := range newer {
+		is, err := st.Issues(ctx, stores.IssueQuery{Pipeline: "billing", ChangeID: c})
+		if err != nil || len(is) != 1 {
+			t.Fatalf("issue %s: %v %+v", c, err, is)
+		}
+		if is[0].Seq != seq || is[0].State != events.StateStarted {
+			t.Fatalf("issue %s rolled back to seq %d (%s), want seq %d (STARTED)", c, is[0].Seq, is[0].State, seq)
+		}
+	}
+	if rep := verifyStore(t, srv.JS, st); rep.Drift() {
+		t.Fatalf("drift after repair: %+v", rep.Issues)
+	}
+}
