@@ -3,7 +3,6 @@ package projector
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync/atomic"
@@ -29,8 +28,17 @@ type ReplayConfig struct {
 	FromSeq uint64
 	Since   time.Time
 	// Checkpoint names the progress record kept in the target store.
-	// Default "replay".
+	// Default "replay". It is a contiguous checkpoint (stores.Batch.Through):
+	// a replay raises it only while everything from the first event up to
+	// where it has got is stored — one that resumes after it, or starts
+	// at or before it. A replay from a later FromSeq or Since stores its
+	// events without claiming anything below them.
 	Checkpoint string
+	// Claim names more checkpoints a contiguous replay raises with its own,
+	// e.g. the projector's consumer ("projector-sqlite"): after a rebuild
+	// the store holds everything that consumer acknowledged, so the
+	// projector starts on it instead of refusing a store behind it.
+	Claim []string
 	// BatchSize is the most events per store write. Default 1000.
 	BatchSize int
 	// RetryFor bounds retries of a failing store write before Replay gives
@@ -111,22 +119,33 @@ func Replay(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg
 	prog := ReplayProgress{Target: target}
 	sc := ScanConfig{Stream: cfg.Stream.Name, Subjects: []string{cfg.Stream.SubjectPrefix + ".>"}, ToSeq: target,
 		BatchSize: cfg.BatchSize, RetryFor: cfg.RetryFor, Logger: log}
+	cp, err := store.Checkpoint(ctx, cfg.Checkpoint)
+	if err != nil {
+		return prog, fmt.Errorf("replay: read checkpoint %q: %w", cfg.Checkpoint, err)
+	}
 	switch {
 	case !cfg.Since.IsZero():
 		sc.Since = cfg.Since
 	case cfg.FromSeq > 0:
 		sc.FromSeq = cfg.FromSeq
 	default:
-		cp, err := store.Checkpoint(ctx, cfg.Checkpoint)
-		if err != nil {
-			return prog, fmt.Errorf("replay: read checkpoint %q: %w", cfg.Checkpoint, err)
-		}
 		sc.FromSeq = cp + 1
 		if cp > 0 {
 			log.Info("resuming replay after its checkpoint", "checkpoint", cfg.Checkpoint, "seq", cp)
 		}
 	}
+	// Scan hands over every sequence from where it starts: the replay is
+	// contiguous with what is stored if it starts at or before cp+1 (with
+	// Since, known at its first batch).
+	contiguous := sc.FromSeq > 0 && sc.FromSeq <= cp+1
 	if sc.FromSeq > prog.Target || msgs == 0 {
+		if contiguous && cp > 0 { // nothing to do: what is stored, the claims may still lack
+			for _, name := range cfg.Claim {
+				if err := store.Apply(ctx, stores.Batch{Checkpoint: name, Through: min(cp, target)}); err != nil {
+					return prog, fmt.Errorf("replay: record checkpoint %q: %w", name, err)
+				}
+			}
+		}
 		return prog, nil // nothing to do
 	}
 	// A rebuild into an empty store may use the store's bulk path.
@@ -158,11 +177,16 @@ func Replay(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg
 	for batch := range batches {
 		if prog.First == 0 {
 			prog.First = batch[0].Seq
+			contiguous = contiguous || (sc.FromSeq == 0 && prog.First <= cp+1)
+		}
+		var through uint64
+		if contiguous {
+			through = batch[len(batch)-1].Seq
 		}
 		b := backoff.WithContext(backoff.NewExponentialBackOff(
 			backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxElapsedTime(cfg.RetryFor)), ctx)
 		err := backoff.RetryNotify(func() error {
-			return store.Apply(ctx, stores.Batch{Checkpoint: cfg.Checkpoint, Through: batch[len(batch)-1].Seq, Records: batch})
+			return store.Apply(ctx, stores.Batch{Checkpoint: cfg.Checkpoint, Through: through, Records: batch})
 		}, b, func(err error, wait time.Duration) {
 			log.Warn("replay: store write failed, retrying", "firstSeq", batch[0].Seq, "err", err, "retryIn", wait)
 		})
@@ -184,6 +208,15 @@ func Replay(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg
 	prog.Skipped = skipped.Load()
 	if err := <-readErr; err != nil {
 		return prog, err
+	}
+	// Everything up to the target is stored or was passed over on
+	// purpose (skipped events end no batch, so claim the target itself).
+	if contiguous || (prog.First == 0 && sc.FromSeq > 0 && sc.FromSeq <= cp+1) {
+		for _, name := range append([]string{cfg.Checkpoint}, cfg.Claim...) {
+			if err := store.Apply(ctx, stores.Batch{Checkpoint: name, Through: target}); err != nil {
+				return prog, fmt.Errorf("replay: record checkpoint %q: %w", name, err)
+			}
+		}
 	}
 	prog.Elapsed = time.Since(start)
 	return prog, nil
@@ -227,7 +260,7 @@ func readBatches(ctx context.Context, js jetstream.JetStream, sc ScanConfig, pre
 	})
 }
 
-// StreamMsg is a message as ScanStream hands it over.
+// StreamMsg is a message as Scan hands it over.
 type StreamMsg struct {
 	Seq     uint64
 	Subject string
@@ -235,88 +268,6 @@ type StreamMsg struct {
 	// Header holds the message's headers (nil if none), among them the
 	// event's signature (trust.Header).
 	Header nats.Header
-}
-
-// ScanStream reads an ordered consumer up to stream sequence target (the
-// stream's last sequence when the caller began), handing fn each fetched
-// batch of at most size messages in order. The events are already stored,
-// so it takes what is there without waiting, and waits only when a fetch
-// comes back empty (a consumer just created); two empty fetches with
-// nothing pending end the scan early (target was beyond the filter).
-//
-// Deprecated: an ordered consumer handed in cannot be recreated where the
-// scan stopped; use Scan, which rides out a cluster's fail-overs. ScanStream
-// only retries "no responders" (an ordered consumer just recreated by its
-// fetch) a few times.
-func ScanStream(ctx context.Context, cons jetstream.Consumer, size int, target uint64, fn func([]StreamMsg) error) error {
-	empty, retries := 0, 0
-	for {
-		var mb jetstream.MessageBatch
-		var err error
-		if empty == 0 {
-			mb, err = cons.FetchNoWait(size)
-		} else {
-			mb, err = cons.Fetch(size, jetstream.FetchMaxWait(time.Second))
-		}
-		if errors.Is(err, nats.ErrNoResponders) && retries < 5 {
-			retries++
-			if err := sleepCtx(ctx, time.Duration(retries)*100*time.Millisecond); err != nil {
-				return err
-			}
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("read stream: fetch: %w", err)
-		}
-		retries = 0
-		batch := make([]StreamMsg, 0, size)
-		var last uint64
-		for m := range mb.Messages() {
-			md, err := m.Metadata()
-			if err != nil {
-				return fmt.Errorf("read stream: %w", err)
-			}
-			last = md.Sequence.Stream
-			if last > target {
-				break
-			}
-			batch = append(batch, StreamMsg{Seq: last, Subject: m.Subject(), Data: m.Data(), Header: m.Headers()})
-		}
-		if err := mb.Error(); errors.Is(err, nats.ErrNoResponders) && last == 0 && retries < 5 {
-			retries++
-			if err := sleepCtx(ctx, time.Duration(retries)*100*time.Millisecond); err != nil {
-				return err
-			}
-			continue
-		} else if err != nil && !errors.Is(err, context.DeadlineExceeded) {
-			return fmt.Errorf("read stream: fetch: %w", err)
-		}
-		if len(batch) > 0 {
-			if err := fn(batch); err != nil {
-				return err
-			}
-		}
-		if last >= target {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if last == 0 {
-			empty++
-		} else {
-			empty = 0
-		}
-		if empty > 1 { // nothing came even after waiting: done if nothing is left
-			info, err := cons.Info(ctx)
-			if err != nil {
-				return fmt.Errorf("read stream: consumer info: %w", err)
-			}
-			if info.NumPending == 0 {
-				return nil
-			}
-		}
-	}
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {

@@ -144,3 +144,57 @@ func TestCatchesUpARestoredStore(t *testing.T) {
 		t.Fatalf("checkpoint %d after catching up, want 60", cp)
 	}
 }
+
+// TestReplayClaimsForTheProjector: a complete replay into a lost store
+// (as auditflow replay does, claiming the projector's consumer) lets the
+// projector start on it; a replay from a later sequence claims nothing
+// below it, so the projector still refuses.
+func TestReplayClaimsForTheProjector(t *testing.T) {
+	srv := natstest.Start(t)
+	ctx := context.Background()
+	prod, err := producer.New(ctx, srv.JS, producer.Config{CreateStream: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "audit.db")
+	st := openFile(t, path)
+	publish(t, prod, "billing", 20) // 40 events
+	p1, stop1 := run(t, srv.JS, st, projector.Config{})
+	waitCaughtUp(t, p1)
+	stop1()
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	removeDB(t, path)
+	lost := openFile(t, path)
+	claim := []string{"projector-sqlite"}
+
+	if _, err := projector.Replay(ctx, srv.JS, lost, projector.ReplayConfig{FromSeq: 21, Claim: claim}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"replay", "projector-sqlite"} {
+		if cp, err := lost.Checkpoint(ctx, name); err != nil || cp != 0 {
+			t.Fatalf("checkpoint %s after a replay from 21 = %d, %v; want 0: events 1..20 are not stored", name, cp, err)
+		}
+	}
+	if _, err := projector.New(ctx, srv.JS, lost, projector.Config{StoreName: "sqlite", Logger: natstest.Logger(t)}); !errors.Is(err, projector.ErrStoreBehind) {
+		t.Fatalf("New after a partial replay: %v, want ErrStoreBehind", err)
+	}
+
+	prog, err := projector.Replay(ctx, srv.JS, lost, projector.ReplayConfig{Claim: claim})
+	if err != nil || prog.First != 1 || prog.Seq != 40 {
+		t.Fatalf("complete replay = %+v, %v", prog, err)
+	}
+	for _, name := range []string{"replay", "projector-sqlite"} {
+		if cp, err := lost.Checkpoint(ctx, name); err != nil || cp != 40 {
+			t.Fatalf("checkpoint %s after a complete replay = %d, %v; want 40", name, cp, err)
+		}
+	}
+	publish(t, prod, "shipping", 5)
+	p2, stop2 := run(t, srv.JS, lost, projector.Config{})
+	defer stop2()
+	waitCaughtUp(t, p2)
+	if n := countHistory(t, lost); n != 50 {
+		t.Fatalf("%d rows after the projector resumed on the replayed store, want 50", n)
+	}
+}

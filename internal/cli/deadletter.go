@@ -72,13 +72,9 @@ func (a *app) deadLetters(ctx context.Context, after uint64, limit int) ([]deadL
 	if state.Msgs == 0 || state.LastSeq <= after {
 		return out, state.Msgs, nil
 	}
-	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq: max(after+1, state.FirstSeq)})
-	if err != nil {
-		return nil, 0, err
-	}
 	errEnough := errors.New("enough")
-	err = projector.ScanStream(ctx, cons, 500, state.LastSeq, func(msgs []projector.StreamMsg) error {
+	sc := projector.ScanConfig{Stream: projector.DeadLetterStream, FromSeq: max(after+1, state.FirstSeq), ToSeq: state.LastSeq, BatchSize: 500, Logger: a.log}
+	err = projector.Scan(ctx, js, sc, func(msgs []projector.StreamMsg) error {
 		for _, m := range msgs {
 			raw, err := s.GetMsg(ctx, m.Seq) // for its time; dead letters are few
 			if err != nil {

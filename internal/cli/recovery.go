@@ -99,7 +99,8 @@ Give it the projectors' --trust: replay judges signatures as they do.`,
 			if err != nil {
 				return err
 			}
-			cfg := projector.ReplayConfig{Stream: a.streamConfig(), FromSeq: fromSeq, BatchSize: batch, Checkpoint: checkpoint, Trust: list, Logger: a.log}
+			cfg := projector.ReplayConfig{Stream: a.streamConfig(), FromSeq: fromSeq, BatchSize: batch, Checkpoint: checkpoint, Trust: list, Logger: a.log,
+				Claim: []string{a.consumerName()}}
 			if hasSince {
 				t, err := parseSince(since, time.Now())
 				if err != nil {

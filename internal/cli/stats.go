@@ -209,13 +209,12 @@ func (a *app) writes(ctx context.Context, js jetstream.JetStream, since time.Tim
 	if err != nil {
 		return nil, err
 	}
-	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject},
-		DeliverPolicy: jetstream.DeliverByStartTimePolicy, OptStartTime: &since})
-	if err != nil {
-		return nil, err
-	}
 	var durs []time.Duration
-	err = projector.ScanStream(ctx, cons, 1000, last.Sequence, func(msgs []projector.StreamMsg) error {
+	sc := projector.ScanConfig{Stream: projector.WritesStream, Subjects: []string{subject}, Since: since, ToSeq: last.Sequence, Logger: a.log}
+	if since.IsZero() {
+		sc.FromSeq = 1
+	}
+	err = projector.Scan(ctx, js, sc, func(msgs []projector.StreamMsg) error {
 		for _, m := range msgs {
 			var w projector.AuditWrite
 			if json.Unmarshal(m.Data, &w) != nil {
