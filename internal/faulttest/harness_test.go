@@ -159,6 +159,20 @@ func eventually(t *testing.T, within time.Duration, what string, cond func() boo
 	}
 }
 
+// changeTree waits until the runner pid has at least the processes a
+// journalScript change runs — its supervisor, sh and the beating subshell
+// (the journal's "start" comes just before the subshell forks) — and
+// returns them, supervisor first.
+func changeTree(t *testing.T, pid int) []int {
+	t.Helper()
+	var pids []int
+	eventually(t, 5*time.Second, "the change's processes start", func() bool {
+		pids = proctest.Tree(pid)
+		return len(pids) >= 3
+	})
+	return pids
+}
+
 // changeFile writes one change file.
 func changeFile(t *testing.T, dir, name, body string) {
 	t.Helper()

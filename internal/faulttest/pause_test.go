@@ -81,7 +81,7 @@ func TestSIGSTOPPastTheLease(t *testing.T) {
 	journal, target := fencedChange(t, dir)
 	a := runner(t, srv.URL, dir, "billing", "runner-a")
 	eventually(t, 20*time.Second, "the change starts", func() bool { return len(readJournal(t, journal)) > 0 })
-	changePids := proctest.Tree(a.cmd.Process.Pid)
+	changePids := changeTree(t, a.cmd.Process.Pid)
 	signal(t, syscall.SIGSTOP, a.cmd.Process.Pid)
 	paused := time.Now()
 	eventually(t, 2*lease, "the supervisor stops the paused runner's change", func() bool {
@@ -145,7 +145,7 @@ func TestPausedMachineIsFenced(t *testing.T) {
 	a := runner(t, srv.URL, dir, "billing", "runner-a")
 	eventually(t, 20*time.Second, "the change starts", func() bool { return len(readJournal(t, journal)) > 0 })
 	// Freeze everything: supervisor first, so nothing can kill the change.
-	all := append([]int{a.cmd.Process.Pid}, proctest.Tree(a.cmd.Process.Pid)...)
+	all := append([]int{a.cmd.Process.Pid}, changeTree(t, a.cmd.Process.Pid)...)
 	signal(t, syscall.SIGSTOP, all[1])
 	signal(t, syscall.SIGSTOP, all...)
 
@@ -206,7 +206,7 @@ func TestPartitionLongerThanTheLease(t *testing.T) {
 	journal, target := fencedChange(t, dir)
 	a := runner(t, cut.URL(), dir, "billing", "runner-a")
 	eventually(t, 20*time.Second, "the change starts", func() bool { return len(readJournal(t, journal)) > 0 })
-	changePids := proctest.Tree(a.cmd.Process.Pid)
+	changePids := changeTree(t, a.cmd.Process.Pid)
 	cut.Cut()
 	parted := time.Now()
 	eventually(t, 2*lease, "the partitioned runner stops its change", func() bool {
