@@ -70,17 +70,9 @@ func EnsureMirror(ctx context.Context, js jetstream.JetStream, c StreamConfig, m
 	if err != nil {
 		return nil, err
 	}
-	s, err := js.Stream(ctx, want.Name)
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		s, err = js.CreateStream(ctx, want)
-		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-			s, err = js.Stream(ctx, want.Name)
-		} else if err == nil {
-			return s, nil
-		}
-	}
-	if err != nil {
-		return nil, fmt.Errorf("producer: mirror %s: %w", want.Name, err)
+	s, created, err := openOrCreate(ctx, js, want)
+	if err != nil || created {
+		return s, err
 	}
 	have := s.CachedInfo().Config
 	if have.Mirror == nil || have.Mirror.Name != c.Name {

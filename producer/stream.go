@@ -109,8 +109,11 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, c StreamConfig, o
 	})
 }
 
-func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig) (jetstream.Stream, error) {
-	s, err := js.Stream(ctx, want.Name)
+// openOrCreate returns the stream want names, creating it as want if
+// missing; created says whether this call made it (else it is to be
+// checked against want).
+func openOrCreate(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig) (s jetstream.Stream, created bool, err error) {
+	s, err = js.Stream(ctx, want.Name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		s, err = js.CreateStream(ctx, want)
 		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
@@ -118,11 +121,19 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 			// ours did and its answer was lost.
 			s, err = js.Stream(ctx, want.Name)
 		} else if err == nil {
-			return s, nil
+			return s, true, nil
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("producer: stream %s: %w", want.Name, err)
+		return nil, false, fmt.Errorf("producer: stream %s: %w", want.Name, err)
+	}
+	return s, false, nil
+}
+
+func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig) (jetstream.Stream, error) {
+	s, created, err := openOrCreate(ctx, js, want)
+	if err != nil || created {
+		return s, err
 	}
 	if diffs := streamDiff(s.CachedInfo().Config, want); len(diffs) > 0 {
 		return nil, fmt.Errorf("%w: stream %s exists with %s; change it by hand (nats stream edit) or point auditflow at another stream",

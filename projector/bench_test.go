@@ -1,8 +1,6 @@
 package projector_test
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -23,6 +21,7 @@ import (
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/internal/embedded"
 	"github.com/auditflow/auditflow/internal/natstest"
+	"github.com/auditflow/auditflow/internal/proctest"
 	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/projector"
 	"github.com/auditflow/auditflow/stores/sqlitestore"
@@ -210,25 +209,9 @@ func TestProjectorChild(t *testing.T) {
 	<-done
 	close(stopSampling)
 	<-sampled
-	r := childResult{Applied: p.Stats().Applied, PeakRSSKB: vmHWM(), PeakHeapBytes: peakHeap.Load(), Seconds: elapsed.Seconds()}
+	r := childResult{Applied: p.Stats().Applied, PeakRSSKB: proctest.PeakRSSKB(), PeakHeapBytes: peakHeap.Load(), Seconds: elapsed.Seconds()}
 	b, _ := json.Marshal(r)
 	fmt.Println("RESULT " + string(b))
-}
-
-// vmHWM reads the process's peak resident set size in KiB (Linux).
-func vmHWM() int64 {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return -1
-	}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
-			n, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
-			return n
-		}
-	}
-	return -1
 }
 
 // BenchmarkReplay measures a rebuild of a SQLite store from a stream of

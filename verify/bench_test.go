@@ -1,8 +1,6 @@
 package verify_test
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -23,6 +21,7 @@ import (
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/internal/embedded"
 	"github.com/auditflow/auditflow/internal/natstest"
+	"github.com/auditflow/auditflow/internal/proctest"
 	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/projector"
 	"github.com/auditflow/auditflow/stores/sqlitestore"
@@ -192,23 +191,7 @@ func TestVerifyChild(t *testing.T) {
 	r.Seconds = time.Since(start).Seconds()
 	close(stopSampling)
 	<-sampled
-	r.PeakRSSKB, r.PeakHeapBytes = peakRSS(), peakHeap.Load()
+	r.PeakRSSKB, r.PeakHeapBytes = proctest.PeakRSSKB(), peakHeap.Load()
 	b, _ := json.Marshal(r)
 	fmt.Println("RESULT " + string(b))
-}
-
-// peakRSS reads the process's peak resident set size in KiB (Linux).
-func peakRSS() int64 {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return -1
-	}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
-			n, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
-			return n
-		}
-	}
-	return -1
 }

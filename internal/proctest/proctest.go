@@ -149,3 +149,23 @@ func eachProc(f func(pid int, state byte, ppid, pgid int)) {
 		}
 	}
 }
+
+// PeakRSSKB reads this process's peak resident set size in KiB (VmHWM;
+// Linux), or -1 where it cannot: memory benchmarks run in a child process
+// that reports it.
+func PeakRSSKB() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return -1
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			if f := strings.Fields(v); len(f) > 0 {
+				if n, err := strconv.ParseInt(f[0], 10, 64); err == nil {
+					return n
+				}
+			}
+		}
+	}
+	return -1
+}
