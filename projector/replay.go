@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -41,6 +42,13 @@ type ReplayConfig struct {
 	Claim []string
 	// BatchSize is the most events per store write. Default 1000.
 	BatchSize int
+	// Writers is how many store writes run at once. Default 1. Events are
+	// partitioned by change (a hash of pipeline and change id), so each
+	// change's events are written in stream order by one writer; the
+	// checkpoint stays contiguous across writers: it is raised to S only
+	// once every event at or below S is stored, whichever writer had it.
+	// Remote stores gain most (their writes wait on round trips).
+	Writers int
 	// RetryFor bounds retries of a failing store write before Replay gives
 	// up (it can be resumed). Default 2m.
 	RetryFor time.Duration
@@ -104,6 +112,10 @@ func Replay(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg
 	setDefault(&cfg.Checkpoint, "replay")
 	setDefault(&cfg.BatchSize, 1000)
 	setDefault(&cfg.RetryFor, 2*time.Minute)
+	setDefault(&cfg.Writers, 1)
+	if cfg.Writers < 1 || cfg.Writers > 256 {
+		return ReplayProgress{}, fmt.Errorf("%w: replay writers %d is outside 1..256", ErrInvalidConfig, cfg.Writers)
+	}
 	if cfg.BatchSize < 1 || cfg.BatchSize > 100_000 {
 		return ReplayProgress{}, fmt.Errorf("%w: replay batch size %d is outside 1..100000", ErrInvalidConfig, cfg.BatchSize)
 	}
@@ -163,47 +175,35 @@ func Replay(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg
 		}
 	}
 
-	// Read and decode ahead of the store, one batch in flight.
-	batches := make(chan []stores.Record, 2)
+	// Read and decode ahead of the store; the writers apply.
+	units := make(chan scanUnit, 2)
 	readErr := make(chan error, 1)
 	var skipped atomic.Uint64
 	rctx, stop := context.WithCancel(ctx)
 	defer stop()
 	go func() {
-		readErr <- readBatches(rctx, js, sc, cfg.Stream.SubjectPrefix, cfg.Trust, batches, &skipped, log)
+		readErr <- readBatches(rctx, js, sc, cfg.Stream.SubjectPrefix, cfg.Trust, units, &skipped, log)
 	}()
 
-	start := time.Now()
-	for batch := range batches {
-		if prog.First == 0 {
-			prog.First = batch[0].Seq
-			contiguous = contiguous || (sc.FromSeq == 0 && prog.First <= cp+1)
+	r := &replayRun{store: store, cfg: cfg, log: log, prog: prog, skipped: &skipped, start: time.Now(),
+		pending: map[uint64]*pendingUnit{}}
+	first := true
+	werr := r.write(rctx, stop, units, func(u scanUnit) {
+		if first {
+			first = false
+			contiguous = contiguous || (sc.FromSeq == 0 && u.lo <= cp+1)
+			r.mu.Lock()
+			r.prog.First, r.contiguous = u.lo, contiguous
+			r.mu.Unlock()
 		}
-		var through uint64
-		if contiguous {
-			through = batch[len(batch)-1].Seq
+	})
+	prog = r.progress()
+	if werr != nil {
+		stop()
+		for range units { // let the reader finish
 		}
-		b := backoff.WithContext(backoff.NewExponentialBackOff(
-			backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxElapsedTime(cfg.RetryFor)), ctx)
-		err := backoff.RetryNotify(func() error {
-			return store.Apply(ctx, stores.Batch{Checkpoint: cfg.Checkpoint, Through: through, Records: batch})
-		}, b, func(err error, wait time.Duration) {
-			log.Warn("replay: store write failed, retrying", "firstSeq", batch[0].Seq, "err", err, "retryIn", wait)
-		})
-		if err != nil {
-			stop()
-			for range batches { // let the reader finish
-			}
-			return prog, fmt.Errorf("replay: store write at seq %d (resume with the same command): %w", batch[0].Seq, err)
-		}
-		prog.Applied += uint64(len(batch))
-		prog.Skipped = skipped.Load()
-		prog.Seq = batch[len(batch)-1].Seq
-		prog.Elapsed = time.Since(start)
-		prog.EventsPerS = float64(prog.Applied) / prog.Elapsed.Seconds()
-		if cfg.Progress != nil {
-			cfg.Progress(prog)
-		}
+		<-readErr
+		return prog, werr
 	}
 	prog.Skipped = skipped.Load()
 	if err := <-readErr; err != nil {
@@ -211,42 +211,290 @@ func Replay(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg
 	}
 	// Everything up to the target is stored or was passed over on
 	// purpose (skipped events end no batch, so claim the target itself).
-	if contiguous || (prog.First == 0 && sc.FromSeq > 0 && sc.FromSeq <= cp+1) {
+	if contiguous || (first && sc.FromSeq > 0 && sc.FromSeq <= cp+1) {
 		for _, name := range append([]string{cfg.Checkpoint}, cfg.Claim...) {
 			if err := store.Apply(ctx, stores.Batch{Checkpoint: name, Through: target}); err != nil {
 				return prog, fmt.Errorf("replay: record checkpoint %q: %w", name, err)
 			}
 		}
 	}
-	prog.Elapsed = time.Since(start)
+	prog.Elapsed = time.Since(r.start)
 	return prog, nil
+}
+
+// scanUnit is what the reader hands over per batch read from the stream:
+// the records to store, and the range of sequences read (lo..hi), skipped
+// events included, so that the checkpoint can pass over skipped events.
+type scanUnit struct {
+	recs   []stores.Record
+	lo, hi uint64
+}
+
+// replayRun is one replay's writers and the contiguous checkpoint they
+// share. Events are partitioned by change, so each change's events reach
+// one writer in stream order; a writer may merge several read batches
+// into one store write. The checkpoint a writer claims (Batch.Through) is
+// the global contiguous low-water mark — the end of the longest run of
+// read batches all of whose parts are stored (its own write included) —
+// never its own highest sequence, which another writer may not have
+// reached below.
+type replayRun struct {
+	store   stores.Store
+	cfg     ReplayConfig
+	log     *slog.Logger
+	skipped *atomic.Uint64
+	start   time.Time
+
+	mu         sync.Mutex
+	contiguous bool
+	prog       ReplayProgress
+	pending    map[uint64]*pendingUnit // read batches not all stored, by index
+	nextUnit   uint64                  // index of the next read batch
+	doneUnit   uint64                  // every read batch below this index is stored
+	lowWater   uint64                  // hi of read batch doneUnit-1: stored contiguously
+}
+
+type pendingUnit struct {
+	hi   uint64
+	left int // parts not stored yet
+}
+
+// part is a writer's share of one read batch.
+type part struct {
+	unit uint64
+	recs []stores.Record
+}
+
+func (r *replayRun) progress() ReplayProgress {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p := r.prog
+	p.Skipped = r.skipped.Load()
+	return p
+}
+
+// write runs the writers until units is closed and drained, or a store
+// write fails for good (then it cancels the reader with stop).
+func (r *replayRun) write(ctx context.Context, stop context.CancelFunc, units <-chan scanUnit, onFirst func(scanUnit)) error {
+	n := max(r.cfg.Writers, 1)
+	queues := make([]chan part, n)
+	errs := make(chan error, n)
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	for i := range queues {
+		queues[i] = make(chan part, 2*n+2)
+		q := queues[i]
+		wg.Go(func() {
+			if err := r.writer(wctx, q); err != nil {
+				errs <- err
+				cancel()
+				stop()
+				for range q { // let the dispatcher finish
+				}
+			}
+		})
+	}
+	split := make([][]stores.Record, n)
+dispatch:
+	for u := range units {
+		onFirst(u)
+		for i := range split {
+			split[i] = nil
+		}
+		if n == 1 {
+			split[0] = u.recs
+		} else {
+			for _, rec := range u.recs {
+				i := changeWriter(rec.Pipeline, rec.ChangeID, n)
+				split[i] = append(split[i], rec)
+			}
+		}
+		parts := 0
+		for _, s := range split {
+			if len(s) > 0 {
+				parts++
+			}
+		}
+		r.mu.Lock()
+		id := r.nextUnit
+		r.nextUnit++
+		r.pending[id] = &pendingUnit{hi: u.hi, left: parts}
+		if parts == 0 {
+			r.advance()
+		}
+		r.mu.Unlock()
+		for i, s := range split {
+			if len(s) == 0 {
+				continue
+			}
+			select {
+			case queues[i] <- part{unit: id, recs: s}:
+			case <-wctx.Done():
+				break dispatch
+			}
+		}
+	}
+	for _, q := range queues {
+		close(q)
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return err
+	}
+	return ctx.Err()
+}
+
+// changeWriter picks the writer of a change: FNV-1a of pipeline and id.
+func changeWriter(pipeline, change string, n int) int {
+	h := uint32(2166136261)
+	for _, s := range [2]string{pipeline, change} {
+		for i := 0; i < len(s); i++ {
+			h ^= uint32(s[i])
+			h *= 16777619
+		}
+		h *= 16777619 // a zero byte between the two
+	}
+	return int(h % uint32(n))
+}
+
+// writer applies what arrives on q, merging parts that are already
+// waiting up to BatchSize events per store write.
+func (r *replayRun) writer(ctx context.Context, q <-chan part) error {
+	var carry *part
+	for {
+		var parts []part
+		size := 0
+		if carry != nil {
+			parts, size, carry = append(parts, *carry), len(carry.recs), nil
+		} else {
+			p, ok := <-q
+			if !ok {
+				return nil
+			}
+			parts, size = append(parts, p), len(p.recs)
+		}
+	merge:
+		for size < r.cfg.BatchSize {
+			select {
+			case p, ok := <-q:
+				if !ok {
+					break merge
+				}
+				if size+len(p.recs) > r.cfg.BatchSize {
+					carry = &p
+					break merge
+				}
+				parts, size = append(parts, p), size+len(p.recs)
+			default:
+				break merge
+			}
+		}
+		if err := r.apply(ctx, parts, size); err != nil {
+			return err
+		}
+	}
+}
+
+// apply stores parts in one write, claiming the contiguous low-water
+// mark as it will stand once they are stored, then marks them done.
+func (r *replayRun) apply(ctx context.Context, parts []part, size int) error {
+	recs := parts[0].recs
+	if len(parts) > 1 {
+		recs = make([]stores.Record, 0, size)
+		for _, p := range parts {
+			recs = append(recs, p.recs...)
+		}
+	}
+	r.mu.Lock()
+	var through uint64
+	if r.contiguous {
+		through = r.lowWaterWith(parts)
+	}
+	r.mu.Unlock()
+	b := backoff.WithContext(backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxElapsedTime(r.cfg.RetryFor)), ctx)
+	err := backoff.RetryNotify(func() error {
+		return r.store.Apply(ctx, stores.Batch{Checkpoint: r.cfg.Checkpoint, Through: through, Records: recs})
+	}, b, func(err error, wait time.Duration) {
+		r.log.Warn("replay: store write failed, retrying", "firstSeq", recs[0].Seq, "err", err, "retryIn", wait)
+	})
+	if err != nil {
+		return fmt.Errorf("replay: store write at seq %d (resume with the same command): %w", recs[0].Seq, err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, p := range parts {
+		r.pending[p.unit].left--
+	}
+	r.advance()
+	r.prog.Applied += uint64(len(recs))
+	r.prog.Skipped = r.skipped.Load()
+	r.prog.Seq = max(r.prog.Seq, r.lowWater)
+	r.prog.Elapsed = time.Since(r.start)
+	r.prog.EventsPerS = float64(r.prog.Applied) / r.prog.Elapsed.Seconds()
+	if r.cfg.Progress != nil {
+		r.cfg.Progress(r.prog) // under the lock: one call at a time, in order
+	}
+	return nil
+}
+
+// advance moves the low-water mark over every stored read batch; r.mu held.
+func (r *replayRun) advance() {
+	for {
+		u, ok := r.pending[r.doneUnit]
+		if !ok || u.left > 0 {
+			return
+		}
+		r.lowWater = u.hi
+		delete(r.pending, r.doneUnit)
+		r.doneUnit++
+	}
+}
+
+// lowWaterWith is the low-water mark as it will stand once parts are
+// stored (and nothing else meanwhile); r.mu held.
+func (r *replayRun) lowWaterWith(parts []part) uint64 {
+	mine := make(map[uint64]int, len(parts))
+	for _, p := range parts {
+		mine[p.unit]++
+	}
+	lw := r.lowWater
+	for k := r.doneUnit; ; k++ {
+		u, ok := r.pending[k]
+		if !ok || u.left > mine[k] {
+			return lw
+		}
+		lw = u.hi
+	}
 }
 
 // readBatches judges what Scan reads as the live projector does
 // (decide) and sends the records to store in batches; it closes out when
 // done.
-func readBatches(ctx context.Context, js jetstream.JetStream, sc ScanConfig, prefix string, list *trust.List, out chan<- []stores.Record, skipped *atomic.Uint64, log *slog.Logger) error {
+func readBatches(ctx context.Context, js jetstream.JetStream, sc ScanConfig, prefix string, list *trust.List, out chan<- scanUnit, skipped *atomic.Uint64, log *slog.Logger) error {
 	defer close(out)
-	send := func(batch []stores.Record) error {
-		if len(batch) == 0 {
+	send := func(u scanUnit) error {
+		if u.hi == 0 {
 			return nil
 		}
 		select {
-		case out <- batch:
+		case out <- u:
 			return nil
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
 	return Scan(ctx, js, sc, func(msgs []StreamMsg) error {
-		batch := make([]stores.Record, 0, len(msgs))
+		u := scanUnit{recs: make([]stores.Record, 0, len(msgs))}
 		for _, m := range msgs {
 			v := decide(events.Decode, prefix, list, m)
 			switch v.outcome {
 			case outStore:
-				batch = append(batch, v.rec)
+				u.recs = append(u.recs, v.rec)
 			case outHold:
-				if err := send(batch); err != nil {
+				if err := send(u); err != nil {
 					return err
 				}
 				return fmt.Errorf("replay: the event at seq %d (%s) has schema version %d, newer than this build reads (%d): %w; upgrade, then run the same replay to resume",
@@ -255,8 +503,12 @@ func readBatches(ctx context.Context, js jetstream.JetStream, sc ScanConfig, pre
 				skipped.Add(1)
 				log.Warn("replay: skipping an event no store should hold", "seq", m.Seq, "subject", m.Subject, "reason", v.reason)
 			}
+			if u.lo == 0 {
+				u.lo = m.Seq
+			}
+			u.hi = m.Seq
 		}
-		return send(batch)
+		return send(u)
 	})
 }
 

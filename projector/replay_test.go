@@ -13,6 +13,7 @@ import (
 	"github.com/auditflow/auditflow/projector"
 	"github.com/auditflow/auditflow/stores"
 	"github.com/auditflow/auditflow/stores/sqlitestore"
+	"github.com/auditflow/auditflow/stores/storetest"
 )
 
 func openSQLite(t testing.TB) *sqlitestore.Store {
@@ -171,4 +172,11 @@ func TestReplayJudgesLikeTheProjector(t *testing.T) {
 	if cp, _ := st.Checkpoint(ctx, "replay"); cp != 8 {
 		t.Fatalf("checkpoint %d, want 8: a resumed replay starts at the newer event", cp)
 	}
+}
+
+// TestParallelReplay: a replay with several writers into SQLite rebuilds
+// the same store as one writer; cancelled midway, its checkpoint covers
+// only stored events and it resumes to the same end.
+func TestParallelReplay(t *testing.T) {
+	storetest.ParallelReplay(t, func(t testing.TB, _ string) stores.Store { return openSQLite(t) }, storetest.ReplayConfig{})
 }

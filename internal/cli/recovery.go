@@ -63,7 +63,7 @@ func (p *progress) finish() {
 func (a *app) replayCommand() *cobra.Command {
 	var fromSeq uint64
 	var since string
-	var batch int
+	var batch, writers int
 	var checkpoint string
 	var reset bool
 	cmd := &cobra.Command{
@@ -99,7 +99,7 @@ Give it the projectors' --trust: replay judges signatures as they do.`,
 			if err != nil {
 				return err
 			}
-			cfg := projector.ReplayConfig{Stream: a.streamConfig(), FromSeq: fromSeq, BatchSize: batch, Checkpoint: checkpoint, Trust: list, Logger: a.log,
+			cfg := projector.ReplayConfig{Stream: a.streamConfig(), FromSeq: fromSeq, BatchSize: batch, Writers: writers, Checkpoint: checkpoint, Trust: list, Logger: a.log,
 				Claim: []string{a.consumerName()}}
 			if hasSince {
 				t, err := parseSince(since, time.Now())
@@ -142,6 +142,7 @@ Give it the projectors' --trust: replay judges signatures as they do.`,
 	cmd.Flags().Uint64Var(&fromSeq, "from-seq", 0, "start at this stream sequence (default: after the replay checkpoint, or the first event); not with --since or --reset")
 	cmd.Flags().StringVar(&since, "since", "", "start at events stored since a time (RFC 3339) or a duration ago (e.g. 24h); not with --from-seq or --reset")
 	cmd.Flags().IntVar(&batch, "batch", 1000, "events per store write")
+	cmd.Flags().IntVar(&writers, "writers", 1, "store writes at once (1..256); each change's events stay with one writer, the checkpoint stays contiguous; remote stores gain most")
 	cmd.Flags().StringVar(&checkpoint, "checkpoint", "replay", "name of the progress record kept in the store")
 	cmd.Flags().BoolVar(&reset, "reset", false, "delete every row of the store first (it is rebuilt from the stream)")
 	return cmd

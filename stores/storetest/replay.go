@@ -1,0 +1,167 @@
+package storetest
+
+import (
+	"context"
+	"log/slog"
+	"reflect"
+	"testing"
+
+	"github.com/auditflow/auditflow/internal/embedded"
+	"github.com/auditflow/auditflow/internal/natstest"
+	"github.com/auditflow/auditflow/producer"
+	"github.com/auditflow/auditflow/projector"
+	"github.com/auditflow/auditflow/stores"
+)
+
+// ReplayConfig shapes ParallelReplay. Zero fields take the defaults shown.
+type ReplayConfig struct {
+	Events    int // events on the stream, default 1200
+	BatchSize int // replay batch size, default 100
+	Writers   int // writers of the parallel replays, default 4
+}
+
+// ParallelReplay checks projector.Replay with several writers against a
+// store: the store it rebuilds holds exactly the rows and issues a
+// single-writer replay's does; a parallel replay cancelled midway never
+// leaves its checkpoint above an event it has not stored, and, resumed,
+// ends identical too.
+func ParallelReplay(t *testing.T, newStore NewStore, cfg ReplayConfig) {
+	if cfg.Events == 0 {
+		cfg.Events = 1200
+	}
+	if cfg.BatchSize == 0 {
+		cfg.BatchSize = 100
+	}
+	if cfg.Writers == 0 {
+		cfg.Writers = 4
+	}
+	ctx := context.Background()
+	srv := natstest.StartWith(t, embedded.Config{Logger: slog.New(slog.DiscardHandler)})
+	prod, err := producer.New(ctx, srv.JS, producer.Config{CreateStream: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch := prod.NewBatch()
+	for _, r := range BenchEvents(cfg.Events) {
+		if err := batch.Add(r.Event); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := batch.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	run := "pr" + randomID()
+	replay := func(ctx context.Context, st stores.Store, writers int, progress func(projector.ReplayProgress)) (projector.ReplayProgress, error) {
+		return projector.Replay(ctx, srv.JS, st, projector.ReplayConfig{BatchSize: cfg.BatchSize, Writers: writers,
+			Claim: []string{"projector-x"}, Progress: progress, Logger: natstest.Logger(t)})
+	}
+
+	single := newStore(t, run+"s")
+	if prog, err := replay(ctx, single, 1, nil); err != nil || prog.Applied != uint64(cfg.Events) {
+		t.Fatalf("single-writer replay: %+v, %v", prog, err)
+	}
+	parallel := newStore(t, run+"p")
+	if prog, err := replay(ctx, parallel, cfg.Writers, nil); err != nil || prog.Applied != uint64(cfg.Events) {
+		t.Fatalf("replay with %d writers: %+v, %v", cfg.Writers, prog, err)
+	}
+	sameContent(t, single, parallel)
+	for _, name := range []string{"replay", "projector-x"} {
+		if cp, err := parallel.Checkpoint(ctx, name); err != nil || cp != uint64(cfg.Events) {
+			t.Fatalf("checkpoint %q after the parallel replay: %d, %v; want %d", name, cp, err, cfg.Events)
+		}
+	}
+
+	// Cancelled midway, with the other writers' batches in flight.
+	interrupted := newStore(t, run+"i")
+	ictx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	prog, err := replay(ictx, interrupted, cfg.Writers, func(p projector.ReplayProgress) {
+		if p.Applied >= uint64(cfg.Events/3) {
+			cancel()
+		}
+	})
+	if err == nil {
+		t.Fatalf("cancelled replay returned no error: %+v", prog)
+	}
+	cp, err := interrupted.Checkpoint(ctx, "replay")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cp >= uint64(cfg.Events) {
+		t.Fatalf("cancelled replay claimed the whole stream (checkpoint %d): cancel it earlier", cp)
+	}
+	rows, _ := allContent(t, interrupted)
+	stored := make(map[uint64]bool, len(rows))
+	for _, r := range rows {
+		stored[r.Seq] = true
+	}
+	for seq := uint64(1); seq <= cp; seq++ {
+		if !stored[seq] {
+			t.Fatalf("checkpoint %d covers seq %d, which is not stored (%d rows stored)", cp, seq, len(rows))
+		}
+	}
+	if c, _ := interrupted.Checkpoint(ctx, "projector-x"); c != 0 {
+		t.Fatalf("a claim was raised to %d before the replay ended", c)
+	}
+	prog, err = replay(ctx, interrupted, cfg.Writers, nil)
+	if err != nil {
+		t.Fatalf("resumed replay: %v", err)
+	}
+	if prog.First != cp+1 || prog.Seq != uint64(cfg.Events) {
+		t.Fatalf("resumed replay did not continue after the checkpoint %d: %+v", cp, prog)
+	}
+	sameContent(t, single, interrupted)
+	t.Logf("cancelled at checkpoint %d with %d rows stored; resumed with %d events", cp, len(rows), prog.Applied)
+}
+
+// allContent reads every changeLog row and issue of s, newest first.
+func allContent(t testing.TB, s stores.Store) ([]stores.Record, []stores.Issue) {
+	t.Helper()
+	ctx := context.Background()
+	var recs []stores.Record
+	for q := (stores.HistoryQuery{Limit: stores.MaxLimit}); ; {
+		page, err := s.History(ctx, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page) == 0 {
+			break
+		}
+		recs = append(recs, page...)
+		q.BeforeSeq = page[len(page)-1].Seq
+	}
+	var is []stores.Issue
+	for q := (stores.IssueQuery{Limit: stores.MaxLimit}); ; {
+		page, err := s.Issues(ctx, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page) == 0 {
+			break
+		}
+		is = append(is, page...)
+		q.BeforeSeq = page[len(page)-1].Seq
+	}
+	return recs, is
+}
+
+// sameContent fails unless a and b hold the same rows and issues, field
+// for field.
+func sameContent(t testing.TB, a, b stores.Store) {
+	t.Helper()
+	ra, ia := allContent(t, a)
+	rb, ib := allContent(t, b)
+	if len(ra) != len(rb) || len(ia) != len(ib) {
+		t.Fatalf("row counts differ: changeLog %d vs %d, issues %d vs %d", len(ra), len(rb), len(ia), len(ib))
+	}
+	for i := range ra {
+		if x, y := normRecord(ra[i]), normRecord(rb[i]); !reflect.DeepEqual(x, y) {
+			t.Fatalf("changeLog row %d differs:\n%+v\n%+v", i, x, y)
+		}
+	}
+	for i := range ia {
+		if x, y := normIssue(ia[i]), normIssue(ib[i]); !reflect.DeepEqual(x, y) {
+			t.Fatalf("issue %d differs:\n%+v\n%+v", i, x, y)
+		}
+	}
+}
