@@ -48,6 +48,12 @@ func TestConformance(t *testing.T) {
 	storetest.Run(t, newStore(t), storetest.Features{AtomicBatch: false, Repairer: false, SchemaChecker: true})
 }
 
+// TestParallelReplay: a rebuild with 4 writers equals a single-writer one,
+// and a cancelled one resumes from a checkpoint it has fully stored.
+func TestParallelReplay(t *testing.T) {
+	storetest.ParallelReplay(t, newStore(t), storetest.ReplayConfig{Events: 800})
+}
+
 // TestCheckSchema breaks what CheckSchema checks, one thing at a time:
 // the meta document's layout, the meta document, the collection.
 func TestCheckSchema(t *testing.T) {

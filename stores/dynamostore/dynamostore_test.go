@@ -70,6 +70,13 @@ func BenchmarkProjector(b *testing.B) {
 	}, storetest.BenchConfig{Events: 2000, BatchSize: 100})
 }
 
+// TestParallelReplay: a rebuild with 4 writers equals a single-writer one,
+// and a cancelled one resumes from a checkpoint it has fully stored.
+func TestParallelReplay(t *testing.T) {
+	client := newClient(storetest.ServerAddr(t, endpointEnv))
+	storetest.ParallelReplay(t, newStore(client), storetest.ReplayConfig{Events: 800})
+}
+
 func TestConfigErrors(t *testing.T) {
 	for _, cfg := range []dynamostore.Config{
 		{TablePrefix: "bad prefix"},

@@ -91,6 +91,15 @@ func BenchmarkProjector(b *testing.B) {
 	}, storetest.BenchConfig{Events: 2000})
 }
 
+// TestParallelReplay: a rebuild with 4 writers equals a single-writer one,
+// and a cancelled one resumes from a checkpoint it has fully stored.
+// Batches stay under FerretDB's 50-statement limit; a few thousand
+// documents at most (its _id lookups are full scans).
+func TestParallelReplay(t *testing.T) {
+	client, db := connect(t)
+	storetest.ParallelReplay(t, newStore(client, db), storetest.ReplayConfig{Events: 600, BatchSize: testBatchSize})
+}
+
 func TestConfigErrors(t *testing.T) {
 	client, err := mongo.Connect(options.Client().ApplyURI("mongodb://127.0.0.1:1/")) // never dialled
 	if err != nil {

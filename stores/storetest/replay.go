@@ -76,7 +76,7 @@ func ParallelReplay(t *testing.T, newStore NewStore, cfg ReplayConfig) {
 	ictx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	prog, err := replay(ictx, interrupted, cfg.Writers, func(p projector.ReplayProgress) {
-		if p.Applied >= uint64(cfg.Events/3) {
+		if p.Applied >= uint64(cfg.Events/2) {
 			cancel()
 		}
 	})
