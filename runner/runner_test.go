@@ -2,11 +2,13 @@ package runner_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
+	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,6 +16,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+	"go.mongodb.org/mongo-driver/v2/mongo/writeconcern"
 
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/internal/embedded"
@@ -32,6 +38,11 @@ const lease = 2 * time.Second
 // process would have).
 func newRunner(t testing.TB, js jetstream.JetStream, pipeline, id string) *runner.Runner {
 	t.Helper()
+	return newRunnerLogged(t, js, pipeline, id, natstest.Logger(t))
+}
+
+func newRunnerLogged(t testing.TB, js jetstream.JetStream, pipeline, id string, log *slog.Logger) *runner.Runner {
+	t.Helper()
 	ctx := context.Background()
 	prod, err := producer.New(ctx, js, producer.Config{CreateStream: true, RetryFor: 2 * time.Second})
 	if err != nil {
@@ -41,7 +52,7 @@ func newRunner(t testing.TB, js jetstream.JetStream, pipeline, id string) *runne
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := runner.New(prod, locker, runner.Config{Pipeline: pipeline, RunnerID: id, Logger: natstest.Logger(t)})
+	r, err := runner.New(prod, locker, runner.Config{Pipeline: pipeline, RunnerID: id, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -371,6 +382,22 @@ func TestInvalidChanges(t *testing.T) {
 // no-op changes. It reports the p50 and p99 of the per-change overhead
 // (start published and acknowledged, success published and acknowledged)
 // and the whole run's time per change (plans, lock included).
+//
+// With sync=true (every stream write fsynced) it also measures, in the same
+// run and interleaved with it, the baselines the overhead is a ratio to:
+//   - fsync2: the two fsyncs a change cannot do without (its start must be
+//     durable before the command runs, its outcome after), as two O_SYNC
+//     appends of an event-sized record to a file on the server's disk;
+//   - flamingock-sqlite: what a runner that audits synchronously into its
+//     store pays (Flamingock's way): an insert per state change (STARTED,
+//     EXECUTED), each its own transaction, into SQLite (WAL,
+//     synchronous=FULL) on the same disk;
+//   - flamingock-mongo: the same two inserts with the mongo driver and a
+//     journaled write concern, when AUDITFLOW_TEST_MONGO_URI names a server
+//     (the test servers' FerretDB runs on a PostgreSQL with fsync off: its
+//     figure is round trips, not durability).
+//
+// Each is reported as its p50 and as overhead p50 ÷ its p50.
 func BenchmarkRunnerOverhead(b *testing.B) {
 	for _, sync := range []bool{false, true} {
 		b.Run(fmt.Sprintf("sync=%v", sync), func(b *testing.B) { benchRunner(b, sync) })
@@ -378,13 +405,26 @@ func BenchmarkRunnerOverhead(b *testing.B) {
 }
 
 func benchRunner(b *testing.B, sync bool) {
-	srv := natstest.StartWith(b, embedded.Config{SyncAlways: sync})
+	dir := b.TempDir()
+	srv := natstest.StartWith(b, embedded.Config{SyncAlways: sync, DataDir: filepath.Join(dir, "nats"), Logger: slog.New(slog.DiscardHandler)})
+	// The runner logs as cmd/runner does: text lines to a file (stderr),
+	// not through the test log.
+	logFile, err := os.Create(filepath.Join(dir, "runner.log"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = logFile.Close() })
+	log := slog.New(slog.NewTextHandler(logFile, nil))
 	const perRun = 50
 	var per []time.Duration
 	var total time.Duration
+	var bases []*baseline
+	if sync {
+		bases = baselines(b, dir)
+	}
 	runs := 0
 	for b.Loop() {
-		r := newRunner(b, srv.JS, fmt.Sprint("bench-", runs), "r")
+		r := newRunnerLogged(b, srv.JS, fmt.Sprint("bench-", runs), "r", log)
 		changes := counted(perRun, make([]atomic.Int32, perRun))
 		t0 := time.Now()
 		rep, err := r.Run(context.Background(), changes)
@@ -395,10 +435,111 @@ func benchRunner(b *testing.B, sync bool) {
 		for _, res := range rep.Results {
 			per = append(per, res.Overhead)
 		}
+		for _, base := range bases {
+			for i := range perRun {
+				base.measure(b, fmt.Sprintf("run%d-%03d", runs, i))
+			}
+		}
 		runs++
 	}
-	sort.Slice(per, func(i, j int) bool { return per[i] < per[j] })
-	b.ReportMetric(float64(per[len(per)/2].Microseconds())/1000, "ms/change-p50")
-	b.ReportMetric(float64(per[len(per)*99/100].Microseconds())/1000, "ms/change-p99")
-	b.ReportMetric(float64(total.Microseconds())/1000/float64(runs*perRun), "ms/change-whole-run")
+	p50 := quantile(per, 0.5)
+	b.ReportMetric(ms(p50), "ms/change-p50")
+	b.ReportMetric(ms(quantile(per, 0.99)), "ms/change-p99")
+	b.ReportMetric(ms(total)/float64(runs*perRun), "ms/change-whole-run")
+	for _, base := range bases {
+		bp50 := quantile(base.per, 0.5)
+		b.ReportMetric(ms(bp50), "ms/change-p50-"+base.name)
+		b.ReportMetric(float64(p50)/float64(bp50), "overhead÷"+base.name)
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func quantile(ds []time.Duration, q float64) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[int(float64(len(s)-1)*q)]
+}
+
+// baseline is one way of paying for a change's audit, timed per change.
+type baseline struct {
+	name string
+	// change records one change's start and end; id is unique in the run.
+	change func(ctx context.Context, id string) error
+	per    []time.Duration
+}
+
+func (base *baseline) measure(b *testing.B, id string) {
+	b.Helper()
+	t0 := time.Now()
+	if err := base.change(context.Background(), id); err != nil {
+		b.Fatalf("%s: %v", base.name, err)
+	}
+	base.per = append(base.per, time.Since(t0))
+}
+
+// baselines builds the same-run baselines of BenchmarkRunnerOverhead on
+// dir's disk.
+func baselines(b *testing.B, dir string) []*baseline {
+	b.Helper()
+	e := events.New(events.ExecutionStarted, "bench-0", "000-change")
+	e.Author, e.Order, e.TargetSystem, e.Host, e.RunnerID, e.LockToken = "alice", "000", "orders-db", "deploy-7f9c", "r", 1
+	e.ExecutionID = events.NewID()
+	record, err := events.Encode(e)
+	if err != nil {
+		b.Fatal(err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "fsync.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND|os.O_SYNC, 0o600)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = f.Close() })
+	out := []*baseline{{name: "fsync2", change: func(context.Context, string) error {
+		for range 2 {
+			if _, err := f.Write(record); err != nil {
+				return fmt.Errorf("write: %w", err)
+			}
+		}
+		return nil
+	}}}
+
+	db, err := sql.Open("sqlite", "file:"+filepath.Join(dir, "flamingock.db")+"?_pragma=busy_timeout(30000)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = db.Close() })
+	db.SetMaxOpenConns(1)
+	if _, err := db.Exec(`CREATE TABLE audit (id TEXT PRIMARY KEY, change_id TEXT, state TEXT, created_at INTEGER, body BLOB)`); err != nil {
+		b.Fatal(err)
+	}
+	out = append(out, &baseline{name: "flamingock-sqlite", change: func(ctx context.Context, id string) error {
+		for _, state := range []string{"STARTED", "EXECUTED"} {
+			if _, err := db.ExecContext(ctx, `INSERT INTO audit VALUES (?, ?, ?, ?, ?)`, id+"-"+state, id, state, time.Now().UnixNano(), record); err != nil {
+				return fmt.Errorf("insert %s: %w", state, err)
+			}
+		}
+		return nil
+	}})
+
+	if uri := os.Getenv("AUDITFLOW_TEST_MONGO_URI"); uri != "" {
+		client, err := mongo.Connect(options.Client().ApplyURI(uri))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = client.Disconnect(context.Background()) })
+		journal := true
+		coll := client.Database(fmt.Sprintf("flamingock_bench_%d", time.Now().UnixNano())).Collection("audit",
+			options.Collection().SetWriteConcern(&writeconcern.WriteConcern{W: 1, Journal: &journal}))
+		b.Cleanup(func() { _ = coll.Database().Drop(context.Background()) })
+		out = append(out, &baseline{name: "flamingock-mongo", change: func(ctx context.Context, id string) error {
+			for _, state := range []string{"STARTED", "EXECUTED"} {
+				doc := bson.M{"_id": id + "-" + state, "changeId": id, "state": state, "createdAt": time.Now(), "body": record}
+				if _, err := coll.InsertOne(ctx, doc); err != nil {
+					return fmt.Errorf("insert %s: %w", state, err)
+				}
+			}
+			return nil
+		}})
+	}
+	return out
 }
