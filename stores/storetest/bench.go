@@ -180,3 +180,128 @@ func BenchEvents(n int) []stores.Record {
 	}
 	return out
 }
+
+// ReplayBenchConfig shapes BenchReplay. Zero fields take the defaults shown.
+type ReplayBenchConfig struct {
+	Events    int // events on the stream, default 4000
+	BatchSize int // replay batch and bulk-insert chunk, default 1000
+	Writers   int // writers of the parallel replay, default 4
+}
+
+// BenchReplay measures projector.Replay against ceilings measured in the
+// same run on the same events (published once, untimed), each iteration
+// into fresh stores:
+//
+//   - read-events/s: the stream read alone (projector.Scan: an ephemeral
+//     consumer, as replay reads), nothing decoded or stored;
+//   - insert-events/s: the same events, already decoded, stored in bulk
+//     with Store.Apply in chunks of BatchSize from one writer (BeginBulk
+//     first where the store has it, as replay does into an empty store);
+//   - replay-events/s: Replay with one writer;
+//   - replayN-events/s: Replay with Writers writers;
+//
+// and reports replay/ceiling — replay with one writer over the slower of
+// read and insert, the most a replay that reads while it writes could do
+// (goal ≥ 0.8) — and replayN/replay1, what the writers buy.
+func BenchReplay(b *testing.B, newStore NewStore, cfg ReplayBenchConfig) {
+	if cfg.Events == 0 {
+		cfg.Events = 4000
+	}
+	if cfg.BatchSize == 0 {
+		cfg.BatchSize = 1000
+	}
+	if cfg.Writers == 0 {
+		cfg.Writers = 4
+	}
+	ctx := context.Background()
+	run := randomID()
+	recs := BenchEvents(cfg.Events)
+	srv := natstest.StartWith(b, embedded.Config{Logger: slog.New(slog.DiscardHandler)})
+	sc := producer.StreamConfig{}
+	if err := sc.Validate(); err != nil {
+		b.Fatal(err)
+	}
+	prod, err := producer.New(ctx, srv.JS, producer.Config{CreateStream: true, Stream: sc})
+	if err != nil {
+		b.Fatal(err)
+	}
+	pub := prod.NewBatch()
+	for i, r := range recs {
+		if err := pub.Add(r.Event); err != nil {
+			b.Fatal(err)
+		}
+		if i%2000 == 1999 || i == len(recs)-1 {
+			if _, err := pub.Wait(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	var readT, insertT, replayT, replayNT time.Duration
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		ns := func(kind string) string { return fmt.Sprintf("br%s%d%s", run, i, kind) }
+
+		start := time.Now()
+		read := 0
+		if err := projector.Scan(ctx, srv.JS, projector.ScanConfig{Stream: sc.Name, Subjects: []string{sc.SubjectPrefix + ".>"},
+			ToSeq: uint64(len(recs)), BatchSize: cfg.BatchSize}, func(msgs []projector.StreamMsg) error {
+			read += len(msgs)
+			return nil
+		}); err != nil || read != len(recs) {
+			b.Fatalf("read %d of %d: %v", read, len(recs), err)
+		}
+		readT += time.Since(start)
+
+		st := newStore(b, ns("i"))
+		start = time.Now()
+		if err := bulkInsert(ctx, st, recs, cfg.BatchSize); err != nil {
+			b.Fatalf("insert: %v", err)
+		}
+		insertT += time.Since(start)
+
+		for _, w := range []int{1, cfg.Writers} {
+			st := newStore(b, ns(fmt.Sprintf("w%d", w)))
+			start = time.Now()
+			prog, err := projector.Replay(ctx, srv.JS, st, projector.ReplayConfig{Stream: sc, BatchSize: cfg.BatchSize, Writers: w})
+			if err != nil || prog.Applied != uint64(len(recs)) {
+				b.Fatalf("replay with %d writers: %+v, %v", w, prog, err)
+			}
+			if w == 1 {
+				replayT += time.Since(start)
+			} else {
+				replayNT += time.Since(start)
+			}
+		}
+	}
+	n := float64(b.N * len(recs))
+	readRate, insertRate := n/readT.Seconds(), n/insertT.Seconds()
+	replayRate, replayNRate := n/replayT.Seconds(), n/replayNT.Seconds()
+	b.ReportMetric(readRate, "read-events/s")
+	b.ReportMetric(insertRate, "insert-events/s")
+	b.ReportMetric(replayRate, "replay-events/s")
+	b.ReportMetric(replayNRate, "replayN-events/s")
+	b.ReportMetric(replayRate/min(readRate, insertRate), "replay/ceiling")
+	b.ReportMetric(replayNRate/replayRate, "replayN/replay1")
+}
+
+// bulkInsert stores recs in chunks from one writer, as a replay into an
+// empty store does, with the store's bulk path if it has one.
+func bulkInsert(ctx context.Context, st stores.Store, recs []stores.Record, chunk int) (err error) {
+	if bl, ok := st.(stores.BulkLoader); ok {
+		if err := bl.BeginBulk(ctx); err != nil {
+			return err
+		}
+		defer func() {
+			if e := bl.EndBulk(ctx); err == nil {
+				err = e
+			}
+		}()
+	}
+	for lo := 0; lo < len(recs); lo += chunk {
+		c := recs[lo:min(lo+chunk, len(recs))]
+		if err := st.Apply(ctx, stores.Batch{Checkpoint: "replay", Through: c[len(c)-1].Seq, Records: c}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
