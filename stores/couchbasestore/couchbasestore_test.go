@@ -54,6 +54,14 @@ func TestParallelReplay(t *testing.T) {
 	storetest.ParallelReplay(t, newStore(t), storetest.ReplayConfig{Events: 800})
 }
 
+// BenchmarkReplay: replay into gocaves over the same run's stream read
+// and bulk insert, and 8 writers over one:
+//
+//	go test ./stores/couchbasestore -run '^$' -bench Replay -benchtime 1x
+func BenchmarkReplay(b *testing.B) {
+	storetest.BenchReplay(b, newStore(b), storetest.ReplayBenchConfig{Events: 3000, BatchSize: 250, Writers: 8})
+}
+
 // TestCheckSchema breaks what CheckSchema checks, one thing at a time:
 // the meta document's layout, the meta document, the collection.
 func TestCheckSchema(t *testing.T) {

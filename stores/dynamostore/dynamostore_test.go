@@ -77,6 +77,16 @@ func TestParallelReplay(t *testing.T) {
 	storetest.ParallelReplay(t, newStore(client), storetest.ReplayConfig{Events: 800})
 }
 
+// BenchmarkReplay: replay into dynalite over the same run's stream read
+// and bulk insert, and 8 writers over one (dynalite is one Node.js
+// process: it may not scale as DynamoDB does):
+//
+//	go test ./stores/dynamostore -run '^$' -bench Replay -benchtime 1x
+func BenchmarkReplay(b *testing.B) {
+	client := newClient(storetest.ServerAddr(b, endpointEnv))
+	storetest.BenchReplay(b, newStore(client), storetest.ReplayBenchConfig{Events: 3000, BatchSize: 250, Writers: 8})
+}
+
 func TestConfigErrors(t *testing.T) {
 	for _, cfg := range []dynamostore.Config{
 		{TablePrefix: "bad prefix"},

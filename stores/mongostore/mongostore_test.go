@@ -100,6 +100,17 @@ func TestParallelReplay(t *testing.T) {
 	storetest.ParallelReplay(t, newStore(client, db), storetest.ReplayConfig{Events: 600, BatchSize: testBatchSize})
 }
 
+// BenchmarkReplay: replay into FerretDB over the same run's stream read
+// and bulk insert, and 8 writers over one. FerretDB's figures, not
+// MongoDB's; batches under its 50-statement limit, a few thousand
+// documents (its _id lookups are full scans):
+//
+//	go test ./stores/mongostore -run '^$' -bench Replay -benchtime 1x
+func BenchmarkReplay(b *testing.B) {
+	client, db := connect(b)
+	storetest.BenchReplay(b, newStore(client, db), storetest.ReplayBenchConfig{Events: 2000, BatchSize: testBatchSize, Writers: 8})
+}
+
 func TestConfigErrors(t *testing.T) {
 	client, err := mongo.Connect(options.Client().ApplyURI("mongodb://127.0.0.1:1/")) // never dialled
 	if err != nil {
