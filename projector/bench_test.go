@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -228,4 +229,187 @@ func BenchmarkReplay(b *testing.B) {
 		b.Fatalf("replay: %+v, %v", prog, err)
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
+}
+
+// BenchmarkEndToEndVsRaw measures the end-to-end pipeline (as
+// BenchmarkEndToEnd: async publish → JetStream R1 → projector → SQLite →
+// ack) against the raw ceiling measured in the same run on a fresh server
+// with the same stream: the same publishes, read by a durable pull
+// consumer configured as the projector's (explicit acks, the same
+// MaxAckPending) that fetches 500 at a time and acks each message, with no
+// decoding and no store. Raw and end to end alternate (twice each) so that
+// load on the machine hits both alike; e2e/raw is the figure (goal ≥ 0.7).
+// raw-cpu/e2e-cpu is the same comparison in CPU time per event, which
+// others' load on the machine does not move.
+//
+// With sync=always (every stream write fsynced, the embedded runner's
+// default) it also measures the disk: the rate of O_DSYNC appends of one
+// event's size (what the stream does per event) and of one SQLite batch's
+// size (what a commit does per batch), in the same run, in the same
+// directory, and reports e2e/disk: end to end against 1/(t_event +
+// t_batch/500), the rate if the disk did nothing but those writes
+// (goal ≥ 0.8):
+//
+//	go test ./projector -run '^$' -bench EndToEndVsRaw/sync=false -benchtime 100000x
+//	go test ./projector -run '^$' -bench EndToEndVsRaw/sync=true -benchtime 20000x
+func BenchmarkEndToEndVsRaw(b *testing.B) {
+	for _, sync := range []bool{false, true} {
+		b.Run(fmt.Sprintf("sync=%v", sync), func(b *testing.B) {
+			evs := benchEvents(b.N)
+			var rawT, e2eT, rawCPU, e2eCPU time.Duration
+			for range 2 {
+				c := cpuTime()
+				rawT += rawPipeline(b, sync, evs)
+				rawCPU += cpuTime() - c
+				c = cpuTime()
+				e2eT += endToEnd(b, sync, evs)
+				e2eCPU += cpuTime() - c
+			}
+			n := float64(2 * b.N)
+			e2e, raw := n/e2eT.Seconds(), n/rawT.Seconds()
+			b.ReportMetric(e2e, "events/s")
+			b.ReportMetric(raw, "raw-events/s")
+			b.ReportMetric(e2e/raw, "e2e/raw")
+			// CPU per event (this process: server, publisher and
+			// consumer): on a busy 2-core machine the wall-clock ratio
+			// swings with others' load; what each pipeline costs does not.
+			b.ReportMetric(float64(e2eCPU.Microseconds())/n, "cpu-us/event")
+			b.ReportMetric(float64(rawCPU.Microseconds())/n, "raw-cpu-us/event")
+			b.ReportMetric(rawCPU.Seconds()/e2eCPU.Seconds(), "raw-cpu/e2e-cpu")
+			if sync && b.N > 1 {
+				data, err := events.Encode(evs[0])
+				if err != nil {
+					b.Fatal(err)
+				}
+				dir := b.TempDir()
+				small := dsyncRate(b, dir, len(data), 1000)
+				batch := dsyncRate(b, dir, 500*len(data)*2, 100) // a batch's rows and index entries
+				disk := 1 / (1/small + 1/(batch*500))
+				b.ReportMetric(small, "disk-event-writes/s")
+				b.ReportMetric(batch, "disk-batch-writes/s")
+				b.ReportMetric(disk, "disk-events/s")
+				b.ReportMetric(e2e/disk, "e2e/disk")
+			}
+			reportLoad(b)
+		})
+	}
+}
+
+// endToEnd times the whole pipeline over evs on a fresh server and store.
+func endToEnd(b *testing.B, sync bool, evs []events.Event) time.Duration {
+	b.Helper()
+	js, prod := benchServer(b, embedded.Config{SyncAlways: sync})
+	ctx := context.Background()
+	st := openSQLite(b)
+	start := time.Now()
+	p, err := projector.New(ctx, js, st, projector.Config{CreateStreams: true, StoreName: "sqlite"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error)
+	go func() { done <- p.Run(rctx) }()
+	publishAll(b, prod, evs)
+	if err := p.WaitCaughtUp(ctx); err != nil {
+		b.Fatal(err)
+	}
+	took := time.Since(start)
+	cancel()
+	<-done
+	if got := p.Stats().Applied; got < uint64(len(evs)) { // more: redeliveries under load
+		b.Fatalf("applied %d, want %d", got, len(evs))
+	}
+	return took
+}
+
+// rawPipeline times the raw ceiling over evs: publish → pull 500 → ack
+// each, no store, on a fresh server.
+func rawPipeline(b *testing.B, sync bool, evs []events.Event) time.Duration {
+	b.Helper()
+	js, prod := benchServer(b, embedded.Config{SyncAlways: sync})
+	ctx := context.Background()
+	start := time.Now()
+	def := projector.Config{StoreName: "raw"}
+	if err := def.Validate(); err != nil {
+		b.Fatal(err)
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, def.Stream.Name, jetstream.ConsumerConfig{
+		Durable: "raw", DeliverPolicy: jetstream.DeliverAllPolicy, AckPolicy: jetstream.AckExplicitPolicy,
+		AckWait: def.AckWait, MaxDeliver: -1, MaxAckPending: def.MaxAckPending, FilterSubject: def.Stream.SubjectPrefix + ".>",
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	consumed := make(chan error, 1)
+	go func() {
+		got := 0
+		for got < len(evs) {
+			batch, err := cons.Fetch(def.BatchSize, jetstream.FetchMaxWait(def.IdleWait))
+			if err != nil {
+				consumed <- err
+				return
+			}
+			for m := range batch.Messages() {
+				if err := m.Ack(); err != nil {
+					consumed <- err
+					return
+				}
+				got++
+			}
+		}
+		consumed <- nil
+	}()
+	publishAll(b, prod, evs)
+	if err := <-consumed; err != nil {
+		b.Fatal(err)
+	}
+	for {
+		info, err := cons.Info(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if info.AckFloor.Stream >= uint64(len(evs)) && info.NumAckPending == 0 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+// dsyncRate is how many size-byte appends per second a file opened with
+// O_DSYNC takes in dir: the disk's own rate of durable writes that size.
+func dsyncRate(b *testing.B, dir string, size, n int) float64 {
+	b.Helper()
+	f, err := os.OpenFile(filepath.Join(dir, fmt.Sprint("dsync-", size)), os.O_CREATE|os.O_WRONLY|os.O_APPEND|syscall.O_DSYNC, 0o600)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, size)
+	start := time.Now()
+	for range n {
+		if _, err := f.Write(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return float64(n) / time.Since(start).Seconds()
+}
+
+// cpuTime is the CPU time (user and system) this process has used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// reportLoad reports the 1-minute load average while measuring: the
+// machine's other work, which the ratios are meant to see through.
+func reportLoad(b *testing.B) {
+	if s, err := os.ReadFile("/proc/loadavg"); err == nil {
+		if f, err := strconv.ParseFloat(strings.Fields(string(s))[0], 64); err == nil {
+			b.ReportMetric(f, "load1")
+		}
+	}
 }
