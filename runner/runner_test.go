@@ -388,6 +388,10 @@ func TestInvalidChanges(t *testing.T) {
 //   - fsync2: the two fsyncs a change cannot do without (its start must be
 //     durable before the command runs, its outcome after), as two O_SYNC
 //     appends of an event-sized record to a file on the server's disk;
+//   - jetstream-publish2: two bare synchronous JetStream publishes of the
+//     same record on the same server (no expected sequence, encoding,
+//     signing or permission watch): what NATS itself costs, so that
+//     overhead ÷ it is what the runner adds;
 //   - flamingock-sqlite: what a runner that audits synchronously into its
 //     store pays (Flamingock's way): an insert per state change (STARTED,
 //     EXECUTED), each its own transaction, into SQLite (WAL,
@@ -420,7 +424,7 @@ func benchRunner(b *testing.B, sync bool) {
 	var total time.Duration
 	var bases []*baseline
 	if sync {
-		bases = baselines(b, dir)
+		bases = baselines(b, dir, srv.JS)
 	}
 	runs := 0
 	for b.Loop() {
@@ -479,8 +483,8 @@ func (base *baseline) measure(b *testing.B, id string) {
 }
 
 // baselines builds the same-run baselines of BenchmarkRunnerOverhead on
-// dir's disk.
-func baselines(b *testing.B, dir string) []*baseline {
+// dir's disk and js's server.
+func baselines(b *testing.B, dir string, js jetstream.JetStream) []*baseline {
 	b.Helper()
 	e := events.New(events.ExecutionStarted, "bench-0", "000-change")
 	e.Author, e.Order, e.TargetSystem, e.Host, e.RunnerID, e.LockToken = "alice", "000", "orders-db", "deploy-7f9c", "r", 1
@@ -502,6 +506,15 @@ func baselines(b *testing.B, dir string) []*baseline {
 		}
 		return nil
 	}}}
+
+	out = append(out, &baseline{name: "jetstream-publish2", change: func(ctx context.Context, id string) error {
+		for range 2 {
+			if _, err := js.Publish(ctx, "audit.exec.rawbench."+id, record); err != nil {
+				return fmt.Errorf("publish: %w", err)
+			}
+		}
+		return nil
+	}})
 
 	db, err := sql.Open("sqlite", "file:"+filepath.Join(dir, "flamingock.db")+"?_pragma=busy_timeout(30000)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)")
 	if err != nil {
