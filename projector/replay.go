@@ -252,6 +252,7 @@ type replayRun struct {
 	nextUnit   uint64                  // index of the next read batch
 	doneUnit   uint64                  // every read batch below this index is stored
 	lowWater   uint64                  // hi of read batch doneUnit-1: stored contiguously
+	claimed    uint64                  // the highest Through handed to a store write
 }
 
 type pendingUnit struct {
@@ -410,7 +411,12 @@ func (r *replayRun) apply(ctx context.Context, parts []part, size int) error {
 	r.mu.Lock()
 	var through uint64
 	if r.contiguous {
-		through = r.lowWaterWith(parts)
+		// A mark another write already claims is not claimed again: the
+		// store skips the checkpoint write (one less round trip, and no
+		// contention among writers on one checkpoint record).
+		if lw := r.lowWaterWith(parts); lw > r.claimed {
+			through, r.claimed = lw, lw
+		}
 	}
 	r.mu.Unlock()
 	b := backoff.WithContext(backoff.NewExponentialBackOff(
