@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math"
 	"regexp"
+	"slices"
 	"strings"
 	"sync/atomic"
 
@@ -48,6 +49,11 @@ type Config struct {
 	// 500. FerretDB (v1.24) never answers a command with 50 or more
 	// statements that match existing documents: use less than 50 there.
 	BatchSize int
+	// Concurrency is how many of one Apply's commands run at once: its
+	// changeLog inserts together, then its issue upserts together.
+	// Default 4, at most 64. A batch larger than BatchSize then costs
+	// about one round trip per phase instead of one per command.
+	Concurrency int
 
 	// SkipIndexes turns off creating the indexes (and the checkpoints
 	// collection, which has none) on New, for deployments that manage
@@ -66,6 +72,7 @@ const (
 	DefaultIssuesCollection      = "issues"
 	DefaultCheckpointsCollection = "auditCheckpoints"
 	DefaultBatchSize             = 500
+	DefaultConcurrency           = 4
 
 	// MaxBatchSize is MongoDB's maxWriteBatchSize.
 	MaxBatchSize = 100_000
@@ -125,6 +132,12 @@ func (c *Config) Validate() error {
 	}
 	if c.BatchSize < 1 || c.BatchSize > MaxBatchSize {
 		return fmt.Errorf("%w: mongostore: BatchSize %d is outside 1..%d", stores.ErrInvalidConfig, c.BatchSize, MaxBatchSize)
+	}
+	if c.Concurrency == 0 {
+		c.Concurrency = DefaultConcurrency
+	}
+	if c.Concurrency < 1 || c.Concurrency > 64 {
+		return fmt.Errorf("%w: mongostore: Concurrency %d is outside 1..64", stores.ErrInvalidConfig, c.Concurrency)
 	}
 	return nil
 }
@@ -262,6 +275,7 @@ func sameKeys(want bson.D, got bson.Raw) bool {
 
 // Apply writes the batch: the changeLog inserts, then the issue upserts,
 // then the checkpoint, each as unordered bulk writes of at most BatchSize
+// (Concurrency of them at once)
 // statements. It uses no transaction (see the package documentation for why
 // that is safe); on error some rows may be written and the projector's retry
 // of the whole batch completes them. The order is kept even so: an issue
@@ -308,17 +322,24 @@ func (s *Store) Apply(ctx context.Context, b stores.Batch) error {
 		upserts[i] = issueUpsert(r, doc)
 	}
 
-	for lo := 0; lo < len(inserts); lo += s.cfg.BatchSize {
+	// Every changeLog command, concurrently; then every issue command: an
+	// issue never points at an event the changeLog lacks.
+	ins := slices.Collect(slices.Chunk(inserts, s.cfg.BatchSize))
+	if err := stores.Parallel(ctx, s.cfg.Concurrency, len(ins), func(ctx context.Context, i int) error {
 		// A duplicate key here means the event is already recorded: the
 		// idempotent outcome.
-		if _, err := bulkWrite(ctx, s.changeLog, inserts[lo:min(lo+s.cfg.BatchSize, len(inserts))]); err != nil {
+		if _, err := bulkWrite(ctx, s.changeLog, ins[i]); err != nil {
 			return fail(ctx, "insert changeLog", err)
 		}
+		return nil
+	}); err != nil {
+		return err
 	}
-	for lo := 0; lo < len(upserts); lo += s.cfg.BatchSize {
-		if err := s.upsertIssues(ctx, upserts[lo:min(lo+s.cfg.BatchSize, len(upserts))]); err != nil {
-			return err
-		}
+	ups := slices.Collect(slices.Chunk(upserts, s.cfg.BatchSize))
+	if err := stores.Parallel(ctx, s.cfg.Concurrency, len(ups), func(ctx context.Context, i int) error {
+		return s.upsertIssues(ctx, ups[i])
+	}); err != nil {
+		return err
 	}
 	return s.raiseCheckpoint(ctx, b.Checkpoint, b.Through)
 }
