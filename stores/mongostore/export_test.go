@@ -42,7 +42,9 @@ func (s *Store) RawApply(ctx context.Context, b stores.Batch) error {
 		}
 	}
 	for lo := 0; lo < len(replaces); lo += s.cfg.BatchSize {
-		if _, err := s.issues.BulkWrite(ctx, replaces[lo:min(lo+s.cfg.BatchSize, len(replaces))], unordered); err != nil {
+		// Two raw writers upserting one new issue at once: one insert
+		// loses on _id. Last writer wins is all the raw writer promises.
+		if _, err := s.issues.BulkWrite(ctx, replaces[lo:min(lo+s.cfg.BatchSize, len(replaces))], unordered); err != nil && !mongo.IsDuplicateKeyError(err) {
 			return err
 		}
 	}
