@@ -25,7 +25,9 @@ import (
 	"github.com/auditflow/auditflow/internal/proctest"
 	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/projector"
+	"github.com/auditflow/auditflow/stores"
 	"github.com/auditflow/auditflow/stores/sqlitestore"
+	"github.com/auditflow/auditflow/stores/storetest"
 )
 
 // benchEvents returns n realistic events over 1000 changes.
@@ -125,29 +127,119 @@ func BenchmarkProjectorMemory(b *testing.B) {
 	publishAll(b, prod, benchEvents(backlog))
 	var rss, heap, rate float64
 	for b.Loop() {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestProjectorChild$", "-test.v")
-		cmd.Env = append(os.Environ(), childEnv+"=1", "AUDITFLOW_BENCH_NATS="+srv.ClientURL(),
-			"AUDITFLOW_BENCH_DB="+filepath.Join(b.TempDir(), "audit.db"), fmt.Sprint("AUDITFLOW_BENCH_N=", backlog))
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			b.Fatalf("child: %v\n%s", err, out)
-		}
-		var r childResult
-		for line := range strings.Lines(string(out)) {
-			if s, ok := strings.CutPrefix(strings.TrimSpace(line), "RESULT "); ok {
-				if err := json.Unmarshal([]byte(s), &r); err != nil {
-					b.Fatal(err)
-				}
-			}
-		}
-		if r.Applied != backlog {
-			b.Fatalf("child applied %d of %d\n%s", r.Applied, backlog, out)
-		}
+		r := runChild(b, srv.ClientURL(), filepath.Join(b.TempDir(), "audit.db"), backlog, "")
 		rss, heap, rate = float64(r.PeakRSSKB)/1024, float64(r.PeakHeapBytes)/(1<<20), float64(backlog)/r.Seconds
 	}
 	b.ReportMetric(rss, "MB-peak-RSS")
 	b.ReportMetric(heap, "MB-peak-heap")
 	b.ReportMetric(rate, "events/s")
+}
+
+// storedEnv adds store sizes to BenchmarkProjectorGrowth (slow: 10M takes
+// minutes to pre-fill), comma-separated.
+const storedEnv = "AUDITFLOW_BENCH_STORED"
+
+// BenchmarkProjectorGrowth is BenchmarkProjectorMemory on a store that
+// already holds N rows (pre-filled untimed through the bulk path a replay
+// uses, on other changes and far higher sequences): a projector process
+// stores the same 100k-event backlog into it, and reports its rate as a
+// ratio to the rate into the 100k-row store of the same run (goal: within
+// 25%, vs-100k ≥ 0.75), with its peak RSS (goal < 150 MB). More sizes with
+// AUDITFLOW_BENCH_STORED=10000000:
+//
+//	go test ./projector -run '^$' -bench ProjectorGrowth -benchtime 1x -timeout 60m
+func BenchmarkProjectorGrowth(b *testing.B) {
+	const backlog = 100_000
+	srv := natstest.StartWith(b, embedded.Config{Port: -1, Logger: slog.New(slog.DiscardHandler)})
+	_, prod := benchServerOf(b, srv)
+	publishAll(b, prod, benchEvents(backlog))
+	sizes := []int{100_000, 1_000_000}
+	for f := range strings.SplitSeq(os.Getenv(storedEnv), ",") {
+		if n, err := strconv.Atoi(strings.TrimSpace(f)); err == nil && n > 0 {
+			sizes = append(sizes, n)
+		}
+	}
+	var base float64
+	for k, size := range sizes {
+		b.Run(fmt.Sprintf("stored=%d", size), func(b *testing.B) {
+			var r childResult
+			for b.Loop() {
+				db := filepath.Join(b.TempDir(), "audit.db")
+				prefill(b, db, size)
+				// A consumer of its own per run: the backlog comes again.
+				r = runChild(b, srv.ClientURL(), db, backlog, fmt.Sprint("projector-growth-", k))
+			}
+			rate := float64(backlog) / r.Seconds
+			if k == 0 {
+				base = rate
+			}
+			b.ReportMetric(rate, "events/s")
+			b.ReportMetric(rate/base, "vs-100k")
+			b.ReportMetric(float64(r.PeakRSSKB)/1024, "MB-peak-RSS")
+			b.ReportMetric(float64(r.PeakHeapBytes)/(1<<20), "MB-peak-heap")
+			reportLoad(b)
+		})
+	}
+}
+
+// prefill writes n rows into a new store at path through the bulk path.
+func prefill(b *testing.B, path string, n int) {
+	b.Helper()
+	ctx := context.Background()
+	st, err := sqlitestore.Open(ctx, path, sqlitestore.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.BeginBulk(ctx); err != nil {
+		b.Fatal(err)
+	}
+	const gen = 100_000
+	all := storetest.BenchEvents(gen)
+	for done := 0; done < n; done += gen {
+		recs := all[:min(gen, n-done)]
+		for lo := 0; lo < len(recs); lo += 1000 {
+			chunk := make([]stores.Record, 0, 1000)
+			for _, r := range recs[lo:min(lo+1000, len(recs))] {
+				r.Seq += 1_000_000_000 + uint64(done)
+				r.ID = fmt.Sprintf("%s-%d", r.ID[:24], r.Seq)
+				r.ChangeID = fmt.Sprintf("%s-%d", r.ChangeID, done/gen)
+				chunk = append(chunk, r)
+			}
+			if err := st.Apply(ctx, stores.Batch{Checkpoint: "prefill", Records: chunk}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	if err := st.EndBulk(ctx); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// runChild runs TestProjectorChild: a projector process storing n events
+// from the server at url into the SQLite file db through consumer ("": the
+// default).
+func runChild(b *testing.B, url, db string, n int, consumer string) childResult {
+	b.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestProjectorChild$", "-test.v")
+	cmd.Env = append(os.Environ(), childEnv+"=1", "AUDITFLOW_BENCH_NATS="+url,
+		"AUDITFLOW_BENCH_DB="+db, fmt.Sprint("AUDITFLOW_BENCH_N=", n), "AUDITFLOW_BENCH_CONSUMER="+consumer)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		b.Fatalf("child: %v\n%s", err, out)
+	}
+	var r childResult
+	for line := range strings.Lines(string(out)) {
+		if s, ok := strings.CutPrefix(strings.TrimSpace(line), "RESULT "); ok {
+			if err := json.Unmarshal([]byte(s), &r); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	if r.Applied < uint64(n) {
+		b.Fatalf("child applied %d of %d\n%s", r.Applied, n, out)
+	}
+	return r
 }
 
 type childResult struct {
@@ -195,7 +287,8 @@ func TestProjectorChild(t *testing.T) {
 		}
 	}()
 	start := time.Now()
-	p, err := projector.New(ctx, js, st, projector.Config{CreateStreams: true, StoreName: "sqlite"})
+	p, err := projector.New(ctx, js, st, projector.Config{CreateStreams: true, StoreName: "sqlite",
+		Consumer: os.Getenv("AUDITFLOW_BENCH_CONSUMER")})
 	if err != nil {
 		t.Fatal(err)
 	}
