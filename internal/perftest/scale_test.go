@@ -33,6 +33,7 @@ import (
 var (
 	nEvents      = flag.Int("perf.events", 60000, "events per SQLite run")
 	nMongoEvents = flag.Int("perf.mongo-events", 3000, "events per MongoDB (FerretDB) run: FerretDB slows down as a collection grows")
+	drainWithin  = flag.Duration("perf.drain-within", 5*time.Minute, "how long a run may take to acknowledge every event")
 )
 
 // serverEnv makes this test binary a nats-server process (see runServer).
@@ -234,7 +235,7 @@ const steady = 0.8
 // waitDrained waits until the consumer exists and has nothing pending or
 // unacknowledged, with at least want events acknowledged in all. It
 // returns the marks at 10% and 90% of want, sampling CPU times with cpu.
-func waitDrained(b *testing.B, js jetstream.JetStream, consumer string, want uint64, within time.Duration, cpu func() []time.Duration) [2]mark {
+func waitDrained(b *testing.B, js jetstream.JetStream, consumer string, want uint64, within time.Duration, cpu func() []time.Duration, procs ...*proc) [2]mark {
 	b.Helper()
 	var marks [2]mark
 	next := 0
@@ -260,7 +261,14 @@ func waitDrained(b *testing.B, js jetstream.JetStream, consumer string, want uin
 		}
 		cancel()
 		if time.Now().After(deadline) {
-			b.Fatalf("consumer %s not drained within %s (last error %v)", consumer, within, err)
+			var tails []string
+			for _, p := range procs {
+				p.stop() // so that its output is complete
+				out := p.out.String()
+				tails = append(tails, out[max(0, len(out)-3000):])
+			}
+			b.Fatalf("consumer %s not drained within %s (last error %v); the projectors' last output:\n%s",
+				consumer, within, err, strings.Join(tails, "\n---\n"))
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -359,7 +367,7 @@ func drain(b *testing.B, url string, js jetstream.JetStream, sk storeKind, tag s
 		}
 		return out
 	}
-	m := waitDrained(b, js, consumer, uint64(sk.events), 5*time.Minute, sample)
+	m := waitDrained(b, js, consumer, uint64(sk.events), *drainWithin, sample, procs...)
 	var cpu time.Duration
 	for i := 1; i <= n; i++ {
 		cpu += m[1].cpu[i] - m[0].cpu[i]
@@ -519,7 +527,7 @@ func clusterRun(b *testing.B, n int, sync bool, tag string) clusterResult {
 	t0 := time.Now()
 	publishAll(b, prod, evs)
 	pubTime := time.Since(t0)
-	waitDrained(b, js, "projector-sqlite", uint64(len(evs)), 5*time.Minute, func() []time.Duration { return nil })
+	waitDrained(b, js, "projector-sqlite", uint64(len(evs)), *drainWithin, func() []time.Duration { return nil }, proj)
 	e2eTime := time.Since(t0)
 	var cpu time.Duration
 	for i, p := range c.procs {
