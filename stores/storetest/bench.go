@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"testing"
 	"time"
 
@@ -204,10 +205,14 @@ type ReplayBenchConfig struct {
 //     first where the store has it, as replay does into an empty store);
 //   - replay-events/s: Replay with one writer;
 //   - replayN-events/s: Replay with Writers writers;
+//   - insertN/insert1: the bulk insert from Writers goroutines, each with
+//     its share of the changes, over one — what the store (and its server)
+//     gives concurrent writers at all, the ceiling of replayN/replay1;
 //
 // and reports replay/ceiling — replay with one writer over the slower of
 // read and insert, the most a replay that reads while it writes could do
-// (goal ≥ 0.8) — and replayN/replay1, what the writers buy.
+// (goal ≥ 0.8) — replayN/replay1, what the writers buy, and
+// replayN-events/write, how full the parallel replay's store writes were.
 func BenchReplay(b *testing.B, newStore NewStore, cfg ReplayBenchConfig) {
 	if cfg.Events == 0 {
 		cfg.Events = 4000
@@ -241,7 +246,8 @@ func BenchReplay(b *testing.B, newStore NewStore, cfg ReplayBenchConfig) {
 			}
 		}
 	}
-	var readT, insertT, replayT, replayNT time.Duration
+	var readT, insertT, insertNT, replayT, replayNT time.Duration
+	writesN := 0 // store writes of the parallel replays
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
 		ns := func(kind string) string { return fmt.Sprintf("br%s%d%s", run, i, kind) }
@@ -264,10 +270,19 @@ func BenchReplay(b *testing.B, newStore NewStore, cfg ReplayBenchConfig) {
 		}
 		insertT += time.Since(start)
 
+		st = newStore(b, ns("n"))
+		start = time.Now()
+		if err := parallelInsert(ctx, st, recs, cfg.BatchSize, cfg.Writers); err != nil {
+			b.Fatalf("insert with %d writers: %v", cfg.Writers, err)
+		}
+		insertNT += time.Since(start)
+
 		for _, w := range []int{1, cfg.Writers} {
 			st := newStore(b, ns(fmt.Sprintf("w%d", w)))
 			start = time.Now()
-			prog, err := projector.Replay(ctx, srv.JS, st, projector.ReplayConfig{Stream: sc, BatchSize: cfg.BatchSize, Writers: w})
+			writes := 0
+			prog, err := projector.Replay(ctx, srv.JS, st, projector.ReplayConfig{Stream: sc, BatchSize: cfg.BatchSize, Writers: w,
+				Progress: func(projector.ReplayProgress) { writes++ }})
 			if err != nil || prog.Applied != uint64(len(recs)) {
 				b.Fatalf("replay with %d writers: %+v, %v", w, prog, err)
 			}
@@ -275,6 +290,7 @@ func BenchReplay(b *testing.B, newStore NewStore, cfg ReplayBenchConfig) {
 				replayT += time.Since(start)
 			} else {
 				replayNT += time.Since(start)
+				writesN += writes
 			}
 		}
 	}
@@ -287,6 +303,32 @@ func BenchReplay(b *testing.B, newStore NewStore, cfg ReplayBenchConfig) {
 	b.ReportMetric(replayNRate, "replayN-events/s")
 	b.ReportMetric(replayRate/min(readRate, insertRate), "replay/ceiling")
 	b.ReportMetric(replayNRate/replayRate, "replayN/replay1")
+	b.ReportMetric(n/float64(writesN), "replayN-events/write")
+	b.ReportMetric(insertT.Seconds()/insertNT.Seconds(), "insertN/insert1")
+}
+
+// parallelInsert stores recs from writers goroutines, each with the
+// events of its share of the changes, in chunks, no checkpoint.
+func parallelInsert(ctx context.Context, st stores.Store, recs []stores.Record, chunk, writers int) error {
+	shares := make([][]stores.Record, writers)
+	owner := map[string]int{}
+	for _, r := range recs {
+		k := r.Pipeline + "\x00" + r.ChangeID
+		w, ok := owner[k]
+		if !ok {
+			w = len(owner) % writers
+			owner[k] = w
+		}
+		shares[w] = append(shares[w], r)
+	}
+	return stores.Parallel(ctx, writers, writers, func(ctx context.Context, w int) error {
+		for c := range slices.Chunk(shares[w], chunk) {
+			if err := st.Apply(ctx, stores.Batch{Checkpoint: "replay", Records: c}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // bulkInsert stores recs in chunks from one writer, as a replay into an
