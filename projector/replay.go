@@ -477,10 +477,39 @@ func (r *replayRun) lowWaterWith(parts []part) uint64 {
 }
 
 // readBatches judges what Scan reads as the live projector does
-// (decide) and sends the records to store in batches; it closes out when
-// done.
+// (decide) and sends the records to store in units; it closes out when
+// done. Reading and judging (decoding) run in two goroutines, so the next
+// fetch overlaps this batch's decoding.
 func readBatches(ctx context.Context, js jetstream.JetStream, sc ScanConfig, prefix string, list *trust.List, out chan<- scanUnit, skipped *atomic.Uint64, log *slog.Logger) error {
 	defer close(out)
+	sctx, stopScan := context.WithCancel(ctx)
+	defer stopScan()
+	read := make(chan []StreamMsg, 2)
+	scanErr := make(chan error, 1)
+	go func() {
+		defer close(read)
+		scanErr <- Scan(sctx, js, sc, func(msgs []StreamMsg) error {
+			select {
+			case read <- msgs:
+				return nil
+			case <-sctx.Done():
+				return sctx.Err()
+			}
+		})
+	}()
+	err := judge(ctx, read, prefix, list, out, skipped, log)
+	if err != nil {
+		stopScan()
+		for range read { // let Scan finish
+		}
+		<-scanErr
+		return err
+	}
+	return <-scanErr
+}
+
+// judge decides each message read and sends a unit per read batch.
+func judge(ctx context.Context, read <-chan []StreamMsg, prefix string, list *trust.List, out chan<- scanUnit, skipped *atomic.Uint64, log *slog.Logger) error {
 	send := func(u scanUnit) error {
 		if u.hi == 0 {
 			return nil
@@ -492,7 +521,7 @@ func readBatches(ctx context.Context, js jetstream.JetStream, sc ScanConfig, pre
 			return ctx.Err()
 		}
 	}
-	return Scan(ctx, js, sc, func(msgs []StreamMsg) error {
+	for msgs := range read {
 		u := scanUnit{recs: make([]stores.Record, 0, len(msgs))}
 		for _, m := range msgs {
 			v := decide(events.Decode, prefix, list, m)
@@ -514,8 +543,11 @@ func readBatches(ctx context.Context, js jetstream.JetStream, sc ScanConfig, pre
 			}
 			u.hi = m.Seq
 		}
-		return send(u)
-	})
+		if err := send(u); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // StreamMsg is a message as Scan hands it over.
