@@ -200,7 +200,8 @@ type ReplayBenchConfig struct {
 //
 //   - read-events/s: the stream read alone (projector.Scan: an ephemeral
 //     consumer, as replay reads), nothing decoded or stored;
-//   - insert-events/s: the same events, already decoded, stored in bulk
+//   - insert-events/s: the same events, already decoded (with their
+//     hashes, as replay stores them), stored in bulk
 //     with Store.Apply in chunks of BatchSize from one writer (BeginBulk
 //     first where the store has it, as replay does into an empty store);
 //   - replay-events/s: Replay with one writer;
@@ -246,6 +247,23 @@ func BenchReplay(b *testing.B, newStore NewStore, cfg ReplayBenchConfig) {
 			}
 		}
 	}
+	// What the insert writes is what replay stores: the events as read
+	// back and decoded, with their hashes.
+	stored := make([]stores.Record, 0, len(recs))
+	if err := projector.Scan(ctx, srv.JS, projector.ScanConfig{Stream: sc.Name, Subjects: []string{sc.SubjectPrefix + ".>"},
+		ToSeq: uint64(len(recs))}, func(msgs []projector.StreamMsg) error {
+		for _, m := range msgs {
+			e, err := events.Decode(m.Data)
+			if err != nil {
+				return err
+			}
+			stored = append(stored, stores.Record{Seq: m.Seq, Hash: events.Hash(m.Data), Event: e})
+		}
+		return nil
+	}); err != nil || len(stored) != len(recs) {
+		b.Fatalf("read back %d of %d: %v", len(stored), len(recs), err)
+	}
+	recs = stored
 	var readT, insertT, insertNT, replayT, replayNT time.Duration
 	writesN := 0 // store writes of the parallel replays
 	b.ResetTimer()
