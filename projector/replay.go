@@ -477,77 +477,90 @@ func (r *replayRun) lowWaterWith(parts []part) uint64 {
 }
 
 // readBatches judges what Scan reads as the live projector does
-// (decide) and sends the records to store in units; it closes out when
-// done. Reading and judging (decoding) run in two goroutines, so the next
-// fetch overlaps this batch's decoding.
+// (decide) and sends the records to store in units, one per read batch,
+// in stream order; it closes out when done. Judging (decoding, hashing,
+// checking signatures) costs about as much as storing, so it runs beside
+// the read, on up to decoders batches at once, and the units are sent in
+// the order they were read.
 func readBatches(ctx context.Context, js jetstream.JetStream, sc ScanConfig, prefix string, list *trust.List, out chan<- scanUnit, skipped *atomic.Uint64, log *slog.Logger) error {
+	const decoders = 2
 	defer close(out)
 	sctx, stopScan := context.WithCancel(ctx)
 	defer stopScan()
-	read := make(chan []StreamMsg, 2)
+	futures := make(chan chan judged, decoders)
 	scanErr := make(chan error, 1)
+	var wg sync.WaitGroup
 	go func() {
-		defer close(read)
+		defer close(futures)
 		scanErr <- Scan(sctx, js, sc, func(msgs []StreamMsg) error {
+			f := make(chan judged, 1)
 			select {
-			case read <- msgs:
-				return nil
+			case futures <- f:
 			case <-sctx.Done():
 				return sctx.Err()
 			}
+			wg.Go(func() { f <- judge(msgs, prefix, list, log) })
+			return nil
 		})
 	}()
-	err := judge(ctx, read, prefix, list, out, skipped, log)
-	if err != nil {
-		stopScan()
-		for range read { // let Scan finish
+	var err error
+	for f := range futures {
+		j := <-f
+		if err != nil {
+			continue // drain
 		}
-		<-scanErr
-		return err
+		skipped.Add(j.skipped)
+		if j.unit.hi > 0 {
+			select {
+			case out <- j.unit:
+			case <-ctx.Done():
+				err = ctx.Err()
+			}
+		}
+		if err == nil {
+			err = j.err
+		}
+		if err != nil {
+			stopScan()
+		}
 	}
-	return <-scanErr
+	wg.Wait()
+	if serr := <-scanErr; err == nil {
+		err = serr
+	}
+	return err
 }
 
-// judge decides each message read and sends a unit per read batch.
-func judge(ctx context.Context, read <-chan []StreamMsg, prefix string, list *trust.List, out chan<- scanUnit, skipped *atomic.Uint64, log *slog.Logger) error {
-	send := func(u scanUnit) error {
-		if u.hi == 0 {
-			return nil
+// judged is one read batch judged: the unit to store, the events skipped,
+// and an error that ends the replay after the unit (a newer schema).
+type judged struct {
+	unit    scanUnit
+	skipped uint64
+	err     error
+}
+
+func judge(msgs []StreamMsg, prefix string, list *trust.List, log *slog.Logger) judged {
+	var j judged
+	j.unit.recs = make([]stores.Record, 0, len(msgs))
+	for _, m := range msgs {
+		v := decide(events.Decode, prefix, list, m)
+		switch v.outcome {
+		case outStore:
+			j.unit.recs = append(j.unit.recs, v.rec)
+		case outHold:
+			j.err = fmt.Errorf("replay: the event at seq %d (%s) has schema version %d, newer than this build reads (%d): %w; upgrade, then run the same replay to resume",
+				m.Seq, m.Subject, v.version, events.SchemaVersion, events.ErrUnsupportedVersion)
+			return j
+		default:
+			j.skipped++
+			log.Warn("replay: skipping an event no store should hold", "seq", m.Seq, "subject", m.Subject, "reason", v.reason)
 		}
-		select {
-		case out <- u:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
+		if j.unit.lo == 0 {
+			j.unit.lo = m.Seq
 		}
+		j.unit.hi = m.Seq
 	}
-	for msgs := range read {
-		u := scanUnit{recs: make([]stores.Record, 0, len(msgs))}
-		for _, m := range msgs {
-			v := decide(events.Decode, prefix, list, m)
-			switch v.outcome {
-			case outStore:
-				u.recs = append(u.recs, v.rec)
-			case outHold:
-				if err := send(u); err != nil {
-					return err
-				}
-				return fmt.Errorf("replay: the event at seq %d (%s) has schema version %d, newer than this build reads (%d): %w; upgrade, then run the same replay to resume",
-					m.Seq, m.Subject, v.version, events.SchemaVersion, events.ErrUnsupportedVersion)
-			default:
-				skipped.Add(1)
-				log.Warn("replay: skipping an event no store should hold", "seq", m.Seq, "subject", m.Subject, "reason", v.reason)
-			}
-			if u.lo == 0 {
-				u.lo = m.Seq
-			}
-			u.hi = m.Seq
-		}
-		if err := send(u); err != nil {
-			return err
-		}
-	}
-	return nil
+	return j
 }
 
 // StreamMsg is a message as Scan hands it over.
