@@ -180,3 +180,12 @@ func TestReplayJudgesLikeTheProjector(t *testing.T) {
 func TestParallelReplay(t *testing.T) {
 	storetest.ParallelReplay(t, func(t testing.TB, _ string) stores.Store { return openSQLite(t) }, storetest.ReplayConfig{})
 }
+
+func TestReplayRefusesBadWriters(t *testing.T) {
+	e := setup(t)
+	for _, w := range []int{-1, 257} {
+		if _, err := projector.Replay(context.Background(), e.srv.JS, e.store, projector.ReplayConfig{Writers: w}); !errors.Is(err, projector.ErrInvalidConfig) {
+			t.Errorf("Writers %d: %v, want ErrInvalidConfig", w, err)
+		}
+	}
+}
