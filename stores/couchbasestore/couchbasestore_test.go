@@ -50,7 +50,7 @@ func TestConformance(t *testing.T) {
 // TestParallelReplay: a rebuild with 4 writers equals a single-writer one,
 // and a cancelled one resumes from a checkpoint it has fully stored.
 func TestParallelReplay(t *testing.T) {
-	storetest.ParallelReplay(t, newStore(t), storetest.ReplayConfig{Events: 800})
+	storetest.ParallelReplay(t, newStore(t), storetest.ReplayConfig{Events: 800, BatchSize: 25})
 }
 
 // BenchmarkReplay: replay into gocaves over the same run's stream read

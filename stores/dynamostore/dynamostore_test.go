@@ -78,6 +78,13 @@ type rawStore struct {
 	st   *dynamostore.Store
 }
 
+// TestParallelReplay: a rebuild with 4 writers equals a single-writer one,
+// and a cancelled one resumes from a checkpoint it has fully stored.
+func TestParallelReplay(t *testing.T) {
+	client := newClient(storetest.ServerAddr(t, endpointEnv))
+	storetest.ParallelReplay(t, newStore(client), storetest.ReplayConfig{Events: 800, BatchSize: 25})
+}
+
 // BenchmarkReplay: replay into dynalite over the same run's stream read
 // and bulk insert, and 8 writers over one (dynalite is one Node.js
 // process: it may not scale as DynamoDB does):

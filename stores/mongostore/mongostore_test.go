@@ -105,6 +105,15 @@ type rawStore struct {
 	st   *mongostore.Store
 }
 
+// TestParallelReplay: a rebuild with 4 writers equals a single-writer one,
+// and a cancelled one resumes from a checkpoint it has fully stored.
+// Batches stay under FerretDB's 50-statement limit; a few thousand
+// documents at most (its _id lookups are full scans).
+func TestParallelReplay(t *testing.T) {
+	client, db := connect(t)
+	storetest.ParallelReplay(t, newStore(client, db), storetest.ReplayConfig{Events: 600, BatchSize: testBatchSize})
+}
+
 // BenchmarkReplay: replay into FerretDB over the same run's stream read
 // and bulk insert, and 8 writers over one. FerretDB's figures, not
 // MongoDB's; batches under its 50-statement limit, a few thousand
