@@ -51,8 +51,11 @@ type Config struct {
 	BatchSize int
 	// Concurrency is how many of one Apply's commands run at once: its
 	// changeLog inserts together, then its issue upserts together.
-	// Default 4, at most 64. A batch larger than BatchSize then costs
-	// about one round trip per phase instead of one per command.
+	// Default 1, at most 64. It matters only for a batch larger than
+	// BatchSize, which then costs about one round trip per phase instead
+	// of one per command. Keep Concurrency × BatchSize under 50 on
+	// FerretDB: its PostgreSQL pool has 50 connections, and concurrent
+	// commands that together need more never return.
 	Concurrency int
 
 	// SkipIndexes turns off creating the indexes (and the checkpoints
@@ -72,7 +75,7 @@ const (
 	DefaultIssuesCollection      = "issues"
 	DefaultCheckpointsCollection = "auditCheckpoints"
 	DefaultBatchSize             = 500
-	DefaultConcurrency           = 4
+	DefaultConcurrency           = 1
 
 	// MaxBatchSize is MongoDB's maxWriteBatchSize.
 	MaxBatchSize = 100_000
