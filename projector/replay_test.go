@@ -26,41 +26,11 @@ func openSQLite(t testing.TB) *sqlitestore.Store {
 	return st
 }
 
-func allRows(t testing.TB, s stores.Store) ([]stores.Record, []stores.Issue) {
-	t.Helper()
-	ctx := context.Background()
-	var recs []stores.Record
-	for q := (stores.HistoryQuery{Limit: stores.MaxLimit}); ; {
-		page, err := s.History(ctx, q)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(page) == 0 {
-			break
-		}
-		recs = append(recs, page...)
-		q.BeforeSeq = page[len(page)-1].Seq
-	}
-	var is []stores.Issue
-	for q := (stores.IssueQuery{Limit: stores.MaxLimit}); ; {
-		page, err := s.Issues(ctx, q)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(page) == 0 {
-			break
-		}
-		is = append(is, page...)
-		q.BeforeSeq = page[len(page)-1].Seq
-	}
-	return recs, is
-}
-
 // sameStores fails unless a and b hold the same rows, field for field.
 func sameStores(t testing.TB, a, b stores.Store) {
 	t.Helper()
-	ra, ia := allRows(t, a)
-	rb, ib := allRows(t, b)
+	ra, ia := storetest.AllContent(t, a)
+	rb, ib := storetest.AllContent(t, b)
 	if len(ra) != len(rb) || len(ia) != len(ib) {
 		t.Fatalf("row counts differ: changeLog %d vs %d, issues %d vs %d", len(ra), len(rb), len(ia), len(ib))
 	}
@@ -133,7 +103,7 @@ func TestReplayFromSequenceAndTime(t *testing.T) {
 	if _, err := projector.Replay(ctx, e.srv.JS, fromSeq, projector.ReplayConfig{FromSeq: 91}); err != nil {
 		t.Fatal(err)
 	}
-	recs, _ := allRows(t, fromSeq)
+	recs, _ := storetest.AllContent(t, fromSeq)
 	if len(recs) != 60 || recs[len(recs)-1].Seq != 91 {
 		t.Fatalf("from seq 91: %d rows, oldest %d", len(recs), recs[len(recs)-1].Seq)
 	}
@@ -141,7 +111,7 @@ func TestReplayFromSequenceAndTime(t *testing.T) {
 	if _, err := projector.Replay(ctx, e.srv.JS, since, projector.ReplayConfig{Since: mark}); err != nil {
 		t.Fatal(err)
 	}
-	recs, _ = allRows(t, since)
+	recs, _ = storetest.AllContent(t, since)
 	if len(recs) != 50 || recs[len(recs)-1].Pipeline != "shipping" {
 		t.Fatalf("since the mark: %d rows (want the 50 shipping events)", len(recs))
 	}

@@ -90,7 +90,7 @@ func ParallelReplay(t *testing.T, newStore NewStore, cfg ReplayConfig) {
 	if cp >= uint64(cfg.Events) {
 		t.Fatalf("cancelled replay claimed the whole stream (checkpoint %d): cancel it earlier", cp)
 	}
-	rows, _ := allContent(t, interrupted)
+	rows, _ := AllContent(t, interrupted)
 	stored := make(map[uint64]bool, len(rows))
 	for _, r := range rows {
 		stored[r.Seq] = true
@@ -114,8 +114,9 @@ func ParallelReplay(t *testing.T, newStore NewStore, cfg ReplayConfig) {
 	t.Logf("cancelled at checkpoint %d with %d rows stored; resumed with %d events", cp, len(rows), prog.Applied)
 }
 
-// allContent reads every changeLog row and issue of s, newest first.
-func allContent(t testing.TB, s stores.Store) ([]stores.Record, []stores.Issue) {
+// AllContent reads every changeLog row and issue of s, newest first, a
+// page at a time.
+func AllContent(t testing.TB, s stores.Store) ([]stores.Record, []stores.Issue) {
 	t.Helper()
 	ctx := context.Background()
 	var recs []stores.Record
@@ -149,8 +150,8 @@ func allContent(t testing.TB, s stores.Store) ([]stores.Record, []stores.Issue) 
 // for field.
 func sameContent(t testing.TB, a, b stores.Store) {
 	t.Helper()
-	ra, ia := allContent(t, a)
-	rb, ib := allContent(t, b)
+	ra, ia := AllContent(t, a)
+	rb, ib := AllContent(t, b)
 	if len(ra) != len(rb) || len(ia) != len(ib) {
 		t.Fatalf("row counts differ: changeLog %d vs %d, issues %d vs %d", len(ra), len(rb), len(ia), len(ib))
 	}
