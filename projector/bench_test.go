@@ -8,10 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -126,8 +124,10 @@ func BenchmarkProjectorMemory(b *testing.B) {
 	_, prod := benchServerOf(b, srv)
 	publishAll(b, prod, benchEvents(backlog))
 	var rss, heap, rate float64
-	for b.Loop() {
-		r := runChild(b, srv.ClientURL(), filepath.Join(b.TempDir(), "audit.db"), backlog, "")
+	for i := 0; b.Loop(); i++ {
+		// Each run a new store, so a new consumer: a projector refuses an
+		// empty store behind a consumer that has acknowledged events.
+		r := runChild(b, srv.ClientURL(), filepath.Join(b.TempDir(), "audit.db"), backlog, fmt.Sprint("projector-memory-", i))
 		rss, heap, rate = float64(r.PeakRSSKB)/1024, float64(r.PeakHeapBytes)/(1<<20), float64(backlog)/r.Seconds
 	}
 	b.ReportMetric(rss, "MB-peak-RSS")
@@ -268,24 +268,7 @@ func TestProjectorChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	var peakHeap atomic.Uint64
-	stopSampling := make(chan struct{})
-	sampled := make(chan struct{})
-	go func() {
-		defer close(sampled)
-		var ms runtime.MemStats
-		for {
-			runtime.ReadMemStats(&ms)
-			if ms.HeapInuse > peakHeap.Load() {
-				peakHeap.Store(ms.HeapInuse)
-			}
-			select {
-			case <-stopSampling:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-		}
-	}()
+	peakHeap := proctest.SampleHeap(20 * time.Millisecond)
 	start := time.Now()
 	p, err := projector.New(ctx, js, st, projector.Config{CreateStreams: true, StoreName: "sqlite",
 		Consumer: os.Getenv("AUDITFLOW_BENCH_CONSUMER")})
@@ -301,9 +284,7 @@ func TestProjectorChild(t *testing.T) {
 	elapsed := time.Since(start)
 	cancel()
 	<-done
-	close(stopSampling)
-	<-sampled
-	r := childResult{Applied: p.Stats().Applied, PeakRSSKB: proctest.PeakRSSKB(), PeakHeapBytes: peakHeap.Load(), Seconds: elapsed.Seconds()}
+	r := childResult{Applied: p.Stats().Applied, PeakRSSKB: proctest.PeakRSSKB(), PeakHeapBytes: peakHeap(), Seconds: elapsed.Seconds()}
 	b, _ := json.Marshal(r)
 	fmt.Println("RESULT " + string(b))
 }

@@ -8,10 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -137,23 +135,7 @@ func TestVerifyChild(t *testing.T) {
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
 	ctx := context.Background()
-	var peakHeap atomic.Uint64
-	stopSampling, sampled := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(sampled)
-		var ms runtime.MemStats
-		for {
-			runtime.ReadMemStats(&ms)
-			if ms.HeapInuse > peakHeap.Load() {
-				peakHeap.Store(ms.HeapInuse)
-			}
-			select {
-			case <-stopSampling:
-				return
-			case <-time.After(50 * time.Millisecond):
-			}
-		}
-	}()
+	peakHeap := proctest.SampleHeap(50 * time.Millisecond)
 	start := time.Now()
 	var r verifyChildResult
 	switch mode {
@@ -189,9 +171,7 @@ func TestVerifyChild(t *testing.T) {
 		t.Fatalf("unknown mode %q", mode)
 	}
 	r.Seconds = time.Since(start).Seconds()
-	close(stopSampling)
-	<-sampled
-	r.PeakRSSKB, r.PeakHeapBytes = proctest.PeakRSSKB(), peakHeap.Load()
+	r.PeakRSSKB, r.PeakHeapBytes = proctest.PeakRSSKB(), peakHeap()
 	b, _ := json.Marshal(r)
 	fmt.Println("RESULT " + string(b))
 }
