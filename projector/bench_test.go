@@ -21,11 +21,11 @@ import (
 	"github.com/auditflow/auditflow/internal/embedded"
 	"github.com/auditflow/auditflow/internal/natstest"
 	"github.com/auditflow/auditflow/internal/proctest"
+	"github.com/auditflow/auditflow/internal/storebench"
 	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/projector"
 	"github.com/auditflow/auditflow/stores"
 	"github.com/auditflow/auditflow/stores/sqlitestore"
-	"github.com/auditflow/auditflow/stores/storetest"
 )
 
 // benchEvents returns n realistic events over 1000 changes.
@@ -195,7 +195,7 @@ func prefill(b *testing.B, path string, n int) {
 		b.Fatal(err)
 	}
 	const gen = 100_000
-	all := storetest.BenchEvents(gen)
+	all := storebench.BenchEvents(gen)
 	for done := 0; done < n; done += gen {
 		recs := all[:min(gen, n-done)]
 		for lo := 0; lo < len(recs); lo += 1000 {

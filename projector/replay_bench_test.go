@@ -4,9 +4,9 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/auditflow/auditflow/internal/storebench"
 	"github.com/auditflow/auditflow/stores"
 	"github.com/auditflow/auditflow/stores/sqlitestore"
-	"github.com/auditflow/auditflow/stores/storetest"
 )
 
 // BenchmarkReplaySQLite: replay into SQLite (WAL, synchronous=FULL) over
@@ -16,12 +16,12 @@ import (
 //
 //	go test ./projector -run '^$' -bench ReplaySQLite -benchtime 3x
 func BenchmarkReplaySQLite(b *testing.B) {
-	storetest.BenchReplay(b, func(t testing.TB, _ string) stores.Store {
+	storebench.BenchReplay(b, func(t testing.TB, _ string) stores.Store {
 		st, err := sqlitestore.Open(b.Context(), filepath.Join(t.TempDir(), "audit.db"), sqlitestore.Config{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = st.Close() })
 		return st
-	}, storetest.ReplayBenchConfig{Events: 50_000})
+	}, storebench.ReplayBenchConfig{Events: 50_000})
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/internal/storebench"
 	"github.com/auditflow/auditflow/projector"
 	"github.com/auditflow/auditflow/stores"
 	"github.com/auditflow/auditflow/stores/sqlitestore"
@@ -148,7 +149,7 @@ func TestReplayJudgesLikeTheProjector(t *testing.T) {
 // the same store as one writer; cancelled midway, its checkpoint covers
 // only stored events and it resumes to the same end.
 func TestParallelReplay(t *testing.T) {
-	storetest.ParallelReplay(t, func(t testing.TB, _ string) stores.Store { return openSQLite(t) }, storetest.ReplayConfig{})
+	storebench.ParallelReplay(t, func(t testing.TB, _ string) stores.Store { return openSQLite(t) }, storebench.ReplayConfig{})
 }
 
 func TestReplayRefusesBadWriters(t *testing.T) {

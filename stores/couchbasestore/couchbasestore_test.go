@@ -13,6 +13,7 @@ import (
 
 	"github.com/couchbase/gocb/v2"
 
+	"github.com/auditflow/auditflow/internal/storebench"
 	"github.com/auditflow/auditflow/stores"
 	"github.com/auditflow/auditflow/stores/couchbasestore"
 	"github.com/auditflow/auditflow/stores/storetest"
@@ -50,7 +51,7 @@ func TestConformance(t *testing.T) {
 // TestParallelReplay: a rebuild with 4 writers equals a single-writer one,
 // and a cancelled one resumes from a checkpoint it has fully stored.
 func TestParallelReplay(t *testing.T) {
-	storetest.ParallelReplay(t, newStore(t), storetest.ReplayConfig{Events: 800, BatchSize: 25})
+	storebench.ParallelReplay(t, newStore(t), storebench.ReplayConfig{Events: 800, BatchSize: 25})
 }
 
 // BenchmarkReplay: replay into gocaves over the same run's stream read
@@ -58,7 +59,7 @@ func TestParallelReplay(t *testing.T) {
 //
 //	go test ./stores/couchbasestore -run '^$' -bench Replay -benchtime 1x
 func BenchmarkReplay(b *testing.B) {
-	storetest.BenchReplay(b, newStore(b), storetest.ReplayBenchConfig{Events: 3000, BatchSize: 250, Writers: 8})
+	storebench.BenchReplay(b, newStore(b), storebench.ReplayBenchConfig{Events: 3000, BatchSize: 250, Writers: 8})
 }
 
 // TestCheckSchema breaks what CheckSchema checks, one thing at a time:
@@ -115,7 +116,7 @@ func TestCheckSchema(t *testing.T) {
 func BenchmarkProjector(b *testing.B) {
 	open := newStore(b)
 	var raws sync.Map // namespace → *rawStore
-	storetest.Bench(b, open, func(ctx context.Context, ns string, recs []stores.Record) error {
+	storebench.Bench(b, open, func(ctx context.Context, ns string, recs []stores.Record) error {
 		v, _ := raws.LoadOrStore(ns, &rawStore{})
 		r := v.(*rawStore)
 		r.once.Do(func() { r.st = open(b, ns).(*couchbasestore.Store) })
@@ -123,7 +124,7 @@ func BenchmarkProjector(b *testing.B) {
 			return nil // opened: tables and indexes created, untimed
 		}
 		return r.st.RawApply(ctx, stores.Batch{Checkpoint: "bench", Through: recs[0].Seq, Records: recs})
-	}, storetest.BenchConfig{Events: 2000})
+	}, storebench.BenchConfig{Events: 2000})
 }
 
 // rawStore is a store the raw writer opens once per namespace.

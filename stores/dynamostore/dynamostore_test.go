@@ -19,6 +19,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 
 	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/internal/storebench"
 	"github.com/auditflow/auditflow/stores"
 	"github.com/auditflow/auditflow/stores/dynamostore"
 	"github.com/auditflow/auditflow/stores/storetest"
@@ -60,7 +61,7 @@ func BenchmarkProjector(b *testing.B) {
 	client := newClient(storetest.ServerAddr(b, endpointEnv))
 	open := newStore(client)
 	var raws sync.Map // namespace → *rawStore
-	storetest.Bench(b, open, func(ctx context.Context, ns string, recs []stores.Record) error {
+	storebench.Bench(b, open, func(ctx context.Context, ns string, recs []stores.Record) error {
 		v, _ := raws.LoadOrStore(ns, &rawStore{})
 		r := v.(*rawStore)
 		r.once.Do(func() { r.st = open(b, ns).(*dynamostore.Store) })
@@ -68,7 +69,7 @@ func BenchmarkProjector(b *testing.B) {
 			return nil // opened: tables and indexes created, untimed
 		}
 		return r.st.RawApply(ctx, stores.Batch{Checkpoint: "bench", Through: recs[0].Seq, Records: recs})
-	}, storetest.BenchConfig{Events: 2000, BatchSize: 100})
+	}, storebench.BenchConfig{Events: 2000, BatchSize: 100})
 }
 
 // rawStore is a store the raw writer opens once per namespace, for its
@@ -82,7 +83,7 @@ type rawStore struct {
 // and a cancelled one resumes from a checkpoint it has fully stored.
 func TestParallelReplay(t *testing.T) {
 	client := newClient(storetest.ServerAddr(t, endpointEnv))
-	storetest.ParallelReplay(t, newStore(client), storetest.ReplayConfig{Events: 800, BatchSize: 25})
+	storebench.ParallelReplay(t, newStore(client), storebench.ReplayConfig{Events: 800, BatchSize: 25})
 }
 
 // BenchmarkReplay: replay into dynalite over the same run's stream read
@@ -92,7 +93,7 @@ func TestParallelReplay(t *testing.T) {
 //	go test ./stores/dynamostore -run '^$' -bench Replay -benchtime 1x
 func BenchmarkReplay(b *testing.B) {
 	client := newClient(storetest.ServerAddr(b, endpointEnv))
-	storetest.BenchReplay(b, newStore(client), storetest.ReplayBenchConfig{Events: 3000, BatchSize: 250, Writers: 8})
+	storebench.BenchReplay(b, newStore(client), storebench.ReplayBenchConfig{Events: 3000, BatchSize: 250, Writers: 8})
 }
 
 func TestConfigErrors(t *testing.T) {

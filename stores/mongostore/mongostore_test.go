@@ -18,6 +18,7 @@ import (
 
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/internal/natstest"
+	"github.com/auditflow/auditflow/internal/storebench"
 	"github.com/auditflow/auditflow/stores"
 	"github.com/auditflow/auditflow/stores/mongostore"
 	"github.com/auditflow/auditflow/stores/storetest"
@@ -87,7 +88,7 @@ func BenchmarkProjector(b *testing.B) {
 	client, db := connect(b)
 	open := newStore(client, db)
 	var raws sync.Map // namespace → *rawStore
-	storetest.Bench(b, open, func(ctx context.Context, ns string, recs []stores.Record) error {
+	storebench.Bench(b, open, func(ctx context.Context, ns string, recs []stores.Record) error {
 		v, _ := raws.LoadOrStore(ns, &rawStore{})
 		r := v.(*rawStore)
 		r.once.Do(func() { r.st = open(b, ns).(*mongostore.Store) })
@@ -95,7 +96,7 @@ func BenchmarkProjector(b *testing.B) {
 			return nil // opened: tables and indexes created, untimed
 		}
 		return r.st.RawApply(ctx, stores.Batch{Checkpoint: "bench", Through: recs[0].Seq, Records: recs})
-	}, storetest.BenchConfig{Events: 2000, BatchSize: testBatchSize})
+	}, storebench.BenchConfig{Events: 2000, BatchSize: testBatchSize})
 }
 
 // rawStore is a store the raw writer opens once per namespace, for its
@@ -111,7 +112,7 @@ type rawStore struct {
 // documents at most (its _id lookups are full scans).
 func TestParallelReplay(t *testing.T) {
 	client, db := connect(t)
-	storetest.ParallelReplay(t, newStore(client, db), storetest.ReplayConfig{Events: 600, BatchSize: testBatchSize})
+	storebench.ParallelReplay(t, newStore(client, db), storebench.ReplayConfig{Events: 600, BatchSize: testBatchSize})
 }
 
 // BenchmarkReplay: replay into FerretDB over the same run's stream read
@@ -122,7 +123,7 @@ func TestParallelReplay(t *testing.T) {
 //	go test ./stores/mongostore -run '^$' -bench Replay -benchtime 1x
 func BenchmarkReplay(b *testing.B) {
 	client, db := connect(b)
-	storetest.BenchReplay(b, newStore(client, db), storetest.ReplayBenchConfig{Events: 2000, BatchSize: testBatchSize, Writers: 8})
+	storebench.BenchReplay(b, newStore(client, db), storebench.ReplayBenchConfig{Events: 2000, BatchSize: testBatchSize, Writers: 8})
 }
 
 func TestConfigErrors(t *testing.T) {

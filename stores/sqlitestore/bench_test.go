@@ -8,8 +8,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/auditflow/auditflow/internal/storebench"
 	"github.com/auditflow/auditflow/stores"
-	"github.com/auditflow/auditflow/stores/storetest"
 )
 
 // BenchmarkProjector compares the projector into SQLite with raw writes of
@@ -26,7 +26,7 @@ func BenchmarkProjector(b *testing.B) {
 	}
 	defer raw.Close()
 	var tables sync.Map
-	storetest.Bench(b, newStore(path), func(ctx context.Context, ns string, recs []stores.Record) error {
+	storebench.Bench(b, newStore(path), func(ctx context.Context, ns string, recs []stores.Record) error {
 		once, _ := tables.LoadOrStore(ns, &sync.Once{})
 		var cerr error
 		once.(*sync.Once).Do(func() { _, cerr = raw.ExecContext(ctx, "CREATE TABLE "+ns+"_raw ("+rawColumns+")") })
@@ -55,7 +55,7 @@ func BenchmarkProjector(b *testing.B) {
 			}
 		}
 		return tx.Commit()
-	}, storetest.BenchConfig{Events: 20000})
+	}, storebench.BenchConfig{Events: 20000})
 }
 
 const rawColumns = `seq, event_id, type, state, schema_version, pipeline, change_id, author, execution_id,

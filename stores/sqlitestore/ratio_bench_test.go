@@ -14,9 +14,9 @@ import (
 	"time"
 
 	"github.com/auditflow/auditflow/internal/proctest"
+	"github.com/auditflow/auditflow/internal/storebench"
 	"github.com/auditflow/auditflow/stores"
 	"github.com/auditflow/auditflow/stores/sqlitestore"
-	"github.com/auditflow/auditflow/stores/storetest"
 )
 
 // benchBatch is the projector's default batch size.
@@ -45,7 +45,7 @@ func chunks(recs []stores.Record) [][]stores.Record {
 //	go test ./stores/sqlitestore -run '^$' -bench ApplyVsRaw -benchtime 5x
 func BenchmarkApplyVsRaw(b *testing.B) {
 	ctx := context.Background()
-	recs := storetest.BenchEvents(20_000)
+	recs := storebench.BenchEvents(20_000)
 	batches := chunks(recs)
 	var rawT, applyT, rawCPU, applyCPU time.Duration
 	for i := 0; b.Loop(); i++ {
@@ -250,7 +250,7 @@ func growthRun(b *testing.B, size int) float64 {
 	defer st.Close()
 	const gen = 100_000 // events generated at once: keeps the fill's memory flat
 	const measured = 20_000
-	all := storetest.BenchEvents(gen)
+	all := storebench.BenchEvents(gen)
 	if err := st.BeginBulk(ctx); err != nil {
 		b.Fatal(err)
 	}
@@ -273,7 +273,7 @@ func growthRun(b *testing.B, size int) float64 {
 	}
 	// The measured events: sequences after the fill; half of them on
 	// changes of the last filled generation, half on new ones.
-	next := storetest.BenchEvents(measured)
+	next := storebench.BenchEvents(measured)
 	gen0 := (size - 1) / gen
 	for i := range next {
 		next[i].Seq += uint64(size)

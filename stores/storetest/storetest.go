@@ -57,7 +57,7 @@ type NewStore func(t testing.TB, namespace string) stores.Store
 
 // Run runs the whole conformance suite.
 func Run(t *testing.T, newStore NewStore, f Features) {
-	s := &suite{newStore: newStore, features: f, run: randomID()}
+	s := &suite{newStore: newStore, features: f, run: RandomID()}
 	cases := []struct {
 		name string
 		fn   func(*testing.T, *suite)
@@ -108,7 +108,9 @@ func (s *suite) open(t *testing.T, v string) stores.Store {
 	return s.newStore(t, fmt.Sprintf("af%s%02d%s", s.run, s.caseNo, v))
 }
 
-func randomID() string {
+// RandomID is a short random name part, so that runs on one server never
+// share namespaces.
+func RandomID() string {
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)

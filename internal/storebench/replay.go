@@ -1,9 +1,8 @@
-package storetest
+package storebench
 
 import (
 	"context"
 	"log/slog"
-	"reflect"
 	"testing"
 
 	"github.com/auditflow/auditflow/internal/embedded"
@@ -11,6 +10,7 @@ import (
 	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/projector"
 	"github.com/auditflow/auditflow/stores"
+	"github.com/auditflow/auditflow/stores/storetest"
 )
 
 // ReplayConfig shapes ParallelReplay. Zero fields take the defaults shown.
@@ -25,7 +25,7 @@ type ReplayConfig struct {
 // single-writer replay's does; a parallel replay cancelled midway never
 // leaves its checkpoint above an event it has not stored, and, resumed,
 // ends identical too.
-func ParallelReplay(t *testing.T, newStore NewStore, cfg ReplayConfig) {
+func ParallelReplay(t *testing.T, newStore storetest.NewStore, cfg ReplayConfig) {
 	if cfg.Events == 0 {
 		cfg.Events = 1200
 	}
@@ -50,7 +50,7 @@ func ParallelReplay(t *testing.T, newStore NewStore, cfg ReplayConfig) {
 	if _, err := batch.Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
-	run := "pr" + randomID()
+	run := "pr" + storetest.RandomID()
 	replay := func(ctx context.Context, st stores.Store, writers int, progress func(projector.ReplayProgress)) (projector.ReplayProgress, error) {
 		return projector.Replay(ctx, srv.JS, st, projector.ReplayConfig{BatchSize: cfg.BatchSize, Writers: writers,
 			Claim: []string{"projector-x"}, Progress: progress, Logger: natstest.Logger(t)})
@@ -64,7 +64,7 @@ func ParallelReplay(t *testing.T, newStore NewStore, cfg ReplayConfig) {
 	if prog, err := replay(ctx, parallel, cfg.Writers, nil); err != nil || prog.Applied != uint64(cfg.Events) {
 		t.Fatalf("replay with %d writers: %+v, %v", cfg.Writers, prog, err)
 	}
-	sameContent(t, single, parallel)
+	storetest.SameContent(t, single, parallel)
 	for _, name := range []string{"replay", "projector-x"} {
 		if cp, err := parallel.Checkpoint(ctx, name); err != nil || cp != uint64(cfg.Events) {
 			t.Fatalf("checkpoint %q after the parallel replay: %d, %v; want %d", name, cp, err, cfg.Events)
@@ -90,7 +90,7 @@ func ParallelReplay(t *testing.T, newStore NewStore, cfg ReplayConfig) {
 	if cp >= uint64(cfg.Events) {
 		t.Fatalf("cancelled replay claimed the whole stream (checkpoint %d): cancel it earlier", cp)
 	}
-	rows, _ := AllContent(t, interrupted)
+	rows, _ := storetest.AllContent(t, interrupted)
 	stored := make(map[uint64]bool, len(rows))
 	for _, r := range rows {
 		stored[r.Seq] = true
@@ -110,59 +110,6 @@ func ParallelReplay(t *testing.T, newStore NewStore, cfg ReplayConfig) {
 	if prog.First != cp+1 || prog.Seq != uint64(cfg.Events) {
 		t.Fatalf("resumed replay did not continue after the checkpoint %d: %+v", cp, prog)
 	}
-	sameContent(t, single, interrupted)
+	storetest.SameContent(t, single, interrupted)
 	t.Logf("cancelled at checkpoint %d with %d rows stored; resumed with %d events", cp, len(rows), prog.Applied)
-}
-
-// AllContent reads every changeLog row and issue of s, newest first, a
-// page at a time.
-func AllContent(t testing.TB, s stores.Store) ([]stores.Record, []stores.Issue) {
-	t.Helper()
-	ctx := context.Background()
-	var recs []stores.Record
-	for q := (stores.HistoryQuery{Limit: stores.MaxLimit}); ; {
-		page, err := s.History(ctx, q)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(page) == 0 {
-			break
-		}
-		recs = append(recs, page...)
-		q.BeforeSeq = page[len(page)-1].Seq
-	}
-	var is []stores.Issue
-	for q := (stores.IssueQuery{Limit: stores.MaxLimit}); ; {
-		page, err := s.Issues(ctx, q)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(page) == 0 {
-			break
-		}
-		is = append(is, page...)
-		q.BeforeSeq = page[len(page)-1].Seq
-	}
-	return recs, is
-}
-
-// sameContent fails unless a and b hold the same rows and issues, field
-// for field.
-func sameContent(t testing.TB, a, b stores.Store) {
-	t.Helper()
-	ra, ia := AllContent(t, a)
-	rb, ib := AllContent(t, b)
-	if len(ra) != len(rb) || len(ia) != len(ib) {
-		t.Fatalf("row counts differ: changeLog %d vs %d, issues %d vs %d", len(ra), len(rb), len(ia), len(ib))
-	}
-	for i := range ra {
-		if x, y := normRecord(ra[i]), normRecord(rb[i]); !reflect.DeepEqual(x, y) {
-			t.Fatalf("changeLog row %d differs:\n%+v\n%+v", i, x, y)
-		}
-	}
-	for i := range ia {
-		if x, y := normIssue(ia[i]), normIssue(ib[i]); !reflect.DeepEqual(x, y) {
-			t.Fatalf("issue %d differs:\n%+v\n%+v", i, x, y)
-		}
-	}
 }

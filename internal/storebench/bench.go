@@ -1,4 +1,4 @@
-package storetest
+package storebench
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/projector"
 	"github.com/auditflow/auditflow/stores"
+	"github.com/auditflow/auditflow/stores/storetest"
 )
 
 // RawWriter is the baseline Store.Apply is measured against: it writes
@@ -52,7 +53,7 @@ type BenchConfig struct {
 //
 // and reports projector/raw, the figure the store is judged by, and
 // apply/raw, what the store's own write path costs over the raw writer.
-func Bench(b *testing.B, newStore NewStore, raw RawWriter, cfg BenchConfig) {
+func Bench(b *testing.B, newStore storetest.NewStore, raw RawWriter, cfg BenchConfig) {
 	if cfg.Events == 0 {
 		cfg.Events = 4000
 	}
@@ -63,7 +64,7 @@ func Bench(b *testing.B, newStore NewStore, raw RawWriter, cfg BenchConfig) {
 		cfg.Workers = 4
 	}
 	ctx := context.Background()
-	run := randomID()
+	run := storetest.RandomID()
 	recs := BenchEvents(cfg.Events)
 	var chunks [][]stores.Record
 	for lo := 0; lo < len(recs); lo += cfg.BatchSize {
@@ -221,7 +222,7 @@ type ReplayBenchConfig struct {
 // read and insert, the most a replay that reads while it writes could do
 // (goal ≥ 0.8) — replayN/replay1, what the writers buy, and
 // replayN-events/write, how full the parallel replay's store writes were.
-func BenchReplay(b *testing.B, newStore NewStore, cfg ReplayBenchConfig) {
+func BenchReplay(b *testing.B, newStore storetest.NewStore, cfg ReplayBenchConfig) {
 	if cfg.Events == 0 {
 		cfg.Events = 4000
 	}
@@ -232,7 +233,7 @@ func BenchReplay(b *testing.B, newStore NewStore, cfg ReplayBenchConfig) {
 		cfg.Writers = 4
 	}
 	ctx := context.Background()
-	run := randomID()
+	run := storetest.RandomID()
 	recs := BenchEvents(cfg.Events)
 	srv := natstest.StartWith(b, embedded.Config{Logger: slog.New(slog.DiscardHandler)})
 	sc := producer.StreamConfig{}
