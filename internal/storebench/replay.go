@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"testing"
+	"time"
 
 	"github.com/auditflow/auditflow/internal/embedded"
 	"github.com/auditflow/auditflow/internal/natstest"
@@ -83,9 +84,17 @@ func ParallelReplay(t *testing.T, newStore storetest.NewStore, cfg ReplayConfig)
 	if err == nil {
 		t.Fatalf("cancelled replay returned no error: %+v", prog)
 	}
-	cp, err := interrupted.Checkpoint(ctx, "replay")
-	if err != nil {
-		t.Fatal(err)
+	// A write cancelled on the client may still land on a remote server
+	// after Replay returned: wait until the checkpoint stops moving.
+	var cp uint64
+	for last := uint64(1<<63 - 1); ; time.Sleep(300 * time.Millisecond) {
+		if cp, err = interrupted.Checkpoint(ctx, "replay"); err != nil {
+			t.Fatal(err)
+		}
+		if cp == last {
+			break
+		}
+		last = cp
 	}
 	if cp >= uint64(cfg.Events) {
 		t.Fatalf("cancelled replay claimed the whole stream (checkpoint %d): cancel it earlier", cp)
