@@ -120,33 +120,50 @@ func Decode(b []byte) (Event, error) {
 		return Event{}, eventTooLarge(len(b))
 	}
 	var env envelope
-	if err := json.Unmarshal(b, &env); err != nil {
-		return Event{}, jsonErr(err, "")
+	var d data
+	if !parseFast(b, &env, &d) {
+		env, d = envelope{}, data{}
+		if err := parseSlow(b, &env, &d); err != nil {
+			return Event{}, err
+		}
+	}
+	return build(env, d)
+}
+
+// parseSlow reads an event with encoding/json and checks what parseFast
+// checks, saying what is wrong.
+func parseSlow(b []byte, env *envelope, d *data) error {
+	if err := json.Unmarshal(b, env); err != nil {
+		return jsonErr(err, "")
 	}
 	if env.SpecVersion != SpecVersion {
-		return Event{}, fieldErr(ErrMalformed, "specversion", "want %q, got %q", SpecVersion, env.SpecVersion)
+		return fieldErr(ErrMalformed, "specversion", "want %q, got %q", SpecVersion, env.SpecVersion)
 	}
 	if env.DataContentType != "" && env.DataContentType != DataContentType {
-		return Event{}, fieldErr(ErrMalformed, "datacontenttype", "want %q, got %q", DataContentType, env.DataContentType)
+		return fieldErr(ErrMalformed, "datacontenttype", "want %q, got %q", DataContentType, env.DataContentType)
 	}
 	if len(env.Data) == 0 || bytes.Equal(env.Data, []byte("null")) {
-		return Event{}, fieldErr(ErrMissingField, "data", "the event has no data")
+		return fieldErr(ErrMissingField, "data", "the event has no data")
 	}
-	var d data
 	dec := json.NewDecoder(bytes.NewReader(env.Data))
 	dec.DisallowUnknownFields()
-	strictErr := dec.Decode(&d)
+	strictErr := dec.Decode(d)
 	// A newer producer's event must say "newer version", not "unknown
 	// field": on any failure, or a version other than ours, look at the
 	// version alone before blaming a field.
 	if strictErr != nil || d.SchemaVersion == nil || *d.SchemaVersion < 1 || *d.SchemaVersion > SchemaVersion {
 		if err := checkVersion(env.Data); err != nil {
-			return Event{}, err
+			return err
 		}
 		if strictErr != nil {
-			return Event{}, jsonErr(strictErr, "data")
+			return jsonErr(strictErr, "data")
 		}
 	}
+	return nil
+}
+
+// build checks a parsed event and makes it an Event.
+func build(env envelope, d data) (Event, error) {
 	version := *d.SchemaVersion
 	t, ok := strings.CutPrefix(env.Type, TypePrefix)
 	if !ok || !Type(t).Known() {
