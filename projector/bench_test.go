@@ -338,7 +338,7 @@ func BenchmarkEndToEndVsRaw(b *testing.B) {
 			evs := benchEvents(b.N)
 			// The disk's rates, before and after the pipelines (averaged),
 			// so that a change in others' load on it shows in both.
-			var small, batch float64
+			var small, batch, fsmall, fbatch float64
 			disk := func() {
 				if !sync || b.N == 1 {
 					return
@@ -348,8 +348,10 @@ func BenchmarkEndToEndVsRaw(b *testing.B) {
 					b.Fatal(err)
 				}
 				dir := b.TempDir()
-				small += dsyncRate(b, dir, len(data), 500) / 2
-				batch += dsyncRate(b, dir, 500*len(data)*2, 50) / 2 // a batch's rows and index entries
+				small += syncRate(b, dir, len(data), 500, false) / 2
+				batch += syncRate(b, dir, 500*len(data)*2, 50, false) / 2 // a batch's rows and index entries
+				fsmall += syncRate(b, dir, len(data), 500, true) / 2
+				fbatch += syncRate(b, dir, 500*len(data)*2, 50, true) / 2
 			}
 			disk()
 			var rawT, sqlT, e2eT, rawCPU, e2eCPU time.Duration
@@ -382,6 +384,9 @@ func BenchmarkEndToEndVsRaw(b *testing.B) {
 				b.ReportMetric(batch, "disk-batch-writes/s")
 				b.ReportMetric(ceiling, "disk-events/s")
 				b.ReportMetric(e2e/ceiling, "e2e/disk")
+				fceiling := 1 / (1/fsmall + 1/(fbatch*500))
+				b.ReportMetric(fceiling, "disk-fsync-events/s")
+				b.ReportMetric(e2e/fceiling, "e2e/disk-fsync")
 			}
 			reportLoad(b)
 		})
@@ -526,11 +531,17 @@ func rawPipeline(b *testing.B, sync bool, evs []events.Event, store func([]jetst
 	return time.Since(start)
 }
 
-// dsyncRate is how many size-byte appends per second a file opened with
-// O_DSYNC takes in dir: the disk's own rate of durable writes that size.
-func dsyncRate(b *testing.B, dir string, size, n int) float64 {
+// syncRate is how many size-byte appends per second the disk takes in
+// dir, each durable before the next: written to a file opened O_DSYNC, or
+// (fsync) written and then fsynced, as nats-server does per message with
+// sync_interval: always.
+func syncRate(b *testing.B, dir string, size, n int, fsync bool) float64 {
 	b.Helper()
-	f, err := os.OpenFile(filepath.Join(dir, fmt.Sprint("dsync-", size)), os.O_CREATE|os.O_WRONLY|os.O_APPEND|syscall.O_DSYNC, 0o600)
+	flags := os.O_CREATE | os.O_WRONLY | os.O_APPEND
+	if !fsync {
+		flags |= syscall.O_DSYNC
+	}
+	f, err := os.OpenFile(filepath.Join(dir, fmt.Sprint("sync-", size, fsync)), flags, 0o600)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -540,6 +551,11 @@ func dsyncRate(b *testing.B, dir string, size, n int) float64 {
 	for range n {
 		if _, err := f.Write(buf); err != nil {
 			b.Fatal(err)
+		}
+		if fsync {
+			if err := f.Sync(); err != nil {
+				b.Fatal(err)
+			}
 		}
 	}
 	return float64(n) / time.Since(start).Seconds()
