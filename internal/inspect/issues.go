@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/auditflow/auditflow/events"
@@ -32,9 +33,20 @@ func ViewOf(i stores.Issue, now time.Time, staleAfter time.Duration) IssueView {
 }
 
 // FixCommand is the operator command that records resolution ("applied"
-// or "rolled-back") for a change, with the reason left to fill in.
+// or "rolled-back") for a change, with the reason left to fill in. Ids come
+// from events, so any that a shell would interpret are quoted: people copy
+// this command.
 func FixCommand(pipeline, change, resolution string) string {
-	return fmt.Sprintf("auditflow issue fix -p %s -c %s -r %s --reason \"...\"", pipeline, change, resolution)
+	return fmt.Sprintf("auditflow issue fix -p %s -c %s -r %s --reason \"...\"", ShellQuote(pipeline), ShellQuote(change), resolution)
+}
+
+// ShellQuote returns s as one POSIX shell word: unchanged when it holds
+// only characters no shell interprets, else in single quotes.
+func ShellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-/:@+,=") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // FixCommands are the commands that can resolve v: none when nothing is
