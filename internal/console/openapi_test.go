@@ -219,4 +219,3 @@ func sseFrames(r interface{ Read([]byte) (int, error) }) <-chan sseFrame {
 	}()
 	return ch
 }
-

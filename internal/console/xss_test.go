@@ -174,7 +174,9 @@ func TestUntrustedTextIsEscapedEverywhere(t *testing.T) {
 				t.Errorf("SSE data holds raw %q", r)
 			}
 		}
-		var live struct{ Events []struct{ ErrorTrace, Author string } }
+		var live struct {
+			Events []struct{ ErrorTrace, Author string }
+		}
 		if err := json.Unmarshal([]byte(f.data), &live); err != nil || len(live.Events) == 0 ||
 			live.Events[0].ErrorTrace != scriptPayload+"\n"+svgPayload || live.Events[0].Author != svgPayload {
 			t.Errorf("SSE data %s does not carry the text intact (%v)", f.data, err)
