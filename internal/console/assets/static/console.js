@@ -37,7 +37,8 @@
   });
   es.addEventListener("execution", function (ev) {
     var d = JSON.parse(ev.data);
-    (d.events || []).forEach(function (e) {
+    // The rows come newest first: add the oldest first, so the newest ends on top.
+    (d.events || []).slice().reverse().forEach(function (e) {
       var li = document.createElement("li");
       li.textContent = e.pipeline + " / " + e.changeId + " " + e.state + " (seq " + e.seq + ")";
       feed.insertBefore(li, feed.firstChild);
