@@ -1,6 +1,7 @@
 package console
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -276,22 +277,42 @@ func (s *Server) issueOf(i stores.Issue, now time.Time) issueOut {
 }
 
 type issuesOut struct {
-	Issues []issueOut `json:"issues"`
+	Issues        []issueOut `json:"issues"`
+	NextBeforeSeq uint64     `json:"nextBeforeSeq,omitempty"`
 }
 
-// issues are the changes that need an operator (all: every change's row),
-// as issue list shows them.
+// issues are the changes that need an operator (f.All: every change's
+// row), as issue list shows them, a page at a time. Those are OPEN rows
+// and IN_PROGRESS ones that went stale: both are read through the store's
+// status filter (an index), merged newest first, so a page costs the same
+// in a store of a million changes as in one of ten.
 func (s *Server) issues(ctx context.Context, f filters) (issuesOut, error) {
-	rows, err := inspect.AllIssues(ctx, s.cfg.Store, stores.IssueQuery{Pipeline: f.Pipeline, ChangeID: f.Change})
+	now := time.Now()
+	statuses := []stores.IssueStatus{stores.IssueOpen, stores.IssueInProgress}
+	if f.All {
+		statuses = []stores.IssueStatus{""}
+	}
+	rows, next, err := scan(ctx, f.BeforeSeq, f.Limit,
+		func(ctx context.Context, before uint64, n int) ([]stores.Issue, error) {
+			var merged []stores.Issue
+			for _, st := range statuses {
+				page, err := s.cfg.Store.Issues(ctx, stores.IssueQuery{Pipeline: f.Pipeline, ChangeID: f.Change, Status: st, BeforeSeq: before, Limit: n})
+				if err != nil {
+					return nil, err
+				}
+				merged = append(merged, page...)
+			}
+			slices.SortFunc(merged, func(a, b stores.Issue) int { return cmp.Compare(b.Seq, a.Seq) })
+			return merged[:min(len(merged), n)], nil
+		},
+		func(i stores.Issue) uint64 { return i.Seq },
+		func(i stores.Issue) bool { return f.All || inspect.ViewOf(i, now, s.cfg.StaleAfter).NeedsOperator })
 	if err != nil {
 		return issuesOut{}, err
 	}
-	now := time.Now()
-	out := issuesOut{Issues: []issueOut{}}
-	for _, i := range rows {
-		if o := s.issueOf(i, now); f.All || o.NeedsOperator {
-			out.Issues = append(out.Issues, o)
-		}
+	out := issuesOut{Issues: make([]issueOut, len(rows)), NextBeforeSeq: next}
+	for i, r := range rows {
+		out.Issues[i] = s.issueOf(r, now)
 	}
 	return out, nil
 }

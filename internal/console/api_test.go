@@ -7,7 +7,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/internal/inspect"
+	"github.com/auditflow/auditflow/runner"
 )
 
 type changesResp struct {
@@ -213,5 +215,47 @@ func TestAPIAccess(t *testing.T) {
 	res.Body.Close()
 	if res.StatusCode != http.StatusSeeOther || res.Header.Get("Location") != "/login?next=%2Fissues" {
 		t.Errorf("page without session: %d to %q", res.StatusCode, res.Header.Get("Location"))
+	}
+}
+
+func TestAPIIssuesPaging(t *testing.T) {
+	e := start(t)
+	e.seed()
+	if err := e.run("payments",
+		runner.Change{ID: "0001-a", Order: "1", Apply: ok},
+		runner.Change{ID: "0002-b", Order: "2", Recovery: events.AlwaysRetry, Apply: failing("timeout")},
+	); err == nil {
+		t.Fatal("payments run did not fail")
+	}
+	if err := e.run("ledger", runner.Change{ID: "0001-c", Order: "1", Apply: failing("disk full")}); err == nil {
+		t.Fatal("ledger run did not fail")
+	}
+	var got []string
+	cursor := ""
+	for page := 0; page < 10; page++ {
+		code, _, body := e.get("/api/v1/issues?limit=1"+cursor, e.readKey)
+		if code != http.StatusOK {
+			t.Fatalf("issues: %d %s", code, body)
+		}
+		out := decode[struct {
+			Issues []struct {
+				Pipeline, ChangeID string
+				NeedsOperator      bool
+			}
+			NextBeforeSeq uint64
+		}](t, body)
+		for _, i := range out.Issues {
+			got = append(got, i.Pipeline+"/"+i.ChangeID)
+		}
+		if out.NextBeforeSeq == 0 {
+			break
+		}
+		cursor = fmt.Sprintf("&beforeSeq=%d", out.NextBeforeSeq)
+	}
+	// Newest first; 0002-b retries (ALWAYS_RETRY) but is still failed
+	// until a run retries it, so it needs an operator's eye too.
+	want := []string{"ledger/0001-c", "payments/0002-b", "billing/0003-backfill"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("issues paged one at a time = %v, want %v", got, want)
 	}
 }

@@ -176,11 +176,21 @@ func (s *Server) overviewPage(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if out.NextBeforeSeq != 0 {
-		q := r.URL.Query()
-		q.Set("beforeSeq", strconv.FormatUint(out.NextBeforeSeq, 10))
-		d.OlderURL = "/?" + q.Encode()
+		d.OlderURL = olderURL(r, "/", out.NextBeforeSeq)
 	}
 	s.render(w, http.StatusOK, "overview", view{Title: "Pipelines", Nav: "overview", Data: d})
+}
+
+// olderURL is the page's own URL for the rows below cursor.
+func olderURL(r *http.Request, path string, cursor uint64) string {
+	q := r.URL.Query()
+	q.Set("beforeSeq", strconv.FormatUint(cursor, 10))
+	return path + "?" + q.Encode()
+}
+
+type issuesData struct {
+	issuesOut
+	OlderURL string
 }
 
 func (s *Server) changePage(w http.ResponseWriter, r *http.Request) {
@@ -193,12 +203,21 @@ func (s *Server) changePage(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) issuesPage(w http.ResponseWriter, r *http.Request) {
-	out, err := s.issues(r.Context(), filters{Pipeline: r.URL.Query().Get("pipeline")})
+	f, err := parseFilters(r.URL.Query())
 	if err != nil {
 		s.pageError(w, r, err)
 		return
 	}
-	s.render(w, http.StatusOK, "issues", view{Title: "Open issues", Nav: "issues", Data: out})
+	out, err := s.issues(r.Context(), f)
+	if err != nil {
+		s.pageError(w, r, err)
+		return
+	}
+	d := issuesData{issuesOut: out}
+	if out.NextBeforeSeq != 0 {
+		d.OlderURL = olderURL(r, "/issues", out.NextBeforeSeq)
+	}
+	s.render(w, http.StatusOK, "issues", view{Title: "Open issues", Nav: "issues", Data: d})
 }
 
 func (s *Server) locksPage(w http.ResponseWriter, r *http.Request) {
