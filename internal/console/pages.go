@@ -81,6 +81,15 @@ func (s *Server) render(w http.ResponseWriter, status int, name string, v view) 
 	_, _ = w.Write(b.Bytes())
 }
 
+// show renders page name with v, or the page of err.
+func (s *Server) show(w http.ResponseWriter, r *http.Request, name string, v view, err error) {
+	if err != nil {
+		s.pageError(w, r, err)
+		return
+	}
+	s.render(w, http.StatusOK, name, v)
+}
+
 func (s *Server) renderStatus(w http.ResponseWriter, status int, msg string) {
 	s.render(w, status, "status", view{Title: http.StatusText(status), Data: msg})
 }
@@ -195,47 +204,29 @@ type issuesData struct {
 
 func (s *Server) changePage(w http.ResponseWriter, r *http.Request) {
 	out, err := s.change(r.Context(), r.PathValue("pipeline"), r.PathValue("change"))
-	if err != nil {
-		s.pageError(w, r, err)
-		return
-	}
-	s.render(w, http.StatusOK, "change", view{Title: out.Change.ChangeID, Nav: "overview", Data: out})
+	s.show(w, r, "change", view{Title: out.Change.ChangeID, Nav: "overview", Data: out}, err)
 }
 
 func (s *Server) issuesPage(w http.ResponseWriter, r *http.Request) {
 	f, err := parseFilters(r.URL.Query())
-	if err != nil {
-		s.pageError(w, r, err)
-		return
+	var d issuesData
+	if err == nil {
+		d.issuesOut, err = s.issues(r.Context(), f)
 	}
-	out, err := s.issues(r.Context(), f)
-	if err != nil {
-		s.pageError(w, r, err)
-		return
+	if d.NextBeforeSeq != 0 {
+		d.OlderURL = olderURL(r, "/issues", d.NextBeforeSeq)
 	}
-	d := issuesData{issuesOut: out}
-	if out.NextBeforeSeq != 0 {
-		d.OlderURL = olderURL(r, "/issues", out.NextBeforeSeq)
-	}
-	s.render(w, http.StatusOK, "issues", view{Title: "Open issues", Nav: "issues", Data: d})
+	s.show(w, r, "issues", view{Title: "Open issues", Nav: "issues", Data: d}, err)
 }
 
 func (s *Server) locksPage(w http.ResponseWriter, r *http.Request) {
 	out, err := s.locks(r.Context())
-	if err != nil {
-		s.pageError(w, r, err)
-		return
-	}
-	s.render(w, http.StatusOK, "locks", view{Title: "Locks", Nav: "locks", Data: out})
+	s.show(w, r, "locks", view{Title: "Locks", Nav: "locks", Data: out}, err)
 }
 
 func (s *Server) deadLettersPage(w http.ResponseWriter, r *http.Request) {
 	out, err := s.deadLetters(r.Context(), 0, maxPage)
-	if err != nil {
-		s.pageError(w, r, err)
-		return
-	}
-	s.render(w, http.StatusOK, "deadletters", view{Title: "Dead letters", Nav: "deadletters", Data: out})
+	s.show(w, r, "deadletters", view{Title: "Dead letters", Nav: "deadletters", Data: out}, err)
 }
 
 // lagChart is the lag view's SVG, computed here so the template only
