@@ -16,15 +16,12 @@ import (
 // none); lag, writes and deadLetters are null when NATS could not be asked
 // (notes says why); durations are milliseconds.
 type statsOut struct {
-	Since       time.Time                 `json:"since"`
-	Executions  map[events.State]int      `json:"executions"`
-	Failures    int                       `json:"failures"`
-	OpenIssues  int                       `json:"openIssues"`
-	StaleStarts int                       `json:"staleStarts"`
-	Lag         *inspect.Lag              `json:"lag"`
-	Writes      *inspect.Writes           `json:"writes"`
-	DeadLetters *inspect.DeadLetterCounts `json:"deadLetters"`
-	Notes       []string                  `json:"notes"`
+	Since       time.Time            `json:"since"`
+	Executions  map[events.State]int `json:"executions"`
+	Failures    int                  `json:"failures"`
+	OpenIssues  int                  `json:"openIssues"`
+	StaleStarts int                  `json:"staleStarts"`
+	inspect.Health
 }
 
 func (a *app) statsCommand() *cobra.Command {
@@ -44,7 +41,7 @@ func (a *app) statsCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			out := statsOut{Since: since.from(time.Now()).UTC(), Executions: map[events.State]int{}, Notes: []string{}}
+			out := statsOut{Since: since.from(time.Now()).UTC(), Executions: map[events.State]int{}, Health: inspect.Health{Notes: []string{}}}
 			for _, s := range events.States {
 				out.Executions[s] = 0
 			}
@@ -80,15 +77,7 @@ func (a *app) statsCommand() *cobra.Command {
 			if js, err := a.connect(); err != nil {
 				out.Notes = append(out.Notes, "no lag or write latency: "+err.Error())
 			} else {
-				if out.Lag, err = inspect.LagOf(ctx, js, st, a.streamConfig().Name, a.consumerName()); err != nil {
-					out.Notes = append(out.Notes, "no lag: "+err.Error())
-				}
-				if out.Writes, err = inspect.WritesOf(ctx, js, a.store.Kind, out.Since, a.log); err != nil {
-					out.Notes = append(out.Notes, "no write latency: "+err.Error())
-				}
-				if out.DeadLetters, err = inspect.CountDeadLetters(ctx, js, out.Since); err != nil {
-					out.Notes = append(out.Notes, "no dead-letter count: "+err.Error())
-				}
+				out.Health = inspect.ReadHealth(ctx, js, st, inspect.Projection{Stream: a.streamConfig().Name, Consumer: a.consumerName(), Kind: a.store.Kind}, out.Since, a.log)
 			}
 			return a.emit(out, func(w *tabwriter.Writer) { statsTable(w, out, since.describe()) })
 		},

@@ -21,10 +21,10 @@ import (
 func (s *Server) routes() {
 	m := s.mux
 	m.HandleFunc("GET /api/v1/openapi.json", s.openAPI)
-	m.HandleFunc("GET /api/v1/changes", s.api(permRead, s.apiChanges))
+	m.HandleFunc("GET /api/v1/changes", s.api(permRead, list(s, s.changes)))
 	m.HandleFunc("GET /api/v1/changes/{pipeline}/{change}", s.api(permRead, s.apiChange))
-	m.HandleFunc("GET /api/v1/history", s.api(permRead, s.apiHistory))
-	m.HandleFunc("GET /api/v1/issues", s.api(permRead, s.apiIssues))
+	m.HandleFunc("GET /api/v1/history", s.api(permRead, list(s, s.history)))
+	m.HandleFunc("GET /api/v1/issues", s.api(permRead, list(s, s.issues)))
 	m.HandleFunc("GET /api/v1/locks", s.api(permRead, s.apiLocks))
 	m.HandleFunc("GET /api/v1/deadletters", s.api(permRead, s.apiDeadLetters))
 	m.HandleFunc("GET /api/v1/stats", s.api(permStats, s.apiStats))
@@ -51,6 +51,18 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 func writeError(w http.ResponseWriter, status int, code, msg string) {
 	writeJSON(w, status, apiError{Error: code, Message: msg})
+}
+
+// list serves a list endpoint: its filters parsed, fn's answer as JSON.
+func list[T any](s *Server, fn func(context.Context, filters) (T, error)) func(http.ResponseWriter, *http.Request, who) {
+	return func(w http.ResponseWriter, r *http.Request, _ who) {
+		f, err := parseFilters(r.URL.Query())
+		var out T
+		if err == nil {
+			out, err = fn(r.Context(), f)
+		}
+		s.answer(w, r, out, err)
+	}
 }
 
 // answer writes out as JSON, or err.
@@ -240,15 +252,6 @@ func (s *Server) changes(ctx context.Context, f filters) (changesOut, error) {
 	return out, nil
 }
 
-func (s *Server) apiChanges(w http.ResponseWriter, r *http.Request, _ who) {
-	f, err := parseFilters(r.URL.Query())
-	var out changesOut
-	if err == nil {
-		out, err = s.changes(r.Context(), f)
-	}
-	s.answer(w, r, out, err)
-}
-
 // eventRow is a changeLog row as the API shows it: with the error trace.
 type eventRow struct {
 	inspect.HistoryRow
@@ -286,15 +289,6 @@ func (s *Server) history(ctx context.Context, f filters) (historyOut, error) {
 		return historyOut{}, err
 	}
 	return historyOut{Events: eventRows(rows), NextBeforeSeq: next}, nil
-}
-
-func (s *Server) apiHistory(w http.ResponseWriter, r *http.Request, _ who) {
-	f, err := parseFilters(r.URL.Query())
-	var out historyOut
-	if err == nil {
-		out, err = s.history(r.Context(), f)
-	}
-	s.answer(w, r, out, err)
 }
 
 // issueOut is an issue with what to do about it.
@@ -352,15 +346,6 @@ func (s *Server) issues(ctx context.Context, f filters) (issuesOut, error) {
 		out.Issues[i] = s.issueOf(r, now)
 	}
 	return out, nil
-}
-
-func (s *Server) apiIssues(w http.ResponseWriter, r *http.Request, _ who) {
-	f, err := parseFilters(r.URL.Query())
-	var out issuesOut
-	if err == nil {
-		out, err = s.issues(r.Context(), f)
-	}
-	s.answer(w, r, out, err)
 }
 
 // changeOut is one change: its state, what to do, and its timeline.
@@ -487,17 +472,14 @@ func (s *Server) apiDeadLetters(w http.ResponseWriter, r *http.Request, _ who) {
 
 // statsOut is the projection's health: lag, checkpoint, write latency.
 type statsOut struct {
-	Since       time.Time                 `json:"since"`
-	OpenIssues  int                       `json:"openIssues"`
-	Checkpoint  uint64                    `json:"checkpoint"`
-	Lag         *inspect.Lag              `json:"lag"`
-	Writes      *inspect.Writes           `json:"writes"`
-	DeadLetters *inspect.DeadLetterCounts `json:"deadLetters"`
-	Notes       []string                  `json:"notes"`
+	Since      time.Time `json:"since"`
+	OpenIssues int       `json:"openIssues"`
+	Checkpoint uint64    `json:"checkpoint"`
+	inspect.Health
 }
 
 func (s *Server) stats(ctx context.Context, since time.Time) (statsOut, error) {
-	out := statsOut{Since: since.UTC(), Notes: []string{}}
+	out := statsOut{Since: since.UTC(), Health: inspect.Health{Notes: []string{}}}
 	cp, err := s.cfg.Store.Checkpoint(ctx, s.cfg.Consumer)
 	if err != nil {
 		return out, err
@@ -512,15 +494,7 @@ func (s *Server) stats(ctx context.Context, since time.Time) (statsOut, error) {
 		out.Notes = append(out.Notes, "no NATS connection: no lag, write latency or dead letters")
 		return out, nil
 	}
-	if out.Lag, err = inspect.LagOf(ctx, s.cfg.JS, s.cfg.Store, s.cfg.Stream, s.cfg.Consumer); err != nil {
-		out.Notes = append(out.Notes, "no lag: "+err.Error())
-	}
-	if out.Writes, err = inspect.WritesOf(ctx, s.cfg.JS, s.cfg.StoreKind, out.Since, s.log); err != nil {
-		out.Notes = append(out.Notes, "no write latency: "+err.Error())
-	}
-	if out.DeadLetters, err = inspect.CountDeadLetters(ctx, s.cfg.JS, out.Since); err != nil {
-		out.Notes = append(out.Notes, "no dead-letter count: "+err.Error())
-	}
+	out.Health = inspect.ReadHealth(ctx, s.cfg.JS, s.cfg.Store, inspect.Projection{Stream: s.cfg.Stream, Consumer: s.cfg.Consumer, Kind: s.cfg.StoreKind}, out.Since, s.log)
 	return out, nil
 }
 

@@ -15,6 +15,39 @@ import (
 	"github.com/auditflow/auditflow/stores"
 )
 
+// Health is how a store's projection is doing, as far as NATS can tell:
+// each part is nil when it could not be read, and Notes say why.
+type Health struct {
+	Lag         *Lag              `json:"lag"`
+	Writes      *Writes           `json:"writes"`
+	DeadLetters *DeadLetterCounts `json:"deadLetters"`
+	Notes       []string          `json:"notes"`
+}
+
+// Projection names a store's projection: its stream, its projector's
+// durable consumer and its store kind (the AuditWrite subject's last token).
+type Projection struct {
+	Stream, Consumer, Kind string
+}
+
+// ReadHealth reads lag, write latency since then and dead letters; what
+// it cannot read it notes instead of failing, so a report still shows the
+// rest.
+func ReadHealth(ctx context.Context, js jetstream.JetStream, st stores.Store, p Projection, since time.Time, log *slog.Logger) Health {
+	h := Health{Notes: []string{}}
+	var err error
+	if h.Lag, err = LagOf(ctx, js, st, p.Stream, p.Consumer); err != nil {
+		h.Notes = append(h.Notes, "no lag: "+err.Error())
+	}
+	if h.Writes, err = WritesOf(ctx, js, p.Kind, since, log); err != nil {
+		h.Notes = append(h.Notes, "no write latency: "+err.Error())
+	}
+	if h.DeadLetters, err = CountDeadLetters(ctx, js, since); err != nil {
+		h.Notes = append(h.Notes, "no dead-letter count: "+err.Error())
+	}
+	return h
+}
+
 // Lag is how far a store's projector is behind the stream.
 type Lag struct {
 	Consumer        string `json:"consumer"`
