@@ -485,11 +485,9 @@ func (s *Server) stats(ctx context.Context, since time.Time) (statsOut, error) {
 		return out, err
 	}
 	out.Checkpoint = cp
-	open, err := inspect.AllIssues(ctx, s.cfg.Store, stores.IssueQuery{Status: stores.IssueOpen})
-	if err != nil {
+	if out.OpenIssues, err = inspect.CountIssues(ctx, s.cfg.Store, stores.IssueQuery{Status: stores.IssueOpen}); err != nil {
 		return out, err
 	}
-	out.OpenIssues = len(open)
 	if s.cfg.JS == nil {
 		out.Notes = append(out.Notes, "no NATS connection: no lag, write latency or dead letters")
 		return out, nil

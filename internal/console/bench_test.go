@@ -182,9 +182,11 @@ func BenchmarkConsole1M(b *testing.B) {
 		{"api/issues", 50 * time.Millisecond, func() string { return "/api/v1/issues" }},
 		{"api/issues/pipeline", 50 * time.Millisecond, func() string { return "/api/v1/issues?pipeline=service-3" }},
 		{"api/issues/deep-page", 50 * time.Millisecond, func() string { return fmt.Sprintf("/api/v1/issues?beforeSeq=%d", deep()) }},
+		{"api/stats", 50 * time.Millisecond, func() string { return "/api/v1/stats" }}, // no NATS here: checkpoint and open issues
 		{"api/change", 50 * time.Millisecond, func() string { return "/api/v1/changes/" + change() }},
 		{"page/overview", 100 * time.Millisecond, func() string { return "/" }},
 		{"page/overview/pipeline", 100 * time.Millisecond, func() string { return "/?pipeline=service-3" }},
+		{"page/lag", 100 * time.Millisecond, func() string { return "/lag" }},
 		{"page/change", 100 * time.Millisecond, func() string { return "/changes/" + change() }},
 		{"page/issues", 100 * time.Millisecond, func() string { return "/issues" }},
 	} {

@@ -124,3 +124,13 @@ func AllIssues(ctx context.Context, st stores.Store, q stores.IssueQuery) ([]sto
 		q.BeforeSeq = page[len(page)-1].Seq
 	}
 }
+
+// CountIssues counts the issue rows matching q: with the store's count
+// where it has one (stores.IssueCounter), else by reading them.
+func CountIssues(ctx context.Context, st stores.Store, q stores.IssueQuery) (int, error) {
+	if c, ok := st.(stores.IssueCounter); ok {
+		return c.CountIssues(ctx, q)
+	}
+	all, err := AllIssues(ctx, st, q)
+	return len(all), err
+}
