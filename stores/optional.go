@@ -53,6 +53,15 @@ type BulkLoader interface {
 	EndBulk(ctx context.Context) error
 }
 
+// IssueCounter is implemented by stores that can count issue rows without
+// reading them, e.g. with an index (the console's open-issue count, which
+// otherwise reads every open row: thousands in a large store).
+type IssueCounter interface {
+	// CountIssues returns how many issue rows match q (Limit is ignored;
+	// BeforeSeq counts only rows below it).
+	CountIssues(ctx context.Context, q IssueQuery) (int, error)
+}
+
 // WriteProber is implemented by stores that can check they may be written
 // without leaving anything behind (auditflow test-connection): a probe
 // row outside the audit data, written and removed, or a write lock taken

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/internal/inspect"
 	"github.com/auditflow/auditflow/internal/render"
 	"github.com/auditflow/auditflow/stores"
 )
@@ -69,11 +70,11 @@ func (a *app) auditCommand() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				return a.emit(historyJSON(rows), func(w *tabwriter.Writer) { historyTable(w, rows) })
+				return a.emit(inspect.HistoryRows(rows), func(w *tabwriter.Writer) { historyTable(w, rows) })
 			}
 			// The current state of each change is its issue row (the newest
 			// event of the change).
-			rows, err := allIssues(cmd.Context(), st, stores.IssueQuery{Pipeline: f.pipeline, ChangeID: f.change})
+			rows, err := inspect.AllIssues(cmd.Context(), st, stores.IssueQuery{Pipeline: f.pipeline, ChangeID: f.change})
 			if err != nil {
 				return err
 			}
@@ -97,42 +98,6 @@ func (a *app) auditCommand() *cobra.Command {
 	list.Flags().BoolVar(&history, "history", false, "every execution event, newest first, instead of each change's current state")
 	audit.AddCommand(list)
 	return audit
-}
-
-// historyRow is the JSON form of a changeLog row.
-type historyRow struct {
-	Seq          uint64            `json:"seq"`
-	EventID      string            `json:"eventId"`
-	Type         events.Type       `json:"type"`
-	State        events.State      `json:"state"`
-	Pipeline     string            `json:"pipeline"`
-	ChangeID     string            `json:"changeId"`
-	ExecutionID  string            `json:"executionId,omitempty"`
-	Author       string            `json:"author,omitempty"`
-	TargetSystem string            `json:"targetSystem,omitempty"`
-	Host         string            `json:"host,omitempty"`
-	RunnerID     string            `json:"runnerId,omitempty"`
-	LockToken    uint64            `json:"lockToken,omitempty"`
-	OccurredAt   time.Time         `json:"occurredAt"`
-	DurationMs   int64             `json:"durationMs"`
-	ErrorMessage string            `json:"errorMessage,omitempty"`
-	Operator     string            `json:"operator,omitempty"`
-	Reason       string            `json:"reason,omitempty"`
-	Metadata     map[string]string `json:"metadata,omitempty"`
-	Hash         string            `json:"hash,omitempty"`
-	PrevHash     string            `json:"prevHash,omitempty"`
-}
-
-func historyJSON(rows []stores.Record) []historyRow {
-	out := make([]historyRow, len(rows))
-	for i, r := range rows {
-		out[i] = historyRow{Seq: r.Seq, EventID: r.ID, Type: r.Type, State: r.State(), Pipeline: r.Pipeline,
-			ChangeID: r.ChangeID, ExecutionID: r.ExecutionID, Author: r.Author, TargetSystem: r.TargetSystem,
-			Host: r.Host, RunnerID: r.RunnerID, LockToken: r.LockToken, OccurredAt: r.OccurredAt,
-			DurationMs: r.Duration.Milliseconds(), ErrorMessage: r.ErrorMessage, Operator: r.Operator,
-			Reason: r.Reason, Metadata: r.Metadata, Hash: r.Hash, PrevHash: r.PrevHash}
-	}
-	return out
 }
 
 func historyTable(w *tabwriter.Writer, rows []stores.Record) {

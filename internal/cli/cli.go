@@ -93,7 +93,7 @@ type app struct {
 var readOnlyCommands = map[string]bool{
 	"auditflow audit list": true, "auditflow issue list": true, "auditflow issue get": true, "auditflow stats": true,
 	"auditflow lock list": true, "auditflow test-connection": true, "auditflow verify-schema": true, "auditflow verify": true,
-	"auditflow deadletter list": true, "auditflow deadletter show": true,
+	"auditflow deadletter list": true, "auditflow deadletter show": true, "auditflow console": true,
 }
 
 // Main runs the command line and returns the exit code.
@@ -182,7 +182,8 @@ connection test), 4 not found or nothing to fix, 5 refused as unsafe
 	pf.StringVar(&a.dataDir, "data-dir", ".auditflow", "the data directory of runner --embedded")
 	root.AddCommand(a.initCommand(), a.restoreCommand())
 	root.AddCommand(a.auditCommand(), a.issueCommand(), a.lockCommand(), a.statsCommand(), a.deadletterCommand(),
-		a.testConnectionCommand(), a.verifySchemaCommand(), a.replayCommand(), a.verifyCommand(), a.repairCommand(), a.keysCommand())
+		a.testConnectionCommand(), a.verifySchemaCommand(), a.replayCommand(), a.verifyCommand(), a.repairCommand(), a.keysCommand(),
+		a.consoleCommand())
 	finishHelp(root, a)
 	return root
 }

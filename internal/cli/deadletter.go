@@ -8,89 +8,30 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
-	"unicode/utf8"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/internal/inspect"
 	"github.com/auditflow/auditflow/internal/render"
 	"github.com/auditflow/auditflow/projector"
 	"github.com/auditflow/auditflow/stores"
 	"github.com/auditflow/auditflow/trust"
 )
 
-// deadLetterView is a message of AUDIT_DEADLETTER as shown.
-type deadLetterView struct {
-	Seq              uint64    `json:"seq"`
-	Time             time.Time `json:"time"`
-	Reason           string    `json:"reason"`
-	OriginalStream   string    `json:"originalStream"`
-	OriginalSubject  string    `json:"originalSubject"`
-	OriginalSequence uint64    `json:"originalSequence"`
-	OriginalSize     int       `json:"originalSize"`
-	OriginalHash     string    `json:"originalHash"`
-	Consumer         string    `json:"consumer"`
-	Copy             string    `json:"copy"`           // full: Body is the original; reference: its first bytes, the original stays in its stream
-	Body             string    `json:"body,omitempty"` // with show: the body, if it is UTF-8
-	BodyBase64       []byte    `json:"bodyBase64,omitempty"`
-}
-
-func deadLetterOf(m *jetstream.RawStreamMsg, body bool) deadLetterView {
-	h := m.Header
-	seq, _ := strconv.ParseUint(h.Get(projector.HeaderSequence), 10, 64)
-	size, _ := strconv.Atoi(h.Get(projector.HeaderSize))
-	v := deadLetterView{Seq: m.Sequence, Time: m.Time.UTC(), Reason: h.Get(projector.HeaderReason), OriginalStream: h.Get(projector.HeaderStream),
-		OriginalSubject: h.Get(projector.HeaderSubject), OriginalSequence: seq, OriginalSize: size, OriginalHash: h.Get(projector.HeaderHash),
-		Consumer: h.Get(projector.HeaderConsumer), Copy: h.Get(projector.HeaderCopy)}
-	if body {
-		if utf8.Valid(m.Data) {
-			v.Body = string(m.Data)
-		} else {
-			v.BodyBase64 = m.Data
-		}
-	}
-	return v
-}
-
 // deadLetters reads the dead letters with sequence above after, at most
 // limit of them (0: all), oldest first.
-func (a *app) deadLetters(ctx context.Context, after uint64, limit int) ([]deadLetterView, uint64, error) {
+func (a *app) deadLetters(ctx context.Context, after uint64, limit int) ([]inspect.DeadLetter, uint64, error) {
 	js, err := a.connect()
 	if err != nil {
 		return nil, 0, err
 	}
-	s, err := js.Stream(ctx, projector.DeadLetterStream)
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
+	out, n, err := inspect.ReadDeadLetters(ctx, js, after, limit, a.log)
+	if errors.Is(err, inspect.ErrNoDeadLetterStream) {
 		return nil, 0, fmt.Errorf("%w: stream %s does not exist (auditflow init creates it)", errNotFound, projector.DeadLetterStream)
 	}
-	if err != nil {
-		return nil, 0, err
-	}
-	state := s.CachedInfo().State
-	out := []deadLetterView{}
-	if state.Msgs == 0 || state.LastSeq <= after {
-		return out, state.Msgs, nil
-	}
-	errEnough := errors.New("enough")
-	sc := projector.ScanConfig{Stream: projector.DeadLetterStream, FromSeq: max(after+1, state.FirstSeq), ToSeq: state.LastSeq, BatchSize: 500, Logger: a.log}
-	err = projector.Scan(ctx, js, sc, func(msgs []projector.StreamMsg) error {
-		for _, m := range msgs {
-			raw, err := s.GetMsg(ctx, m.Seq) // for its time; dead letters are few
-			if err != nil {
-				return err
-			}
-			out = append(out, deadLetterOf(raw, false))
-			if limit > 0 && len(out) >= limit {
-				return errEnough
-			}
-		}
-		return nil
-	})
-	if err != nil && !errors.Is(err, errEnough) {
-		return nil, 0, err
-	}
-	return out, state.Msgs, nil
+	return out, n, err
 }
 
 func (a *app) deadletterCommand() *cobra.Command {
@@ -160,7 +101,7 @@ then issue fix).`,
 			if err != nil {
 				return err
 			}
-			d := deadLetterOf(raw, true)
+			d := inspect.DeadLetterOf(raw, true)
 			return a.emit(d, func(w *tabwriter.Writer) {
 				fmt.Fprintf(w, "dead letter\t%d, %s UTC, by consumer %s\n", d.Seq, d.Time.Format(time.DateTime), render.Dash(d.Consumer))
 				fmt.Fprintf(w, "reason\t%s\n", d.Reason)
@@ -241,7 +182,7 @@ func (a *app) replayDeadLetter(ctx context.Context, seq uint64, dryRun bool) err
 	if err != nil {
 		return err
 	}
-	d := deadLetterOf(raw, false)
+	d := inspect.DeadLetterOf(raw, false)
 	sc := a.streamConfig()
 	if d.OriginalStream != sc.Name || d.OriginalSequence == 0 {
 		return fmt.Errorf("%w: dead letter %d is a copy of %s seq %d, not of the audit stream %s", errProblems, seq, d.OriginalStream, d.OriginalSequence, sc.Name)

@@ -38,6 +38,7 @@ var examples = map[string]string{
 	"auditflow keys public":           "  auditflow keys public --key runner-billing.nk",
 	"auditflow lock release":          "  auditflow lock release -p billing --force --revision 42",
 	"auditflow lock list":             "  auditflow lock list --json",
+	"auditflow console key":           "  auditflow console key new --name alice",
 	"auditflow completion":            "  auditflow completion bash > /etc/bash_completion.d/auditflow",
 	"auditflow completion bash":       "  auditflow completion bash > /etc/bash_completion.d/auditflow",
 	"auditflow completion zsh":        "  auditflow completion zsh > \"${fpath[1]}/_auditflow\"",

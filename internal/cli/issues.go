@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -13,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/internal/inspect"
 	"github.com/auditflow/auditflow/internal/natsconn"
 	"github.com/auditflow/auditflow/internal/render"
 	"github.com/auditflow/auditflow/internal/storeflags"
@@ -39,15 +39,15 @@ func (a *app) issueCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			rows, err := allIssues(cmd.Context(), st, stores.IssueQuery{Pipeline: pipeline})
+			rows, err := inspect.AllIssues(cmd.Context(), st, stores.IssueQuery{Pipeline: pipeline})
 			if err != nil {
 				return err
 			}
 			now := time.Now()
-			out := []issueView{}
+			out := []inspect.IssueView{}
 			open := 0
 			for _, i := range rows {
-				v := viewOf(i, now, staleAfter)
+				v := inspect.ViewOf(i, now, staleAfter)
 				if v.NeedsOperator {
 					open++
 				}
@@ -125,22 +125,22 @@ stop at it, and get says which message it is and how to resolve the change.`,
 				return fmt.Errorf("%w: no change %q in pipeline %q in this store", errNotFound, change, pipeline)
 			}
 			var hist []stores.Record
-			v := issueView{Issue: stores.Issue{Pipeline: pipeline, ChangeID: change}, Shown: "-"}
+			v := inspect.IssueView{Issue: stores.Issue{Pipeline: pipeline, ChangeID: change}, Shown: "-"}
 			detail := issueDetail{}
 			if len(rows) > 0 {
 				if hist, err = st.History(ctx, stores.HistoryQuery{Pipeline: pipeline, ChangeID: change, Limit: 50}); err != nil {
 					return err
 				}
-				v = viewOf(rows[0], time.Now(), staleAfter)
+				v = inspect.ViewOf(rows[0], time.Now(), staleAfter)
 				detail.ErrorTrace = rows[0].ErrorTrace
 			}
-			detail.issueView, detail.History = v, historyJSON(hist)
+			detail.IssueView, detail.History = v, inspect.HistoryRows(hist)
 			if bad != nil {
 				detail.BadNewest = &badNewestView{Seq: bad.Head.Seq, Subject: bad.Subject, Size: bad.Size,
 					WrongSubject: bad.WrongSubject(), Problem: strings.TrimPrefix(bad.Err.Error(), "events: ")}
 			}
 			if guidance {
-				detail.Guidance = guide(v)
+				detail.Guidance = inspect.Guide(v)
 				if bad != nil || untrusted != nil {
 					ce := &runner.ChangeError{Pipeline: pipeline, ChangeID: change, TargetSystem: v.TargetSystem, State: v.State,
 						Bad: bad, Untrusted: untrusted, Err: runner.ErrManualIntervention}
@@ -293,18 +293,10 @@ event claims.`,
 	return issue
 }
 
-// issueView is an issue as shown: with its effective state.
-type issueView struct {
-	stores.Issue
-	Shown         string `json:"shownState"`    // the state to show: UNCERTAIN for a stale start
-	NeedsOperator bool   `json:"needsOperator"` // open, or stale in progress
-	Stale         bool   `json:"stale"`
-}
-
 type issueDetail struct {
-	issueView
-	ErrorTrace string       `json:"errorTrace,omitempty"`
-	History    []historyRow `json:"history"`
+	inspect.IssueView
+	ErrorTrace string               `json:"errorTrace,omitempty"`
+	History    []inspect.HistoryRow `json:"history"`
 	// BadNewest is the change's newest message on the stream when it is
 	// not a valid event of the change (read with --guidance, or when the
 	// store has no row for it).
@@ -348,67 +340,6 @@ func (a *app) newestProblem(ctx context.Context, pipeline, change string) (*prod
 		return nil, nil, nil
 	}
 	return nil, nil, fmt.Errorf("read the change's newest message from the stream: %w", err)
-}
-
-func viewOf(i stores.Issue, now time.Time, staleAfter time.Duration) issueView {
-	v := issueView{Issue: i, Shown: string(i.State), NeedsOperator: i.Status == stores.IssueOpen}
-	if i.Trust != "" {
-		v.Shown += " (UNTRUSTED)"
-	}
-	if i.Stale(now, staleAfter) {
-		v.Stale, v.NeedsOperator, v.Shown = true, true, string(events.StateUncertain)+" (stale start)"
-	}
-	return v
-}
-
-// guide says what happened, what to inspect and which fix applies.
-func guide(v issueView) string {
-	fix := func(r string) string {
-		return fmt.Sprintf("auditflow issue fix -p %s -c %s -r %s --reason \"...\"", v.Pipeline, v.ChangeID, r)
-	}
-	target := "the target system"
-	if v.TargetSystem != "" {
-		target = "the target system " + v.TargetSystem
-	}
-	retry := ""
-	if v.Recovery != events.AlwaysRetry {
-		retry = "\n  - If the change is idempotent, set its recovery to ALWAYS_RETRY instead: the next run re-runs it."
-	}
-	switch {
-	case v.Trust != "":
-		return "What happened: the change's newest event claims " + string(v.State) + ", but it is not trusted: " + v.Trust + ".\n" +
-			"Anyone who can publish on the audit subjects could have written it, so runners stop at the change instead of believing it.\n" +
-			"Inspect: who published it (the history below; nats stream get AUDIT " + strconv.FormatUint(v.Seq, 10) + "), and " + target + ": what does it really hold?\n" +
-			"Fix, signed with an operator key the trust list names (--signing-key), one of:\n  - The change is in effect: " + fix("applied") +
-			"\n  - It is not, or you undid it: " + fix("rolled-back") + " (the next run applies it again)"
-	case v.Status == stores.IssueClosed:
-		return "Nothing to do: the change is " + string(v.State) + "."
-	case v.Status == stores.IssueInProgress && !v.Stale:
-		return "A runner is applying this change now (started " + time.Since(v.UpdatedAt).Round(time.Second).String() +
-			" ago). Wait for it; check `auditflow lock list` for the holder of the pipeline lock."
-	case v.State == events.StateFailed:
-		return "What happened: the change failed (" + v.ErrorMessage + ") and was not rolled back, so it may be partly applied.\n" +
-			"Inspect: " + target + " (the error and trace above show where it stopped).\n" +
-			"Fix, one of:\n  - You finished the change by hand, or it took effect: " + fix("applied") +
-			"\n  - You undid it, or nothing was applied: " + fix("rolled-back") + " (the next run applies it again)" + retry
-	case v.State == events.StateOverlapped:
-		return "What happened: two executions of this change overlapped (" + v.ErrorMessage + ").\n" +
-			"Both may have changed " + target + ": one ran after its lease on the pipeline lock had passed to another runner, or while another execution was writing on the change.\n" +
-			"Inspect: " + target + " — did the change take effect once, twice, partly? A target that fences on AUDITFLOW_LOCK_TOKEN refused the stale holder's writes; the history below shows both executions and their lock tokens.\n" +
-			"Fix, one of:\n  - The target holds the change as intended: " + fix("applied") +
-			"\n  - You undid it: " + fix("rolled-back") + " (the next run applies it again)\n" +
-			"Then find out why a runner outlived its lease (paused VM, partition, clock): `auditflow verify` lists every event written with a stale lock token."
-	case v.State == events.StateRollbackFailed:
-		return "What happened: the change failed, then its rollback failed too (" + v.ErrorMessage + "): the target is in an unknown, probably partial state.\n" +
-			"Inspect: " + target + "; compare it with what the change and its rollback do.\n" +
-			"Fix, one of:\n  - You completed the change by hand: " + fix("applied") +
-			"\n  - You undid it by hand: " + fix("rolled-back") + " (the next run applies it again)"
-	default: // UNCERTAIN, or a stale start
-		return "What happened: the change started but its runner never recorded an outcome (it crashed, was killed, or lost the stream).\n" +
-			"Inspect: " + target + " — did the change take effect? Check `auditflow lock list`: no runner should hold the pipeline's lock.\n" +
-			"Fix, one of:\n  - It took effect: " + fix("applied") + "\n  - It did not, or you undid it: " + fix("rolled-back") +
-			" (the next run applies it again)" + retry
-	}
 }
 
 func tail(s string, lines int) string {

@@ -520,11 +520,7 @@ func (s *Store) Issues(ctx context.Context, q stores.IssueQuery) ([]stores.Issue
 	if err != nil {
 		return nil, err
 	}
-	var w where
-	w.add("pipeline = ?", q.Pipeline, q.Pipeline != "")
-	w.add("change_id = ?", q.ChangeID, q.ChangeID != "")
-	w.add("status = ?", string(q.Status), q.Status != "")
-	w.add("seq < ?", q.BeforeSeq, q.BeforeSeq != 0)
+	w := issueWhere(q)
 	return query(ctx, s.db, "issues", s.sql.selectIssue+w.String()+" ORDER BY seq DESC LIMIT ?", append(w.args, q.Limit),
 		func(rows *sql.Rows) (i stores.Issue, err error) {
 			var status, state, recovery, at string

@@ -28,7 +28,7 @@ func newStore(path string) storetest.NewStore {
 }
 
 func TestConformance(t *testing.T) {
-	storetest.Run(t, newStore(filepath.Join(t.TempDir(), "audit.db")), storetest.Features{AtomicBatch: true, Repairer: true, SchemaChecker: true})
+	storetest.Run(t, newStore(filepath.Join(t.TempDir(), "audit.db")), storetest.Features{AtomicBatch: true, Repairer: true, SchemaChecker: true, IssueCounter: true})
 }
 
 func TestConfigErrors(t *testing.T) {

@@ -39,6 +39,8 @@ type Features struct {
 	Repairer bool
 	// SchemaChecker: the store implements stores.SchemaChecker.
 	SchemaChecker bool
+	// IssueCounter: the store implements stores.IssueCounter.
+	IssueCounter bool
 	// NonAtomicUpdates: the server applies a filtered update as a read and
 	// then a write (FerretDB v1.24, not MongoDB), so of two writers raising
 	// one checkpoint at the same moment the lower may win. Every value
@@ -84,6 +86,7 @@ func Run(t *testing.T, newStore NewStore, f Features) {
 		{"SchemaCheck", testSchemaCheck},
 		{"WriteProbe", testWriteProbe},
 		{"SignedEvents", testSignedEvents},
+		{"IssueCount", testIssueCount},
 	}
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -583,6 +586,34 @@ func testIssueQueries(t *testing.T, s *suite) {
 	}
 	if !reflect.DeepEqual(normIssues(paged), normIssues(all)) {
 		t.Fatalf("paged issues:\n got %+v\nwant %+v", paged, all)
+	}
+}
+
+// testIssueCount: a store that counts issues counts what Issues returns.
+func testIssueCount(t *testing.T, s *suite) {
+	st := s.open(t, "")
+	c, ok := st.(stores.IssueCounter)
+	if ok != s.features.IssueCounter {
+		t.Fatalf("store implements IssueCounter: %v; Features.IssueCounter says %v", ok, s.features.IssueCounter)
+	}
+	if !ok {
+		t.Skip("no issue count")
+	}
+	data := dataset()
+	apply(t, st, data...)
+	for _, q := range []stores.IssueQuery{
+		{}, {Pipeline: "billing"}, {Status: stores.IssueOpen}, {Status: stores.IssueClosed, Pipeline: "shipping"},
+		{ChangeID: "0003-change"}, {Status: stores.IssueInProgress}, {BeforeSeq: 5}, {Pipeline: "nope"},
+	} {
+		q.Limit = stores.MaxLimit
+		want := len(issues(t, st, q))
+		got, err := c.CountIssues(context.Background(), q)
+		if err != nil || got != want {
+			t.Errorf("CountIssues(%+v) = %d, %v; Issues returns %d", q, got, err, want)
+		}
+	}
+	if _, err := c.CountIssues(context.Background(), stores.IssueQuery{Status: "BOGUS"}); !errors.Is(err, stores.ErrInvalidQuery) {
+		t.Errorf("CountIssues with a bad status: %v, want ErrInvalidQuery", err)
 	}
 }
 
