@@ -209,7 +209,7 @@ func (a *app) connect() (jetstream.JetStream, error) {
 	var nc *nats.Conn
 	if a.embedded {
 		a.note()
-		srv, err := embedded.Start(embedded.Config{DataDir: filepath.Join(a.dataDir, "nats"), SyncAlways: true, Logger: a.log})
+		srv, err := embedded.Start(embedded.Config{DataDir: filepath.Join(a.dataDir, "nats"), SyncAlways: true, Logger: a.log, Share: true})
 		if err != nil {
 			return nil, err
 		}

@@ -311,7 +311,7 @@ func run(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) (i
 	}
 	var nc *nats.Conn
 	if o.embedded {
-		srv, err := embedded.Start(embedded.Config{DataDir: filepath.Join(o.dataDir, "nats"), SyncAlways: o.syncAlways, Logger: log})
+		srv, err := embedded.Start(embedded.Config{DataDir: filepath.Join(o.dataDir, "nats"), SyncAlways: o.syncAlways, Logger: log, Share: true})
 		if err != nil {
 			return ExitError, err
 		}
