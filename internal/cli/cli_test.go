@@ -27,6 +27,7 @@ import (
 	"github.com/auditflow/auditflow/projector"
 	"github.com/auditflow/auditflow/runner"
 	"github.com/auditflow/auditflow/stores"
+	"github.com/auditflow/auditflow/verify"
 )
 
 // deployment is a NATS server reachable over TCP (the command connects
@@ -166,8 +167,29 @@ func TestVerifyRepairReplayCommands(t *testing.T) {
 		{ID: "b", Order: "2", Apply: func(context.Context) error { return errors.New("boom") }},
 	})
 	d.caughtUp(t)
-	if code, out, errOut := d.run(t, "sqlite", "verify"); code != cli.ExitOK || !strings.Contains(out, "the store matches the stream") {
+	// Without the results stream verify still judges, and says why its
+	// result is not recorded; init creates the stream, and then each run
+	// is recorded for the console.
+	if code, out, errOut := d.run(t, "sqlite", "verify"); code != cli.ExitOK || !strings.Contains(out, "the store matches the stream") ||
+		!strings.Contains(errOut, "not recorded") || !strings.Contains(errOut, "auditflow init") {
 		t.Fatalf("verify: exit %d\n%s\n%s", code, out, errOut)
+	}
+	if code, out, errOut := d.run(t, "sqlite", "init"); code != cli.ExitOK || !strings.Contains(out, verify.ResultsStream) {
+		t.Fatalf("init: exit %d\n%s\n%s", code, out, errOut)
+	}
+	lastResult := func() verify.Result {
+		t.Helper()
+		res, ok, err := verify.LastResult(context.Background(), d.js, "sqlite")
+		if err != nil || !ok {
+			t.Fatalf("last verify result: %v, %v", ok, err)
+		}
+		return res
+	}
+	if code, out, errOut := d.run(t, "sqlite", "verify"); code != cli.ExitOK || errOut != "" {
+		t.Fatalf("verify: exit %d\n%s\n%s", code, out, errOut)
+	}
+	if res := lastResult(); !res.OK || res.StreamEvents != 4 || res.Counts["mismatched"] != 0 {
+		t.Fatalf("recorded result %+v", res)
 	}
 	path := d.args["sqlite"][3]
 	db, err := sql.Open("sqlite", "file:"+path)
@@ -181,6 +203,9 @@ func TestVerifyRepairReplayCommands(t *testing.T) {
 	code, out, _ := d.run(t, "sqlite", "verify")
 	if code != cli.ExitProblems || !strings.Contains(out, "altered\tshipping/b seq 4") && !strings.Contains(out, "shipping/b seq 4: [ErrorMessage]") {
 		t.Fatalf("verify after corruption: exit %d\n%s", code, out)
+	}
+	if res := lastResult(); res.OK || res.Counts["mismatched"] != 1 {
+		t.Fatalf("recorded result after corruption %+v", res)
 	}
 	code, out, _ = d.run(t, "sqlite", "repair", "--dry-run")
 	if code != cli.ExitOK || !strings.Contains(out, "write   changeLog shipping/b seq 4") {

@@ -15,6 +15,7 @@ import (
 	"github.com/auditflow/auditflow/lock"
 	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/projector"
+	"github.com/auditflow/auditflow/verify"
 )
 
 // initItem is one line of init's report.
@@ -187,10 +188,13 @@ func (a *app) initResources(ctx context.Context, js jetstream.JetStream, o initO
 		items = append(items, it)
 	}
 
-	for _, s := range projector.Streams(projector.Config{Stream: sc}) {
+	for _, s := range append(projector.Streams(projector.Config{Stream: sc}), verify.ResultsStreamConfig(sc.Replicas)) {
 		what := "dead letters"
-		if s.Name == projector.WritesStream {
+		switch s.Name {
+		case projector.WritesStream:
 			what = "writes"
+		case verify.ResultsStream:
+			what = "verify results"
 		}
 		it := initItem{What: what, Name: s.Name, Detail: fmt.Sprintf("subjects %s, R%d", strings.Join(s.Subjects, " "), s.Replicas)}
 		st, err := js.Stream(ctx, s.Name)

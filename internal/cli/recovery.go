@@ -218,6 +218,7 @@ a node's loss or a leader change. It exits 3 while any of these is open, and
 says for each what to do.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			at := time.Now()
 			rep, err := a.runVerify(cmd.Context())
 			if err != nil {
 				return err
@@ -225,11 +226,30 @@ says for each what to do.`,
 			if err := a.emit(rep, func(w *tabwriter.Writer) { verifyTable(w, rep) }); err != nil {
 				return err
 			}
+			a.recordVerify(cmd.Context(), rep, at)
 			if rep.Problems() {
 				return errProblems
 			}
 			return nil
 		},
+	}
+}
+
+// recordVerify records rep's result on the results stream (verify.Record)
+// for the console and monitoring. Failing to record does not change
+// verify's verdict or exit code: it is said on stderr. The embedded mode
+// creates the stream (its server is this process's); a deployment's is
+// made by auditflow init.
+func (a *app) recordVerify(ctx context.Context, rep *verify.Report, at time.Time) {
+	js, err := a.connect()
+	if err == nil && a.embedded {
+		_, err = js.CreateOrUpdateStream(ctx, verify.ResultsStreamConfig(1))
+	}
+	if err == nil {
+		err = verify.Record(ctx, js, rep.Result(a.store.Kind, whoAmI(), at))
+	}
+	if err != nil {
+		fmt.Fprintf(a.errOut, "auditflow: the verify result was not recorded (the console will not show it): %v\n", err)
 	}
 }
 
@@ -459,4 +479,13 @@ write (inspect the target, then issue fix).`,
 	}
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would change, change nothing")
 	return cmd
+}
+
+// whoAmI is $USER@host, for records of who ran a command.
+func whoAmI() string {
+	host, _ := os.Hostname()
+	if u := os.Getenv("USER"); u != "" {
+		return u + "@" + host
+	}
+	return host
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/internal/inspect"
 	"github.com/auditflow/auditflow/stores"
+	"github.com/auditflow/auditflow/verify"
 )
 
 func (s *Server) routes() {
@@ -511,15 +512,31 @@ func (s *Server) apiStats(w http.ResponseWriter, r *http.Request, _ who) {
 }
 
 type verifyOut struct {
-	Recorded bool   `json:"recorded"`
-	Note     string `json:"note"`
+	Recorded bool           `json:"recorded"`
+	Note     string         `json:"note"`
+	Result   *verify.Result `json:"result,omitempty"`
 }
 
-// apiVerify answers the last verify result. auditflow verify records none
-// yet (it prints its report and exits): the endpoint says so, so that a
-// client can rely on it when verify starts recording.
-func (s *Server) apiVerify(w http.ResponseWriter, _ *http.Request, _ who) {
-	writeJSON(w, http.StatusOK, verifyOut{Note: "no verify result is recorded: run auditflow verify (it reports and exits; it records nothing yet)"})
+// apiVerify answers the newest verify result recorded for this store
+// (auditflow verify records each run on the AUDIT_VERIFY stream).
+func (s *Server) apiVerify(w http.ResponseWriter, r *http.Request, _ who) {
+	if s.cfg.JS == nil {
+		writeJSON(w, http.StatusOK, verifyOut{Note: "not connected to NATS: verify results are read from the AUDIT_VERIFY stream"})
+		return
+	}
+	res, ok, err := verify.LastResult(r.Context(), s.cfg.JS, s.cfg.StoreKind)
+	switch {
+	case err != nil:
+		s.fail(w, r, err)
+	case !ok:
+		writeJSON(w, http.StatusOK, verifyOut{Note: "no verify result is recorded for this store: run auditflow verify"})
+	default:
+		note := "the store matched the stream up to sequence " + strconv.FormatUint(res.LastSeq, 10)
+		if !res.OK {
+			note = "verify found problems: run auditflow verify for the details and what to do"
+		}
+		writeJSON(w, http.StatusOK, verifyOut{Recorded: true, Note: note, Result: &res})
+	}
 }
 
 func (s *Server) openAPI(w http.ResponseWriter, _ *http.Request) {

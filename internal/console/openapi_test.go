@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/runner"
+	"github.com/auditflow/auditflow/verify"
 )
 
 func init() {
@@ -136,6 +138,26 @@ func TestOpenAPIConformanceOfEveryEndpoint(t *testing.T) {
 		case strings.HasPrefix(tc.path, "/api/v1/stats") && code == 200 && strings.Contains(string(body), `"lag":null`):
 			t.Errorf("stats: %s, want lag", body)
 		}
+	}
+
+	// A verify run recorded (as auditflow verify records it), read back
+	// through the API against the VerifyResult schema.
+	if _, err := e.nats.JS.CreateStream(ctx, verify.ResultsStreamConfig(1)); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := verify.Verify(ctx, e.nats.JS, e.store, verify.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := verify.Record(ctx, e.nats.JS, rep.Result("sqlite", "tester@host", time.Now())); err != nil {
+		t.Fatal(err)
+	}
+	vcode, vh, vbody := e.get("/api/v1/verify", e.readKey)
+	vreq, _ := http.NewRequest(http.MethodGet, e.url+"/api/v1/verify", nil)
+	conforms(t, router, vreq, vcode, vh, vbody)
+	if vcode != 200 || !strings.Contains(string(vbody), `"recorded":true`) || !strings.Contains(string(vbody), `"by":"tester@host"`) ||
+		!strings.Contains(string(vbody), fmt.Sprintf(`"lastSeq":%d`, rep.LastSeq)) {
+		t.Errorf("verify after a recorded run: %d %s", vcode, vbody)
 	}
 
 	// The live endpoint: its response, and an execution event's rows
