@@ -520,23 +520,25 @@ type verifyOut struct {
 // apiVerify answers the newest verify result recorded for this store
 // (auditflow verify records each run on the AUDIT_VERIFY stream).
 func (s *Server) apiVerify(w http.ResponseWriter, r *http.Request, _ who) {
+	out, err := s.lastVerify(r.Context())
+	s.answer(w, r, out, err)
+}
+
+// lastVerify reads the newest verify result, for the API and the lag page.
+func (s *Server) lastVerify(ctx context.Context) (verifyOut, error) {
 	if s.cfg.JS == nil {
-		writeJSON(w, http.StatusOK, verifyOut{Note: "not connected to NATS: verify results are read from the AUDIT_VERIFY stream"})
-		return
+		return verifyOut{Note: "not connected to NATS: verify results are read from the AUDIT_VERIFY stream"}, nil
 	}
-	res, ok, err := verify.LastResult(r.Context(), s.cfg.JS, s.cfg.StoreKind)
+	res, ok, err := verify.LastResult(ctx, s.cfg.JS, s.cfg.StoreKind)
 	switch {
 	case err != nil:
-		s.fail(w, r, err)
+		return verifyOut{}, err
 	case !ok:
-		writeJSON(w, http.StatusOK, verifyOut{Note: "no verify result is recorded for this store: run auditflow verify"})
-	default:
-		note := "the store matched the stream up to sequence " + strconv.FormatUint(res.LastSeq, 10)
-		if !res.OK {
-			note = "verify found problems: run auditflow verify for the details and what to do"
-		}
-		writeJSON(w, http.StatusOK, verifyOut{Recorded: true, Note: note, Result: &res})
+		return verifyOut{Note: "no verify result is recorded for this store: run auditflow verify"}, nil
+	case !res.OK:
+		return verifyOut{Recorded: true, Note: "verify found problems: run auditflow verify for the details and what to do", Result: &res}, nil
 	}
+	return verifyOut{Recorded: true, Note: "the store matched the stream up to sequence " + strconv.FormatUint(res.LastSeq, 10), Result: &res}, nil
 }
 
 func (s *Server) openAPI(w http.ResponseWriter, _ *http.Request) {

@@ -159,6 +159,13 @@ func TestOpenAPIConformanceOfEveryEndpoint(t *testing.T) {
 		!strings.Contains(string(vbody), fmt.Sprintf(`"lastSeq":%d`, rep.LastSeq)) {
 		t.Errorf("verify after a recorded run: %d %s", vcode, vbody)
 	}
+	verdict := "passed"
+	if rep.Problems() { // the env's garbage message is an open stream problem
+		verdict = "found problems"
+	}
+	if code, _, page := e.get("/lag", e.readKey); code != 200 || !strings.Contains(string(page), verdict) || !strings.Contains(string(page), "by tester@host") {
+		t.Errorf("the lag page after a recorded verify run: %d\n%s", code, page)
+	}
 
 	// The live endpoint: its response, and an execution event's rows
 	// against the Event schema.

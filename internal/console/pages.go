@@ -233,6 +233,7 @@ func (s *Server) deadLettersPage(w http.ResponseWriter, r *http.Request) {
 // places numbers.
 type lagChart struct {
 	Stats  statsOut
+	Verify verifyOut
 	Points string // polyline points, "x,y x,y …"
 	Max    uint64
 	From   time.Time
@@ -252,6 +253,9 @@ func (s *Server) lagPage(w http.ResponseWriter, r *http.Request) {
 		s.sampleLagOnce(r.Context())
 	}
 	d := lagChart{Stats: st}
+	if d.Verify, err = s.lastVerify(r.Context()); err != nil {
+		d.Verify.Note = "the last verify result could not be read: " + err.Error()
+	}
 	samples := s.lag.all()
 	d.N = len(samples)
 	if len(samples) > 0 {
