@@ -69,7 +69,7 @@ func TestComposeFile(t *testing.T) {
 			t.Errorf("%s: NATS_NAME = %q", n, compose.Services[n].Environment["NATS_NAME"])
 		}
 	}
-	for _, v := range []string{"ROUTE", "ADMIN", "OPERATOR", "PROJECTOR", "RUNNER_EXAMPLE_SERVICE", "SYS"} {
+	for _, v := range []string{"ROUTE", "ADMIN", "OPERATOR", "PROJECTOR", "CONSOLE", "RUNNER_EXAMPLE_SERVICE", "SYS"} {
 		t.Setenv("AUDITFLOW_"+v+"_PASSWORD", "secret") // as deploy/secrets/nats.env has them (TestNATSConfig makes one)
 	}
 	for _, n := range []string{"1", "2", "3"} {
@@ -160,7 +160,7 @@ func TestNATSConfig(t *testing.T) {
 		}
 	}
 	destroy := []string{"$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.MSG.DELETE.>", "$JS.API.STREAM.UPDATE.AUDIT"}
-	for _, name := range []string{"admin", "operator", "projector", "runner-example-service"} {
+	for _, name := range []string{"admin", "operator", "projector", "runner-example-service", "console"} {
 		u := users[name]
 		if u == nil || u.Account == nil || u.Account.Name != "AUDITFLOW" || u.Permissions == nil || u.Permissions.Publish == nil {
 			t.Fatalf("user %s: %+v", name, u)
@@ -170,7 +170,11 @@ func TestNATSConfig(t *testing.T) {
 				t.Errorf("user %s is not denied %s", name, d)
 			}
 		}
-		if !slices.Equal(u.Permissions.Subscribe.Allow, []string{"_INBOX.>"}) {
+		sub := []string{"_INBOX.>"}
+		if name == "console" {
+			sub = append(sub, "audit.writes.>") // live updates
+		}
+		if !slices.Equal(u.Permissions.Subscribe.Allow, sub) {
 			t.Errorf("user %s may subscribe to %v", name, u.Permissions.Subscribe.Allow)
 		}
 	}
@@ -185,6 +189,17 @@ func TestNATSConfig(t *testing.T) {
 	}
 	if !slices.Contains(users["operator"].Permissions.Publish.Allow, "audit.exec.>") {
 		t.Error("the operator may not record decisions")
+	}
+	for _, s := range users["console"].Permissions.Publish.Allow {
+		// The console only reads: no subject of its own, only JetStream API requests.
+		if !strings.HasPrefix(s, "$JS.API.") {
+			t.Errorf("the console may publish to %s", s)
+		}
+	}
+	for _, d := range []string{"audit.exec.>", "$KV.>", "$JS.API.CONSUMER.DELETE.AUDIT.>", "$JS.API.CONSUMER.CREATE.AUDIT.>"} {
+		if !slices.Contains(users["console"].Permissions.Publish.Deny, d) {
+			t.Errorf("the console is not denied %s", d)
+		}
 	}
 
 	t.Run("a missing password is an error", func(t *testing.T) {
