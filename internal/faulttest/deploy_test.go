@@ -463,6 +463,16 @@ func TestDeployDenials(t *testing.T) {
 			}},
 		)
 	}
+	locks := func(op func(context.Context, jetstream.KeyValue) error) func(context.Context, jetstream.JetStream) error {
+		return func(ctx context.Context, js jetstream.JetStream) error {
+			kv, err := js.KeyValue(ctx, lock.DefaultBucket)
+			if err != nil {
+				return err
+			}
+			return op(ctx, kv)
+		}
+	}
+	deleteBilling := locks(func(ctx context.Context, kv jetstream.KeyValue) error { return kv.Delete(ctx, "billing") })
 	publish := func(pl string) func(context.Context, jetstream.JetStream) error {
 		return func(ctx context.Context, js jetstream.JetStream) error {
 			prod, err := producer.New(ctx, js, producer.Config{RetryFor: 10 * time.Second})
@@ -493,13 +503,7 @@ func TestDeployDenials(t *testing.T) {
 			_, err = l.Acquire(ctx, "billing")
 			return err
 		}},
-		denial{roleRunner, "delete another pipeline's live lock", "$KV.auditflow_locks.billing", func(ctx context.Context, js jetstream.JetStream) error {
-			kv, err := js.KeyValue(ctx, lock.DefaultBucket)
-			if err != nil {
-				return err
-			}
-			return kv.Delete(ctx, "billing")
-		}},
+		denial{roleRunner, "delete another pipeline's live lock", "$KV.auditflow_locks.billing", deleteBilling},
 		denial{roleRunner, "create a stream", "$JS.API.STREAM.CREATE.AUDIT2", func(ctx context.Context, js jetstream.JetStream) error {
 			_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "AUDIT2", Subjects: []string{"x.>"}})
 			return err
@@ -513,21 +517,11 @@ func TestDeployDenials(t *testing.T) {
 			return js.DeleteConsumer(ctx, producer.DefaultStreamName, "projector-sqlite")
 		}},
 		denial{roleConsole, "write history", "audit.exec." + deployPipeline + ".0001-forged", publish(deployPipeline)},
-		denial{roleConsole, "take a lock", "$KV.auditflow_locks." + deployPipeline, func(ctx context.Context, js jetstream.JetStream) error {
-			kv, err := js.KeyValue(ctx, lock.DefaultBucket)
-			if err != nil {
-				return err
-			}
-			_, err = kv.Create(ctx, deployPipeline, []byte("{}"))
+		denial{roleConsole, "take a lock", "$KV.auditflow_locks." + deployPipeline, locks(func(ctx context.Context, kv jetstream.KeyValue) error {
+			_, err := kv.Create(ctx, deployPipeline, []byte("{}"))
 			return err
-		}},
-		denial{roleConsole, "delete a live lock", "$KV.auditflow_locks.billing", func(ctx context.Context, js jetstream.JetStream) error {
-			kv, err := js.KeyValue(ctx, lock.DefaultBucket)
-			if err != nil {
-				return err
-			}
-			return kv.Delete(ctx, "billing")
-		}},
+		})},
+		denial{roleConsole, "delete a live lock", "$KV.auditflow_locks.billing", deleteBilling},
 		denial{roleConsole, "delete a projector's durable consumer", "$JS.API.CONSUMER.DELETE.AUDIT.projector-sqlite", func(ctx context.Context, js jetstream.JetStream) error {
 			return js.DeleteConsumer(ctx, producer.DefaultStreamName, "projector-sqlite")
 		}},
