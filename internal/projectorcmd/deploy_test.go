@@ -191,6 +191,9 @@ func TestNATSConfig(t *testing.T) {
 	if !slices.Contains(users["operator"].Permissions.Publish.Allow, "audit.exec.>") {
 		t.Error("the operator may not record decisions")
 	}
+	if !slices.Contains(users["operator"].Permissions.Publish.Allow, "audit.verify.>") {
+		t.Error("the operator may not record verify results (stream AUDIT_VERIFY)")
+	}
 	for _, s := range users["console"].Permissions.Publish.Allow {
 		// The console only reads: no subject of its own, only JetStream API requests.
 		if !strings.HasPrefix(s, "$JS.API.") {
