@@ -11,7 +11,7 @@
 #                             them from the environment)
 #   <role>.env                one role's client: AUDITFLOW_NATS_URL with its
 #                             user and password — admin, operator,
-#                             projector, runner-example-service
+#                             projector, console, runner-example-service
 #
 # Files are readable by their owner only. A client gets only its own
 # role's file (env_file in docker-compose.yml), never nats.env.
@@ -57,6 +57,7 @@ client() {
 client admin admin
 client operator operator
 client projector projector
+client console console
 for r in $runners; do
   client "runner-$r" "runner-$r"
 done

@@ -4,6 +4,8 @@ package faulttest
 
 import (
 	"bufio"
+	"encoding/json"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -34,36 +36,99 @@ func TestConsoleSeesAnEmbeddedRunnerLive(t *testing.T) {
 		t.Fatalf("the quickstart run exited %d", code)
 	}
 
-	out, err := exec.Command(bin.auditflow, "--data-dir", data, "console", "key", "new", "--name", "reviewer").CombinedOutput()
+	key := consoleKey(t, "--data-dir", data)
+	addr := freeAddr(t)
+	start(t, "", bin.auditflow, "--data-dir", data, "console", "--listen", addr)
+	c := consoleClient{addr: addr, key: key}
+	c.waitUp(t)
+
+	// Follow the live events before the second run.
+	waitFor := c.follow(t)
+	waitFor(`"status":"live"`)
+
+	changeFile(t, changes, "0002-second.yaml", "id: 0002-second\norder: \"0002\"\napply: echo second\n")
+	second := embeddedRun()
+	waitFor(`"changeId":"0002-second"`)
+	if code := second.wait(t, 2*time.Minute); code != 0 {
+		t.Fatalf("the run beside the console exited %d:\n%s", code, second.out.String())
+	}
+	if strings.Contains(second.out.String(), "in use") {
+		t.Fatalf("the second run did not join the console's server:\n%s", second.out.String())
+	}
+	var h struct {
+		Events []struct {
+			State string `json:"state"`
+		} `json:"events"`
+	}
+	c.getJSON(t, "/api/v1/history?change=0002-second", &h)
+	if len(h.Events) == 0 || h.Events[0].State != "APPLIED" {
+		t.Fatalf("history of the second run's change: %+v", h)
+	}
+}
+
+// consoleKey makes an API key with auditflow console key new (args say
+// where to keep it) and returns it.
+func consoleKey(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(bin.auditflow, append(args, "console", "key", "new", "--name", "reviewer")...).CombinedOutput()
 	key := regexp.MustCompile(`afc_[A-Za-z0-9_-]+`).FindString(string(out))
 	if err != nil || key == "" {
 		t.Fatalf("console key new: %v\n%s", err, out)
 	}
-	addr := freeAddr(t)
-	start(t, "", bin.auditflow, "--data-dir", data, "console", "--listen", addr)
-	call := func(path string) (*http.Response, error) {
-		req, err := http.NewRequest(http.MethodGet, "http://"+addr+path, nil)
-		if err != nil {
-			return nil, err
-		}
-		req.Header.Set("Authorization", "Bearer "+key)
-		return http.DefaultClient.Do(req)
+	return key
+}
+
+// consoleClient calls the API of a console process with an API key.
+type consoleClient struct{ addr, key string }
+
+func (c consoleClient) get(path string) (*http.Response, error) {
+	req, err := http.NewRequest(http.MethodGet, "http://"+c.addr+path, nil)
+	if err != nil {
+		return nil, err
 	}
+	req.Header.Set("Authorization", "Bearer "+c.key)
+	return http.DefaultClient.Do(req)
+}
+
+// waitUp waits until the console answers /api/v1/stats.
+func (c consoleClient) waitUp(t *testing.T) {
+	t.Helper()
 	eventually(t, 30*time.Second, "the console answers", func() bool {
-		resp, err := call("/api/v1/stats")
+		resp, err := c.get("/api/v1/stats")
 		if err != nil {
 			return false
 		}
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	})
+}
 
-	// Follow the live events before the second run.
-	resp, err := call("/api/v1/events")
+// getJSON reads path's answer into v; anything but 200 fails the test.
+func (c consoleClient) getJSON(t *testing.T, path string, v any) {
+	t.Helper()
+	resp, err := c.get(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %d %v\n%s", path, resp.StatusCode, err, b)
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		t.Fatalf("GET %s: %v\n%s", path, err, b)
+	}
+}
+
+// follow opens /api/v1/events and returns a function that waits for a
+// line of the stream holding what.
+func (c consoleClient) follow(t *testing.T) func(what string) {
+	t.Helper()
+	resp, err := c.get("/api/v1/events")
 	if err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("events: %v %v", resp, err)
 	}
-	defer resp.Body.Close()
+	t.Cleanup(func() { resp.Body.Close() })
 	lines := make(chan string, 100)
 	go func() {
 		sc := bufio.NewScanner(resp.Body)
@@ -73,7 +138,7 @@ func TestConsoleSeesAnEmbeddedRunnerLive(t *testing.T) {
 		}
 		close(lines)
 	}()
-	waitFor := func(what string) {
+	return func(what string) {
 		t.Helper()
 		deadline := time.After(30 * time.Second)
 		for {
@@ -89,29 +154,5 @@ func TestConsoleSeesAnEmbeddedRunnerLive(t *testing.T) {
 				t.Fatalf("no live event with %s", what)
 			}
 		}
-	}
-	waitFor(`"status":"live"`)
-
-	changeFile(t, changes, "0002-second.yaml", "id: 0002-second\norder: \"0002\"\napply: echo second\n")
-	second := embeddedRun()
-	waitFor(`"changeId":"0002-second"`)
-	if code := second.wait(t, 2*time.Minute); code != 0 {
-		t.Fatalf("the run beside the console exited %d:\n%s", code, second.out.String())
-	}
-	if strings.Contains(second.out.String(), "in use") {
-		t.Fatalf("the second run did not join the console's server:\n%s", second.out.String())
-	}
-	r, err := call("/api/v1/history?change=0002-second")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Body.Close()
-	var body strings.Builder
-	sc := bufio.NewScanner(r.Body)
-	for sc.Scan() {
-		body.WriteString(sc.Text())
-	}
-	if !strings.Contains(body.String(), `"APPLIED"`) {
-		t.Fatalf("history of the second run's change: %s", body.String())
 	}
 }

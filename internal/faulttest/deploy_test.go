@@ -12,8 +12,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -39,6 +41,7 @@ const (
 	roleOperator   = "operator"
 	roleProjector  = "projector"
 	roleRunner     = "runner-example-service" // pipeline example-service only
+	roleConsole    = "console"
 	deployPipeline = "example-service"
 )
 
@@ -49,6 +52,7 @@ const (
 // passwords in the environment.
 type deployment struct {
 	s    *natsserver.Server
+	opts *natsserver.Options
 	port int
 	pw   map[string]string // user → password
 }
@@ -77,7 +81,7 @@ func startDeployment(t *testing.T, edit func(conf string) string) *deployment {
 		}
 	}
 	d := &deployment{pw: map[string]string{}}
-	for _, u := range []string{roleAdmin, roleOperator, roleProjector, roleRunner, "sys", "route"} {
+	for _, u := range []string{roleAdmin, roleOperator, roleProjector, roleRunner, roleConsole, "sys", "route"} {
 		d.pw[u] = randomHex(t)
 		t.Setenv("AUDITFLOW_"+strings.ToUpper(strings.ReplaceAll(u, "-", "_"))+"_PASSWORD", d.pw[u])
 	}
@@ -103,8 +107,76 @@ func startDeployment(t *testing.T, edit func(conf string) string) *deployment {
 	if !s.ReadyForConnections(20 * time.Second) {
 		t.Fatal("server not ready")
 	}
-	d.s, d.port = s, s.Addr().(*net.TCPAddr).Port
+	d.s, d.opts, d.port = s, opts, s.Addr().(*net.TCPAddr).Port
 	return d
+}
+
+// permissions are user's permissions in the deployment's configuration.
+func (d *deployment) permissions(t *testing.T, user string) *natsserver.Permissions {
+	t.Helper()
+	for _, u := range d.opts.Users {
+		if u.Username == user {
+			return u.Permissions
+		}
+	}
+	t.Fatalf("no user %s", user)
+	return nil
+}
+
+// recordPublishes traces the clients that connect from now on and keeps
+// the subjects each user publishes to (the server's own protocol trace:
+// what a client sends, whatever library sends it).
+func (d *deployment) recordPublishes() *publishes {
+	p := &publishes{subjects: map[string]map[string]bool{}}
+	d.s.SetLogger(p, false, true)
+	return p
+}
+
+// publishes is a nats-server Logger that keeps, per user, the subjects
+// published to; it drops everything else the server logs.
+type publishes struct {
+	mu       sync.Mutex
+	subjects map[string]map[string]bool // user → subjects
+}
+
+// tracePub matches the trace of a client's publish once it is connected:
+// `127.0.0.1:38310 - cid:24 - "v1.55.0:go:auditflow-cli" - "AUDITFLOW/user:console" - <<- [PUB subject reply size]`.
+var tracePub = regexp.MustCompile(`"[^"/]+/user:([^"]+)" - <<- \[H?PUB (\S+)`)
+
+func (p *publishes) Tracef(format string, v ...any) {
+	m := tracePub.FindStringSubmatch(fmt.Sprintf(format, v...))
+	if m == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.subjects[m[1]] == nil {
+		p.subjects[m[1]] = map[string]bool{}
+	}
+	p.subjects[m[1]][m[2]] = true
+}
+func (p *publishes) Noticef(string, ...any) {}
+func (p *publishes) Warnf(string, ...any)   {}
+func (p *publishes) Fatalf(string, ...any)  {}
+func (p *publishes) Errorf(string, ...any)  {}
+func (p *publishes) Debugf(string, ...any)  {}
+
+// unused returns the patterns of allow that none of user's subjects
+// matched.
+func (p *publishes) unused(user string, allow []string) []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []string
+	for _, a := range allow {
+		used := false
+		for s := range p.subjects[user] {
+			used = used || natsserver.SubjectMatchesFilter(s, a)
+		}
+		if !used {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // url is the server's URL with user's credentials.
@@ -222,6 +294,114 @@ func TestDeployRolesDoTheirJobs(t *testing.T) {
 	}
 }
 
+// TestDeployConsoleReadsAsConsole runs auditflow console as the console
+// user of the deployment's NATS configuration, on the SQLite store a
+// projector (as the projector user) fills from a runner's runs (as the
+// runner user): every part of the console that reads NATS works — locks
+// (with one held), dead letters (with one there), lag, write latency and
+// the dead-letter count in stats, and live events of a run made while
+// watching — and the console never meets a permission violation, and
+// uses every right its role gives it.
+func TestDeployConsoleReadsAsConsole(t *testing.T) {
+	d := startDeployment(t, nil)
+	initAuditflow(t, d.url(roleAdmin))
+	ctx := context.Background()
+	dir := t.TempDir()
+	changeFile(t, dir, "1.yaml", "id: 0001-ok\norder: '1'\napply: 'true'\n")
+	if r := runner(t, d.url(roleRunner), dir, deployPipeline, "runner-a"); r.wait(t, 60*time.Second) != 0 {
+		t.Fatalf("runner as %s:\n%s", roleRunner, r.out.String())
+	}
+	// A message the projector cannot store: a dead letter.
+	rnc, rjs := d.connect(t, roleRunner)
+	if err := rnc.Publish("audit.exec."+deployPipeline+".0009-garbage", []byte("garbage")); err != nil {
+		t.Fatal(err)
+	}
+	db := filepath.Join(t.TempDir(), "audit.db")
+	addr := freeAddr(t)
+	start(t, d.url(roleProjector), bin.projector, "--store", "sqlite", "--sqlite-path", db, "--metrics-addr", addr)
+	waitReady(t, addr)
+	// A lock held while the console lists them.
+	rl, err := lock.New(ctx, rjs, lock.Config{Owner: "runner-held"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, err := rl.TryAcquire(ctx, deployPipeline)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	rec := d.recordPublishes()
+	keys := filepath.Join(t.TempDir(), "console-keys")
+	c := consoleClient{addr: freeAddr(t), key: consoleKey(t, "--keys-file", keys)}
+	con := start(t, d.url(roleConsole), bin.auditflow, "--store", "sqlite", "--sqlite-path", db, "console", "--listen", c.addr, "--keys-file", keys)
+	t.Cleanup(func() {
+		if out := con.out.String(); strings.Contains(strings.ToLower(out), "permissions violation") {
+			t.Errorf("the console met a permission violation:\n%s", out)
+		}
+	})
+	c.waitUp(t)
+
+	var locks struct {
+		Locks []struct{ Pipeline, Holder string }
+		Note  string
+	}
+	c.getJSON(t, "/api/v1/locks", &locks)
+	if len(locks.Locks) != 1 || locks.Locks[0].Pipeline != deployPipeline || locks.Locks[0].Holder != "runner-held" || locks.Note != "" {
+		t.Fatalf("locks: %+v, want the held lock", locks)
+	}
+	if err := held.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var dls struct {
+		DeadLetters []struct{ OriginalSubject string }
+		Total       uint64
+		Note        string
+	}
+	eventually(t, 20*time.Second, "the console lists the dead letter", func() bool {
+		c.getJSON(t, "/api/v1/deadletters", &dls)
+		return len(dls.DeadLetters) == 1
+	})
+	if dls.DeadLetters[0].OriginalSubject != "audit.exec."+deployPipeline+".0009-garbage" || dls.Total != 1 || dls.Note != "" {
+		t.Fatalf("dead letters: %+v", dls)
+	}
+	var stats struct {
+		Checkpoint  uint64
+		Lag         *struct{ Consumer string }
+		Writes      *struct{ Writes int }
+		DeadLetters *struct{ Total uint64 }
+		Notes       []string
+	}
+	eventually(t, 20*time.Second, "the console's stats see the projector's writes", func() bool {
+		c.getJSON(t, "/api/v1/stats", &stats)
+		return stats.Writes != nil && stats.Writes.Writes > 0
+	})
+	if stats.Lag == nil || stats.Lag.Consumer != "projector-sqlite" || stats.DeadLetters == nil || stats.DeadLetters.Total != 1 || len(stats.Notes) != 0 {
+		t.Fatalf("stats: lag %+v, dead letters %+v, notes %q", stats.Lag, stats.DeadLetters, stats.Notes)
+	}
+	// A window without writes: the scan of AuditWrites finds nothing and
+	// asks its consumer's info whether anything is left.
+	c.getJSON(t, "/api/v1/stats?since="+time.Now().Add(time.Hour).UTC().Format(time.RFC3339), &stats)
+	if stats.Writes == nil || stats.Writes.Writes != 0 || len(stats.Notes) != 0 {
+		t.Fatalf("stats of the next hour: writes %+v, notes %q", stats.Writes, stats.Notes)
+	}
+
+	waitFor := c.follow(t)
+	waitFor(`"status":"live"`)
+	changeFile(t, dir, "2.yaml", "id: 0002-live\norder: '2'\napply: 'true'\n")
+	if r := runner(t, d.url(roleRunner), dir, deployPipeline, "runner-b"); r.wait(t, 60*time.Second) != 0 {
+		t.Fatalf("second run:\n%s", r.out.String())
+	}
+	waitFor(`"changeId":"0002-live"`)
+
+	// Least privilege: the console used every right its role gives, but
+	// those granted ahead of the last verify result (AUDIT_VERIFY), which
+	// it does not read yet.
+	ahead := []string{"$JS.API.STREAM.INFO.AUDIT_VERIFY", "$JS.API.DIRECT.GET.AUDIT_VERIFY.>"}
+	if unused := rec.unused(roleConsole, d.permissions(t, roleConsole).Publish.Allow); !slices.Equal(unused, ahead) {
+		t.Errorf("the console role allows publishing to %q, which the console did not use; want only %q", unused, ahead)
+	}
+}
+
 // denial is one thing a role must not be able to do, and the subject the
 // server must name when it refuses.
 type denial struct {
@@ -232,8 +412,9 @@ type denial struct {
 // TestDeployDenials: what each role must not do is refused at once, with
 // an error that names the denied subject (a *natsperm.Error), not a
 // timeout: a runner outside its pipeline or at the streams, a projector
-// writing history, anyone deleting or purging the audit stream or the
-// lock bucket, or editing the audit stream.
+// writing history, the console writing anything (history, locks, the
+// projectors' consumers), anyone deleting or purging the audit stream or
+// the lock bucket, or editing the audit stream.
 func TestDeployDenials(t *testing.T) {
 	d := startDeployment(t, nil)
 	initAuditflow(t, d.url(roleAdmin))
@@ -262,7 +443,7 @@ func TestDeployDenials(t *testing.T) {
 		}
 	}
 	var cases []denial
-	for _, user := range []string{roleAdmin, roleOperator, roleProjector, roleRunner} {
+	for _, user := range []string{roleAdmin, roleOperator, roleProjector, roleRunner, roleConsole} {
 		cases = append(cases,
 			denial{user, "delete the audit stream", "$JS.API.STREAM.DELETE.AUDIT", deleteStream("AUDIT")},
 			denial{user, "purge the audit stream", "$JS.API.STREAM.PURGE.AUDIT", purgeStream("AUDIT")},
@@ -282,6 +463,16 @@ func TestDeployDenials(t *testing.T) {
 			}},
 		)
 	}
+	locks := func(op func(context.Context, jetstream.KeyValue) error) func(context.Context, jetstream.JetStream) error {
+		return func(ctx context.Context, js jetstream.JetStream) error {
+			kv, err := js.KeyValue(ctx, lock.DefaultBucket)
+			if err != nil {
+				return err
+			}
+			return op(ctx, kv)
+		}
+	}
+	deleteBilling := locks(func(ctx context.Context, kv jetstream.KeyValue) error { return kv.Delete(ctx, "billing") })
 	publish := func(pl string) func(context.Context, jetstream.JetStream) error {
 		return func(ctx context.Context, js jetstream.JetStream) error {
 			prod, err := producer.New(ctx, js, producer.Config{RetryFor: 10 * time.Second})
@@ -312,13 +503,7 @@ func TestDeployDenials(t *testing.T) {
 			_, err = l.Acquire(ctx, "billing")
 			return err
 		}},
-		denial{roleRunner, "delete another pipeline's live lock", "$KV.auditflow_locks.billing", func(ctx context.Context, js jetstream.JetStream) error {
-			kv, err := js.KeyValue(ctx, lock.DefaultBucket)
-			if err != nil {
-				return err
-			}
-			return kv.Delete(ctx, "billing")
-		}},
+		denial{roleRunner, "delete another pipeline's live lock", "$KV.auditflow_locks.billing", deleteBilling},
 		denial{roleRunner, "create a stream", "$JS.API.STREAM.CREATE.AUDIT2", func(ctx context.Context, js jetstream.JetStream) error {
 			_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "AUDIT2", Subjects: []string{"x.>"}})
 			return err
@@ -330,6 +515,27 @@ func TestDeployDenials(t *testing.T) {
 		}},
 		denial{roleOperator, "delete a projector's durable consumer", "$JS.API.CONSUMER.DELETE.AUDIT.projector-sqlite", func(ctx context.Context, js jetstream.JetStream) error {
 			return js.DeleteConsumer(ctx, producer.DefaultStreamName, "projector-sqlite")
+		}},
+		denial{roleConsole, "write history", "audit.exec." + deployPipeline + ".0001-forged", publish(deployPipeline)},
+		denial{roleConsole, "take a lock", "$KV.auditflow_locks." + deployPipeline, locks(func(ctx context.Context, kv jetstream.KeyValue) error {
+			_, err := kv.Create(ctx, deployPipeline, []byte("{}"))
+			return err
+		})},
+		denial{roleConsole, "delete a live lock", "$KV.auditflow_locks.billing", deleteBilling},
+		denial{roleConsole, "delete a projector's durable consumer", "$JS.API.CONSUMER.DELETE.AUDIT.projector-sqlite", func(ctx context.Context, js jetstream.JetStream) error {
+			return js.DeleteConsumer(ctx, producer.DefaultStreamName, "projector-sqlite")
+		}},
+		denial{roleConsole, "change a projector's durable consumer", "$JS.API.CONSUMER.CREATE.AUDIT.projector-sqlite", func(ctx context.Context, js jetstream.JetStream) error {
+			_, err := js.CreateOrUpdateConsumer(ctx, producer.DefaultStreamName, jetstream.ConsumerConfig{Durable: "projector-sqlite", AckPolicy: jetstream.AckExplicitPolicy})
+			return err
+		}},
+		denial{roleConsole, "create a durable consumer", "$JS.API.CONSUMER.DURABLE.CREATE.AUDIT_WRITES.console", func(ctx context.Context, js jetstream.JetStream) error {
+			_, err := js.Conn().RequestWithContext(ctx, "$JS.API.CONSUMER.DURABLE.CREATE.AUDIT_WRITES.console", []byte(`{"stream_name":"AUDIT_WRITES","config":{"durable_name":"console"}}`))
+			return err
+		}},
+		denial{roleConsole, "read history from the stream", "$JS.API.DIRECT.GET.AUDIT", func(ctx context.Context, js jetstream.JetStream) error {
+			_, err := js.Conn().RequestWithContext(ctx, "$JS.API.DIRECT.GET.AUDIT", []byte(`{"seq":1}`))
+			return err
 		}},
 		denial{roleAdmin, "write history", "audit.exec." + deployPipeline + ".0001-forged", func(ctx context.Context, js jetstream.JetStream) error {
 			return js.Conn().Publish("audit.exec."+deployPipeline+".0001-forged", []byte("{}"))

@@ -41,7 +41,7 @@ func TestComposeFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"nats1", "nats2", "nats3", "mongo", "dynamodb", "couchbase",
-		"projector-sqlite", "projector-mongo", "projector-dynamodb", "projector-couchbase"} {
+		"projector-sqlite", "projector-mongo", "projector-dynamodb", "projector-couchbase", "console"} {
 		if _, ok := compose.Services[name]; !ok {
 			t.Errorf("service %s missing", name)
 		}
@@ -69,7 +69,7 @@ func TestComposeFile(t *testing.T) {
 			t.Errorf("%s: NATS_NAME = %q", n, compose.Services[n].Environment["NATS_NAME"])
 		}
 	}
-	for _, v := range []string{"ROUTE", "ADMIN", "OPERATOR", "PROJECTOR", "RUNNER_EXAMPLE_SERVICE", "SYS"} {
+	for _, v := range []string{"ROUTE", "ADMIN", "OPERATOR", "PROJECTOR", "CONSOLE", "RUNNER_EXAMPLE_SERVICE", "SYS"} {
 		t.Setenv("AUDITFLOW_"+v+"_PASSWORD", "secret") // as deploy/secrets/nats.env has them (TestNATSConfig makes one)
 	}
 	for _, n := range []string{"1", "2", "3"} {
@@ -93,6 +93,7 @@ type compose struct {
 		Environment map[string]string `yaml:"environment"`
 		EnvFile     []string          `yaml:"env_file"`
 		Ports       []string          `yaml:"ports"`
+		Volumes     []string          `yaml:"volumes"`
 		DependsOn   map[string]struct {
 			Condition string `yaml:"condition"`
 		} `yaml:"depends_on"`
@@ -160,7 +161,7 @@ func TestNATSConfig(t *testing.T) {
 		}
 	}
 	destroy := []string{"$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.MSG.DELETE.>", "$JS.API.STREAM.UPDATE.AUDIT"}
-	for _, name := range []string{"admin", "operator", "projector", "runner-example-service"} {
+	for _, name := range []string{"admin", "operator", "projector", "runner-example-service", "console"} {
 		u := users[name]
 		if u == nil || u.Account == nil || u.Account.Name != "AUDITFLOW" || u.Permissions == nil || u.Permissions.Publish == nil {
 			t.Fatalf("user %s: %+v", name, u)
@@ -170,7 +171,11 @@ func TestNATSConfig(t *testing.T) {
 				t.Errorf("user %s is not denied %s", name, d)
 			}
 		}
-		if !slices.Equal(u.Permissions.Subscribe.Allow, []string{"_INBOX.>"}) {
+		sub := []string{"_INBOX.>"}
+		if name == "console" {
+			sub = append(sub, "audit.writes.>") // live updates
+		}
+		if !slices.Equal(u.Permissions.Subscribe.Allow, sub) {
 			t.Errorf("user %s may subscribe to %v", name, u.Permissions.Subscribe.Allow)
 		}
 	}
@@ -185,6 +190,20 @@ func TestNATSConfig(t *testing.T) {
 	}
 	if !slices.Contains(users["operator"].Permissions.Publish.Allow, "audit.exec.>") {
 		t.Error("the operator may not record decisions")
+	}
+	if !slices.Contains(users["operator"].Permissions.Publish.Allow, "audit.verify.>") {
+		t.Error("the operator may not record verify results (stream AUDIT_VERIFY)")
+	}
+	for _, s := range users["console"].Permissions.Publish.Allow {
+		// The console only reads: no subject of its own, only JetStream API requests.
+		if !strings.HasPrefix(s, "$JS.API.") {
+			t.Errorf("the console may publish to %s", s)
+		}
+	}
+	for _, d := range []string{"audit.exec.>", "$KV.>", "$JS.API.CONSUMER.DELETE.AUDIT.>", "$JS.API.CONSUMER.CREATE.AUDIT.>"} {
+		if !slices.Contains(users["console"].Permissions.Publish.Deny, d) {
+			t.Errorf("the console is not denied %s", d)
+		}
 	}
 
 	t.Run("a missing password is an error", func(t *testing.T) {
@@ -232,11 +251,12 @@ func TestNATSConfig(t *testing.T) {
 // TestComposeSecurity: every container gets only its own role's secrets
 // file; the NATS monitoring port is never published and every published
 // port is on 127.0.0.1; the stream and bucket come from the init service,
-// which the projectors and the runner wait for.
+// which the projectors, the runner and the console wait for; the console
+// mounts the SQLite projector's store read-only.
 func TestComposeSecurity(t *testing.T) {
 	c := readCompose(t)
 	secrets := makeSecrets(t)
-	role := map[string]string{"init": "admin", "auditflow": "operator", "runner": "runner-example-service",
+	role := map[string]string{"init": "admin", "auditflow": "operator", "runner": "runner-example-service", "console": "console",
 		"nats1": "nats", "nats2": "nats", "nats3": "nats"}
 	for name, svc := range c.Services {
 		want, ok := role[name]
@@ -272,6 +292,32 @@ func TestComposeSecurity(t *testing.T) {
 	var out, errOut strings.Builder
 	if code := cli.Main(context.Background(), append(initCmd[1:], "--help"), &out, &errOut); code != cli.ExitOK {
 		t.Fatalf("%v: exit %d: %s", initCmd, code, errOut.String())
+	}
+
+	// The console reads the store projector-sqlite writes, read-only.
+	con := c.Services["console"]
+	if len(con.Command) < 2 || con.Command[0] != "auditflow" || !slices.Contains(con.Command, "console") {
+		t.Fatalf("console runs %v", con.Command)
+	}
+	if code := cli.Main(context.Background(), append(con.Command[1:], "--help"), &out, &errOut); code != cli.ExitOK {
+		t.Fatalf("%v: exit %d: %s", con.Command, code, errOut.String())
+	}
+	sqlitePath := func(cmd []string) string {
+		i := slices.Index(cmd, "--sqlite-path")
+		if i < 0 || i+1 == len(cmd) {
+			return ""
+		}
+		return cmd[i+1]
+	}
+	store, ok := strings.CutPrefix(sqlitePath(con.Command), "/var/lib/auditflow/store/")
+	if !ok || "/var/lib/auditflow/"+store != sqlitePath(c.Services["projector-sqlite"].Command) {
+		t.Errorf("console reads %s, projector-sqlite writes %s", sqlitePath(con.Command), sqlitePath(c.Services["projector-sqlite"].Command))
+	}
+	if !slices.Contains(con.Volumes, "sqlite:/var/lib/auditflow/store:ro") || !slices.Contains(c.Services["projector-sqlite"].Volumes, "sqlite:/var/lib/auditflow") {
+		t.Errorf("console volumes %v, projector-sqlite's %v: want the projector's volume, read-only", con.Volumes, c.Services["projector-sqlite"].Volumes)
+	}
+	if con.DependsOn["projector-sqlite"].Condition != "service_healthy" {
+		t.Errorf("console does not wait for projector-sqlite to have the store open: %+v", con.DependsOn)
 	}
 }
 
