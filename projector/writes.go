@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -78,15 +79,23 @@ func NewWriteSubscription(ctx context.Context, nc *nats.Conn, prefix, store stri
 		prefix = DefaultWritesPrefix
 	}
 	s := &WriteSubscription{ch: make(chan *nats.Msg, 1024)}
-	sub, err := nc.ChanSubscribe(prefix+"."+store, s.ch)
+	subject := prefix + "." + store
+	before := nc.LastError()
+	sub, err := nc.ChanSubscribe(subject, s.ch)
 	if err != nil {
 		return nil, fmt.Errorf("projector: subscribe writes: %w", err)
 	}
 	s.sub = sub
-	// The flush's round trip means the server has the subscription.
+	// The flush's round trip means the server has the subscription, or
+	// has refused it: a permissions violation arrives before the flush's
+	// answer, only as the connection's last error.
 	fctx, cancel := context.WithTimeout(ctx, subscribeTimeout)
 	defer cancel()
-	if err := nc.FlushWithContext(fctx); err != nil {
+	err = nc.FlushWithContext(fctx)
+	if last := nc.LastError(); err == nil && last != before && errors.Is(last, nats.ErrPermissionViolation) && strings.Contains(last.Error(), `"`+subject+`"`) {
+		err = last
+	}
+	if err != nil {
 		_ = sub.Unsubscribe()
 		return nil, fmt.Errorf("projector: subscribe writes: %w", err)
 	}
