@@ -33,6 +33,7 @@ import (
 	"github.com/auditflow/auditflow/stores"
 	"github.com/auditflow/auditflow/stores/sqlitestore"
 	"github.com/auditflow/auditflow/stores/storetest"
+	"github.com/auditflow/auditflow/verify"
 )
 
 // The deployment's roles, as deploy/nats/accounts.conf names its users.
@@ -222,12 +223,12 @@ func TestDeployRolesDoTheirJobs(t *testing.T) {
 		return as(roleAdmin, bin.auditflow, "init", "--lock-lease", lease.String(), "--mirror", "AUDIT_MIRROR")
 	}
 	first := initAs()
-	if code := first.wait(t, 30*time.Second); code != 0 || strings.Count(first.out.String(), " created ") != 5 {
-		t.Fatalf("init as admin: exit %d, want 0 creating 5 things:\n%s", code, first.out.String())
+	if code := first.wait(t, 30*time.Second); code != 0 || strings.Count(first.out.String(), " created ") != 6 {
+		t.Fatalf("init as admin: exit %d, want 0 creating 6 things (the stream, its mirror, the lock bucket, dead letters, writes, verify results):\n%s", code, first.out.String())
 	}
 	again := initAs()
-	if code := again.wait(t, 30*time.Second); code != 0 || strings.Count(again.out.String(), " exists ") != 5 {
-		t.Fatalf("init again: exit %d, want 0 finding 5 things:\n%s", code, again.out.String())
+	if code := again.wait(t, 30*time.Second); code != 0 || strings.Count(again.out.String(), " exists ") != 6 {
+		t.Fatalf("init again: exit %d, want 0 finding 6 things:\n%s", code, again.out.String())
 	}
 
 	dir := t.TempDir()
@@ -263,9 +264,17 @@ func TestDeployRolesDoTheirJobs(t *testing.T) {
 		return as(roleOperator, bin.auditflow, append([]string{"--store", "sqlite", "--sqlite-path", store}, args...)...)
 	}
 	for _, args := range [][]string{{"test-connection"}, {"verify-schema"}, {"lock", "list"}, {"issue", "list"}, {"stats"}, {"verify"}} {
-		if c := cli(db, args...); c.wait(t, 30*time.Second) != 0 {
+		c := cli(db, args...)
+		if c.wait(t, 30*time.Second) != 0 {
 			t.Fatalf("auditflow %v as %s:\n%s", args, roleOperator, c.out.String())
 		}
+		if args[0] == "verify" && strings.Contains(c.out.String(), "not recorded") {
+			t.Fatalf("verify as %s could not record its result:\n%s", roleOperator, c.out.String())
+		}
+	}
+	_, adminJS := d.connect(t, roleAdmin)
+	if res, ok, err := verify.LastResult(context.Background(), adminJS, "sqlite"); err != nil || !ok || !res.OK {
+		t.Fatalf("the operator's verify result: %+v, %v, %v", res, ok, err)
 	}
 	if c := cli(filepath.Join(t.TempDir(), "replayed.db"), "replay"); c.wait(t, 30*time.Second) != 0 || !strings.Contains(c.out.String(), "replayed 4 events") {
 		t.Fatalf("auditflow replay as %s:\n%s", roleOperator, c.out.String())
