@@ -16,7 +16,8 @@ import (
 // directory, and if so points the store and the trust settings at it.
 //
 // The quickstart (runner --embedded) keeps its stream in DATA/nats and its
-// store in DATA/audit.db, with no network listener. So that the commands
+// store in DATA/audit.db, served to this machine's user only (a loopback
+// port behind a token, see embedded.Config.Share). So that the commands
 // that follow it in the README work with no flags, auditflow reads that
 // directory directly — the NATS server in-process, the SQLite file — when
 // asked with --embedded, or when nothing says otherwise: DATA/nats exists
