@@ -199,7 +199,7 @@ func BenchmarkProjectorGrowth(b *testing.B) {
 			b.ReportMetric(ratios[len(ratios)-1], "vs-100k-max")
 			b.ReportMetric(rss, "MB-peak-RSS")
 			b.ReportMetric(float64(r.PeakHeapBytes)/(1<<20), "MB-peak-heap")
-			reportLoad(b)
+			proctest.ReportLoad(b)
 		})
 	}
 }
@@ -294,7 +294,7 @@ func TestProjectorChild(t *testing.T) {
 	}
 	defer st.Close()
 	peakHeap := proctest.SampleHeap(20 * time.Millisecond)
-	start, cpu := time.Now(), cpuTime()
+	start, cpu := time.Now(), proctest.CPUTime()
 	p, err := projector.New(ctx, js, st, projector.Config{CreateStreams: true, StoreName: "sqlite",
 		Consumer: os.Getenv("AUDITFLOW_BENCH_CONSUMER")})
 	if err != nil {
@@ -306,7 +306,7 @@ func TestProjectorChild(t *testing.T) {
 	for p.Stats().Applied < uint64(n) {
 		time.Sleep(5 * time.Millisecond)
 	}
-	elapsed, cpu := time.Since(start), cpuTime()-cpu
+	elapsed, cpu := time.Since(start), proctest.CPUTime()-cpu
 	cancel()
 	<-done
 	r := childResult{Applied: p.Stats().Applied, PeakRSSKB: proctest.PeakRSSKB(), PeakHeapBytes: peakHeap(),
@@ -381,13 +381,13 @@ func BenchmarkEndToEndVsRaw(b *testing.B) {
 			disk()
 			var rawT, sqlT, e2eT, rawCPU, e2eCPU time.Duration
 			for range 2 {
-				c := cpuTime()
+				c := proctest.CPUTime()
 				rawT += rawPipeline(b, sync, evs, nil)
-				rawCPU += cpuTime() - c
+				rawCPU += proctest.CPUTime() - c
 				sqlT += rawPipeline(b, sync, evs, rawSQLite(b))
-				c = cpuTime()
+				c = proctest.CPUTime()
 				e2eT += endToEnd(b, sync, evs)
-				e2eCPU += cpuTime() - c
+				e2eCPU += proctest.CPUTime() - c
 			}
 			disk()
 			n := float64(2 * b.N)
@@ -413,7 +413,7 @@ func BenchmarkEndToEndVsRaw(b *testing.B) {
 				b.ReportMetric(fceiling, "disk-fsync-events/s")
 				b.ReportMetric(e2e/fceiling, "e2e/disk-fsync")
 			}
-			reportLoad(b)
+			proctest.ReportLoad(b)
 		})
 	}
 }
@@ -584,23 +584,4 @@ func syncRate(b *testing.B, dir string, size, n int, fsync bool) float64 {
 		}
 	}
 	return float64(n) / time.Since(start).Seconds()
-}
-
-// cpuTime is the CPU time (user and system) this process has used.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// reportLoad reports the 1-minute load average while measuring: the
-// machine's other work, which the ratios are meant to see through.
-func reportLoad(b *testing.B) {
-	if s, err := os.ReadFile("/proc/loadavg"); err == nil {
-		if f, err := strconv.ParseFloat(strings.Fields(string(s))[0], 64); err == nil {
-			b.ReportMetric(f, "load1")
-		}
-	}
 }

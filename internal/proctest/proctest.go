@@ -195,3 +195,25 @@ func SampleHeap(interval time.Duration) (peak func() uint64) {
 		return top
 	}
 }
+
+// CPUTime is the CPU time (user and system) this process has used, 0 if
+// the system cannot say: benchmarks compare what two pipelines cost in it,
+// which others' load on the machine moves less than wall-clock time.
+func CPUTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// ReportLoad reports the 1-minute load average as b's metric load1: the
+// machine's other work while measuring, which the benchmarks' same-run
+// ratios are meant to see through.
+func ReportLoad(b *testing.B) {
+	if s, err := os.ReadFile("/proc/loadavg"); err == nil {
+		if f, err := strconv.ParseFloat(strings.Fields(string(s))[0], 64); err == nil {
+			b.ReportMetric(f, "load1")
+		}
+	}
+}

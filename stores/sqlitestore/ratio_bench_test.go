@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -50,15 +49,15 @@ func BenchmarkApplyVsRaw(b *testing.B) {
 	var rawT, applyT, rawCPU, applyCPU time.Duration
 	for i := 0; b.Loop(); i++ {
 		dir := b.TempDir()
-		c := cpuTime()
+		c := proctest.CPUTime()
 		rawT += timeRaw(b, filepath.Join(dir, "raw.db"), batches)
-		rawCPU += cpuTime() - c
+		rawCPU += proctest.CPUTime() - c
 
 		st, err := sqlitestore.Open(ctx, filepath.Join(dir, "apply.db"), sqlitestore.Config{})
 		if err != nil {
 			b.Fatal(err)
 		}
-		c = cpuTime()
+		c = proctest.CPUTime()
 		start := time.Now()
 		for _, c := range batches {
 			if err := st.Apply(ctx, stores.Batch{Checkpoint: "bench", Through: c[len(c)-1].Seq, Records: c}); err != nil {
@@ -66,7 +65,7 @@ func BenchmarkApplyVsRaw(b *testing.B) {
 			}
 		}
 		applyT += time.Since(start)
-		applyCPU += cpuTime() - c
+		applyCPU += proctest.CPUTime() - c
 		_ = st.Close()
 	}
 	n := float64(b.N * len(recs))
@@ -76,7 +75,7 @@ func BenchmarkApplyVsRaw(b *testing.B) {
 	// The same comparison in CPU time, which others' load does not move
 	// (the raw figure includes creating its schema).
 	b.ReportMetric(rawCPU.Seconds()/applyCPU.Seconds(), "raw-cpu/apply-cpu")
-	reportLoad(b)
+	proctest.ReportLoad(b)
 }
 
 // timeRaw creates the store's schema at path (with Open), then times the
@@ -181,25 +180,6 @@ const rawIssueUpsert = ` ON CONFLICT (pipeline, change_id) DO UPDATE SET status=
 	error_trace=excluded.error_trace, updated_at=excluded.updated_at, operator=excluded.operator,
 	reason=excluded.reason, trust=excluded.trust`
 
-// cpuTime is the CPU time (user and system) this process has used.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// reportLoad reports the 1-minute load average while measuring: the
-// machine's other work, which the ratios are meant to see through.
-func reportLoad(b *testing.B) {
-	if s, err := os.ReadFile("/proc/loadavg"); err == nil {
-		if f, err := strconv.ParseFloat(strings.Fields(string(s))[0], 64); err == nil {
-			b.ReportMetric(f, "load1")
-		}
-	}
-}
-
 // growthEnv lists extra store sizes for BenchmarkApplyGrowth (slow).
 const growthEnv = "AUDITFLOW_BENCH_GROWTH"
 
@@ -234,7 +214,7 @@ func BenchmarkApplyGrowth(b *testing.B) {
 				b.ReportMetric(rate/base, "vs-100k")
 			}
 			b.ReportMetric(float64(proctest.PeakRSSKB())/1024, "MB-peak-RSS")
-			reportLoad(b)
+			proctest.ReportLoad(b)
 		})
 	}
 }
