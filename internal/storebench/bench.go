@@ -234,27 +234,7 @@ func BenchReplay(b *testing.B, newStore storetest.NewStore, cfg ReplayBenchConfi
 	}
 	ctx := context.Background()
 	run := storetest.RandomID()
-	recs := BenchEvents(cfg.Events)
-	srv := natstest.StartWith(b, embedded.Config{Logger: slog.New(slog.DiscardHandler)})
-	sc := producer.StreamConfig{}
-	if err := sc.Validate(); err != nil {
-		b.Fatal(err)
-	}
-	prod, err := producer.New(ctx, srv.JS, producer.Config{CreateStream: true, Stream: sc})
-	if err != nil {
-		b.Fatal(err)
-	}
-	pub := prod.NewBatch()
-	for i, r := range recs {
-		if err := pub.Add(r.Event); err != nil {
-			b.Fatal(err)
-		}
-		if i%2000 == 1999 || i == len(recs)-1 {
-			if _, err := pub.Wait(ctx); err != nil {
-				b.Fatal(err)
-			}
-		}
-	}
+	srv, sc, recs := published(b, cfg.Events)
 	// What the insert writes is what replay stores: the events as read
 	// back and decoded, with their hashes.
 	stored := make([]stores.Record, 0, len(recs))
@@ -377,4 +357,34 @@ func bulkInsert(ctx context.Context, st stores.Store, recs []stores.Record, chun
 		}
 	}
 	return nil
+}
+
+// published starts a quiet in-process server and publishes n BenchEvents
+// on a new audit stream (the default configuration, returned), each
+// acknowledged.
+func published(tb testing.TB, n int) (*natstest.Server, producer.StreamConfig, []stores.Record) {
+	tb.Helper()
+	ctx := context.Background()
+	srv := natstest.StartWith(tb, embedded.Config{Logger: slog.New(slog.DiscardHandler)})
+	sc := producer.StreamConfig{}
+	if err := sc.Validate(); err != nil {
+		tb.Fatal(err)
+	}
+	prod, err := producer.New(ctx, srv.JS, producer.Config{CreateStream: true, Stream: sc})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	recs := BenchEvents(n)
+	pub := prod.NewBatch()
+	for i, r := range recs {
+		if err := pub.Add(r.Event); err != nil {
+			tb.Fatal(err)
+		}
+		if i%2000 == 1999 || i == len(recs)-1 {
+			if _, err := pub.Wait(ctx); err != nil {
+				tb.Fatal(err)
+			}
+		}
+	}
+	return srv, sc, recs
 }

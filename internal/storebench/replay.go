@@ -2,13 +2,10 @@ package storebench
 
 import (
 	"context"
-	"log/slog"
 	"testing"
 	"time"
 
-	"github.com/auditflow/auditflow/internal/embedded"
 	"github.com/auditflow/auditflow/internal/natstest"
-	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/projector"
 	"github.com/auditflow/auditflow/stores"
 	"github.com/auditflow/auditflow/stores/storetest"
@@ -37,20 +34,7 @@ func ParallelReplay(t *testing.T, newStore storetest.NewStore, cfg ReplayConfig)
 		cfg.Writers = 4
 	}
 	ctx := context.Background()
-	srv := natstest.StartWith(t, embedded.Config{Logger: slog.New(slog.DiscardHandler)})
-	prod, err := producer.New(ctx, srv.JS, producer.Config{CreateStream: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	batch := prod.NewBatch()
-	for _, r := range BenchEvents(cfg.Events) {
-		if err := batch.Add(r.Event); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := batch.Wait(ctx); err != nil {
-		t.Fatal(err)
-	}
+	srv, _, _ := published(t, cfg.Events)
 	run := "pr" + storetest.RandomID()
 	replay := func(ctx context.Context, st stores.Store, writers int, progress func(projector.ReplayProgress)) (projector.ReplayProgress, error) {
 		return projector.Replay(ctx, srv.JS, st, projector.ReplayConfig{BatchSize: cfg.BatchSize, Writers: writers,
