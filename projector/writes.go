@@ -5,11 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/auditflow/auditflow/internal/natsperm"
 )
 
 // AuditWrite reports one attempt to write a batch into a store. Projectors
@@ -92,8 +93,8 @@ func NewWriteSubscription(ctx context.Context, nc *nats.Conn, prefix, store stri
 	fctx, cancel := context.WithTimeout(ctx, subscribeTimeout)
 	defer cancel()
 	err = nc.FlushWithContext(fctx)
-	if last := nc.LastError(); err == nil && last != before && errors.Is(last, nats.ErrPermissionViolation) && strings.Contains(last.Error(), `"`+subject+`"`) {
-		err = last
+	if pe := natsperm.Since(nc, before, func(e *natsperm.Error) bool { return e.Op == "subscribe" && e.Subject == subject }); err == nil && pe != nil {
+		err = pe
 	}
 	if err != nil {
 		_ = sub.Unsubscribe()
