@@ -197,5 +197,10 @@ func (s *Server) sampleLagOnce(ctx context.Context) {
 		s.log.Debug("console: lag sample", "err", err)
 		return
 	}
+	s.addLagSample(l)
+}
+
+// addLagSample records a lag reading for the lag chart.
+func (s *Server) addLagSample(l *inspect.Lag) {
 	s.lag.add(lagSample{At: time.Now(), Behind: l.Pending + l.AckPending, LastSeq: l.StreamLastSeq})
 }

@@ -249,8 +249,8 @@ func (s *Server) lagPage(w http.ResponseWriter, r *http.Request) {
 		s.pageError(w, r, err)
 		return
 	}
-	if s.cfg.JS != nil {
-		s.sampleLagOnce(r.Context())
+	if st.Lag != nil { // the stats just read it: the chart's newest sample
+		s.addLagSample(st.Lag)
 	}
 	d := lagChart{Stats: st}
 	if d.Verify, err = s.lastVerify(r.Context()); err != nil {
