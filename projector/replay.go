@@ -572,14 +572,3 @@ type StreamMsg struct {
 	// event's signature (trust.Header).
 	Header nats.Header
 }
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}

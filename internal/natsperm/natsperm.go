@@ -158,16 +158,11 @@ func Do[T any](ctx context.Context, nc *nats.Conn, match Match, op func(context.
 	return v, err
 }
 
-// Check returns the connection's last error if it is a violation that
-// match accepts: for a request that already timed out without Watch. The
-// last error stays until the next reconnect, so it may be older than the
-// request; prefer Watch.
-func Check(nc *nats.Conn, match Match) *Error { return Since(nc, nil, match) }
-
-// Since is Check for a violation that arrived after before, the
-// connection's last error (nc.LastError()) read before the request: for a
-// request whose answer comes after the server's verdict on it (a
-// subscription followed by a flush), so that the check needs no Watch.
+// Since returns the connection's last error if it is a violation that
+// match accepts (nil: any) and arrived after before, the last error read
+// before the request (nc.LastError()): for a request whose answer comes
+// after the server's verdict on it (a subscription followed by a flush),
+// so that the check needs no Watch.
 func Since(nc *nats.Conn, before error, match Match) *Error {
 	if nc == nil {
 		return nil
