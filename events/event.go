@@ -14,8 +14,10 @@ import (
 // ExecutionOverlapped type. Events are written with the lowest version that
 // can express them (Type.MinVersion), so a reader one version behind still
 // reads every event it could understand; version 1 events (no prevHash) are
-// still read.
-const SchemaVersion = 3
+// still read. Version 4 added prevSeq and position, which place an event on
+// its change's subject so that a copy published again elsewhere is seen
+// (see CheckChain); every type is written at 4.
+const SchemaVersion = 4
 
 // Type is the kind of an event. Names are past tense: each records a fact.
 type Type string
@@ -59,9 +61,19 @@ func (t Type) MinVersion() int {
 	return 1
 }
 
+// ChainVersion is the schema version that added PrevSeq and Position: an
+// event at it or newer is placed on its change's subject, not only linked
+// to its predecessor's bytes.
+const ChainVersion = 4
+
 // writeVersion is the version Encode and New give an event of type t: the
-// lowest that can express it with a prevHash.
-func writeVersion(t Type) int { return max(2, t.MinVersion()) }
+// lowest that can express it with its place in the chain (PrevSeq,
+// Position).
+func writeVersion(t Type) int { return max(ChainVersion, t.MinVersion()) }
+
+// WriteVersion is the schema version writers give an event of type t (New
+// does): the lowest that can express it with its place in the chain.
+func WriteVersion(t Type) int { return writeVersion(t) }
 
 // Known reports whether t is a type this package understands.
 func (t Type) Known() bool {
@@ -89,12 +101,18 @@ const (
 	StateOverlapped         State = "OVERLAPPED"
 	StateManuallyApplied    State = "MANUALLY_APPLIED"
 	StateManuallyRolledBack State = "MANUALLY_ROLLED_BACK"
+	// StateOutOfChain is not an event's own state but a row's: the event
+	// does not extend its change's chain (CheckChain) — a replayed copy of
+	// an earlier event, a fork, a repeated id, a downgrade — so whatever it
+	// claims is not believed, and an operator must say what the target
+	// holds. Event.State never returns it; stores show it (stores.StateOf).
+	StateOutOfChain State = "OUT_OF_CHAIN"
 )
 
 // States lists every state.
 var States = []State{
 	StateStarted, StateApplied, StateFailed, StateRolledBack, StateRollbackFailed,
-	StateUncertain, StateOverlapped, StateManuallyApplied, StateManuallyRolledBack,
+	StateUncertain, StateOverlapped, StateManuallyApplied, StateManuallyRolledBack, StateOutOfChain,
 }
 
 // Recovery says what a runner may do with a change whose last execution did
@@ -163,6 +181,18 @@ type Event struct {
 	// (or from a writer that does not chain). Altering a stored event
 	// breaks the link from its successor, which verify reports.
 	PrevHash string
+	// PrevSeq is the stream sequence of that previous message, 0 for the
+	// change's first (schema version 4). With it the link names a place:
+	// an exact copy of an event published again lands after another
+	// message than the one it names, so it cannot pass for its original
+	// (CheckChain), and a reader can check it knowing only the message
+	// before it.
+	PrevSeq uint64
+	// Position is the event's 1-based position among the messages on its
+	// change's subject (schema version 4): what a reader that can count a
+	// subject's messages but not read them checks (a copy keeps its
+	// original's position, which is no longer the subject's count).
+	Position uint64
 }
 
 // Hash is the hash an event's successor carries in PrevHash: "sha256:"
@@ -177,8 +207,9 @@ func Hash(encoded []byte) string {
 func NewID() string { return uuid.Must(uuid.NewV7()).String() }
 
 // New returns an event of type t for a change with a fresh id, the lowest
-// schema version that can express it and the current UTC time. Callers
-// fill in the rest.
+// schema version that can express it, the current UTC time, and the place
+// of a change's first event (Position 1). Callers fill in the rest; a
+// producer places it after the change's newest message.
 func New(t Type, pipeline, changeID string) Event {
 	return Event{
 		ID:            NewID(),
@@ -188,6 +219,7 @@ func New(t Type, pipeline, changeID string) Event {
 		ChangeID:      changeID,
 		OccurredAt:    time.Now().UTC(),
 		Recovery:      ManualIntervention,
+		Position:      1, // its change's first, until placed after another (producer.After)
 	}
 }
 

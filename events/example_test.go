@@ -23,7 +23,7 @@ func ExampleEncode() {
 	back, err := events.Decode(b)
 	fmt.Println(back.State(), back.Duration, err)
 	// Output:
-	// {"specversion":"1.0","id":"019ac1f2-80a1-7b55-8c31-55d0c8a2f001","source":"urn:auditflow:pipeline:billing-service","type":"io.auditflow.ExecutionSucceeded","time":"2026-11-26T10:30:01Z","subject":"0042-add-invoice-index","datacontenttype":"application/json","dataschema":"https://auditflow.dev/schemas/execution-event/v3.json","data":{"schemaVersion":2,"pipeline":"billing-service","changeId":"0042-add-invoice-index","executionId":"exec-1","durationMs":1780,"recovery":"MANUAL_INTERVENTION"}}
+	// {"specversion":"1.0","id":"019ac1f2-80a1-7b55-8c31-55d0c8a2f001","source":"urn:auditflow:pipeline:billing-service","type":"io.auditflow.ExecutionSucceeded","time":"2026-11-26T10:30:01Z","subject":"0042-add-invoice-index","datacontenttype":"application/json","dataschema":"https://auditflow.dev/schemas/execution-event/v4.json","data":{"schemaVersion":4,"pipeline":"billing-service","changeId":"0042-add-invoice-index","executionId":"exec-1","durationMs":1780,"recovery":"MANUAL_INTERVENTION","position":1}}
 	// APPLIED 1.78s <nil>
 }
 

@@ -113,6 +113,10 @@ func (s *scanner) data(d *data) bool {
 			bit = 1 << 18
 		case "metadata":
 			bit = 1 << 19
+		case "prevSeq":
+			bit = 1 << 20
+		case "position":
+			bit = 1 << 21
 		default:
 			return false
 		}
@@ -150,6 +154,14 @@ func (s *scanner) data(d *data) bool {
 		case 1 << 18:
 			var ok bool
 			d.Transactional, ok = s.bool()
+			return ok
+		case 1 << 20:
+			var ok bool
+			d.PrevSeq, ok = s.uint(math.MaxUint64)
+			return ok
+		case 1 << 21:
+			var ok bool
+			d.Position, ok = s.uint(math.MaxUint64)
 			return ok
 		default: // metadata
 			return s.metadata(d)

@@ -20,7 +20,7 @@ func fastSample(t Type, text string) Event {
 	e.TargetSystem, e.Host, e.RunnerID, e.LockToken = "db", "host-a", "runner-1", 1<<63+5
 	e.Duration = 1500 * time.Millisecond
 	e.Metadata = map[string]string{"ticket": "OPS-7", text: text, "ünïcode": "✓"}
-	e.PrevHash = Hash([]byte("previous"))
+	e.PrevHash, e.PrevSeq, e.Position = Hash([]byte("previous")), 7, 2
 	switch t {
 	case ExecutionFailed, RollbackFailed, ExecutionOverlapped:
 		e.ErrorMessage, e.ErrorTrace = text, "trace\n\tat "+text
@@ -84,7 +84,7 @@ func TestParseFastRefusesWhatItDoesNotJudge(t *testing.T) {
 		"too big for int64": func(s string) string {
 			return strings.Replace(s, `"durationMs":1500`, `"durationMs":9223372036854775808`, 1)
 		},
-		"newer version":      func(s string) string { return strings.Replace(s, `"schemaVersion":2`, `"schemaVersion":4`, 1) },
+		"newer version":      func(s string) string { return strings.Replace(s, `"schemaVersion":4`, `"schemaVersion":5`, 1) },
 		"lone surrogate":     func(s string) string { return strings.Replace(s, `"author":"x"`, `"author":"\ud800"`, 1) },
 		"invalid UTF-8":      func(s string) string { return strings.Replace(s, `"author":"x"`, "\"author\":\"\xff\"", 1) },
 		"trailing data":      func(s string) string { return s + "{}" },

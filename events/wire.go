@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"math"
 	"strings"
 	"time"
 )
@@ -14,7 +15,7 @@ const (
 	TypePrefix      = "io.auditflow."    // CloudEvents type = TypePrefix + Type
 	DataContentType = "application/json" // the only data encoding accepted
 	// DataSchemaURI names the JSON Schema of data (see schema/).
-	DataSchemaURI = "https://auditflow.dev/schemas/execution-event/v3.json"
+	DataSchemaURI = "https://auditflow.dev/schemas/execution-event/v4.json"
 	// SourcePrefix starts the CloudEvents source: SourcePrefix + pipeline.
 	SourcePrefix = "urn:auditflow:pipeline:"
 )
@@ -57,10 +58,14 @@ type data struct {
 	Operator      string            `json:"operator,omitempty"`
 	Reason        string            `json:"reason,omitempty"`
 	PrevHash      string            `json:"prevHash,omitempty"`
+	PrevSeq       uint64            `json:"prevSeq,omitempty"`
+	Position      uint64            `json:"position,omitempty"`
 }
 
 // Encode validates e and returns its CloudEvents JSON. Duration is written
-// in whole milliseconds and OccurredAt in UTC. An event whose encoding is
+// in whole milliseconds and OccurredAt in UTC; an event of the current
+// version placed after nothing (no PrevSeq, PrevHash or Position) is
+// written as its change's first (Position 1). An event whose encoding is
 // over MaxEventBytes fails with ErrTooLarge.
 func Encode(e Event) ([]byte, error) {
 	if e.SchemaVersion == 0 {
@@ -68,6 +73,9 @@ func Encode(e Event) ([]byte, error) {
 	}
 	if e.Recovery == "" {
 		e.Recovery = ManualIntervention
+	}
+	if e.SchemaVersion >= ChainVersion && e.Position == 0 && e.PrevSeq == 0 && e.PrevHash == "" {
+		e.Position = 1 // placed after nothing: its change's first event
 	}
 	if err := Validate(e); err != nil {
 		return nil, err
@@ -79,7 +87,7 @@ func Encode(e Event) ([]byte, error) {
 		RunnerID: e.RunnerID, LockToken: e.LockToken, DurationMs: e.Duration.Milliseconds(),
 		ErrorMessage: e.ErrorMessage, ErrorTrace: e.ErrorTrace, Metadata: e.Metadata,
 		Recovery: e.Recovery, Transactional: e.Transactional, Resolution: e.Resolution,
-		Operator: e.Operator, Reason: e.Reason, PrevHash: e.PrevHash,
+		Operator: e.Operator, Reason: e.Reason, PrevHash: e.PrevHash, PrevSeq: e.PrevSeq, Position: e.Position,
 	})
 	if err != nil {
 		return nil, err
@@ -198,7 +206,7 @@ func build(env envelope, d data) (Event, error) {
 		Duration: time.Duration(d.DurationMs) * time.Millisecond, ErrorMessage: d.ErrorMessage,
 		ErrorTrace: d.ErrorTrace, Metadata: d.Metadata, Recovery: d.Recovery,
 		Transactional: d.Transactional, Resolution: d.Resolution, Operator: d.Operator, Reason: d.Reason,
-		PrevHash: d.PrevHash,
+		PrevHash: d.PrevHash, PrevSeq: d.PrevSeq, Position: d.Position,
 	}
 	if err := Validate(e); err != nil {
 		return Event{}, err
@@ -263,6 +271,9 @@ func Validate(e Event) error {
 			return fieldErr(ErrInvalidField, "data.prevHash", "want sha256: and 64 lower-case hex digits")
 		}
 	}
+	if err := checkPlace(e); err != nil {
+		return err
+	}
 	if v := e.Type.MinVersion(); e.SchemaVersion < v {
 		return fieldErr(ErrInvalidField, "data.schemaVersion", "%s needs schemaVersion %d or newer, got %d", e.Type, v, e.SchemaVersion)
 	}
@@ -287,6 +298,33 @@ func Validate(e Event) error {
 	}
 	if (e.Type == ExecutionFailed || e.Type == RollbackFailed || e.Type == ExecutionOverlapped) && e.ErrorMessage == "" {
 		return fieldErr(ErrMissingField, "data.errorMessage", "a %s event must say what happened", e.Type)
+	}
+	return nil
+}
+
+// checkPlace checks PrevSeq and Position: absent before ChainVersion,
+// and from it on consistent with each other and with PrevHash — the
+// first message of a subject (position 1) follows nothing, any later one
+// names the sequence and hash of the message before it, which is at least
+// position-1 messages into the stream.
+func checkPlace(e Event) error {
+	if e.SchemaVersion < ChainVersion {
+		if e.PrevSeq != 0 || e.Position != 0 {
+			return fieldErr(ErrInvalidField, "data.prevSeq", "prevSeq and position need schemaVersion %d", ChainVersion)
+		}
+		return nil
+	}
+	switch {
+	case e.Position == 0:
+		return fieldErr(ErrMissingField, "data.position", "schemaVersion %d events say their position on their change's subject", ChainVersion)
+	case e.Position == 1 && (e.PrevSeq != 0 || e.PrevHash != ""):
+		return fieldErr(ErrInvalidField, "data.prevSeq", "the first event of a change (position 1) follows nothing: no prevSeq or prevHash")
+	case e.Position > 1 && (e.PrevSeq == 0 || e.PrevHash == ""):
+		return fieldErr(ErrMissingField, "data.prevSeq", "an event at position %d names the message before it: prevSeq and prevHash", e.Position)
+	case e.Position > 1 && e.Position-1 > e.PrevSeq:
+		return fieldErr(ErrInvalidField, "data.position", "position %d cannot follow stream sequence %d", e.Position, e.PrevSeq)
+	case e.PrevSeq > math.MaxInt64:
+		return fieldErr(ErrInvalidField, "data.prevSeq", "%d is beyond what a stream holds (2^63-1)", e.PrevSeq)
 	}
 	return nil
 }
