@@ -14,8 +14,10 @@
 // that tracks what it has settled can (see package projector).
 //
 // The design rule that keeps backends small and replay exact: every row is a
-// function of events alone. A changeLog row is one event keyed by its id; an
-// issue row is the newest event of its change, guarded by stream sequence.
+// function of events alone. A changeLog row is one stream message — one
+// event, keyed by its stream sequence, so an event published twice is two
+// rows; an issue row is the newest event of its change, guarded by stream
+// sequence.
 // So a store needs no transactions across rows, and a rebuild from the
 // stream gives the same rows as live projection.
 //
@@ -24,5 +26,8 @@
 // the stream, and the projector's trust verdict (Record.Trust, Issue.Trust):
 // an untrusted event leaves its change's issue OPEN whatever its state
 // (IssueStatusOf). The verdict is a function of the event and the trust
-// list, so a replay with the same list gives the same rows.
+// list, so a replay with the same list gives the same rows. So is the chain
+// verdict (Record.Chain, a function of the event and the message before it
+// on the stream): an event that does not extend its change's chain shows
+// events.StateOutOfChain in its row and its issue.
 package stores

@@ -15,9 +15,10 @@ const (
 	// becomes one if it stays so (see Issue.Stale) or a runner marks it
 	// uncertain.
 	IssueInProgress IssueStatus = "IN_PROGRESS"
-	// IssueOpen: failed, rollback failed, uncertain or overlapped; needs an
-	// operator unless the change's recovery strategy retries it (never for
-	// overlapped executions).
+	// IssueOpen: failed, rollback failed, uncertain, overlapped or out of
+	// its chain; needs an operator unless the change's recovery strategy
+	// retries it (never for overlapped executions or an event out of its
+	// chain).
 	IssueOpen IssueStatus = "OPEN"
 	// IssueClosed: applied, rolled back or manually resolved.
 	IssueClosed IssueStatus = "CLOSED"
@@ -47,6 +48,9 @@ type Issue struct {
 	// Trust is the event's Record.Trust: why it is not trusted, "" if it
 	// is. An untrusted event keeps the issue OPEN whatever its state.
 	Trust string `json:"trust,omitempty"`
+	// Chain is the event's Record.Chain: how it fails to extend its
+	// change's chain, "" if it does. State is then StateOutOfChain.
+	Chain string `json:"chain,omitempty"`
 }
 
 // StatusOf maps a change state to an issue status.
@@ -54,7 +58,7 @@ func StatusOf(s events.State) IssueStatus {
 	switch s {
 	case events.StateStarted:
 		return IssueInProgress
-	case events.StateFailed, events.StateRollbackFailed, events.StateUncertain, events.StateOverlapped:
+	case events.StateFailed, events.StateRollbackFailed, events.StateUncertain, events.StateOverlapped, events.StateOutOfChain:
 		return IssueOpen
 	}
 	return IssueClosed
@@ -73,12 +77,13 @@ func IssueStatusOf(s events.State, trust string) IssueStatus {
 
 // IssueOf is the issue row an event produces.
 func IssueOf(r Record) Issue {
+	state := StateOf(r)
 	return Issue{
-		Pipeline: r.Pipeline, ChangeID: r.ChangeID, Status: IssueStatusOf(r.State(), r.Trust), State: r.State(),
+		Pipeline: r.Pipeline, ChangeID: r.ChangeID, Status: IssueStatusOf(state, r.Trust), State: state,
 		Seq: r.Seq, EventID: r.ID, ExecutionID: r.ExecutionID, Author: r.Author,
 		TargetSystem: r.TargetSystem, Recovery: r.Recovery, ErrorMessage: r.ErrorMessage,
 		ErrorTrace: r.ErrorTrace, UpdatedAt: r.OccurredAt, Operator: r.Operator, Reason: r.Reason,
-		Trust: r.Trust,
+		Trust: r.Trust, Chain: r.Chain,
 	}
 }
 

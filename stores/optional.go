@@ -22,8 +22,9 @@ type SchemaChecker interface {
 // Repairer is implemented by stores that can correct individual rows, which
 // verify/repair uses to fix drift without a full rebuild.
 type Repairer interface {
-	// Repair writes Put rows exactly as given (replacing the row with the
-	// same event id), deletes the Delete rows (by event id), writes Issues
+	// Repair writes Put rows exactly as given (replacing the row at the
+	// same sequence, every stored column included: RowState is written as
+	// StateOf(r)), deletes the Delete rows (by sequence), writes Issues
 	// exactly as given (replacing the change's row whatever its sequence)
 	// and deletes the DeleteIssues rows. Unlike Apply it overrides the guards: it is for making a
 	// store equal to the stream, which the caller has read.

@@ -24,20 +24,55 @@ import (
 // it: "" when trusted or when no trust list is configured, else why it is
 // not trusted (unsigned, unknown key, bad signature, …). An untrusted
 // event opens its change's issue whatever its type (see IssueOf).
+//
+// Chain is the writer's verdict on the event's place in its change's chain
+// (events.CheckChain against the message before it on the stream): "" when
+// it extends the chain, else how it does not (a copy of an earlier event
+// published again, a fork, a repeated id, a downgrade). Such an event is
+// believed nowhere: its row and its change's issue show
+// events.StateOutOfChain, and the issue is OPEN, whatever it claims.
+//
+// RowState is the state the row stores, which HistoryQuery.State filters
+// on: History returns it as stored, so a reader shows what it filtered
+// on, and verify, comparing it with StateOf, sees any change to it.
+// Writers leave it empty: Apply stores StateOf(r).
 type Record struct {
 	Seq       uint64
 	Hash      string
 	Signer    string
 	Signature string
 	Trust     string
+	Chain     string
+	RowState  events.State
 	events.Event
 }
 
-// MaxTrustLen bounds Record.Trust and Issue.Trust; MaxSignerLen and
+// StateOf is the state a record's row stores and its change's issue shows:
+// the event's own (Event.State), or events.StateOutOfChain when the event
+// does not extend its change's chain.
+func StateOf(r Record) events.State {
+	if r.Chain != "" {
+		return events.StateOutOfChain
+	}
+	return r.Event.State()
+}
+
+// Shown is the state a reader shows for r: what the row stores (RowState,
+// set by History), or StateOf(r) for a record not read from a store.
+func (r Record) Shown() events.State {
+	if r.RowState != "" {
+		return r.RowState
+	}
+	return StateOf(r)
+}
+
+// MaxTrustLen bounds Record.Trust and Issue.Trust, MaxChainLen
+// Record.Chain and Issue.Chain; MaxSignerLen and
 // MaxSignatureLen bound a signature's parts (an nkey is 56 characters, an
 // ed25519 signature 86 in base64url), with room to spare.
 const (
 	MaxTrustLen     = 1024
+	MaxChainLen     = 1024
 	MaxSignerLen    = 128
 	MaxSignatureLen = 256
 )
@@ -66,8 +101,10 @@ type Batch struct {
 //
 // The contract every implementation keeps, checked by storetest.Run:
 //
-//   - Apply is idempotent. A changeLog row is keyed by event id; applying an
-//     event twice leaves one row.
+//   - Apply is idempotent. A changeLog row is keyed by stream sequence: it
+//     is the log entry itself, so applying a record twice leaves one row,
+//     and two records with the same event id at different sequences (an
+//     event published again) are two rows, each shown.
 //   - Apply is order-insensitive. An issue row carries the sequence of the
 //     event it reflects and is only replaced by an event with a higher
 //     sequence, so redelivery, replay and concurrent workers converge on the
@@ -85,6 +122,13 @@ type Batch struct {
 //     wrapping ctx.Err().
 //   - Stores with different configured names (tables, collections, prefixes)
 //     on one server never see each other's data.
+//   - What a query filters on is what it returns: History fills each
+//     Record from the row as stored — Pipeline, ChangeID, OccurredAt, Seq
+//     and RowState are the values the filter matched — and a store that
+//     keeps a filtered value apart from the row (an index document, a
+//     composite key) checks each row against the query after reading it.
+//     So a stored value altered after the fact shows where it is listed,
+//     and verify, comparing every returned field with the stream, finds it.
 type Store interface {
 	Apply(ctx context.Context, b Batch) error
 	// Checkpoint returns the contiguous checkpoint recorded under name
@@ -129,11 +173,12 @@ func (q HistoryQuery) Normalize() (HistoryQuery, error) {
 }
 
 // Match reports whether r satisfies q; stores that cannot filter on the
-// server use it to filter what they read.
+// server use it to filter what they read (r.Shown(): the row's stored
+// state when r was read from a store).
 func (q HistoryQuery) Match(r Record) bool {
 	return (q.Pipeline == "" || r.Pipeline == q.Pipeline) &&
 		(q.ChangeID == "" || r.ChangeID == q.ChangeID) &&
-		(q.State == "" || r.State() == q.State) &&
+		(q.State == "" || r.Shown() == q.State) &&
 		(q.Since.IsZero() || !r.OccurredAt.Before(q.Since)) &&
 		(q.BeforeSeq == 0 || r.Seq < q.BeforeSeq)
 }
@@ -207,8 +252,8 @@ func (b Batch) Validate() error {
 			return fmt.Errorf("%w: record %d (event %q): hash %q is not sha256:<64 hex digits>", ErrInvalidRecord, i, r.ID, r.Hash)
 		}
 		if len(r.Signer) > MaxSignerLen || len(r.Signature) > MaxSignatureLen || len(r.Trust) > MaxTrustLen ||
-			!utf8.ValidString(r.Signer+r.Signature+r.Trust) {
-			return fmt.Errorf("%w: record %d (event %q): signer, signature or trust verdict over its limit or not UTF-8", ErrInvalidRecord, i, r.ID)
+			len(r.Chain) > MaxChainLen || !utf8.ValidString(r.Signer+r.Signature+r.Trust+r.Chain) {
+			return fmt.Errorf("%w: record %d (event %q): signer, signature, trust or chain verdict over its limit or not UTF-8", ErrInvalidRecord, i, r.ID)
 		}
 		if err := events.Validate(r.Event); err != nil {
 			return fmt.Errorf("%w: record %d (seq %d): %w", ErrInvalidRecord, i, r.Seq, err)

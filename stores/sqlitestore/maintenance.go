@@ -15,28 +15,85 @@ var (
 	_ stores.SchemaChecker = (*Store)(nil)
 )
 
-// migrate adds the columns later versions introduced to tables an older
-// version created (CREATE TABLE IF NOT EXISTS leaves those alone).
+// migrate brings tables an older version created up to date (CREATE
+// TABLE IF NOT EXISTS leaves those alone): it adds the columns later
+// versions introduced, and rebuilds a changeLog whose event id is unique
+// (rows were once keyed by event id, which hid an event published again)
+// into one keyed by sequence alone.
 func (s *Store) migrate(ctx context.Context, tx *sql.Tx) error {
 	for table, added := range map[string][]string{
 		// hash, prev_hash: schema version 2, the hash chain; signer,
-		// signature, trust: signed events.
-		s.cfg.ChangeLogTable: {"hash", "prev_hash", "signer", "signature", "trust"},
-		s.cfg.IssuesTable:    {"trust"},
+		// signature, trust: signed events; prev_seq, position, chain:
+		// schema version 4 and the chain verdict.
+		s.cfg.ChangeLogTable: {"hash", "prev_hash", "signer", "signature", "trust", "prev_seq", "position", "chain"},
+		s.cfg.IssuesTable:    {"trust", "chain"},
 	} {
 		have, err := columns(ctx, tx, table)
 		if err != nil {
 			return err
 		}
 		for _, col := range added {
-			if !slices.Contains(have, col) {
-				if _, err := tx.ExecContext(ctx, `ALTER TABLE `+quote(table)+` ADD COLUMN `+col+` TEXT NOT NULL DEFAULT ''`); err != nil {
-					return fmt.Errorf("add column %s.%s: %w", table, col, err)
-				}
+			if slices.Contains(have, col) {
+				continue
+			}
+			typ := "TEXT NOT NULL DEFAULT ''"
+			if col == "prev_seq" || col == "position" {
+				typ = "INTEGER NOT NULL DEFAULT 0"
+			}
+			if _, err := tx.ExecContext(ctx, `ALTER TABLE `+quote(table)+` ADD COLUMN `+col+` `+typ); err != nil {
+				return fmt.Errorf("add column %s.%s: %w", table, col, err)
+			}
+		}
+	}
+	unique, err := uniqueEventID(ctx, tx, s.cfg.ChangeLogTable)
+	if err != nil || !unique {
+		return err
+	}
+	// SQLite cannot drop a constraint: copy the rows into a table of the
+	// current definition, in the same transaction, and put it in place.
+	lg, tmp := quote(s.cfg.ChangeLogTable), quote(s.cfg.ChangeLogTable+"_rekeyed")
+	for _, stmt := range []string{
+		`DROP TABLE IF EXISTS ` + tmp,
+		changeLogTable(tmp),
+		`INSERT INTO ` + tmp + ` (` + logColumns + `) SELECT ` + logColumns + ` FROM ` + lg,
+		`DROP TABLE ` + lg,
+		`ALTER TABLE ` + tmp + ` RENAME TO ` + lg,
+	} {
+		if _, err := tx.ExecContext(ctx, stmt); err != nil {
+			return fmt.Errorf("rekey %s by sequence (%s): %w", s.cfg.ChangeLogTable, firstLine(stmt), err)
+		}
+	}
+	for _, stmt := range s.sql.schema { // the indexes went with the old table
+		if strings.HasPrefix(stmt, "CREATE INDEX") {
+			if _, err := tx.ExecContext(ctx, stmt); err != nil {
+				return fmt.Errorf("rekey %s by sequence (%s): %w", s.cfg.ChangeLogTable, firstLine(stmt), err)
 			}
 		}
 	}
 	return nil
+}
+
+// uniqueEventID reports whether table has a unique index on event_id
+// alone: the layout that keyed rows by event id.
+func uniqueEventID(ctx context.Context, q querier, table string) (bool, error) {
+	rows, err := q.QueryContext(ctx, `SELECT l.name FROM pragma_index_list(?) AS l WHERE l."unique" = 1`, table)
+	if err != nil {
+		return false, err
+	}
+	idx, err := scanNames(rows)
+	if err != nil {
+		return false, err
+	}
+	for _, name := range idx {
+		cols, err := names(ctx, q, `SELECT name FROM pragma_index_info(?)`, name)
+		if err != nil {
+			return false, err
+		}
+		if slices.Equal(cols, []string{"event_id"}) {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 type querier interface {
@@ -53,6 +110,10 @@ func names(ctx context.Context, q querier, stmt string, args ...any) ([]string, 
 	if err != nil {
 		return nil, err
 	}
+	return scanNames(rows)
+}
+
+func scanNames(rows *sql.Rows) ([]string, error) {
 	defer rows.Close()
 	var out []string
 	for rows.Next() {
@@ -88,6 +149,11 @@ func (s *Store) CheckSchema(ctx context.Context) ([]string, error) {
 			}
 		}
 	}
+	if unique, err := uniqueEventID(ctx, s.db, s.cfg.ChangeLogTable); err != nil {
+		return nil, fmt.Errorf("sqlitestore: check schema: %w", stores.ContextError(ctx, err))
+	} else if unique {
+		problems = append(problems, fmt.Sprintf("table %s is keyed by event id, so an event published twice shows once: open the store for writing once (a projector, or auditflow replay) to rekey it by sequence", s.cfg.ChangeLogTable))
+	}
 	indexes, err := names(ctx, s.db, `SELECT name FROM sqlite_master WHERE type = 'index'`)
 	if err != nil {
 		return nil, fmt.Errorf("sqlitestore: check schema: %w", stores.ContextError(ctx, err))
@@ -109,7 +175,7 @@ func (s *Store) Repair(ctx context.Context, r stores.Repair) error {
 	lg, is := quote(s.cfg.ChangeLogTable), quote(s.cfg.IssuesTable)
 	return s.inTx(ctx, func(tx *sql.Tx) error {
 		for _, rec := range r.Delete {
-			if _, err := tx.ExecContext(ctx, `DELETE FROM `+lg+` WHERE event_id = ?`, rec.ID); err != nil {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM `+lg+` WHERE seq = ?`, rec.Seq); err != nil {
 				return err
 			}
 		}
@@ -118,7 +184,7 @@ func (s *Store) Repair(ctx context.Context, r stores.Repair) error {
 			if err != nil {
 				return err
 			}
-			// REPLACE drops any row that has this event id or this sequence.
+			// REPLACE drops the row at this sequence.
 			if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO `+lg+` (`+logColumns+`) VALUES `+placeholders(logColumnCount), args...); err != nil {
 				return err
 			}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -230,6 +231,11 @@ func New(ctx context.Context, db *sql.DB, cfg Config) (*Store, error) {
 	}
 	s := &Store{db: db, cfg: cfg, sql: newQueries(cfg), writer: make(chan struct{}, 1)}
 	if cfg.SkipSchema {
+		// A file an older version wrote, opened without migrating it:
+		// read the columns it lacks as their defaults.
+		if err := s.sql.readOlder(ctx, db, cfg); err != nil {
+			return nil, fmt.Errorf("sqlitestore: %w", err)
+		}
 		return s, nil
 	}
 	// One write transaction: a plain statement would start as a reader and
@@ -261,16 +267,32 @@ type queries struct {
 const logColumns = `seq, event_id, type, state, schema_version, pipeline, change_id, author, execution_id,
 	change_order, target_system, host, runner_id, lock_token, occurred_at, duration_ms, error_message,
 	error_trace, metadata, recovery, transactional, resolution, operator, reason, hash, prev_hash,
-	signer, signature, trust`
+	signer, signature, trust, prev_seq, position, chain`
 
 // logColumnCount and issueColumnCount are the number of columns above.
 const (
-	logColumnCount   = 29
-	issueColumnCount = 16
+	logColumnCount   = 32
+	issueColumnCount = 17
 )
 
 const issueColumns = `pipeline, change_id, status, state, seq, event_id, execution_id, author,
-	target_system, recovery, error_message, error_trace, updated_at, operator, reason, trust`
+	target_system, recovery, error_message, error_trace, updated_at, operator, reason, trust, chain`
+
+// changeLogTable is the changeLog's definition: one row per stream message
+// stored, keyed by its sequence. The event id is not unique: an event
+// published again is a row of its own.
+func changeLogTable(name string) string {
+	return `CREATE TABLE IF NOT EXISTS ` + name + ` (
+	seq INTEGER NOT NULL PRIMARY KEY, event_id TEXT NOT NULL, type TEXT NOT NULL, state TEXT NOT NULL,
+	schema_version INTEGER NOT NULL, pipeline TEXT NOT NULL, change_id TEXT NOT NULL, author TEXT NOT NULL,
+	execution_id TEXT NOT NULL, change_order TEXT NOT NULL, target_system TEXT NOT NULL, host TEXT NOT NULL,
+	runner_id TEXT NOT NULL, lock_token INTEGER NOT NULL, occurred_at TEXT NOT NULL, duration_ms INTEGER NOT NULL,
+	error_message TEXT NOT NULL, error_trace TEXT NOT NULL, metadata TEXT NOT NULL, recovery TEXT NOT NULL,
+	transactional INTEGER NOT NULL, resolution TEXT NOT NULL, operator TEXT NOT NULL, reason TEXT NOT NULL,
+	hash TEXT NOT NULL DEFAULT '', prev_hash TEXT NOT NULL DEFAULT '',
+	signer TEXT NOT NULL DEFAULT '', signature TEXT NOT NULL DEFAULT '', trust TEXT NOT NULL DEFAULT '',
+	prev_seq INTEGER NOT NULL DEFAULT 0, position INTEGER NOT NULL DEFAULT 0, chain TEXT NOT NULL DEFAULT '')`
+}
 
 func newQueries(c Config) queries {
 	lg, is, cp := quote(c.ChangeLogTable), quote(c.IssuesTable), quote(c.CheckpointsTable)
@@ -278,15 +300,7 @@ func newQueries(c Config) queries {
 	return queries{
 		indexes: []string{c.ChangeLogTable + "_change", c.ChangeLogTable + "_state", c.IssuesTable + "_status", c.IssuesTable + "_seq"},
 		schema: []string{
-			`CREATE TABLE IF NOT EXISTS ` + lg + ` (
-	seq INTEGER NOT NULL PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, type TEXT NOT NULL, state TEXT NOT NULL,
-	schema_version INTEGER NOT NULL, pipeline TEXT NOT NULL, change_id TEXT NOT NULL, author TEXT NOT NULL,
-	execution_id TEXT NOT NULL, change_order TEXT NOT NULL, target_system TEXT NOT NULL, host TEXT NOT NULL,
-	runner_id TEXT NOT NULL, lock_token INTEGER NOT NULL, occurred_at TEXT NOT NULL, duration_ms INTEGER NOT NULL,
-	error_message TEXT NOT NULL, error_trace TEXT NOT NULL, metadata TEXT NOT NULL, recovery TEXT NOT NULL,
-	transactional INTEGER NOT NULL, resolution TEXT NOT NULL, operator TEXT NOT NULL, reason TEXT NOT NULL,
-	hash TEXT NOT NULL DEFAULT '', prev_hash TEXT NOT NULL DEFAULT '',
-	signer TEXT NOT NULL DEFAULT '', signature TEXT NOT NULL DEFAULT '', trust TEXT NOT NULL DEFAULT '')`,
+			changeLogTable(lg),
 			`CREATE INDEX IF NOT EXISTS ` + idx(c.ChangeLogTable, "change") + ` ON ` + lg + ` (pipeline, change_id, seq)`,
 			`CREATE INDEX IF NOT EXISTS ` + idx(c.ChangeLogTable, "state") + ` ON ` + lg + ` (state, seq)`,
 			`CREATE TABLE IF NOT EXISTS ` + is + ` (
@@ -294,7 +308,7 @@ func newQueries(c Config) queries {
 	seq INTEGER NOT NULL, event_id TEXT NOT NULL, execution_id TEXT NOT NULL, author TEXT NOT NULL,
 	target_system TEXT NOT NULL, recovery TEXT NOT NULL, error_message TEXT NOT NULL, error_trace TEXT NOT NULL,
 	updated_at TEXT NOT NULL, operator TEXT NOT NULL, reason TEXT NOT NULL, trust TEXT NOT NULL DEFAULT '',
-	PRIMARY KEY (pipeline, change_id))`,
+	chain TEXT NOT NULL DEFAULT '', PRIMARY KEY (pipeline, change_id))`,
 			`CREATE INDEX IF NOT EXISTS ` + idx(c.IssuesTable, "status") + ` ON ` + is + ` (status, seq)`,
 			`CREATE INDEX IF NOT EXISTS ` + idx(c.IssuesTable, "seq") + ` ON ` + is + ` (seq)`,
 			`CREATE TABLE IF NOT EXISTS ` + cp + ` (name TEXT NOT NULL PRIMARY KEY, seq INTEGER NOT NULL)`,
@@ -307,7 +321,7 @@ func newQueries(c Config) queries {
 	seq=excluded.seq, event_id=excluded.event_id, execution_id=excluded.execution_id, author=excluded.author,
 	target_system=excluded.target_system, recovery=excluded.recovery, error_message=excluded.error_message,
 	error_trace=excluded.error_trace, updated_at=excluded.updated_at, operator=excluded.operator,
-	reason=excluded.reason, trust=excluded.trust
+	reason=excluded.reason, trust=excluded.trust, chain=excluded.chain
 	WHERE excluded.seq > ` + is + `.seq`},
 		upsertCP: `INSERT INTO ` + cp + ` (name, seq) VALUES (?, ?)
 	ON CONFLICT (name) DO UPDATE SET seq = max(seq, excluded.seq)`,
@@ -318,6 +332,34 @@ func newQueries(c Config) queries {
 }
 
 func quote(id string) string { return `"` + id + `"` }
+
+// readOlder makes the SELECTs read columns a table lacks (it was written by
+// an older version and not migrated) as their defaults.
+func (q *queries) readOlder(ctx context.Context, db *sql.DB, c Config) error {
+	for _, t := range []struct {
+		table, cols string
+		sel         *string
+	}{{c.ChangeLogTable, logColumns, &q.selectLog}, {c.IssuesTable, issueColumns, &q.selectIssue}} {
+		have, err := columns(ctx, db, t.table)
+		if err != nil || len(have) == 0 {
+			return err // a missing table fails where it is read, naming it
+		}
+		list := make([]string, 0, 32)
+		for col := range strings.SplitSeq(t.cols, ",") {
+			col = strings.TrimSpace(col)
+			switch {
+			case slices.Contains(have, col):
+				list = append(list, col)
+			case col == "prev_seq" || col == "position":
+				list = append(list, "0 AS "+col)
+			default:
+				list = append(list, "'' AS "+col)
+			}
+		}
+		*t.sel = `SELECT ` + strings.Join(list, ", ") + ` FROM ` + quote(t.table)
+	}
+	return nil
+}
 
 // Apply writes the batch in one transaction.
 func (s *Store) Apply(ctx context.Context, b stores.Batch) error {
@@ -362,17 +404,18 @@ func (s *Store) raiseCheckpoint(ctx context.Context, tx *sql.Tx, b stores.Batch)
 
 func logArgs(r stores.Record, args []any) ([]any, error) {
 	md, err := json.Marshal(r.Metadata)
-	return append(args, r.Seq, r.ID, string(r.Type), string(r.State()), r.SchemaVersion,
+	return append(args, r.Seq, r.ID, string(r.Type), string(stores.StateOf(r)), r.SchemaVersion,
 		r.Pipeline, r.ChangeID, r.Author, r.ExecutionID, r.Order, r.TargetSystem, r.Host, r.RunnerID,
 		int64(r.LockToken), stores.FormatTime(r.OccurredAt), r.Duration.Milliseconds(),
 		r.ErrorMessage, r.ErrorTrace, string(md), string(r.Recovery), r.Transactional,
-		string(r.Resolution), r.Operator, r.Reason, r.Hash, r.PrevHash, r.Signer, r.Signature, r.Trust), err
+		string(r.Resolution), r.Operator, r.Reason, r.Hash, r.PrevHash, r.Signer, r.Signature, r.Trust,
+		int64(r.PrevSeq), int64(r.Position), r.Chain), err
 }
 
 func issueArgs(i stores.Issue, args []any) []any {
 	return append(args, i.Pipeline, i.ChangeID, string(i.Status), string(i.State), i.Seq,
 		i.EventID, i.ExecutionID, i.Author, i.TargetSystem, string(i.Recovery), i.ErrorMessage,
-		i.ErrorTrace, stores.FormatTime(i.UpdatedAt), i.Operator, i.Reason, i.Trust)
+		i.ErrorTrace, stores.FormatTime(i.UpdatedAt), i.Operator, i.Reason, i.Trust, i.Chain)
 }
 
 // multiRow is an INSERT whose VALUES list takes any number of rows: one
@@ -385,7 +428,7 @@ func (m multiRow) sql(rows int) string {
 
 func placeholders(n int) string { return "(" + strings.Repeat("?,", n-1) + "?)" }
 
-// rowsPerStatement keeps a statement's parameters (29 per changeLog row)
+// rowsPerStatement keeps a statement's parameters (32 per changeLog row)
 // well under SQLite's limit of 32766.
 const rowsPerStatement = 32
 
@@ -495,14 +538,15 @@ func (s *Store) History(ctx context.Context, q stores.HistoryQuery) ([]stores.Re
 	return query(ctx, s.db, "history", s.sql.selectLog+w.String()+" ORDER BY seq DESC LIMIT ?", append(w.args, q.Limit),
 		func(rows *sql.Rows) (r stores.Record, err error) {
 			var typ, state, at, md, recovery, resolution string
-			var lockToken, durMs int64
+			var lockToken, durMs, prevSeq, position int64
 			if err := rows.Scan(&r.Seq, &r.ID, &typ, &state, &r.SchemaVersion, &r.Pipeline, &r.ChangeID, &r.Author,
 				&r.ExecutionID, &r.Order, &r.TargetSystem, &r.Host, &r.RunnerID, &lockToken, &at, &durMs,
 				&r.ErrorMessage, &r.ErrorTrace, &md, &recovery, &r.Transactional, &resolution, &r.Operator,
-				&r.Reason, &r.Hash, &r.PrevHash, &r.Signer, &r.Signature, &r.Trust); err != nil {
+				&r.Reason, &r.Hash, &r.PrevHash, &r.Signer, &r.Signature, &r.Trust, &prevSeq, &position, &r.Chain); err != nil {
 				return r, err
 			}
 			r.Type, r.Recovery, r.Resolution = events.Type(typ), events.Recovery(recovery), events.Resolution(resolution)
+			r.RowState, r.PrevSeq, r.Position = events.State(state), uint64(prevSeq), uint64(position)
 			r.LockToken, r.Duration = uint64(lockToken), time.Duration(durMs)*time.Millisecond
 			if r.OccurredAt, err = stores.ParseTime(at); err != nil {
 				return r, fmt.Errorf("event %s: bad occurred_at %q: %w", r.ID, at, err)
@@ -526,7 +570,7 @@ func (s *Store) Issues(ctx context.Context, q stores.IssueQuery) ([]stores.Issue
 			var status, state, recovery, at string
 			if err := rows.Scan(&i.Pipeline, &i.ChangeID, &status, &state, &i.Seq, &i.EventID, &i.ExecutionID,
 				&i.Author, &i.TargetSystem, &recovery, &i.ErrorMessage, &i.ErrorTrace, &at, &i.Operator,
-				&i.Reason, &i.Trust); err != nil {
+				&i.Reason, &i.Trust, &i.Chain); err != nil {
 				return i, err
 			}
 			i.Status, i.State, i.Recovery = stores.IssueStatus(status), events.State(state), events.Recovery(recovery)

@@ -50,6 +50,25 @@ type Features struct {
 	NonAtomicUpdates bool
 }
 
+// Tamperer is implemented by a store the suite can alter behind its back,
+// as someone with write access to the database could: backends implement
+// it in a _test.go file of their own package (so it is never part of
+// production code), and the suite requires it, since a store whose
+// listings can be falsified unseen fails the contract that what a query
+// filters on is what it returns.
+type Tamperer interface {
+	// TamperRow overwrites one stored value of the changeLog row at seq:
+	// field is one of TamperFields, value its new text (a state, a
+	// pipeline or change id, or a time in stores.TimeLayout). Where a
+	// backend keeps the value twice, it alters the copy History's filter
+	// on that field reads.
+	TamperRow(ctx context.Context, seq uint64, field, value string) error
+}
+
+// TamperFields are the stored values of a changeLog row that History
+// filters on, besides its key (Seq).
+var TamperFields = []string{"state", "pipeline", "changeId", "occurredAt"}
+
 // NewStore opens a store whose names (tables, collections, key prefixes) are
 // derived from namespace, and registers its Close with t.Cleanup. Two calls
 // with the same namespace must open the same data; different namespaces must
@@ -87,6 +106,8 @@ func Run(t *testing.T, newStore NewStore, f Features) {
 		{"WriteProbe", testWriteProbe},
 		{"SignedEvents", testSignedEvents},
 		{"IssueCount", testIssueCount},
+		{"RepeatedEventIsARow", testRepeatedEventIsARow},
+		{"StoredValuesShowWhereListed", testStoredValuesShowWhereListed},
 	}
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -126,8 +147,8 @@ var base = time.Date(2026, 11, 26, 9, 0, 0, 123456789, time.UTC)
 func rec(seq uint64, typ events.Type, pipeline, change string) stores.Record {
 	e := events.New(typ, pipeline, change)
 	e.ID = fmt.Sprintf("evt-%s-%s-%d", pipeline, change, seq)
-	if seq > 1 {
-		e.PrevHash = events.Hash([]byte(fmt.Sprint("event before ", seq)))
+	if e.Position = seq; seq > 1 {
+		e.PrevHash, e.PrevSeq = events.Hash([]byte(fmt.Sprint("event before ", seq))), seq-1
 	}
 	e.OccurredAt = base.Add(time.Duration(seq) * time.Second)
 	e.ExecutionID = "exec-" + change
@@ -203,6 +224,9 @@ func normRecord(r stores.Record) stores.Record {
 
 func normIssue(i stores.Issue) stores.Issue { i.UpdatedAt = i.UpdatedAt.UTC(); return i }
 
+// wantRecords compares rows read with the records applied: a row read
+// carries the state it stores (RowState), which for a record applied is
+// StateOf.
 func wantRecords(t *testing.T, what string, got, want []stores.Record) {
 	t.Helper()
 	if len(got) != len(want) {
@@ -210,6 +234,9 @@ func wantRecords(t *testing.T, what string, got, want []stores.Record) {
 	}
 	for i := range got {
 		g, w := normRecord(got[i]), normRecord(want[i])
+		if w.RowState == "" {
+			w.RowState = stores.StateOf(w)
+		}
 		if !reflect.DeepEqual(g, w) {
 			t.Fatalf("%s: row %d:\n got %+v\nwant %+v", what, i, g, w)
 		}
@@ -336,20 +363,21 @@ func maxRecord(t *testing.T, seq uint64, typ events.Type) stores.Record {
 		e.Metadata[k] = fill(fmt.Sprint("value ", i, " "), n)
 	}
 	e.Recovery, e.Transactional = events.AlwaysRetry, true
-	if seq > 1 {
-		e.PrevHash = events.Hash([]byte(fmt.Sprint("event before ", seq)))
+	if e.Position = seq; seq > 1 {
+		e.PrevHash, e.PrevSeq = events.Hash([]byte(fmt.Sprint("event before ", seq))), seq-1
 	}
 	if typ == events.ManuallyResolved {
 		e.Resolution = events.ResolvedRolledBack
 		e.Operator, e.Reason = fill("operator ", events.MaxTextLen), fill("reason ", events.MaxMessageLen)
 	}
+	e.PrevSeq, e.Position, e.PrevHash = 1<<63-1, 1<<62, events.Hash([]byte("the largest place"))
 	b, err := events.Encode(e)
 	if err != nil {
 		t.Fatalf("the max-size event does not encode: %v", err)
 	}
 	t.Logf("max-size %s: %d bytes encoded", typ, len(b))
 	return stores.Record{Seq: seq, Hash: events.Hash(b), Signer: fill("U", stores.MaxSignerLen), Signature: fill("s", stores.MaxSignatureLen),
-		Trust: fill("bad signature: ", stores.MaxTrustLen), Event: e}
+		Trust: fill("bad signature: ", stores.MaxTrustLen), Chain: fill("out of chain: ", stores.MaxChainLen), Event: e}
 }
 
 func testIdempotentReapply(t *testing.T, s *suite) {
@@ -1115,5 +1143,108 @@ func testSignedEvents(t *testing.T, s *suite) {
 	}
 	if closed := issues(t, st, stores.IssueQuery{Status: stores.IssueClosed}); len(closed) != 1 || closed[0].ChangeID != "settled" {
 		t.Fatalf("closed issues = %+v, want settled only", closed)
+	}
+}
+
+// testRepeatedEventIsARow: an event published again (the same event id at
+// a later sequence, as a replay writes it) is a row of its own, shown with
+// its chain verdict as StateOutOfChain, and its change's issue is OPEN in
+// that state; the original row is untouched, and listing by state finds
+// each row under the state it stores.
+func testRepeatedEventIsARow(t *testing.T, s *suite) {
+	st := s.open(t, "")
+	started := rec(1, events.ExecutionStarted, "p", "c")
+	applied := rec(2, events.ExecutionSucceeded, "p", "c")
+	copied := applied
+	copied.Seq, copied.Chain = 7, "written to follow stream sequence 1, but sequence 2 precedes it: a copy of an earlier event published again, or a fork"
+	other := rec(5, events.ExecutionFailed, "p", "d")
+	apply(t, st, started, applied, other, copied)
+	apply(t, st, copied, applied) // redelivered: still one row per sequence
+	want := []stores.Record{copied, other, applied, started}
+	wantRecords(t, "history", history(t, st, stores.HistoryQuery{}), want)
+	wantRecords(t, "history of the change", history(t, st, stores.HistoryQuery{Pipeline: "p", ChangeID: "c"}), []stores.Record{copied, applied, started})
+	wantRecords(t, "APPLIED rows", history(t, st, stores.HistoryQuery{State: events.StateApplied}), []stores.Record{applied})
+	wantRecords(t, "OUT_OF_CHAIN rows", history(t, st, stores.HistoryQuery{State: events.StateOutOfChain}), []stores.Record{copied})
+	i := issueOf(t, st, "p", "c")
+	if want := normIssue(stores.IssueOf(copied)); !reflect.DeepEqual(normIssue(i), want) ||
+		i.Status != stores.IssueOpen || i.State != events.StateOutOfChain || i.Chain != copied.Chain {
+		t.Fatalf("issue:\n got %+v\nwant %+v (OPEN, OUT_OF_CHAIN)", i, want)
+	}
+	if open := issues(t, st, stores.IssueQuery{Status: stores.IssueOpen}); len(open) != 2 {
+		t.Fatalf("open issues = %+v, want c (out of chain) and d (failed)", open)
+	}
+	r, ok := st.(stores.Repairer)
+	if !ok {
+		return
+	}
+	// Repair addresses rows by sequence: deleting the copy leaves the
+	// original of the same id.
+	if err := r.Repair(context.Background(), stores.Repair{Delete: []stores.Record{copied}}); err != nil {
+		t.Fatalf("Repair: %v", err)
+	}
+	wantRecords(t, "history after deleting the copy", history(t, st, stores.HistoryQuery{Pipeline: "p", ChangeID: "c"}), []stores.Record{applied, started})
+}
+
+// testStoredValuesShowWhereListed alters each value History filters on in
+// one stored row, as someone with write access to the database could, and
+// checks the contract that what a query filters on is what it returns: the
+// row read back carries the altered value (so verify, comparing it with
+// the stream, sees it), and a listing filtered on the old or the new value
+// never returns a row that does not carry that value — so no row is shown
+// as APPLIED under FAILED, say.
+func testStoredValuesShowWhereListed(t *testing.T, s *suite) {
+	ctx := context.Background()
+	st := s.open(t, "")
+	tam, ok := st.(Tamperer)
+	if !ok {
+		t.Fatalf("%T does not implement storetest.Tamperer: implement it in a _test.go file of the backend's package", st)
+	}
+	recs := []stores.Record{
+		rec(1, events.ExecutionStarted, "p", "c"), rec(2, events.ExecutionSucceeded, "p", "c"),
+		rec(3, events.ExecutionStarted, "q", "d"), rec(4, events.ExecutionFailed, "q", "d"),
+	}
+	apply(t, st, recs...)
+	target := recs[1] // APPLIED, p/c, at base+2s
+	newAt := base.Add(time.Hour)
+	for _, c := range []struct {
+		field, value string
+		read         func(stores.Record) string
+		queries      []stores.HistoryQuery // the old value and the new
+	}{
+		{"state", string(events.StateFailed), func(r stores.Record) string { return string(r.RowState) },
+			[]stores.HistoryQuery{{State: events.StateApplied}, {State: events.StateFailed}}},
+		{"pipeline", "q", func(r stores.Record) string { return r.Pipeline },
+			[]stores.HistoryQuery{{Pipeline: "p"}, {Pipeline: "q"}, {Pipeline: "q", ChangeID: "c"}}},
+		{"changeId", "d", func(r stores.Record) string { return r.ChangeID },
+			[]stores.HistoryQuery{{Pipeline: "p", ChangeID: "c"}, {Pipeline: "p", ChangeID: "d"}, {ChangeID: "d"}}},
+		{"occurredAt", stores.FormatTime(newAt), func(r stores.Record) string { return stores.FormatTime(r.OccurredAt) },
+			[]stores.HistoryQuery{{Since: newAt.Add(-time.Minute)}, {Since: base.Add(90 * time.Second)}}},
+	} {
+		t.Run(c.field, func(t *testing.T) {
+			if err := st.(stores.Store).Reset(ctx); err != nil {
+				t.Fatal(err)
+			}
+			apply(t, st, recs...)
+			if err := tam.TamperRow(ctx, target.Seq, c.field, c.value); err != nil {
+				t.Fatalf("TamperRow(%d, %s, %q): %v", target.Seq, c.field, c.value, err)
+			}
+			var got *stores.Record
+			for _, r := range history(t, st, stores.HistoryQuery{}) {
+				if r.Seq == target.Seq {
+					got = &r
+				}
+			}
+			if got == nil || c.read(*got) != c.value {
+				t.Fatalf("row %d read back after %s was set to %q: %+v; a reader must see the stored value", target.Seq, c.field, c.value, got)
+			}
+			for _, q := range c.queries {
+				for _, r := range history(t, st, q) {
+					if !q.Match(r) {
+						t.Errorf("History(%+v) returned row %d with pipeline %q, change %q, state %q, time %s: not what it filtered on",
+							q, r.Seq, r.Pipeline, r.ChangeID, r.RowState, stores.FormatTime(r.OccurredAt))
+					}
+				}
+			}
+		})
 	}
 }
