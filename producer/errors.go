@@ -58,3 +58,31 @@ func (e *BadEventError) Unwrap() []error { return []error{ErrBadEvent, e.Err} }
 // WrongSubject reports whether the message is a valid event of another
 // change, rather than one that does not decode.
 func (e *BadEventError) WrongSubject() bool { return errors.Is(e.Err, events.ErrWrongSubject) }
+
+// ErrOutOfPlace: a change's newest event is not where it was written: it
+// says it is the change's Nth message (events.Event.Position), and the
+// change's subject holds another number of messages. A copy of an earlier
+// event published again keeps its original's position, so it is caught
+// here by a reader that may count the subject's messages but not read
+// them. Last returns it as an *OutOfPlaceError with the event and its
+// Head, which is what a resolution is recorded after.
+var ErrOutOfPlace = errors.New("producer: the change's newest event is not where it was written")
+
+// OutOfPlaceError is a change's newest event whose Position is not its
+// subject's message count (ErrOutOfPlace).
+type OutOfPlaceError struct {
+	Stream, Subject    string
+	Pipeline, ChangeID string
+	Head               Head        // the event's sequence and hash; Head.Position is the subject's count
+	Type               events.Type // what it claims
+	Position           uint64      // the position it was written at
+	PrevSeq            uint64      // the sequence it was written to follow
+}
+
+func (e *OutOfPlaceError) Error() string {
+	return fmt.Sprintf("producer: the newest event of change %q of pipeline %q (stream %s sequence %d, %s) was written as message %d of its change, after sequence %d, but the change has %d messages: a copy of an earlier event published again, or a forgery",
+		e.ChangeID, e.Pipeline, e.Stream, e.Head.Seq, e.Type, e.Position, e.PrevSeq, e.Head.Position)
+}
+
+// Unwrap returns ErrOutOfPlace and events.ErrOutOfChain.
+func (e *OutOfPlaceError) Unwrap() []error { return []error{ErrOutOfPlace, events.ErrOutOfChain} }

@@ -133,9 +133,10 @@ func TestLastReportsBadEvents(t *testing.T) {
 		data         []byte
 		wrongSubject bool
 		want         error
+		position     uint64 // messages on the subject once it is published
 	}{
-		{"garbage", "0003-change", []byte("garbage"), false, events.ErrMalformed},
-		{"another change's event", "0001-change", otherBytes, true, events.ErrWrongSubject},
+		{"garbage", "0003-change", []byte("garbage"), false, events.ErrMalformed, 1},
+		{"another change's event", "0001-change", otherBytes, true, events.ErrWrongSubject, 2},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			subject := p.Subject("billing", c.change)
@@ -154,7 +155,7 @@ func TestLastReportsBadEvents(t *testing.T) {
 				if !errors.As(err, &bad) || !errors.Is(err, producer.ErrBadEvent) || !errors.Is(err, c.want) {
 					t.Fatalf("%s = %v, want a *BadEventError wrapping %v", reader, err, c.want)
 				}
-				want := producer.Head{Seq: ack.Sequence, Hash: events.Hash(c.data)}
+				want := producer.Head{Seq: ack.Sequence, Hash: events.Hash(c.data), Position: c.position}
 				if bad.Head != want || h != want || bad.Subject != subject || bad.ChangeID != c.change || bad.Stream != "AUDIT" || bad.WrongSubject() != c.wrongSubject {
 					t.Fatalf("%s: %+v (head %+v), want head %+v on %s", reader, bad, h, want, subject)
 				}
@@ -167,7 +168,7 @@ func TestLastReportsBadEvents(t *testing.T) {
 			}
 			res := events.New(events.ManuallyResolved, "billing", c.change)
 			res.Resolution, res.Operator, res.Reason = events.ResolvedApplied, "bob", "the message is not the change's"
-			h, err := p.Publish(ctx, res, producer.After(producer.Head{Seq: ack.Sequence, Hash: events.Hash(c.data)}))
+			h, err := p.Publish(ctx, res, producer.After(producer.Head{Seq: ack.Sequence, Hash: events.Hash(c.data), Position: c.position}))
 			if err != nil {
 				t.Fatal(err)
 			}

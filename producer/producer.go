@@ -84,16 +84,18 @@ type PublishOpt func(*publishOpts)
 type publishOpts struct {
 	expect    bool
 	expectSeq uint64
-	prevHash  string
+	after     *Head
 }
 
-// Head is where a change stands on the stream: its newest event's sequence
-// and hash (events.Hash of its bytes), and its Auditflow-Signature header
-// ("" if unsigned), for the reader to judge with a trust list. The zero
-// Head means "no events".
+// Head is where a change stands on the stream: its newest message's
+// sequence and hash (events.Hash of its bytes), its position (how many
+// messages the change's subject holds up to it), and its
+// Auditflow-Signature header ("" if unsigned), for the reader to judge
+// with a trust list. The zero Head means "no events".
 type Head struct {
 	Seq       uint64
 	Hash      string
+	Position  uint64
 	Signature string
 }
 
@@ -105,11 +107,12 @@ func ExpectLastSeq(seq uint64) PublishOpt {
 }
 
 // After publishes the event as the successor of h: it expects h.Seq (as
-// ExpectLastSeq) and links the event to h in the change's hash chain
-// (PrevHash = h.Hash). Pass the Head that Last or the previous Publish
+// ExpectLastSeq) and places the event right after h in the change's chain
+// (PrevSeq = h.Seq, PrevHash = h.Hash, Position = h.Position+1; the zero
+// Head places it first). Pass the Head that Last or the previous Publish
 // returned.
 func After(h Head) PublishOpt {
-	return func(o *publishOpts) { o.expect, o.expectSeq, o.prevHash = true, h.Seq, h.Hash }
+	return func(o *publishOpts) { o.expect, o.expectSeq, o.after = true, h.Seq, &h }
 }
 
 // Subject returns the subject of a change's events on this producer's stream.
@@ -118,7 +121,16 @@ func (p *Producer) Subject(pipeline, changeID string) string {
 }
 
 // Publish validates, encodes and publishes e, waiting for the stream's
-// acknowledgement, and returns its Head: its stream sequence and hash.
+// acknowledgement, and returns its Head: its stream sequence, hash and
+// position.
+//
+// The event is placed in its change's chain (see After): after the Head
+// given with After, first with ExpectLastSeq(0), and otherwise after the
+// change's newest message as read just before publishing (with
+// ExpectLastSeq(n), that message must be at n), expecting that message's
+// sequence; a publish without After that loses a race with another writer
+// reads the change again and tries anew, a few times. An event of a
+// version before events.ChainVersion gets the hash link only.
 //
 // An error message or trace over its limit (events.MaxMessageLen,
 // events.MaxTraceLen, or what keeps the encoded event under
@@ -136,19 +148,43 @@ func (p *Producer) Publish(ctx context.Context, e events.Event, opts ...PublishO
 	for _, opt := range opts {
 		opt(&o)
 	}
-	if o.prevHash != "" {
-		e.PrevHash = o.prevHash
+	switch {
+	case o.after != nil:
+		return p.publishAfter(ctx, e, *o.after)
+	case o.expect && o.expectSeq == 0:
+		return p.publishAfter(ctx, e, Head{})
+	}
+	for attempt := 0; ; attempt++ {
+		_, head, err := p.Last(ctx, e.Pipeline, e.ChangeID)
+		if err != nil && head.Seq == 0 && !errors.Is(err, ErrNoEvents) {
+			return Head{}, fmt.Errorf("producer: publish %s %s: read the change's newest message to place it after: %w", e.Type, e.ID, err)
+		}
+		if o.expect && head.Seq != o.expectSeq {
+			return Head{}, fmt.Errorf("producer: publish %s %s: %w: expected last sequence %d, the change is at %d",
+				e.Type, e.ID, ErrConflict, o.expectSeq, head.Seq)
+		}
+		h, err := p.publishAfter(ctx, e, head)
+		if o.expect || !errors.Is(err, ErrConflict) || attempt == 4 {
+			return h, err
+		}
+	}
+}
+
+// publishAfter publishes e placed right after head, expecting head.Seq.
+func (p *Producer) publishAfter(ctx context.Context, e events.Event, head Head) (Head, error) {
+	if e.SchemaVersion >= events.ChainVersion {
+		e.PrevSeq, e.PrevHash, e.Position = head.Seq, head.Hash, head.Position+1
+	} else if head.Seq != 0 {
+		e.PrevHash = head.Hash // an older version's event: the hash link only
 	}
 	data, err := p.encode(e)
 	if err != nil {
 		return Head{}, fmt.Errorf("producer: %s %s of change %q of pipeline %q not published: %w", e.Type, e.ID, e.ChangeID, e.Pipeline, err)
 	}
 	msg := p.message(e, data)
-	pubOpts := []jetstream.PublishOpt{jetstream.WithMsgID(e.ID), jetstream.WithExpectStream(p.cfg.Stream.Name)}
-	if o.expect {
-		pubOpts = append(pubOpts, jetstream.WithExpectLastSequencePerSubject(o.expectSeq))
-	}
-	attempt := 0
+	pubOpts := []jetstream.PublishOpt{jetstream.WithMsgID(e.ID), jetstream.WithExpectStream(p.cfg.Stream.Name),
+		jetstream.WithExpectLastSequencePerSubject(head.Seq)}
+	attempt, duplicate := 0, false
 	op := func() (uint64, error) {
 		attempt++
 		actx, cancel := context.WithTimeout(ctx, p.cfg.AttemptTimeout)
@@ -159,10 +195,11 @@ func (p *Producer) Publish(ctx context.Context, e events.Event, opts ...PublishO
 			return p.js.PublishMsg(ctx, msg, pubOpts...)
 		})
 		if err == nil {
+			duplicate = ack.Duplicate
 			return ack.Sequence, nil
 		}
 		if isWrongLastSeq(err) {
-			return p.refused(ctx, e, msg.Subject, o.expectSeq, err)
+			return p.refused(ctx, e, msg.Subject, head.Seq, err)
 		}
 		if ctx.Err() != nil || !transient(err) {
 			return 0, backoff.Permanent(err)
@@ -180,7 +217,26 @@ func (p *Producer) Publish(ctx context.Context, e events.Event, opts ...PublishO
 		}
 		return Head{}, fmt.Errorf("producer: publish %s %s: %w", e.Type, e.ID, err)
 	}
-	return Head{Seq: seq, Hash: events.Hash(data), Signature: msg.Header.Get(trust.Header)}, nil
+	if duplicate {
+		// The stream already had this event id: the message stored is the
+		// first one published with it, which a retry carries byte for
+		// byte, but a caller reusing an id may not. Its Head is the truth.
+		return p.headAt(ctx, seq)
+	}
+	return Head{Seq: seq, Hash: events.Hash(data), Position: e.Position, Signature: msg.Header.Get(trust.Header)}, nil
+}
+
+// headAt is the Head of the message stored at seq.
+func (p *Producer) headAt(ctx context.Context, seq uint64) (Head, error) {
+	m, err := p.stream.GetMsg(ctx, seq)
+	if err != nil {
+		return Head{}, fmt.Errorf("producer: read the event stored at %d: %w", seq, err)
+	}
+	h := Head{Seq: seq, Hash: events.Hash(m.Data), Signature: m.Header.Get(trust.Header)}
+	if e, err := events.Decode(m.Data); err == nil {
+		h.Position = e.Position
+	}
+	return h, nil
 }
 
 // message is the NATS message that publishes e, encoded as data, signed
@@ -282,18 +338,27 @@ func judgeRefusal(expected uint64, id string, last lastMsg) refusal {
 }
 
 // Last returns the newest event of a change and its Head, or ErrNoEvents
-// if the change has none. It reads one message, retrying transient
-// failures for up to Config.RetryFor.
+// if the change has none. It reads the message and counts the change's
+// messages (two requests), retrying transient failures for up to
+// Config.RetryFor.
 //
 // A newest message that is not a valid event of the change — it does not
 // decode, or it is another change's event (events.CheckSubject) — is a
 // *BadEventError (ErrBadEvent) with its Head: the change's state is
-// unknown, and only an event recorded After that Head moves it on.
+// unknown, and only an event recorded After that Head moves it on. An
+// event that is not where it was written — its Position is not the
+// number of messages on its subject, as with a copy of an earlier event
+// published again — is returned with its Head and an *OutOfPlaceError
+// (ErrOutOfPlace): whatever it claims, only an event recorded After it
+// moves the change on.
 func (p *Producer) Last(ctx context.Context, pipeline, changeID string) (events.Event, Head, error) {
 	subject := p.Subject(pipeline, changeID)
 	r := Retry{For: p.cfg.RetryFor, AttemptTimeout: p.cfg.AttemptTimeout, Logger: p.log.With("subject", subject)}
-	m, err := retry(ctx, p.js, r, "read last event", func(ctx context.Context) (*jetstream.RawStreamMsg, error) {
-		return p.lastMsg(ctx, subject)
+	var last lastRead
+	_, err := retry(ctx, p.js, r, "read last event", func(ctx context.Context) (struct{}, error) {
+		var err error
+		last, err = readPlaced(ctx, p.stream, p.cfg.Stream.Name, subject)
+		return struct{}{}, err
 	})
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return events.Event{}, Head{}, ErrNoEvents
@@ -301,7 +366,7 @@ func (p *Producer) Last(ctx context.Context, pipeline, changeID string) (events.
 	if err != nil {
 		return events.Event{}, Head{}, fmt.Errorf("producer: last event of %s/%s: %w", pipeline, changeID, err)
 	}
-	return judgeMsg(p.cfg.Stream, pipeline, changeID, m)
+	return judgeMsg(p.cfg.Stream, pipeline, changeID, last)
 }
 
 // First returns the oldest event of a change still on the stream and its
@@ -320,13 +385,13 @@ func (p *Producer) First(ctx context.Context, pipeline, changeID string) (events
 	if err != nil {
 		return events.Event{}, Head{}, fmt.Errorf("producer: first event of %s/%s: %w", pipeline, changeID, err)
 	}
-	return judgeMsg(p.cfg.Stream, pipeline, changeID, m)
+	return judgeMsg(p.cfg.Stream, pipeline, changeID, lastRead{msg: m, count: 1})
 }
 
 // ReadLast is Last for read-only tools: it reads a change's newest event
 // from the stream cfg describes without a Producer, so without creating
 // or checking the stream, in one attempt. Its results and errors are
-// Last's (ErrNoEvents, *BadEventError).
+// Last's (ErrNoEvents, *BadEventError, *OutOfPlaceError).
 func ReadLast(ctx context.Context, js jetstream.JetStream, cfg StreamConfig, pipeline, changeID string) (events.Event, Head, error) {
 	if err := cfg.Validate(); err != nil {
 		return events.Event{}, Head{}, err
@@ -335,21 +400,84 @@ func ReadLast(ctx context.Context, js jetstream.JetStream, cfg StreamConfig, pip
 	if err != nil {
 		return events.Event{}, Head{}, fmt.Errorf("producer: stream %s: %w", cfg.Name, err)
 	}
-	m, err := s.GetLastMsgForSubject(ctx, events.Subject(cfg.SubjectPrefix, pipeline, changeID))
+	last, err := readPlaced(ctx, s, cfg.Name, events.Subject(cfg.SubjectPrefix, pipeline, changeID))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return events.Event{}, Head{}, ErrNoEvents
 	}
 	if err != nil {
 		return events.Event{}, Head{}, fmt.Errorf("producer: last event of %s/%s: %w", pipeline, changeID, err)
 	}
-	return judgeMsg(cfg, pipeline, changeID, m)
+	return judgeMsg(cfg, pipeline, changeID, last)
+}
+
+// lastRead is a subject's newest message and how many messages the
+// subject held when it was read.
+type lastRead struct {
+	msg   *jetstream.RawStreamMsg
+	count uint64
+}
+
+// readPlaced reads a subject's newest message and its message count as of
+// one moment: the count is read before and after the message, and they
+// are read again if the two differ (a message landed in between) or if the
+// message's position disagrees with them (a replica or mirror that had not
+// caught up may have answered), a few times, before the disagreement is
+// believed.
+func readPlaced(ctx context.Context, s jetstream.Stream, name, subject string) (lastRead, error) {
+	var r lastRead
+	for attempt := 0; ; attempt++ {
+		before, err := subjectCount(ctx, s, subject)
+		if err != nil {
+			return r, err
+		}
+		m, err := lastMsgOf(ctx, s, name, subject)
+		if err != nil {
+			return r, err
+		}
+		after, err := subjectCount(ctx, s, subject)
+		if err != nil {
+			return r, err
+		}
+		r = lastRead{msg: m, count: after}
+		pos, placed := position(m.Data)
+		if before == after && (!placed || pos == after) || attempt == 4 {
+			return r, nil
+		}
+		select {
+		case <-ctx.Done():
+			return r, ctx.Err()
+		case <-time.After(time.Duration(attempt+1) * 40 * time.Millisecond):
+		}
+	}
+}
+
+// position is the Position a message claims, if it is an event of a
+// version that has one.
+func position(data []byte) (uint64, bool) {
+	e, err := events.Decode(data)
+	if err != nil || e.SchemaVersion < events.ChainVersion {
+		return 0, false
+	}
+	return e.Position, true
+}
+
+// subjectCount is how many messages the stream holds on subject.
+func subjectCount(ctx context.Context, s jetstream.Stream, subject string) (uint64, error) {
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		return 0, err
+	}
+	return info.State.Subjects[subject], nil
 }
 
 // judgeMsg decodes a message read from a change's subject and checks that
-// it is an event of that change: anything else is a *BadEventError, with
-// the message's Head (for the newest, what a resolution is recorded after).
-func judgeMsg(cfg StreamConfig, pipeline, changeID string, m *jetstream.RawStreamMsg) (events.Event, Head, error) {
-	h := Head{Seq: m.Sequence, Hash: events.Hash(m.Data), Signature: m.Header.Get(trust.Header)}
+// it is an event of that change, where it was written: a message that is
+// not is a *BadEventError, an event out of its place an *OutOfPlaceError
+// (with the event), each with the message's Head (for the newest, what a
+// resolution is recorded after).
+func judgeMsg(cfg StreamConfig, pipeline, changeID string, r lastRead) (events.Event, Head, error) {
+	m := r.msg
+	h := Head{Seq: m.Sequence, Hash: events.Hash(m.Data), Position: r.count, Signature: m.Header.Get(trust.Header)}
 	e, err := events.Decode(m.Data)
 	if err == nil {
 		err = events.CheckSubject(cfg.SubjectPrefix, m.Subject, e)
@@ -357,6 +485,10 @@ func judgeMsg(cfg StreamConfig, pipeline, changeID string, m *jetstream.RawStrea
 	if err != nil {
 		return events.Event{}, h, &BadEventError{Stream: cfg.Name, Subject: m.Subject, Pipeline: pipeline, ChangeID: changeID,
 			Head: h, Size: len(m.Data), Err: err}
+	}
+	if e.SchemaVersion >= events.ChainVersion && e.Position != r.count {
+		return e, h, &OutOfPlaceError{Stream: cfg.Name, Subject: m.Subject, Pipeline: pipeline, ChangeID: changeID,
+			Head: h, Type: e.Type, Position: e.Position, PrevSeq: e.PrevSeq}
 	}
 	return e, h, nil
 }
@@ -383,14 +515,18 @@ func (p *Producer) encode(e events.Event) ([]byte, error) {
 	return data, err
 }
 
-// lastMsg reads the newest message on subject.
-// lastMsg reads a subject's newest message. A direct get may be answered
+// lastMsg reads a subject's newest message (see lastMsgOf).
+func (p *Producer) lastMsg(ctx context.Context, subject string) (*jetstream.RawStreamMsg, error) {
+	return lastMsgOf(ctx, p.stream, p.cfg.Stream.Name, subject)
+}
+
+// lastMsgOf reads a subject's newest message. A direct get may be answered
 // by a mirror of the stream (see MirrorConfig), which can be behind: such
 // an answer is asked again a few times, for the stream's own.
-func (p *Producer) lastMsg(ctx context.Context, subject string) (*jetstream.RawStreamMsg, error) {
+func lastMsgOf(ctx context.Context, s jetstream.Stream, name, subject string) (*jetstream.RawStreamMsg, error) {
 	for i := 0; ; i++ {
-		m, err := p.stream.GetLastMsgForSubject(ctx, subject)
-		if err != nil || i == 7 || m.Header.Get(jetstream.StreamHeader) == "" || m.Header.Get(jetstream.StreamHeader) == p.cfg.Stream.Name {
+		m, err := s.GetLastMsgForSubject(ctx, subject)
+		if err != nil || i == 7 || m.Header.Get(jetstream.StreamHeader) == "" || m.Header.Get(jetstream.StreamHeader) == name {
 			return m, err
 		}
 	}

@@ -206,7 +206,7 @@ func TestPublishRetriesUntilStreamAnswers(t *testing.T) {
 			t.Error(err)
 		}
 	}()
-	if _, err := p.Publish(ctx, started("c1")); err != nil {
+	if _, err := p.Publish(ctx, started("c1"), producer.ExpectLastSeq(0)); err != nil {
 		t.Fatalf("publish across a missing stream: %v", err)
 	}
 	// And a cancelled context stops the retries.
@@ -215,7 +215,7 @@ func TestPublishRetriesUntilStreamAnswers(t *testing.T) {
 	}
 	cctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 	defer cancel()
-	if _, err := p.Publish(cctx, started("c2")); !errors.Is(err, context.DeadlineExceeded) {
+	if _, err := p.Publish(cctx, started("c2"), producer.ExpectLastSeq(0)); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("publish with no stream and a deadline = %v, want DeadlineExceeded", err)
 	}
 }
@@ -226,13 +226,13 @@ func TestBatch(t *testing.T) {
 	b := p.NewBatch()
 	const n = 2000
 	for i := range n {
-		if err := b.Add(started(fmt.Sprintf("c%d", i%50))); err != nil {
+		if err := b.Add(context.Background(), started(fmt.Sprintf("c%d", i%50))); err != nil {
 			t.Fatal(err)
 		}
 	}
 	bad := started("x")
 	bad.Pipeline = ""
-	if err := b.Add(bad); !errors.Is(err, events.ErrMissingField) {
+	if err := b.Add(context.Background(), bad); !errors.Is(err, events.ErrMissingField) {
 		t.Fatalf("Add(invalid) = %v", err)
 	}
 	seqs, err := b.Wait(context.Background())
@@ -277,7 +277,7 @@ func BenchmarkPublishBatch(b *testing.B) {
 	for b.Loop() {
 		for _, e := range evs {
 			e.ID = events.NewID()
-			if err := batch.Add(e); err != nil {
+			if err := batch.Add(context.Background(), e); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -62,7 +62,7 @@ func TestSignedPublish(t *testing.T) {
 
 	b := p.NewBatch()
 	be := started("c2")
-	if err := b.Add(be); err != nil {
+	if err := b.Add(context.Background(), be); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.Wait(ctx); err != nil {

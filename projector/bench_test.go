@@ -67,7 +67,7 @@ func publishAll(b *testing.B, prod *producer.Producer, evs []events.Event) {
 	b.Helper()
 	batch := prod.NewBatch()
 	for i, e := range evs {
-		if err := batch.Add(e); err != nil {
+		if err := batch.Add(context.Background(), e); err != nil {
 			b.Fatal(err)
 		}
 		if i%2000 == 1999 || i == len(evs)-1 {

@@ -98,7 +98,7 @@ func publish(t testing.TB, prod *producer.Producer, pipeline string, changes int
 		}
 		end.ExecutionID = s.ExecutionID
 		for _, e := range []events.Event{s, end} {
-			if err := b.Add(e); err != nil {
+			if err := b.Add(context.Background(), e); err != nil {
 				t.Fatal(err)
 			}
 			out = append(out, e)

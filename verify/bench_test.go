@@ -60,7 +60,7 @@ func BenchmarkVerifyMemory(b *testing.B) {
 		e.TargetSystem, e.Host, e.RunnerID, e.LockToken = "billing-db", "deploy-7f9c", "runner-3", 118
 		e.Duration = 1780 * time.Millisecond
 		e.Metadata = map[string]string{"ticket": "OPS-1234"}
-		if err := batch.Add(e); err != nil {
+		if err := batch.Add(context.Background(), e); err != nil {
 			b.Fatal(err)
 		}
 		if i%5000 == 4999 || i == n-1 {

@@ -28,7 +28,7 @@ func publishMany(t *testing.T, prod *producer.Producer, pipeline string, n, chan
 		}
 		e := events.New(typ, pipeline, fmt.Sprintf("%05d-change", (i/2)%changes))
 		e.ExecutionID, e.Author, e.Order = fmt.Sprint("exec-", i/2), "alice@example.com", fmt.Sprintf("%05d", (i/2)%changes)
-		if err := batch.Add(e); err != nil {
+		if err := batch.Add(context.Background(), e); err != nil {
 			t.Fatal(err)
 		}
 		if i%2000 == 1999 || i == n-1 {

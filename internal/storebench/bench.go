@@ -123,7 +123,7 @@ func benchProjector(b *testing.B, st, fresh stores.Store, recs []stores.Record, 
 	}
 	batch := prod.NewBatch()
 	for _, r := range recs {
-		if err := batch.Add(r.Event); err != nil {
+		if err := batch.Add(context.Background(), r.Event); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -377,7 +377,7 @@ func published(tb testing.TB, n int) (*natstest.Server, producer.StreamConfig, [
 	recs := BenchEvents(n)
 	pub := prod.NewBatch()
 	for i, r := range recs {
-		if err := pub.Add(r.Event); err != nil {
+		if err := pub.Add(context.Background(), r.Event); err != nil {
 			tb.Fatal(err)
 		}
 		if i%2000 == 1999 || i == len(recs)-1 {
