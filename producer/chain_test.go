@@ -119,8 +119,10 @@ func TestLastRefusesACopy(t *testing.T) {
 		t.Fatal(err)
 	}
 	for reader, last := range map[string]func() (events.Event, producer.Head, error){
-		"Last":     func() (events.Event, producer.Head, error) { return p.Last(ctx, "billing", "c") },
-		"ReadLast": func() (events.Event, producer.Head, error) { return producer.ReadLast(ctx, srv.JS, producer.StreamConfig{}, "billing", "c") },
+		"Last": func() (events.Event, producer.Head, error) { return p.Last(ctx, "billing", "c") },
+		"ReadLast": func() (events.Event, producer.Head, error) {
+			return producer.ReadLast(ctx, srv.JS, producer.StreamConfig{}, "billing", "c")
+		},
 	} {
 		e, h, err := last()
 		var oop *producer.OutOfPlaceError
