@@ -43,9 +43,12 @@ func (o outcome) String() string {
 // decision is the fetcher's verdict on one message.
 type decision struct {
 	outcome outcome
-	rec     stores.Record // outStore
+	rec     stores.Record // outStore; its Chain is set later, in stream order (chain.go)
 	reason  error         // outDeadLetter: why it can never be stored
 	version int           // outHold: the event's schema version
+	// self is the message as the predecessor of the next on its subject,
+	// whatever its outcome: every message is part of its subject's chain.
+	self events.Prev
 }
 
 // decide judges one message: decode, validate, check the subject, judge
@@ -65,6 +68,7 @@ type decision struct {
 // forgery is on record where operators look.
 func decide(decode func([]byte) (events.Event, error), prefix string, list *trust.List, m StreamMsg) decision {
 	subject, seq, data := m.Subject, m.Seq, m.Data
+	hash := events.Hash(data)
 	e, err := decode(data)
 	if err == nil {
 		// The default decoder has validated already; a custom one (a newer
@@ -72,25 +76,25 @@ func decide(decode func([]byte) (events.Event, error), prefix string, list *trus
 		err = events.Validate(e)
 	}
 	if err != nil {
+		self := selfOf(m, e, hash, err)
 		if errors.Is(err, events.ErrUnsupportedVersion) {
 			v := e.SchemaVersion
 			if v <= events.SchemaVersion {
 				v, _ = peekVersion(data)
 			}
 			if v > events.SchemaVersion && v <= events.SchemaVersion+VersionsAhead {
-				return decision{outcome: outHold, version: v}
+				return decision{outcome: outHold, version: v, self: self}
 			}
 		}
-		return decision{outcome: outDeadLetter, reason: err}
+		return decision{outcome: outDeadLetter, reason: err, self: self}
 	}
 	if err := events.CheckSubject(prefix, subject, e); err != nil {
-		return decision{outcome: outDeadLetter, reason: err}
+		return decision{outcome: outDeadLetter, reason: err, self: selfOf(m, e, hash, err)}
 	}
-	hash := events.Hash(data)
 	signer, signature, v := list.CheckHeader(m.Header.Get(trust.Header),
 		trust.Signed{Pipeline: e.Pipeline, Type: e.Type, Seq: seq, Hash: hash})
-	return decision{outcome: outStore, rec: stores.Record{Seq: seq, Hash: hash, Signer: signer, Signature: signature,
-		Trust: events.Truncate(v.Problem, stores.MaxTrustLen), Event: e}}
+	return decision{outcome: outStore, self: selfOf(m, e, hash, nil), rec: stores.Record{Seq: seq, Hash: hash, Signer: signer,
+		Signature: signature, Trust: events.Truncate(v.Problem, stores.MaxTrustLen), Event: e}}
 }
 
 // VersionsAhead bounds which newer schema versions are held for an

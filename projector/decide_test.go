@@ -3,6 +3,7 @@ package projector
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -116,7 +117,7 @@ func TestDecide(t *testing.T) {
 	// supplies) stores what this build holds.
 	newer := poisonSeeds(t)[7]
 	d := decide(func(b []byte) (events.Event, error) {
-		return events.Decode([]byte(strings.Replace(string(b), `"schemaVersion":4`, `"schemaVersion":3`, 1)))
+		return events.Decode([]byte(strings.Replace(string(b), fmt.Sprintf(`"schemaVersion":%d`, events.SchemaVersion+1), fmt.Sprintf(`"schemaVersion":%d`, events.SchemaVersion), 1)))
 	}, prefix, nil, StreamMsg{Seq: 7, Subject: newer.subject, Data: newer.data})
 	if d.outcome != outStore || d.rec.Hash != events.Hash(newer.data) {
 		t.Fatalf("upgraded decoder: %s %v, hash %s", d.outcome, d.reason, d.rec.Hash)

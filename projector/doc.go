@@ -72,6 +72,16 @@
 // Every row keeps its event's signature, so a store can be checked without
 // the stream.
 //
+// Every event is also judged against the message right before it on its
+// change's subject (events.CheckChain): one that does not extend its
+// change's chain — a copy of an earlier event published again, however
+// exactly copied and signed, a fork, a downgrade — is stored with that
+// verdict (stores.Record.Chain) and shows as OUT_OF_CHAIN, its change's
+// issue OPEN, whatever it claims. The fetcher knows each subject's previous
+// message while it reads the consumer's deliveries in order without a hole,
+// and asks the stream otherwise (after a restart, a redelivery, another
+// process on the consumer): see chain.go.
+//
 // After every write attempt the projector publishes an [AuditWrite] on
 // audit.writes.<store> for metrics and alerting ([SubscribeWrites],
 // [NewWriteSubscription]): anyone on the bus can watch every projector.
@@ -92,6 +102,8 @@
 //	auditflow_projector_busy_worker_naks_total          counter: messages handed back because their loop was busy
 //	auditflow_projector_stale_token_events_total        counter: events written with a stale lock token
 //	auditflow_projector_untrusted_events_total          counter: events the trust list does not accept (each opens an issue)
+//	auditflow_projector_out_of_chain_events_total       counter: events that do not extend their change's chain (each opens an issue)
+//	auditflow_projector_chain_lookup_failures_total     counter: deliveries handed back because their predecessor could not be read
 //	auditflow_projector_stalled                         gauge: 1 while a write fails for StallAfter, or nothing progresses for StallAfter with a lag
 //	auditflow_projector_last_applied_sequence           gauge: highest stream sequence this process applied (a high-water mark)
 //	auditflow_projector_checkpoint_sequence             gauge: the contiguous checkpoint this process last recorded

@@ -50,6 +50,8 @@ func (p *Projector) registerMetrics(reg prometheus.Registerer) error {
 		counter("auditflow_projector_held_newer_version_total", "Deliveries of events of a newer schema version than this build reads, left on the stream for a newer projector (not dead-lettered).", &p.held),
 		counter("auditflow_projector_busy_worker_naks_total", "Messages handed back to the stream because their apply loop was busy for longer than the hand-over wait.", &p.busyNaks),
 		counter("auditflow_projector_stale_token_events_total", "Events written with a lock token lower than one already recorded for their pipeline (a writer that outlived its lease).", &p.staleTokens),
+		counter("auditflow_projector_out_of_chain_events_total", "Events that do not extend their change's chain (a copy of an earlier event published again, a fork, a downgrade); each opens its change's issue as OUT_OF_CHAIN. Redeliveries count again.", &p.outOfChain),
+		counter("auditflow_projector_chain_lookup_failures_total", "Deliveries handed back to the stream because what precedes them on their subject could not be read.", &p.lookupFailures),
 		counter("auditflow_projector_untrusted_events_total", "Events whose signature the trust list does not accept (unsigned, unknown key, bad signature, outside the key's roles or pipelines, revoked key); each opens its change's issue. Redeliveries count again.", &p.untrusted),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "auditflow_projector_held_newer_version_events",

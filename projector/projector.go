@@ -211,6 +211,14 @@ type Projector struct {
 	lastSeq       atomic.Uint64        // highest sequence applied: a high-water mark
 	stopping      atomic.Bool          // Run's context is done
 	writeDuration prometheus.Histogram // nil without metrics
+
+	// The fetcher's own (chain.go): each subject's chain as delivered,
+	// the last consumer sequence it saw, and how it asks the stream.
+	chain                      chainTracker
+	lastCons                   uint64
+	lookup                     lookupFunc
+	chainLog                   logLimit
+	outOfChain, lookupFailures atomic.Uint64
 }
 
 // New checks the configuration, opens the audit stream and the projector's
@@ -239,6 +247,7 @@ func New(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg Co
 	p := &Projector{js: js, nc: js.Conn(), store: store, cfg: cfg, log: log.With("store", cfg.StoreName),
 		checkpointKick: make(chan struct{}, 1)}
 	p.lag = lagReader{read: p.consumerState, log: p.log, ttl: lagCacheTTL, timeout: lagTimeout}
+	p.lookup = streamLookup(js, cfg.Stream.Name, cfg.Stream.SubjectPrefix)
 	// A projector started while its cluster elects a leader waits for one.
 	b := backoff.WithContext(backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxElapsedTime(30*time.Second)), ctx)
@@ -292,6 +301,11 @@ type Stats struct {
 	// Untrusted counts events whose signature the trust list does not
 	// accept (see Config.Trust); redeliveries count again.
 	Untrusted uint64
+	// OutOfChain counts events that do not extend their change's chain
+	// (a copy published again, a fork, a downgrade); redeliveries count
+	// again. ChainLookupFailures counts deliveries handed back because
+	// what precedes them on their subject could not be read.
+	OutOfChain, ChainLookupFailures uint64
 	// LastSeq is the highest stream sequence applied, 0 before the first
 	// write: a high-water mark, with events below it possibly not stored
 	// yet (another worker's batch, a held event).
@@ -308,7 +322,7 @@ func (p *Projector) Stats() Stats {
 		WriteFailures: p.writeFailures.Load(), DeadLettered: p.deadLettered.Load(),
 		DeadLetterFailures: p.deadLetterFailures.Load(), StoreRefusals: p.storeRefusals.Load(),
 		Held: p.held.Load(), BusyNaks: p.busyNaks.Load(), StaleTokens: p.staleTokens.Load(), Untrusted: p.untrusted.Load(), LastSeq: p.lastSeq.Load(),
-		Checkpoint: p.checkpointRecorded()}
+		OutOfChain: p.outOfChain.Load(), ChainLookupFailures: p.lookupFailures.Load(), Checkpoint: p.checkpointRecorded()}
 }
 
 func (p *Projector) checkpointRecorded() uint64 {
@@ -474,6 +488,8 @@ func (p *Projector) fetchLoop(ctx context.Context, parts []chan []delivery, dead
 		p.inflight.add(msgs)
 		shares := make([][]delivery, len(parts))
 		var poison []delivery
+		judged := make([]delivery, 0, len(msgs))
+		outcomes := make([]decision, 0, len(msgs))
 		for _, m := range msgs {
 			md, err := m.Metadata()
 			if err != nil { // not a JetStream message: cannot happen on a pull consumer
@@ -484,14 +500,22 @@ func (p *Projector) fetchLoop(ctx context.Context, parts []chan []delivery, dead
 			d := delivery{msg: m, seq: md.Sequence.Stream, delivered: md.NumDelivered}
 			v := decide(p.cfg.Decode, p.cfg.Stream.SubjectPrefix, p.cfg.Trust,
 				StreamMsg{Seq: d.seq, Subject: m.Subject(), Data: m.Data(), Header: m.Headers()})
-			switch v.outcome {
-			case outStore:
+			judged, outcomes = append(judged, d), append(outcomes, v)
+		}
+		unplaced := p.placeAll(ctx, judged, outcomes)
+		for i, d := range judged {
+			v := outcomes[i]
+			switch {
+			case unplaced[i] != nil:
+				p.unplaced(d, unplaced[i])
+			case v.outcome == outStore:
 				p.watchToken(v.rec.Event, d.seq)
 				p.watchTrust(v.rec)
+				p.watchChain(v.rec)
 				d.rec = v.rec
 				i := route(v.rec.Event, len(parts))
 				shares[i] = append(shares[i], d)
-			case outHold:
+			case v.outcome == outHold:
 				p.hold(d, v.version)
 			default:
 				d.reason = v.reason

@@ -504,10 +504,17 @@ func readBatches(ctx context.Context, js jetstream.JetStream, sc ScanConfig, pre
 		})
 	}()
 	var err error
+	chain := newScanChain(streamLookup(js, sc.Stream, prefix), sc.FromSeq)
 	for f := range futures {
 		j := <-f
 		if err != nil {
 			continue // drain
+		}
+		// Chains are followed here, in stream order, once each batch is
+		// judged (judging runs on several batches at once).
+		if err = chain.place(ctx, j.items, j.unit.recs); err != nil {
+			stopScan()
+			continue
 		}
 		skipped.Add(j.skipped)
 		if j.unit.hi > 0 {
@@ -531,10 +538,12 @@ func readBatches(ctx context.Context, js jetstream.JetStream, sc ScanConfig, pre
 	return err
 }
 
-// judged is one read batch judged: the unit to store, the events skipped,
-// and an error that ends the replay after the unit (a newer schema).
+// judged is one read batch judged: the unit to store, every message's
+// place for the chains, the events skipped, and an error that ends the
+// replay after the unit (a newer schema).
 type judged struct {
 	unit    scanUnit
+	items   []chainItem
 	skipped uint64
 	err     error
 }
@@ -542,8 +551,14 @@ type judged struct {
 func judge(msgs []StreamMsg, prefix string, list *trust.List, log *slog.Logger) judged {
 	var j judged
 	j.unit.recs = make([]stores.Record, 0, len(msgs))
+	j.items = make([]chainItem, 0, len(msgs))
 	for _, m := range msgs {
 		v := decide(events.Decode, prefix, list, m)
+		item := chainItem{subject: m.Subject, self: v.self, rec: -1}
+		if v.outcome == outStore {
+			item.rec = len(j.unit.recs)
+		}
+		j.items = append(j.items, item)
 		switch v.outcome {
 		case outStore:
 			j.unit.recs = append(j.unit.recs, v.rec)

@@ -123,11 +123,18 @@ func (p *Projector) catchUp(ctx context.Context, cp, ackFloor uint64) (uint64, e
 		"consumer", p.cfg.Consumer, "checkpoint", cp, "ackFloor", ackFloor, "events", ackFloor-cp)
 	start := time.Now()
 	var applied, skipped int
+	chain := newScanChain(p.lookup, cp+1)
 	err := Scan(ctx, p.js, ScanConfig{Stream: p.cfg.Stream.Name, Subjects: []string{p.cfg.Stream.SubjectPrefix + ".>"},
 		FromSeq: cp + 1, ToSeq: ackFloor, BatchSize: p.cfg.BatchSize, Logger: p.log}, func(msgs []StreamMsg) error {
 		recs := make([]stores.Record, 0, len(msgs))
+		items := make([]chainItem, 0, len(msgs))
 		for _, m := range msgs {
 			v := decide(p.cfg.Decode, p.cfg.Stream.SubjectPrefix, p.cfg.Trust, m)
+			item := chainItem{subject: m.Subject, self: v.self, rec: -1}
+			if v.outcome == outStore {
+				item.rec = len(recs)
+			}
+			items = append(items, item)
 			switch v.outcome {
 			case outStore:
 				recs = append(recs, v.rec)
@@ -138,6 +145,9 @@ func (p *Projector) catchUp(ctx context.Context, cp, ackFloor uint64) (uint64, e
 			default:
 				skipped++ // dead-lettered when it was consumed
 			}
+		}
+		if err := chain.place(ctx, items, recs); err != nil {
+			return err
 		}
 		applied += len(recs)
 		return p.applyRetrying(ctx, stores.Batch{Checkpoint: p.cfg.Consumer, Through: msgs[len(msgs)-1].Seq, Records: recs})

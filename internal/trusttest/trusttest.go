@@ -163,7 +163,12 @@ func Publish(t testing.TB, js jetstream.JetStream) *Scenario {
 	}
 	ev := func(typ events.Type, change string, prev producer.Head) events.Event {
 		e := events.New(typ, Pipeline, change)
-		e.ExecutionID, e.RunnerID, e.Host, e.LockToken, e.PrevHash = "exec-"+change, "runner-1", "deploy-1", 7, prev.Hash
+		e.ExecutionID, e.RunnerID, e.Host, e.LockToken = "exec-"+change, "runner-1", "deploy-1", 7
+		// Placed right after prev, as the producer places it: a forgery
+		// in its place, so only its signature is wrong.
+		if prev.Seq != 0 {
+			e.PrevSeq, e.PrevHash, e.Position = prev.Seq, prev.Hash, prev.Position+1
+		}
 		switch typ {
 		case events.ExecutionFailed:
 			e.ErrorMessage = "boom"
