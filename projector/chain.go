@@ -86,14 +86,6 @@ func selfOf(m StreamMsg, e events.Event, hash string, err error) events.Prev {
 	return p
 }
 
-// chainVerdict is the Record.Chain of an event stored after prev.
-func chainVerdict(e events.Event, prev events.Prev) string {
-	if err := events.CheckChain(e, prev); err != nil {
-		return events.Truncate(err.Error(), stores.MaxChainLen)
-	}
-	return ""
-}
-
 // lookupFunc finds what precedes seq on subject on the stream.
 type lookupFunc func(ctx context.Context, subject string, seq uint64) (events.Prev, error)
 
@@ -122,7 +114,7 @@ func lookupAll(ctx context.Context, lookup lookupFunc, subjects []string, recs [
 			failed[i] = err
 			return nil
 		}
-		recs[i].Chain, done[i] = chainVerdict(recs[i].Event, prev), true
+		recs[i].Chain, done[i] = stores.ChainOf(recs[i].Event, prev), true
 		return nil
 	})
 	for _, i := range idx {
@@ -155,7 +147,7 @@ func (p *Projector) placeAll(ctx context.Context, ds []delivery, outcomes []deci
 		if first { // a redelivery comes after its successors: ask the stream
 			var prev events.Prev
 			if prev, known = p.chain.next(d.msg.Subject(), v.self); known && v.outcome == outStore {
-				v.rec.Chain = chainVerdict(v.rec.Event, prev)
+				v.rec.Chain = stores.ChainOf(v.rec.Event, prev)
 			}
 		}
 		if !known && v.outcome == outStore {
@@ -232,7 +224,7 @@ func (c *scanChain) place(ctx context.Context, items []chainItem, recs []stores.
 			continue
 		}
 		if known {
-			recs[it.rec].Chain = chainVerdict(recs[it.rec].Event, prev)
+			recs[it.rec].Chain = stores.ChainOf(recs[it.rec].Event, prev)
 			continue
 		}
 		need = append(need, i)

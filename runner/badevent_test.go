@@ -145,7 +145,7 @@ func TestResolveADowngrade(t *testing.T) {
 		t.Fatal(err)
 	}
 	forged := events.New(events.ManuallyResolved, "billing", "001-change")
-	forged.SchemaVersion, forged.Resolution, forged.Operator, forged.Reason = 1, events.ResolvedApplied, "mallory", "trust me"
+	forged.SchemaVersion, forged.Position, forged.Resolution, forged.Operator, forged.Reason = 1, 0, events.ResolvedApplied, "mallory", "trust me"
 	b, err := events.Encode(forged)
 	if err != nil {
 		t.Fatal(err)
@@ -158,7 +158,7 @@ func TestResolveADowngrade(t *testing.T) {
 	}
 
 	old := events.New(events.ExecutionSucceeded, "billing", "002-old")
-	old.SchemaVersion, old.ExecutionID = 1, "x"
+	old.SchemaVersion, old.Position, old.ExecutionID = 1, 0, "x"
 	if b, err = events.Encode(old); err != nil {
 		t.Fatal(err)
 	}

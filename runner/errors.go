@@ -68,6 +68,10 @@ type ChangeError struct {
 	// accept it (State is what it claims): the change is blocked until a
 	// trusted operator records its state after it.
 	Untrusted *UntrustedEvent
+	// OutOfPlace is the change's newest event when it is not where it was
+	// written (State is events.StateOutOfChain): the change is blocked
+	// until an operator records its state after it.
+	OutOfPlace *producer.OutOfPlaceError
 
 	lastError string // the last recorded error, for guidance
 }
@@ -82,6 +86,11 @@ func (e *ChangeError) Error() string {
 	if u := e.Untrusted; u != nil {
 		fmt.Fprintf(&b, "%s: change %q of pipeline %q: its newest event (stream sequence %d, %s) is not trusted: %s",
 			e.Err, e.ChangeID, e.Pipeline, u.Seq, u.Type, u.Verdict.Problem)
+		return b.String()
+	}
+	if o := e.OutOfPlace; o != nil {
+		fmt.Fprintf(&b, "%s: change %q of pipeline %q is %s: its newest event (stream sequence %d, %s) was written as message %d of the change, after sequence %d, but the change has %d messages",
+			e.Err, e.ChangeID, e.Pipeline, events.StateOutOfChain, o.Head.Seq, o.Type, o.Position, o.PrevSeq, o.Head.Position)
 		return b.String()
 	}
 	fmt.Fprintf(&b, "%s: change %q of pipeline %q is %s", e.Err, e.ChangeID, e.Pipeline, e.State)
@@ -120,6 +129,8 @@ func (e *ChangeError) Guidance(resolve string) string {
 		return badGuidance(e, fix)
 	case e.Untrusted != nil:
 		return untrustedGuidance(e, fix)
+	case e.OutOfPlace != nil:
+		return outOfPlaceGuidance(e, fix)
 	case e.State == events.StateOverlapped:
 		return "Two executions of this change overlapped: one ended after the pipeline lock had passed to another runner, or while another execution was writing on it (see the record's error). Both may have changed " + target(e) +
 			". Inspect it (a target that checks AUDITFLOW_LOCK_TOKEN refused the stale holder's writes), then record what it holds:\n  " + fix
@@ -177,6 +188,17 @@ func untrustedGuidance(e *ChangeError, fix string) string {
 		"Inspect the event (nats stream get AUDIT %d; auditflow audit list --history -p %s -c %s), find out who could publish it, inspect %s, then record what the target holds, signed with an operator key the trust list names:\n  %s\n"+
 		"applied: runs skip the change; rolled-back: the next run applies it.",
 		u.Seq, u.Type, e.State, u.Verdict.Problem, by, u.Seq, shellQuote(e.Pipeline), shellQuote(e.ChangeID), target(e), fix)
+}
+
+// outOfPlaceGuidance explains a change blocked by a newest event that is
+// not where it was written, and the way past it.
+func outOfPlaceGuidance(e *ChangeError, fix string) string {
+	o := e.OutOfPlace
+	return fmt.Sprintf("The newest event of this change (stream sequence %d, %s) is not where it was written: it says it is message %d of the change, written after stream sequence %d, but the change's subject holds %d messages. "+
+		"It is a copy of an earlier event published again (a replay: its bytes and signature are an old event's), or a forgery, by someone who may publish on the change's subject. Whatever it claims, the runner does not believe it: runs stop here instead of skipping or re-running the change.\n"+
+		"Inspect it (nats stream get %s %d; auditflow audit list --history -p %s -c %s shows it as %s beside the event it copies), find out who published it, inspect %s, then record what the target holds:\n  %s\n"+
+		"applied: runs skip the change; rolled-back: the next run applies it.",
+		o.Head.Seq, o.Type, o.Position, o.PrevSeq, o.Head.Position, o.Stream, o.Head.Seq, shellQuote(e.Pipeline), shellQuote(e.ChangeID), events.StateOutOfChain, target(e), fix)
 }
 
 // badReason is why a message is not the change's event.

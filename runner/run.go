@@ -210,7 +210,7 @@ func (r *Runner) step(ctx context.Context, s Step, lease *lock.Lease) (Result, e
 			s.State = events.StateUncertain
 		}
 		res.Err = &ChangeError{Pipeline: r.cfg.Pipeline, ChangeID: s.Change.ID, TargetSystem: s.Change.TargetSystem, State: s.State,
-			Reason: s.Reason, Err: ErrManualIntervention, Bad: s.Bad, Untrusted: s.Untrusted, lastError: s.last.ErrorMessage}
+			Reason: s.Reason, Err: ErrManualIntervention, Bad: s.Bad, Untrusted: s.Untrusted, OutOfPlace: s.OutOfPlace, lastError: s.last.ErrorMessage}
 		return res, res.Err
 	}
 	return r.execute(ctx, s, lease)
@@ -466,7 +466,7 @@ func (r *Runner) finish(ctx context.Context, lease *lock.Lease, e events.Event, 
 			return h, false, err
 		}
 		o := e
-		o.ID, o.Type, o.SchemaVersion = events.NewID(), events.ExecutionOverlapped, events.ExecutionOverlapped.MinVersion()
+		o.ID, o.Type, o.SchemaVersion = events.NewID(), events.ExecutionOverlapped, events.WriteVersion(events.ExecutionOverlapped)
 		o.ErrorMessage = overlapMessage(e, lease.Valid(), moved, last, err, holder, herr)
 		h, err := r.prod.Publish(rctx, o, producer.After(head))
 		if errors.Is(err, producer.ErrConflict) {
@@ -679,12 +679,16 @@ func Resolve(ctx context.Context, prod *producer.Producer, locker *lock.Locker, 
 	}
 	last, head, err := prod.Last(ctx, r.Pipeline, r.ChangeID)
 	var bad *producer.BadEventError
+	var oop *producer.OutOfPlaceError
 	switch {
 	case errors.Is(err, producer.ErrNoEvents):
 		return 0, fmt.Errorf("%w: change %q of %q has never run", ErrNothingToResolve, r.ChangeID, r.Pipeline)
 	case errors.As(err, &bad):
 		// Its newest message is not its event, so its state is unknown:
 		// the decision is recorded after that message, which stays.
+	case errors.As(err, &oop):
+		// Its newest event is not where it was written (a copy published
+		// again): whatever it claims, the decision is recorded after it.
 	case err != nil:
 		return 0, err
 	case Judge(r.Trust, last, head) != nil:
@@ -695,7 +699,7 @@ func Resolve(ctx context.Context, prod *producer.Producer, locker *lock.Locker, 
 			return 0, err
 		}
 	}
-	if age := time.Since(last.OccurredAt); !r.Force && bad == nil && last.State() == events.StateStarted && age < locker.Lease() {
+	if age := time.Since(last.OccurredAt); !r.Force && bad == nil && oop == nil && last.State() == events.StateStarted && age < locker.Lease() {
 		return 0, fmt.Errorf("%w: change %q was started %s ago by runner %s (lock token %d), less than the lease (%s): its runner may still be applying it; wait until the lease has passed, or force it and risk the change running beside your decision",
 			ErrUnsafeResolution, r.ChangeID, age.Round(100*time.Millisecond), dash(last.RunnerID), last.LockToken, locker.Lease())
 	}

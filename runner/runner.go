@@ -143,7 +143,12 @@ type Step struct {
 	// (Config.Trust): the change is BLOCKED, whatever the event claims,
 	// until a trusted operator records a decision after it.
 	Untrusted *UntrustedEvent
-	last      events.Event
+	// OutOfPlace is set when the change's newest event is not where it was
+	// written (a copy of an earlier event published again): the change is
+	// BLOCKED, State is events.StateOutOfChain, whatever the event claims,
+	// until an operator records a decision after it.
+	OutOfPlace *producer.OutOfPlaceError
+	last       events.Event
 }
 
 // UntrustedEvent is a change's newest event that the trust list does not
@@ -182,6 +187,7 @@ func (r *Runner) Plan(ctx context.Context, changes []Change) ([]Step, error) {
 func (r *Runner) read(ctx context.Context, c Change) (Step, error) {
 	last, head, err := r.prod.Last(ctx, r.cfg.Pipeline, c.ID)
 	var bad *producer.BadEventError
+	var oop *producer.OutOfPlaceError
 	switch {
 	case errors.Is(err, producer.ErrNoEvents):
 		return Step{Change: c, Action: ActionRun, Reason: "never run"}, nil
@@ -192,6 +198,10 @@ func (r *Runner) read(ctx context.Context, c Change) (Step, error) {
 		}
 		return Step{Change: c, Action: ActionBlocked, Head: head, Bad: bad,
 			Reason: fmt.Sprintf("its newest message (stream sequence %d) %s: an operator must record the change's state after it", head.Seq, what)}, nil
+	case errors.As(err, &oop):
+		return Step{Change: c, Action: ActionBlocked, State: events.StateOutOfChain, Head: head, OutOfPlace: oop, last: last,
+			Reason: fmt.Sprintf("its newest event (stream sequence %d, %s) was written as message %d of the change, after sequence %d, but the change has %d messages: a copy of an earlier event published again (or a forgery); an operator must record the change's state after it",
+				head.Seq, last.Type, oop.Position, oop.PrevSeq, head.Position)}, nil
 	case err != nil:
 		return Step{}, err
 	}

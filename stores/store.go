@@ -293,3 +293,14 @@ func (b Batch) LatestPerChange() []Record {
 	}
 	return out
 }
+
+// ChainOf is the Record.Chain of event e stored right after prev on its
+// change's subject: "" if it extends its change's chain
+// (events.CheckChain), else why not, within MaxChainLen. Every reader
+// computes it alike, so a store's rows are a function of the stream.
+func ChainOf(e events.Event, prev events.Prev) string {
+	if err := events.CheckChain(e, prev); err != nil {
+		return events.Truncate(err.Error(), MaxChainLen)
+	}
+	return ""
+}

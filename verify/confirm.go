@@ -290,7 +290,7 @@ func (p *pass) streamRecord(seq uint64) (stores.Record, error) {
 	if err != nil {
 		return stores.Record{}, err
 	}
-	return recordOf(m, p.cfg.Trust)
+	return recordOf(p.ctx, p.js, p.cfg.Stream, m, p.cfg.Trust)
 }
 
 // getMsg reads the message at seq, retrying for up to 2 minutes what a
@@ -342,6 +342,9 @@ func (p *pass) finish() {
 	}
 	for i, d := range rep.Downgrades {
 		rep.Downgrades[i].Acknowledged = resolved(d.Pipeline, d.ChangeID).resolvedV2 > d.Seq
+	}
+	for i, o := range rep.OutOfChain {
+		rep.OutOfChain[i].Acknowledged = resolved(o.Pipeline, o.ChangeID).resolved > o.Seq
 	}
 	for k, c := range p.changes {
 		if c.streamEvents > 0 {

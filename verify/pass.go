@@ -73,7 +73,7 @@ type pass struct {
 	changes map[key]*change
 	// By subject, as the stream's chain runs: the previous message,
 	// whether it was a bad one, and where the chain started.
-	prevOf     map[string]link
+	prevOf     map[string]events.Prev
 	badBefore  map[string]bool
 	chainSince map[string]uint64
 	newest     map[string]high // by pipeline: the highest lock token so far
@@ -130,7 +130,7 @@ func (p *pass) batch(msgs []projector.StreamMsg) error {
 				p.rep.Unreadable = append(p.rep.Unreadable, b)
 				p.rep.Undecodable++
 			}
-			p.prevOf[m.Subject] = link{seq: m.Seq, hash: hash}
+			p.prevOf[m.Subject] = events.Prev{Seq: m.Seq, Hash: hash}
 			p.badBefore[m.Subject] = true
 			continue
 		}
@@ -139,6 +139,12 @@ func (p *pass) batch(msgs []projector.StreamMsg) error {
 			delete(p.badBefore, m.Subject)
 		}
 		rec, v := judgeMsg(p.cfg.Trust, m, e, hash)
+		prev := p.prevOf[m.Subject]
+		rec.Chain = stores.ChainOf(e, prev)
+		rec.RowState = stores.StateOf(rec)
+		if rec.Chain != "" {
+			p.rep.OutOfChain = append(p.rep.OutOfChain, OutOfChain{Row: rowOf(rec), PrevSeq: prev.Seq, Problem: rec.Chain})
+		}
 		u, untrusted := judgeRecord("stream", rec, v, p.cfg.Trust, p.seen)
 		if untrusted {
 			p.rep.Untrusted = append(p.rep.Untrusted, u)
@@ -153,7 +159,7 @@ func (p *pass) batch(msgs []projector.StreamMsg) error {
 			c.latestSeq, c.issueDigest = rec.Seq, issueDigestOf(stores.IssueOf(rec), p.withTrust)
 		}
 		switch {
-		case e.Type == events.ManuallyResolved && !untrusted:
+		case e.Type == events.ManuallyResolved && !untrusted && rec.Chain == "":
 			c.resolved = m.Seq
 			if e.SchemaVersion >= 2 {
 				c.resolvedV2 = m.Seq
@@ -162,7 +168,9 @@ func (p *pass) batch(msgs []projector.StreamMsg) error {
 			c.overlapped = m.Seq
 		}
 		row := rowOf(rec)
-		if tok := e.LockToken; tok > 0 {
+		// An event out of its chain is reported as such; its lock token
+		// (a copy's is its original's) is not the pipeline's history.
+		if tok := e.LockToken; tok > 0 && rec.Chain == "" {
 			switch h := p.newest[e.Pipeline]; {
 			case tok < h.token:
 				p.rep.StaleTokens = append(p.rep.StaleTokens, StaleToken{Row: row, Token: tok, Newer: h.token, NewerSeq: h.seq})
@@ -170,8 +178,16 @@ func (p *pass) batch(msgs []projector.StreamMsg) error {
 				p.newest[e.Pipeline] = high{tok, m.Seq}
 			}
 		}
-		prev, hasPrev := p.prevOf[m.Subject]
+		// A broken hash link is tamper evidence where the event names the
+		// message before it and that message's bytes are not the ones it
+		// was written after: an altered copy of the stream. An event
+		// written after another message than the one before it (a copy
+		// published again, a fork) is out of its chain, not tampering:
+		// that is its own category, which a resolution settles.
+		hasPrev := prev.Seq != 0
+		placed := e.SchemaVersion >= events.ChainVersion
 		switch {
+		case placed && e.PrevSeq != prev.Seq:
 		case !hasPrev && e.PrevHash != "":
 			p.rep.StreamChain = append(p.rep.StreamChain, Break{Where: "stream", Pipeline: e.Pipeline, ChangeID: e.ChangeID, Seq: m.Seq, Got: e.PrevHash})
 		case hasPrev && e.PrevHash == "" && e.SchemaVersion < 2 && p.chainSince[m.Subject] != 0:
@@ -180,14 +196,14 @@ func (p *pass) batch(msgs []projector.StreamMsg) error {
 			p.rep.Downgrades = append(p.rep.Downgrades, Downgrade{Row: row, Version: e.SchemaVersion, ChainSince: p.chainSince[m.Subject]})
 		case hasPrev && e.PrevHash == "":
 			p.rep.Unchained++
-		case hasPrev && e.PrevHash != prev.hash:
+		case hasPrev && e.PrevHash != prev.Hash:
 			p.rep.StreamChain = append(p.rep.StreamChain, Break{Where: "stream", Pipeline: e.Pipeline, ChangeID: e.ChangeID,
-				Seq: m.Seq, PrevSeq: prev.seq, Want: prev.hash, Got: e.PrevHash})
+				Seq: m.Seq, PrevSeq: prev.Seq, Want: prev.Hash, Got: e.PrevHash})
 		}
 		if p.chainSince[m.Subject] == 0 && (e.PrevHash != "" || e.SchemaVersion >= 2) {
 			p.chainSince[m.Subject] = m.Seq
 		}
-		p.prevOf[m.Subject] = link{seq: m.Seq, hash: hash}
+		p.prevOf[m.Subject] = events.PrevOf(m.Seq, m.Data, e, nil)
 		p.rep.StreamEvents++
 	}
 	if len(msgs) == 0 {
@@ -241,7 +257,7 @@ func (p *pass) storeRow(r stores.Record, want *windowEntry) {
 	c.storeRows++
 	c.storeDigest = chainDigest(c.storeDigest, d)
 	switch {
-	case want == nil || want.matched || want.rec.ID != r.ID:
+	case want == nil || want.matched:
 		p.rep.Extra = append(p.rep.Extra, rowOf(r))
 		c.drift = true
 	default:
@@ -262,7 +278,10 @@ func (p *pass) storeRow(r stores.Record, want *windowEntry) {
 	}
 	// A row whose predecessor on the stream is a bad message points at
 	// that message, which no store holds: not a broken link.
-	if prev := c.storePrev; prev.seq != 0 && r.PrevHash != "" && prev.hash != "" && !p.facts.afterBad[r.Seq] && r.PrevHash != prev.hash {
+	// A row written after another message than the one before it (a copy
+	// published again, stored as out of its chain) is not a broken link.
+	misplaced := r.SchemaVersion >= events.ChainVersion && r.PrevSeq != c.storePrev.seq
+	if prev := c.storePrev; prev.seq != 0 && r.PrevHash != "" && prev.hash != "" && !p.facts.afterBad[r.Seq] && !misplaced && r.PrevHash != prev.hash {
 		p.rep.StoreChain = append(p.rep.StoreChain, Break{Where: "store", Pipeline: r.Pipeline, ChangeID: r.ChangeID,
 			Seq: r.Seq, PrevSeq: prev.seq, Want: prev.hash, Got: r.PrevHash})
 	}

@@ -172,7 +172,7 @@ func TestDowngradeIsReported(t *testing.T) {
 		t.Fatal(err)
 	}
 	forged := events.New(events.ManuallyResolved, "ops", "0001-drop")
-	forged.SchemaVersion, forged.Resolution, forged.Operator, forged.Reason = 1, events.ResolvedApplied, "mallory", "trust me"
+	forged.SchemaVersion, forged.Position, forged.Resolution, forged.Operator, forged.Reason = 1, 0, events.ResolvedApplied, "mallory", "trust me"
 	b, err := events.Encode(forged)
 	if err != nil {
 		t.Fatal(err)

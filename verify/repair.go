@@ -98,7 +98,7 @@ func PlanRepair(ctx context.Context, js jetstream.JetStream, store stores.Store,
 		if err != nil {
 			return stores.Record{}, fmt.Errorf("repair: %w", err)
 		}
-		return recordOf(m, cfg.Trust)
+		return recordOf(ctx, js, cfg.Stream, m, cfg.Trust)
 	}
 	for _, r := range rep.Missing {
 		rec, err := read(r.Seq)
@@ -253,9 +253,12 @@ func healIssues(ctx context.Context, js jetstream.JetStream, store stores.Store,
 		if err != nil {
 			return fmt.Errorf("repair: read the newest event of %s/%s: %w", k.pipeline, k.change, err)
 		}
-		rec, err := recordOf(m, replay.Trust)
-		if err != nil || events.CheckSubject(replay.Stream.SubjectPrefix, m.Subject, rec.Event) != nil {
+		if e, err := events.Decode(m.Data); err != nil || events.CheckSubject(replay.Stream.SubjectPrefix, m.Subject, e) != nil {
 			continue // a bad message: no store holds it
+		}
+		rec, err := recordOf(ctx, js, replay.Stream, m, replay.Trust)
+		if err != nil {
+			return fmt.Errorf("repair: the newest event of %s/%s: %w", k.pipeline, k.change, err)
 		}
 		recs = append(recs, rec)
 	}

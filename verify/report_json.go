@@ -27,6 +27,7 @@ func (r Report) MarshalJSON() ([]byte, error) {
 	orEmpty(&p.Unreadable)
 	orEmpty(&p.WrongSubject)
 	orEmpty(&p.Downgrades)
+	orEmpty(&p.OutOfChain)
 	orEmpty(&p.Untrusted)
 	orEmpty(&p.StoreUntrusted)
 	return json.Marshal(struct {

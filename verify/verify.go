@@ -253,6 +253,31 @@ func (u Untrusted) String() string {
 	return fmt.Sprintf("%s: %s/%s seq %d %s: %s; %s", u.Where, u.Pipeline, u.ChangeID, u.Seq, u.Type, u.Problem, ack)
 }
 
+// OutOfChain is an event that does not extend its change's chain: the
+// message right before it on its subject is not the one it names
+// (events.CheckChain) — a copy of an earlier event published again (an
+// exact copy, its signature valid, still lands after another message than
+// the one it was written after), a fork, a repeated id, a downgrade.
+// Projectors store it with that verdict, as OUT_OF_CHAIN with its
+// change's issue open; runners stop at it. It is a problem until an
+// operator's resolution (trusted, with a trust list) follows it.
+type OutOfChain struct {
+	Row
+	PrevSeq uint64 `json:"prevSeq"` // the message before it on its subject (0: none)
+	Problem string `json:"problem"`
+	// Acknowledged: an operator's resolution, itself in the chain, follows
+	// it on its change.
+	Acknowledged bool `json:"acknowledged"`
+}
+
+func (o OutOfChain) String() string {
+	ack := "NOT resolved: runners stop at it while it is its change's newest event, and its issue stays open"
+	if o.Acknowledged {
+		ack = "resolved by an operator after it"
+	}
+	return fmt.Sprintf("%s/%s seq %d %s (event %s): %s; %s", o.Pipeline, o.ChangeID, o.Seq, o.Type, o.EventID, o.Problem, ack)
+}
+
 // ChangeSummary is the count and digest of one change on each side.
 type ChangeSummary struct {
 	Pipeline     string `json:"pipeline"`
@@ -296,6 +321,9 @@ type Report struct {
 	// Downgrades lists schema-version-1 events after their change's hash
 	// chain had started (see Downgrade), in stream order.
 	Downgrades []Downgrade `json:"downgrades"`
+	// OutOfChain lists the events that do not extend their change's chain
+	// (see OutOfChain), in stream order.
+	OutOfChain []OutOfChain `json:"outOfChain"`
 
 	// TrustChecked: verify had a trust list, and Untrusted and
 	// StoreUntrusted list what it does not accept, in sequence order.
@@ -347,6 +375,18 @@ func (r *Report) OpenStreamProblems() (bad []BadMessage, downgrades []Downgrade)
 	return bad, downgrades
 }
 
+// OpenOutOfChain returns the events out of their chain that no operator's
+// resolution follows.
+func (r *Report) OpenOutOfChain() []OutOfChain {
+	var out []OutOfChain
+	for _, o := range r.OutOfChain {
+		if !o.Acknowledged {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
 // OpenUntrusted returns the untrusted events, of the stream and of the
 // store, that no trusted operator's resolution follows.
 func (r *Report) OpenUntrusted() []Untrusted {
@@ -360,11 +400,12 @@ func (r *Report) OpenUntrusted() []Untrusted {
 }
 
 // Problems reports whether anything needs attention: drift, a broken
-// chain, an unacknowledged stale-token write, an open stream problem, or
-// an untrusted event no trusted resolution follows.
+// chain, an unacknowledged stale-token write, an open stream problem, an
+// untrusted event no trusted resolution follows, or an event out of its
+// chain that no resolution follows.
 func (r *Report) Problems() bool {
 	bad, downgrades := r.OpenStreamProblems()
-	return r.Drift() || r.Tampered() || len(r.Unacknowledged())+len(bad)+len(downgrades)+len(r.OpenUntrusted()) > 0
+	return r.Drift() || r.Tampered() || len(r.Unacknowledged())+len(bad)+len(downgrades)+len(r.OpenUntrusted())+len(r.OpenOutOfChain()) > 0
 }
 
 // Tampered reports whether a hash chain is broken.
@@ -405,7 +446,7 @@ func Verify(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg
 	last := stream.CachedInfo().State.LastSeq
 	rep := &Report{TrustChecked: cfg.Trust != nil, LastSeq: last}
 	p := &pass{ctx: ctx, js: js, stream: stream, store: store, cfg: cfg, rep: rep, snapshot: last, withTrust: cfg.Trust != nil,
-		changes: map[key]*change{}, prevOf: map[string]link{}, badBefore: map[string]bool{}, chainSince: map[string]uint64{},
+		changes: map[key]*change{}, prevOf: map[string]events.Prev{}, badBefore: map[string]bool{}, chainSince: map[string]uint64{},
 		newest: map[string]high{}, seen: map[[16]byte]uint64{}, storeSeen: map[[16]byte]uint64{},
 		facts: streamFacts{misfiled: map[uint64]bool{}, afterBad: map[uint64]bool{}}}
 	if last > 0 {
@@ -456,7 +497,8 @@ func rowOf(r stores.Record) Row {
 }
 
 // digest is a row's content, as both sides must agree on it: its sequence,
-// its hash, its signature, its trust verdict (withTrust: verify can judge
+// its hash, its signature, its chain verdict, the state it stores (what
+// listings filter on), its trust verdict (withTrust: verify can judge
 // verdicts only with a trust list) and its event in canonical encoding.
 func digest(r stores.Record, withTrust bool) [32]byte {
 	b, err := events.Encode(r.Event)
@@ -464,7 +506,7 @@ func digest(r stores.Record, withTrust bool) [32]byte {
 		b = fmt.Appendf(nil, "%+v", r.Event)
 	}
 	h := sha256.New()
-	fmt.Fprintf(h, "%d\x00%s\x00%s\x00%s\x00", r.Seq, r.Hash, r.Signer, r.Signature)
+	fmt.Fprintf(h, "%d\x00%s\x00%s\x00%s\x00%s\x00%s\x00", r.Seq, r.Hash, r.Signer, r.Signature, r.Chain, r.RowState)
 	if withTrust {
 		fmt.Fprintf(h, "%s\x00", r.Trust)
 	}
@@ -472,24 +514,39 @@ func digest(r stores.Record, withTrust bool) [32]byte {
 	return [32]byte(h.Sum(nil))
 }
 
-// StreamRecord reads the event at seq from the stream as a store row,
-// with its signature and, judged with list, its trust verdict (as a
-// projector with that list stores it).
-func StreamRecord(ctx context.Context, stream jetstream.Stream, seq uint64, list *trust.List) (stores.Record, error) {
+// StreamRecord reads the event at seq from the stream sc describes as a
+// store row, with its signature, its chain verdict (judged against the
+// message before it on its subject) and, judged with list, its trust
+// verdict: the row a projector with that list stores.
+func StreamRecord(ctx context.Context, js jetstream.JetStream, sc producer.StreamConfig, seq uint64, list *trust.List) (stores.Record, error) {
+	if err := sc.Validate(); err != nil {
+		return stores.Record{}, err
+	}
+	stream, err := js.Stream(ctx, sc.Name)
+	if err != nil {
+		return stores.Record{}, fmt.Errorf("verify: stream %s: %w", sc.Name, err)
+	}
 	m, err := stream.GetMsg(ctx, seq)
 	if err != nil {
 		return stores.Record{}, fmt.Errorf("verify: read seq %d: %w", seq, err)
 	}
-	return recordOf(m, list)
+	return recordOf(ctx, js, sc, m, list)
 }
 
-// recordOf is the row for a message read from the stream.
-func recordOf(m *jetstream.RawStreamMsg, list *trust.List) (stores.Record, error) {
+// recordOf is the row for a message read from the stream, its chain
+// verdict judged against the message before it (asked of the stream).
+func recordOf(ctx context.Context, js jetstream.JetStream, sc producer.StreamConfig, m *jetstream.RawStreamMsg, list *trust.List) (stores.Record, error) {
 	e, err := events.Decode(m.Data)
 	if err != nil {
 		return stores.Record{}, fmt.Errorf("verify: seq %d: %w", m.Sequence, err)
 	}
 	rec, _ := judgeMsg(list, projector.StreamMsg{Seq: m.Sequence, Subject: m.Subject, Data: m.Data, Header: m.Header}, e, events.Hash(m.Data))
+	prev, err := producer.Before(ctx, js, sc.Name, sc.SubjectPrefix, m.Subject, m.Sequence)
+	if err != nil {
+		return stores.Record{}, fmt.Errorf("verify: seq %d: %w", m.Sequence, err)
+	}
+	rec.Chain = stores.ChainOf(e, prev)
+	rec.RowState = stores.StateOf(rec)
 	return rec, nil
 }
 
@@ -554,6 +611,12 @@ func recordDiff(want, got stores.Record, withTrust bool) []string {
 	}
 	if withTrust && want.Trust != got.Trust {
 		fields = append(fields, "Trust")
+	}
+	if want.Chain != got.Chain {
+		fields = append(fields, "Chain")
+	}
+	if want.RowState != got.RowState {
+		fields = append(fields, "RowState")
 	}
 	want.OccurredAt, got.OccurredAt = want.OccurredAt.UTC(), got.OccurredAt.UTC()
 	if len(want.Metadata) == 0 && len(got.Metadata) == 0 {

@@ -132,7 +132,8 @@ func TestCorruptedRowIsNamedAndRepaired(t *testing.T) {
 		`DELETE FROM "changeLog" WHERE seq = 7`,
 		`INSERT INTO "changeLog" SELECT 9999, 'forged-event', type, state, schema_version, pipeline, change_id, author, execution_id,
 			change_order, target_system, host, runner_id, lock_token, occurred_at, duration_ms, error_message, error_trace, metadata,
-			recovery, transactional, resolution, operator, reason, hash, prev_hash, signer, signature, trust FROM "changeLog" WHERE seq = 3`,
+			recovery, transactional, resolution, operator, reason, hash, prev_hash, signer, signature, trust, prev_seq, position, chain
+			FROM "changeLog" WHERE seq = 3`,
 		`UPDATE "issues" SET status = 'CLOSED', state = 'APPLIED' WHERE change_id = '0004-flag' AND pipeline = 'shipping'`,
 	} {
 		if _, err := db.Exec(stmt); err != nil {
@@ -210,9 +211,14 @@ func TestTamperedStreamCopyNamesTheBrokenLink(t *testing.T) {
 	if !strings.Contains(b.String(), fmt.Sprint("seq ", victim.Seq)) {
 		t.Fatalf("break description does not name the altered event: %s", b)
 	}
-	// The store, fed from the original, disagrees with the copy at that row.
-	if len(rep.Mismatched) != 1 || rep.Mismatched[0].Seq != victim.Seq || !slices.Contains(rep.Mismatched[0].Fields, "ErrorMessage") {
+	// The store, fed from the original, disagrees with the copy at that
+	// row, and at its successor's, which the copy puts out of its chain.
+	if len(rep.Mismatched) != 2 || rep.Mismatched[0].Seq != victim.Seq || !slices.Contains(rep.Mismatched[0].Fields, "ErrorMessage") ||
+		!slices.Equal(rep.Mismatched[1].Fields, []string{"Chain", "RowState"}) {
 		t.Fatalf("mismatched = %+v", rep.Mismatched)
+	}
+	if len(rep.OutOfChain) != 1 || rep.OutOfChain[0].Seq != rep.Mismatched[1].Seq || rep.OutOfChain[0].PrevSeq != victim.Seq {
+		t.Fatalf("out of chain = %+v, want the altered event's successor", rep.OutOfChain)
 	}
 	// And the original stream still verifies.
 	clean(t, verifyStore(t, src.JS, st))

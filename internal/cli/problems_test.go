@@ -129,7 +129,7 @@ func TestVerifyNamesWrongSubjectAndDowngrade(t *testing.T) {
 		t.Fatal(err)
 	}
 	forged := events.New(events.ManuallyResolved, "real", "0003-drop")
-	forged.SchemaVersion, forged.Resolution, forged.Operator, forged.Reason = 1, events.ResolvedApplied, "mallory", "trust me"
+	forged.SchemaVersion, forged.Position, forged.Resolution, forged.Operator, forged.Reason = 1, 0, events.ResolvedApplied, "mallory", "trust me"
 	if b, err = events.Encode(forged); err != nil {
 		t.Fatal(err)
 	}

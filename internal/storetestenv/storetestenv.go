@@ -100,6 +100,7 @@ func Feed(t *testing.T, js jetstream.JetStream, st stores.Store) {
 		t.Fatal(err)
 	}
 	var recs []stores.Record
+	prev := map[string]events.Prev{} // each subject's chain, as a projector judges it
 	for seq := uint64(1); seq <= s.CachedInfo().State.LastSeq; seq++ {
 		m, err := s.GetMsg(ctx, seq)
 		if err != nil {
@@ -110,8 +111,9 @@ func Feed(t *testing.T, js jetstream.JetStream, st stores.Store) {
 			err = events.CheckSubject(events.DefaultSubjectPrefix, m.Subject, e)
 		}
 		if err == nil {
-			recs = append(recs, stores.Record{Seq: seq, Hash: events.Hash(m.Data), Event: e})
+			recs = append(recs, stores.Record{Seq: seq, Hash: events.Hash(m.Data), Chain: stores.ChainOf(e, prev[m.Subject]), Event: e})
 		}
+		prev[m.Subject] = events.PrevOf(seq, m.Data, e, err)
 	}
 	if err := st.Apply(ctx, stores.Batch{Checkpoint: "projector", Records: recs}); err != nil {
 		t.Fatal(err)

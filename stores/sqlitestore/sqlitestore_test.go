@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/internal/storebench"
 	"github.com/auditflow/auditflow/stores"
 	"github.com/auditflow/auditflow/stores/sqlitestore"
 	"github.com/auditflow/auditflow/stores/storetest"
@@ -154,4 +155,10 @@ func TestRekeysOldLayout(t *testing.T) {
 	if rows, err := st.History(ctx, stores.HistoryQuery{}); err != nil || len(rows) != 2 || rows[0].RowState != events.StateOutOfChain {
 		t.Fatalf("the event published again: %+v, %v", rows, err)
 	}
+}
+
+// TestVerifySeesAlteredColumns: every value listings filter on, altered in
+// the file, is reported by verify and put back by repair.
+func TestVerifySeesAlteredColumns(t *testing.T) {
+	storebench.TamperVerifyRepair(t, newStore(filepath.Join(t.TempDir(), "audit.db")))
 }
