@@ -476,7 +476,7 @@ func (s *Store) upsertIssues(ctx context.Context, models []mongo.WriteModel) err
 // nothing, although the statements before it did run. So an answer that
 // does not account for every statement is not trusted: the statements are
 // sent again one per command, which is exact everywhere. Every statement
-// here is idempotent (an insert by id, a seq-guarded replacement, and
+// here is idempotent (an insert by _id, a seq-guarded replacement, and
 // Repair's replacements and deletes by _id), so running one twice changes
 // nothing.
 func bulkWrite(ctx context.Context, coll *mongo.Collection, models []mongo.WriteModel) ([]int, error) {
