@@ -123,17 +123,19 @@
 //
 // # A changeLog of the older layout
 //
-// Older versions keyed changeLog documents by event id (a
-// string _id, with the sequence in a seq field and indexes on it), which
-// hid an event published again behind its first row. Rekeying in place
-// would rewrite every document without a transaction; the stream holds
-// everything, so the store is rebuilt instead. New reads one changeLog
-// document: if its _id is text, the store opens but every call except
-// Reset, CheckSchema and Close fails with stores.ErrInvalidConfig, naming
-// the rebuild: `auditflow --store mongo replay --reset` (stop the
-// projectors first), or a replay into new collections. Reset empties the
-// collections, creates the current indexes, drops the older ones (on seq)
-// and lifts the refusal; New also drops those whenever it finds the
+// Older versions keyed changeLog documents by event id (a string _id, with
+// the sequence in a seq field and indexes on it), which hid an event
+// published again behind its first row. Rekeying in place would rewrite
+// every document without a transaction; the stream holds everything, so
+// the store is rebuilt instead. New reads one changeLog document: if its
+// _id is text, the store opens (a replay must open it to reset it) but
+// every call except Reset, CheckSchema and Close fails with
+// stores.ErrInvalidConfig, naming the rebuild: `auditflow --store mongo
+// replay --reset` (stop the projectors first), or a replay into new
+// collections. Reset empties the collections, creates the current indexes,
+// drops the older ones (on seq) and lifts the refusal for its Store; other
+// processes that opened the older layout keep refusing until they open the
+// store again. New also drops the older indexes whenever it finds the
 // current layout.
 //
 // # FerretDB
