@@ -127,7 +127,7 @@ func newPlan(ks keyspace, b stores.Batch) *plan {
 			c.segs = append(c.segs, seg)
 		}
 		at := stores.FormatTime(r.OccurredAt)
-		for _, ix := range []string{ixAll, ixPipeline(c.ph), ixState(r.State())} {
+		for _, ix := range indexesOf(r) {
 			pr := pageRef{ix, pageOf(seg)}
 			if p.pages[pr] == nil {
 				p.pages[pr] = map[uint64]string{}
@@ -138,13 +138,14 @@ func newPlan(ks keyspace, b stores.Batch) *plan {
 	return p
 }
 
-// insertEvents writes the changeLog rows. Insert by event key makes a
-// redelivered event a no-op: ErrDocumentExists means it is already there.
+// insertEvents writes the changeLog rows. Insert by sequence makes a
+// redelivered event a no-op: ErrDocumentExists means it is already there
+// (the first write of a sequence stands).
 func (s *Store) insertEvents(p *plan) []task {
 	tasks := make([]task, len(p.recs))
 	for i, r := range p.recs {
 		tasks[i] = func(ctx context.Context) error {
-			err := s.insert(ctx, p.ks.event(eventRef(r.ID)), eventDocOf(r))
+			err := s.insert(ctx, p.ks.event(r.Seq), eventDocOf(r))
 			if err != nil && !errors.Is(err, gocb.ErrDocumentExists) {
 				return err
 			}
@@ -217,7 +218,7 @@ func (s *Store) listPipelines(p *plan) []task {
 func (s *Store) addMembers(p *plan) []task {
 	groups := map[string][]*changePlan{}
 	for _, c := range p.changes {
-		if st := stores.IssueStatusOf(c.latest.State(), c.latest.Trust); c.raises() && tracked(st) {
+		if st := stores.IssueStatusOf(stores.StateOf(c.latest), c.latest.Trust); c.raises() && tracked(st) {
 			c.listed = st
 			k := p.ks.members(st, c.ih)
 			groups[k] = append(groups[k], c)
@@ -338,12 +339,8 @@ func (s *Store) writeLeaves(p *plan) []task {
 		}
 	}
 	for _, r := range p.recs {
-		ph := pipelineHash(r.Pipeline)
-		e := entry{
-			Ref: eventRef(r.ID), Issue: issueHash(r.Pipeline, r.ChangeID), Pipeline: ph,
-			Change: changeHash(r.ChangeID), State: r.State(), At: stores.FormatTime(r.OccurredAt), Untrusted: r.Trust != "",
-		}
-		for _, ix := range []string{ixAll, ixPipeline(ph), ixState(r.State())} {
+		e := entryOf(r)
+		for _, ix := range indexesOf(r) {
 			at(ix, r.Seq).entries[r.Seq] = e
 		}
 	}

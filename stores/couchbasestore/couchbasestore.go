@@ -204,7 +204,9 @@ func ensureCollection(ctx context.Context, b *gocb.Bucket, cfg Config) error {
 
 // initMeta creates the meta document on first open and checks its layout.
 // On a real server a new collection takes a moment to reach every node;
-// the SDK retries while it is unknown.
+// the SDK retries while it is unknown. The older layout opens, so that a
+// replay can reset it, but every call but Reset, CheckSchema and Close
+// refuses it (see begin).
 func (s *Store) initMeta(ctx context.Context) error {
 	var m metaDoc
 	err := s.retry(ctx, func() error {
@@ -218,27 +220,60 @@ func (s *Store) initMeta(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("meta document: %w", err)
 	}
-	if m.Layout != layoutVersion {
-		return fmt.Errorf("%w: collection %s.%s holds layout %d; this version reads layout %d",
-			stores.ErrInvalidConfig, s.cfg.Scope, s.cfg.Collection, m.Layout, layoutVersion)
+	switch m.Layout {
+	case layoutVersion:
+	case olderLayout:
+		s.log.Warn("couchbasestore: " + s.layoutError(m.Layout).Error())
+	default:
+		return s.layoutError(m.Layout)
 	}
 	return nil
 }
 
+// layoutError says why this version cannot use a collection of layout
+// and, for the older layout, how to rebuild it.
+func (s *Store) layoutError(layout int) error {
+	if layout == olderLayout {
+		return fmt.Errorf("%w: collection %s.%s holds layout %d, in which changeLog rows are keyed by event id and an event "+
+			"published again hides its first row: rebuild the store from the stream with "+
+			"`auditflow --store couchbase replay --reset` (stop its projectors first), or replay into another collection",
+			stores.ErrInvalidConfig, s.cfg.Scope, s.cfg.Collection, layout)
+	}
+	return fmt.Errorf("%w: collection %s.%s holds layout %d; this version reads layout %d",
+		stores.ErrInvalidConfig, s.cfg.Scope, s.cfg.Collection, layout, layoutVersion)
+}
+
 // begin checks that a call may start and returns the current generation's
-// keyspace.
+// keyspace. Every call reads the meta document anyway, for the
+// generation, so it refuses a layout other than this version's there: a
+// store of the older layout stays refused, by every process, until a
+// Reset rebuilds it. A missing meta document reads as generation 0 (what
+// CheckSchema reports).
 func (s *Store) begin(ctx context.Context) (keyspace, error) {
-	if s.closed.Load() {
-		return keyspace{}, stores.ErrClosed
+	m, exists, err := s.meta(ctx)
+	if err != nil {
+		return keyspace{}, err
 	}
-	if err := ctx.Err(); err != nil {
-		return keyspace{}, fmt.Errorf("couchbasestore: %w", err)
-	}
-	var m metaDoc
-	if _, _, err := s.get(ctx, metaKey, &m); err != nil {
-		return keyspace{}, s.fail(ctx, "read meta", err)
+	if exists && m.Layout != layoutVersion {
+		return keyspace{}, fmt.Errorf("couchbasestore: %w", s.layoutError(m.Layout))
 	}
 	return keyspaceOf(m.Gen), nil
+}
+
+// meta checks that a call may start and reads the meta document.
+func (s *Store) meta(ctx context.Context) (metaDoc, bool, error) {
+	var m metaDoc
+	if s.closed.Load() {
+		return m, false, stores.ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return m, false, fmt.Errorf("couchbasestore: %w", err)
+	}
+	_, exists, err := s.get(ctx, metaKey, &m)
+	if err != nil {
+		return m, false, s.fail(ctx, "read meta", err)
+	}
+	return m, exists, nil
 }
 
 // fail wraps an error of operation op: the context's error first if it is

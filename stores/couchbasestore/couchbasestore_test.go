@@ -95,7 +95,7 @@ func TestCheckSchema(t *testing.T) {
 	if _, err := coll.Upsert("auditflow:meta", map[string]any{"layout": 99, "gen": 0, "clean": 0}, nil); err != nil {
 		t.Fatal(err)
 	}
-	check("has layout 99; this version reads layout 1")
+	check("holds layout 99; this version reads layout 2")
 	if _, err := coll.Remove("auditflow:meta", nil); err != nil {
 		t.Fatal(err)
 	}

@@ -11,27 +11,34 @@
 // raised by Reset. seg(q) = q>>8 and page(s) = s>>10, so a leaf covers 256
 // stream sequences and a page lists up to 1024 leaves. h is a SHA-256 prefix.
 //
-//	g:e:<event id>            changeLog row: one event, with its stream Hash and PrevHash
-//	                          (g:e#<h> if the id is not plain ASCII)
+//	g:e:<seq>                 changeLog row: one stream message, every field of its record
 //	g:i:<h(pipeline,change)>  issue row: the change's newest event, plus the
 //	                          segments holding the change's events
 //	g:P                       every pipeline with events
 //	g:r:<ix>                  root of index ix: its pages
 //	g:d:<ix>:<page>           page: its leaves, each with the latest event time in it
-//	g:l:<ix>:<seg>            leaf: one entry per event of ix in the segment (event
-//	                          key, issue, pipeline and change hashes, state, time),
-//	                          and "x": the sequences no longer their change's newest
+//	g:l:<ix>:<seg>            leaf: one entry per event of ix in the segment, under its
+//	                          sequence (issue, pipeline and change hashes, state, time,
+//	                          untrusted), and "x": the sequences no longer their change's newest
 //	g:m:<status>:<0-f>        members: OPEN and IN_PROGRESS issues, in 16 buckets
 //	g:k:<name>, g:K           checkpoints, and the list of their names
 //
-// Hash and PrevHash (the hash chain) were added without a layout change:
-// rows written before them read as "". So were signed events: a row's
-// Signer, Signature and Trust, an issue's Trust, and a leaf entry's "u"
-// (the event is untrusted, so its issue is OPEN whatever its state); all
-// absent, they read as an unsigned event with no verdict. Each event is in three indexes: ix = "a" (the whole log), "p<h(pipeline)>"
+// A changeLog row is keyed by its stream sequence, so it is the log entry
+// itself: an event published again (the same event id at another
+// sequence) is a row of its own. The row's state is the state it stores
+// (stores.StateOf: OUT_OF_CHAIN for an event that does not extend its
+// change's chain, whose verdict is in chain), which History returns as
+// Record.RowState. Fields an event may lack (the hash chain and its place
+// in it, the signature, the trust and chain verdicts) are left out and
+// read as "" or 0; prevSeq and position, like the lock token, are JSON
+// strings, exact beyond 2^53 for any reader. An issue keeps its event's
+// trust and chain verdicts, and a leaf entry's "u" says the event is
+// untrusted (its issue is OPEN whatever its state).
+//
+// Each event is in three indexes: ix = "a" (the whole log), "p<h(pipeline)>"
 // and "s<state>". Every document is bounded, well below Couchbase's 20 MB:
-// a leaf holds at most 256 entries (~50 KB with UUID ids, ~80 KB at the
-// longest), a page 1024 leaves (~40 KB), a root one entry per 2^18
+// a leaf holds at most 256 entries (~40 KB, under 50 KB at the longest), a
+// page 1024 leaves (~40 KB), a root one entry per 2^18
 // sequences (~4 MB at 10^11 events), the pipeline list one entry per
 // pipeline (~60,000 fit), an issue its change's segments, and the member
 // lists only issues currently open or in progress.
@@ -45,8 +52,7 @@
 // cursor BeforeSeq, which also picks the first page and leaf; Since skips
 // every leaf whose latest event is older. Matches are resolved to rows with
 // parallel gets, newest first, and each row is checked against the query
-// again, so a hash collision costs a read, never a wrong row. The walk
-// stops at Limit rows.
+// again. The walk stops at Limit rows.
 //
 //   - History by pipeline, by state, or neither: the "p…", "s…" or "a" index.
 //   - History of a change: its issue lists the segments holding its events,
@@ -58,13 +64,22 @@
 //     marked superseded, each confirmed by reading its issue, whose sequence
 //     must equal the entry's.
 //
+// So a listing returns rows as stored, and only rows whose stored values
+// match the query: an entry is a copy of the row's values that narrows the
+// search, never the value shown. A hash collision costs a read; an entry
+// that disagrees with its row (one of the two altered in the database)
+// can keep the row out of a listing, but never lists it under a value it
+// does not hold, while the row's own values show in every listing that
+// finds it, where verify can compare them with the stream.
+//
 // # Correct under redelivery and concurrent workers, without transactions
 //
 // Every write is idempotent, and Apply works out what to write from the
 // batch and the documents as it reads them, never from "was it new?", so a
 // retried, redelivered or overlapping batch converges on the same documents:
 //
-//   - Events are Inserted by id; ErrDocumentExists means already there.
+//   - Events are Inserted by sequence; ErrDocumentExists means already
+//     there (the first write of a sequence stands).
 //   - Every other document is read, changed and replaced under CAS, or
 //     inserted if missing; on a CAS mismatch — or ErrDocumentExists, which
 //     MutateIn with a stale CAS and a lost Insert race report — the writer
@@ -105,11 +120,29 @@
 // before indexing it and was never retried is reachable from nothing: it
 // is invisible, and only costs space.
 //
+// # A store of the older layout
+//
+// The meta document records the layout. Layout 1, written by older
+// versions, keyed event documents by event id (g:e:<event id>, named by
+// each leaf entry), which hid an event published again behind its first
+// row. Rekeying in place would rewrite every event and leaf without a
+// transaction; the stream holds everything, so the store is rebuilt
+// instead. New opens a layout 1 store without changing it (a replay must
+// open it to reset it), and every call but Reset, CheckSchema and Close —
+// by any process, since each call reads the meta document — fails with
+// stores.ErrInvalidConfig naming the rebuild: `auditflow --store couchbase
+// replay --reset` (stop the projectors first), or a replay into another
+// collection. Reset raises the generation and the layout in one write, so
+// the store is empty and current at once, then purges the older
+// generation, whose event keys its leaf entries name. A layout New does
+// not know (a newer version's) is refused at open.
+//
 // # Schema check, and no targeted repair
 //
 // CheckSchema (stores.SchemaChecker) reports the bucket, scope or
 // collection missing, and the meta document missing, unreadable or of
-// another layout. There are no indexes to check.
+// another layout (the older one with the way to rebuild it). There are no
+// indexes to check.
 //
 // The store is not a stores.Repairer: operator tools repair it by Reset
 // and replay from the stream, which rebuilds every document from the
@@ -122,5 +155,7 @@
 // through the leaf entry at its sequence, so an issue written "exactly as
 // given" with a sequence that is not one of its change's rows, or a status
 // not of that row's state, would be found by change id and missing from
-// other listings; and a leaf holds one entry per sequence.
+// other listings; and a leaf holds one entry per sequence. Features
+// records it (Repairer: false), and the suite checks that it does not
+// claim to be one.
 package couchbasestore

@@ -13,12 +13,15 @@ import (
 
 // Layout constants. They are part of the stored format (see doc.go): data
 // written with other values is unreadable, so they are constants, recorded
-// in the meta document as layoutVersion and checked on open.
+// in the meta document as layoutVersion and checked on every call.
 const (
-	layoutVersion = 1
+	// layoutVersion 2 keys event documents by stream sequence; 1 keyed
+	// them by event id, which Reset can still purge (see olderLayout).
+	layoutVersion = 2
+	olderLayout   = 1
 	// segBits: a leaf document covers 2^segBits consecutive sequences, so it
-	// holds at most 256 entries: ~50 KB with UUID event ids, ~80 KB at the
-	// longest. Small, because every batch rewrites the leaves it touches.
+	// holds at most 256 entries of ~160 bytes (~190 at the longest): about
+	// 40 KB. Small, because every batch rewrites the leaves it touches.
 	segBits = 8
 	// pageBits: a page document lists at most 2^pageBits leaves (~40 KB),
 	// so a root gains one entry per 2^18 sequences.
@@ -52,8 +55,8 @@ func changeHash(change string) string          { return digest(16, "c", change) 
 func issueHash(pipeline, change string) string { return digest(32, "i", pipeline, change) }
 
 // safeKeyPart reports whether s can be used in a document key as is: short,
-// printable ASCII that needs no escaping anywhere. Typical event ids
-// (UUIDv7) and checkpoint names are; anything else is hashed.
+// printable ASCII that needs no escaping anywhere. Typical checkpoint names
+// are; anything else is hashed.
 func safeKeyPart(s string) bool {
 	if len(s) == 0 || len(s) > events.MaxIDLen {
 		return false
@@ -70,15 +73,6 @@ func safeKeyPart(s string) bool {
 	return true
 }
 
-// eventRef is the generation-free part of an event's key: the id itself
-// when it is safe, else its digest.
-func eventRef(id string) string {
-	if safeKeyPart(id) {
-		return "e:" + id
-	}
-	return "e#" + digest(32, "e", id)
-}
-
 // Index names: the whole changeLog, one pipeline, one state.
 const ixAll = "a"
 
@@ -91,7 +85,8 @@ type keyspace struct{ prefix string }
 
 func keyspaceOf(gen uint64) keyspace { return keyspace{prefix: strconv.FormatUint(gen, 10) + ":"} }
 
-func (k keyspace) event(ref string) string { return k.prefix + ref }
+// event is the key of the changeLog row at stream sequence seq.
+func (k keyspace) event(seq uint64) string { return k.prefix + "e:" + strconv.FormatUint(seq, 10) }
 func (k keyspace) issue(ih string) string  { return k.prefix + "i:" + ih }
 func (k keyspace) pipelines() string       { return k.prefix + "P" }
 func (k keyspace) root(ix string) string   { return k.prefix + "r:" + ix }
@@ -134,11 +129,13 @@ type metaDoc struct {
 	Clean  uint64 `json:"clean"`
 }
 
-// eventDoc is a changeLog row: one event, keyed by its id.
+// eventDoc is a changeLog row: one stream message, keyed by its sequence.
 type eventDoc struct {
-	Seq           uint64            `json:"seq"`
-	ID            string            `json:"id"`
-	Type          events.Type       `json:"type"`
+	Seq  uint64      `json:"seq"`
+	ID   string      `json:"id"`
+	Type events.Type `json:"type"`
+	// State is the state the row stores (stores.StateOf), which History
+	// returns as Record.RowState and checks its filter against.
 	State         events.State      `json:"state"`
 	SchemaVersion int               `json:"schemaVersion"`
 	Pipeline      string            `json:"pipeline"`
@@ -160,26 +157,29 @@ type eventDoc struct {
 	Resolution    events.Resolution `json:"resolution,omitempty"`
 	Operator      string            `json:"operator,omitempty"`
 	Reason        string            `json:"reason,omitempty"`
-	// Hash and PrevHash came with the hash chain (events schema version
-	// 2); documents written before lack them, and read as "".
-	Hash     string `json:"hash,omitempty"`
-	PrevHash string `json:"prevHash,omitempty"`
-	// Signer, Signature and Trust came with signed events; documents
-	// written before lack them, and read as "".
+	// Fields an event may lack (no hash chain, no place in it, no
+	// signature, no verdicts) are left out and read as "" and 0. PrevSeq
+	// and Position are strings, as LockToken: exact beyond 2^53.
+	Hash      string `json:"hash,omitempty"`
+	PrevHash  string `json:"prevHash,omitempty"`
+	PrevSeq   uint64 `json:"prevSeq,omitempty,string"`
+	Position  uint64 `json:"position,omitempty,string"`
 	Signer    string `json:"signer,omitempty"`
 	Signature string `json:"signature,omitempty"`
 	Trust     string `json:"trust,omitempty"`
+	Chain     string `json:"chain,omitempty"`
 }
 
 func eventDocOf(r stores.Record) eventDoc {
 	return eventDoc{
-		Seq: r.Seq, ID: r.ID, Type: r.Type, State: r.State(), SchemaVersion: r.SchemaVersion,
+		Seq: r.Seq, ID: r.ID, Type: r.Type, State: stores.StateOf(r), SchemaVersion: r.SchemaVersion,
 		Pipeline: r.Pipeline, ChangeID: r.ChangeID, Author: r.Author, ExecutionID: r.ExecutionID,
 		Order: r.Order, TargetSystem: r.TargetSystem, Host: r.Host, RunnerID: r.RunnerID,
 		LockToken: r.LockToken, OccurredAt: stores.FormatTime(r.OccurredAt), DurationNanos: int64(r.Duration),
 		ErrorMessage: r.ErrorMessage, ErrorTrace: r.ErrorTrace, Metadata: r.Metadata, Recovery: r.Recovery,
 		Transactional: r.Transactional, Resolution: r.Resolution, Operator: r.Operator, Reason: r.Reason,
-		Hash: r.Hash, PrevHash: r.PrevHash, Signer: r.Signer, Signature: r.Signature, Trust: r.Trust,
+		Hash: r.Hash, PrevHash: r.PrevHash, PrevSeq: r.PrevSeq, Position: r.Position,
+		Signer: r.Signer, Signature: r.Signature, Trust: r.Trust, Chain: r.Chain,
 	}
 }
 
@@ -188,14 +188,16 @@ func (d eventDoc) record() (stores.Record, error) {
 	if err != nil {
 		return stores.Record{}, fmt.Errorf("event %s: bad occurredAt %q: %w", d.ID, d.OccurredAt, err)
 	}
-	return stores.Record{Seq: d.Seq, Hash: d.Hash, Signer: d.Signer, Signature: d.Signature, Trust: d.Trust, Event: events.Event{
-		ID: d.ID, Type: d.Type, SchemaVersion: d.SchemaVersion, Pipeline: d.Pipeline, ChangeID: d.ChangeID,
-		Author: d.Author, ExecutionID: d.ExecutionID, Order: d.Order, TargetSystem: d.TargetSystem,
-		Host: d.Host, RunnerID: d.RunnerID, LockToken: d.LockToken, OccurredAt: at,
-		Duration: time.Duration(d.DurationNanos), ErrorMessage: d.ErrorMessage, ErrorTrace: d.ErrorTrace,
-		Metadata: d.Metadata, Recovery: d.Recovery, Transactional: d.Transactional,
-		Resolution: d.Resolution, Operator: d.Operator, Reason: d.Reason, PrevHash: d.PrevHash,
-	}}, nil
+	return stores.Record{Seq: d.Seq, Hash: d.Hash, Signer: d.Signer, Signature: d.Signature, Trust: d.Trust,
+		Chain: d.Chain, RowState: d.State, Event: events.Event{
+			ID: d.ID, Type: d.Type, SchemaVersion: d.SchemaVersion, Pipeline: d.Pipeline, ChangeID: d.ChangeID,
+			Author: d.Author, ExecutionID: d.ExecutionID, Order: d.Order, TargetSystem: d.TargetSystem,
+			Host: d.Host, RunnerID: d.RunnerID, LockToken: d.LockToken, OccurredAt: at,
+			Duration: time.Duration(d.DurationNanos), ErrorMessage: d.ErrorMessage, ErrorTrace: d.ErrorTrace,
+			Metadata: d.Metadata, Recovery: d.Recovery, Transactional: d.Transactional,
+			Resolution: d.Resolution, Operator: d.Operator, Reason: d.Reason, PrevHash: d.PrevHash,
+			PrevSeq: d.PrevSeq, Position: d.Position,
+		}}, nil
 }
 
 // issueDoc is an issue row plus Segs: the leaves (of the pipeline's index)
@@ -217,6 +219,7 @@ type issueDoc struct {
 	Operator     string             `json:"operator,omitempty"`
 	Reason       string             `json:"reason,omitempty"`
 	Trust        string             `json:"trust,omitempty"`
+	Chain        string             `json:"chain,omitempty"`
 	Segs         []uint64           `json:"segs"`
 }
 
@@ -226,7 +229,8 @@ func issueDocOf(r stores.Record, segs []uint64) issueDoc {
 		Pipeline: i.Pipeline, ChangeID: i.ChangeID, Status: i.Status, State: i.State, Seq: i.Seq,
 		EventID: i.EventID, ExecutionID: i.ExecutionID, Author: i.Author, TargetSystem: i.TargetSystem,
 		Recovery: i.Recovery, ErrorMessage: i.ErrorMessage, ErrorTrace: i.ErrorTrace,
-		UpdatedAt: stores.FormatTime(i.UpdatedAt), Operator: i.Operator, Reason: i.Reason, Trust: i.Trust, Segs: segs,
+		UpdatedAt: stores.FormatTime(i.UpdatedAt), Operator: i.Operator, Reason: i.Reason, Trust: i.Trust,
+		Chain: i.Chain, Segs: segs,
 	}
 }
 
@@ -239,24 +243,44 @@ func (d issueDoc) issue() (stores.Issue, error) {
 		Pipeline: d.Pipeline, ChangeID: d.ChangeID, Status: d.Status, State: d.State, Seq: d.Seq,
 		EventID: d.EventID, ExecutionID: d.ExecutionID, Author: d.Author, TargetSystem: d.TargetSystem,
 		Recovery: d.Recovery, ErrorMessage: d.ErrorMessage, ErrorTrace: d.ErrorTrace, UpdatedAt: at,
-		Operator: d.Operator, Reason: d.Reason, Trust: d.Trust,
+		Operator: d.Operator, Reason: d.Reason, Trust: d.Trust, Chain: d.Chain,
 	}, nil
 }
 
-// entry is one event in a leaf: enough to filter on without reading the
-// event, and the keys to read it and its issue. Hashes, not names, keep
-// entries small and bounded.
+// entry is one event in a leaf, under its sequence: enough to filter on
+// without reading the event (whose key the sequence gives), and the key of
+// its issue. Hashes, not names, keep entries small and bounded. It is a
+// copy of the row's values that only narrows a listing: every row is read
+// and checked against the query, so an entry that disagrees with its row
+// can leave the row out of a listing, never show it under a value it does
+// not hold.
 type entry struct {
-	Ref      string       `json:"r"` // eventRef
+	// Ref is the event's key without its generation in layout 1, which
+	// keyed events by id; Reset reads it to purge such a generation.
+	// Layout 2 entries leave it out.
+	Ref      string       `json:"r,omitempty"`
 	Issue    string       `json:"i"` // issueHash
 	Pipeline string       `json:"p"` // pipelineHash
 	Change   string       `json:"c"` // changeHash
-	State    events.State `json:"s"`
+	State    events.State `json:"s"` // the state the row stores (stores.StateOf)
 	At       string       `json:"t"` // OccurredAt in stores.TimeLayout
 	// Untrusted: the event has a trust verdict (stores.Record.Trust), so
-	// its issue is OPEN whatever its state. Absent (false) in entries
-	// written before signed events, which had no verdicts.
+	// its issue is OPEN whatever its state.
 	Untrusted bool `json:"u,omitempty"`
+}
+
+// entryOf is r's entry in each of its indexes.
+func entryOf(r stores.Record) entry {
+	return entry{
+		Issue: issueHash(r.Pipeline, r.ChangeID), Pipeline: pipelineHash(r.Pipeline), Change: changeHash(r.ChangeID),
+		State: stores.StateOf(r), At: stores.FormatTime(r.OccurredAt), Untrusted: r.Trust != "",
+	}
+}
+
+// indexesOf names the indexes r's entry goes in: the whole log, its
+// pipeline's and its stored state's.
+func indexesOf(r stores.Record) []string {
+	return []string{ixAll, ixPipeline(pipelineHash(r.Pipeline)), ixState(stores.StateOf(r))}
 }
 
 // status is the issue status the entry's event gives its change.

@@ -17,20 +17,24 @@ func TestEventDocKeepsEveryField(t *testing.T) {
 	var r stores.Record
 	fill(t, reflect.ValueOf(&r).Elem(), "")
 	r.Type = events.ExecutionFailed // State() must be known
+	r.RowState = ""                 // a writer's record has none: the row stores StateOf
+	r.PrevSeq, r.Position = 1<<63-1, 1<<53+1
 	var d eventDoc
 	roundTrip(t, eventDocOf(r), &d)
 	got, err := d.record()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(got, r) {
-		t.Fatalf("round trip:\n got %+v\nwant %+v", got, r)
+	want := r
+	want.RowState = events.StateOutOfChain // r has a chain verdict
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("round trip:\n got %+v\nwant %+v", got, want)
 	}
 }
 
-// TestEventDocWithoutHashes reads an event document as the version before
-// the hash chain wrote it.
-func TestEventDocWithoutHashes(t *testing.T) {
+// TestEventDocWithoutOptionalFields reads an event document lacking every
+// field an event may lack.
+func TestEventDocWithoutOptionalFields(t *testing.T) {
 	old := `{"seq":3,"id":"e1","type":"ExecutionStarted","state":"STARTED","schemaVersion":1,
 		"pipeline":"p","changeId":"c","occurredAt":"2026-01-02T03:04:05.000000006Z","recovery":"MANUAL_INTERVENTION"}`
 	var d eventDoc
@@ -41,8 +45,9 @@ func TestEventDocWithoutHashes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Hash != "" || r.PrevHash != "" || r.Seq != 3 || r.ID != "e1" {
-		t.Fatalf("old document read as %+v", r)
+	if r.Hash != "" || r.PrevHash != "" || r.PrevSeq != 0 || r.Position != 0 || r.Chain != "" ||
+		r.Seq != 3 || r.ID != "e1" || r.RowState != events.StateStarted {
+		t.Fatalf("bare document read as %+v", r)
 	}
 }
 

@@ -34,7 +34,7 @@ func (s *Store) RawApply(ctx context.Context, b stores.Batch) error {
 		tasks = append(tasks, func(ctx context.Context) error { return s.upsertPaths(ctx, key, specs) })
 	}
 	for _, r := range p.recs {
-		upsert(ks.event(eventRef(r.ID)), eventDocOf(r))
+		upsert(ks.event(r.Seq), eventDocOf(r))
 	}
 	for pr, segs := range p.pages {
 		d := pageDoc{S: map[string]string{}}
@@ -77,12 +77,8 @@ func (s *Store) RawApply(ctx context.Context, b stores.Batch) error {
 		}
 	}
 	for _, r := range p.recs {
-		ph := pipelineHash(r.Pipeline)
-		e := entry{
-			Ref: eventRef(r.ID), Issue: issueHash(r.Pipeline, r.ChangeID), Pipeline: ph,
-			Change: changeHash(r.ChangeID), State: r.State(), At: stores.FormatTime(r.OccurredAt), Untrusted: r.Trust != "",
-		}
-		for _, ix := range []string{ixAll, ixPipeline(ph), ixState(r.State())} {
+		e := entryOf(r)
+		for _, ix := range indexesOf(r) {
 			at(ix, r.Seq).E[strconv.FormatUint(r.Seq, 10)] = e
 		}
 	}

@@ -4,11 +4,15 @@ import (
 	"context"
 	crand "crypto/rand"
 	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -27,7 +31,7 @@ import (
 
 func TestMatchesReferenceAcrossLeavesAndPages(t *testing.T) {
 	ctx := context.Background()
-	cb := openTestStore(t)
+	cb, _ := openTestStore(t)
 	ref, err := sqlitestore.Open(ctx, filepath.Join(t.TempDir(), "ref.db"), sqlitestore.Config{})
 	if err != nil {
 		t.Fatal(err)
@@ -143,9 +147,9 @@ func TestMatchesReferenceAcrossLeavesAndPages(t *testing.T) {
 	keys := []string{ks.root(ixAll), ks.pipelines(), ks.checkpointDir(), ks.checkpoint("projector"),
 		ks.root(ixPipeline(pipelineHash("billing"))), ks.root(ixState(events.StateFailed))}
 	for _, r := range data {
-		keys = append(keys, ks.event(eventRef(r.ID)), ks.issue(issueHash(r.Pipeline, r.ChangeID)),
+		keys = append(keys, ks.event(r.Seq), ks.issue(issueHash(r.Pipeline, r.ChangeID)),
 			ks.leaf(ixAll, segOf(r.Seq)), ks.leaf(ixPipeline(pipelineHash(r.Pipeline)), segOf(r.Seq)),
-			ks.leaf(ixState(r.State()), segOf(r.Seq)), ks.page(ixAll, pageOf(segOf(r.Seq))),
+			ks.leaf(ixState(stores.StateOf(r)), segOf(r.Seq)), ks.page(ixAll, pageOf(segOf(r.Seq))),
 			ks.members(stores.IssueOpen, issueHash(r.Pipeline, r.ChangeID)))
 	}
 	for _, k := range keys {
@@ -170,7 +174,8 @@ func TestMatchesReferenceAcrossLeavesAndPages(t *testing.T) {
 
 // modelData: 5 pipelines (one with a non-ASCII name and long ids) whose
 // changes share ids, sequences with gaps that cross leaves and pages,
-// times that do not follow sequence order, and hash chains.
+// times that do not follow sequence order, hash chains, and events
+// published again (the same id at a later sequence, out of their chain).
 func modelData(rng *rand.Rand) []stores.Record {
 	pipelines := []string{"billing", "shipping", "zahlungsdienst-ü", "search", "auth"}
 	types := [][]events.Type{
@@ -187,8 +192,8 @@ func modelData(rng *rand.Rand) []stores.Record {
 	for c := range 70 {
 		p := pipelines[rng.IntN(len(pipelines))]
 		change := fmt.Sprintf("%04d-change", c%25) // ids repeat across pipelines
-		prev := ""                                 // the hash chain of the change
-		for _, typ := range types[rng.IntN(len(types))] {
+		prev, prevSeq := "", uint64(0)             // the hash chain of the change
+		for pos, typ := range types[rng.IntN(len(types))] {
 			if rng.IntN(4) == 0 {
 				seq += 1 + uint64(rng.IntN(40_000)) // sparse: skip leaves and pages
 			} else {
@@ -207,10 +212,16 @@ func modelData(rng *rand.Rand) []stores.Record {
 			case events.ManuallyResolved:
 				e.ExecutionID, e.Resolution, e.Operator, e.Reason = "", events.ResolvedRolledBack, "bob", "undone"
 			}
-			e.PrevHash = prev
+			e.PrevHash, e.PrevSeq, e.Position = prev, prevSeq, uint64(pos+1)
 			h := events.Hash([]byte(e.ID))
-			prev = h
+			prev, prevSeq = h, seq
 			out = append(out, stores.Record{Seq: seq, Hash: h, Event: e})
+		}
+		if c%9 == 4 { // the change's last event, published again further on
+			again := out[len(out)-1]
+			seq += 1 + uint64(rng.IntN(3000))
+			again.Seq, again.Chain = seq, fmt.Sprintf("written to follow stream sequence %d, but sequence %d precedes it", again.PrevSeq, again.Seq)
+			out = append(out, again)
 		}
 	}
 	return out
@@ -318,7 +329,9 @@ func recSeqs(rs []stores.Record) []uint64 {
 	return out
 }
 
-func openTestStore(t *testing.T) *Store {
+// openTestStore opens a store in a collection of its own, and returns it
+// with its cluster (to open it again).
+func openTestStore(t *testing.T) (*Store, *gocb.Cluster) {
 	t.Helper()
 	connstr := storetest.ServerAddr(t, "AUDITFLOW_TEST_COUCHBASE_CONNSTR")
 	user, password, bucket := os.Getenv("AUDITFLOW_TEST_COUCHBASE_USER"), os.Getenv("AUDITFLOW_TEST_COUCHBASE_PASSWORD"), os.Getenv("AUDITFLOW_TEST_COUCHBASE_BUCKET")
@@ -338,5 +351,159 @@ func openTestStore(t *testing.T) *Store {
 		_ = s.Close()
 		_ = cluster.Bucket(bucket).CollectionsV2().DropCollection(cfg.Scope, cfg.Collection, nil)
 	})
-	return s
+	return s, cluster
 }
+
+// TestForgedEntriesListNothing: leaf entries only narrow a listing, so an
+// entry that disagrees with its row — forged into another state's index,
+// or given another time — lists the row under no value it does not hold,
+// and History shows the row as stored.
+func TestForgedEntriesListNothing(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTestStore(t)
+	rec := func(seq uint64, typ events.Type, change string) stores.Record {
+		e := events.New(typ, "p", change)
+		e.ID, e.ExecutionID = fmt.Sprintf("evt-%d", seq), "exec-"+change
+		e.OccurredAt = time.Date(2026, 3, 1, 0, 0, int(seq), 0, time.UTC)
+		if typ == events.ExecutionFailed {
+			e.ErrorMessage = "boom"
+		}
+		return stores.Record{Seq: seq, Event: e}
+	}
+	applied, failed := rec(1, events.ExecutionSucceeded, "a"), rec(2, events.ExecutionFailed, "b")
+	if err := s.Apply(ctx, stores.Batch{Checkpoint: "p", Through: 2, Records: []stores.Record{applied, failed}}); err != nil {
+		t.Fatal(err)
+	}
+	ks := keyspaceOf(0)
+	forged := entryOf(applied)
+	forged.State, forged.At = events.StateFailed, stores.FormatTime(applied.OccurredAt.Add(time.Hour))
+	for _, ix := range []string{ixAll, ixPipeline(pipelineHash("p")), ixState(events.StateFailed)} {
+		seg := segOf(applied.Seq)
+		if err := update(ctx, s, ks.leaf(ix, seg), nil, func(d *leafDoc, _ bool) bool {
+			d.E["1"] = forged
+			return true
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if err := update(ctx, s, ks.page(ix, pageOf(seg)), nil, func(d *pageDoc, _ bool) bool {
+			d.S[strconv.FormatUint(seg, 10)] = forged.At // so that Since reads the leaf
+			return true
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, q := range []stores.HistoryQuery{
+		{State: events.StateFailed}, {Pipeline: "p", State: events.StateFailed}, {Since: applied.OccurredAt.Add(time.Minute)},
+	} {
+		got, err := s.History(ctx, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range got {
+			if !q.Match(r) || r.Seq == applied.Seq {
+				t.Errorf("History(%+v) lists row %d (%s at %s) on a forged entry", q, r.Seq, r.RowState, stores.FormatTime(r.OccurredAt))
+			}
+		}
+	}
+	got, err := s.History(ctx, stores.HistoryQuery{})
+	if err != nil || len(got) != 2 || got[1].RowState != events.StateApplied || !got[1].OccurredAt.Equal(applied.OccurredAt) {
+		t.Fatalf("History = %+v, %v; want the row as stored", got, err)
+	}
+}
+
+// TestOlderLayout: a store of layout 1, which keyed event documents by
+// event id (and leaf entries named those keys), opens, refuses every call
+// with the way to rebuild and is reported by CheckSchema; Reset rebuilds
+// it in this layout and purges the older documents; the store then holds
+// an event published twice as two rows.
+func TestOlderLayout(t *testing.T) {
+	ctx := context.Background()
+	s, cluster := openTestStore(t)
+	rng := rand.New(rand.NewPCG(3, 4))
+	data := modelData(rng)[:40]
+	if err := s.Apply(ctx, stores.Batch{Checkpoint: "p", Through: data[len(data)-1].Seq, Records: data}); err != nil {
+		t.Fatal(err)
+	}
+	// Rewrite it as layout 1 wrote it: events under "e:<id>" (as long as
+	// the id is a plain key part, which modelData's ids are outside one
+	// pipeline), named by their entries in the whole log's leaves.
+	ks := keyspaceOf(0)
+	var olderKeys []string
+	for _, r := range data {
+		if !safeKeyPart(r.ID) || r.Chain != "" {
+			continue
+		}
+		var d json.RawMessage
+		if _, _, err := s.get(ctx, ks.event(r.Seq), &d); err != nil {
+			t.Fatal(err)
+		}
+		key := ks.prefix + "e:" + r.ID
+		if err := s.insert(ctx, key, d); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.remove(ctx, ks.event(r.Seq)); err != nil {
+			t.Fatal(err)
+		}
+		if err := update(ctx, s, ks.leaf(ixAll, segOf(r.Seq)), nil, func(l *leafDoc, _ bool) bool {
+			e := l.E[strconv.FormatUint(r.Seq, 10)]
+			e.Ref = "e:" + r.ID
+			l.E[strconv.FormatUint(r.Seq, 10)] = e
+			return true
+		}); err != nil {
+			t.Fatal(err)
+		}
+		olderKeys = append(olderKeys, key)
+	}
+	if len(olderKeys) < 10 {
+		t.Fatalf("only %d events rewritten as layout 1", len(olderKeys))
+	}
+	if err := update(ctx, s, metaKey, nil, func(m *metaDoc, _ bool) bool { m.Layout = olderLayout; return true }); err != nil {
+		t.Fatal(err)
+	}
+
+	// New opens it (a replay must, to reset it), and every call refuses.
+	st, err := New(ctx, cluster, s.cfg)
+	if err != nil {
+		t.Fatalf("New over layout 1: %v", err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	for name, err := range map[string]error{
+		"Apply":      st.Apply(ctx, stores.Batch{Checkpoint: "p", Records: data[:1]}),
+		"History":    second(st.History(ctx, stores.HistoryQuery{})),
+		"Issues":     second(st.Issues(ctx, stores.IssueQuery{})),
+		"Checkpoint": second(st.Checkpoint(ctx, "p")),
+		"ProbeWrite": st.ProbeWrite(ctx),
+	} {
+		if !errors.Is(err, stores.ErrInvalidConfig) || !strings.Contains(err.Error(), "keyed by event id") ||
+			!strings.Contains(err.Error(), "auditflow --store couchbase replay --reset") {
+			t.Errorf("%s on layout 1 = %v, want ErrInvalidConfig saying how to rebuild", name, err)
+		}
+	}
+	if p, err := st.CheckSchema(ctx); err != nil || len(p) != 1 || !strings.Contains(p[0], "holds layout 1, in which changeLog rows are keyed by event id") {
+		t.Fatalf("CheckSchema of layout 1 = %q, %v", p, err)
+	}
+
+	if err := st.Reset(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := st.CheckSchema(ctx); err != nil || len(p) != 0 {
+		t.Fatalf("CheckSchema after Reset = %q, %v", p, err)
+	}
+	for _, k := range append(olderKeys, ks.event(data[len(data)-1].Seq), ks.leaf(ixAll, segOf(data[0].Seq)), ks.root(ixAll)) {
+		var v any
+		if _, exists, err := st.get(ctx, k, &v); err != nil || exists {
+			t.Fatalf("after Reset, %s of the older layout is still there (%v)", k, err)
+		}
+	}
+	again := data[0]
+	again.Seq, again.Chain = data[len(data)-1].Seq+1, "published again"
+	if err := st.Apply(ctx, stores.Batch{Checkpoint: "p", Through: again.Seq, Records: []stores.Record{data[0], again}}); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := st.History(ctx, stores.HistoryQuery{})
+	if err != nil || len(rows) != 2 || rows[0].ID != rows[1].ID || rows[0].RowState != events.StateOutOfChain {
+		t.Fatalf("after Reset, the event published twice: %+v, %v", rows, err)
+	}
+}
+
+func second[T any](_ T, err error) error { return err }

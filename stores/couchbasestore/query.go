@@ -66,7 +66,7 @@ func (s *Store) history(ctx context.Context, ks keyspace, q stores.HistoryQuery)
 		tasks := make([]task, len(cands))
 		for i, c := range cands {
 			tasks[i] = func(ctx context.Context) (err error) {
-				_, found[i], err = s.get(ctx, ks.event(c.e.Ref), &docs[i])
+				_, found[i], err = s.get(ctx, ks.event(c.seq), &docs[i])
 				return err
 			}
 		}
@@ -74,8 +74,11 @@ func (s *Store) history(ctx context.Context, ks keyspace, q stores.HistoryQuery)
 			return err
 		}
 		for i, c := range cands {
-			// The entry is re-checked against the row itself: hashes may
-			// collide, and a reused event id points at another sequence.
+			// The entry only narrowed the search: the row itself is
+			// checked against the query, so hashes may collide and an
+			// entry may disagree with its row (a value altered in one but
+			// not the other) without a row being listed under a value it
+			// does not hold. What is returned is the row as stored.
 			if !found[i] || docs[i].Seq != c.seq {
 				continue
 			}

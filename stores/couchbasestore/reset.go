@@ -19,21 +19,31 @@ import (
 // lowest generation not yet purged). Reset must not race with Apply on the
 // same store: a batch in flight may land in the old generation and be
 // lost, as it would be by a Reset just after it.
+//
+// A store of the older layout (events keyed by id) is rebuilt the same
+// way: the new generation is of this version's layout, and the purge
+// reads the older one's keys from its leaves.
 func (s *Store) Reset(ctx context.Context) error {
-	if _, err := s.begin(ctx); err != nil {
+	switch m, exists, err := s.meta(ctx); {
+	case err != nil:
 		return err
+	case exists && m.Layout != layoutVersion && m.Layout != olderLayout:
+		return fmt.Errorf("couchbasestore: reset: %w", s.layoutError(m.Layout))
 	}
 	var old, clean uint64
+	var was int
 	err := update(ctx, s, metaKey, nil, func(m *metaDoc, exists bool) bool {
-		if !exists {
-			m.Layout = layoutVersion
-		}
-		old, clean = m.Gen, m.Clean
+		was, old, clean = m.Layout, m.Gen, m.Clean
+		m.Layout = layoutVersion
 		m.Gen++
 		return true
 	})
 	if err != nil {
 		return s.fail(ctx, "reset: raise generation", err)
+	}
+	if was == olderLayout {
+		s.log.Info("couchbasestore: reset: the store is empty, in this version's layout; purging the older layout's documents",
+			"collection", s.cfg.Collection, "layout", layoutVersion)
 	}
 	for gen := clean; gen <= old; gen++ {
 		n, err := s.purge(ctx, keyspaceOf(gen))
@@ -66,8 +76,13 @@ func (s *Store) purge(ctx context.Context, ks keyspace) (int, error) {
 	issues := map[string]bool{}
 	n, err := s.purgeIndex(ctx, ks, ixAll, func(ctx context.Context, l leafDoc) (int, error) {
 		var keys []string
-		for _, e := range l.E {
-			keys = append(keys, ks.event(e.Ref))
+		for k, e := range l.E {
+			switch seq, err := strconv.ParseUint(k, 10, 64); {
+			case e.Ref != "": // layout 1: events keyed by id
+				keys = append(keys, ks.prefix+e.Ref)
+			case err == nil:
+				keys = append(keys, ks.event(seq))
+			}
 			issues[e.Issue] = true
 		}
 		return len(keys), s.removeAll(ctx, keys)

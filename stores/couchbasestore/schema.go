@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/couchbase/gocb/v2"
 
@@ -75,7 +76,7 @@ func (s *Store) checkMeta(ctx context.Context) ([]string, error) {
 	case m.Layout == nil:
 		problems = append(problems, where+" has no layout")
 	case *m.Layout != layoutVersion:
-		problems = append(problems, fmt.Sprintf("%s has layout %d; this version reads layout %d", where, *m.Layout, layoutVersion))
+		problems = append(problems, strings.TrimPrefix(s.layoutError(*m.Layout).Error(), stores.ErrInvalidConfig.Error()+": "))
 	}
 	// Reset purges only generations below the current one.
 	if m.Gen != nil && m.Clean != nil && *m.Clean > *m.Gen {

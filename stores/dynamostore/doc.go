@@ -10,9 +10,13 @@
 // can add an index later, but it backfills for a long time and dynalite
 // cannot do it at all).
 //
-//	changeLog    key id (event id)              one item per event
+//	changeLog    key seq (stream sequence, N)   one item per stream message
 //	issues       key pipeline, changeId         one item per change
 //	checkpoints  key name                       {name, seq}
+//
+// A changeLog item is the log entry itself: an event published again (the
+// same event id, in attribute id, at another sequence) is an item of its
+// own.
 //
 // Every global secondary index is keyed (partition, seq) with seq a
 // number, so a Query with ScanIndexForward=false is newest first and the
@@ -43,6 +47,10 @@
 // consistency (strong by default), and is checked against the query again:
 // an index lags its table, so an issue found under an old sequence or status
 // that has moved on since is dropped or re-sorted rather than shown stale.
+// So what a listing returns is what it filtered on: every value comes from
+// the item as stored (its state as Record.RowState), and the item is the
+// only copy anyone can write, the indexes being DynamoDB's projections of
+// it.
 //
 // # Consistency of reads
 //
@@ -82,10 +90,10 @@
 // rows (one conditional PutItem per change), then the checkpoint. Each of
 // these writes is a function of events alone:
 //
-//   - A changeLog put is keyed by event id and carries only that event, so
-//     writing it again changes nothing. (BatchWriteItem cannot be
-//     conditional; should one event id ever arrive under two stream
-//     sequences, the copy applied last wins rather than the first.)
+//   - A changeLog put is keyed by stream sequence and carries only that
+//     message, so writing it again changes nothing. (BatchWriteItem cannot
+//     be conditional: were two different records ever applied at one
+//     sequence, which a stream never holds, the last applied would win.)
 //   - An issue put has the condition
 //     "attribute_not_exists(pipeline) OR seq < :seq": the row keeps the
 //     event with the highest sequence, whatever order puts arrive in and
@@ -106,7 +114,8 @@
 //
 // Store implements stores.Repairer and stores.SchemaChecker. Repair
 // overrides the guards above: its rows are BatchWriteItem puts and deletes
-// by key (an issue put replaces the change's row whatever its sequence).
+// by key (a changeLog row by sequence; an issue put replaces the change's
+// row whatever its sequence).
 // It is no more atomic than Apply, and as idempotent: a failed Repair,
 // repeated, completes. CheckSchema describes the three tables and reports,
 // one line each, a missing table, a key with other attributes or types,
@@ -114,13 +123,28 @@
 // index: the checks New makes on an existing table, which it refuses with
 // any of these problems but index status.
 //
-// Items follow the event's JSON field names. Sequences, lock tokens,
-// durations (in nanoseconds) are DynamoDB numbers, exact to 38 digits, so a
-// uint64 survives; times are UTC strings with nine fractional digits. A
-// trace over 8 KB is stored gzip-compressed (errorTraceGz) so that events
-// the stream accepted fit DynamoDB's 400 KB item limit; an event too large
-// even then fails its batch with stores.ErrInvalidRecord before anything is
-// written. The record's stream hash (hash) and the event's link to its
-// predecessor (prevHash) are plain strings like the other fields; items
-// written before the hash chain lack them and read back as "".
+// Items follow the event's JSON field names. Sequences (seq, prevSeq),
+// positions, lock tokens and durations (in nanoseconds) are DynamoDB
+// numbers, exact to 38 digits, so a uint64 survives; times are UTC strings
+// with nine fractional digits. A trace over 8 KB is stored gzip-compressed
+// (errorTraceGz) so that events the stream accepted fit DynamoDB's 400 KB
+// item limit; an event too large even then fails its batch with
+// stores.ErrInvalidRecord before anything is written. A row's state is the
+// state it stores (stores.StateOf: OUT_OF_CHAIN when the event does not
+// extend its change's chain, the verdict being in chain). Attributes an
+// event may lack — the record's stream hash (hash), the event's link to
+// its predecessor (prevHash, prevSeq) and position, the signature, the
+// trust and chain verdicts — are left out when empty and read back as ""
+// or 0.
+//
+// # A changeLog of the older layout
+//
+// Older versions keyed the changeLog table by event id (id), which hid an
+// event published again behind its first row. DynamoDB cannot change a
+// table's key, and deleting a table (with its backups, streams and alarms)
+// is for its operator to decide, so New refuses such a table with
+// stores.ErrInvalidConfig and both ways to rebuild: replay into tables of
+// a new prefix, or delete the table and run `auditflow --store dynamodb
+// replay --reset`, for which New creates it keyed by sequence. CheckSchema
+// reports such a table too.
 package dynamostore

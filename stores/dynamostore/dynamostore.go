@@ -80,15 +80,15 @@ func (s *Store) Apply(ctx context.Context, b stores.Batch) error {
 	}
 	// Encode everything first: an event DynamoDB would refuse fails the
 	// batch before any of it is written.
-	seen := make(map[string]bool, len(b.Records))
+	seen := make(map[uint64]bool, len(b.Records))
 	var logReqs []types.WriteRequest
 	for _, r := range b.Records {
 		// BatchWriteItem refuses a request holding one key twice; the
-		// first copy of an event wins, as a primary key would have it.
-		if seen[r.ID] {
+		// first copy of a sequence wins, as a primary key would have it.
+		if seen[r.Seq] {
 			continue
 		}
-		seen[r.ID] = true
+		seen[r.Seq] = true
 		it, err := recordItem(r)
 		if err != nil {
 			return err
@@ -218,7 +218,9 @@ func (s *Store) consistent() *bool { return aws.Bool(!s.cfg.EventuallyConsistent
 // History returns changeLog rows, newest first, through the index that
 // serves the most selective filter: change, then pipeline, then state, else
 // the all-rows index. Remaining filters run on the server as a
-// FilterExpression over projected attributes.
+// FilterExpression over projected attributes. Each row is read from the
+// table and checked against q again (see list), so the values returned are
+// the values the query matched.
 func (s *Store) History(ctx context.Context, q stores.HistoryQuery) ([]stores.Record, error) {
 	q, err := q.Normalize()
 	if err != nil {
@@ -227,7 +229,7 @@ func (s *Store) History(ctx context.Context, q stores.HistoryQuery) ([]stores.Re
 	if err := s.check(ctx, "history"); err != nil {
 		return nil, err
 	}
-	p := plan{table: s.changeLog, keyAttrs: []string{attrID}, before: q.BeforeSeq, limit: q.Limit}
+	p := plan{table: s.changeLog, keyAttrs: []string{attrSeq}, before: q.BeforeSeq, limit: q.Limit}
 	switch {
 	case q.ChangeID != "":
 		p.on(idxChange, attrChangeID, q.ChangeID)

@@ -209,7 +209,7 @@ func TestBackend(t *testing.T) {
 		}
 		t.Logf("problems:\n%s", strings.Join(problems, "\n"))
 		want := []string{
-			"table " + p + "changeLog: key is [pk], want [id]",
+			"table " + p + "changeLog: key is [pk], want [seq]",
 			"table " + p + "changeLog: index bySeq is missing",
 			"table " + p + "changeLog: index byState is missing",
 			"table " + p + "issues: index bySeq is missing",
@@ -226,16 +226,58 @@ func TestBackend(t *testing.T) {
 		}
 	})
 
-	t.Run("RowsWithoutHashes", func(t *testing.T) {
-		// Items written before the hash chain have no hash attributes.
+	t.Run("OlderLayout", func(t *testing.T) {
+		// A changeLog an older version created, keyed by event id: New
+		// refuses it with the ways to rebuild, and CheckSchema reports it
+		// if it appears under an open store.
+		name := prefix + "TestBackend_OlderLayout_changeLog"
+		createKeyedByID := func() {
+			t.Helper()
+			if _, err := client.CreateTable(ctx, &dynamodb.CreateTableInput{
+				TableName:            aws.String(name),
+				AttributeDefinitions: []types.AttributeDefinition{{AttributeName: aws.String("id"), AttributeType: types.ScalarAttributeTypeS}},
+				KeySchema:            []types.KeySchemaElement{{AttributeName: aws.String("id"), KeyType: types.KeyTypeHash}},
+				BillingMode:          types.BillingModePayPerRequest,
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		createKeyedByID()
+		_, err := open(t, dynamostore.Config{})
+		if !errors.Is(err, stores.ErrInvalidConfig) || !strings.Contains(err.Error(), "table "+name+" is keyed by event id") ||
+			!strings.Contains(err.Error(), "aws dynamodb delete-table --table-name "+name) ||
+			!strings.Contains(err.Error(), "auditflow --store dynamodb replay --reset") {
+			t.Fatalf("New over a changeLog keyed by event id = %v, want ErrInvalidConfig with the ways to rebuild", err)
+		}
+		t.Log(err)
+		deleteTable(t, client, name)
+		st, err := open(t, dynamostore.Config{})
+		if err != nil {
+			t.Fatalf("New once the older table is deleted: %v", err)
+		}
+		deleteTable(t, client, name)
+		createKeyedByID()
+		problems, err := st.CheckSchema(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(problems) != 5 || !strings.HasPrefix(problems[0], "table "+name+" is keyed by event id") { // and 4 indexes missing
+			t.Fatalf("CheckSchema of a changeLog keyed by event id = %q", problems)
+		}
+	})
+
+	t.Run("RowsWithoutOptionalAttributes", func(t *testing.T) {
+		// Attributes an event may lack (hashes, signature, trust and chain
+		// verdicts, its place in the chain) are left out: they read as ""
+		// and 0.
 		st, err := open(t, dynamostore.Config{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		old := event(1, "old")
-		old.SchemaVersion = 1
+		old.SchemaVersion, old.Position = 1, 0
 		if _, err := client.PutItem(ctx, &dynamodb.PutItemInput{
-			TableName: aws.String(prefix + "TestBackend_RowsWithoutHashes_changeLog"),
+			TableName: aws.String(prefix + "TestBackend_RowsWithoutOptionalAttributes_changeLog"),
 			Item: map[string]types.AttributeValue{
 				"id": &types.AttributeValueMemberS{Value: old.ID}, "seq": &types.AttributeValueMemberN{Value: "1"},
 				"shard": &types.AttributeValueMemberS{Value: "0"}, "type": &types.AttributeValueMemberS{Value: string(old.Type)},
@@ -249,7 +291,7 @@ func TestBackend(t *testing.T) {
 			t.Fatal(err)
 		}
 		newer := event(2, "old")
-		newer.Hash, newer.PrevHash = events.Hash([]byte("2")), events.Hash([]byte("1"))
+		newer.Hash, newer.PrevHash, newer.PrevSeq, newer.Position = events.Hash([]byte("2")), events.Hash([]byte("1")), 1, 2
 		if err := st.Apply(ctx, stores.Batch{Checkpoint: "c", Records: []stores.Record{newer}}); err != nil {
 			t.Fatal(err)
 		}
@@ -261,7 +303,9 @@ func TestBackend(t *testing.T) {
 			t.Fatalf("history = %+v, want 2 rows", got)
 		}
 		old.OccurredAt, got[1].OccurredAt = old.OccurredAt.UTC(), got[1].OccurredAt.UTC()
-		if got[0].Hash != newer.Hash || got[0].PrevHash != newer.PrevHash || !reflect.DeepEqual(got[1], old) {
+		old.RowState = old.State()
+		if got[0].Hash != newer.Hash || got[0].PrevHash != newer.PrevHash || got[0].PrevSeq != 1 || got[0].Position != 2 ||
+			!reflect.DeepEqual(got[1], old) {
 			t.Fatalf("history = %+v\nwant [%+v %+v]", got, newer, old)
 		}
 	})

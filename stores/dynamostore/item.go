@@ -51,6 +51,11 @@ const (
 	attrSigner    = "signer"
 	attrSignature = "signature"
 	attrTrust     = "trust"
+	// attrPrevSeq and attrPosition (schema version 4) and attrChain (the
+	// chain verdict, on rows and issues) are absent when zero or empty.
+	attrPrevSeq  = "prevSeq"
+	attrPosition = "position"
+	attrChain    = "chain"
 )
 
 // compressTraceOver is the trace length above which a trace is stored
@@ -122,14 +127,16 @@ func (e encoder) metadata(md map[string]string) {
 	e[attrMetadata] = &types.AttributeValueMemberM{Value: m}
 }
 
-// recordItem is the changeLog row of r.
+// recordItem is the changeLog row of r, keyed by its sequence. State is
+// the state the row stores (stores.StateOf), which History filters on and
+// returns as Record.RowState.
 func recordItem(r stores.Record) (item, error) {
 	e := encoder{}
-	e.s(attrID, r.ID)
 	e.u(attrSeq, r.Seq)
+	e.s(attrID, r.ID)
 	e.s(attrShard, shardAll)
 	e.s(attrType, string(r.Type))
-	e.s(attrState, string(r.State()))
+	e.s(attrState, string(stores.StateOf(r)))
 	e.i(attrSchemaVersion, int64(r.SchemaVersion))
 	e.s(attrPipeline, r.Pipeline)
 	e.s(attrChangeID, r.ChangeID)
@@ -154,11 +161,14 @@ func recordItem(r stores.Record) (item, error) {
 	e.s(attrReason, r.Reason)
 	e.s(attrHash, r.Hash)
 	e.s(attrPrevHash, r.PrevHash)
+	e.u(attrPrevSeq, r.PrevSeq)
+	e.u(attrPosition, r.Position)
 	e.s(attrSigner, r.Signer)
 	e.s(attrSignature, r.Signature)
 	e.s(attrTrust, r.Trust)
+	e.s(attrChain, r.Chain)
 	// Last, so the size counted is that of the whole item.
-	return item(e), checkSize(e, "event "+r.ID)
+	return item(e), checkSize(e, fmt.Sprintf("event %s (seq %d)", r.ID, r.Seq))
 }
 
 // issueItem is the issue row of i.
@@ -183,6 +193,7 @@ func issueItem(i stores.Issue) (item, error) {
 	e.s(attrOperator, i.Operator)
 	e.s(attrReason, i.Reason)
 	e.s(attrTrust, i.Trust)
+	e.s(attrChain, i.Chain)
 	return item(e), checkSize(e, "issue of event "+i.EventID)
 }
 
@@ -351,10 +362,13 @@ func decodeRecord(it item) (stores.Record, error) {
 		Operator:      d.s(attrOperator),
 		Reason:        d.s(attrReason),
 		PrevHash:      d.s(attrPrevHash),
+		PrevSeq:       d.u(attrPrevSeq),
+		Position:      d.u(attrPosition),
 	}}
-	r.Signer, r.Signature, r.Trust = d.s(attrSigner), d.s(attrSignature), d.s(attrTrust)
+	r.Signer, r.Signature, r.Trust, r.Chain = d.s(attrSigner), d.s(attrSignature), d.s(attrTrust), d.s(attrChain)
+	r.RowState = events.State(d.s(attrState))
 	if d.err != nil {
-		return r, fmt.Errorf("dynamostore: changeLog row %q: %w", r.ID, d.err)
+		return r, fmt.Errorf("dynamostore: changeLog row at seq %d: %w", r.Seq, d.err)
 	}
 	return r, nil
 }
@@ -378,6 +392,7 @@ func decodeIssue(it item) (stores.Issue, error) {
 		Operator:     d.s(attrOperator),
 		Reason:       d.s(attrReason),
 		Trust:        d.s(attrTrust),
+		Chain:        d.s(attrChain),
 	}
 	if d.err != nil {
 		return i, fmt.Errorf("dynamostore: issue row %s/%s: %w", i.Pipeline, i.ChangeID, d.err)

@@ -158,11 +158,15 @@ func list[T any](ctx context.Context, s *Store, p plan, decode func(item) (T, er
 	return out[:min(len(out), p.limit)], nil
 }
 
-// keyString identifies a row by its key attributes (all strings).
+// keyString identifies a row by its key attributes (strings, or the
+// sequence: a number).
 func keyString(key item, attrs []string) string {
 	var b strings.Builder
 	for _, a := range attrs {
-		if v, ok := key[a].(*types.AttributeValueMemberS); ok {
+		switch v := key[a].(type) {
+		case *types.AttributeValueMemberS:
+			b.WriteString(v.Value)
+		case *types.AttributeValueMemberN:
 			b.WriteString(v.Value)
 		}
 		b.WriteByte(0)

@@ -3,6 +3,7 @@ package dynamostore
 import (
 	"context"
 	"fmt"
+	"strconv"
 
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 
@@ -15,8 +16,9 @@ var (
 )
 
 // Repair makes rows exactly as given: Put and Issues items replace the
-// items with the same keys whatever they hold (no sequence guard), Delete
-// and DeleteIssues remove items by key. Everything is encoded and checked
+// items with the same keys (a row's sequence, an issue's pipeline and
+// change id) whatever they hold (no sequence guard), Delete and
+// DeleteIssues remove items by key. Everything is encoded and checked
 // before anything is written, then written with BatchWriteItem.
 //
 // It is not atomic: if it fails part way, some corrections are made and
@@ -34,17 +36,18 @@ func (s *Store) Repair(ctx context.Context, r stores.Repair) error {
 	}
 	logReqs := newRequests(len(r.Put) + len(r.Delete))
 	for i, rec := range r.Delete {
-		if rec.ID == "" {
-			return fmt.Errorf("%w: dynamostore: repair: delete %d has no event id", stores.ErrInvalidRecord, i)
+		if rec.Seq == 0 {
+			return fmt.Errorf("%w: dynamostore: repair: delete %d has no sequence", stores.ErrInvalidRecord, i)
 		}
-		logReqs.del(rec.ID, item{attrID: &types.AttributeValueMemberS{Value: rec.ID}})
+		seq := strconv.FormatUint(rec.Seq, 10)
+		logReqs.del(seq, item{attrSeq: &types.AttributeValueMemberN{Value: seq}})
 	}
 	for _, rec := range r.Put {
 		it, err := recordItem(rec)
 		if err != nil {
 			return fmt.Errorf("dynamostore: repair: %w", err)
 		}
-		logReqs.put(rec.ID, it)
+		logReqs.put(strconv.FormatUint(rec.Seq, 10), it)
 	}
 	issueReqs := newRequests(len(r.Issues) + len(r.DeleteIssues))
 	for i, is := range r.DeleteIssues {

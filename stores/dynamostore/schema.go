@@ -18,8 +18,8 @@ import (
 // Attribute names that keys, indexes and expressions use. The other
 // attributes are named in item.go.
 const (
-	attrID         = "id" // changeLog key: the event id
-	attrSeq        = "seq"
+	attrID         = "id"  // the event id
+	attrSeq        = "seq" // changeLog key: the stream sequence
 	attrShard      = "shard"
 	attrPipeline   = "pipeline"
 	attrChangeID   = "changeId"
@@ -56,14 +56,28 @@ type index struct {
 
 type tableDef struct {
 	name      string
-	hash, rng string // string key attributes; rng is "" for a hash-only key
+	hash, rng string // key attributes (seq a number, others strings); rng is "" for a hash-only key
 	indexes   []index
+	// olderHash is the hash key an older version gave the table, which New
+	// refuses with the way to rebuild (see olderLayout); "" if none.
+	olderHash string
+}
+
+// keyType is the type of key attribute a: the sequence is a number, every
+// other key a string.
+func keyType(a string) types.ScalarAttributeType {
+	if a == attrSeq {
+		return types.ScalarAttributeTypeN
+	}
+	return types.ScalarAttributeTypeS
 }
 
 func (s *Store) tableDefs() []tableDef {
 	return []tableDef{
 		{
-			name: s.changeLog, hash: attrID,
+			// One item per stream message: an event published again is an
+			// item of its own. Older versions keyed it by event id.
+			name: s.changeLog, hash: attrSeq, olderHash: attrID,
 			indexes: []index{
 				{idxSeq, attrShard, []string{attrPipeline, attrChangeID, attrState, attrOccurredAt}},
 				{idxPipeline, attrPipeline, []string{attrChangeID, attrState, attrOccurredAt}},
@@ -116,6 +130,9 @@ func (s *Store) ensureTable(ctx context.Context, def tableDef) error {
 			return fmt.Errorf("dynamostore: wait for table %s: %w", def.name, stores.ContextError(ctx, err))
 		}
 	}
+	if olderLayout(def, desc.Table) {
+		return fmt.Errorf("%w: dynamostore: %s", stores.ErrInvalidConfig, olderLayoutProblem(def.name))
+	}
 	if problems := checkTable(def, desc.Table); len(problems) > 0 {
 		for i, p := range problems {
 			problems[i] = strings.TrimPrefix(p, "table "+def.name+": ")
@@ -126,11 +143,29 @@ func (s *Store) ensureTable(ctx context.Context, def tableDef) error {
 	return nil
 }
 
+// olderLayout reports whether t has the key an older version gave def's
+// table.
+func olderLayout(def tableDef, t *types.TableDescription) bool {
+	return def.olderHash != "" && slices.Equal(keyNames(t.KeySchema), []string{def.olderHash})
+}
+
+// olderLayoutProblem says what is wrong with a changeLog table keyed by
+// event id and how to rebuild it. DynamoDB cannot change a table's key,
+// and deleting a table (with its backups, streams and alarms) is the
+// operator's decision, so the store never does it.
+func olderLayoutProblem(table string) string {
+	return fmt.Sprintf("table %s is keyed by event id, the layout of an older version, in which an event published again "+
+		"hides its first row, and DynamoDB cannot change a table's key: replay into new tables "+
+		"(auditflow --store dynamodb --dynamo-table-prefix NEW_ replay), or delete this one "+
+		"(aws dynamodb delete-table --table-name %s) and rebuild the store in place with "+
+		"`auditflow --store dynamodb replay --reset` (stop its projectors first)", table, table)
+}
+
 func (s *Store) createTable(ctx context.Context, def tableDef) error {
-	attrs := []types.AttributeDefinition{{AttributeName: &def.hash, AttributeType: types.ScalarAttributeTypeS}}
+	attrs := []types.AttributeDefinition{{AttributeName: &def.hash, AttributeType: keyType(def.hash)}}
 	keys := []types.KeySchemaElement{{AttributeName: &def.hash, KeyType: types.KeyTypeHash}}
 	if def.rng != "" {
-		attrs = append(attrs, types.AttributeDefinition{AttributeName: &def.rng, AttributeType: types.ScalarAttributeTypeS})
+		attrs = append(attrs, types.AttributeDefinition{AttributeName: &def.rng, AttributeType: keyType(def.rng)})
 		keys = append(keys, types.KeySchemaElement{AttributeName: &def.rng, KeyType: types.KeyTypeRange})
 	}
 	defined := func(name string) bool {
@@ -142,12 +177,9 @@ func (s *Store) createTable(ctx context.Context, def tableDef) error {
 	}
 	var gsis []types.GlobalSecondaryIndex
 	for _, ix := range def.indexes {
-		for _, a := range []struct {
-			name string
-			typ  types.ScalarAttributeType
-		}{{ix.hash, types.ScalarAttributeTypeS}, {attrSeq, types.ScalarAttributeTypeN}} {
-			if !defined(a.name) {
-				attrs = append(attrs, types.AttributeDefinition{AttributeName: aws.String(a.name), AttributeType: a.typ})
+		for _, a := range []string{ix.hash, attrSeq} {
+			if !defined(a) {
+				attrs = append(attrs, types.AttributeDefinition{AttributeName: aws.String(a), AttributeType: keyType(a)})
 			}
 		}
 		proj := &types.Projection{ProjectionType: types.ProjectionTypeKeysOnly}
@@ -208,11 +240,7 @@ func checkTable(def tableDef, t *types.TableDescription) []string {
 			return
 		}
 		for _, a := range want {
-			wantType := types.ScalarAttributeTypeS
-			if a == attrSeq {
-				wantType = types.ScalarAttributeTypeN
-			}
-			if typ := attrTypes[a]; typ != wantType && !typeChecked[a] {
+			if typ, wantType := attrTypes[a], keyType(a); typ != wantType && !typeChecked[a] {
 				report("key attribute %s has type %q, want %q", a, typ, wantType)
 			}
 			typeChecked[a] = true
@@ -222,7 +250,11 @@ func checkTable(def tableDef, t *types.TableDescription) []string {
 	if def.rng != "" {
 		want = append(want, def.rng)
 	}
-	keyed("key", t.KeySchema, want)
+	if olderLayout(def, t) {
+		problems = append(problems, olderLayoutProblem(def.name))
+	} else {
+		keyed("key", t.KeySchema, want)
+	}
 	for _, ix := range def.indexes {
 		i := slices.IndexFunc(t.GlobalSecondaryIndexes, func(g types.GlobalSecondaryIndexDescription) bool {
 			return aws.ToString(g.IndexName) == ix.name
@@ -249,9 +281,10 @@ func checkTable(def tableDef, t *types.TableDescription) []string {
 }
 
 // CheckSchema describes the store's tables and returns one line per
-// problem: a missing table, a key that differs (attributes or types), a
-// missing index or one keyed or projected otherwise than this package
-// queries it. A table New would refuse has at least one. It also reports an
+// problem: a missing table, a key that differs (attributes or types; a
+// changeLog keyed by event id, an older version's layout, with the way to
+// rebuild it), a missing index or one keyed or projected otherwise than
+// this package queries it. A table New would refuse has at least one. It also reports an
 // index that is not ACTIVE (a backfilling index answers no Query). The error
 // is for failing to describe a table.
 func (s *Store) CheckSchema(ctx context.Context) ([]string, error) {

@@ -6,23 +6,34 @@
 //
 // # Documents
 //
-// changeLog: one document per event, _id = the event id. The event id is
-// unique by the _id index itself, so recording an event is an insert, and
-// inserting it again fails with a duplicate key, which Apply counts as
-// success. Times are a BSON date (milliseconds, for queries and indexes)
-// plus the nanoseconds past it (occurredAtNanos), so they round-trip
-// exactly; durations are nanoseconds, the lock token is the uint64's bits in
-// a long. Metadata is an array of {k, v} pairs because its keys are
-// arbitrary text. Text that contains NUL or is not UTF-8 is stored as
-// binary (see text in document.go): FerretDB's PostgreSQL backend cannot
-// hold U+0000. The record's hash and the event's prevHash (the hash chain,
-// schema version 2) are plain fields, left out when empty; documents an
-// older version wrote lack them and read as "", so no migration is needed.
+// changeLog: one document per stream message, _id = its stream sequence (a
+// long). The document is the log entry itself: an event published again
+// (the same event id at another sequence) is a document of its own, and
+// the event id is a plain field (eventId). The sequence is unique by the
+// _id index itself, so recording a message is an insert, and inserting it
+// again fails with a duplicate key, which Apply counts as success.
+//
+// Every field of the record is stored, once: state is the state the row
+// stores (stores.StateOf: OUT_OF_CHAIN for an event that does not extend
+// its change's chain, whose verdict is in chain), and History filters on
+// the same fields it returns (state as Record.RowState), so a value
+// altered in the database shows wherever the row is listed. Times are a
+// BSON date (milliseconds, for queries and indexes) plus the nanoseconds
+// past it (occurredAtNanos), so they round-trip exactly; durations are
+// nanoseconds, the lock token is the uint64's bits in a long, prevSeq and
+// position (schema version 4, at most 2^63-1) are longs. Metadata is an
+// array of {k, v} pairs because its keys are arbitrary text. Text that
+// contains NUL or is not UTF-8 is stored as binary (see text in
+// document.go): FerretDB's PostgreSQL backend cannot hold U+0000. Fields
+// an event may lack (hash and prevHash, the signature and trust verdict,
+// prevSeq and position, the chain verdict) are left out when empty and
+// read as "" or 0.
 //
 // issues: one document per change, _id = "pipeline/changeId" (a '/' or '%'
 // in the pipeline escaped as in URLs, so the id is unambiguous), holding
-// the projection of the newest event (highest stream sequence) and that
-// seq, with pipeline and changeId also as fields of their own.
+// the projection of the newest event (highest stream sequence), its chain
+// verdict, and that seq, with pipeline and changeId also as fields of their
+// own.
 //
 // auditCheckpoints: {_id: consumer name, seq}. New creates it (with the
 // indexes) so a new store's schema is complete before its first Apply.
@@ -32,8 +43,9 @@
 // Every document is a function of events alone, and each write is a single
 // document operation, which MongoDB applies atomically:
 //
-//   - changeLog: insert by event id. Replays and redeliveries hit the
-//     duplicate key and change nothing.
+//   - changeLog: insert by sequence. Replays and redeliveries hit the
+//     duplicate key and change nothing: the first write of a sequence
+//     stands.
 //   - issues: a replacement upsert with the filter {_id: key, seq: {$lt:
 //     new}}. If the stored issue is older it is replaced whole; if there is
 //     none it is inserted; if it is as new or newer the filter matches
@@ -81,28 +93,50 @@
 //
 // Unless Config.SkipIndexes, New creates the missing ones of these indexes,
 // under which the History and Issues filters read rows already in
-// descending seq order, so a page costs about its limit, not a sort of all
-// matches (a change id without its pipeline, and Since, walk {seq:-1}):
+// descending sequence order, so a page costs about its limit, not a sort
+// of all matches (an unfiltered listing, a change id without its pipeline,
+// and Since walk the changeLog's _id index backwards):
 //
-//	changeLog: {pipeline, changeId, seq:-1}  {pipeline, seq:-1}  {state, seq:-1}  {seq:-1}
-//	           {targetSystem, occurredAt:-1}  {author, state, seq:-1}
+//	changeLog: {pipeline, changeId, _id:-1}  {pipeline, _id:-1}  {state, _id:-1}
+//	           {targetSystem, occurredAt:-1}  {author, state, _id:-1}
 //	issues:    {status, seq:-1}  {pipeline, seq:-1}  {seq:-1}  {status, updatedAt:-1}
 //
 // An issue looked up by pipeline and change id is an _id lookup. The
 // targetSystem, author and updatedAt indexes serve operators' own queries
-// rather than this package's.
+// rather than this package's. No index serves a lookup by event id (no
+// query of this package makes one): an operator who needs it adds
+// {eventId: 1}.
 //
 // # Schema check and repair
 //
 // The Store is a stores.SchemaChecker: CheckSchema (verify-schema) reports
 // each missing collection and each of the indexes above that no index with
-// the same key pattern provides; reopening with New creates them.
+// the same key pattern provides; reopening with New creates them. It also
+// reports a changeLog of the older layout and that layout's indexes (see
+// below).
 //
 // It is a stores.Repairer: Repair deletes and replaces changeLog documents
-// by _id and issues by their _id, as given, without Apply's seq guard
+// by sequence and issues by their _id, as given, without Apply's seq guard
 // (replacement upserts, in the same unordered bulk writes of at most
 // BatchSize statements). Like Apply it has no transaction: a failed Repair
 // leaves some corrections made, and running it again completes them.
+//
+// # A changeLog of the older layout
+//
+// Older versions keyed changeLog documents by event id (a string _id, with
+// the sequence in a seq field and indexes on it), which hid an event
+// published again behind its first row. Rekeying in place would rewrite
+// every document without a transaction; the stream holds everything, so
+// the store is rebuilt instead. New reads one changeLog document: if its
+// _id is text, the store opens (a replay must open it to reset it) but
+// every call except Reset, CheckSchema and Close fails with
+// stores.ErrInvalidConfig, naming the rebuild: `auditflow --store mongo
+// replay --reset` (stop the projectors first), or a replay into new
+// collections. Reset empties the collections, creates the current indexes,
+// drops the older ones (on seq) and lifts the refusal for its Store; other
+// processes that opened the older layout keep refusing until they open the
+// store again. New also drops the older indexes whenever it finds the
+// current layout.
 //
 // # FerretDB
 //

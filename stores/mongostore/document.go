@@ -28,11 +28,15 @@ const (
 	fUpdated   = "updatedAt"
 )
 
-// logDoc is a changeLog document: one event, keyed by its id.
+// logDoc is a changeLog document: one stream message, keyed by its
+// sequence. The event id is a field like the others: an event published
+// again is a document of its own.
 type logDoc struct {
-	ID              text          `bson:"_id"`
-	Seq             int64         `bson:"seq"`
-	Type            string        `bson:"type"`
+	Seq  int64  `bson:"_id"`
+	ID   text   `bson:"eventId"`
+	Type string `bson:"type"`
+	// State is the state the row stores (stores.StateOf): History filters
+	// on it and returns it as Record.RowState.
 	State           string        `bson:"state"`
 	SchemaVersion   int32         `bson:"schemaVersion"`
 	Pipeline        text          `bson:"pipeline"`
@@ -55,15 +59,17 @@ type logDoc struct {
 	Resolution      string        `bson:"resolution,omitempty"`
 	Operator        text          `bson:"operator,omitempty"`
 	Reason          text          `bson:"reason,omitempty"`
-	// Hash and PrevHash (schema version 2) are absent from documents an
-	// older version wrote, and from events without them: both read as "".
-	Hash     text `bson:"hash,omitempty"`
-	PrevHash text `bson:"prevHash,omitempty"`
-	// Signer, Signature and Trust came with signed events; absent, they
-	// read as "" (unsigned, no verdict).
-	Signer    text `bson:"signer,omitempty"`
-	Signature text `bson:"signature,omitempty"`
-	Trust     text `bson:"trust,omitempty"`
+	// Fields left out when empty or zero, as events without them (an
+	// unsigned event, one written before the hash chain or before schema
+	// version 4) have them: absent, they read as "" and 0.
+	Hash      text  `bson:"hash,omitempty"`
+	PrevHash  text  `bson:"prevHash,omitempty"`
+	PrevSeq   int64 `bson:"prevSeq,omitempty"`  // at most 2^63-1 (events.Validate)
+	Position  int64 `bson:"position,omitempty"` // at most PrevSeq+1
+	Signer    text  `bson:"signer,omitempty"`
+	Signature text  `bson:"signature,omitempty"`
+	Trust     text  `bson:"trust,omitempty"`
+	Chain     text  `bson:"chain,omitempty"`
 }
 
 // entry is one metadata pair. Metadata is an array of pairs, not a
@@ -96,6 +102,7 @@ type issueDoc struct {
 	Operator       text          `bson:"operator,omitempty"`
 	Reason         text          `bson:"reason,omitempty"`
 	Trust          text          `bson:"trust,omitempty"`
+	Chain          text          `bson:"chain,omitempty"`
 }
 
 // checkpointDoc holds one consumer's progress.
@@ -107,7 +114,7 @@ type checkpointDoc struct {
 func toLogDoc(r stores.Record) logDoc {
 	at, nanos := splitTime(r.OccurredAt)
 	d := logDoc{
-		ID: text(r.ID), Seq: int64(r.Seq), Type: string(r.Type), State: string(r.State()),
+		Seq: int64(r.Seq), ID: text(r.ID), Type: string(r.Type), State: string(stores.StateOf(r)),
 		SchemaVersion: int32(r.SchemaVersion), Pipeline: text(r.Pipeline), ChangeID: text(r.ChangeID),
 		Author: text(r.Author), ExecutionID: text(r.ExecutionID), Order: text(r.Order),
 		TargetSystem: text(r.TargetSystem), Host: text(r.Host), RunnerID: text(r.RunnerID),
@@ -115,7 +122,8 @@ func toLogDoc(r stores.Record) logDoc {
 		DurationNanos: int64(r.Duration), ErrorMessage: text(r.ErrorMessage), ErrorTrace: text(r.ErrorTrace),
 		Recovery: string(r.Recovery), Transactional: r.Transactional, Resolution: string(r.Resolution),
 		Operator: text(r.Operator), Reason: text(r.Reason), Hash: text(r.Hash), PrevHash: text(r.PrevHash),
-		Signer: text(r.Signer), Signature: text(r.Signature), Trust: text(r.Trust),
+		PrevSeq: int64(r.PrevSeq), Position: int64(r.Position),
+		Signer: text(r.Signer), Signature: text(r.Signature), Trust: text(r.Trust), Chain: text(r.Chain),
 	}
 	if len(r.Metadata) > 0 {
 		keys := make([]string, 0, len(r.Metadata))
@@ -141,9 +149,10 @@ func (d logDoc) record() stores.Record {
 		ErrorMessage: string(d.ErrorMessage), ErrorTrace: string(d.ErrorTrace),
 		Recovery: events.Recovery(d.Recovery), Transactional: d.Transactional,
 		Resolution: events.Resolution(d.Resolution), Operator: string(d.Operator), Reason: string(d.Reason),
-		PrevHash: string(d.PrevHash),
+		PrevHash: string(d.PrevHash), PrevSeq: uint64(d.PrevSeq), Position: uint64(d.Position),
 	}}
-	r.Signer, r.Signature, r.Trust = string(d.Signer), string(d.Signature), string(d.Trust)
+	r.Signer, r.Signature, r.Trust, r.Chain = string(d.Signer), string(d.Signature), string(d.Trust), string(d.Chain)
+	r.RowState = events.State(d.State)
 	if len(d.Metadata) > 0 {
 		r.Metadata = make(map[string]string, len(d.Metadata))
 		for _, e := range d.Metadata {
@@ -172,7 +181,7 @@ func toIssueDoc(i stores.Issue) issueDoc {
 		ExecutionID: text(i.ExecutionID), Author: text(i.Author), TargetSystem: text(i.TargetSystem),
 		Recovery: string(i.Recovery), ErrorMessage: text(i.ErrorMessage), ErrorTrace: text(i.ErrorTrace),
 		UpdatedAt: at, UpdatedAtNanos: nanos, Operator: text(i.Operator), Reason: text(i.Reason),
-		Trust: text(i.Trust),
+		Trust: text(i.Trust), Chain: text(i.Chain),
 	}
 }
 
@@ -183,7 +192,7 @@ func (d issueDoc) issue() stores.Issue {
 		ExecutionID: string(d.ExecutionID), Author: string(d.Author), TargetSystem: string(d.TargetSystem),
 		Recovery: events.Recovery(d.Recovery), ErrorMessage: string(d.ErrorMessage),
 		ErrorTrace: string(d.ErrorTrace), UpdatedAt: joinTime(d.UpdatedAt, d.UpdatedAtNanos),
-		Operator: string(d.Operator), Reason: string(d.Reason), Trust: string(d.Trust),
+		Operator: string(d.Operator), Reason: string(d.Reason), Trust: string(d.Trust), Chain: string(d.Chain),
 	}
 }
 

@@ -48,7 +48,16 @@ func (s *Store) RawApply(ctx context.Context, b stores.Batch) error {
 			return err
 		}
 	}
-	_, err := s.checkpoints.UpdateOne(ctx, bson.D{{Key: fID, Value: text(b.Checkpoint)}},
-		bson.D{{Key: "$set", Value: bson.D{{Key: fSeq, Value: int64(b.Through)}}}}, options.UpdateOne().SetUpsert(true))
+	// Raw writers creating one checkpoint at once: FerretDB reports the
+	// upsert that loses the insert as a duplicate key (MongoDB retries it
+	// itself), and sent again it updates the winner's document.
+	var err error
+	for range 3 {
+		_, err = s.checkpoints.UpdateOne(ctx, bson.D{{Key: fID, Value: text(b.Checkpoint)}},
+			bson.D{{Key: "$set", Value: bson.D{{Key: fSeq, Value: int64(b.Through)}}}}, options.UpdateOne().SetUpsert(true))
+		if !mongo.IsDuplicateKeyError(err) {
+			break
+		}
+	}
 	return err
 }

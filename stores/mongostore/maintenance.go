@@ -2,6 +2,7 @@ package mongostore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -9,6 +10,7 @@ import (
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/auditflow/auditflow/stores"
 )
@@ -17,6 +19,36 @@ var (
 	_ stores.Repairer      = (*Store)(nil)
 	_ stores.SchemaChecker = (*Store)(nil)
 )
+
+// oldLayout reports whether the changeLog holds documents of the older
+// layout, keyed by event id: their _id is text (a string, or binary for
+// ids that are not UTF-8), where the current layout's is the sequence, a
+// long. One document tells, since a collection holds one layout: reading
+// any one is cheap on MongoDB and on FerretDB.
+func (s *Store) oldLayout(ctx context.Context) (bool, error) {
+	var d bson.Raw
+	err := s.changeLog.FindOne(ctx, bson.D{}, options.FindOne().SetProjection(bson.D{{Key: fID, Value: 1}})).Decode(&d)
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	switch d.Lookup(fID).Type {
+	case bson.TypeString, bson.TypeBinary:
+		return true, nil
+	}
+	return false, nil
+}
+
+// oldLayoutError says what is wrong with a changeLog of the older layout
+// and how to rebuild it.
+func (s *Store) oldLayoutError() error {
+	return fmt.Errorf("%w: collection %s.%s holds changeLog documents keyed by event id, the layout of an older version, "+
+		"in which an event published again hides its first row: rebuild the store from the stream with "+
+		"`auditflow --store mongo replay --reset` (stop its projectors first), or replay into new collections",
+		stores.ErrInvalidConfig, s.cfg.Database, s.cfg.ChangeLogCollection)
+}
 
 // codeNamespaceExists is the server's answer to creating a collection that
 // exists (MongoDB and FerretDB alike).
@@ -85,10 +117,13 @@ func keyString(k bson.D) string {
 }
 
 // CheckSchema reports, one line each, a collection of this store that does
-// not exist and an index the queries need (see the package documentation)
-// that is missing. An index counts as present when one with the same key
-// pattern exists, whatever its name; its options are not compared. New
-// (without Config.SkipIndexes) creates whatever this reports missing.
+// not exist, an index the queries need (see the package documentation)
+// that is missing, a changeLog in the older layout (keyed by event id) and
+// an index of that layout left behind. An index counts as present when one
+// with the same key pattern exists, whatever its name; its options are not
+// compared. New (without Config.SkipIndexes) creates whatever this reports
+// missing and drops the older layout's indexes; a changeLog of the older
+// layout needs a rebuild (see New).
 func (s *Store) CheckSchema(ctx context.Context) ([]string, error) {
 	if s.closed.Load() {
 		return nil, fmt.Errorf("mongostore: check schema: %w", stores.ErrClosed)
@@ -123,13 +158,28 @@ func (s *Store) CheckSchema(ctx context.Context) ([]string, error) {
 				problems = append(problems, fmt.Sprintf("collection %s has no index %s", name, keyString(k)))
 			}
 		}
+		if c.coll != s.changeLog {
+			continue
+		}
+		old, err := s.oldLayout(ctx)
+		if err != nil {
+			return nil, fail(ctx, "check schema: read "+c.coll.Name(), err)
+		}
+		if old {
+			problems = append(problems, strings.TrimPrefix(s.oldLayoutError().Error(), stores.ErrInvalidConfig.Error()+": "))
+		}
+		for _, k := range oldChangeLogIndexes {
+			if hasIndex(listed, k) {
+				problems = append(problems, fmt.Sprintf("collection %s has index %s of the older layout (the documents have no seq field): opening the store for writing drops it", name, keyString(k)))
+			}
+		}
 	}
 	return problems, nil
 }
 
 // Repair makes documents exactly as given, overriding Apply's guards:
 // changeLog documents of r.Delete are deleted and those of r.Put replaced
-// whole (or inserted), by event id; issues of r.DeleteIssues are deleted and
+// whole (or inserted), by sequence; issues of r.DeleteIssues are deleted and
 // those of r.Issues replaced whole (or inserted) whatever the stored one's
 // sequence, by pipeline and change id. Steps run in that order, so a row
 // both deleted and put ends up put; within r.Put and r.Issues the last of
@@ -141,30 +191,33 @@ func (s *Store) CheckSchema(ctx context.Context) ([]string, error) {
 // fails part way some corrections are made and others not. Every statement
 // is idempotent, so running the same Repair again completes it.
 func (s *Store) Repair(ctx context.Context, r stores.Repair) error {
-	if s.closed.Load() {
-		return fmt.Errorf("mongostore: repair: %w", stores.ErrClosed)
+	if err := s.usable("repair"); err != nil {
+		return err
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("mongostore: repair: %w", err)
 	}
 	var logDeletes, logPuts, issueDeletes, issuePuts []mongo.WriteModel
 	for _, rec := range r.Delete {
-		logDeletes = append(logDeletes, deleteByID(text(rec.ID)))
+		if rec.Seq == 0 || rec.Seq > math.MaxInt64 {
+			return fmt.Errorf("%w: mongostore: repair: delete of event %q: sequence %d is not one a row has", stores.ErrInvalidRecord, rec.ID, rec.Seq)
+		}
+		logDeletes = append(logDeletes, deleteByID(int64(rec.Seq)))
 	}
-	for _, rec := range lastByKey(r.Put, func(rec stores.Record) string { return rec.ID }) {
-		if rec.Seq > math.MaxInt64 {
+	for _, rec := range lastByKey(r.Put, func(rec stores.Record) uint64 { return rec.Seq }) {
+		if rec.Seq == 0 || rec.Seq > math.MaxInt64 {
 			return fmt.Errorf("%w: mongostore: repair: event %q: sequence %d does not fit a BSON long", stores.ErrInvalidRecord, rec.ID, rec.Seq)
 		}
 		doc, err := encode(toLogDoc(rec), rec.ID, rec.Seq)
 		if err != nil {
 			return err
 		}
-		logPuts = append(logPuts, replaceByID(text(rec.ID), doc))
+		logPuts = append(logPuts, replaceByID(int64(rec.Seq), doc))
 	}
 	for _, i := range r.DeleteIssues {
 		issueDeletes = append(issueDeletes, deleteByID(issueID(i.Pipeline, i.ChangeID)))
 	}
-	for _, i := range lastByKey(r.Issues, func(i stores.Issue) string { return string(issueID(i.Pipeline, i.ChangeID)) }) {
+	for _, i := range lastByKey(r.Issues, func(i stores.Issue) text { return issueID(i.Pipeline, i.ChangeID) }) {
 		if i.Seq > math.MaxInt64 {
 			return fmt.Errorf("%w: mongostore: repair: issue %s/%s: sequence %d does not fit a BSON long", stores.ErrInvalidRecord, i.Pipeline, i.ChangeID, i.Seq)
 		}
@@ -193,13 +246,15 @@ func (s *Store) Repair(ctx context.Context, r stores.Repair) error {
 	return nil
 }
 
-func deleteByID(id text) mongo.WriteModel {
+// deleteByID and replaceByID address a document by _id: a changeLog
+// document's sequence (a long), an issue's text key.
+func deleteByID(id any) mongo.WriteModel {
 	return mongo.NewDeleteOneModel().SetFilter(bson.D{{Key: fID, Value: id}})
 }
 
 // replaceByID replaces the document with this _id, or inserts it: no seq
 // guard, unlike issueUpsert.
-func replaceByID(id text, doc bson.Raw) mongo.WriteModel {
+func replaceByID(id any, doc bson.Raw) mongo.WriteModel {
 	return mongo.NewReplaceOneModel().SetFilter(bson.D{{Key: fID, Value: id}}).SetReplacement(doc).SetUpsert(true)
 }
 
@@ -229,8 +284,8 @@ func repairWrite(ctx context.Context, coll *mongo.Collection, models []mongo.Wri
 
 // lastByKey returns rows without the earlier of any two with the same key,
 // in order. Unordered writes of two rows with one _id could land either way.
-func lastByKey[T any](rows []T, key func(T) string) []T {
-	last := make(map[string]int, len(rows))
+func lastByKey[T any, K comparable](rows []T, key func(T) K) []T {
+	last := make(map[K]int, len(rows))
 	for i, r := range rows {
 		last[key(r)] = i
 	}

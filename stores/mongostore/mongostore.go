@@ -153,6 +153,10 @@ type Store struct {
 	issues      *mongo.Collection
 	checkpoints *mongo.Collection
 	closed      atomic.Bool
+	// keyedByEventID: New found the changeLog in an older version's
+	// layout, so every call but Reset, CheckSchema and Close refuses
+	// (see oldLayout); Reset, emptying the store, clears it.
+	keyedByEventID atomic.Bool
 }
 
 var _ stores.Store = (*Store)(nil)
@@ -162,6 +166,11 @@ var _ stores.Store = (*Store)(nil)
 // is left alone) and the checkpoints collection, so that a new store's
 // schema is complete before its first Apply. The caller keeps ownership of client: Close does not
 // disconnect it.
+//
+// A changeLog an older version wrote (documents keyed by event id) is not
+// an error here, so that `auditflow replay --reset` can open it to rebuild
+// it: New changes nothing in it, and every call but Reset, CheckSchema and
+// Close fails with stores.ErrInvalidConfig and the way to rebuild.
 func New(ctx context.Context, client *mongo.Client, cfg Config) (*Store, error) {
 	if client == nil {
 		return nil, fmt.Errorf("%w: mongostore: nil client", stores.ErrInvalidConfig)
@@ -180,15 +189,42 @@ func New(ctx context.Context, client *mongo.Client, cfg Config) (*Store, error) 
 	if s.log == nil {
 		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	old, err := s.oldLayout(ctx)
+	if err != nil {
+		return nil, fail(ctx, "check the changeLog's layout", err)
+	}
+	if old {
+		s.keyedByEventID.Store(true)
+		s.log.Warn("mongostore: "+s.oldLayoutError().Error(), "database", cfg.Database, "collection", cfg.ChangeLogCollection)
+		return s, nil
+	}
 	if !cfg.SkipIndexes {
-		if err := s.createCheckpoints(ctx); err != nil {
-			return nil, err
-		}
-		if err := s.createIndexes(ctx); err != nil {
+		if err := s.createSchema(ctx); err != nil {
 			return nil, err
 		}
 	}
 	return s, nil
+}
+
+// createSchema creates the checkpoints collection and the indexes that
+// are missing, and drops the indexes of the older layout.
+func (s *Store) createSchema(ctx context.Context) error {
+	if err := s.createCheckpoints(ctx); err != nil {
+		return err
+	}
+	return s.createIndexes(ctx)
+}
+
+// usable is the entry check of every call but Reset, CheckSchema and
+// Close.
+func (s *Store) usable(op string) error {
+	if s.closed.Load() {
+		return fmt.Errorf("mongostore: %s: %w", op, stores.ErrClosed)
+	}
+	if s.keyedByEventID.Load() {
+		return fmt.Errorf("mongostore: %s: %w", op, s.oldLayoutError())
+	}
+	return nil
 }
 
 // keys builds an index key pattern: ascending fields, or descending with a
@@ -206,19 +242,24 @@ func keys(fields ...string) bson.D {
 }
 
 // The indexes the queries need. Each filter of History and Issues is served
-// by an index that yields rows in descending seq order, so a page reads
-// about limit entries instead of sorting every match; a change id without
-// its pipeline, and Since, walk the seq index and filter as they go. The
-// event id needs no index of its own: it is the changeLog's _id, and an
-// issue's pipeline and change id make its _id.
+// by an index that yields rows in descending sequence order, so a page
+// reads about limit entries instead of sorting every match; a change id
+// without its pipeline, and Since, walk the _id index (a changeLog
+// document's _id is its sequence) and filter as they go. An issue's
+// pipeline and change id make its _id.
 var (
 	changeLogIndexes = []bson.D{
-		keys(fPipeline, fChangeID, "-"+fSeq), // one change's history
-		keys(fPipeline, "-"+fSeq),            // a pipeline's history
-		keys(fState, "-"+fSeq),               // every FAILED event, newest first
-		keys("-" + fSeq),                     // unfiltered, Since, and the paging cursor
-		keys(fTarget, "-"+fOccurred),         // what happened to a target system lately
-		keys(fAuthor, fState, "-"+fSeq),      // an author's changes by outcome
+		keys(fPipeline, fChangeID, "-"+fID), // one change's history
+		keys(fPipeline, "-"+fID),            // a pipeline's history
+		keys(fState, "-"+fID),               // every FAILED event, newest first
+		keys(fTarget, "-"+fOccurred),        // what happened to a target system lately
+		keys(fAuthor, fState, "-"+fID),      // an author's changes by outcome
+	}
+	// oldChangeLogIndexes are the older layout's, on a seq field the
+	// documents no longer have: createIndexes drops them.
+	oldChangeLogIndexes = []bson.D{
+		keys(fPipeline, fChangeID, "-"+fSeq), keys(fPipeline, "-"+fSeq), keys(fState, "-"+fSeq),
+		keys("-" + fSeq), keys(fAuthor, fState, "-"+fSeq),
 	}
 	issueIndexes = []bson.D{
 		keys(fStatus, "-"+fSeq),     // open issues, most recently changed first
@@ -228,7 +269,9 @@ var (
 	}
 )
 
-// createIndexes creates the indexes that are missing, one command each.
+// createIndexes creates the indexes that are missing, one command each,
+// and drops the older layout's indexes on the changeLog (which index a
+// field its documents no longer have, so they only cost writes).
 // Asking only for missing ones keeps the usual reopen a read; one index per
 // command because FerretDB (v1.24) drops the connection when a single
 // createIndexes names several indexes that already exist, which two stores
@@ -249,14 +292,30 @@ func (s *Store) createIndexes(ctx context.Context) error {
 			if _, err := c.coll.Indexes().CreateOne(ctx, mongo.IndexModel{Keys: k}); err != nil {
 				return fail(ctx, "create index on "+c.coll.Name(), err)
 			}
-			s.log.Info("mongostore: created index", "database", s.cfg.Database, "collection", c.coll.Name(), "keys", k.String())
+			s.log.Info("mongostore: created index", "database", s.cfg.Database, "collection", c.coll.Name(), "keys", keyString(k))
+		}
+		if c.coll != s.changeLog {
+			continue
+		}
+		for _, h := range have {
+			if !slices.ContainsFunc(oldChangeLogIndexes, func(k bson.D) bool { return sameKeys(k, h.Key) }) {
+				continue
+			}
+			if err := c.coll.Indexes().DropOne(ctx, h.Name); err != nil && !hasCode(err, codeIndexNotFound) {
+				return fail(ctx, "drop index "+h.Name+" of the older layout on "+c.coll.Name(), err)
+			}
+			s.log.Info("mongostore: dropped an index of the older layout", "database", s.cfg.Database, "collection", c.coll.Name(), "index", h.Name)
 		}
 	}
 	return nil
 }
 
+// codeIndexNotFound: a concurrent New dropped the index first.
+const codeIndexNotFound = 27
+
 type listedIndex struct {
-	Key bson.Raw `bson:"key"`
+	Name string   `bson:"name"`
+	Key  bson.Raw `bson:"key"`
 }
 
 // sameKeys reports whether an index key pattern as listed by the server is
@@ -288,8 +347,8 @@ func (s *Store) Apply(ctx context.Context, b stores.Batch) error {
 	if err := b.Validate(); err != nil {
 		return err
 	}
-	if s.closed.Load() {
-		return fmt.Errorf("mongostore: apply: %w", stores.ErrClosed)
+	if err := s.usable("apply"); err != nil {
+		return err
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("mongostore: apply: %w", err)
@@ -300,15 +359,15 @@ func (s *Store) Apply(ctx context.Context, b stores.Batch) error {
 	// Encode everything before writing anything, so a record this backend
 	// cannot hold is rejected with nothing written.
 	inserts := make([]mongo.WriteModel, 0, len(b.Records))
-	seen := make(map[string]bool, len(b.Records))
+	seen := make(map[uint64]bool, len(b.Records))
 	for i, r := range b.Records {
 		if r.Seq > math.MaxInt64 {
 			return fmt.Errorf("%w: record %d (event %q): sequence %d does not fit a BSON long", stores.ErrInvalidRecord, i, r.ID, r.Seq)
 		}
-		if seen[r.ID] {
+		if seen[r.Seq] {
 			continue // a duplicate in the batch would only come back as a duplicate key
 		}
-		seen[r.ID] = true
+		seen[r.Seq] = true
 		doc, err := encode(toLogDoc(r), r.ID, r.Seq)
 		if err != nil {
 			return err
@@ -329,8 +388,8 @@ func (s *Store) Apply(ctx context.Context, b stores.Batch) error {
 	// issue never points at an event the changeLog lacks.
 	ins := slices.Collect(slices.Chunk(inserts, s.cfg.BatchSize))
 	if err := stores.Parallel(ctx, s.cfg.Concurrency, len(ins), func(ctx context.Context, i int) error {
-		// A duplicate key here means the event is already recorded: the
-		// idempotent outcome.
+		// A duplicate key here means the sequence is already recorded:
+		// the idempotent outcome.
 		if _, err := bulkWrite(ctx, s.changeLog, ins[i]); err != nil {
 			return fail(ctx, "insert changeLog", err)
 		}
@@ -417,8 +476,8 @@ func (s *Store) upsertIssues(ctx context.Context, models []mongo.WriteModel) err
 // nothing, although the statements before it did run. So an answer that
 // does not account for every statement is not trusted: the statements are
 // sent again one per command, which is exact everywhere. Every statement
-// here is idempotent (an insert by id, a seq-guarded replacement, and
-// Repair's replacements and deletes by id), so running one twice changes
+// here is idempotent (an insert by _id, a seq-guarded replacement, and
+// Repair's replacements and deletes by _id), so running one twice changes
 // nothing.
 func bulkWrite(ctx context.Context, coll *mongo.Collection, models []mongo.WriteModel) ([]int, error) {
 	res, err := coll.BulkWrite(ctx, models, unordered)
@@ -500,8 +559,8 @@ func (s *Store) raiseCheckpoint(ctx context.Context, name string, seq uint64) er
 // Checkpoint returns the contiguous checkpoint recorded under name (see
 // stores.Batch.Through), 0 if none.
 func (s *Store) Checkpoint(ctx context.Context, name string) (uint64, error) {
-	if s.closed.Load() {
-		return 0, fmt.Errorf("mongostore: checkpoint: %w", stores.ErrClosed)
+	if err := s.usable("checkpoint"); err != nil {
+		return 0, err
 	}
 	var d checkpointDoc
 	err := s.checkpoints.FindOne(ctx, bson.D{{Key: fID, Value: text(name)}}).Decode(&d)
@@ -518,8 +577,8 @@ func (s *Store) Checkpoint(ctx context.Context, name string) (uint64, error) {
 // document in the checkpoints collection, under a name no projector uses,
 // and deletes it.
 func (s *Store) ProbeWrite(ctx context.Context) error {
-	if s.closed.Load() {
-		return fmt.Errorf("mongostore: probe: %w", stores.ErrClosed)
+	if err := s.usable("probe"); err != nil {
+		return err
 	}
 	filter := bson.D{{Key: fID, Value: "auditflow:" + stores.ProbeName()}}
 	if _, err := s.checkpoints.InsertOne(ctx, bson.D{filter[0], {Key: fSeq, Value: int64(0)}}); err != nil {
@@ -531,17 +590,14 @@ func (s *Store) ProbeWrite(ctx context.Context) error {
 	return nil
 }
 
-// beforeSeq adds the paging cursor to f. Stored sequences fit an int64, so
-// a cursor beyond that excludes nothing.
-func beforeSeq(f bson.D, before uint64) bson.D {
+// beforeSeq adds the paging cursor on field seq (_id in the changeLog) to
+// f. Stored sequences fit an int64, so a cursor beyond that excludes
+// nothing.
+func beforeSeq(f bson.D, seq string, before uint64) bson.D {
 	if before == 0 || before > math.MaxInt64 {
 		return f
 	}
-	return append(f, bson.E{Key: fSeq, Value: bson.D{{Key: "$lt", Value: int64(before)}}})
-}
-
-func newestFirst(limit int) *options.FindOptionsBuilder {
-	return options.Find().SetSort(bson.D{{Key: fSeq, Value: -1}}).SetLimit(int64(limit))
+	return append(f, bson.E{Key: seq, Value: bson.D{{Key: "$lt", Value: int64(before)}}})
 }
 
 // History returns changeLog rows matching q, newest first.
@@ -550,8 +606,8 @@ func (s *Store) History(ctx context.Context, q stores.HistoryQuery) ([]stores.Re
 	if err != nil {
 		return nil, err
 	}
-	if s.closed.Load() {
-		return nil, fmt.Errorf("mongostore: history: %w", stores.ErrClosed)
+	if err := s.usable("history"); err != nil {
+		return nil, err
 	}
 	f := bson.D{}
 	if q.Pipeline != "" {
@@ -566,9 +622,9 @@ func (s *Store) History(ctx context.Context, q stores.HistoryQuery) ([]stores.Re
 	if !q.Since.IsZero() {
 		f = append(f, sinceFilter(q.Since)...)
 	}
-	f = beforeSeq(f, q.BeforeSeq)
+	f = beforeSeq(f, fID, q.BeforeSeq)
 	var docs []logDoc
-	if err := s.find(ctx, s.changeLog, f, q.Limit, &docs); err != nil {
+	if err := s.find(ctx, s.changeLog, f, fID, q.Limit, &docs); err != nil {
 		return nil, fail(ctx, "history", err)
 	}
 	out := make([]stores.Record, len(docs))
@@ -584,8 +640,8 @@ func (s *Store) Issues(ctx context.Context, q stores.IssueQuery) ([]stores.Issue
 	if err != nil {
 		return nil, err
 	}
-	if s.closed.Load() {
-		return nil, fmt.Errorf("mongostore: issues: %w", stores.ErrClosed)
+	if err := s.usable("issues"); err != nil {
+		return nil, err
 	}
 	f := bson.D{}
 	switch {
@@ -599,9 +655,9 @@ func (s *Store) Issues(ctx context.Context, q stores.IssueQuery) ([]stores.Issue
 	if q.Status != "" {
 		f = append(f, bson.E{Key: fStatus, Value: string(q.Status)})
 	}
-	f = beforeSeq(f, q.BeforeSeq)
+	f = beforeSeq(f, fSeq, q.BeforeSeq)
 	var docs []issueDoc
-	if err := s.find(ctx, s.issues, f, q.Limit, &docs); err != nil {
+	if err := s.find(ctx, s.issues, f, fSeq, q.Limit, &docs); err != nil {
 		return nil, fail(ctx, "issues", err)
 	}
 	out := make([]stores.Issue, len(docs))
@@ -611,8 +667,10 @@ func (s *Store) Issues(ctx context.Context, q stores.IssueQuery) ([]stores.Issue
 	return out, nil
 }
 
-func (s *Store) find(ctx context.Context, c *mongo.Collection, f bson.D, limit int, out any) error {
-	cur, err := c.Find(ctx, f, newestFirst(limit))
+// find reads the documents matching f, highest seq first (seq names the
+// sequence field: _id in the changeLog).
+func (s *Store) find(ctx context.Context, c *mongo.Collection, f bson.D, seq string, limit int, out any) error {
+	cur, err := c.Find(ctx, f, options.Find().SetSort(bson.D{{Key: seq, Value: -1}}).SetLimit(int64(limit)))
 	if err != nil {
 		return err
 	}
@@ -625,6 +683,10 @@ func (s *Store) find(ctx context.Context, c *mongo.Collection, f bson.D, limit i
 // completes, never a checkpoint that claims rows which are gone. The
 // collections are emptied rather than dropped so that their indexes and any
 // options an administrator set on them (validation, sharding) survive.
+//
+// A store New found in the older layout is in the current one once
+// emptied: Reset then creates its indexes (unless Config.SkipIndexes),
+// drops the older ones, and lifts the refusal, so a replay rebuilds it.
 func (s *Store) Reset(ctx context.Context) error {
 	if s.closed.Load() {
 		return fmt.Errorf("mongostore: reset: %w", stores.ErrClosed)
@@ -633,6 +695,16 @@ func (s *Store) Reset(ctx context.Context) error {
 		if _, err := c.DeleteMany(ctx, bson.D{}); err != nil {
 			return fail(ctx, "reset "+c.Name(), err)
 		}
+	}
+	if s.keyedByEventID.Load() {
+		if !s.cfg.SkipIndexes {
+			if err := s.createSchema(ctx); err != nil {
+				return fmt.Errorf("mongostore: reset: %w", err)
+			}
+		}
+		s.keyedByEventID.Store(false)
+		s.log.Info("mongostore: the changeLog of the older layout is emptied: rows are keyed by sequence from now on",
+			"database", s.cfg.Database, "collection", s.cfg.ChangeLogCollection)
 	}
 	return nil
 }

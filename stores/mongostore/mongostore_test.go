@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -272,8 +273,9 @@ func ferretDB(t *testing.T, client *mongo.Client) bool {
 }
 
 // Text the audit must keep byte for byte although FerretDB cannot hold it
-// as a string, metadata keys MongoDB restricts, and times finer than BSON's
-// milliseconds, in filters too.
+// as a string, metadata keys MongoDB restricts, times finer than BSON's
+// milliseconds, in filters too, and numbers beyond 2^53 (float64's exact
+// integers) up to a uint64's last bit.
 func TestExoticValues(t *testing.T) {
 	client, db := connect(t)
 	s := open(t, client, db, "exotic")
@@ -284,6 +286,8 @@ func TestExoticValues(t *testing.T) {
 	r.OccurredAt = time.Date(2026, 3, 4, 5, 6, 7, 123456789, time.UTC)
 	r.LockToken = 1<<64 - 1
 	r.Hash, r.PrevHash = events.Hash([]byte("this one")), events.Hash([]byte("the one before"))
+	r.PrevSeq, r.Position = 1<<63-1, 1<<53+1
+	r.Chain = "out of chain:\x00 a copy"
 	if err := s.Apply(ctx, stores.Batch{Checkpoint: "nul\x00name", Through: r.Seq, Records: []stores.Record{r}}); err != nil {
 		t.Fatal(err)
 	}
@@ -298,8 +302,10 @@ func TestExoticValues(t *testing.T) {
 		if len(got) != c.want {
 			t.Fatalf("History since %s: %d rows, want %d", c.since.Format(time.RFC3339Nano), len(got), c.want)
 		}
-		if c.want == 1 && !reflect.DeepEqual(got[0], r) {
-			t.Fatalf("round trip:\n got %+v\nwant %+v", got[0], r)
+		want := r
+		want.RowState = events.StateOutOfChain
+		if c.want == 1 && !reflect.DeepEqual(got[0], want) {
+			t.Fatalf("round trip:\n got %+v\nwant %+v", got[0], want)
 		}
 	}
 	is, err := s.Issues(ctx, stores.IssueQuery{Pipeline: r.Pipeline, ChangeID: r.ChangeID})
@@ -311,23 +317,104 @@ func TestExoticValues(t *testing.T) {
 	}
 }
 
-// Documents an older version wrote have no hash fields: they read as "".
-func TestDocumentsWithoutHashes(t *testing.T) {
+// Fields left out when empty (an unsigned event, one without a hash chain
+// or place in it) read as "" and 0.
+func TestDocumentsWithoutOptionalFields(t *testing.T) {
 	client, db := connect(t)
-	s := open(t, client, db, "old")
+	s := open(t, client, db, "bare")
 	ctx := context.Background()
 	r := event(1, events.ExecutionStarted, "p", "c")
-	if _, err := client.Database(db).Collection("old_changeLog").InsertOne(ctx, rawDoc(r)); err != nil {
+	if _, err := client.Database(db).Collection("bare_changeLog").InsertOne(ctx, rawDoc(r)); err != nil {
 		t.Fatal(err)
 	}
 	got, err := s.History(ctx, stores.HistoryQuery{})
 	if err != nil || len(got) != 1 {
 		t.Fatalf("History = %+v, %v", got, err)
 	}
-	if g := got[0]; g.ID != r.ID || g.Seq != 1 || g.Hash != "" || g.PrevHash != "" {
-		t.Fatalf("old document read as %+v", g)
+	if g := got[0]; g.ID != r.ID || g.Seq != 1 || g.Hash != "" || g.PrevHash != "" || g.PrevSeq != 0 || g.Position != 0 ||
+		g.Chain != "" || g.Trust != "" || g.RowState != events.StateStarted {
+		t.Fatalf("bare document read as %+v", g)
 	}
 }
+
+// TestOldLayout: a changeLog an older version wrote, keyed by event id,
+// opens (so that a replay can rebuild it), but every read and write says
+// how to rebuild it and CheckSchema reports it; Reset empties it into the
+// current layout, drops the older indexes and creates the current ones,
+// and the store then holds an event published twice as two rows.
+func TestOldLayout(t *testing.T) {
+	client, db := connect(t)
+	ctx := context.Background()
+	coll := client.Database(db).Collection("old_changeLog")
+	old := event(3, events.ExecutionSucceeded, "p", "c")
+	doc := rawDoc(old)
+	doc[0] = bson.E{Key: "_id", Value: old.ID}
+	doc = append(doc, bson.E{Key: "seq", Value: int64(old.Seq)})
+	if _, err := coll.InsertOne(ctx, doc); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []bson.D{{{Key: "seq", Value: -1}}, {{Key: "state", Value: 1}, {Key: "seq", Value: -1}}} {
+		if _, err := coll.Indexes().CreateOne(ctx, mongo.IndexModel{Keys: k}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := open(t, client, db, "old")
+	for name, err := range map[string]error{
+		"Apply":      s.Apply(ctx, stores.Batch{Checkpoint: "p", Records: []stores.Record{event(4, events.ExecutionStarted, "p", "d")}}),
+		"History":    second(s.History(ctx, stores.HistoryQuery{})),
+		"Issues":     second(s.Issues(ctx, stores.IssueQuery{})),
+		"Checkpoint": second(s.Checkpoint(ctx, "p")),
+		"Repair":     s.Repair(ctx, stores.Repair{Delete: []stores.Record{old}}),
+		"ProbeWrite": s.ProbeWrite(ctx),
+	} {
+		if !errors.Is(err, stores.ErrInvalidConfig) || !strings.Contains(err.Error(), "keyed by event id") ||
+			!strings.Contains(err.Error(), "auditflow --store mongo replay --reset") {
+			t.Errorf("%s on the older layout = %v, want ErrInvalidConfig saying how to rebuild", name, err)
+		}
+	}
+	if n, err := coll.CountDocuments(ctx, bson.D{}); err != nil || n != 1 {
+		t.Fatalf("the refused store holds %d documents (%v), want the 1 it was given", n, err)
+	}
+	problems, err := s.CheckSchema(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"collection " + db + ".old_changeLog has no index {pipeline: 1, changeId: 1, _id: -1}",
+		"collection " + db + ".old_changeLog has no index {pipeline: 1, _id: -1}",
+		"collection " + db + ".old_changeLog has no index {state: 1, _id: -1}",
+		"collection " + db + ".old_changeLog has no index {targetSystem: 1, occurredAt: -1}",
+		"collection " + db + ".old_changeLog has no index {author: 1, state: 1, _id: -1}",
+		"collection " + db + ".old_changeLog holds changeLog documents keyed by event id, the layout of an older version, " +
+			"in which an event published again hides its first row: rebuild the store from the stream with " +
+			"`auditflow --store mongo replay --reset` (stop its projectors first), or replay into new collections",
+		"collection " + db + ".old_changeLog has index {state: 1, seq: -1} of the older layout (the documents have no seq field): opening the store for writing drops it",
+		"collection " + db + ".old_changeLog has index {seq: -1} of the older layout (the documents have no seq field): opening the store for writing drops it",
+		"collection " + db + ".old_issues is missing (and with it its 4 indexes)",
+		"collection " + db + ".old_checkpoints is missing",
+	}
+	if !reflect.DeepEqual(problems, want) {
+		t.Fatalf("CheckSchema of the older layout:\n got %q\nwant %q", problems, want)
+	}
+
+	if err := s.Reset(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := s.CheckSchema(ctx); err != nil || len(p) != 0 {
+		t.Fatalf("CheckSchema after Reset = %q, %v", p, err)
+	}
+	again := old
+	again.Seq, again.Chain = 9, "repeats the event id of stream sequence 3"
+	if err := s.Apply(ctx, stores.Batch{Checkpoint: "p", Through: 9, Records: []stores.Record{old, again}}); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := s.History(ctx, stores.HistoryQuery{})
+	if err != nil || len(rows) != 2 || rows[0].Seq != 9 || rows[0].RowState != events.StateOutOfChain || rows[1].ID != old.ID {
+		t.Fatalf("after Reset, the event published twice: %+v, %v", rows, err)
+	}
+}
+
+func second[T any](_ T, err error) error { return err }
 
 // CheckSchema names a dropped index and a dropped collection, and New puts
 // them back.
@@ -338,7 +425,7 @@ func TestCheckSchemaFindsMissing(t *testing.T) {
 	if problems, err := s.CheckSchema(ctx); err != nil || len(problems) != 0 {
 		t.Fatalf("fresh store: CheckSchema = %q, %v", problems, err)
 	}
-	if err := client.Database(db).Collection("schema_changeLog").Indexes().DropOne(ctx, "state_1_seq_-1"); err != nil {
+	if err := client.Database(db).Collection("schema_changeLog").Indexes().DropOne(ctx, "state_1__id_-1"); err != nil {
 		t.Fatal(err)
 	}
 	if err := client.Database(db).Collection("schema_checkpoints").Drop(ctx); err != nil {
@@ -349,7 +436,7 @@ func TestCheckSchemaFindsMissing(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{
-		"collection " + db + ".schema_changeLog has no index {state: 1, seq: -1}",
+		"collection " + db + ".schema_changeLog has no index {state: 1, _id: -1}",
 		"collection " + db + ".schema_checkpoints is missing",
 	}
 	if !reflect.DeepEqual(problems, want) {
@@ -367,19 +454,10 @@ func TestCheckSchemaFindsMissing(t *testing.T) {
 	}
 }
 
-// BenchmarkApply measures Store.Apply against the driver's raw unordered
-// insert rate of the same documents into a scratch collection without
-// secondary indexes, in the same run. On FerretDB (the test server here)
-// the absolute numbers are FerretDB's, not this store's or MongoDB's: only
-// the ratio store/raw means anything. Keep N small there (FerretDB slows as
-// collections grow) and run it once:
-//
-//	go test -run '^$' -bench Apply -benchtime 1x ./stores/mongostore/
-//
 // rawDoc is the same event as a plain document of the same fields.
 func rawDoc(r stores.Record) bson.D {
 	return bson.D{
-		{Key: "_id", Value: r.ID}, {Key: "seq", Value: int64(r.Seq)}, {Key: "type", Value: string(r.Type)},
+		{Key: "_id", Value: int64(r.Seq)}, {Key: "eventId", Value: r.ID}, {Key: "type", Value: string(r.Type)},
 		{Key: "state", Value: string(r.State())}, {Key: "schemaVersion", Value: int32(r.SchemaVersion)},
 		{Key: "pipeline", Value: r.Pipeline}, {Key: "changeId", Value: r.ChangeID}, {Key: "author", Value: r.Author},
 		{Key: "executionId", Value: r.ExecutionID}, {Key: "order", Value: r.Order},
