@@ -37,7 +37,7 @@ func TamperVerifyRepair(t *testing.T, newStore storetest.NewStore) {
 			if !ok {
 				t.Fatalf("%T does not implement storetest.Tamperer", st)
 			}
-			if _, err := projector.Replay(ctx, srv.JS, st, projector.ReplayConfig{Stream: sc, Logger: natstest.Logger(t)}); err != nil {
+			if _, err := projector.Replay(ctx, srv.JS, st, projector.ReplayConfig{Stream: sc, BatchSize: 25, Logger: natstest.Logger(t)}); err != nil {
 				t.Fatal(err)
 			}
 			cfg := verify.Config{Stream: sc, Logger: natstest.Logger(t), Settle: -1}
@@ -61,7 +61,7 @@ func TamperVerifyRepair(t *testing.T, newStore storetest.NewStore) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := verify.Repair(ctx, srv.JS, st, plan, projector.ReplayConfig{Stream: sc, Logger: natstest.Logger(t)}); err != nil {
+			if err := verify.Repair(ctx, srv.JS, st, plan, projector.ReplayConfig{Stream: sc, BatchSize: 25, Logger: natstest.Logger(t)}); err != nil {
 				t.Fatal(err)
 			}
 			if rep, err := verify.Verify(ctx, srv.JS, st, cfg); err != nil || rep.Problems() {

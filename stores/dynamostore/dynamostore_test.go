@@ -50,6 +50,12 @@ func TestConformance(t *testing.T) {
 	storetest.Run(t, newStore(client), storetest.Features{AtomicBatch: false, Repairer: true, SchemaChecker: true})
 }
 
+// TestVerifySeesAlteredColumns: every value listings filter on, altered in
+// the database, is reported by verify and put back by repair.
+func TestVerifySeesAlteredColumns(t *testing.T) {
+	storebench.TamperVerifyRepair(t, newStore(newClient(storetest.ServerAddr(t, endpointEnv))))
+}
+
 // BenchmarkProjector compares the projector into DynamoDB with an
 // equal-work raw writer (RawApply: the same items, tables, indexes and
 // calls as Apply, without conditions), so apply/raw is what the

@@ -78,6 +78,13 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+// TestVerifySeesAlteredColumns: every value listings filter on, altered in
+// the database, is reported by verify and put back by repair.
+func TestVerifySeesAlteredColumns(t *testing.T) {
+	client, db := connect(t)
+	storebench.TamperVerifyRepair(t, newStore(client, db))
+}
+
 // BenchmarkProjector: on FerretDB the absolute numbers are FerretDB's
 // (on PostgreSQL, with full-scan _id lookups); only the ratios to the raw
 // rate measured in the same run mean anything. The raw writer does
