@@ -13,8 +13,8 @@ import (
 	"github.com/auditflow/auditflow/events"
 )
 
-// Before returns the message right before seq on subject in the stream
-// named stream, as the event at seq must name it to extend its change's
+// Before returns the message right before seq on subject in stream s (a
+// handle from js.Stream), as the event at seq must name it to extend its change's
 // chain (events.CheckChain); the zero Prev if seq is the subject's first
 // message. prefix is the stream's subject prefix, to tell an event of the
 // change from a message that is not one (which has no ID or Version).
@@ -26,11 +26,8 @@ import (
 // cannot confirm is asked again a few times, then returned as an error
 // (retry later). It needs the right to the stream's direct gets
 // ($JS.API.DIRECT.GET.<stream>).
-func Before(ctx context.Context, js jetstream.JetStream, stream, prefix, subject string, seq uint64) (events.Prev, error) {
-	s, err := js.Stream(ctx, stream)
-	if err != nil {
-		return events.Prev{}, fmt.Errorf("producer: stream %s: %w", stream, err)
-	}
+func Before(ctx context.Context, js jetstream.JetStream, s jetstream.Stream, prefix, subject string, seq uint64) (events.Prev, error) {
+	stream := s.CachedInfo().Config.Name
 	var lastErr error
 	for attempt := 0; attempt < 6; attempt++ {
 		if attempt > 0 {

@@ -134,11 +134,11 @@ func TestLastRefusesACopy(t *testing.T) {
 		}
 	}
 	// Before names the message the copy follows: the success.
-	prev, err := producer.Before(ctx, srv.JS, producer.DefaultStreamName, events.DefaultSubjectPrefix, orig.Subject, ack.Sequence)
+	prev, err := producer.Before(ctx, srv.JS, s, events.DefaultSubjectPrefix, orig.Subject, ack.Sequence)
 	if err != nil || prev.Seq != second.Seq || prev.Hash != second.Hash || prev.ID != done.ID {
 		t.Fatalf("Before(copy) = %+v, %v; want the success at %d", prev, err, second.Seq)
 	}
-	if prev, err := producer.Before(ctx, srv.JS, producer.DefaultStreamName, events.DefaultSubjectPrefix, orig.Subject, first.Seq); err != nil || prev != (events.Prev{}) {
+	if prev, err := producer.Before(ctx, srv.JS, s, events.DefaultSubjectPrefix, orig.Subject, first.Seq); err != nil || prev != (events.Prev{}) {
 		t.Fatalf("Before(first) = %+v, %v; want none", prev, err)
 	}
 	_, h, _ := p.Last(ctx, "billing", "c")

@@ -89,10 +89,22 @@ func selfOf(m StreamMsg, e events.Event, hash string, err error) events.Prev {
 // lookupFunc finds what precedes seq on subject on the stream.
 type lookupFunc func(ctx context.Context, subject string, seq uint64) (events.Prev, error)
 
-// streamLookup asks the stream (producer.Before).
+// streamLookup asks the stream (producer.Before), opening it on first use.
 func streamLookup(js jetstream.JetStream, stream, prefix string) lookupFunc {
+	var mu sync.Mutex
+	var s jetstream.Stream
 	return func(ctx context.Context, subject string, seq uint64) (events.Prev, error) {
-		return producer.Before(ctx, js, stream, prefix, subject, seq)
+		mu.Lock()
+		if s == nil {
+			var err error
+			if s, err = js.Stream(ctx, stream); err != nil {
+				mu.Unlock()
+				return events.Prev{}, fmt.Errorf("stream %s: %w", stream, err)
+			}
+		}
+		h := s
+		mu.Unlock()
+		return producer.Before(ctx, js, h, prefix, subject, seq)
 	}
 }
 

@@ -290,7 +290,7 @@ func (p *pass) streamRecord(seq uint64) (stores.Record, error) {
 	if err != nil {
 		return stores.Record{}, err
 	}
-	return recordOf(p.ctx, p.js, p.cfg.Stream, m, p.cfg.Trust)
+	return recordOf(p.ctx, p.js, p.stream, p.cfg.Stream.SubjectPrefix, m, p.cfg.Trust)
 }
 
 // getMsg reads the message at seq, retrying for up to 2 minutes what a

@@ -98,7 +98,7 @@ func PlanRepair(ctx context.Context, js jetstream.JetStream, store stores.Store,
 		if err != nil {
 			return stores.Record{}, fmt.Errorf("repair: %w", err)
 		}
-		return recordOf(ctx, js, cfg.Stream, m, cfg.Trust)
+		return recordOf(ctx, js, stream, cfg.Stream.SubjectPrefix, m, cfg.Trust)
 	}
 	for _, r := range rep.Missing {
 		rec, err := read(r.Seq)
@@ -256,7 +256,7 @@ func healIssues(ctx context.Context, js jetstream.JetStream, store stores.Store,
 		if e, err := events.Decode(m.Data); err != nil || events.CheckSubject(replay.Stream.SubjectPrefix, m.Subject, e) != nil {
 			continue // a bad message: no store holds it
 		}
-		rec, err := recordOf(ctx, js, replay.Stream, m, replay.Trust)
+		rec, err := recordOf(ctx, js, stream, replay.Stream.SubjectPrefix, m, replay.Trust)
 		if err != nil {
 			return fmt.Errorf("repair: the newest event of %s/%s: %w", k.pipeline, k.change, err)
 		}

@@ -530,18 +530,18 @@ func StreamRecord(ctx context.Context, js jetstream.JetStream, sc producer.Strea
 	if err != nil {
 		return stores.Record{}, fmt.Errorf("verify: read seq %d: %w", seq, err)
 	}
-	return recordOf(ctx, js, sc, m, list)
+	return recordOf(ctx, js, stream, sc.SubjectPrefix, m, list)
 }
 
 // recordOf is the row for a message read from the stream, its chain
 // verdict judged against the message before it (asked of the stream).
-func recordOf(ctx context.Context, js jetstream.JetStream, sc producer.StreamConfig, m *jetstream.RawStreamMsg, list *trust.List) (stores.Record, error) {
+func recordOf(ctx context.Context, js jetstream.JetStream, stream jetstream.Stream, prefix string, m *jetstream.RawStreamMsg, list *trust.List) (stores.Record, error) {
 	e, err := events.Decode(m.Data)
 	if err != nil {
 		return stores.Record{}, fmt.Errorf("verify: seq %d: %w", m.Sequence, err)
 	}
 	rec, _ := judgeMsg(list, projector.StreamMsg{Seq: m.Sequence, Subject: m.Subject, Data: m.Data, Header: m.Header}, e, events.Hash(m.Data))
-	prev, err := producer.Before(ctx, js, sc.Name, sc.SubjectPrefix, m.Subject, m.Sequence)
+	prev, err := producer.Before(ctx, js, stream, prefix, m.Subject, m.Sequence)
 	if err != nil {
 		return stores.Record{}, fmt.Errorf("verify: seq %d: %w", m.Sequence, err)
 	}
