@@ -105,6 +105,6 @@ func historyTable(w *tabwriter.Writer, rows []stores.Record) {
 	for _, r := range rows {
 		row := render.RowOf(r, 60)
 		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Seq, row.Time,
-			r.Pipeline, r.ChangeID, r.State(), row.Duration, row.By, row.Detail)
+			r.Pipeline, r.ChangeID, row.State, row.Duration, row.By, row.Detail)
 	}
 }

@@ -55,8 +55,9 @@ func (a *app) statsCommand() *cobra.Command {
 					break
 				}
 				for _, r := range page {
-					out.Executions[r.State()]++
-					if r.State() == events.StateFailed || r.State() == events.StateRollbackFailed {
+					state := r.Shown() // as stored: a copy published again counts OUT_OF_CHAIN
+					out.Executions[state]++
+					if state == events.StateFailed || state == events.StateRollbackFailed {
 						out.Failures++
 					}
 				}

@@ -7,7 +7,9 @@ import (
 	"github.com/auditflow/auditflow/stores"
 )
 
-// HistoryRow is the JSON form of a changeLog row.
+// HistoryRow is the JSON form of a changeLog row. State is the state the
+// row stores — what a state filter matched — so a listing shows what it
+// filtered on.
 type HistoryRow struct {
 	Seq          uint64            `json:"seq"`
 	EventID      string            `json:"eventId"`
@@ -29,17 +31,25 @@ type HistoryRow struct {
 	Metadata     map[string]string `json:"metadata,omitempty"`
 	Hash         string            `json:"hash,omitempty"`
 	PrevHash     string            `json:"prevHash,omitempty"`
+	PrevSeq      uint64            `json:"prevSeq,omitempty"`
+	Position     uint64            `json:"position,omitempty"`
+	// Chain and Trust are the projector's verdicts: why the event does not
+	// extend its change's chain (its state is then OUT_OF_CHAIN), why it
+	// is not trusted; absent when it does, and is.
+	Chain string `json:"chain,omitempty"`
+	Trust string `json:"trust,omitempty"`
 }
 
 // HistoryRows are rows in their JSON form, in the same order.
 func HistoryRows(rows []stores.Record) []HistoryRow {
 	out := make([]HistoryRow, len(rows))
 	for i, r := range rows {
-		out[i] = HistoryRow{Seq: r.Seq, EventID: r.ID, Type: r.Type, State: r.State(), Pipeline: r.Pipeline,
+		out[i] = HistoryRow{Seq: r.Seq, EventID: r.ID, Type: r.Type, State: r.Shown(), Pipeline: r.Pipeline,
 			ChangeID: r.ChangeID, ExecutionID: r.ExecutionID, Author: r.Author, TargetSystem: r.TargetSystem,
 			Host: r.Host, RunnerID: r.RunnerID, LockToken: r.LockToken, OccurredAt: r.OccurredAt,
 			DurationMs: r.Duration.Milliseconds(), ErrorMessage: r.ErrorMessage, Operator: r.Operator,
-			Reason: r.Reason, Metadata: r.Metadata, Hash: r.Hash, PrevHash: r.PrevHash}
+			Reason: r.Reason, Metadata: r.Metadata, Hash: r.Hash, PrevHash: r.PrevHash, PrevSeq: r.PrevSeq,
+			Position: r.Position, Chain: r.Chain, Trust: r.Trust}
 	}
 	return out
 }

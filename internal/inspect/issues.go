@@ -52,7 +52,7 @@ func ShellQuote(s string) string {
 // FixCommands are the commands that can resolve v: none when nothing is
 // to be done (closed, or a runner is applying the change now).
 func FixCommands(v IssueView) []string {
-	if !v.NeedsOperator && v.Trust == "" {
+	if !v.NeedsOperator && v.Trust == "" && v.Chain == "" {
 		return []string{}
 	}
 	return []string{FixCommand(v.Pipeline, v.ChangeID, "applied"), FixCommand(v.Pipeline, v.ChangeID, "rolled-back")}
@@ -71,6 +71,12 @@ func Guide(v IssueView) string {
 		retry = "\n  - If the change is idempotent, set its recovery to ALWAYS_RETRY instead: the next run re-runs it."
 	}
 	switch {
+	case v.Chain != "":
+		return "What happened: the change's newest event (stream sequence " + strconv.FormatUint(v.Seq, 10) + ") does not extend the change's chain: " + v.Chain + ".\n" +
+			"It is a copy of an earlier event published again (a replay: an old event's bytes and signature), a fork, or an old writer's event; whatever it claims, it is not believed: the issue stays open and runners stop at the change.\n" +
+			"Inspect: the history below (the copy is its own row, OUT_OF_CHAIN, beside the event it copies; nats stream get AUDIT " + strconv.FormatUint(v.Seq, 10) + "), who may publish on the change's subject, and " + target + ": what does it really hold?\n" +
+			"Fix, one of:\n  - The change is in effect: " + fix("applied") +
+			"\n  - It is not, or you undid it: " + fix("rolled-back") + " (the next run applies it again)"
 	case v.Trust != "":
 		return "What happened: the change's newest event claims " + string(v.State) + ", but it is not trusted: " + v.Trust + ".\n" +
 			"Anyone who can publish on the audit subjects could have written it, so runners stop at the change instead of believing it.\n" +

@@ -37,6 +37,11 @@ func Clip(s string, n int) string {
 
 // Row is what a table shows of one changeLog row.
 type Row struct {
+	// State is the state the row stores (what a state filter matched),
+	// marked when the projector does not believe the event: (UNTRUSTED)
+	// for a signature the trust list does not accept. An event out of its
+	// chain stores OUT_OF_CHAIN.
+	State    string
 	Time     string // UTC
 	Duration string // "-" for events that have none
 	By       string // the runner, or "operator NAME" for a manual resolution
@@ -45,7 +50,10 @@ type Row struct {
 
 // RowOf derives the shown fields of r, clipping the detail to width.
 func RowOf(r stores.Record, width int) Row {
-	row := Row{Time: r.OccurredAt.UTC().Format(TimeLayout), Duration: "-", By: r.RunnerID, Detail: r.ErrorMessage}
+	row := Row{State: string(r.Shown()), Time: r.OccurredAt.UTC().Format(TimeLayout), Duration: "-", By: r.RunnerID, Detail: r.ErrorMessage}
+	if r.Trust != "" {
+		row.State += " (UNTRUSTED)"
+	}
 	if r.Type != events.ExecutionStarted && r.Type != events.ManuallyResolved {
 		row.Duration = r.Duration.String()
 	}
@@ -55,6 +63,9 @@ func RowOf(r stores.Record, width int) Row {
 	if r.LockToken > 0 && row.By != "" {
 		// The fencing token tells holders apart when executions overlap.
 		row.By += fmt.Sprintf(" (token %d)", r.LockToken)
+	}
+	if r.Chain != "" {
+		row.Detail = string(r.Type) + ": " + r.Chain // what it claims, and why it is not believed
 	}
 	row.By, row.Detail = Dash(row.By), Dash(Clip(row.Detail, width))
 	return row

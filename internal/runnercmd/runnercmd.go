@@ -539,7 +539,7 @@ func showChangeLog(ctx context.Context, w io.Writer, proj *projector.Projector, 
 	for _, r := range rows {
 		row := render.RowOf(r, 80)
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Seq, row.Time,
-			r.ChangeID, r.State(), row.Duration, render.Dash(r.Author), row.By, row.Detail)
+			r.ChangeID, row.State, row.Duration, render.Dash(r.Author), row.By, row.Detail)
 	}
 	return tw.Flush()
 }
