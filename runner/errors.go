@@ -42,6 +42,10 @@ var (
 	// ErrNothingToResolve: Resolve was asked about a change that does not
 	// need an operator.
 	ErrNothingToResolve = errors.New("nothing to resolve")
+	// ErrTokenBehind: the lock's fencing token is not above one already
+	// recorded on the pipeline's changes (the lock bucket was recreated
+	// without its history). Nothing was applied.
+	ErrTokenBehind = errors.New("fencing token behind the stream")
 )
 
 // ChangeError says which change stopped a run, in what state, and what an
@@ -132,8 +136,8 @@ func (e *ChangeError) Guidance(resolve string) string {
 	case e.OutOfPlace != nil:
 		return outOfPlaceGuidance(e, fix)
 	case e.State == events.StateOverlapped:
-		return "Two executions of this change overlapped: one ended after the pipeline lock had passed to another runner, or while another execution was writing on it (see the record's error). Both may have changed " + target(e) +
-			". Inspect it (a target that checks AUDITFLOW_LOCK_TOKEN refused the stale holder's writes), then record what it holds:\n  " + fix
+		return "An execution of this change overlapped another writer: it ended after the pipeline lock had passed to another holder, or after someone else recorded an event on the change (the record's error says who, and whether they ran the change or only marked it uncertain or resolved it). " +
+			"What it ran may have changed " + target(e) + ". Inspect it (a target that checks AUDITFLOW_LOCK_TOKEN refused the stale holder's writes), then record what it holds:\n  " + fix
 	case e.Stop != nil && e.State == events.StateRolledBack:
 		return "The run was stopped (" + describeStop(e.Stop) + ") and the change was rolled back. Run again: it will be applied again."
 	case e.State == events.StateApplied && e.Stop != nil:

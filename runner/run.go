@@ -106,13 +106,18 @@ func (r *Runner) Run(ctx context.Context, changes []Change) (*Report, error) {
 		return rep, interruptedOr(ctx, err)
 	}
 	r.log.Info("running", "changes", len(plan), "lockToken", lease.Token())
+	if err := r.checkToken(plan, lease); err != nil {
+		rep.Results = append(rep.Results, notRun(plan)...)
+		return rep, err
+	}
 	for i, s := range plan {
 		var stop error
 		switch {
+		case s.Action == ActionSkip: // nothing to do: needs no lock
 		case ctx.Err() != nil:
 			stop = fmt.Errorf("%w before change %q: %w", ErrInterrupted, s.Change.ID, context.Cause(ctx))
 		case !lease.Valid():
-			stop = fmt.Errorf("%w: stopped before change %q", ErrLeaseLost, s.Change.ID)
+			stop = fmt.Errorf("%w: stopped before change %q: %s", ErrLeaseLost, s.Change.ID, lostWhy(lease))
 		}
 		if stop != nil {
 			rep.Results = append(rep.Results, notRun(plan[i:])...)
@@ -126,6 +131,25 @@ func (r *Runner) Run(ctx context.Context, changes []Change) (*Report, error) {
 		}
 	}
 	return rep, nil
+}
+
+// checkToken refuses a lease whose fencing token is not above every token
+// already recorded on the plan's changes: lock tokens only grow, so one
+// that does not was handed out by a lock bucket recreated without its
+// history, and a target fencing on tokens would take the new writes for
+// stale ones (or, worse, an old holder's for new ones). Only events the
+// runner believes count: a forged token must not stop the pipeline.
+func (r *Runner) checkToken(plan []Step, lease *lock.Lease) error {
+	for _, s := range plan {
+		if s.Bad != nil || s.Untrusted != nil || s.OutOfPlace != nil || s.last.LockToken < lease.Token() {
+			continue
+		}
+		return fmt.Errorf("%w: this runner's fencing token %d is not above token %d, recorded on change %q (stream sequence %d): "+
+			"lock tokens only grow, so the lock bucket was recreated without its history; run `auditflow init`, which recreates it "+
+			"above the highest token on the stream, and check the targets fencing on AUDITFLOW_LOCK_TOKEN; nothing was applied",
+			ErrTokenBehind, lease.Token(), s.last.LockToken, s.Change.ID, s.Head.Seq)
+	}
+	return nil
 }
 
 // interruptedOr returns err, marked as an interruption if ctx was
@@ -275,7 +299,7 @@ func (r *Runner) execute(ctx context.Context, s Step, lease *lock.Lease) (Result
 		if err != nil {
 			return res, fmt.Errorf("runner: change %q was applied but its success could not be recorded (%w); the stream shows it started without an end, so the next run will mark it UNCERTAIN (or retry it, if ALWAYS_RETRY)", c.ID, err)
 		}
-		if overlapped || !lease.Valid() {
+		if overlapped {
 			cerr.State, cerr.Cause = events.StateApplied, nil
 			res.Outcome = OutcomeApplied
 			r.settle(cerr, &res, overlapped, nil, lease)
@@ -283,6 +307,13 @@ func (r *Runner) execute(ctx context.Context, s Step, lease *lock.Lease) (Result
 			return res, cerr
 		}
 		res.Outcome = OutcomeApplied
+		if !lease.Valid() {
+			// Applied and recorded, and nobody else acted on the change
+			// (finish checked): the change is done. The run stops before
+			// the next change that needs the lock.
+			r.log.Warn("applied and recorded, but the pipeline lock's lease was lost meanwhile; no further change will start",
+				"change", c.ID, "why", lostWhy(lease))
+		}
 		r.log.Info("applied", "change", c.ID, "duration", res.Duration)
 		return res, nil
 	}
@@ -373,14 +404,16 @@ func stopCause(ctx context.Context, lease *lock.Lease) error {
 		return context.Cause(ctx)
 	}
 	if !lease.Valid() {
-		return errLeaseRanOut
+		return leaseLost(lease)
 	}
 	return nil
 }
 
-// errLeaseRanOut is the cause Apply's context is cancelled with when the
-// lease is about to be lost.
-var errLeaseRanOut = fmt.Errorf("%w: the lease ran out before the change finished", ErrLeaseLost)
+// leaseLost is the cause Apply's context is cancelled with when the lease
+// is lost: ErrLeaseLost, with why (lostWhy).
+func leaseLost(lease *lock.Lease) error {
+	return fmt.Errorf("%w: %s", ErrLeaseLost, lostWhy(lease))
+}
 
 // stopErr is the sentinel a stopped change's error wraps.
 func stopErr(stop error) error {
@@ -393,7 +426,7 @@ func stopErr(stop error) error {
 // describeStop renders why a change was stopped, for its record.
 func describeStop(stop error) string {
 	if errors.Is(stop, ErrLeaseLost) {
-		return "stopped: the pipeline lock's lease ran out"
+		return "stopped: " + strings.TrimPrefix(stop.Error(), ErrLeaseLost.Error()+": ")
 	}
 	if stop == nil || errors.Is(stop, context.Canceled) {
 		return "interrupted"
@@ -401,7 +434,7 @@ func describeStop(stop error) string {
 	return "interrupted (" + stop.Error() + ")"
 }
 
-// watchLease cancels with errLeaseRanOut when the lease is lost, until the
+// watchLease cancels with leaseLost when the lease is lost, until the
 // returned stop is called (which waits for the watcher to end).
 func watchLease(ctx context.Context, lease *lock.Lease, cancel context.CancelCauseFunc) (stop func()) {
 	done := make(chan struct{})
@@ -409,7 +442,7 @@ func watchLease(ctx context.Context, lease *lock.Lease, cancel context.CancelCau
 	wg.Go(func() {
 		select {
 		case <-lease.Lost():
-			cancel(errLeaseRanOut)
+			cancel(leaseLost(lease))
 		case <-ctx.Done():
 		case <-done:
 		}
@@ -497,17 +530,50 @@ func overlapMessage(e events.Event, valid, moved bool, last events.Event, lastEr
 	case moved && lastErr != nil:
 		what = append(what, "the change's newest event could not be read ("+firstLine(lastErr.Error())+")")
 	case moved:
-		what = append(what, fmt.Sprintf("meanwhile execution %s (lock token %d, runner %s) recorded %s on this change",
-			dash(last.ExecutionID), last.LockToken, dash(last.RunnerID), last.State()))
+		what = append(what, "meanwhile "+actedAs(last))
 	}
 	switch {
 	case holderErr == nil && holder.Token != e.LockToken:
 		what = append(what, fmt.Sprintf("the pipeline lock is now held by %s (token %d)", holder.Owner, holder.Token))
-	case holderErr != nil && !errors.Is(holderErr, lock.ErrNotHeld):
+	case errors.Is(holderErr, lock.ErrNotHeld):
+		what = append(what, "the pipeline lock is no longer held (released, expired or deleted)")
+	case holderErr != nil:
 		what = append(what, "the pipeline lock could not be read ("+firstLine(holderErr.Error())+")")
 	}
-	return firstLine(fmt.Sprintf("execution %s (lock token %d, runner %s) ended %s %s; %s: both may have changed the target",
-		e.ExecutionID, e.LockToken, dash(e.RunnerID), outcome, held, strings.Join(what, "; ")))
+	risk := "only this execution ran the change, but its record did not come first"
+	switch {
+	case moved && lastErr == nil && ranIt(last):
+		risk = "both may have changed the target"
+	case !moved && holderErr == nil && holder.Token != e.LockToken:
+		risk = "the new holder may run the change again"
+	case moved && lastErr != nil:
+		risk = "another writer may have changed the target too"
+	}
+	return firstLine(fmt.Sprintf("execution %s (lock token %d, runner %s) ended %s %s; %s: %s",
+		e.ExecutionID, e.LockToken, dash(e.RunnerID), outcome, held, strings.Join(what, "; "), risk))
+}
+
+// ranIt reports whether last was written by an execution that ran its
+// change (as opposed to marking it uncertain or resolving it by hand).
+func ranIt(last events.Event) bool {
+	return last.Type != events.ExecutionMarkedUncertain && last.Type != events.ManuallyResolved
+}
+
+// actedAs says what the writer of last, a change's newest event, did to
+// the change: another execution ran it, a runner only marked it
+// uncertain, an operator resolved it (with or without the lock).
+func actedAs(last events.Event) string {
+	token := fmt.Sprintf("lock token %d", last.LockToken)
+	if last.LockToken == 0 {
+		token = "without the pipeline lock"
+	}
+	switch last.Type {
+	case events.ExecutionMarkedUncertain:
+		return fmt.Sprintf("runner %s (%s) found the change started without an end and marked it UNCERTAIN, without running it", dash(last.RunnerID), token)
+	case events.ManuallyResolved:
+		return fmt.Sprintf("operator %s recorded it %s by hand (%s)", dash(last.Operator), last.Resolution, token)
+	}
+	return fmt.Sprintf("execution %s (%s, runner %s) recorded %s on this change", dash(last.ExecutionID), token, dash(last.RunnerID), last.State())
 }
 
 func dash(s string) string {
@@ -735,4 +801,16 @@ func OperatorOf(s *trust.Signer, r Resolution) (string, error) {
 		return "", fmt.Errorf("%w: operator %q is not the signing key's name in the trust list (%q): with a trust list the operator recorded is the key's identity", ErrInvalidConfig, r.Operator, k.Name)
 	}
 	return r.Trust.Identity(s.PublicKey()), nil
+}
+
+// lostWhy says why a lease is no longer valid, for the stop reason and
+// the record: lock.Lease.LostCause names the cause (the lease ran out,
+// the lock was deleted or force-released, another holder took it).
+func lostWhy(lease *lock.Lease) string {
+	if lc, ok := any(lease).(interface{ LostCause() error }); ok {
+		if err := lc.LostCause(); err != nil {
+			return err.Error()
+		}
+	}
+	return "the pipeline lock's lease ran out before it could be refreshed"
 }

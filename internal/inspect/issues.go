@@ -94,8 +94,8 @@ func Guide(v IssueView) string {
 			"Fix, one of:\n  - You finished the change by hand, or it took effect: " + fix("applied") +
 			"\n  - You undid it, or nothing was applied: " + fix("rolled-back") + " (the next run applies it again)" + retry
 	case v.State == events.StateOverlapped:
-		return "What happened: two executions of this change overlapped (" + v.ErrorMessage + ").\n" +
-			"Both may have changed " + target + ": one ran after its lease on the pipeline lock had passed to another runner, or while another execution was writing on the change.\n" +
+		return "What happened: an execution of this change overlapped another writer (" + v.ErrorMessage + ").\n" +
+			"It ran after its lease on the pipeline lock had passed to another holder, or after someone else recorded an event on the change; the record says whether that writer ran the change too or only marked it uncertain or resolved it. What ran may have changed " + target + ".\n" +
 			"Inspect: " + target + " — did the change take effect once, twice, partly? A target that fences on AUDITFLOW_LOCK_TOKEN refused the stale holder's writes; the history below shows both executions and their lock tokens.\n" +
 			"Fix, one of:\n  - The target holds the change as intended: " + fix("applied") +
 			"\n  - You undid it: " + fix("rolled-back") + " (the next run applies it again)\n" +
