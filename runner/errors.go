@@ -77,7 +77,8 @@ type ChangeError struct {
 	// until an operator records its state after it.
 	OutOfPlace *producer.OutOfPlaceError
 
-	lastError string // the last recorded error, for guidance
+	lastError  string // the last recorded error, for guidance
+	notStarted bool   // the run stopped before this change: it was not run
 }
 
 func (e *ChangeError) Error() string {
@@ -95,6 +96,10 @@ func (e *ChangeError) Error() string {
 	if o := e.OutOfPlace; o != nil {
 		fmt.Fprintf(&b, "%s: change %q of pipeline %q is %s: its newest event (stream sequence %d, %s) was written as message %d of the change, after sequence %d, but the change has %d messages",
 			e.Err, e.ChangeID, e.Pipeline, events.StateOutOfChain, o.Head.Seq, o.Type, o.Position, o.PrevSeq, o.Head.Position)
+		return b.String()
+	}
+	if e.notStarted {
+		fmt.Fprintf(&b, "%s: stopped before change %q of pipeline %q: %s", e.Err, e.ChangeID, e.Pipeline, describeStop(e.Stop))
 		return b.String()
 	}
 	fmt.Fprintf(&b, "%s: change %q of pipeline %q is %s", e.Err, e.ChangeID, e.Pipeline, e.State)
@@ -138,6 +143,8 @@ func (e *ChangeError) Guidance(resolve string) string {
 	case e.State == events.StateOverlapped:
 		return "An execution of this change overlapped another writer: it ended after the pipeline lock had passed to another holder, or after someone else recorded an event on the change (the record's error says who, and whether they ran the change or only marked it uncertain or resolved it). " +
 			"What it ran may have changed " + target(e) + ". Inspect it (a target that checks AUDITFLOW_LOCK_TOKEN refused the stale holder's writes), then record what it holds:\n  " + fix
+	case e.notStarted:
+		return "The run " + describeStop(e.Stop) + " before this change, so it was not started (the changes before it were applied and recorded). Run again to continue."
 	case e.Stop != nil && e.State == events.StateRolledBack:
 		return "The run was stopped (" + describeStop(e.Stop) + ") and the change was rolled back. Run again: it will be applied again."
 	case e.State == events.StateApplied && e.Stop != nil:

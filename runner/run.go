@@ -117,7 +117,8 @@ func (r *Runner) Run(ctx context.Context, changes []Change) (*Report, error) {
 		case ctx.Err() != nil:
 			stop = fmt.Errorf("%w before change %q: %w", ErrInterrupted, s.Change.ID, context.Cause(ctx))
 		case !lease.Valid():
-			stop = fmt.Errorf("%w: stopped before change %q: %s", ErrLeaseLost, s.Change.ID, lostWhy(lease))
+			stop = &ChangeError{Pipeline: r.cfg.Pipeline, ChangeID: s.Change.ID, TargetSystem: s.Change.TargetSystem, State: s.State,
+				Err: ErrLeaseLost, Stop: leaseLost(lease), Reason: "not started", notStarted: true}
 		}
 		if stop != nil {
 			rep.Results = append(rep.Results, notRun(plan[i:])...)
