@@ -113,8 +113,9 @@ stop at it, and get says which message it is and how to resolve the change.`,
 			// be a message it never had (dead-lettered). The stream says.
 			var bad *producer.BadEventError
 			var untrusted *runner.UntrustedEvent
+			var oop *producer.OutOfPlaceError
 			if guidance || len(rows) == 0 {
-				if bad, untrusted, err = a.newestProblem(ctx, pipeline, change); err != nil {
+				if bad, untrusted, oop, err = a.newestProblem(ctx, pipeline, change); err != nil {
 					if len(rows) == 0 {
 						return err
 					}
@@ -141,9 +142,9 @@ stop at it, and get says which message it is and how to resolve the change.`,
 			}
 			if guidance {
 				detail.Guidance = inspect.Guide(v)
-				if bad != nil || untrusted != nil {
+				if bad != nil || untrusted != nil || oop != nil {
 					ce := &runner.ChangeError{Pipeline: pipeline, ChangeID: change, TargetSystem: v.TargetSystem, State: v.State,
-						Bad: bad, Untrusted: untrusted, Err: runner.ErrManualIntervention}
+						Bad: bad, Untrusted: untrusted, OutOfPlace: oop, Err: runner.ErrManualIntervention}
 					detail.Guidance = ce.Guidance(`auditflow issue fix -p %s -c %s -r applied|rolled-back --reason "..." --signing-key KEY`)
 				}
 			}
@@ -152,6 +153,10 @@ stop at it, and get says which message it is and how to resolve the change.`,
 				if bad != nil {
 					fmt.Fprintf(w, "BLOCKED\tits newest message on the stream (sequence %d, %d bytes) is not a valid event of it: %s\n",
 						bad.Head.Seq, bad.Size, detail.BadNewest.Problem)
+				}
+				if oop != nil {
+					fmt.Fprintf(w, "BLOCKED\tits newest event on the stream (sequence %d, %s) is not where it was written: message %d of the change, written after sequence %d, but the change has %d messages\n",
+						oop.Head.Seq, oop.Type, oop.Position, oop.PrevSeq, oop.Head.Position)
 				}
 				if len(rows) == 0 {
 					fmt.Fprintln(w, "store\tno row for this change: it holds valid events only (projectors dead-letter the rest)")
@@ -167,6 +172,9 @@ stop at it, and get says which message it is and how to resolve the change.`,
 					}
 					if v.Trust != "" {
 						fmt.Fprintf(w, "UNTRUSTED\tthe newest event is not trusted: %s\n", v.Trust)
+					}
+					if v.Chain != "" {
+						fmt.Fprintf(w, "OUT OF CHAIN\tthe newest event does not extend the change's chain: %s\n", v.Chain)
 					}
 					_ = w.Flush()
 					if detail.ErrorTrace != "" {
@@ -315,31 +323,34 @@ type badNewestView struct {
 
 // newestProblem reads a change's newest message from the stream
 // (read-only: the stream is neither created nor checked) and returns it if
-// it is not a valid event of the change, or, judged with --trust, if it is
-// an event the trust list does not accept; nils if neither, or the change
-// has none.
-func (a *app) newestProblem(ctx context.Context, pipeline, change string) (*producer.BadEventError, *runner.UntrustedEvent, error) {
+// it is not a valid event of the change, if it is not where it was written
+// (a copy published again), or, judged with --trust, if it is an event the
+// trust list does not accept; nils if none, or the change has no events.
+func (a *app) newestProblem(ctx context.Context, pipeline, change string) (*producer.BadEventError, *runner.UntrustedEvent, *producer.OutOfPlaceError, error) {
 	list, err := a.trustList()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	js, err := a.connect()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	last, head, err := producer.ReadLast(rctx, js, a.streamConfig(), pipeline, change)
 	var bad *producer.BadEventError
+	var oop *producer.OutOfPlaceError
 	switch {
 	case errors.As(err, &bad):
-		return bad, nil, nil
+		return bad, nil, nil, nil
+	case errors.As(err, &oop):
+		return nil, nil, oop, nil
 	case err == nil:
-		return nil, runner.Judge(list, last, head), nil
+		return nil, runner.Judge(list, last, head), nil, nil
 	case errors.Is(err, producer.ErrNoEvents):
-		return nil, nil, nil
+		return nil, nil, nil, nil
 	}
-	return nil, nil, fmt.Errorf("read the change's newest message from the stream: %w", err)
+	return nil, nil, nil, fmt.Errorf("read the change's newest message from the stream: %w", err)
 }
 
 func tail(s string, lines int) string {
