@@ -22,8 +22,11 @@ import (
 
 // helperEnv makes the test binary a "runner": it supervises the script in
 // the named directory and waits, so a test can kill it as the bug report's
-// kill -9 did.
-const helperEnv = "SUPERVISOR_TEST_RUNNER_DIR"
+// kill -9 did. helperContainEnv is the Spec's MaxContainment.
+const (
+	helperEnv        = "SUPERVISOR_TEST_RUNNER_DIR"
+	helperContainEnv = "SUPERVISOR_TEST_RUNNER_CONTAINMENT"
+)
 
 func TestMain(m *testing.M) {
 	supervisor.Main()
@@ -44,14 +47,28 @@ func helperRunner(dir string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	res, err := supervisor.Run(context.Background(), supervisor.Spec{
+	p, err := supervisor.Start(context.Background(), supervisor.Spec{
 		Args: []string{"sh", "-c", string(script)}, Dir: dir, Stdout: os.Stdout, Stderr: os.Stderr,
+		MaxContainment: supervisor.Containment(os.Getenv(helperContainEnv)),
 	})
+	if err != nil {
+		fmt.Println("start:", err)
+		return 2
+	}
+	fmt.Printf("supervisor %d containment %s\n", p.Pid(), p.Containment())
+	res, err := p.Wait()
 	fmt.Printf("result %+v err %v\n", res, err)
 	return 0
 }
 
 func sh(script string) []string { return []string{"sh", "-c", script} }
+
+// writePid is a shell line that writes the shell's pid as this test sees
+// it to file: in a PID namespace, $$ is the namespace's pid. (A shell reads
+// /proc/self itself, without forking; elsewhere there is only $$.)
+func writePid(file string) string {
+	return `{ read -r p _ < /proc/self/stat || p=$$; } 2>/dev/null; echo "$p" > ` + file
+}
 
 func TestExitStatusOutputDirEnv(t *testing.T) {
 	dir := t.TempDir()
@@ -91,10 +108,9 @@ func TestLeftoversAreKilled(t *testing.T) {
 	dir := t.TempDir()
 	start := time.Now()
 	res, err := supervisor.Run(context.Background(), supervisor.Spec{Dir: dir, Args: sh(`
-		(setsid sh -c 'echo $$ > escapee.pid; sleep 2; echo late > marker' &)
-		sleep 5 &
-		echo $! > bg.pid
-		while [ ! -s escapee.pid ]; do sleep 0.01; done
+		(setsid sh -c '` + writePid("escapee.pid") + `; sleep 2; echo late > marker' &)
+		(` + writePid("bg.pid") + `; exec sleep 5) &
+		while [ ! -s escapee.pid ] || [ ! -s bg.pid ]; do sleep 0.01; done
 		exit 0`)})
 	if err != nil || !res.Success() {
 		t.Fatalf("%+v %v", res, err)
@@ -106,7 +122,7 @@ func TestLeftoversAreKilled(t *testing.T) {
 	if res.Leftovers < 2 {
 		t.Errorf("Leftovers = %d, want 2", res.Leftovers)
 	}
-	t.Logf("leftovers killed; Run took %s", time.Since(start))
+	t.Logf("leftovers killed (%s); Run took %s", res.Containment, time.Since(start))
 }
 
 func TestStopOnCancel(t *testing.T) {
@@ -115,7 +131,7 @@ func TestStopOnCancel(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		p, err := supervisor.Start(ctx, supervisor.Spec{Dir: dir, Grace: 5 * time.Second, Args: sh(`
 			trap 'echo TERM > got-term; exit 143' TERM
-			echo $$ > sh.pid
+			` + writePid("sh.pid") + `
 			while :; do sleep 0.05; done`)})
 		if err != nil {
 			t.Fatal(err)
@@ -140,7 +156,7 @@ func TestStopOnCancel(t *testing.T) {
 		grace := 300 * time.Millisecond
 		p, err := supervisor.Start(ctx, supervisor.Spec{Dir: dir, Grace: grace, Args: sh(`
 			trap '' TERM
-			echo $$ > sh.pid
+			` + writePid("sh.pid") + `
 			sleep 5; echo late > marker`)})
 		if err != nil {
 			t.Fatal(err)
@@ -176,7 +192,7 @@ func TestDeadlinesEnforcedBySupervisor(t *testing.T) {
 		},
 		Args: sh(`
 			trap 'echo TERM >> got-term' TERM
-			echo $$ > sh.pid
+			` + writePid("sh.pid") + `
 			i=0; while [ $i -lt 60 ]; do sleep 0.05; i=$((i+1)); done
 			echo late > marker`),
 	})
@@ -214,9 +230,8 @@ func TestDeadlinesEnforcedBySupervisor(t *testing.T) {
 func TestRunnerKilled(t *testing.T) {
 	dir := t.TempDir()
 	script := `
-		echo $PPID > supervisor.pid
-		echo $$ > sh.pid
-		(setsid sh -c 'echo $$ > escapee.pid; sleep 1.5; echo late > marker2' &)
+		` + writePid("sh.pid") + `
+		(setsid sh -c '` + writePid("escapee.pid") + `; sleep 1.5; echo late > marker2' &)
 		sleep 1.5; echo late > marker`
 	if err := os.WriteFile(filepath.Join(dir, "script.sh"), []byte(script), 0o644); err != nil {
 		t.Fatal(err)
@@ -230,7 +245,7 @@ func TestRunnerKilled(t *testing.T) {
 	}
 	begun := time.Now()
 	shPid := proctest.ReadPid(t, filepath.Join(dir, "sh.pid"))
-	supPid := proctest.ReadPid(t, filepath.Join(dir, "supervisor.pid"))
+	supPid := helperSupervisor(t, &out)
 	escapee := proctest.ReadPid(t, filepath.Join(dir, "escapee.pid"))
 	if !proctest.GroupRunning(shPid) || !proctest.Running(escapee) {
 		t.Fatal("the change is not running before the kill")
@@ -257,10 +272,22 @@ func TestRunnerKilled(t *testing.T) {
 	}
 }
 
+// helperSupervisor reads the supervisor's pid from a helper runner's
+// output.
+func helperSupervisor(t *testing.T, out *proctest.Buffer) int {
+	t.Helper()
+	var pid int
+	proctest.WaitFor(t, "the runner's supervisor", 5*time.Second, func() bool {
+		_, err := fmt.Sscanf(out.String(), "supervisor %d", &pid)
+		return err == nil
+	})
+	return pid
+}
+
 func TestSupervisorKilled(t *testing.T) {
 	dir := t.TempDir()
 	p, err := supervisor.Start(context.Background(), supervisor.Spec{Dir: dir, Args: sh(`
-		echo $$ > sh.pid
+		` + writePid("sh.pid") + `
 		sleep 5 & wait`)})
 	if err != nil {
 		t.Fatal(err)
