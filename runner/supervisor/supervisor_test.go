@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -223,65 +222,6 @@ func TestDeadlinesEnforcedBySupervisor(t *testing.T) {
 		t.Fatalf("stopped after %s, want about 700ms (%+v)", took, res)
 	}
 	t.Logf("SIGTERM due at 300ms, SIGKILL at 700ms: command gone after %s", took)
-}
-
-// The bug report's case at the supervisor level: the runner is killed with
-// SIGKILL mid-change; nothing of the change may keep running.
-func TestRunnerKilled(t *testing.T) {
-	dir := t.TempDir()
-	script := `
-		` + writePid("sh.pid") + `
-		(setsid sh -c '` + writePid("escapee.pid") + `; sleep 1.5; echo late > marker2' &)
-		sleep 1.5; echo late > marker`
-	if err := os.WriteFile(filepath.Join(dir, "script.sh"), []byte(script), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	runnerProc := exec.Command(os.Args[0])
-	runnerProc.Env = append(os.Environ(), helperEnv+"="+dir)
-	var out proctest.Buffer
-	runnerProc.Stdout, runnerProc.Stderr = &out, &out
-	if err := runnerProc.Start(); err != nil {
-		t.Fatal(err)
-	}
-	begun := time.Now()
-	shPid := proctest.ReadPid(t, filepath.Join(dir, "sh.pid"))
-	supPid := helperSupervisor(t, &out)
-	escapee := proctest.ReadPid(t, filepath.Join(dir, "escapee.pid"))
-	if !proctest.GroupRunning(shPid) || !proctest.Running(escapee) {
-		t.Fatal("the change is not running before the kill")
-	}
-	if err := runnerProc.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	killed := time.Now()
-	proctest.WaitFor(t, "the change's processes to die", 3*time.Second, func() bool {
-		return !proctest.GroupRunning(shPid) && (runtime.GOOS != "linux" || !proctest.Running(escapee))
-	})
-	gone := time.Since(killed)
-	proctest.WaitFor(t, "the supervisor to exit", 3*time.Second, func() bool { return !proctest.Running(supPid) })
-	t.Logf("after kill -9 of the runner: change gone in %s, supervisor in %s", gone, time.Since(killed))
-	_ = runnerProc.Wait()
-	if gone > 1200*time.Millisecond {
-		t.Errorf("the change outlived its runner by %s", gone)
-	}
-	time.Sleep(time.Until(begun.Add(2 * time.Second)))
-	for _, m := range []string{"marker", "marker2"} {
-		if _, err := os.Stat(filepath.Join(dir, m)); err == nil && (m == "marker" || runtime.GOOS == "linux") {
-			t.Errorf("%s written after the runner died", m)
-		}
-	}
-}
-
-// helperSupervisor reads the supervisor's pid from a helper runner's
-// output.
-func helperSupervisor(t *testing.T, out *proctest.Buffer) int {
-	t.Helper()
-	var pid int
-	proctest.WaitFor(t, "the runner's supervisor", 5*time.Second, func() bool {
-		_, err := fmt.Sscanf(out.String(), "supervisor %d", &pid)
-		return err == nil
-	})
-	return pid
 }
 
 func TestSupervisorKilled(t *testing.T) {
