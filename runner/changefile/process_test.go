@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -94,6 +95,46 @@ func indent(s string) string {
 	return b.String()
 }
 
+// writePid is a shell line that writes the shell's pid as this test sees
+// it to file: in the PID namespace a supervisor may run the change in, $$
+// is the namespace's pid. (A shell reads /proc/self itself, without
+// forking; elsewhere there is only $$.)
+func writePid(file string) string {
+	return `{ read -r p _ < /proc/self/stat || p=$$; } 2>/dev/null; echo "$p" > ` + file
+}
+
+// supervisorOf finds the supervisor of the change whose script's pid is
+// shPid: on Linux the ancestor named auditflow-super (the script's parent
+// may be the init of its PID namespace), elsewhere the script's parent,
+// which the script wrote to dir/supervisor.pid.
+func supervisorOf(t *testing.T, dir string, shPid int) int {
+	t.Helper()
+	if runtime.GOOS != "linux" {
+		return proctest.ReadPid(t, filepath.Join(dir, "supervisor.pid"))
+	}
+	for pid := shPid; pid > 1; {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			break
+		}
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			break
+		}
+		if strings.HasSuffix(s[:i], "(auditflow-super") {
+			return pid
+		}
+		f := strings.Fields(s[i+1:])
+		if len(f) < 2 {
+			break
+		}
+		pid, _ = strconv.Atoi(f[1])
+	}
+	t.Fatalf("no supervisor above pid %d", shPid)
+	return 0
+}
+
 func exists(path string) bool {
 	_, err := os.Stat(path)
 	return err == nil
@@ -106,14 +147,14 @@ func exists(path string) bool {
 func TestRunnerKilledMidChange(t *testing.T) {
 	dir, proc, out := startRunner(t, `
 		echo $PPID > supervisor.pid
-		echo $$ > sh.pid
-		(setsid sh -c 'echo $$ > escapee.pid; sleep 2; echo late > marker2' &)
+		`+writePid("sh.pid")+`
+		(setsid sh -c '`+writePid("escapee.pid")+`; sleep 2; echo late > marker2' &)
 		sleep 2
 		echo late > marker
 	`, "")
 	begun := time.Now()
 	shPid := proctest.ReadPid(t, filepath.Join(dir, "sh.pid"))
-	supPid := proctest.ReadPid(t, filepath.Join(dir, "supervisor.pid"))
+	supPid := supervisorOf(t, dir, shPid)
 	escapee := proctest.ReadPid(t, filepath.Join(dir, "escapee.pid"))
 	if !proctest.GroupRunning(shPid) || !proctest.Running(escapee) || !proctest.Running(supPid) {
 		t.Fatalf("the change is not running before the kill\n%s", out)
@@ -150,7 +191,7 @@ func TestPausedRunnerChangeStoppedAtDeadline(t *testing.T) {
 	const stopIn, killIn = 400 * time.Millisecond, 900 * time.Millisecond
 	dir, proc, out := startRunner(t, `
 		trap 'echo TERM >> got-term' TERM
-		echo $$ > sh.pid
+		`+writePid("sh.pid")+`
 		i=0; while [ $i -lt 40 ]; do sleep 0.05; i=$((i+1)); done
 		echo late > marker
 	`, stopIn.String()+","+killIn.String())
@@ -296,13 +337,13 @@ func TestSupervisorKilledMidChange(t *testing.T) {
 	c, dir := load(t, `id: c
 apply: |
   echo $PPID > supervisor.pid
-  echo $$ > sh.pid
+  `+writePid("sh.pid")+`
   sleep 5 & wait
 `, changefile.Options{})
 	done := make(chan error, 1)
 	go func() { done <- c.Apply(context.Background()) }()
 	shPid := proctest.ReadPid(t, filepath.Join(dir, "sh.pid"))
-	supPid := proctest.ReadPid(t, filepath.Join(dir, "supervisor.pid"))
+	supPid := supervisorOf(t, dir, shPid)
 	// The script runs a moment before the supervisor reports its pid to
 	// the runner; a kill in between is a different case (see the
 	// supervisor's doc), so let the report arrive.

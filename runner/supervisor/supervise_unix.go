@@ -5,10 +5,12 @@ package supervisor
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 )
@@ -30,12 +32,22 @@ const stopTick = 20 * time.Millisecond
 // supervisor stops waiting for them and reports them as unkillable.
 const giveUpAfter = 2 * time.Second
 
+// initReportsWithin bounds the wait for the init's first report (a loaded
+// machine starting a Go binary: tens of milliseconds, rarely more).
+const initReportsWithin = 10 * time.Second
+
 // supervise is the supervisor process's main. argv is what follows modeArg.
 // errDeadlinePassed is why a command whose deadline had passed before it
 // started was not started.
 const errDeadlinePassed = "not started: the lease's deadline had passed before the command could start"
 
 func supervise(argv []string) int {
+	setProcessName(supervisorName)
+	// Pdeathsig, given to the command (or to the init of its namespace),
+	// fires when the thread that forked it ends, not the process. This
+	// goroutine does every fork; locked, it keeps its thread until the
+	// process exits.
+	runtime.LockOSThread()
 	if len(argv) < 2 || argv[0] != "--" {
 		fmt.Fprintln(os.Stderr, "auditflow supervisor: started without a command")
 		return exitProtocol
@@ -61,9 +73,6 @@ func supervise(argv []string) int {
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	chld := make(chan os.Signal, 1)
 	signal.Notify(chld, syscall.SIGCHLD)
-	// Best effort: without it (an old kernel, a seccomp filter, not Linux)
-	// only the process group is covered.
-	subreaper := becomeSubreaper() == nil
 
 	in := bufio.NewReader(ctl)
 	var first control
@@ -74,7 +83,17 @@ func supervise(argv []string) int {
 		return exitProtocol
 	}
 
-	s := &supervisor{self: os.Getpid(), grace: first.Grace, out: st, subreaper: subreaper}
+	s := &supervisor{self: os.Getpid(), grace: first.Grace, out: st}
+	if first.MaxContainment.allows(ContainSubreaper) {
+		// Best effort: without it (an old kernel, a seccomp filter, not
+		// Linux) only the process group is covered, unless a namespace or
+		// a cgroup holds the command.
+		err := becomeSubreaper()
+		s.subreaper = err == nil
+		if err != nil && !errors.Is(err, errors.ErrUnsupported) {
+			s.unavailable = append(s.unavailable, "subreaper: "+err.Error())
+		}
+	}
 	if s.grace <= 0 {
 		s.grace = DefaultGrace
 	}
@@ -85,11 +104,15 @@ func supervise(argv []string) int {
 		s.report(status{Ev: evDone, Err: errDeadlinePassed})
 		return exitOK
 	}
-	if err := s.start(args); err != nil {
+	if err := s.start(args, first.MaxContainment); err != nil {
 		s.report(status{Ev: evDone, Err: err.Error()})
 		return exitOK
 	}
-	s.report(status{Ev: evStarted, Pid: s.child})
+	started := status{Ev: evStarted, Pid: s.child, Containment: s.res.Containment, Unavailable: s.unavailable}
+	if s.cg != nil {
+		started.Cgroup = s.cg.dir
+	}
+	s.report(started)
 	if first.Bounded {
 		s.setDeadlines(first, time.Now())
 	}
@@ -98,6 +121,9 @@ func supervise(argv []string) int {
 	go readControl(in, msgs) // ends with the process; it only ever blocks on the pipe
 	s.loop(msgs, chld)
 	s.cleanup(chld)
+	if s.cg != nil {
+		s.cg.remove()
+	}
 	s.report(status{Ev: evDone, Result: &s.res})
 	return exitOK
 }
@@ -120,13 +146,22 @@ func readControl(in *bufio.Reader, msgs chan<- control) {
 }
 
 type supervisor struct {
-	self      int
-	grace     time.Duration
-	out       *os.File
-	subreaper bool // orphaned descendants come to us, and descendants() sees them all
+	self        int
+	grace       time.Duration
+	out         *os.File
+	subreaper   bool     // orphaned descendants come to us, and descendants() sees them all
+	unavailable []string // why stronger containments were not used
 
-	child   int // the command; also its process group id
+	child   int // the command; also its process group id (0: unknown)
 	started time.Time
+
+	// ContainPIDNamespace: the namespace's init, our only child, and its
+	// reports (closed when it is gone).
+	init     int
+	initMsgs chan initReport
+	initGone bool
+	// ContainCgroup: the command's cgroup.
+	cg *cgroup
 
 	termAt, killAt time.Time // zero: not scheduled
 	termSent       time.Time // zero: no SIGTERM yet
@@ -136,12 +171,44 @@ type supervisor struct {
 	res Result
 }
 
-func (s *supervisor) start(args []string) error {
+// start starts the command under the strongest containment that limit
+// allows and the host offers, noting why each stronger one was not used.
+// A failed attempt started nothing, so the next one is safe; only an init
+// that failed after it had started the command ends the search.
+func (s *supervisor) start(args []string, limit Containment) error {
 	path, err := exec.LookPath(args[0]) // in the command's PATH: it is ours too
 	if err != nil {
 		return err
 	}
-	attr := &syscall.ProcAttr{Env: os.Environ(), Files: []uintptr{0, 1, 2}, Sys: childAttr()}
+	s.res.Grace = s.grace
+	if limit.allows(ContainPIDNamespace) {
+		retry, err := s.startInit(path, args)
+		if err == nil || !retry {
+			return err
+		}
+		s.unavailable = append(s.unavailable, "pid-namespace: "+err.Error())
+	}
+	if limit.allows(ContainCgroup) {
+		cg, err := newCgroup()
+		if err == nil {
+			if err = s.forkCommand(path, args, cg.attr(childAttr())); err == nil {
+				s.cg, s.res.Containment = cg, ContainCgroup
+				return nil
+			}
+			cg.remove()
+			err = fmt.Errorf("starting the command in it: %w", err)
+		}
+		s.unavailable = append(s.unavailable, "cgroup: "+err.Error())
+	}
+	s.res.Containment = ContainProcessGroup
+	if s.subreaper {
+		s.res.Containment = ContainSubreaper
+	}
+	return s.forkCommand(path, args, childAttr())
+}
+
+func (s *supervisor) forkCommand(path string, args []string, sys *syscall.SysProcAttr) error {
+	attr := &syscall.ProcAttr{Env: os.Environ(), Files: []uintptr{0, 1, 2}, Sys: sys}
 	// syscall.ForkExec rather than os/exec: the supervisor reaps every
 	// child itself (wait4(-1), it is a subreaper), which os/exec's own Wait
 	// would race with.
@@ -150,7 +217,6 @@ func (s *supervisor) start(args []string) error {
 		return err
 	}
 	s.child, s.started = pid, time.Now()
-	s.res.Grace = s.grace
 	return nil
 }
 
@@ -234,9 +300,22 @@ func (s *supervisor) loop(msgs <-chan control, chld <-chan os.Signal) {
 			case opStop:
 				s.stop(StopRequested, s.grace, time.Now())
 			}
+		case r, ok := <-s.initMsgs:
+			s.fromInit(r, ok, time.Now())
 		case <-chld:
 		case <-timer.C:
 		}
+	}
+}
+
+// fromInit takes one of the init's reports; ok false: the init is gone.
+func (s *supervisor) fromInit(r initReport, ok bool, now time.Time) {
+	if !ok {
+		s.initMsgs = nil
+		return
+	}
+	if r.Ev == evExited && !s.exited {
+		s.commandExited(r.ExitCode, r.Signal, now)
 	}
 }
 
@@ -257,7 +336,8 @@ func (s *supervisor) nextWake(now time.Time) time.Duration {
 }
 
 // reap collects every exited child without blocking: the command's main
-// process and whatever was re-parented to us.
+// process and whatever was re-parented to us; with a PID namespace, our only
+// child, its init.
 func (s *supervisor) reap(now time.Time) {
 	for {
 		var ws syscall.WaitStatus
@@ -268,26 +348,56 @@ func (s *supervisor) reap(now time.Time) {
 		if err != nil || pid <= 0 {
 			return
 		}
-		if pid != s.child {
-			continue
-		}
-		s.exited = true
-		s.res.Runtime = now.Sub(s.started)
-		if !s.termSent.IsZero() {
-			s.res.StopTook = now.Sub(s.termSent)
-		}
-		s.res.ExitCode = ws.ExitStatus()
-		if ws.Signaled() {
-			s.res.Signal = ws.Signal()
+		switch {
+		case s.init != 0 && pid == s.init:
+			// The kernel killed the namespace's other processes before the
+			// init could be reaped. Its reports are all in the socket now.
+			s.initGone = true
+			if s.initMsgs != nil {
+				for r := range s.initMsgs {
+					s.fromInit(r, true, now)
+				}
+				s.initMsgs = nil
+			}
+			if !s.exited { // killed with its namespace before the init could say
+				s.commandExited(-1, syscall.SIGKILL, now)
+			}
+		case s.init == 0 && pid == s.child:
+			sig := syscall.Signal(0)
+			if ws.Signaled() {
+				sig = ws.Signal()
+			}
+			s.commandExited(ws.ExitStatus(), sig, now)
 		}
 	}
 }
 
-// signalAll signals the command's process group and, where the system
-// lets us find them, the descendants that left it. Only while the main
-// process is unreaped is its group id sure to be the command's: a reaped
-// leader's id may be reused.
+func (s *supervisor) commandExited(code int, sig syscall.Signal, now time.Time) {
+	s.exited = true
+	s.res.Runtime = now.Sub(s.started)
+	if !s.termSent.IsZero() {
+		s.res.StopTook = now.Sub(s.termSent)
+	}
+	s.res.ExitCode, s.res.Signal = code, sig
+}
+
+// signalAll signals every process of the command. With a PID namespace
+// that is one signal to its init: SIGTERM, which it forwards to every other
+// process in the namespace, or SIGKILL, after which the kernel kills them
+// all. With a cgroup, SIGKILL is cgroup.kill. Otherwise the command's
+// process group and, where the system lets us find them, the descendants
+// that left it: only while the main process is unreaped is its group id
+// sure to be the command's, as a reaped leader's id may be reused.
 func (s *supervisor) signalAll(sig syscall.Signal) {
+	if s.init != 0 {
+		if !s.initGone {
+			_ = syscall.Kill(s.init, sig)
+		}
+		return
+	}
+	if sig == syscall.SIGKILL && s.cg != nil && s.cg.kill() == nil {
+		return
+	}
 	if !s.exited {
 		_ = syscall.Kill(-s.child, sig)
 	}
@@ -296,6 +406,18 @@ func (s *supervisor) signalAll(sig syscall.Signal) {
 			_ = syscall.Kill(p.pid, sig)
 		}
 	}
+}
+
+// members lists the command's live processes other than its main one (and
+// the init): after the main process exited, what it left.
+func (s *supervisor) members() []proc {
+	if s.init != 0 {
+		if s.initGone {
+			return nil
+		}
+		return descendants(s.init)
+	}
+	return descendants(s.self)
 }
 
 // cleanup runs after the command's main process has exited: whatever it
@@ -321,9 +443,10 @@ func (s *supervisor) cleanup(chld <-chan os.Signal) {
 	for {
 		now := time.Now()
 		s.reap(now)
-		left := descendants(s.self)
+		left := s.members()
 		group := s.leftGroup()
-		if len(left) == 0 && !group {
+		// The init exits by itself once its namespace is empty.
+		if len(left) == 0 && !group && (s.init == 0 || s.initGone) {
 			return
 		}
 		killing := !now.Before(killAt)
@@ -337,11 +460,17 @@ func (s *supervisor) cleanup(chld <-chan os.Signal) {
 			}
 		}
 		if killing {
-			if group {
-				_ = syscall.Kill(-s.child, syscall.SIGKILL)
-			}
-			for _, p := range left {
-				_ = syscall.Kill(p.pid, syscall.SIGKILL)
+			switch {
+			case s.init != 0:
+				s.signalAll(syscall.SIGKILL)
+			case s.cg != nil && s.cg.kill() == nil:
+			default:
+				if group {
+					_ = syscall.Kill(-s.child, syscall.SIGKILL)
+				}
+				for _, p := range left {
+					_ = syscall.Kill(p.pid, syscall.SIGKILL)
+				}
 			}
 			if now.Sub(killAt) > giveUpAfter {
 				s.res.Unkillable = len(left)
@@ -352,6 +481,8 @@ func (s *supervisor) cleanup(chld <-chan os.Signal) {
 			}
 		}
 		select {
+		case r, ok := <-s.initMsgs:
+			s.fromInit(r, ok, time.Now())
 		case <-chld:
 		case <-tick.C:
 		}
@@ -361,7 +492,7 @@ func (s *supervisor) cleanup(chld <-chan os.Signal) {
 // leftGroup reports whether the command's process group still has
 // members, on systems where that is the only way to see leftovers.
 func (s *supervisor) leftGroup() bool {
-	if s.subreaper {
+	if s.subreaper || s.init != 0 || s.child <= 0 {
 		return false // descendants() sees every member, without the pid-reuse risk
 	}
 	return syscall.Kill(-s.child, 0) == nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"syscall"
 	"time"
 )
@@ -42,6 +43,15 @@ type Spec struct {
 	// forwarding (paused, partitioned) leaves the supervisor enforcing the
 	// last values it got. ok false means unbounded.
 	Deadlines func() (stopBy, killBy time.Time, ok bool)
+	// MaxContainment, if set, is the strongest containment the supervisor
+	// may use: ContainCgroup, for instance, keeps the command out of a PID
+	// namespace (for a command that must signal processes outside it by
+	// pid), at the cost of what only a namespace guarantees. Empty means
+	// the strongest the host allows.
+	MaxContainment Containment
+	// Logger receives a line saying which containment each command got,
+	// and why a stronger one was not available; nil discards it.
+	Logger *slog.Logger
 }
 
 func (s Spec) grace() time.Duration {
@@ -94,6 +104,8 @@ type Result struct {
 	// supervisor gave up on them (stuck in the kernel, e.g. on a dead NFS
 	// mount). Zero unless something is badly wrong on the host.
 	Unkillable int `json:"unkillable,omitempty"`
+	// Containment is how the command's processes were held together.
+	Containment Containment `json:"containment,omitempty"`
 }
 
 // Success reports whether the command exited 0 on its own.

@@ -23,6 +23,9 @@ func (*Process) Pid() int { return 0 }
 // CommandPid is the command's process id.
 func (*Process) CommandPid() int { return 0 }
 
+// Containment is how the command's processes are held: here, not at all.
+func (*Process) Containment() Containment { return "" }
+
 // Done is closed when the supervisor has exited.
 func (*Process) Done() <-chan struct{} {
 	c := make(chan struct{})

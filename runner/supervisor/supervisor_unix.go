@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"slices"
@@ -24,8 +25,20 @@ import (
 // binary) must not turn a program into a supervisor.
 const (
 	modeArg         = "__auditflow_supervise"
+	initArg         = "__auditflow_init" // the init of a command's PID namespace
 	modeEnv         = "AUDITFLOW_SUPERVISOR_PROTOCOL"
 	protocolVersion = "1"
+)
+
+// Process names. The supervisor is the runner's binary re-executed, but a
+// `killall runner` or `pkill runner` must spare it, so that it can still
+// end the change: it renames itself (the kernel's 15-character comm, which
+// ps, top, killall and pkill show and match; Linux), and its argv[0], which
+// ps and pkill -f show, is not the runner's path either.
+const (
+	supervisorName  = "auditflow-super"
+	initName        = "auditflow-init"
+	supervisorArgv0 = "auditflow-supervisor"
 )
 
 // pollEvery is how often the runner side reads Spec.Deadlines. Lease
@@ -47,8 +60,11 @@ var installed atomic.Bool
 func Main() {
 	// Reading the environment here, not in library code proper: Main is the
 	// process's entry point, like a main function.
-	if len(os.Args) > 1 && os.Args[1] == modeArg {
+	if len(os.Args) > 1 && (os.Args[1] == modeArg || os.Args[1] == initArg) {
 		if v, _ := os.LookupEnv(modeEnv); v == protocolVersion {
+			if os.Args[1] == initArg {
+				os.Exit(initMain(os.Args[2:]))
+			}
 			os.Exit(supervise(os.Args[2:]))
 		}
 	}
@@ -69,6 +85,10 @@ type Process struct {
 	status *bufio.Reader
 	stFile *os.File
 	cmdPid int
+	// How the command is held, as the supervisor reported it, and its
+	// cgroup if it has one (killed here if the supervisor dies).
+	containment Containment
+	cgroup      string
 
 	ctlMu sync.Mutex
 
@@ -92,6 +112,9 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 	if len(spec.Args) == 0 {
 		return nil, errors.New("supervisor: no command")
 	}
+	if err := spec.MaxContainment.validate(); err != nil {
+		return nil, err
+	}
 	if err := context.Cause(ctx); err != nil {
 		return nil, err // nothing started: better than starting it to stop it at once
 	}
@@ -113,6 +136,7 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 		return nil, fmt.Errorf("supervisor: %w", err)
 	}
 	cmd := exec.Command(exe, append([]string{modeArg, "--"}, spec.Args...)...)
+	cmd.Args[0] = supervisorArgv0
 	env := spec.Env
 	if env == nil {
 		env = os.Environ()
@@ -135,7 +159,7 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 
 	p := &Process{spec: spec, cmd: cmd, out: out, ctl: ctlW, stFile: stR, status: bufio.NewReader(stR), done: make(chan struct{})}
-	first := control{Op: opStart, Grace: spec.grace()}
+	first := control{Op: opStart, Grace: spec.grace(), MaxContainment: spec.MaxContainment}
 	if spec.Deadlines != nil {
 		if stopBy, killBy, ok := spec.Deadlines(); ok {
 			first.Bounded, first.StopIn, first.KillIn = true, until(stopBy), until(killBy)
@@ -165,7 +189,8 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 	st, err := p.readStatus()
 	switch {
 	case err == nil && st.Ev == evStarted:
-		p.cmdPid = st.Pid
+		p.cmdPid, p.containment, p.cgroup = st.Pid, st.Containment, st.Cgroup
+		logContainment(spec.Logger, st)
 	case err == nil && st.Ev == evDone && st.Err != "":
 		p.finish(nil)
 		return nil, fmt.Errorf("supervisor: start %s: %s", spec.Args[0], st.Err)
@@ -182,8 +207,12 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 func (p *Process) Pid() int { return p.cmd.Process.Pid }
 
 // CommandPid is the command's process id, which is also its process group
-// id.
+// id (0 in the rare case that the init of its PID namespace could not find
+// it in /proc).
 func (p *Process) CommandPid() int { return p.cmdPid }
+
+// Containment is how the command's processes are held together.
+func (p *Process) Containment() Containment { return p.containment }
 
 // Done is closed when the supervisor has exited.
 func (p *Process) Done() <-chan struct{} { return p.done }
@@ -197,6 +226,22 @@ func (p *Process) Wait() (Result, error) {
 }
 
 func until(t time.Time) time.Duration { return max(time.Until(t), 0) }
+
+// fellBack is set once this process has said, at Info, that a command got
+// less than the strongest containment: the host will not change, so each
+// later command says it at Debug only.
+var fellBack atomic.Bool
+
+func logContainment(log *slog.Logger, st status) {
+	if log == nil {
+		return
+	}
+	level := slog.LevelDebug
+	if len(st.Unavailable) > 0 && !fellBack.Swap(true) {
+		level = slog.LevelInfo
+	}
+	log.Log(context.Background(), level, "supervisor: change command contained", "containment", st.Containment, "unavailable", st.Unavailable)
+}
 
 // watch is the runner's half: it forwards cancellation and deadline
 // changes until the supervisor exits, then collects the outcome.
@@ -288,10 +333,16 @@ func (p *Process) finishWith(final *status, werr error) {
 			werr = errors.New("exited without reporting the command's outcome")
 		}
 		p.err = fmt.Errorf("%w: %w", ErrSupervisorDied, werr)
-		// The supervisor cannot clean up any more: kill what is left of the
-		// command's process group here. (Its escaped descendants, if any,
-		// were re-parented to init; nothing can find them now.)
-		if p.cmdPid > 0 {
+		// The supervisor cannot clean up any more. A PID namespace died
+		// with it: the kernel killed its init, and so every process in it.
+		// A cgroup is killed here, and so is a bare process group (its
+		// escaped descendants, if any, were re-parented to init; nothing
+		// can find them now).
+		switch {
+		case p.containment == ContainPIDNamespace:
+		case p.cgroup != "":
+			killCgroup(p.cgroup)
+		case p.cmdPid > 0:
 			_ = syscall.Kill(-p.cmdPid, syscall.SIGKILL)
 		}
 	}
