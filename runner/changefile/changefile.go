@@ -75,7 +75,8 @@ type Options struct {
 	// DefaultGrace.
 	Grace time.Duration
 	// Logger receives warnings about the files (an order that sorts
-	// differently as text than as a number); nil discards them.
+	// differently as text than as a number) and which containment the
+	// commands get (see runner/supervisor); nil discards them.
 	Logger *slog.Logger
 }
 
@@ -224,7 +225,7 @@ func (f File) change(dir string, opts Options) (runner.Change, error) {
 	}
 	mask := redact.NewMasker(opts.Secrets...)
 	cmd := func(script string) func(context.Context) error {
-		return command{script: script, dir: dir, env: env, timeout: timeout, grace: grace, out: opts.Output, mask: mask}.run
+		return command{script: script, dir: dir, env: env, timeout: timeout, grace: grace, out: opts.Output, mask: mask, log: opts.Logger}.run
 	}
 	c := runner.Change{
 		ID: f.ID, Author: f.Author, Order: f.Order, TargetSystem: f.TargetSystem, Recovery: f.Recovery,
@@ -319,6 +320,7 @@ type command struct {
 	timeout, grace time.Duration
 	out            io.Writer
 	mask           *redact.Masker
+	log            *slog.Logger // says which containment the command got
 }
 
 func (c command) run(ctx context.Context) error {
@@ -332,7 +334,7 @@ func (c command) run(ctx context.Context) error {
 	// Masked before anything keeps it: the trace goes on a stream that
 	// cannot be purged and into every store.
 	w := c.mask.Writer(all)
-	spec := supervisor.Spec{Args: []string{"sh", "-c", c.script}, Dir: c.dir, Env: c.env, Stdout: w, Stderr: w, Grace: c.grace}
+	spec := supervisor.Spec{Args: []string{"sh", "-c", c.script}, Dir: c.dir, Env: c.env, Stdout: w, Stderr: w, Grace: c.grace, Logger: c.log}
 	if ex, ok := runner.ExecutionFrom(ctx); ok {
 		spec.Env = append(slices.Clip(c.env), envLockToken+"="+strconv.FormatUint(ex.LockToken, 10), envExecutionID+"="+ex.ExecutionID)
 		spec.Deadlines = ex.Deadlines
