@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -91,6 +92,104 @@ func TestLocksRunnerRoleCannotEmptyTheBucket(t *testing.T) {
 	}
 	if err := own.Release(ctx); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestLocksForceReleaseOfALiveHolder runs auditflow lock release against a
+// holder that refreshes its lock: without --revision, release watches it
+// for a refresh interval, sees it refresh, removes nothing and exits 5
+// naming it (owner, token, revision); with a --revision it has refreshed
+// past, release exits 5 and prints why, not nothing. With the current
+// --revision it removes the lock, and the holder's LostCause says it was
+// force-released and by whom. A holder that does not refresh (its
+// connection is gone) is removed without --revision.
+//
+// Without the watch the first release removes the live holder (exit 0);
+// with the refusal's error swallowed the output does not name the holder.
+func TestLocksForceReleaseOfALiveHolder(t *testing.T) {
+	srv := startServer(t)
+	initAuditflow(t, srv.URL) // lease 3s: a refresh every second
+	ctx := context.Background()
+	_, js := natstest.ConnectURL(t, srv.URL)
+	holder, err := lock.New(ctx, js, lock.Config{Owner: "runner-7@host-a", Logger: natstest.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	live, err := holder.TryAcquire(ctx, "billing")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = live.Release(context.Background()) })
+	seen, err := holder.Holder(ctx, "billing")
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := func(args ...string) (int, string) {
+		p := start(t, srv.URL, bin.auditflow, append([]string{"lock", "release", "-p"}, args...)...)
+		code := p.wait(t, 30*time.Second)
+		return code, p.out.String()
+	}
+
+	code, out := release("billing", "--force")
+	if code != 5 {
+		t.Fatalf("release of a live holder without --revision: exit %d, want 5\n%s", code, out)
+	}
+	for _, want := range []string{"runner-7@host-a", fmt.Sprintf("token %d", live.Token()), fmt.Sprintf("revision %d", seen.Revision), "is alive", "nothing was removed"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the refusal does not say %q:\n%s", want, out)
+		}
+	}
+	if !live.Valid() {
+		t.Fatalf("the live holder lost its lease to a refused release: %v", live.LostCause())
+	}
+
+	// seen.Revision is stale now: the holder refreshed while watched.
+	code, out = release("billing", "--force", "--revision", strconv.FormatUint(seen.Revision, 10))
+	if code != 5 || !strings.Contains(out, "refreshed by its holder") || !strings.Contains(out, "runner-7@host-a") || !strings.Contains(out, "nothing was removed") {
+		t.Fatalf("release at a stale revision: exit %d, want 5 saying why\n%s", code, out)
+	}
+	if !live.Valid() {
+		t.Fatal("the live holder lost its lease to a stale release")
+	}
+
+	// At its current revision (race the refresh: try again if it moved).
+	for {
+		cur, err := holder.Holder(ctx, "billing")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if code, out = release("billing", "--force", "--revision", strconv.FormatUint(cur.Revision, 10)); code != 5 {
+			break
+		}
+	}
+	if code != 0 || !regexp.MustCompile(`released the lock of pipeline billing \(holder runner-7@host-a`).MatchString(out) {
+		t.Fatalf("release at the current revision: exit %d\n%s", code, out)
+	}
+	select {
+	case <-live.Lost():
+	case <-time.After(lease):
+		t.Fatal("the released holder did not notice")
+	}
+	var lost *lock.LostError
+	if !errors.As(live.LostCause(), &lost) || lost.Kind != lock.LostForceReleased || !strings.HasPrefix(lost.By, "auditflow-cli") {
+		t.Fatalf("LostCause = %v, want force-released by auditflow-cli…", live.LostCause())
+	}
+
+	// A holder that stopped refreshing: removed without --revision.
+	nc, deadJS := natstest.ConnectURL(t, srv.URL)
+	deadLocks, err := lock.New(ctx, deadJS, lock.Config{Owner: "dead-runner"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := deadLocks.TryAcquire(ctx, "shipping"); err != nil {
+		t.Fatal(err)
+	}
+	nc.Close()
+	if code, out := release("shipping", "--force"); code != 0 || !strings.Contains(out, "dead-runner") {
+		t.Fatalf("release of a holder that does not refresh: exit %d\n%s", code, out)
+	}
+	if code, out := release("shipping", "--force"); code != 4 {
+		t.Fatalf("release of a free lock: exit %d, want 4\n%s", code, out)
 	}
 }
 
