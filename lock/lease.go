@@ -388,7 +388,8 @@ func (ls *Lease) Release(ctx context.Context) error {
 
 // writeRelease replaces the lock at rev with a release record.
 func (ls *Lease) writeRelease(ctx context.Context, rev uint64) (uint64, error) {
-	rec := ls.rec
+	rec := ls.rec // without its times: a release holds nothing until any time
+	rec.AcquiredAt, rec.RefreshedAt, rec.ExpiresAt, rec.Over = time.Time{}, time.Time{}, time.Time{}, nil
 	rec.Released = &release{At: time.Now().UTC(), Prev: rev, Bucket: ls.l.created}
 	val, err := json.Marshal(rec)
 	if err != nil {

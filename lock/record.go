@@ -2,11 +2,10 @@ package lock
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"time"
 
@@ -41,9 +40,9 @@ type record struct {
 	Name        string    `json:"name"`
 	Owner       string    `json:"owner"`
 	Token       uint64    `json:"token"`
-	AcquiredAt  time.Time `json:"acquiredAt"`
-	RefreshedAt time.Time `json:"refreshedAt"`
-	ExpiresAt   time.Time `json:"expiresAt"`
+	AcquiredAt  time.Time `json:"acquiredAt,omitzero"`
+	RefreshedAt time.Time `json:"refreshedAt,omitzero"`
+	ExpiresAt   time.Time `json:"expiresAt,omitzero"`
 	// ID names one acquisition (random), so that a holder knows its own
 	// write when the reply to it was lost or refused spuriously.
 	ID string `json:"id,omitempty"`
@@ -113,10 +112,9 @@ func (e entry) info(key string) Info {
 		ExpiresAt: e.rec.ExpiresAt, Revision: e.rev}
 }
 
+// newID names an acquisition: unique, not secret (anyone may read it).
 func newID() string {
-	b := make([]byte, 12)
-	_, _ = rand.Read(b) // never fails (crypto/rand)
-	return hex.EncodeToString(b)
+	return strconv.FormatUint(rand.Uint64(), 36) + strconv.FormatUint(rand.Uint64(), 36)
 }
 
 // subject is a lock key's subject.
