@@ -320,11 +320,14 @@ func (l *Locker) take(ctx context.Context, name, key string, rec *record) (uint6
 			}
 			return 0, prev, heldError(name, cur)
 		}
-		prev, rec.Over = cur, nil
-		if cur.state == stateRemoved {
-			rec.Over = &takeover{Rev: cur.rev, At: cur.at, What: cur.what, By: cur.by, Forced: cur.forced}
+		if cur.state == stateRemoved || rec.Over != nil {
+			rec.Over = nil
+			if cur.state == stateRemoved {
+				rec.Over = &takeover{Rev: cur.rev, At: cur.at, What: cur.what, By: cur.by, Forced: cur.forced}
+			}
+			val, _ = json.Marshal(rec)
 		}
-		val, _ = json.Marshal(rec)
+		prev = cur
 		rev, err = l.put(ctx, key, val, nil, cur.rev)
 	}
 	l.released.Delete(key)
