@@ -1,6 +1,10 @@
 package lock
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+	"time"
+)
 
 // Sentinel errors.
 var (
@@ -17,7 +21,95 @@ var (
 	// ErrNoBucket: the lock bucket does not exist and Config.CreateBucket
 	// is not set.
 	ErrNoBucket = errors.New("lock: the lock bucket does not exist")
+	// ErrUnsafeBucket: the lock bucket lets a client remove locks other
+	// than its own (it allows rollups, purges or message deletes), and
+	// Config.CreateBucket is not set to make it refuse them.
+	ErrUnsafeBucket = errors.New("lock: the lock bucket lets clients remove every lock")
 	// ErrInvalidConfig: a Config value is not allowed, or disagrees with
 	// the existing bucket.
 	ErrInvalidConfig = errors.New("lock: invalid config")
 )
+
+// LostKind says why a lease was lost.
+type LostKind string
+
+// Kinds of loss.
+const (
+	// LostRanOut: the holder could not refresh the lease in time (paused,
+	// partitioned, the server or the bucket unreachable); the lease was
+	// given up Config.Margin before the server could drop the lock.
+	LostRanOut LostKind = "ran out"
+	// LostDeleted: the lock's key was deleted or purged by someone other
+	// than its holder, or replaced by a release record its holder did not
+	// write, or the key's entries are gone while the lease was still valid
+	// (the bucket was deleted and created again).
+	LostDeleted LostKind = "deleted"
+	// LostForceReleased: an operator removed the lock (lock release
+	// --force, Locker.ForceRelease); LostError.By names who, as recorded.
+	LostForceReleased LostKind = "force-released"
+	// LostTaken: another holder's value is on the lock's key
+	// (LostError.By and OtherToken name it).
+	LostTaken LostKind = "taken"
+	// LostForfeited: the holder gave the lease up itself (Lease.Forfeit).
+	LostForfeited LostKind = "forfeited"
+)
+
+// LostError is why a lease was lost (Lease.LostCause). It wraps
+// ErrNotHeld, and the failure that revealed the loss, if any.
+type LostError struct {
+	Kind  LostKind
+	Lock  string // the lock's name
+	Token uint64 // the lost lease's fencing token
+	// By is who removed the lock (LostForceReleased) or the other holder
+	// (LostTaken), as the value or the removal recorded it: informative
+	// only, since anyone with the right to write the key can write it.
+	By string
+	// OtherToken is the other holder's fencing token (LostTaken).
+	OtherToken uint64
+	// At is when the server stored the removal or the other holder's
+	// value, by the server's clock; zero if unknown.
+	At time.Time
+	// Detail says more: Forfeit's reason, why a release record was not
+	// believed, or what was found on the key.
+	Detail string
+	// Err is the failure that revealed the loss (the refused refresh, or
+	// the last failed one), if any.
+	Err error
+}
+
+func (e *LostError) Error() string {
+	msg := fmt.Sprintf("lock: lease of %q (token %d) lost: ", e.Lock, e.Token)
+	switch e.Kind {
+	case LostRanOut:
+		msg += "the lease ran out (not refreshed in time)"
+	case LostForceReleased:
+		msg += "force-released"
+		if e.By != "" {
+			msg += " by " + e.By
+		}
+	case LostTaken:
+		msg += fmt.Sprintf("taken by %s (token %d)", e.By, e.OtherToken)
+	case LostForfeited:
+		msg += "given up by its holder"
+	default:
+		msg += string(e.Kind)
+	}
+	if !e.At.IsZero() {
+		msg += " at " + e.At.UTC().Format(time.RFC3339Nano)
+	}
+	if e.Detail != "" {
+		msg += ": " + e.Detail
+	}
+	if e.Err != nil {
+		msg += " (" + e.Err.Error() + ")"
+	}
+	return msg
+}
+
+// Unwrap returns ErrNotHeld and the failure that revealed the loss.
+func (e *LostError) Unwrap() []error {
+	if e.Err == nil {
+		return []error{ErrNotHeld}
+	}
+	return []error{ErrNotHeld, e.Err}
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/auditflow/auditflow/internal/natsperm"
+	"github.com/auditflow/auditflow/trust"
 )
 
 // Config configures a Locker. The defaults are Flamingock's.
@@ -50,7 +51,27 @@ type Config struct {
 	// buckets and a deleted bucket is recreated only deliberately
 	// (`auditflow init`, the embedded mode, tests).
 	CreateBucket bool
-	Logger       *slog.Logger // nil discards
+	// TokenFloor, with CreateBucket, is asked when New creates the bucket
+	// for the highest fencing token handed out before (the highest lock
+	// token recorded on the audit stream): the new bucket's tokens start
+	// above it, so that they never go backwards for a target that fences
+	// on them, even after the bucket was deleted. A floor above 0 means
+	// the bucket existed and was deleted: New then waits a lease (Lease)
+	// before creating it, so that no lock is taken while a holder of the
+	// deleted bucket may still act, and asks for the floor again. nil: 0.
+	TokenFloor func(ctx context.Context) (uint64, error)
+	// Signer, if set, signs the release record a lease writes when its
+	// holder releases it (Lease.Release), so that lockers with a trust
+	// list take the lock at once after it.
+	Signer *trust.Signer
+	// Trust, if set, is whom a release record must be signed by for the
+	// next holder to take the lock without waiting: a key the list trusts
+	// for the pipeline, as runner or operator. Anyone with the rights to
+	// a lock's key can write a value that says "released"; with a trust
+	// list, only a holder with a trusted key can end a lock early. Without
+	// one (nil), unsigned release records are believed.
+	Trust  *trust.List
+	Logger *slog.Logger // nil discards
 }
 
 // Defaults.
@@ -100,17 +121,31 @@ func (c *Config) Validate() error {
 
 // Locker takes named locks (one per pipeline) in a JetStream KV bucket.
 type Locker struct {
-	kv  jetstream.KeyValue
-	cfg Config
-	log *slog.Logger
+	js      jetstream.JetStream
+	nc      *nats.Conn
+	stream  jetstream.Stream // the bucket's, KV_<bucket>
+	created time.Time        // the bucket's creation, by the server's clock
+	cfg     Config
+	log     *slog.Logger
+
+	// released maps a key to the revision of the release record this
+	// locker wrote on it last: the next acquisition expects it, and so
+	// takes a lock it released itself in one request.
+	released sync.Map
+
+	kvMu sync.Mutex
+	kv   jetstream.KeyValue // for List, opened on first use
 }
 
 // New opens the lock bucket; it creates a missing one only with
 // Config.CreateBucket, and otherwise fails with an error wrapping
-// ErrNoBucket that says how to create it. Transient failures (a cluster
-// electing a leader answers with no responders or not at all) are retried
-// for up to Config.RetryFor; a missing right fails at once with an error
-// naming the denied subject (wrapping nats.ErrPermissionViolation).
+// ErrNoBucket that says how to create it. A bucket that allows rollups,
+// purges or message deletes is refused (ErrUnsafeBucket, naming auditflow
+// init), or with Config.CreateBucket made to refuse them in place.
+// Transient failures (a cluster electing a leader answers with no
+// responders or not at all) are retried for up to Config.RetryFor; a
+// missing right fails at once with an error naming the denied subject
+// (wrapping nats.ErrPermissionViolation).
 func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Locker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -121,14 +156,14 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Locker, erro
 	}
 	b := backoff.WithContext(backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxElapsedTime(cfg.RetryFor)), ctx)
-	kv, err := backoff.RetryNotifyWithData(func() (jetstream.KeyValue, error) {
-		kv, err := natsperm.Do(ctx, js.Conn(), natsperm.JetStream, func(ctx context.Context) (jetstream.KeyValue, error) {
-			return openBucket(ctx, js, &cfg)
+	s, err := backoff.RetryNotifyWithData(func() (jetstream.Stream, error) {
+		s, err := natsperm.Do(ctx, js.Conn(), natsperm.JetStream, func(ctx context.Context) (jetstream.Stream, error) {
+			return openBucket(ctx, js, &cfg, log)
 		})
 		if err != nil && (ctx.Err() != nil || !transient(err)) {
 			return nil, backoff.Permanent(err)
 		}
-		return kv, err
+		return s, err
 	}, b, func(err error, wait time.Duration) {
 		log.Warn("lock bucket not reachable, retrying", "bucket", cfg.Bucket, "wait", wait.Round(time.Millisecond), "err", err)
 	})
@@ -141,57 +176,14 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config) (*Locker, erro
 	if cfg.Margin >= cfg.Lease/2 {
 		return nil, fmt.Errorf("%w: margin %s must be under half the lease %s", ErrInvalidConfig, cfg.Margin, cfg.Lease)
 	}
-	return &Locker{kv: kv, cfg: cfg, log: log}, nil
-}
-
-// openBucket opens (or, with cfg.CreateBucket, creates) the bucket and
-// settles cfg.Lease with it. The KeyValue it returns reports a missing
-// right on a lock's key as an error naming the subject (see permissionKV).
-func openBucket(ctx context.Context, js jetstream.JetStream, cfg *Config) (jetstream.KeyValue, error) {
-	kv, err := js.KeyValue(ctx, cfg.Bucket)
-	if errors.Is(err, jetstream.ErrBucketNotFound) && !cfg.CreateBucket {
-		return nil, fmt.Errorf("%w: lock bucket %s (stream KV_%s) does not exist; auditflow creates it only deliberately: run `auditflow init` "+
-			"(as the admin user) once for a new deployment, or after the bucket was deleted (then see the README on fencing tokens)", ErrNoBucket, cfg.Bucket, cfg.Bucket)
-	}
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		lease := cfg.Lease
-		if lease == 0 {
-			lease = DefaultLease
-		}
-		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket:      cfg.Bucket,
-			Description: "auditflow pipeline locks",
-			History:     1,
-			TTL:         lease,
-			Storage:     jetstream.FileStorage,
-			Replicas:    cfg.Replicas,
-		})
-		if errors.Is(err, jetstream.ErrBucketExists) {
-			kv, err = js.KeyValue(ctx, cfg.Bucket) // created concurrently
-		}
-	}
-	if err != nil {
-		return nil, fmt.Errorf("lock: bucket %s: %w", cfg.Bucket, err)
-	}
-	st, err := kv.Status(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("lock: bucket %s: %w", cfg.Bucket, err)
-	}
-	if cfg.Lease == 0 {
-		cfg.Lease = st.TTL()
-	}
-	if st.TTL() != cfg.Lease {
-		return nil, fmt.Errorf("%w: bucket %s has a lease (TTL) of %s, this locker is configured for %s",
-			ErrInvalidConfig, cfg.Bucket, st.TTL(), cfg.Lease)
-	}
-	return permissionKV{KeyValue: kv, nc: js.Conn()}, nil
+	return &Locker{js: js, nc: js.Conn(), stream: s, created: s.CachedInfo().Created, cfg: cfg, log: log}, nil
 }
 
 // transient reports whether a failure may pass if tried again: no answer
 // or no responders (a leader election, a reconnect), as opposed to a
 // decision the server made or a configuration error.
 func transient(err error) bool {
-	if errors.Is(err, ErrInvalidConfig) || errors.Is(err, ErrNoBucket) || errors.Is(err, nats.ErrPermissionViolation) {
+	if errors.Is(err, ErrInvalidConfig) || errors.Is(err, ErrNoBucket) || errors.Is(err, ErrUnsafeBucket) || errors.Is(err, nats.ErrPermissionViolation) {
 		return false
 	}
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
@@ -226,7 +218,8 @@ type Info struct {
 
 // Acquire takes the named lock, waiting with back-off while another holder
 // has it, for up to Config.GiveUpAfter; then it returns an error wrapping
-// ErrHeld that names the holder.
+// ErrHeld that names the holder. Like TryAcquire, it returns a lock taken
+// over from a removed holder only once that holder's lease has run out.
 func (l *Locker) Acquire(ctx context.Context, name string) (*Lease, error) {
 	b := backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(l.cfg.RetryInterval), backoff.WithMultiplier(1.5),
@@ -236,7 +229,7 @@ func (l *Locker) Acquire(ctx context.Context, name string) (*Lease, error) {
 		switch {
 		case err == nil, errors.Is(err, ErrHeld):
 			return lease, err // held: wait and try again
-		case errors.Is(err, ErrInvalidName), errors.Is(err, nats.ErrPermissionViolation), ctx.Err() != nil:
+		case errors.Is(err, ErrInvalidName), errors.Is(err, ErrUnsafeBucket), errors.Is(err, nats.ErrPermissionViolation), ctx.Err() != nil:
 			return nil, backoff.Permanent(err) // a missing right does not come with waiting
 		}
 		return nil, err // a transient failure: try again
@@ -249,7 +242,23 @@ func (l *Locker) Acquire(ctx context.Context, name string) (*Lease, error) {
 	return lease, err
 }
 
-// TryAcquire makes one attempt: it returns ErrHeld at once if the lock is taken.
+// TryAcquire makes one attempt: it returns ErrHeld at once if a holder has
+// the lock.
+//
+// A lock whose previous holder did not release it itself — its key was
+// deleted or purged, it was force-released, or it carries a release
+// record that is not believed (unsigned or wrongly signed with a trust
+// list configured, or a copy) — may still be used by that holder: a holder
+// cut off from NATS acts until its lease runs out, which nothing but the
+// holder can shorten. TryAcquire then takes the lock, so that nobody else
+// does, and returns only once that lease has run out: a lease after the
+// removal, by the server's clock, which bounds the holder's last refresh
+// (refreshing meanwhile, and logging why and until when at Info). (A
+// bucket deleted and created again is not used before its old holders
+// have stopped either: see Config.TokenFloor.) The wait is at most a lease;
+// ctx ends it (the lock is then left as a removal, so the next holder
+// waits too). A lock released by its holder, expired, or never taken is
+// returned at once.
 func (l *Locker) TryAcquire(ctx context.Context, name string) (*Lease, error) {
 	key, err := Key(name)
 	if err != nil {
@@ -257,79 +266,149 @@ func (l *Locker) TryAcquire(ctx context.Context, name string) (*Lease, error) {
 	}
 	// now keeps its monotonic reading: the lease's bookkeeping must not
 	// move when the wall clock is stepped. Only the stored value is UTC.
+	// It is read before the write, so it is no later than the server's.
 	now := time.Now()
 	wall := now.UTC()
-	info := Info{Name: name, Owner: l.cfg.Owner, AcquiredAt: wall, RefreshedAt: wall, ExpiresAt: wall.Add(l.cfg.Lease)}
-	val, _ := json.Marshal(info)
-	rev, err := l.kv.Create(ctx, key, val)
-	if errors.Is(err, jetstream.ErrKeyExists) {
-		if holder, herr := l.holder(ctx, key); herr == nil {
-			return nil, fmt.Errorf("%w: %q by %s (token %d) until %s", ErrHeld, name, holder.Owner, holder.Token, holder.ExpiresAt.Format(time.RFC3339))
-		}
-		return nil, fmt.Errorf("%w: %q", ErrHeld, name)
-	}
+	rec := record{Name: name, Owner: l.cfg.Owner, ID: newID(), AcquiredAt: wall, RefreshedAt: wall, ExpiresAt: wall.Add(l.cfg.Lease)}
+	var rev uint64
+	var prev entry
+	err = l.guard(ctx, key, func(ctx context.Context) (err error) {
+		rev, prev, err = l.take(ctx, name, key, &rec)
+		return err
+	})
 	if err != nil {
-		return nil, fmt.Errorf("lock: acquire %q: %w", name, err)
+		return nil, err
 	}
-	info.Token = rev
-	lease := &Lease{l: l, name: name, key: key, info: info, rev: rev, refreshed: now,
+	rec.Token = rev
+	lease := &Lease{l: l, name: name, key: key, rec: rec, rev: rev, refreshed: now,
 		lost: make(chan struct{}), stop: make(chan struct{})}
 	lease.wg.Go(lease.refreshLoop)
+	if err := lease.settle(ctx, prev); err != nil {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.cfg.Lease/3)
+		_ = lease.Release(rctx)
+		cancel()
+		return nil, err
+	}
 	l.log.Debug("lock acquired", "lock", name, "token", rev)
 	return lease, nil
 }
 
-func (l *Locker) holder(ctx context.Context, key string) (Info, error) {
-	e, err := l.kv.Get(ctx, key)
+// take writes rec on key unless a holder has it, and returns its revision
+// and what it replaced. The write is conditional on the key's last
+// revision: the one this locker's own release left (one request), else
+// what a read finds. A refusal is read again before it counts: on a
+// replicated bucket it can be spurious, or answer a write that landed.
+// Over a removal, rec records it (rec.Over).
+func (l *Locker) take(ctx context.Context, name, key string, rec *record) (uint64, entry, error) {
+	prev := entry{state: stateFree}
+	if r, ok := l.released.Load(key); ok {
+		prev = entry{state: stateReleased, rev: r.(uint64)}
+	}
+	val, _ := json.Marshal(rec)
+	rev, err := l.put(ctx, key, val, nil, prev.rev)
+	for range 2 {
+		if !isWrongLastSeq(err) {
+			break
+		}
+		cur, rerr := l.read(ctx, key)
+		if rerr != nil {
+			return 0, prev, fmt.Errorf("lock: acquire %q: %w", name, rerr)
+		}
+		if cur.state == stateHeld {
+			if cur.rec.ID == rec.ID {
+				return cur.rev, prev, nil // this attempt's write landed
+			}
+			return 0, prev, heldError(name, cur)
+		}
+		if cur.state == stateRemoved || rec.Over != nil {
+			rec.Over = nil
+			if cur.state == stateRemoved {
+				rec.Over = &takeover{Rev: cur.rev, At: cur.at, What: cur.what, By: cur.by, Forced: cur.forced}
+			}
+			val, _ = json.Marshal(rec)
+		}
+		prev = cur
+		rev, err = l.put(ctx, key, val, nil, cur.rev)
+	}
+	l.released.Delete(key)
+	if isWrongLastSeq(err) {
+		return 0, prev, fmt.Errorf("%w: %q: another runner took it at the same moment", ErrHeld, name)
+	}
 	if err != nil {
-		return Info{}, err
+		return 0, prev, fmt.Errorf("lock: acquire %q: %w", name, err)
 	}
-	var info Info
-	if err := json.Unmarshal(e.Value(), &info); err != nil {
-		return Info{}, fmt.Errorf("lock: value of %s: %w", key, err)
-	}
-	if info.Token == 0 {
-		info.Token = e.Revision() // the first value is written before its revision is known
-	}
-	info.Revision = e.Revision()
-	return info, nil
+	return rev, prev, nil
 }
 
 // List returns the locks currently held.
 func (l *Locker) List(ctx context.Context) ([]Info, error) {
-	lister, err := l.kv.ListKeys(ctx)
+	kv, err := l.keyValue(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("lock: list: %w", err)
+	}
+	lister, err := kv.ListKeys(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("lock: list: %w", err)
 	}
 	defer func() { _ = lister.Stop() }()
 	var out []Info
-	for key := range lister.Keys() {
-		info, err := l.holder(ctx, key)
-		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-			continue // released or expired since listed
+	err = l.guard(ctx, "", func(ctx context.Context) error {
+		for key := range lister.Keys() {
+			e, err := l.read(ctx, key)
+			if err != nil {
+				return err
+			}
+			if e.state == stateHeld { // not released, removed or expired since listed
+				out = append(out, e.info(key))
+			}
 		}
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, info)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("lock: list: %w", err)
 	}
 	return out, nil
 }
 
-// ForceRelease removes a lock whose holder is known to be dead, for an
-// operator who does not want to wait out a long lease. It deletes the lock
-// only if it is still at revision, the one the operator saw (Info.Revision
-// from List or Holder): a live holder refreshes, which changes the
-// revision, and a new holder has a new one, so neither is removed by
-// mistake. Otherwise it returns an error wrapping ErrChanged that names the
-// current holder. A removed holder, if alive after all, notices at its next
-// refresh (its Lost channel closes).
+func (l *Locker) keyValue(ctx context.Context) (jetstream.KeyValue, error) {
+	l.kvMu.Lock()
+	defer l.kvMu.Unlock()
+	if l.kv == nil {
+		kv, err := l.js.KeyValue(ctx, l.cfg.Bucket)
+		if err != nil {
+			return nil, err
+		}
+		l.kv = kv
+	}
+	return l.kv, nil
+}
+
+// ForceRelease removes a lock, for an operator. It deletes the lock only
+// if it is still at revision, the one the operator saw (Info.Revision from
+// List or Holder): a live holder refreshes, which changes the revision,
+// and a new holder has a new one, so neither is removed by mistake.
+// Otherwise it returns an error wrapping ErrChanged that names the current
+// holder. The removal records Config.Owner as who released it.
+//
+// It does not hand the lock over early: the holder, if alive after all
+// (paused, or cut off from NATS), may act until its lease runs out, so the
+// next holder waits until a lease after the removal (see TryAcquire). A
+// removed holder that is alive notices at its next refresh (its Lost
+// channel closes; LostCause says force-released, and by whom).
 func (l *Locker) ForceRelease(ctx context.Context, name string, revision uint64) error {
 	key, err := Key(name)
 	if err != nil {
 		return err
 	}
-	err = l.kv.Delete(ctx, key, jetstream.LastRevision(revision))
+	var cur entry
+	var herr error
+	err = l.guard(ctx, key, func(ctx context.Context) error {
+		err := l.remove(ctx, key, revision, l.cfg.Owner)
+		if isWrongLastSeq(err) {
+			cur, herr = l.read(ctx, key)
+		}
+		return err
+	})
 	if err == nil {
 		l.log.Warn("lock force-released", "lock", name, "revision", revision)
 		return nil
@@ -337,265 +416,85 @@ func (l *Locker) ForceRelease(ctx context.Context, name string, revision uint64)
 	if !isWrongLastSeq(err) {
 		return fmt.Errorf("lock: force release %q: %w", name, err)
 	}
-	cur, herr := l.holder(ctx, key)
-	if errors.Is(herr, jetstream.ErrKeyNotFound) || errors.Is(herr, jetstream.ErrKeyDeleted) {
-		return fmt.Errorf("%w: %q", ErrNotHeld, name)
-	}
 	if herr != nil {
 		return fmt.Errorf("%w: %q is no longer at revision %d (%v)", ErrChanged, name, revision, herr)
 	}
+	if cur.state != stateHeld {
+		return fmt.Errorf("%w: %q", ErrNotHeld, name)
+	}
 	what := "refreshed by its holder, which is alive"
-	if cur.Token > revision {
+	if cur.rec.Token > revision {
 		what = "taken by a new holder"
 	}
 	return fmt.Errorf("%w: %q was %s since revision %d: now %s (token %d, revision %d, until %s); nothing was removed",
-		ErrChanged, name, what, revision, cur.Owner, cur.Token, cur.Revision, cur.ExpiresAt.Format(time.RFC3339))
+		ErrChanged, name, what, revision, cur.rec.Owner, cur.rec.Token, cur.rev, cur.rec.ExpiresAt.Format(time.RFC3339))
+}
+
+// IdleWatch is how long ForceReleaseIdle watches a holder: a refresh
+// interval (a third of the lease), in which a live holder refreshes at
+// least once, and a little more for the refresh to arrive.
+func (l *Locker) IdleWatch() time.Duration {
+	return l.cfg.Lease/3 + max(l.cfg.Lease/10, 250*time.Millisecond)
+}
+
+// ForceReleaseIdle removes the named lock if its holder does not refresh
+// it while watched for IdleWatch, and returns the holder it removed. A
+// holder that refreshes is alive and is not removed: the error wraps
+// ErrChanged and names it (owner, token, revision). A free lock is
+// ErrNotHeld. See ForceRelease for what the removal does.
+func (l *Locker) ForceReleaseIdle(ctx context.Context, name string) (Info, error) {
+	seen, err := l.Holder(ctx, name)
+	if err != nil {
+		return Info{}, err
+	}
+	poll := min(max(l.cfg.Lease/20, 50*time.Millisecond), 500*time.Millisecond)
+	t := time.NewTicker(poll)
+	defer t.Stop()
+	for deadline := time.Now().Add(l.IdleWatch()); time.Now().Before(deadline); {
+		select {
+		case <-ctx.Done():
+			return seen, ctx.Err()
+		case <-t.C:
+		}
+		cur, err := l.Holder(ctx, name)
+		if errors.Is(err, ErrNotHeld) {
+			return seen, fmt.Errorf("%w: %q was released or removed while watched", ErrNotHeld, name)
+		}
+		if err != nil {
+			return seen, err
+		}
+		if cur.Revision != seen.Revision {
+			what := "is alive: it refreshed the lock"
+			if cur.Token != seen.Token {
+				what = "was replaced by a new holder"
+			}
+			return cur, fmt.Errorf("%w: the holder of %q, %s (token %d, revision %d), %s while watched for %s (now %s, token %d, revision %d); nothing was removed",
+				ErrChanged, name, seen.Owner, seen.Token, seen.Revision, what, l.IdleWatch().Round(time.Millisecond), cur.Owner, cur.Token, cur.Revision)
+		}
+	}
+	return seen, l.ForceRelease(ctx, name, seen.Revision)
 }
 
 // Holder returns the current holder of the named lock, or an error
-// wrapping ErrNotHeld if it is free.
+// wrapping ErrNotHeld if it is free (never taken, expired, released or
+// removed).
 func (l *Locker) Holder(ctx context.Context, name string) (Info, error) {
 	key, err := Key(name)
 	if err != nil {
 		return Info{}, err
 	}
-	info, err := l.holder(ctx, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-		return Info{}, fmt.Errorf("%w: %q", ErrNotHeld, name)
-	}
+	var e entry
+	err = l.guard(ctx, key, func(ctx context.Context) (err error) {
+		e, err = l.read(ctx, key)
+		return err
+	})
 	if err != nil {
 		return Info{}, fmt.Errorf("lock: read %q: %w", name, err)
 	}
-	return info, nil
-}
-
-func isWrongLastSeq(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
-}
-
-// Lease is a held lock. It refreshes itself in the background at a third
-// of the lease until Release. If it cannot refresh in time, Lost closes
-// Config.Margin before the lease could expire on the server, and the holder
-// must stop its work; Lost also closes as soon as a refresh finds that
-// another holder has the lock or that it was force-released.
-//
-// All lease bookkeeping uses the monotonic clock: stepping the wall clock
-// neither shortens nor stretches what the holder believes it has.
-type Lease struct {
-	l    *Locker
-	name string
-	key  string
-	info Info
-
-	// mu guards these three; it is never held across a call to the
-	// server, so that Valid, StopBy and Expiry answer at once while a
-	// refresh waits on a partitioned link. Only the refresh loop writes rev
-	// and refreshed.
-	mu        sync.Mutex
-	rev       uint64
-	refreshed time.Time // when the last successful refresh (or the acquire) was sent; monotonic
-	released  bool
-
-	lost     chan struct{}
-	lostOnce sync.Once
-	stop     chan struct{}
-	wg       sync.WaitGroup
-}
-
-// Token is the fencing token: the KV revision at which this lease was
-// acquired. It grows with every new holder of any lock in the bucket, so a
-// write stamped with an older token can be recognised as stale.
-func (ls *Lease) Token() uint64 { return ls.info.Token }
-
-// Name is the lock's name.
-func (ls *Lease) Name() string { return ls.name }
-
-// Lost is closed when the lease is lost: it could not be refreshed and is
-// within Config.Margin of expiring, another holder took it, or it was
-// force-released.
-func (ls *Lease) Lost() <-chan struct{} { return ls.lost }
-
-// Expiry is the earliest moment the server may drop the lock: the lease's
-// duration after the last successful refresh was sent. It carries a
-// monotonic clock reading: compare it with time.Now, never store it.
-func (ls *Lease) Expiry() time.Time {
-	ls.mu.Lock()
-	defer ls.mu.Unlock()
-	return ls.refreshed.Add(ls.l.cfg.Lease)
-}
-
-// StopBy is when Lost closes unless the lease is refreshed first: Margin
-// before Expiry.
-func (ls *Lease) StopBy() time.Time { return ls.Expiry().Add(-ls.l.cfg.Margin) }
-
-// Valid reports whether the lease is still held as far as this holder can
-// tell: not lost, and not past StopBy. Check it right before an action
-// that needs the lock; a process paused between the check and the action
-// is what fencing tokens are for.
-func (ls *Lease) Valid() bool {
-	select {
-	case <-ls.lost:
-		return false
-	case <-ls.stop: // released: the next holder may have it
-		return false
-	default:
+	if e.state != stateHeld {
+		return Info{}, fmt.Errorf("%w: %q", ErrNotHeld, name)
 	}
-	stopBy := ls.StopBy()
-	return time.Now().Before(stopBy) // the time after StopBy, never a reading from before
-}
-
-// Forfeit gives the lease up as lost (Lost closes) when its holder learns
-// by other means that it no longer holds the lock: the lock's value names
-// another holder, or is gone. It does not touch the lock.
-func (ls *Lease) Forfeit(reason string) { ls.markLost(reason, nil) }
-
-func (ls *Lease) markLost(reason string, err error) {
-	ls.lostOnce.Do(func() {
-		ls.l.log.Warn("lock lost", "lock", ls.name, "token", ls.info.Token, "reason", reason, "err", err)
-		close(ls.lost)
-	})
-}
-
-func (ls *Lease) refreshLoop() {
-	interval := ls.l.cfg.Lease / 3
-	t := time.NewTimer(min(interval, time.Until(ls.StopBy())))
-	defer t.Stop()
-	for {
-		select {
-		case <-ls.stop:
-			return
-		case <-t.C:
-		}
-		if ok := ls.refresh(); !ok {
-			return
-		}
-		// Next: the regular refresh, or sooner after a failed attempt so a
-		// brief outage does not eat the lease, but never later than StopBy,
-		// when the lease is given up.
-		ls.mu.Lock()
-		next := interval - time.Since(ls.refreshed)
-		if next <= 0 {
-			next = interval/4 + time.Millisecond
-		}
-		next = min(next, time.Until(ls.refreshed.Add(ls.l.cfg.Lease-ls.l.cfg.Margin)))
-		ls.mu.Unlock()
-		t.Reset(max(next, time.Millisecond))
-	}
-}
-
-// refresh renews the lease if it is due; it returns false when the lease
-// is lost.
-func (ls *Lease) refresh() bool {
-	ls.mu.Lock()
-	released, refreshed, rev := ls.released, ls.refreshed, ls.rev
-	ls.mu.Unlock()
-	if released {
-		return false
-	}
-	stopBy := refreshed.Add(ls.l.cfg.Lease - ls.l.cfg.Margin)
-	if !time.Now().Before(stopBy) {
-		ls.markLost("lease not refreshed in time", nil)
-		return false
-	}
-	if time.Since(refreshed) < ls.l.cfg.Lease/3 {
-		return true // woken early (e.g. a timer that fired late); not due yet
-	}
-	ctx, cancel := context.WithDeadline(context.Background(), stopBy)
-	defer cancel()
-	now := time.Now()
-	info := ls.info
-	info.RefreshedAt, info.ExpiresAt = now.UTC(), now.UTC().Add(ls.l.cfg.Lease)
-	val, _ := json.Marshal(info)
-	newRev, err := ls.l.kv.Update(ctx, ls.key, val, rev)
-	if err == nil {
-		ls.mu.Lock()
-		ls.rev, ls.refreshed = newRev, now
-		ls.mu.Unlock()
-		return true
-	}
-	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyNotFound) {
-		// On a replicated bucket a stale-revision answer can be spurious
-		// (an update whose ack we lost, or code 10164 right after create).
-		// The value decides: still our token means still our lease.
-		e, gerr := ls.l.kv.Get(ctx, ls.key)
-		if gerr == nil {
-			var cur Info
-			if json.Unmarshal(e.Value(), &cur) == nil && (cur.Token == ls.info.Token || e.Revision() == ls.info.Token) {
-				ls.mu.Lock()
-				ls.rev = e.Revision()
-				ls.mu.Unlock()
-				return true // retry the update at the next tick
-			}
-			ls.markLost("another holder has the lock", err)
-			return false
-		}
-		if errors.Is(gerr, jetstream.ErrKeyNotFound) || errors.Is(gerr, jetstream.ErrKeyDeleted) {
-			ls.markLost("lock expired or was force-released", err)
-			return false
-		}
-	}
-	ls.l.log.Warn("lock refresh failed, retrying", "lock", ls.name, "stopBy", time.Until(stopBy).Round(time.Millisecond), "err", err)
-	return true
-}
-
-// Release stops refreshing and deletes the lock if this lease still holds
-// it, so the next runner need not wait out the lease. Releasing a lost
-// lease returns ErrNotHeld (after deleting the lock if it is, after all,
-// still at this lease's revision); releasing twice is a no-op.
-func (ls *Lease) Release(ctx context.Context) error {
-	ls.mu.Lock()
-	if ls.released {
-		ls.mu.Unlock()
-		return nil
-	}
-	ls.released = true
-	close(ls.stop)
-	ls.mu.Unlock()
-	ls.wg.Wait()
-	ls.mu.Lock()
-	rev := ls.rev // read once the refresh loop is done: a refresh in flight may move it
-	ls.mu.Unlock()
-	// Delete only if the lock is still at our revision: never another's.
-	// A leader election answers with silence for seconds; retrying within
-	// the lease spares the next runner from waiting it out.
-	b := backoff.WithContext(backoff.NewExponentialBackOff(
-		backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxElapsedTime(ls.l.cfg.Lease)), ctx)
-	err := backoff.Retry(func() error {
-		err := ls.l.kv.Delete(ctx, ls.key, jetstream.LastRevision(rev))
-		if isWrongLastSeq(err) {
-			// The lock moved since our last known revision. An earlier
-			// attempt that landed unanswered (gone is done), or a refresh
-			// we gave up on that landed late (still our token: delete at
-			// its revision), are ours; anything else is another holder.
-			cur, herr := ls.l.holder(ctx, ls.key)
-			switch {
-			case errors.Is(herr, jetstream.ErrKeyNotFound) || errors.Is(herr, jetstream.ErrKeyDeleted):
-				return nil
-			case herr == nil && cur.Token == ls.info.Token && cur.Revision != rev:
-				rev = cur.Revision
-				return err // try again at the current revision
-			}
-		}
-		if err != nil && (ctx.Err() != nil || !transient(err)) {
-			return backoff.Permanent(err)
-		}
-		return err
-	}, b)
-	select {
-	case <-ls.lost:
-		return fmt.Errorf("%w: %q was lost before release", ErrNotHeld, ls.name)
-	default:
-	}
-	if err != nil {
-		if isWrongLastSeq(err) {
-			return fmt.Errorf("%w: %q is held by another owner now", ErrNotHeld, ls.name)
-		}
-		return fmt.Errorf("lock: release %q: %w", ls.name, err)
-	}
-	ls.l.log.Debug("lock released", "lock", ls.name, "token", ls.info.Token)
-	return nil
+	return e.info(key), nil
 }
 
 // Key maps a lock name (a pipeline) to a KV key. KV keys allow only

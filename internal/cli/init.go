@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/auditflow/auditflow/internal/natsperm"
+	"github.com/auditflow/auditflow/internal/tokenfloor"
 	"github.com/auditflow/auditflow/lock"
 	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/projector"
@@ -22,7 +23,7 @@ import (
 type initItem struct {
 	What   string `json:"what"`   // audit stream, lock bucket, dead letters, writes
 	Name   string `json:"name"`   // the stream or bucket
-	Status string `json:"status"` // created, exists, would create, differs, refused
+	Status string `json:"status"` // created, exists, would create, updated, would update, differs, refused
 	Detail string `json:"detail,omitempty"`
 }
 
@@ -33,6 +34,8 @@ const (
 	initWouldCreate = "would create"
 	initDiffers     = "differs"
 	initRefused     = "refused"
+	initUpdated     = "updated"
+	initWouldUpdate = "would update"
 )
 
 func (a *app) initCommand() *cobra.Command {
@@ -47,7 +50,9 @@ safe configuration, and reports what already exists:
 
   the audit stream (AUDIT)        file storage, no limits, delete and purge
                                   denied, --stream-replicas replicas
-  the lock bucket (auditflow_locks)  --lock-lease as its TTL
+  the lock bucket (auditflow_locks)  --lock-lease as its TTL; rollups, purges
+                                  and message deletes refused; fencing
+                                  tokens above the highest on the stream
   AUDIT_DEADLETTER, AUDIT_WRITES  the projector's dead letters and telemetry
   --mirror NAME                   a continuous mirror of the audit stream, its
                                   backup of record (auditflow restore --from)
@@ -57,7 +62,10 @@ missing stops with an error, because an empty stream in place of a deleted
 one would make every runner apply every change again. Run init once for a
 new deployment, as a user with the admin role (see the README, Security).
 Running it again changes nothing; an existing stream or bucket whose
-configuration differs is reported (exit 3), never changed.
+configuration differs is reported (exit 3), never changed — except that a
+lock bucket that allows rollups, purges or message deletes (one made by an
+older auditflow, or by nats kv add) is made to refuse them, in place, and
+init says so: its locks stay, and they are not history.
 
 If the audit stream is missing while the lock bucket or the projector's
 streams exist, the stream was most likely deleted: init refuses to create an
@@ -171,7 +179,7 @@ func (a *app) initResources(ctx context.Context, js jetstream.JetStream, o initO
 		items = append(items, initItem{What: "audit stream", Name: sc.Name, Status: initExists, Detail: streamDetail(sc)})
 	}
 
-	it, err := a.initBucket(ctx, js, o)
+	it, err := a.initBucket(ctx, js, o, sc.Name)
 	if err != nil {
 		return items, err
 	}
@@ -225,20 +233,52 @@ func (a *app) initResources(ctx context.Context, js jetstream.JetStream, o initO
 	return items, nil
 }
 
-// initBucket creates the lock bucket if missing, or reports the existing one.
-func (a *app) initBucket(ctx context.Context, js jetstream.JetStream, o initOptions) (initItem, error) {
+// initBucket creates the lock bucket if missing, with its fencing tokens
+// above the highest on the audit stream (stream), or reports the existing
+// one, making it refuse rollups and purges if it does not: locks are not
+// history, and a bucket that allows them lets any client that may write
+// one lock key remove every lock.
+func (a *app) initBucket(ctx context.Context, js jetstream.JetStream, o initOptions, stream string) (initItem, error) {
 	it := initItem{What: "lock bucket", Name: o.bucket}
 	kv, err := js.KeyValue(ctx, o.bucket)
 	switch {
 	case errors.Is(err, jetstream.ErrBucketNotFound):
-		it.Status, it.Detail = initWouldCreate, fmt.Sprintf("lease (TTL) %s, R%d", o.lease, o.replicas)
-		if o.dryRun {
-			return it, nil
-		}
-		if _, err := lock.New(ctx, js, lock.Config{Bucket: o.bucket, Replicas: o.replicas, Lease: o.lease, CreateBucket: true, Logger: a.log}); err != nil {
+		floor, err := tokenfloor.Highest(ctx, js, stream, a.log)
+		if err != nil {
 			return it, err
 		}
-		it.Status = initCreated
+		detail := func(floor uint64) string {
+			tokens := "fencing tokens start at 1 (no lock token on the stream)"
+			if floor > 0 {
+				tokens = fmt.Sprintf("fencing tokens start at %d, above the highest on the stream (%d)", floor+1, floor)
+			}
+			return fmt.Sprintf("lease (TTL) %s, R%d, refuses rollups and purges; %s", o.lease, o.replicas, tokens)
+		}
+		it.Status, it.Detail = initWouldCreate, detail(floor)
+		if o.dryRun {
+			if floor > 0 {
+				it.Detail += fmt.Sprintf("; created a lease (%s) after init starts: the bucket existed, and its holders may act until then", o.lease)
+			}
+			return it, nil
+		}
+		if floor > 0 {
+			fmt.Fprintf(a.errOut, "auditflow: the lock bucket %s existed (the stream has fencing tokens up to %d) and was deleted: waiting the lease (%s) "+
+				"before creating it again, so that no lock is taken while a holder of the deleted bucket may still act\n", o.bucket, floor, o.lease)
+		}
+		asked := 0
+		if _, err := lock.New(ctx, js, lock.Config{Bucket: o.bucket, Replicas: o.replicas, Lease: o.lease, CreateBucket: true, Logger: a.log,
+			TokenFloor: func(ctx context.Context) (uint64, error) {
+				asked++
+				if asked == 1 {
+					return floor, nil // just read
+				}
+				var err error
+				floor, err = tokenfloor.Highest(ctx, js, stream, a.log) // after the wait: what the old holders recorded meanwhile
+				return floor, err
+			}}); err != nil {
+			return it, err
+		}
+		it.Status, it.Detail = initCreated, detail(floor)
 		return it, nil
 	case err != nil:
 		return it, fmt.Errorf("lock bucket %s: %w", o.bucket, err)
@@ -251,9 +291,23 @@ func (a *app) initBucket(ctx context.Context, js jetstream.JetStream, o initOpti
 	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok {
 		replicas = bs.StreamInfo().Config.Replicas
 	}
-	it.Status, it.Detail = initExists, fmt.Sprintf("lease (TTL) %s, R%d", st.TTL(), replicas)
+	it.Status, it.Detail = initExists, fmt.Sprintf("lease (TTL) %s, R%d, refuses rollups and purges", st.TTL(), replicas)
+	unsafe, err := lock.SecureBucket(ctx, js, o.bucket, o.dryRun)
+	if err != nil {
+		return it, err
+	}
+	if len(unsafe) > 0 {
+		it.Status, it.Detail = initUpdated, fmt.Sprintf("lease (TTL) %s, R%d; now refuses rollups, purges and message deletes (it %s), its locks kept",
+			st.TTL(), replicas, strings.Join(unsafe, ", "))
+		if o.dryRun {
+			it.Status, it.Detail = initWouldUpdate, strings.Replace(it.Detail, "now refuses", "would refuse", 1)
+		}
+	}
 	if o.leaseSet && st.TTL() != o.lease {
 		it.Status, it.Detail = initDiffers, fmt.Sprintf("lease (TTL) %s (want %s): runners must use --lock-lease %s", st.TTL(), o.lease, st.TTL())
+		if len(unsafe) > 0 && !o.dryRun {
+			it.Detail += "; it now refuses rollups, purges and message deletes"
+		}
 	}
 	return it, nil
 }
@@ -302,7 +356,7 @@ func deletionEvidence(ctx context.Context, js jetstream.JetStream, bucket string
 	default:
 		if st, err := kv.Status(ctx); err == nil {
 			if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && bs.StreamInfo().State.LastSeq > 0 {
-				out = append(out, fmt.Sprintf("the lock bucket %s has recorded %d lock operations", bucket, bs.StreamInfo().State.LastSeq))
+				out = append(out, fmt.Sprintf("the lock bucket %s has handed out lock revisions up to %d", bucket, bs.StreamInfo().State.LastSeq))
 			}
 		}
 	}

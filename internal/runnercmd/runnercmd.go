@@ -30,6 +30,7 @@ import (
 	"github.com/auditflow/auditflow/internal/redact"
 	"github.com/auditflow/auditflow/internal/render"
 	"github.com/auditflow/auditflow/internal/storeflags"
+	"github.com/auditflow/auditflow/internal/tokenfloor"
 	"github.com/auditflow/auditflow/internal/trustflags"
 	"github.com/auditflow/auditflow/lock"
 	"github.com/auditflow/auditflow/producer"
@@ -358,7 +359,11 @@ func run(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) (i
 		return codeFor(err), err
 	}
 	locker, err := lock.New(ctx, js, lock.Config{CreateBucket: o.embedded && !o.dryRun, Replicas: o.replicas, Lease: o.lease, RetryInterval: o.lockRetry,
-		GiveUpAfter: o.lockGiveUp, Owner: o.runnerID, Logger: log})
+		GiveUpAfter: o.lockGiveUp, Owner: o.runnerID, Logger: log,
+		// A bucket this process creates hands out tokens above those on the stream.
+		TokenFloor: tokenfloor.Func(js, producer.DefaultStreamName, log),
+		// Releases signed with the runner's key; believed only if signed by a listed key.
+		Signer: signer, Trust: list})
 	if err != nil {
 		return codeFor(err), err
 	}
