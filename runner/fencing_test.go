@@ -108,7 +108,7 @@ func TestLostLeaseCancelsTheChange(t *testing.T) {
 	if got := typesOf(t, srv.JS, "billing", changes[0].ID); !slices.Equal(got, []events.Type{events.ExecutionStarted, events.ExecutionFailed}) {
 		t.Fatalf("recorded %v", got)
 	}
-	if e := lastEvent(t, srv, "billing", changes[0].ID); !strings.Contains(e.ErrorMessage, "lease ran out") {
+	if e := lastEvent(t, srv, "billing", changes[0].ID); !strings.Contains(e.ErrorMessage, "stopped: the pipeline lock was force-released by") {
 		t.Fatalf("recorded %q", e.ErrorMessage)
 	}
 }

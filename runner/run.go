@@ -808,10 +808,28 @@ func OperatorOf(s *trust.Signer, r Resolution) (string, error) {
 // the record: lock.Lease.LostCause names the cause (the lease ran out,
 // the lock was deleted or force-released, another holder took it).
 func lostWhy(lease *lock.Lease) string {
-	if lc, ok := any(lease).(interface{ LostCause() error }); ok {
-		if err := lc.LostCause(); err != nil {
-			return err.Error()
-		}
+	var le *lock.LostError
+	if !errors.As(lease.LostCause(), &le) {
+		return "the pipeline lock's lease ran out before it could be refreshed"
 	}
-	return "the pipeline lock's lease ran out before it could be refreshed"
+	var why string
+	switch le.Kind {
+	case lock.LostDeleted:
+		why = "the pipeline lock was deleted by someone other than its holder"
+	case lock.LostForceReleased:
+		why = "the pipeline lock was force-released"
+		if le.By != "" {
+			why += " by " + le.By
+		}
+	case lock.LostTaken:
+		why = fmt.Sprintf("the pipeline lock was taken by %s (token %d)", dash(le.By), le.OtherToken)
+	case lock.LostForfeited:
+		why = "the pipeline lock was given up: " + le.Detail
+	default:
+		why = "the pipeline lock's lease ran out (not refreshed in time)"
+	}
+	if !le.At.IsZero() {
+		why += " at " + le.At.UTC().Format(time.RFC3339)
+	}
+	return why
 }
