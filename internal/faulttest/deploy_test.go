@@ -502,7 +502,9 @@ func TestDeployDenials(t *testing.T) {
 			}
 			e := events.New(events.ExecutionStarted, pl, "0001-forged")
 			e.ExecutionID = "forged"
-			_, err = prod.Publish(ctx, e)
+			// Placed first, so the publish is what is tried (unplaced, it
+			// would read the change's newest message first).
+			_, err = prod.Publish(ctx, e, producer.ExpectLastSeq(0))
 			return err
 		}
 	}
