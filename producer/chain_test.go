@@ -151,3 +151,36 @@ func TestLastRefusesACopy(t *testing.T) {
 		t.Fatalf("after the resolution: %v %v", e.ID, err)
 	}
 }
+
+// TestLastOfAgreesWithLast: the plan's batched read gives each change what
+// Last gives it — an event in its place, none, an event out of its place.
+func TestLastOfAgreesWithLast(t *testing.T) {
+	srv := natstest.Start(t)
+	ctx := context.Background()
+	p := newProducer(t, srv.JS)
+	for _, c := range []string{"a", "b", "b", "c"} {
+		if _, err := p.Publish(ctx, started(c)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, _ := srv.JS.Stream(ctx, producer.DefaultStreamName)
+	orig, _ := s.GetMsg(ctx, 2) // b's first start
+	if _, err := srv.JS.PublishMsg(ctx, &nats.Msg{Subject: orig.Subject, Data: orig.Data, Header: nats.Header{"Nats-Msg-Id": []string{"copy"}}}); err != nil {
+		t.Fatal(err)
+	}
+	ids := []string{"a", "b", "c", "never"}
+	got, err := p.LastOf(ctx, "billing", ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, id := range ids {
+		e, h, err := p.Last(ctx, "billing", id)
+		if got[i].Event.ID != e.ID || got[i].Head != h || fmt.Sprint(got[i].Err) != fmt.Sprint(err) {
+			t.Errorf("%s: LastOf %+v, Last %v %+v %v", id, got[i], e.ID, h, err)
+		}
+	}
+	var oop *producer.OutOfPlaceError
+	if !errors.As(got[1].Err, &oop) || !errors.Is(got[3].Err, producer.ErrNoEvents) || got[0].Err != nil {
+		t.Fatalf("LastOf: %v %v %v", got[0].Err, got[1].Err, got[3].Err)
+	}
+}

@@ -169,9 +169,17 @@ func (r *Runner) Plan(ctx context.Context, changes []Change) ([]Step, error) {
 	if err != nil {
 		return nil, err
 	}
+	ids := make([]string, len(sorted))
+	for i, c := range sorted {
+		ids[i] = c.ID
+	}
+	newest, err := r.prod.LastOf(ctx, r.cfg.Pipeline, ids)
+	if err != nil {
+		return nil, fmt.Errorf("runner: plan: %w", err)
+	}
 	plan := make([]Step, 0, len(sorted))
-	for _, c := range sorted {
-		s, err := r.read(ctx, c)
+	for i, c := range sorted {
+		s, err := r.judge(c, newest[i].Event, newest[i].Head, newest[i].Err)
 		if err != nil {
 			return nil, fmt.Errorf("runner: plan: %w", err)
 		}
@@ -186,6 +194,12 @@ func (r *Runner) Plan(ctx context.Context, changes []Change) ([]Step, error) {
 // once did, with "malformed event") left no way forward.
 func (r *Runner) read(ctx context.Context, c Change) (Step, error) {
 	last, head, err := r.prod.Last(ctx, r.cfg.Pipeline, c.ID)
+	return r.judge(c, last, head, err)
+}
+
+// judge decides what to do with a change whose newest event, read as
+// producer.Last reads it, is last at head (err: Last's error).
+func (r *Runner) judge(c Change, last events.Event, head producer.Head, err error) (Step, error) {
 	var bad *producer.BadEventError
 	var oop *producer.OutOfPlaceError
 	switch {
