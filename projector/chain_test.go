@@ -2,6 +2,7 @@ package projector_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -39,6 +40,26 @@ func republish(t *testing.T, e *env, seq uint64) uint64 {
 	return ack.Sequence
 }
 
+// seqOf is the stream sequence of change's first event of type typ.
+func seqOf(t *testing.T, e *env, change string, typ events.Type) uint64 {
+	t.Helper()
+	ctx := context.Background()
+	s, err := e.srv.JS.Stream(ctx, producer.DefaultStreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subject := events.Subject(events.DefaultSubjectPrefix, "billing", change)
+	for seq := uint64(1); ; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatalf("no %s of %s: %v", typ, change, err)
+		}
+		if ev, err := events.Decode(m.Data); err == nil && m.Subject == subject && ev.Type == typ {
+			return seq
+		}
+	}
+}
+
 // TestCopiesAreOutOfChain: copies of earlier events published again — a
 // success after a failure, a start, two in a row — are each stored as
 // rows of their own, OUT_OF_CHAIN, and leave their change's issue OPEN in
@@ -65,10 +86,12 @@ func TestCopiesAreOutOfChain(t *testing.T) {
 	if _, err := e.prod.Publish(ctx, rolled, producer.After(head)); err != nil {
 		t.Fatal(err)
 	}
-	startCopy := republish(t, e, 1)   // 0000's start again
-	successCopy := republish(t, e, 4) // 0001's success again, right after its own
+	startCopy := republish(t, e, seqOf(t, e, "0000-change", events.ExecutionStarted)) // 0000's start again
+	success1 := seqOf(t, e, "0001-change", events.ExecutionSucceeded)
+	successCopy := republish(t, e, success1) // 0001's success again, right after its own
 	// 0002's start and success, the second chained to the first by hash
-	twice := []uint64{republish(t, e, 5), republish(t, e, 6)}
+	start2 := seqOf(t, e, "0002-change", events.ExecutionStarted)
+	twice := []uint64{republish(t, e, start2), republish(t, e, seqOf(t, e, "0002-change", events.ExecutionSucceeded))}
 	waitCaughtUp(t, p)
 	stop()
 
@@ -79,8 +102,8 @@ func TestCopiesAreOutOfChain(t *testing.T) {
 		want   string
 	}{
 		{"0000-change", startCopy, events.ExecutionStarted, "written as its change's first event"},
-		{"0001-change", successCopy, events.ExecutionSucceeded, "repeats the event id of stream sequence 4"},
-		{"0002-change", twice[1], events.ExecutionSucceeded, "written to follow stream sequence 5"},
+		{"0001-change", successCopy, events.ExecutionSucceeded, fmt.Sprintf("repeats the event id of stream sequence %d", success1)},
+		{"0002-change", twice[1], events.ExecutionSucceeded, fmt.Sprintf("written to follow stream sequence %d", start2)},
 	} {
 		is, err := e.store.Issues(ctx, stores.IssueQuery{Pipeline: "billing", ChangeID: c.change})
 		if err != nil || len(is) != 1 {
@@ -108,7 +131,7 @@ func TestCopiesAreOutOfChain(t *testing.T) {
 	// The same projector restarted: its consumer resumes mid-stream, so it
 	// asks the stream what precedes the first event of each change it
 	// meets, and judges a copy it has never seen the original of.
-	late := republish(t, e, 8) // 0003's success again
+	late := republish(t, e, seqOf(t, e, "0003-change", events.ExecutionSucceeded)) // 0003's success again
 	p, stop = run(t, e.srv.JS, e.store, projector.Config{})
 	waitCaughtUp(t, p)
 	stop()
