@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -62,7 +61,7 @@ apply: |
 			a := start(t, srv.URL, exe, "--changes", dir, "--pipeline", "billing", "--runner-id", "runner-a",
 				"--lock-lease", lease.String(), "--lock-retry", "100ms", "--lock-give-up", "1m", "--data-dir", filepath.Join(dir, ".data"))
 			runnerPid := a.cmd.Process.Pid
-			eventually(t, 20*time.Second, "the change's four sleepers", func() bool { return len(sleepersOf(sleep)) == 4 })
+			eventually(t, 20*time.Second, "the change's four sleepers", func() bool { return len(proctest.Sleepers(sleep)) == 4 })
 			begun := time.Now()
 			sup := childWithArg(runnerPid, "__auditflow_supervise")
 			if sup == 0 {
@@ -76,11 +75,11 @@ apply: |
 				}
 				t.Skip(msg + "; only a PID namespace survives this kill")
 			}
-			change := slices.Concat([]int{sup}, proctest.Tree(sup), withTokenOf(sleep))
+			change := slices.Concat([]int{sup}, proctest.Tree(sup), proctest.WithToken(sleep))
 			slices.Sort(change)
 			change = slices.Compact(change)
 			t.Cleanup(func() {
-				for _, pid := range withTokenOf(sleep) {
+				for _, pid := range proctest.WithToken(sleep) {
 					_ = syscall.Kill(pid, syscall.SIGKILL)
 				}
 			})
@@ -93,8 +92,8 @@ apply: |
 						t.Fatalf("pkill -9 -x %s: %v %s", name, err, out)
 					}
 				} else { // what pkill -x does: match the kernel's process name
-					for _, pid := range allPids() {
-						if comm, _ := statOf(pid); comm == name {
+					for _, pid := range proctest.Pids() {
+						if comm, _ := proctest.Comm(pid); comm == name {
 							_ = syscall.Kill(pid, syscall.SIGKILL)
 						}
 					}
@@ -109,7 +108,7 @@ apply: |
 				_ = syscall.Kill(sup, syscall.SIGKILL)
 			}
 			live := func() []int {
-				return slices.Concat(slices.DeleteFunc(slices.Clone(change), func(p int) bool { return !proctest.Running(p) }), withTokenOf(sleep))
+				return slices.Concat(slices.DeleteFunc(slices.Clone(change), func(p int) bool { return !proctest.Running(p) }), proctest.WithToken(sleep))
 			}
 			deadline := time.Now().Add(3 * time.Second)
 			for len(live()) > 0 && time.Now().Before(deadline) {
@@ -168,63 +167,16 @@ func copyExecutable(t *testing.T, src, dst string) string {
 	return dst
 }
 
-func allPids() []int {
-	ents, _ := os.ReadDir("/proc")
-	var out []int
-	for _, e := range ents {
-		if pid, err := strconv.Atoi(e.Name()); err == nil {
-			out = append(out, pid)
-		}
-	}
-	return out
-}
-
-// statOf returns a process's kernel name (comm) and parent.
-func statOf(pid int) (comm string, ppid int) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return "", 0
-	}
-	i, j := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
-	if i < 0 || j < i {
-		return "", 0
-	}
-	if f := bytes.Fields(b[j+1:]); len(f) > 1 {
-		ppid, _ = strconv.Atoi(string(f[1]))
-	}
-	return string(b[i+1 : j]), ppid
-}
-
 // childWithArg returns parent's live child that has arg on its command
 // line, or 0.
 func childWithArg(parent int, arg string) int {
-	for _, pid := range allPids() {
+	for _, pid := range proctest.Pids() {
 		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if _, pp := statOf(pid); pp == parent && slices.Contains(strings.Split(string(b), "\x00"), arg) && proctest.Running(pid) {
+		if _, pp := proctest.Comm(pid); pp == parent && slices.Contains(strings.Split(string(b), "\x00"), arg) && proctest.Running(pid) {
 			return pid
 		}
 	}
 	return 0
-}
-
-// withTokenOf lists the live processes whose command line contains token.
-func withTokenOf(token string) []int {
-	var out []int
-	for _, pid := range allPids() {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if err == nil && bytes.Contains(b, []byte(token)) && pid != os.Getpid() && proctest.Running(pid) {
-			out = append(out, pid)
-		}
-	}
-	return out
-}
-
-// sleepersOf lists the live `sleep <duration>` processes.
-func sleepersOf(duration string) []int {
-	return slices.DeleteFunc(withTokenOf(duration), func(pid int) bool {
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		return !bytes.Equal(b, []byte("sleep\x00"+duration+"\x00"))
-	})
 }
 
 func psForest() string {

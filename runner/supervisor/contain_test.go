@@ -93,7 +93,7 @@ func killedTest(t *testing.T, contain supervisor.Containment, kill string, user 
 	needContainment(t, contain, r.containment)
 	shPid := proctest.ReadPid(t, filepath.Join(dir, "sh.pid"))
 	escapee := proctest.ReadPid(t, filepath.Join(dir, "escapee.pid"))
-	proctest.WaitFor(t, "the change's four sleepers", 5*time.Second, func() bool { return len(sleepers(sleep)) == 4 })
+	proctest.WaitFor(t, "the change's four sleepers", 5*time.Second, func() bool { return len(proctest.Sleepers(sleep)) == 4 })
 	if pg, _ := syscall.Getpgid(escapee); pg == shPid {
 		t.Fatal("the escapee did not leave the process group; the test proves less than it says")
 	}
@@ -101,11 +101,11 @@ func killedTest(t *testing.T, contain supervisor.Containment, kill string, user 
 	if contain == supervisor.ContainCgroup && cgroup == "" {
 		t.Fatal("the command is not in a cgroup of its own")
 	}
-	change := slices.Concat(proctest.Tree(r.cmd.Process.Pid), withToken(sleep))
+	change := slices.Concat(proctest.Tree(r.cmd.Process.Pid), proctest.WithToken(sleep))
 	slices.Sort(change)
 	change = slices.Compact(change)
 	t.Cleanup(func() { // what a test of a broken (or unguaranteed) case leaves
-		for _, pid := range withToken(sleep) {
+		for _, pid := range proctest.WithToken(sleep) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 		if cgroup != "" {
@@ -131,7 +131,7 @@ func killedTest(t *testing.T, contain supervisor.Containment, kill string, user 
 		_ = syscall.Kill(parentOf(shPid), syscall.SIGKILL)
 	}
 	left := func() []int {
-		return slices.Concat(slices.DeleteFunc(slices.Clone(change), func(p int) bool { return !proctest.Running(p) || p == r.cmd.Process.Pid }), withToken(sleep))
+		return slices.Concat(slices.DeleteFunc(slices.Clone(change), func(p int) bool { return !proctest.Running(p) || p == r.cmd.Process.Pid }), proctest.WithToken(sleep))
 	}
 	var gone time.Duration
 	if holds {
@@ -253,53 +253,7 @@ func unprivileged(t *testing.T, dir string, user int) string {
 	return bin
 }
 
-// withToken lists the live processes whose command line contains token.
-func withToken(token string) []int {
-	var out []int
-	eachPid(func(pid int) {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if err == nil && bytes.Contains(b, []byte(token)) && pid != os.Getpid() && proctest.Running(pid) {
-			out = append(out, pid)
-		}
-	})
-	return out
-}
-
-// sleepers lists the live `sleep <duration>` processes.
-func sleepers(duration string) []int {
-	return slices.DeleteFunc(withToken(duration), func(pid int) bool {
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		return !bytes.Equal(b, []byte("sleep\x00"+duration+"\x00"))
-	})
-}
-
-func eachPid(f func(int)) {
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		if pid, err := strconv.Atoi(e.Name()); err == nil {
-			f(pid)
-		}
-	}
-}
-
-// stat returns a process's name and parent from /proc.
-func stat(pid int) (comm string, ppid int) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return "", 0
-	}
-	i, j := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
-	if i < 0 || j < i {
-		return "", 0
-	}
-	f := bytes.Fields(b[j+1:])
-	if len(f) > 1 {
-		ppid, _ = strconv.Atoi(string(f[1]))
-	}
-	return string(b[i+1 : j]), ppid
-}
-
-func parentOf(pid int) int { _, p := stat(pid); return p }
+func parentOf(pid int) int { _, p := proctest.Comm(pid); return p }
 
 func describe(pid int) string {
 	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
@@ -348,7 +302,7 @@ func TestProcessNames(t *testing.T) {
 		_, _ = p.Wait()
 	}()
 	shPid := proctest.ReadPid(t, filepath.Join(dir, "sh.pid"))
-	if comm, _ := stat(p.Pid()); comm != "auditflow-super" {
+	if comm, _ := proctest.Comm(p.Pid()); comm != "auditflow-super" {
 		t.Errorf("the supervisor's name is %q", comm)
 	}
 	if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p.Pid())); !bytes.HasPrefix(b, []byte("auditflow-supervisor\x00")) {
@@ -356,7 +310,7 @@ func TestProcessNames(t *testing.T) {
 	}
 	needContainment(t, supervisor.ContainPIDNamespace, p.Containment())
 	init := parentOf(shPid)
-	if comm, ppid := stat(init); comm != "auditflow-init" || ppid != p.Pid() {
+	if comm, ppid := proctest.Comm(init); comm != "auditflow-init" || ppid != p.Pid() {
 		t.Errorf("the command's parent is %q (pid %d, parent %d), want auditflow-init, the supervisor's child", comm, init, ppid)
 	}
 	if p.CommandPid() != shPid {
