@@ -246,11 +246,16 @@ type Untrusted struct {
 }
 
 func (u Untrusted) String() string {
-	ack := "NOT resolved: runners stop at it while it is its change's newest event, and its issue stays open"
-	if u.Acknowledged {
-		ack = "resolved by a trusted operator after it"
+	return fmt.Sprintf("%s: %s/%s seq %d %s: %s; %s", u.Where, u.Pipeline, u.ChangeID, u.Seq, u.Type, u.Problem, resolvedText(u.Acknowledged, "a trusted operator"))
+}
+
+// resolvedText says whether an event runners stop at has a resolution
+// after it, by whom.
+func resolvedText(acknowledged bool, by string) string {
+	if acknowledged {
+		return "resolved by " + by + " after it"
 	}
-	return fmt.Sprintf("%s: %s/%s seq %d %s: %s; %s", u.Where, u.Pipeline, u.ChangeID, u.Seq, u.Type, u.Problem, ack)
+	return "NOT resolved: runners stop at it while it is its change's newest event, and its issue stays open"
 }
 
 // OutOfChain is an event that does not extend its change's chain: the
@@ -271,11 +276,7 @@ type OutOfChain struct {
 }
 
 func (o OutOfChain) String() string {
-	ack := "NOT resolved: runners stop at it while it is its change's newest event, and its issue stays open"
-	if o.Acknowledged {
-		ack = "resolved by an operator after it"
-	}
-	return fmt.Sprintf("%s/%s seq %d %s (event %s): %s; %s", o.Pipeline, o.ChangeID, o.Seq, o.Type, o.EventID, o.Problem, ack)
+	return fmt.Sprintf("%s/%s seq %d %s (event %s): %s; %s", o.Pipeline, o.ChangeID, o.Seq, o.Type, o.EventID, o.Problem, resolvedText(o.Acknowledged, "an operator"))
 }
 
 // ChangeSummary is the count and digest of one change on each side.
