@@ -3,6 +3,7 @@ package runner_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -362,5 +363,32 @@ func TestStalePlanIsReadAgain(t *testing.T) {
 	}
 	if !slices.Equal(outcomes(rep), []runner.Outcome{runner.OutcomeApplied, runner.OutcomeSkipped}) || counts[1].Load() != 0 {
 		t.Fatalf("outcomes %v, second applied %d times", outcomes(rep), counts[1].Load())
+	}
+}
+
+// TestTokenBehindTheStreamIsRefused: a lock bucket created again without
+// its history (by a tool that does not raise it above the stream's
+// tokens) hands out tokens that already appear on the pipeline's changes;
+// the runner applies nothing and says why.
+func TestTokenBehindTheStreamIsRefused(t *testing.T) {
+	srv := natstest.Start(t)
+	ctx := context.Background()
+	counts := make([]atomic.Int32, 2)
+	// Raise the bucket's revisions: a few other pipelines take and release.
+	for i := range 4 {
+		if _, err := newRunner(t, srv.JS, fmt.Sprint("other-", i), "r").Run(ctx, counted(1, make([]atomic.Int32, 1))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep, err := newRunner(t, srv.JS, "billing", "r").Run(ctx, counted(1, counts))
+	if err != nil || rep.LockToken < 4 {
+		t.Fatalf("first run: %v, token %d", err, rep.LockToken)
+	}
+	if err := srv.JS.DeleteKeyValue(ctx, lock.DefaultBucket); err != nil {
+		t.Fatal(err)
+	}
+	rep, err = newRunner(t, srv.JS, "billing", "r").Run(ctx, counted(2, counts))
+	if !errors.Is(err, runner.ErrTokenBehind) || !strings.Contains(err.Error(), "auditflow init") || counts[1].Load() != 0 {
+		t.Fatalf("run with a reset bucket (token %d): %v; second change ran %d times", rep.LockToken, err, counts[1].Load())
 	}
 }
