@@ -67,7 +67,7 @@ func (r *Report) Result(store, by string, at time.Time) Result {
 			"missing": len(r.Missing), "extra": len(r.Extra), "mismatched": len(r.Mismatched), "issues": len(r.Issues),
 			"streamChain": len(r.StreamChain), "storeChain": len(r.StoreChain),
 			"staleTokens": len(r.Unacknowledged()), "streamProblems": len(bad), "downgrades": len(downgrades),
-			"untrusted": len(r.OpenUntrusted()),
+			"untrusted": len(r.OpenUntrusted()), "outOfChain": len(r.OpenOutOfChain()),
 		},
 	}
 }

@@ -205,6 +205,9 @@ snapshot) and the store side by side, and reports:
                that change stop at it until an operator resolves the change
   downgrades   a schema-version-1 event (no hash chain) on a change whose
                events carry the chain: an old writer, or a forged event
+  chain        an event that does not extend its change's chain: the message
+               before it is not the one it names (a copy of an earlier event
+               published again, a fork), until a resolution follows
   signatures   with --trust: events, in the stream and (judged from the row)
                in the store, that are unsigned, signed by an unknown or
                revoked key or one outside its roles or pipelines, whose
@@ -284,6 +287,9 @@ func verifyTable(w *tabwriter.Writer, rep *verify.Report) {
 	showRows(w, "wrong subject", "on the wrong subject", rep.WrongSubject, verify.BadMessage.String)
 	showRows(w, "undecodable", "undecodable", rep.Unreadable, verify.BadMessage.String)
 	showRows(w, "downgrade", "downgrades", rep.Downgrades, verify.Downgrade.String)
+	fmt.Fprintf(w, "chain\t%d events out of their change's chain (copies published again, forks), %d not resolved\n",
+		len(rep.OutOfChain), len(rep.OpenOutOfChain()))
+	showRows(w, "out of chain", "out of their chain", rep.OutOfChain, verify.OutOfChain.String)
 	signaturesTable(w, rep)
 	unacked := rep.Unacknowledged()
 	fmt.Fprintf(w, "lock tokens\t%d events written with a stale lock token, %d not acknowledged\n", len(rep.StaleTokens), len(unacked))
@@ -347,6 +353,14 @@ func streamAdvice(rep *verify.Report) []string {
 		}
 		out = append(out, fmt.Sprintf("DOWNGRADE: seq %d, a schema-version-1 %s without the hash chain on %s/%s, whose events carry it since seq %d: an old writer, or an event forged past the chain. Find out who wrote it (auditflow issue get -p %s -c %s), inspect the target, then record what it holds: %s",
 			d.Seq, d.Type, d.Pipeline, d.ChangeID, d.ChainSince, shellQuote(d.Pipeline), shellQuote(d.ChangeID), fixCommand(d.Pipeline, d.ChangeID)))
+	}
+	for i, o := range rep.OpenOutOfChain() {
+		if i == shown {
+			out = append(out, fmt.Sprintf("… and %d more events out of their chain (--json lists them)", len(rep.OpenOutOfChain())-shown))
+			break
+		}
+		out = append(out, fmt.Sprintf("OUT OF CHAIN: seq %d, %s on %s/%s: %s. It is not where it was written (a copy of an earlier event published again, or a fork): stores show it as OUT_OF_CHAIN and runs of the change stop at it. Find out who published it (nats stream get %s %d), inspect the target, then record what it holds: %s",
+			o.Seq, o.Type, o.Pipeline, o.ChangeID, o.Problem, streamName, o.Seq, fixCommand(o.Pipeline, o.ChangeID)))
 	}
 	untrusted := untrustedAdvice(rep)
 	for i, u := range untrusted {
