@@ -490,8 +490,13 @@ func (r *Runner) finish(ctx context.Context, lease *lock.Lease, e events.Event, 
 			// bookkeeping says (it learns at its next refresh), it is lost.
 			lease.Forfeit("the lock is no longer this holder's")
 		}
-		if !moved && !taken && !unknown {
-			// The lease lapsed, but nobody acted on it: e is the truth.
+		if !moved && !unknown {
+			// Nobody wrote on the change since this execution's last
+			// record, so nobody ran it meanwhile: e is the truth, even if
+			// the lock passed to another holder (which waits out this
+			// lease before it starts anything, and whose start on this
+			// change would make the publish below conflict). What this
+			// execution ran is over: Apply has returned.
 			h, err := r.prod.Publish(rctx, e, producer.After(prev))
 			if errors.Is(err, producer.ErrConflict) {
 				lastErr = err
