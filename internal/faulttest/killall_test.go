@@ -5,7 +5,6 @@ package faulttest
 import (
 	"bytes"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -44,7 +43,7 @@ func TestKillallTakesTheChangeWithIt(t *testing.T) {
 			// A name of its own, so that the killall reaches this test's
 			// runner only, not another test's or another user's.
 			name := fmt.Sprintf("rk%06d", rand.IntN(1_000_000))
-			exe := copyExecutable(t, bin.runner, filepath.Join(t.TempDir(), name))
+			exe := proctest.CopyExecutable(t, bin.runner, filepath.Join(t.TempDir(), name))
 			sleep := fmt.Sprintf("1.5%06d", rand.IntN(1_000_000)) // marks the change's sleepers
 			marker := func(m string) string { return filepath.Join(dir, "marker-"+m) }
 			// The trap witnesses the supervisor's SIGTERM; wait (unlike a
@@ -144,27 +143,6 @@ apply: |
 				kill, contained, len(change), gone.Round(100*time.Microsecond))
 		})
 	}
-}
-
-// copyExecutable copies the binary at src to dst, executable.
-func copyExecutable(t *testing.T, src, dst string) string {
-	t.Helper()
-	in, err := os.Open(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return dst
 }
 
 // childWithArg returns parent's live child that has arg on its command

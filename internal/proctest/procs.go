@@ -5,9 +5,11 @@ package proctest
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"slices"
 	"strconv"
+	"testing"
 )
 
 // Pids lists the processes in /proc (none without it).
@@ -59,4 +61,27 @@ func Sleepers(duration string) []int {
 		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 		return !bytes.Equal(b, []byte("sleep\x00"+duration+"\x00"))
 	})
+}
+
+// CopyExecutable copies the executable src to dst (mode 0755, which must
+// not exist yet): a binary under a name of the test's own, to start or to
+// kill by name.
+func CopyExecutable(t testing.TB, src, dst string) string {
+	t.Helper()
+	in, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		t.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return dst
 }

@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -226,22 +225,7 @@ func startHelper(t *testing.T, exe, dir string, contain supervisor.Containment, 
 // write dir.
 func unprivileged(t *testing.T, dir string, user int) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "supervisor.test")
-	src, err := os.Open(os.Args[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	dst, err := os.OpenFile(bin, os.O_CREATE|os.O_WRONLY, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(dst, src); err != nil {
-		t.Fatal(err)
-	}
-	if err := dst.Close(); err != nil {
-		t.Fatal(err)
-	}
+	bin := proctest.CopyExecutable(t, os.Args[0], filepath.Join(t.TempDir(), "supervisor.test"))
 	for _, d := range []string{filepath.Dir(bin), filepath.Dir(filepath.Dir(bin)), dir, filepath.Dir(dir)} {
 		if err := os.Chmod(d, 0o777); err != nil {
 			t.Fatal(err)
