@@ -47,10 +47,13 @@ func TestKillallTakesTheChangeWithIt(t *testing.T) {
 			sleep := fmt.Sprintf("1.5%06d", rand.IntN(1_000_000)) // marks the change's sleepers
 			marker := func(m string) string { return filepath.Join(dir, "marker-"+m) }
 			// The trap witnesses the supervisor's SIGTERM; wait (unlike a
-			// foreground sleep) lets it run at once, before the shell
-			// reports the sleep's death on the dead runner's pipe.
+			// foreground sleep) lets it run at once. The shell ignores
+			// SIGPIPE: the SIGTERM reaches its sleep too, and reporting
+			// that death on the dead runner's pipe must not kill the shell
+			// before its trap has run.
 			changeFile(t, dir, "1.yaml", `id: 0001-escapes
 apply: |
+  trap '' PIPE
   trap 'echo term > `+filepath.Join(dir, "got-term")+`; exit 143' TERM
   (setsid sh -c 'sleep `+sleep+`; echo late > `+marker("escapee")+`' &)
   (sleep `+sleep+`; echo late > `+marker("background")+`) &
