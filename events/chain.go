@@ -67,7 +67,8 @@ func outOfChain(format string, args ...any) *ChainError {
 // event after a version-4 one) is a downgrade; history written before the
 // chain, or by a writer that never chains, passes. Such events
 // cannot name a place, so a run of copied version-2 or -3 events is caught
-// only at its first (verify catches the rest by their repeated ids).
+// only at its first (verify with a trust list catches the rest: their
+// signatures repeat).
 func CheckChain(e Event, prev Prev) error {
 	if prev.Seq != 0 && e.ID == prev.ID {
 		return outOfChain("repeats the event id of stream sequence %d, the message before it", prev.Seq)
