@@ -22,10 +22,11 @@ type Prev struct {
 	Chained bool
 }
 
-// PrevOf is the Prev of a message at seq with bytes data, decoded as e
-// (decodeErr non-nil when it does not decode).
-func PrevOf(seq uint64, data []byte, e Event, decodeErr error) Prev {
-	p := Prev{Seq: seq, Hash: Hash(data)}
+// PrevOf is the Prev of a message at seq whose bytes hash to hash (Hash),
+// decoded as e; decodeErr is non-nil when it is not an event of the change
+// whose subject it is on (it does not decode, or names another change).
+func PrevOf(seq uint64, hash string, e Event, decodeErr error) Prev {
+	p := Prev{Seq: seq, Hash: hash}
 	if decodeErr == nil {
 		p.ID, p.Version, p.Chained = e.ID, e.SchemaVersion, e.PrevHash != "" || e.SchemaVersion >= ChainVersion
 	}

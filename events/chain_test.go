@@ -28,7 +28,7 @@ func (s *subject) last() events.Prev {
 	}
 	m := s.msgs[len(s.msgs)-1]
 	e, err := events.Decode(m.data)
-	return events.PrevOf(m.seq, m.data, e, err)
+	return events.PrevOf(m.seq, events.Hash(m.data), e, err)
 }
 
 // publish places e after the subject's last message and stores it.
@@ -58,7 +58,7 @@ func (s *subject) check(i int) error {
 	if i > 0 {
 		m := s.msgs[i-1]
 		e, err := events.Decode(m.data)
-		prev = events.PrevOf(m.seq, m.data, e, err)
+		prev = events.PrevOf(m.seq, events.Hash(m.data), e, err)
 	}
 	e, err := events.Decode(s.msgs[i].data)
 	if err != nil {
@@ -119,7 +119,7 @@ func TestCheckChainRefusesEveryCopy(t *testing.T) {
 func TestCheckChainForksAndDowngrades(t *testing.T) {
 	first := exec(events.ExecutionStarted)
 	b, _ := events.Encode(first)
-	prev := events.PrevOf(7, b, first, nil)
+	prev := events.PrevOf(7, events.Hash(b), first, nil)
 
 	fork := exec(events.ExecutionSucceeded)
 	fork.PrevSeq, fork.PrevHash, fork.Position = 7, events.Hash([]byte("something else")), 2

@@ -68,7 +68,7 @@ func Before(ctx context.Context, js jetstream.JetStream, s jetstream.Stream, pre
 			if derr == nil {
 				derr = events.CheckSubject(prefix, subject, e)
 			}
-			prev = events.PrevOf(prev.Seq, m.Data, e, derr)
+			prev = events.PrevOf(prev.Seq, events.Hash(m.Data), e, derr)
 		}
 		return prev, nil
 	}

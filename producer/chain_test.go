@@ -44,7 +44,7 @@ func checkChains(t *testing.T, srv *natstest.Server) int {
 		if e.Position != count[m.Subject] {
 			t.Errorf("sequence %d: position %d, the subject's message %d", seq, e.Position, count[m.Subject])
 		}
-		prev[m.Subject] = events.PrevOf(seq, m.Data, e, nil)
+		prev[m.Subject] = events.PrevOf(seq, events.Hash(m.Data), e, nil)
 	}
 	return int(info.State.LastSeq)
 }

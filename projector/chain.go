@@ -75,17 +75,6 @@ func (t *chainTracker) next(subject string, self events.Prev) (events.Prev, bool
 	return events.Prev{}, false
 }
 
-// selfOf is what a message is as the predecessor of the next one on its
-// subject, decoded as decide decoded it (err: it is not an event of the
-// change whose subject it is on).
-func selfOf(m StreamMsg, e events.Event, hash string, err error) events.Prev {
-	p := events.Prev{Seq: m.Seq, Hash: hash}
-	if err == nil {
-		p.ID, p.Version, p.Chained = e.ID, e.SchemaVersion, e.PrevHash != "" || e.SchemaVersion >= events.ChainVersion
-	}
-	return p
-}
-
 // lookupFunc finds what precedes seq on subject on the stream.
 type lookupFunc func(ctx context.Context, subject string, seq uint64) (events.Prev, error)
 

@@ -76,7 +76,7 @@ func decide(decode func([]byte) (events.Event, error), prefix string, list *trus
 		err = events.Validate(e)
 	}
 	if err != nil {
-		self := selfOf(m, e, hash, err)
+		self := events.PrevOf(seq, hash, e, err)
 		if errors.Is(err, events.ErrUnsupportedVersion) {
 			v := e.SchemaVersion
 			if v <= events.SchemaVersion {
@@ -89,11 +89,11 @@ func decide(decode func([]byte) (events.Event, error), prefix string, list *trus
 		return decision{outcome: outDeadLetter, reason: err, self: self}
 	}
 	if err := events.CheckSubject(prefix, subject, e); err != nil {
-		return decision{outcome: outDeadLetter, reason: err, self: selfOf(m, e, hash, err)}
+		return decision{outcome: outDeadLetter, reason: err, self: events.PrevOf(seq, hash, e, err)}
 	}
 	signer, signature, v := list.CheckHeader(m.Header.Get(trust.Header),
 		trust.Signed{Pipeline: e.Pipeline, Type: e.Type, Seq: seq, Hash: hash})
-	return decision{outcome: outStore, self: selfOf(m, e, hash, nil), rec: stores.Record{Seq: seq, Hash: hash, Signer: signer,
+	return decision{outcome: outStore, self: events.PrevOf(seq, hash, e, nil), rec: stores.Record{Seq: seq, Hash: hash, Signer: signer,
 		Signature: signature, Trust: events.Truncate(v.Problem, stores.MaxTrustLen), Event: e}}
 }
 

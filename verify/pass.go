@@ -130,7 +130,7 @@ func (p *pass) batch(msgs []projector.StreamMsg) error {
 				p.rep.Unreadable = append(p.rep.Unreadable, b)
 				p.rep.Undecodable++
 			}
-			p.prevOf[m.Subject] = events.Prev{Seq: m.Seq, Hash: hash}
+			p.prevOf[m.Subject] = events.PrevOf(m.Seq, hash, e, err)
 			p.badBefore[m.Subject] = true
 			continue
 		}
@@ -203,7 +203,7 @@ func (p *pass) batch(msgs []projector.StreamMsg) error {
 		if p.chainSince[m.Subject] == 0 && (e.PrevHash != "" || e.SchemaVersion >= 2) {
 			p.chainSince[m.Subject] = m.Seq
 		}
-		p.prevOf[m.Subject] = events.PrevOf(m.Seq, m.Data, e, nil)
+		p.prevOf[m.Subject] = events.PrevOf(m.Seq, hash, e, nil)
 		p.rep.StreamEvents++
 	}
 	if len(msgs) == 0 {

@@ -113,7 +113,7 @@ func Feed(t *testing.T, js jetstream.JetStream, st stores.Store) {
 		if err == nil {
 			recs = append(recs, stores.Record{Seq: seq, Hash: events.Hash(m.Data), Chain: stores.ChainOf(e, prev[m.Subject]), Event: e})
 		}
-		prev[m.Subject] = events.PrevOf(seq, m.Data, e, err)
+		prev[m.Subject] = events.PrevOf(seq, events.Hash(m.Data), e, err)
 	}
 	if err := st.Apply(ctx, stores.Batch{Checkpoint: "projector", Records: recs}); err != nil {
 		t.Fatal(err)
