@@ -409,13 +409,14 @@ func (p *Producer) LastOf(ctx context.Context, pipeline string, changeIDs []stri
 		if err != nil {
 			return nil, fmt.Errorf("producer: last event of %s/%s: %w", pipeline, c, err)
 		}
-		if pos, placed := position(m.Data); !placed || pos != n {
+		r := newLastRead(m, n)
+		if _, atCount := r.placed(); !atCount {
 			// Out of place, or a message without a position (an older
 			// writer's, or not an event), whose count must be read with it.
 			out[i].Event, out[i].Head, out[i].Err = p.Last(ctx, pipeline, c)
 			continue
 		}
-		out[i].Event, out[i].Head, out[i].Err = judgeMsg(p.cfg.Stream, pipeline, c, lastRead{msg: m, count: n})
+		out[i].Event, out[i].Head, out[i].Err = judgeMsg(p.cfg.Stream, pipeline, c, r)
 	}
 	return out, nil
 }
@@ -436,7 +437,7 @@ func (p *Producer) First(ctx context.Context, pipeline, changeID string) (events
 	if err != nil {
 		return events.Event{}, Head{}, fmt.Errorf("producer: first event of %s/%s: %w", pipeline, changeID, err)
 	}
-	return judgeMsg(p.cfg.Stream, pipeline, changeID, lastRead{msg: m, count: 1})
+	return judgeMsg(p.cfg.Stream, pipeline, changeID, newLastRead(m, 1))
 }
 
 // ReadLast is Last for read-only tools: it reads a change's newest event
@@ -461,11 +462,25 @@ func ReadLast(ctx context.Context, js jetstream.JetStream, cfg StreamConfig, pip
 	return judgeMsg(cfg, pipeline, changeID, last)
 }
 
-// lastRead is a subject's newest message and how many messages the
-// subject held when it was read.
+// lastRead is a subject's newest message, decoded once, and how many
+// messages the subject held when it was read.
 type lastRead struct {
 	msg   *jetstream.RawStreamMsg
 	count uint64
+	event events.Event
+	err   error // the message does not decode
+}
+
+func newLastRead(m *jetstream.RawStreamMsg, count uint64) lastRead {
+	e, err := events.Decode(m.Data)
+	return lastRead{msg: m, count: count, event: e, err: err}
+}
+
+// placed reports whether the message is an event that says its position,
+// and whether that position is the count.
+func (r lastRead) placed() (placed, atCount bool) {
+	placed = r.err == nil && r.event.SchemaVersion >= events.ChainVersion
+	return placed, placed && r.event.Position == r.count
 }
 
 // readPlaced reads a subject's newest message and its message count as of
@@ -486,10 +501,10 @@ func readPlaced(ctx context.Context, s jetstream.Stream, name, subject string) (
 	if err != nil {
 		return lastRead{}, err
 	}
-	if pos, placed := position(m.Data); placed && pos == n {
-		return lastRead{msg: m, count: n}, nil
+	r := newLastRead(m, n)
+	if _, atCount := r.placed(); atCount {
+		return r, nil
 	}
-	var r lastRead
 	for attempt := 0; ; attempt++ {
 		before, err := subjectCount(ctx, s, subject)
 		if err != nil {
@@ -503,9 +518,9 @@ func readPlaced(ctx context.Context, s jetstream.Stream, name, subject string) (
 		if err != nil {
 			return r, err
 		}
-		r = lastRead{msg: m, count: after}
-		pos, placed := position(m.Data)
-		if before == after && (!placed || pos == after) || attempt == 4 {
+		r = newLastRead(m, after)
+		placed, atCount := r.placed()
+		if before == after && (!placed || atCount) || attempt == 4 {
 			return r, nil
 		}
 		select {
@@ -514,16 +529,6 @@ func readPlaced(ctx context.Context, s jetstream.Stream, name, subject string) (
 		case <-time.After(time.Duration(attempt+1) * 40 * time.Millisecond):
 		}
 	}
-}
-
-// position is the Position a message claims, if it is an event of a
-// version that has one.
-func position(data []byte) (uint64, bool) {
-	e, err := events.Decode(data)
-	if err != nil || e.SchemaVersion < events.ChainVersion {
-		return 0, false
-	}
-	return e.Position, true
 }
 
 // subjectCount is how many messages the stream holds on subject.
@@ -543,7 +548,7 @@ func subjectCount(ctx context.Context, s jetstream.Stream, subject string) (uint
 func judgeMsg(cfg StreamConfig, pipeline, changeID string, r lastRead) (events.Event, Head, error) {
 	m := r.msg
 	h := Head{Seq: m.Sequence, Hash: events.Hash(m.Data), Position: r.count, Signature: m.Header.Get(trust.Header)}
-	e, err := events.Decode(m.Data)
+	e, err := r.event, r.err
 	if err == nil {
 		err = events.CheckSubject(cfg.SubjectPrefix, m.Subject, e)
 	}
