@@ -43,8 +43,9 @@ type tracked struct {
 	run  uint64
 }
 
-// maxTracked bounds the subjects remembered: past it the oldest-seen are
-// forgotten (and asked of the stream when they come back).
+// maxTracked bounds the subjects remembered: past it they are all
+// forgotten and a new run begins (each is asked of the stream when it
+// comes back).
 const maxTracked = 200_000
 
 // restart begins a new run: what was remembered may have missed messages.
@@ -134,8 +135,7 @@ func lookupAll(ctx context.Context, lookup lookupFunc, subjects []string, recs [
 func (p *Projector) placeAll(ctx context.Context, ds []delivery, outcomes []decision) map[int]error {
 	var need []int
 	for i, d := range ds {
-		md, _ := d.msg.Metadata()
-		cons, first := md.Sequence.Consumer, md.NumDelivered == 1
+		cons, first := d.consumerSeq, d.delivered == 1
 		if p.lastCons == 0 || cons != p.lastCons+1 {
 			// The process's first delivery, or a hole: another process
 			// sharing the consumer took messages, or some were lost on

@@ -457,11 +457,12 @@ func (p *Projector) Run(ctx context.Context) error {
 // delivery is a judged message on its way to an apply loop or the
 // dead-letter loop.
 type delivery struct {
-	msg       jetstream.Msg
-	seq       uint64        // stream sequence
-	delivered uint64        // deliveries so far, this one included
-	rec       stores.Record // to store
-	reason    error         // to dead-letter
+	msg         jetstream.Msg
+	seq         uint64        // stream sequence
+	consumerSeq uint64        // the consumer's sequence of this delivery
+	delivered   uint64        // deliveries so far, this one included
+	rec         stores.Record // to store
+	reason      error         // to dead-letter
 }
 
 // fetchLoop fetches, judges and routes until ctx is cancelled. Each
@@ -497,7 +498,7 @@ func (p *Projector) fetchLoop(ctx context.Context, parts []chan []delivery, dead
 				p.inflight.remove(m)
 				continue
 			}
-			d := delivery{msg: m, seq: md.Sequence.Stream, delivered: md.NumDelivered}
+			d := delivery{msg: m, seq: md.Sequence.Stream, consumerSeq: md.Sequence.Consumer, delivered: md.NumDelivered}
 			v := decide(p.cfg.Decode, p.cfg.Stream.SubjectPrefix, p.cfg.Trust,
 				StreamMsg{Seq: d.seq, Subject: m.Subject(), Data: m.Data(), Header: m.Headers()})
 			judged, outcomes = append(judged, d), append(outcomes, v)
@@ -513,8 +514,8 @@ func (p *Projector) fetchLoop(ctx context.Context, parts []chan []delivery, dead
 				p.watchTrust(v.rec)
 				p.watchChain(v.rec)
 				d.rec = v.rec
-				i := route(v.rec.Event, len(parts))
-				shares[i] = append(shares[i], d)
+				w := route(v.rec.Event, len(parts))
+				shares[w] = append(shares[w], d)
 			case v.outcome == outHold:
 				p.hold(d, v.version)
 			default:
