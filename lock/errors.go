@@ -78,30 +78,42 @@ type LostError struct {
 }
 
 func (e *LostError) Error() string {
-	msg := fmt.Sprintf("lock: lease of %q (token %d) lost: ", e.Lock, e.Token)
+	msg := fmt.Sprintf("lock: lease of %q (token %d) lost: the lock %s", e.Lock, e.Token, e.Why())
+	if e.Err != nil {
+		msg += " (" + e.Err.Error() + ")"
+	}
+	return msg
+}
+
+// Why says, for people, what happened to the lock, to follow "the lock"
+// (or "the pipeline lock"): "was not refreshed in time (its lease ran
+// out)", "was deleted by someone other than its holder", "was
+// force-released by …", "was taken by … (token N)", "was given up by its
+// holder", with when the server stored it and any detail.
+func (e *LostError) Why() string {
+	var msg string
 	switch e.Kind {
 	case LostRanOut:
-		msg += "the lease ran out (not refreshed in time)"
+		msg = "was not refreshed in time (its lease ran out)"
+	case LostDeleted:
+		msg = "was deleted by someone other than its holder"
 	case LostForceReleased:
-		msg += "force-released"
+		msg = "was force-released"
 		if e.By != "" {
 			msg += " by " + e.By
 		}
 	case LostTaken:
-		msg += fmt.Sprintf("taken by %s (token %d)", e.By, e.OtherToken)
+		msg = fmt.Sprintf("was taken by %s (token %d)", e.By, e.OtherToken)
 	case LostForfeited:
-		msg += "given up by its holder"
+		msg = "was given up by its holder"
 	default:
-		msg += string(e.Kind)
+		msg = "was lost: " + string(e.Kind)
 	}
 	if !e.At.IsZero() {
-		msg += " at " + e.At.UTC().Format(time.RFC3339Nano)
+		msg += " at " + e.At.UTC().Format(time.RFC3339)
 	}
 	if e.Detail != "" {
 		msg += ": " + e.Detail
-	}
-	if e.Err != nil {
-		msg += " (" + e.Err.Error() + ")"
 	}
 	return msg
 }

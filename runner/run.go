@@ -550,8 +550,6 @@ func overlapMessage(e events.Event, valid, moved bool, last events.Event, lastEr
 	switch {
 	case moved && lastErr == nil && ranIt(last):
 		risk = "both may have changed the target"
-	case !moved && holderErr == nil && holder.Token != e.LockToken:
-		risk = "the new holder may run the change again"
 	case moved && lastErr != nil:
 		risk = "another writer may have changed the target too"
 	}
@@ -815,26 +813,7 @@ func OperatorOf(s *trust.Signer, r Resolution) (string, error) {
 func lostWhy(lease *lock.Lease) string {
 	var le *lock.LostError
 	if !errors.As(lease.LostCause(), &le) {
-		return "the pipeline lock's lease ran out before it could be refreshed"
+		return "the pipeline lock was not refreshed in time (its lease ran out)"
 	}
-	var why string
-	switch le.Kind {
-	case lock.LostDeleted:
-		why = "the pipeline lock was deleted by someone other than its holder"
-	case lock.LostForceReleased:
-		why = "the pipeline lock was force-released"
-		if le.By != "" {
-			why += " by " + le.By
-		}
-	case lock.LostTaken:
-		why = fmt.Sprintf("the pipeline lock was taken by %s (token %d)", dash(le.By), le.OtherToken)
-	case lock.LostForfeited:
-		why = "the pipeline lock was given up: " + le.Detail
-	default:
-		why = "the pipeline lock's lease ran out (not refreshed in time)"
-	}
-	if !le.At.IsZero() {
-		why += " at " + le.At.UTC().Format(time.RFC3339)
-	}
-	return why
+	return "the pipeline lock " + le.Why()
 }
