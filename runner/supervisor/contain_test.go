@@ -334,22 +334,8 @@ func TestEachContainment(t *testing.T) {
 				_ = syscall.Kill(escapee, syscall.SIGKILL) // a process group does not hold it, as documented
 			}
 
-			ctx, cancel := context.WithCancel(context.Background())
-			p, err := supervisor.Start(ctx, supervisor.Spec{MaxContainment: c, Dir: dir, Grace: 5 * time.Second, Args: sh(`
-				trap 'echo TERM > got-term; exit 143' TERM
-				` + writePid("sh.pid") + `
-				while :; do sleep 0.05; done`)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			proctest.ReadPid(t, filepath.Join(dir, "sh.pid"))
-			cancel()
-			res, err = p.Wait()
-			if err != nil || res.ExitCode != 143 || res.KillSent || res.Containment != c {
-				t.Fatalf("stopped: %+v %v", res, err)
-			}
-			if _, err := os.Stat(filepath.Join(dir, "got-term")); err != nil {
-				t.Fatal("the trap did not run")
+			if res := stopTrapped(t, supervisor.Spec{MaxContainment: c}); res.ExitCode != 143 || res.KillSent || res.Containment != c {
+				t.Fatalf("stopped: %+v", res)
 			}
 		})
 	}

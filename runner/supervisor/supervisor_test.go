@@ -124,28 +124,39 @@ func TestLeftoversAreKilled(t *testing.T) {
 	t.Logf("leftovers killed (%s); Run took %s", res.Containment, time.Since(start))
 }
 
+// stopTrapped starts, under spec (its Dir, Grace and Args set here), a
+// script that traps SIGTERM, cancels it once it runs, and returns its
+// result, failing unless the trap ran.
+func stopTrapped(t *testing.T, spec supervisor.Spec) supervisor.Result {
+	t.Helper()
+	dir := t.TempDir()
+	spec.Dir, spec.Grace, spec.Args = dir, 5*time.Second, sh(`
+		trap 'echo TERM > got-term; exit 143' TERM
+		`+writePid("sh.pid")+`
+		while :; do sleep 0.05; done`)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	p, err := supervisor.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proctest.ReadPid(t, filepath.Join(dir, "sh.pid"))
+	cancel()
+	res, err := p.Wait()
+	if err != nil {
+		t.Fatalf("stopped: %+v %v", res, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "got-term")); err != nil {
+		t.Fatal("the trap did not run")
+	}
+	return res
+}
+
 func TestStopOnCancel(t *testing.T) {
 	t.Run("SIGTERM reaches the script", func(t *testing.T) {
-		dir := t.TempDir()
-		ctx, cancel := context.WithCancel(context.Background())
-		p, err := supervisor.Start(ctx, supervisor.Spec{Dir: dir, Grace: 5 * time.Second, Args: sh(`
-			trap 'echo TERM > got-term; exit 143' TERM
-			` + writePid("sh.pid") + `
-			while :; do sleep 0.05; done`)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		proctest.ReadPid(t, filepath.Join(dir, "sh.pid"))
-		cancel()
-		res, err := p.Wait()
-		if err != nil {
-			t.Fatal(err)
-		}
+		res := stopTrapped(t, supervisor.Spec{})
 		if res.Stopped != supervisor.StopRequested || !res.TermSent || res.KillSent || res.ExitCode != 143 {
 			t.Fatalf("result %+v", res)
-		}
-		if _, err := os.Stat(filepath.Join(dir, "got-term")); err != nil {
-			t.Fatal("the trap did not run")
 		}
 		t.Logf("exited 143 %s after SIGTERM", res.StopTook)
 	})
