@@ -37,7 +37,7 @@ func (s *Store) migrate(ctx context.Context, tx *sql.Tx) error {
 				continue
 			}
 			typ := "TEXT NOT NULL DEFAULT ''"
-			if col == "prev_seq" || col == "position" {
+			if integerColumn(col) {
 				typ = "INTEGER NOT NULL DEFAULT 0"
 			}
 			if _, err := tx.ExecContext(ctx, `ALTER TABLE `+quote(table)+` ADD COLUMN `+col+` `+typ); err != nil {
@@ -143,8 +143,8 @@ func (s *Store) CheckSchema(ctx context.Context) ([]string, error) {
 			problems = append(problems, fmt.Sprintf("table %s is missing", table))
 			continue
 		}
-		for col := range strings.SplitSeq(cols, ",") {
-			if col = strings.TrimSpace(col); !slices.Contains(have, col) {
+		for _, col := range columnNames(cols) {
+			if !slices.Contains(have, col) {
 				problems = append(problems, fmt.Sprintf("table %s has no column %s", table, col))
 			}
 		}

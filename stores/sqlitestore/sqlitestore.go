@@ -333,6 +333,20 @@ func newQueries(c Config) queries {
 
 func quote(id string) string { return `"` + id + `"` }
 
+// columnNames lists the names in a column list such as logColumns.
+func columnNames(cols string) []string {
+	var out []string
+	for col := range strings.SplitSeq(cols, ",") {
+		out = append(out, strings.TrimSpace(col))
+	}
+	return out
+}
+
+// integerColumn reports whether col, one of the columns later versions
+// added, holds an integer (else text): what migrate adds it as, and what
+// a file without it reads as (0, or ”).
+func integerColumn(col string) bool { return col == "prev_seq" || col == "position" }
+
 // readOlder makes the SELECTs read columns a table lacks (it was written by
 // an older version and not migrated) as their defaults.
 func (q *queries) readOlder(ctx context.Context, db *sql.DB, c Config) error {
@@ -345,12 +359,11 @@ func (q *queries) readOlder(ctx context.Context, db *sql.DB, c Config) error {
 			return err // a missing table fails where it is read, naming it
 		}
 		list := make([]string, 0, 32)
-		for col := range strings.SplitSeq(t.cols, ",") {
-			col = strings.TrimSpace(col)
+		for _, col := range columnNames(t.cols) {
 			switch {
 			case slices.Contains(have, col):
 				list = append(list, col)
-			case col == "prev_seq" || col == "position":
+			case integerColumn(col):
 				list = append(list, "0 AS "+col)
 			default:
 				list = append(list, "'' AS "+col)
