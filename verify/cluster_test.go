@@ -13,6 +13,7 @@ import (
 	"github.com/auditflow/auditflow/internal/natstest"
 	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/projector"
+	"github.com/auditflow/auditflow/stores"
 	"github.com/auditflow/auditflow/verify"
 )
 
@@ -195,10 +196,28 @@ func TestReplayAndVerifyRideOutLeaderLoss(t *testing.T) {
 		t.Fatal("verify ended before the leader was killed")
 	}
 	t.Logf("verify: %d events in %s across the kill, %d retries in all", rep.StreamEvents, time.Since(t0).Round(time.Millisecond), logs.Count(msgRetry))
-	if rep.Drift() || rep.Tampered() || rep.StreamEvents != n || rep.StoreRows != n || rep.LastSeq != n {
-		t.Fatalf("want no drift over %d events, got %+v", n, rep)
+	if rep.Drift() || rep.Tampered() || len(rep.OutOfChain) > 0 || rep.StreamEvents != n || rep.StoreRows != n || rep.LastSeq != n {
+		t.Fatalf("want no drift and every event in its chain over %d events, got %+v", n, rep)
 	}
 	c.Restart(*killed)
+
+	// A replay from the middle asks the cluster what precedes the first
+	// event of each change it meets (any replica may answer a direct get):
+	// its verdicts are the full replay's.
+	tail, _ := openSQLite(t)
+	if _, err := projector.Replay(ctx, js, tail, projector.ReplayConfig{Logger: log, FromSeq: n / 2}); err != nil {
+		t.Fatalf("replay from %d: %v", n/2, err)
+	}
+	full, _ := st.History(ctx, stores.HistoryQuery{Limit: n / 2})
+	half, _ := tail.History(ctx, stores.HistoryQuery{Limit: n / 2})
+	if len(half) != len(full) || len(half) == 0 {
+		t.Fatalf("replay from %d: %d rows, want %d", n/2, len(half), len(full))
+	}
+	for i := range half {
+		if half[i].Seq != full[i].Seq || half[i].Chain != full[i].Chain || half[i].Chain != "" {
+			t.Fatalf("replay from %d: row %d chain %q, the full replay's %q", n/2, half[i].Seq, half[i].Chain, full[i].Chain)
+		}
+	}
 	t0 = time.Now()
 	if left := consumersLeft(t, js, "AUDIT", 30*time.Second); len(left) > 0 {
 		t.Fatalf("consumers left on the stream: %v", left)
