@@ -169,7 +169,8 @@ func (p *Projector) checkpointLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if st, _, err := p.lag.get(); err == nil {
+			// A changed consumer's ack floor proves nothing (consumer.go).
+			if st, _, err := p.lag.get(); err == nil && len(st.drift) == 0 {
 				p.progress.raise(st.ackFloor)
 			}
 		case <-p.checkpointKick:
@@ -203,7 +204,7 @@ func (p *Projector) checkpointSoon() {
 func (p *Projector) finalCheckpoint(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.WriteTimeout)
 	defer cancel()
-	if st, err := p.consumerState(ctx); err == nil {
+	if st, err := p.consumerState(ctx); err == nil && len(st.drift) == 0 {
 		p.progress.raise(st.ackFloor)
 	}
 	p.recordCheckpoint(ctx)

@@ -153,6 +153,45 @@ var (
 func (p *Projector) deadLetter(ctx context.Context, d delivery, reason error) bool {
 	m := d.msg
 	o := original{stream: p.cfg.Stream.Name, subject: m.Subject(), seq: d.seq, data: m.Data(), header: m.Headers()}
+	dl, err := p.writeDeadLetter(ctx, o, reason)
+	if err != nil {
+		p.deadLetterFailures.Add(1)
+		p.health.deadLetterFailed(err)
+		delay := growingDelay(d.delivered, deadLetterRetryMin, deadLetterRetryMax)
+		p.log.Error("dead letter not written; the message is left for redelivery", "seq", d.seq,
+			"subject", m.Subject(), "to", dl.Subject, "reason", reason, "err", err, "retryIn", delay)
+		p.settle(m, func() error { return m.NakWithDelay(delay) })
+		return false
+	}
+	p.health.deadLetterOK()
+	p.progress.finish(d.seq) // deliberately not stored: the checkpoint may pass it
+	p.deadLettered.Add(1)    // before the terminate, as applied is counted before the ack
+	p.settle(m, func() error { return m.TermWithReason(truncate(oneLine(reason.Error(), 256), 256)) })
+	p.health.progressed()
+	p.log.Error("dead-lettered an event that cannot be stored", "seq", d.seq, "subject", m.Subject(), "to", dl.Subject,
+		"copy", dl.Header.Get(HeaderCopy), "reason", reason)
+	return true
+}
+
+// publishDeadLetter dead-letters o, an event read from the stream rather
+// than delivered (a parked one), and reports a failure.
+func (p *Projector) publishDeadLetter(ctx context.Context, o original, reason error) error {
+	dl, err := p.writeDeadLetter(ctx, o, reason)
+	if err != nil {
+		p.deadLetterFailures.Add(1)
+		p.health.deadLetterFailed(err)
+		p.log.Error("dead letter not written", "seq", o.seq, "subject", o.subject, "reason", reason, "err", err)
+		return err
+	}
+	p.health.deadLetterOK()
+	p.log.Error("dead-lettered an event that cannot be stored", "seq", o.seq, "subject", o.subject, "to", dl.Subject,
+		"copy", dl.Header.Get(HeaderCopy), "reason", reason)
+	return nil
+}
+
+// writeDeadLetter publishes o's dead letter, in a few attempts, and
+// returns it.
+func (p *Projector) writeDeadLetter(ctx context.Context, o original, reason error) (*nats.Msg, error) {
 	limit := p.nc.MaxPayload()
 	if p.deadLetterMaxMsgSize > 0 && int64(p.deadLetterMaxMsgSize) < limit {
 		limit = int64(p.deadLetterMaxMsgSize)
@@ -181,23 +220,7 @@ func (p *Projector) deadLetter(ctx context.Context, d delivery, reason error) bo
 	if err == nil && ctx.Err() != nil {
 		err = ctx.Err()
 	}
-	if err != nil {
-		p.deadLetterFailures.Add(1)
-		p.health.deadLetterFailed(err)
-		delay := growingDelay(d.delivered, deadLetterRetryMin, deadLetterRetryMax)
-		p.log.Error("dead letter not written; the message is left for redelivery", "seq", d.seq,
-			"subject", m.Subject(), "to", dl.Subject, "reason", reason, "err", err, "retryIn", delay)
-		p.settle(m, func() error { return m.NakWithDelay(delay) })
-		return false
-	}
-	p.health.deadLetterOK()
-	p.progress.finish(d.seq) // deliberately not stored: the checkpoint may pass it
-	p.deadLettered.Add(1)    // before the terminate, as applied is counted before the ack
-	p.settle(m, func() error { return m.TermWithReason(truncate(oneLine(reason.Error(), 256), 256)) })
-	p.health.progressed()
-	p.log.Error("dead-lettered an event that cannot be stored", "seq", d.seq, "subject", m.Subject(), "to", dl.Subject,
-		"copy", dl.Header.Get(HeaderCopy), "reason", reason)
-	return true
+	return dl, err
 }
 
 // deadLetterLoop dead-letters what the fetcher hands it, off the fetch

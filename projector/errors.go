@@ -18,3 +18,8 @@ var ErrStoreRefused = errors.New("the store refused the record")
 // or reset store, or the wrong one) while the consumer's ack floor is past
 // the first event. New refuses to consume into it unless Config.Rebuild.
 var ErrStoreBehind = errors.New("projector: the store is behind its consumer")
+
+// ErrHeldCapReached: an event of a newer schema version could not be
+// parked for a newer projector, since Config.HeldCap events already wait;
+// it is dead-lettered instead (see the held stream in held.go).
+var ErrHeldCapReached = errors.New("the held stream is full for this consumer")

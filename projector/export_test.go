@@ -7,13 +7,12 @@ import (
 	"github.com/auditflow/auditflow/events"
 )
 
-// SetHoldDelays shortens the delays of held newer-version events for a
-// test. Call it before starting projectors, so that its cleanup runs after
-// theirs.
-func SetHoldDelays(t testing.TB, lo, hi time.Duration) {
-	oldLo, oldHi := holdMin, holdMax
-	holdMin, holdMax = lo, hi
-	t.Cleanup(func() { holdMin, holdMax = oldLo, oldHi })
+// SetHeldTimings shortens how often a running projector reads the held
+// stream and re-drives it. Call it before starting projectors.
+func SetHeldTimings(t testing.TB, refresh, redrive time.Duration) {
+	oldRefresh, oldRedrive := heldRefreshEvery, redriveEvery
+	heldRefreshEvery, redriveEvery = refresh, redrive
+	t.Cleanup(func() { heldRefreshEvery, redriveEvery = oldRefresh, oldRedrive })
 }
 
 // Route is the apply loop a change's events go to among n.

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -46,7 +45,13 @@ func (p *Projector) Ready(ctx context.Context) error {
 	if _, err := p.store.Checkpoint(ctx, p.cfg.Consumer); err != nil {
 		return fmt.Errorf("%w: store: %w", ErrNotReady, err)
 	}
-	reasons := p.health.problems(time.Now(), p.cfg.StallAfter)
+	reasons := p.health.problems(time.Now())
+	if r := p.parked.reason(); r != "" {
+		reasons = append(reasons, r)
+	}
+	if r := p.consumerReason(); r != "" {
+		reasons = append(reasons, r)
+	}
 	if r := p.stallReason(); r != "" {
 		reasons = append(reasons, r)
 	}
@@ -108,8 +113,8 @@ func (p *Projector) Handler(g prometheus.Gatherer) http.Handler {
 		}))
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		if p.stopping.Load() {
-			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		if err := p.Live(); err != nil {
+			http.Error(w, oneLine(err.Error(), 512), http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")
@@ -132,21 +137,17 @@ func oneLine(s string, n int) string {
 	return truncate(strings.Join(strings.Fields(s), " "), n)
 }
 
-// maxHeldTracked bounds the held events remembered for readiness; beyond
-// it, readiness says "at least".
-const maxHeldTracked = 100_000
-
 // health is what Ready and the gauges judge, kept by the loops as they go.
 type health struct {
 	progress atomic.Int64 // unix ns of the last store write or settled message; 0 before Run
 
-	mu           sync.Mutex
-	dlFailedAt   time.Time // last failed dead-letter publish
-	dlErr        error
-	dlOKAt       time.Time         // last successful one
-	writes       []writeState      // per worker: the write being retried
-	held         map[uint64]heldAt // by stream sequence
-	heldVersions map[int]bool      // versions logged
+	mu         sync.Mutex
+	dlFailedAt time.Time // last failed dead-letter publish
+	dlErr      error
+	dlOKAt     time.Time    // last successful one
+	writes     []writeState // per worker: the write being retried
+	fetchErr   error        // the last fetch's failure, nil once one succeeds
+	fetchSince time.Time    // first failure of the current run of failures
 }
 
 type writeState struct {
@@ -154,11 +155,6 @@ type writeState struct {
 	events   int
 	firstSeq uint64
 	err      error
-}
-
-type heldAt struct {
-	version int
-	at      time.Time
 }
 
 func (h *health) start(workers int) {
@@ -208,49 +204,18 @@ func (h *health) writeDone(worker int) {
 	h.mu.Unlock()
 }
 
-// hold records that the event at seq, of a newer schema version, was held,
-// and reports whether it is the first of its version this process holds.
-func (h *health) hold(seq uint64, version int) (first bool) {
+// fetched records how the last fetch went.
+func (h *health) fetched(err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.held == nil {
-		h.held, h.heldVersions = map[uint64]heldAt{}, map[int]bool{}
+	switch {
+	case err == nil:
+		h.fetchErr, h.fetchSince = nil, time.Time{}
+	case h.fetchErr == nil:
+		h.fetchErr, h.fetchSince = err, time.Now()
+	default:
+		h.fetchErr = err
 	}
-	if _, ok := h.held[seq]; ok || len(h.held) < maxHeldTracked {
-		h.held[seq] = heldAt{version, time.Now()}
-	}
-	first = !h.heldVersions[version]
-	h.heldVersions[version] = true
-	return first
-}
-
-// heldWindow is how long a held event counts after it was last seen: it
-// comes back at least every holdMax while no newer projector takes it.
-func heldWindow() time.Duration { return 2 * holdMax }
-
-// heldCounts returns how many events of each newer version were held
-// within heldWindow, forgetting older ones (taken by a newer projector).
-func (h *health) heldCounts(now time.Time) map[int]int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	counts := map[int]int{}
-	for seq, e := range h.held {
-		if now.Sub(e.at) > heldWindow() {
-			delete(h.held, seq)
-			continue
-		}
-		counts[e.version]++
-	}
-	return counts
-}
-
-// heldTotal is the auditflow_projector_held_newer_version_events gauge.
-func (h *health) heldTotal() int {
-	n := 0
-	for _, c := range h.heldCounts(time.Now()) {
-		n += c
-	}
-	return n
 }
 
 // stuckWrite describes the longest-failing store write if it has been
@@ -260,7 +225,7 @@ func (h *health) stuckWrite(now time.Time, after time.Duration) string {
 	defer h.mu.Unlock()
 	worst := -1
 	for i, w := range h.writes {
-		if !w.since.IsZero() && now.Sub(w.since) > after && (worst < 0 || w.since.Before(h.writes[worst].since)) {
+		if !w.since.IsZero() && now.Sub(w.since) >= after && (worst < 0 || w.since.Before(h.writes[worst].since)) {
 			worst = i
 		}
 	}
@@ -273,26 +238,19 @@ func (h *health) stuckWrite(now time.Time, after time.Duration) string {
 }
 
 // problems lists what is wrong that needs no I/O to tell.
-func (h *health) problems(now time.Time, stallAfter time.Duration) []string {
+func (h *health) problems(now time.Time) []string {
 	var out []string
-	if counts := h.heldCounts(now); len(counts) > 0 {
-		versions := make([]int, 0, len(counts))
-		for v := range counts {
-			versions = append(versions, v)
-		}
-		slices.Sort(versions)
-		parts := make([]string, len(versions))
-		for i, v := range versions {
-			parts[i] = fmt.Sprintf("%d events of schema version %d", counts[v], v)
-		}
-		out = append(out, "upgrade needed: "+strings.Join(parts, ", ")+" held")
-	}
 	h.mu.Lock()
 	if !h.dlFailedAt.IsZero() && h.dlFailedAt.After(h.dlOKAt) && now.Sub(h.dlFailedAt) < 2*deadLetterRetryMax {
 		out = append(out, fmt.Sprintf("dead-letter publish failing (%s ago): %v", now.Sub(h.dlFailedAt).Round(time.Second), h.dlErr))
 	}
+	if h.fetchErr != nil {
+		out = append(out, fmt.Sprintf("fetching from the consumer failing (for %s): %v", now.Sub(h.fetchSince).Round(time.Second), h.fetchErr))
+	}
 	h.mu.Unlock()
-	if s := h.stuckWrite(now, stallAfter); s != "" {
+	// A failing write is named at once; StallAfter decides only the
+	// stalled gauge.
+	if s := h.stuckWrite(now, 0); s != "" {
 		out = append(out, s)
 	}
 	return out

@@ -47,7 +47,10 @@ func (p *Projector) registerMetrics(reg prometheus.Registerer) error {
 		counter("auditflow_projector_dead_lettered_total", "Events moved to the dead-letter stream: undecodable, published on the wrong subject, or refused by the store.", &p.deadLettered),
 		counter("auditflow_projector_dead_letter_failures_total", "Dead-letter publishes that failed after all attempts; the message was left on the stream for redelivery.", &p.deadLetterFailures),
 		counter("auditflow_projector_store_refusals_total", "Records the store refused for good (stores.ErrInvalidRecord); each is dead-lettered and the rest of its batch stored.", &p.storeRefusals),
-		counter("auditflow_projector_held_newer_version_total", "Deliveries of events of a newer schema version than this build reads, left on the stream for a newer projector (not dead-lettered).", &p.held),
+		counter("auditflow_projector_held_newer_version_total", "Events parked in the held stream (AUDIT_HELD) for a newer projector: of a newer schema version than this build reads, or behind one in their change.", &p.held),
+		counter("auditflow_projector_held_redriven_total", "Parked events this process stored when it started (a newer build reading what an older one parked).", &p.redriven),
+		counter("auditflow_projector_held_failures_total", "Events that could not be parked (the held stream did not store the pointer); each was left on the stream for later.", &p.heldFailures),
+		counter("auditflow_projector_consumer_recreated_total", "Times the durable consumer was found deleted and recreated from the store's checkpoint.", &p.recreated),
 		counter("auditflow_projector_busy_worker_naks_total", "Messages handed back to the stream because their apply loop was busy for longer than the hand-over wait.", &p.busyNaks),
 		counter("auditflow_projector_stale_token_events_total", "Events written with a lock token lower than one already recorded for their pipeline (a writer that outlived its lease).", &p.staleTokens),
 		counter("auditflow_projector_out_of_chain_events_total", "Events that do not extend their change's chain (a copy of an earlier event published again, a fork, a downgrade); each opens its change's issue as OUT_OF_CHAIN. Redeliveries count again.", &p.outOfChain),
@@ -55,8 +58,17 @@ func (p *Projector) registerMetrics(reg prometheus.Registerer) error {
 		counter("auditflow_projector_untrusted_events_total", "Events whose signature the trust list does not accept (unsigned, unknown key, bad signature, outside the key's roles or pipelines, revoked key); each opens its change's issue. Redeliveries count again.", &p.untrusted),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "auditflow_projector_held_newer_version_events",
-			Help: "Distinct events of a newer schema version this process held in the last two minutes: an upgrade is needed.",
-		}, func() float64 { return float64(p.health.heldTotal()) }),
+			Help: "Events waiting in the held stream for this consumer (read every few seconds): an upgrade is needed.",
+		}, func() float64 { return float64(p.parked.waiting()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "auditflow_projector_consumer_drift",
+			Help: "1 while the durable consumer's configuration differs from the projector's (changed outside it): the checkpoint does not move until a restart restores it; else 0.",
+		}, func() float64 {
+			if st, _, err := p.lag.get(); err == nil && len(st.drift) > 0 {
+				return 1
+			}
+			return 0
+		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "auditflow_projector_stalled",
 			Help: "1 while a store write has been failing for longer than the stall time, or nothing was stored or acknowledged for that long with a lag; else 0.",
@@ -100,7 +112,8 @@ func (p *Projector) registerMetrics(reg prometheus.Registerer) error {
 // stand, which move while any process on the consumer makes progress.
 type consumerState struct {
 	lag                 uint64
-	ackFloor, delivered uint64 // stream sequences
+	ackFloor, delivered uint64   // stream sequences
+	drift               []string // how its configuration differs from the projector's (consumer.go)
 }
 
 func (p *Projector) consumerState(ctx context.Context) (consumerState, error) {
@@ -113,7 +126,7 @@ func (p *Projector) consumerState(ctx context.Context) (consumerState, error) {
 		return consumerState{}, err
 	}
 	return consumerState{lag: info.NumPending + uint64(info.NumAckPending),
-		ackFloor: info.AckFloor.Stream, delivered: info.Delivered.Stream}, nil
+		ackFloor: info.AckFloor.Stream, delivered: info.Delivered.Stream, drift: p.drift(info.Config)}, nil
 }
 
 // observeWrite counts one store write attempt of recs.
@@ -156,6 +169,13 @@ type lagReader struct {
 	val   consumerState
 	err   error
 	moved time.Time // when ackFloor or delivered were first seen at their current values
+}
+
+// forget drops the reading, so the next get reads the server.
+func (c *lagReader) forget() {
+	c.mu.Lock()
+	c.at = time.Time{}
+	c.mu.Unlock()
 }
 
 func (c *lagReader) get() (consumerState, time.Time, error) {

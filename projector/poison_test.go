@@ -271,7 +271,7 @@ func TestPoisonMessages(t *testing.T) {
 			ctx := context.Background()
 			if c.held {
 				waitFor(t, "the newer event held", 5*time.Second, func() bool { return p.Stats().Held > 0 })
-				want := fmt.Sprintf("upgrade needed: 1 events of schema version %d held", events.SchemaVersion+1)
+				want := fmt.Sprintf("upgrade needed: 1 events of schema version %d", events.SchemaVersion+1)
 				if err := p.Ready(ctx); !errors.Is(err, projector.ErrNotReady) || !strings.Contains(err.Error(), want) {
 					t.Fatalf("Ready = %v, want %q", err, want)
 				}
@@ -471,7 +471,7 @@ func TestOneStuckWorkerDoesNotHoldTheOthers(t *testing.T) {
 // new version joins the consumer (and the old one stops), all of them are
 // stored.
 func TestRollingUpgradeHoldsNewerEvents(t *testing.T) {
-	projector.SetHoldDelays(t, 200*time.Millisecond, time.Second)
+	projector.SetHeldTimings(t, 200*time.Millisecond, time.Second)
 	e := setup(t)
 	ctx := context.Background()
 	old, stopOld := run(t, e.srv.JS, e.store, projector.Config{})
@@ -481,7 +481,7 @@ func TestRollingUpgradeHoldsNewerEvents(t *testing.T) {
 		rawPublish(t, e.srv.JS, subjectOf(c), edited(t, events.ExecutionStarted, c, newerVersion))
 	}
 	publish(t, e.prod, "shipping", 10) // current events go on meanwhile
-	want := fmt.Sprintf("upgrade needed: %d events of schema version %d held", n, events.SchemaVersion+1)
+	want := fmt.Sprintf("upgrade needed: %d events of schema version %d", n, events.SchemaVersion+1)
 	waitFor(t, "the old projector to hold them all", 10*time.Second, func() bool {
 		err := old.Ready(ctx)
 		return err != nil && strings.Contains(err.Error(), want)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -86,6 +87,14 @@ type Config struct {
 	DeadLetterPrefix string
 	// WritesPrefix is where AuditWrite events go. Default "audit.writes".
 	WritesPrefix string
+	// HeldPrefix is where pointers to parked events go, as
+	// <prefix>.<consumer>.<the event's subject after the stream prefix>
+	// (see held.go). Default "audit.held".
+	HeldPrefix string
+	// HeldCap bounds the parked events of the consumer: past it an event
+	// of a newer schema version is dead-lettered (ErrHeldCapReached).
+	// Default 100000.
+	HeldCap int
 	// Rebuild lets New fill a store that has recorded no progress for the
 	// consumer while the consumer has acknowledged events (a new, lost or
 	// reset store): New replays the stream into it (Replay, recording its
@@ -134,10 +143,6 @@ var (
 	// busyNakMin is the first delay of a message handed back for a busy
 	// loop; it doubles with each delivery, up to AckWait.
 	busyNakMin = 250 * time.Millisecond
-	// holdMin and holdMax bound the delay of a held newer-version event,
-	// doubling with each delivery.
-	holdMin = 5 * time.Second
-	holdMax = time.Minute
 )
 
 // Validate fills in defaults and checks values.
@@ -162,6 +167,8 @@ func (c *Config) Validate() error {
 	setDefault(&c.ShutdownTimeout, DefaultShutdownTimeout)
 	setDefault(&c.DeadLetterPrefix, DefaultDeadLetterPrefix)
 	setDefault(&c.WritesPrefix, DefaultWritesPrefix)
+	setDefault(&c.HeldPrefix, DefaultHeldPrefix)
+	setDefault(&c.HeldCap, DefaultHeldCap)
 	if c.Decode == nil {
 		c.Decode = events.Decode
 	}
@@ -174,6 +181,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: max ack pending %d is below batch size × workers (%d)", ErrInvalidConfig, c.MaxAckPending, c.BatchSize*c.Workers)
 	case c.AckWait < time.Second || c.IdleWait <= 0 || c.RetryMax <= 0 || c.ShutdownTimeout <= 0 || c.StallAfter <= 0:
 		return fmt.Errorf("%w: ack wait must be at least 1s and other durations positive", ErrInvalidConfig)
+	case c.HeldCap < 0:
+		return fmt.Errorf("%w: held cap %d is negative", ErrInvalidConfig, c.HeldCap)
 	case c.WriteTimeout <= 0 || c.WriteTimeout >= c.AckWait:
 		return fmt.Errorf("%w: write timeout %s must be positive and below ack wait %s", ErrInvalidConfig, c.WriteTimeout, c.AckWait)
 	}
@@ -195,11 +204,21 @@ type Projector struct {
 	cfg   Config
 	log   *slog.Logger
 	cons  jetstream.Consumer
+	// restored: setupConsumer found the consumer changed and restored it.
+	restored bool
+	// recreatedAt is when the fetcher last recreated the deleted consumer
+	// (unix ns, 0 if never): Ready says so until it has caught up.
+	recreatedAt atomic.Int64
+	// heldCons re-drives parked events (held.go).
+	heldCons jetstream.Consumer
 	// deadLetterMaxMsgSize is the dead-letter stream's own limit (<= 0: none).
 	deadLetterMaxMsgSize int32
 
 	applied, batches, retries, deadLettered, writeFailures, staleTokens atomic.Uint64
 	deadLetterFailures, storeRefusals, held, busyNaks, untrusted        atomic.Uint64
+	heldFailures, redriven, recreated                                   atomic.Uint64
+	parked                                                              parking // held.go
+	heldLog                                                             logLimit
 	tokens                                                              tokenWatch
 	inflight                                                            inflight
 	health                                                              health
@@ -263,6 +282,12 @@ func New(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg Co
 	if err != nil {
 		return nil, err
 	}
+	if err := p.setupHeld(ctx); err != nil {
+		return nil, err
+	}
+	if err := p.redrive(ctx); err != nil {
+		return nil, err
+	}
 	if err := p.checkStore(ctx); err != nil {
 		return nil, err
 	}
@@ -289,9 +314,14 @@ type Stats struct {
 	// StoreRefusals counts records the store refused for good
 	// (stores.ErrInvalidRecord); each is dead-lettered.
 	StoreRefusals uint64
-	// Held counts deliveries of events of a newer schema version, left on
-	// the stream for a newer projector.
-	Held uint64
+	// Held counts events parked in the held stream for a newer projector:
+	// of a newer schema version, or behind one in their change.
+	// HeldFailures counts parks that failed (the event was left on the
+	// stream for later); Redriven counts parked events stored at start.
+	Held, HeldFailures, Redriven uint64
+	// ConsumerRecreated counts times the durable consumer was found
+	// deleted and recreated from the store's checkpoint.
+	ConsumerRecreated uint64
 	// BusyNaks counts messages handed back to the stream because their
 	// apply loop was busy.
 	BusyNaks uint64
@@ -321,7 +351,7 @@ func (p *Projector) Stats() Stats {
 	return Stats{Applied: p.applied.Load(), Batches: p.batches.Load(), Retries: p.retries.Load(),
 		WriteFailures: p.writeFailures.Load(), DeadLettered: p.deadLettered.Load(),
 		DeadLetterFailures: p.deadLetterFailures.Load(), StoreRefusals: p.storeRefusals.Load(),
-		Held: p.held.Load(), BusyNaks: p.busyNaks.Load(), StaleTokens: p.staleTokens.Load(), Untrusted: p.untrusted.Load(), LastSeq: p.lastSeq.Load(),
+		Held: p.held.Load(), HeldFailures: p.heldFailures.Load(), Redriven: p.redriven.Load(), ConsumerRecreated: p.recreated.Load(), BusyNaks: p.busyNaks.Load(), StaleTokens: p.staleTokens.Load(), Untrusted: p.untrusted.Load(), LastSeq: p.lastSeq.Load(),
 		OutOfChain: p.outOfChain.Load(), ChainLookupFailures: p.lookupFailures.Load(), Checkpoint: p.checkpointRecorded()}
 }
 
@@ -367,16 +397,18 @@ func (p *Projector) setupStreams(ctx context.Context) error {
 }
 
 func (p *Projector) setupConsumer(ctx context.Context) error {
-	cons, err := p.js.CreateOrUpdateConsumer(ctx, p.cfg.Stream.Name, jetstream.ConsumerConfig{
-		Durable:       p.cfg.Consumer,
-		Description:   "auditflow projector into " + p.cfg.StoreName,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       p.cfg.AckWait,
-		MaxDeliver:    -1, // a store outage must never drop an event
-		MaxAckPending: p.cfg.MaxAckPending,
-		FilterSubject: p.cfg.Stream.SubjectPrefix + ".>",
-	})
+	var existing *jetstream.ConsumerInfo
+	if c, err := p.js.Consumer(ctx, p.cfg.Stream.Name, p.cfg.Consumer); err == nil {
+		existing = c.CachedInfo()
+		if d := p.drift(existing.Config); len(d) > 0 {
+			p.restored = true
+			p.log.Warn("the durable consumer was changed outside the projector: restoring its configuration (the catch-up stores what the change skipped)",
+				"consumer", p.cfg.Consumer, "drift", strings.Join(d, "; "))
+		}
+	} else if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return fmt.Errorf("projector: consumer %s: %w", p.cfg.Consumer, err)
+	}
+	cons, err := p.js.CreateOrUpdateConsumer(ctx, p.cfg.Stream.Name, p.consumerConfig(existing))
 	if err != nil {
 		return fmt.Errorf("projector: consumer %s: %w", p.cfg.Consumer, err)
 	}
@@ -436,6 +468,7 @@ func (p *Projector) Run(ctx context.Context) error {
 	defer stopCheckpoints()
 	var cp sync.WaitGroup
 	cp.Go(func() { p.checkpointLoop(cpctx) })
+	cp.Go(func() { p.heldLoop(cpctx) })
 	for i := range parts {
 		parts[i] = make(chan []delivery, 2)
 		wg.Go(func() { p.work(ctx, i, parts[i]) })
@@ -473,9 +506,15 @@ func (p *Projector) fetchLoop(ctx context.Context, parts []chan []delivery, dead
 	busy := make([]bool, len(parts)+1) // the apply loops, then the dead-letter loop
 	for ctx.Err() == nil {
 		msgs, err := p.fetch()
+		p.health.fetched(err)
 		if err != nil && len(msgs) == 0 {
 			if ctx.Err() != nil {
 				break
+			}
+			if p.recreateConsumer(ctx) {
+				p.lastCons = 0 // a new consumer numbers its deliveries from 1
+				fails.Reset()
+				continue
 			}
 			wait := fails.NextBackOff()
 			p.log.Warn("fetch failed", "err", err, "retryIn", wait)
@@ -489,6 +528,7 @@ func (p *Projector) fetchLoop(ctx context.Context, parts []chan []delivery, dead
 		p.inflight.add(msgs)
 		shares := make([][]delivery, len(parts))
 		var poison []delivery
+		var toPark []parkItem
 		judged := make([]delivery, 0, len(msgs))
 		outcomes := make([]decision, 0, len(msgs))
 		for _, m := range msgs {
@@ -507,6 +547,11 @@ func (p *Projector) fetchLoop(ctx context.Context, parts []chan []delivery, dead
 		for i, d := range judged {
 			v := outcomes[i]
 			switch {
+			case v.outcome == outHold:
+				toPark = append(toPark, parkItem{d, v.version})
+			case v.outcome == outStore && p.parked.has(d.msg.Subject()) && p.parked.waiting() < p.cfg.HeldCap:
+				// Behind a parked event of its change: parked too, in order.
+				toPark = append(toPark, parkItem{d, 0})
 			case unplaced[i] != nil:
 				p.unplaced(d, unplaced[i])
 			case v.outcome == outStore:
@@ -516,12 +561,13 @@ func (p *Projector) fetchLoop(ctx context.Context, parts []chan []delivery, dead
 				d.rec = v.rec
 				w := route(v.rec.Event, len(parts))
 				shares[w] = append(shares[w], d)
-			case v.outcome == outHold:
-				p.hold(d, v.version)
 			default:
 				d.reason = v.reason
 				poison = append(poison, d)
 			}
+		}
+		if len(toPark) > 0 {
+			poison = append(poison, p.park(ctx, toPark)...)
 		}
 		// One deadline for the whole fetch: busy loops cost at most
 		// handoverWait together. A loop that could not take its last share
@@ -578,20 +624,6 @@ func (p *Projector) handOver(ctx context.Context, to chan<- []delivery, share []
 			"messages", len(share), "firstSeq", share[0].seq, "busyNaksSoFar", p.busyNaks.Load())
 	}
 	return false
-}
-
-// hold hands an event of a newer schema version back to the stream with a
-// growing delay (holdMin doubling up to holdMax): a newer projector on the
-// same consumer will take it; dead-lettering it would drop it from every
-// store. Each version is logged once.
-func (p *Projector) hold(d delivery, version int) {
-	p.held.Add(1)
-	delay := growingDelay(d.delivered, holdMin, holdMax)
-	if p.health.hold(d.seq, version) {
-		p.log.Error("holding events of a newer schema version than this projector reads: upgrade it; they are stored once a newer projector takes them",
-			"version", version, "reads", events.SchemaVersion, "seq", d.seq, "subject", d.msg.Subject())
-	}
-	p.settle(d.msg, func() error { return d.msg.NakWithDelay(delay) })
 }
 
 // watchToken flags e if its lock token is stale (see Run).

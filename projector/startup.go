@@ -36,6 +36,18 @@ import (
 // Run's writes build on.
 func (p *Projector) checkStore(ctx context.Context) error {
 	ackFloor := p.cons.CachedInfo().AckFloor.Stream
+	if p.restored {
+		// The consumer was changed (setupConsumer restored it): while it
+		// was, its position moved past events it never delivered, which it
+		// will not deliver now — and its info does not say how far. Catch
+		// up through the stream's last event; the consumer delivers what
+		// comes after.
+		s, err := p.js.Stream(ctx, p.cfg.Stream.Name)
+		if err != nil {
+			return fmt.Errorf("projector: stream %s: %w", p.cfg.Stream.Name, err)
+		}
+		ackFloor = max(ackFloor, s.CachedInfo().State.LastSeq)
+	}
 	cp, err := p.store.Checkpoint(ctx, p.cfg.Consumer)
 	if err != nil {
 		return fmt.Errorf("projector: read the store's checkpoint %q: %w", p.cfg.Consumer, err)
@@ -130,6 +142,11 @@ func (p *Projector) catchUp(ctx context.Context, cp, ackFloor uint64) (uint64, e
 		items := make([]chainItem, 0, len(msgs))
 		for _, m := range msgs {
 			v := decide(p.cfg.Decode, p.cfg.Stream.SubjectPrefix, p.cfg.Trust, m)
+			if p.parked.parkedSeq(m.Seq) {
+				// Parked (held.go): stored by whichever projector reads it,
+				// after the events before it in its change.
+				v.outcome = outDeadLetter
+			}
 			item := chainItem{subject: m.Subject, self: v.self, rec: -1}
 			if v.outcome == outStore {
 				item.rec = len(recs)
@@ -139,11 +156,19 @@ func (p *Projector) catchUp(ctx context.Context, cp, ackFloor uint64) (uint64, e
 			case outStore:
 				recs = append(recs, v.rec)
 			case outHold:
-				// Acknowledged, so a newer projector stored it.
+				if p.restored {
+					// Perhaps skipped by the changed consumer: park it.
+					if err := p.parkRead(ctx, m.Subject, m.Seq, v.version); err != nil {
+						return err
+					}
+					skipped++
+					continue
+				}
+				// Acknowledged and not parked, so a newer projector stored it.
 				return fmt.Errorf("%w: the event at seq %d (%s) has schema version %d, newer than this build reads (%d), and a newer projector has stored it: upgrade this one",
 					ErrStoreBehind, m.Seq, m.Subject, v.version, events.SchemaVersion)
 			default:
-				skipped++ // dead-lettered when it was consumed
+				skipped++ // dead-lettered or parked when it was consumed
 			}
 		}
 		if err := chain.place(ctx, items, recs); err != nil {

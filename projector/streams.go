@@ -29,11 +29,17 @@ func Streams(cfg Config) []jetstream.StreamConfig {
 	}
 	setDefault(&cfg.DeadLetterPrefix, DefaultDeadLetterPrefix)
 	setDefault(&cfg.WritesPrefix, DefaultWritesPrefix)
+	setDefault(&cfg.HeldPrefix, DefaultHeldPrefix)
 	return []jetstream.StreamConfig{
 		{Name: DeadLetterStream, Subjects: []string{cfg.DeadLetterPrefix + ".>"}, Storage: jetstream.FileStorage,
 			Replicas: replicas, Description: "auditflow events a projector could not store"},
 		{Name: WritesStream, Subjects: []string{cfg.WritesPrefix + ".>"}, Storage: jetstream.FileStorage,
 			Replicas: replicas, MaxAge: 7 * 24 * time.Hour, Description: "auditflow AuditWrite events (projector telemetry)"},
+		// A work queue: a pointer is removed once a projector has stored
+		// its event. Duplicates (a redelivered event parked again) are
+		// dropped within the default two minutes.
+		{Name: HeldStream, Subjects: []string{cfg.HeldPrefix + ".>"}, Storage: jetstream.FileStorage, Retention: jetstream.WorkQueuePolicy,
+			Replicas: replicas, Description: "auditflow events of a newer schema version, parked for a newer projector (pointers)"},
 	}
 }
 

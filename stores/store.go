@@ -66,6 +66,29 @@ func (r Record) Shown() events.State {
 	return StateOf(r)
 }
 
+// Marks a reader shows beside a row's state (Record.Mark).
+const (
+	// MarkUntrusted: the projector's trust list refused the event's
+	// signature (Record.Trust says why).
+	MarkUntrusted = "UNTRUSTED"
+	// MarkUnsigned: the event carries no signature: whoever could publish
+	// on its subject could have written it, and no trust list vouched for
+	// it (a projector run with --insecure-no-trust stores such rows).
+	MarkUnsigned = "UNSIGNED"
+)
+
+// Mark is what a reader must show beside r's state: MarkUntrusted,
+// MarkUnsigned, or "" for a signed event no trust list refused.
+func (r Record) Mark() string {
+	switch {
+	case r.Trust != "":
+		return MarkUntrusted
+	case r.Signer == "":
+		return MarkUnsigned
+	}
+	return ""
+}
+
 // MaxTrustLen bounds Record.Trust and Issue.Trust, MaxChainLen
 // Record.Chain and Issue.Chain; MaxSignerLen and
 // MaxSignatureLen bound a signature's parts (an nkey is 56 characters, an

@@ -61,21 +61,22 @@ func usage(format string, args ...any) error { return usageError{fmt.Errorf(form
 
 // app holds the global settings and what commands open lazily.
 type app struct {
-	nats       natsconn.Config
-	store      storeflags.Config
-	replicas   int
-	asJSON     bool
-	logLevel   string
-	logFormat  string
-	consumer   string
-	lockBucket string
-	signing    signing // --signing-key, --trust (signing.go)
-	embedded   bool    // --embedded, or detected: read runner --embedded's data dir in-process
-	dataDir    string  // --data-dir
-	detected   bool    // embedded was detected, not asked for: say so once
-	noted      bool
-	readOnly   bool // the command only reads: the store is opened read-only and nothing is created
-	ran        bool // flags and arguments were accepted: a later error is not a usage error
+	nats           natsconn.Config
+	store          storeflags.Config
+	replicas       int
+	asJSON         bool
+	logLevel       string
+	logFormat      string
+	consumer       string
+	lockBucket     string
+	signing        signing // --signing-key, --trust (signing.go)
+	insecureWarned bool    // --insecure-no-trust was warned about
+	embedded       bool    // --embedded, or detected: read runner --embedded's data dir in-process
+	dataDir        string  // --data-dir
+	detected       bool    // embedded was detected, not asked for: say so once
+	noted          bool
+	readOnly       bool // the command only reads: the store is opened read-only and nothing is created
+	ran            bool // flags and arguments were accepted: a later error is not a usage error
 
 	out, errOut io.Writer
 	log         *slog.Logger

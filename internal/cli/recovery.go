@@ -95,7 +95,7 @@ Give it the projectors' --trust: replay judges signatures as they do.`,
 			case hasFrom && fromSeq == 0:
 				return usage("--from-seq: sequences start at 1")
 			}
-			list, err := a.trustList()
+			list, err := a.requiredTrustList()
 			if err != nil {
 				return err
 			}
@@ -176,7 +176,7 @@ func (a *app) runVerify(ctx context.Context) (*verify.Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	list, err := a.trustList()
+	list, err := a.requiredTrustList()
 	if err != nil {
 		return nil, err
 	}
@@ -429,7 +429,7 @@ write (inspect the target, then issue fix).`,
 			if err != nil {
 				return err
 			}
-			list, err := a.trustList()
+			list, err := a.requiredTrustList()
 			if err != nil {
 				return err
 			}

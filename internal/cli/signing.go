@@ -36,6 +36,21 @@ func (a *app) trustList() (*trust.List, error) {
 	return l, err
 }
 
+// requiredTrustList is trustList for what judges history — verify, replay,
+// repair: outside the embedded mode it refuses to go on without a trust
+// list unless --insecure-no-trust (trustflags.Config.Require), which it
+// warns about.
+func (a *app) requiredTrustList() (*trust.List, error) {
+	if err := a.signing.flags.Require(a.embedded); err != nil {
+		return nil, usageError{err}
+	}
+	if a.signing.flags.InsecureNoTrust && !a.insecureWarned {
+		a.insecureWarned = true
+		a.log.Warn("running without a trust list (--insecure-no-trust): signatures are not checked, every event is believed")
+	}
+	return a.trustList()
+}
+
 // signaturesTable prints what verify found of signatures.
 func signaturesTable(w *tabwriter.Writer, rep *verify.Report) {
 	if !rep.TrustChecked {

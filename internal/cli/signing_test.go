@@ -9,10 +9,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/internal/cli"
 	"github.com/auditflow/auditflow/internal/embedded"
 	"github.com/auditflow/auditflow/internal/natstest"
 	"github.com/auditflow/auditflow/internal/trusttest"
+	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/projector"
 	"github.com/auditflow/auditflow/stores"
 	"github.com/auditflow/auditflow/stores/sqlitestore"
@@ -125,5 +127,78 @@ func TestSignedEventsFromTheCLI(t *testing.T) {
 	}
 	if code, out, _ := run("keys", "public", "--key", keyFile); code != cli.ExitOK || strings.TrimSpace(out) != s.PublicKey() {
 		t.Fatalf("keys public: exit %d %q", code, out)
+	}
+}
+
+// TestUnsignedRowsAreMarked: rows a projector stored without a trust
+// list — a forged, unsigned ExecutionSucceeded under a copied runner id
+// among them — are marked UNSIGNED in audit list --history, in its JSON
+// and in the console's timeline; a signed row is not.
+func TestUnsignedRowsAreMarked(t *testing.T) {
+	srv := natstest.StartWith(t, embedded.Config{Port: -1})
+	ctx := context.Background()
+	signer := trusttest.NewSigner(t)
+	if _, err := producer.EnsureStream(ctx, srv.JS, producer.StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	signed, err := producer.New(ctx, srv.JS, producer.Config{Signer: signer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	unsigned, err := producer.New(ctx, srv.JS, producer.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := events.New(events.ExecutionStarted, "billing", "signed-change")
+	e.ExecutionID, e.RunnerID = "exec-1", "runner-real"
+	if _, err := signed.Publish(ctx, e); err != nil {
+		t.Fatal(err)
+	}
+	forged := events.New(events.ExecutionSucceeded, "billing", "forged-change")
+	forged.ExecutionID, forged.RunnerID = "exec-2", "runner-real"
+	if _, err := unsigned.Publish(ctx, forged); err != nil {
+		t.Fatal(err)
+	}
+	dbPath := filepath.Join(t.TempDir(), "audit.db")
+	st, err := sqlitestore.Open(ctx, dbPath, sqlitestore.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	if _, err := projector.Replay(ctx, srv.JS, st, projector.ReplayConfig{}); err != nil { // no trust list
+		t.Fatal(err)
+	}
+	run := func(args ...string) string {
+		t.Helper()
+		var out, errOut bytes.Buffer
+		full := append([]string{"--nats-url", srv.ClientURL(), "--store", "sqlite", "--sqlite-path", dbPath}, args...)
+		if code := cli.Main(ctx, full, &out, &errOut); code != cli.ExitOK {
+			t.Fatalf("%v: exit %d\n%s\n%s", args, code, out.String(), errOut.String())
+		}
+		return out.String()
+	}
+	out := run("audit", "list", "--history")
+	for _, line := range strings.Split(out, "\n") {
+		switch {
+		case strings.Contains(line, "forged-change") && !strings.Contains(line, "APPLIED (UNSIGNED)"):
+			t.Errorf("the forged row is not marked: %q", line)
+		case strings.Contains(line, "signed-change") && strings.Contains(line, "UNSIGNED"):
+			t.Errorf("the signed row is marked: %q", line)
+		}
+	}
+	var rows []struct {
+		ChangeID string `json:"changeId"`
+		Mark     string `json:"mark"`
+		Signer   string `json:"signer"`
+	}
+	if err := json.Unmarshal([]byte(run("--json", "audit", "list", "--history")), &rows); err != nil {
+		t.Fatal(err)
+	}
+	marks := map[string]string{}
+	for _, r := range rows {
+		marks[r.ChangeID] = r.Mark
+	}
+	if marks["forged-change"] != stores.MarkUnsigned || marks["signed-change"] != "" || len(rows) != 2 {
+		t.Fatalf("JSON marks %v (rows %+v)", marks, rows)
 	}
 }

@@ -25,6 +25,7 @@ type historyResp struct {
 		Seq                                           uint64
 		Pipeline, ChangeID, State, Author, ErrorTrace string
 		TargetSystem                                  string
+		Mark                                          string
 	} `json:"events"`
 	NextBeforeSeq uint64 `json:"nextBeforeSeq"`
 }
@@ -257,5 +258,33 @@ func TestAPIIssuesPaging(t *testing.T) {
 	want := []string{"ledger/0001-c", "payments/0002-b", "billing/0003-backfill"}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("issues paged one at a time = %v, want %v", got, want)
+	}
+}
+
+// TestUnsignedRowsAreMarked: the seeded runs are unsigned (no trust list
+// judged them): the API marks every event UNSIGNED and a change's timeline
+// shows the mark beside each state.
+func TestUnsignedRowsAreMarked(t *testing.T) {
+	e := start(t)
+	e.seed()
+	code, _, body := e.get("/api/v1/history?pipeline=billing", e.readKey)
+	if code != http.StatusOK {
+		t.Fatalf("history: %d %s", code, body)
+	}
+	h := decode[historyResp](t, body)
+	if len(h.Events) == 0 {
+		t.Fatal("no events")
+	}
+	for _, ev := range h.Events {
+		if ev.Mark != "UNSIGNED" {
+			t.Fatalf("event %d %s %s: mark %q, want UNSIGNED", ev.Seq, ev.ChangeID, ev.State, ev.Mark)
+		}
+	}
+	code, _, page := e.get("/changes/billing/0003-backfill", e.readKey)
+	if code != http.StatusOK {
+		t.Fatalf("change page: %d %s", code, page)
+	}
+	if n := strings.Count(string(page), `class="mark mark-unsigned"`); n == 0 {
+		t.Fatalf("the timeline shows no UNSIGNED mark:\n%s", page)
 	}
 }

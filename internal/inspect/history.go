@@ -38,6 +38,11 @@ type HistoryRow struct {
 	// is not trusted; absent when it does, and is.
 	Chain string `json:"chain,omitempty"`
 	Trust string `json:"trust,omitempty"`
+	// Mark is what to show beside the state (stores.Record.Mark):
+	// UNTRUSTED, UNSIGNED, or absent for a signed event no trust list
+	// refused. Signer is the signing key, if any.
+	Mark   string `json:"mark,omitempty"`
+	Signer string `json:"signer,omitempty"`
 }
 
 // HistoryRows are rows in their JSON form, in the same order.
@@ -49,7 +54,7 @@ func HistoryRows(rows []stores.Record) []HistoryRow {
 			Host: r.Host, RunnerID: r.RunnerID, LockToken: r.LockToken, OccurredAt: r.OccurredAt,
 			DurationMs: r.Duration.Milliseconds(), ErrorMessage: r.ErrorMessage, Operator: r.Operator,
 			Reason: r.Reason, Metadata: r.Metadata, Hash: r.Hash, PrevHash: r.PrevHash, PrevSeq: r.PrevSeq,
-			Position: r.Position, Chain: r.Chain, Trust: r.Trust}
+			Position: r.Position, Chain: r.Chain, Trust: r.Trust, Mark: r.Mark(), Signer: r.Signer}
 	}
 	return out
 }

@@ -12,11 +12,13 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/auditflow/auditflow/internal/buildinfo"
 	"github.com/auditflow/auditflow/internal/logging"
@@ -46,6 +48,11 @@ const (
 // conventionally use (OpenTelemetry's Prometheus exporter default).
 const DefaultMetricsAddr = ":9464"
 
+// DefaultOpenTimeout bounds opening the store at start: a store that
+// cannot be reached ends the process (exit 1) for its supervisor to
+// restart, rather than hanging.
+const DefaultOpenTimeout = 30 * time.Second
+
 type options struct {
 	nats            natsconn.Config
 	store           storeflags.Config
@@ -57,6 +64,7 @@ type options struct {
 	writeTimeout    time.Duration
 	stallAfter      time.Duration
 	shutdownTimeout time.Duration
+	openTimeout     time.Duration
 	rebuild         bool
 	metricsAddr     string
 	sig             trustflags.Config
@@ -124,6 +132,8 @@ Flags:
 		"/readyz fails when nothing was stored or acknowledged for this long while events are pending, or one store write has failed for this long")
 	duration(&o.shutdownTimeout, "shutdown-timeout", "AUDITFLOW_SHUTDOWN_TIMEOUT", projector.DefaultShutdownTimeout,
 		"on SIGINT/SIGTERM, how long to keep trying to store the batches in flight before handing them back to NATS for another projector")
+	duration(&o.openTimeout, "open-timeout", "AUDITFLOW_OPEN_TIMEOUT", DefaultOpenTimeout,
+		"how long to try opening the audit store and setting up on NATS at start before exiting 1; /healthz and /readyz answer meanwhile (readyz: 503, naming the step)")
 	fs.BoolVar(&o.rebuild, "rebuild", false,
 		"if the store has no progress for the consumer while the consumer has acknowledged events (a new or lost store), replay the stream into it before consuming; without it the projector refuses such a store (exit 5). An interrupted rebuild resumes; on a store that is up to date it does nothing")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", env("AUDITFLOW_METRICS_ADDR", DefaultMetricsAddr), "host:port serving /metrics, /healthz and /readyz; empty disables [AUDITFLOW_METRICS_ADDR]")
@@ -147,6 +157,9 @@ Flags:
 	if err := o.store.Validate(); err != nil {
 		return nil, err
 	}
+	if err := o.sig.Require(false); err != nil {
+		return nil, err
+	}
 	switch {
 	case o.ackWait < time.Second:
 		return nil, fmt.Errorf("--ack-wait %s: must be at least 1s", o.ackWait)
@@ -156,6 +169,8 @@ Flags:
 		return nil, fmt.Errorf("--stall-after %s: must be positive", o.stallAfter)
 	case o.shutdownTimeout <= 0:
 		return nil, fmt.Errorf("--shutdown-timeout %s: must be positive", o.shutdownTimeout)
+	case o.openTimeout <= 0:
+		return nil, fmt.Errorf("--open-timeout %s: must be positive", o.openTimeout)
 	}
 	if o.metricsAddr != "" {
 		if _, _, err := net.SplitHostPort(o.metricsAddr); err != nil {
@@ -203,27 +218,50 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 func run(ctx context.Context, o *options, log *slog.Logger) (int, error) {
-	// Listen first: a taken port is reported before anything is opened.
-	// Probes that connect while the store and NATS are being opened wait
-	// in the listen backlog until the projector exists to answer them.
-	var ln net.Listener
-	if o.metricsAddr != "" {
-		var err error
-		if ln, err = net.Listen("tcp", o.metricsAddr); err != nil {
-			return ExitError, fmt.Errorf("--metrics-addr: %w", err)
-		}
-		defer ln.Close()
-	}
 	list, err := o.sig.List()
 	if err != nil {
 		return ExitUsage, err
 	}
-	log.Info("opening audit store", "store", o.store.Describe())
-	store, closeStore, err := o.store.Open(ctx, log)
+	if o.sig.InsecureNoTrust {
+		log.Warn("running without a trust list (--insecure-no-trust): signatures are not checked, every event is stored as believed")
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "auditflow_projector_trust_checks_disabled",
+		Help: "1 if the projector runs without a trust list (--insecure-no-trust): every event is believed, signed or not; else 0.",
+	}, func() float64 {
+		if o.sig.InsecureNoTrust {
+			return 1
+		}
+		return 0
+	}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if err := buildinfo.Register(reg); err != nil {
+		return ExitError, err
+	}
+	// Serve first: a taken port is reported before anything is opened, and
+	// probes get an answer while the store and NATS are being opened —
+	// /readyz a 503 naming the step — instead of a hung connection.
+	h := &startingHandler{metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{})}
+	h.step("opening the audit store " + o.store.Describe())
+	if o.metricsAddr != "" {
+		ln, err := net.Listen("tcp", o.metricsAddr)
+		if err != nil {
+			return ExitError, fmt.Errorf("--metrics-addr: %w", err)
+		}
+		// Stopped after Run returns: the final batch's metrics can still
+		// be scraped, and probes see "shutting down" meanwhile.
+		defer serve(ln, h, log)()
+	}
+	log.Info("opening audit store", "store", o.store.Describe(), "timeout", o.openTimeout)
+	octx, cancel := context.WithTimeout(ctx, o.openTimeout)
+	defer cancel()
+	store, closeStore, err := openStore(octx, o, log)
 	if err != nil {
 		return exitFor(err), err
 	}
 	defer closeStore()
+	h.step("connecting to NATS")
 	o.nats.Name = "auditflow-projector-" + o.store.Kind
 	nc, err := natsconn.Connect(o.nats, log)
 	if err != nil {
@@ -234,11 +272,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) (int, error) {
 	if err != nil {
 		return ExitError, err
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	if err := buildinfo.Register(reg); err != nil {
-		return 1, err
-	}
+	h.step("setting up the consumer, re-driving parked events and catching up the store")
 	p, err := projector.New(ctx, js, store, projector.Config{
 		Stream: producer.StreamConfig{Replicas: o.replicas}, StoreName: o.store.Kind, Consumer: o.consumer,
 		Workers: o.workers, BatchSize: o.batch, AckWait: o.ackWait, WriteTimeout: o.writeTimeout,
@@ -247,12 +281,76 @@ func run(ctx context.Context, o *options, log *slog.Logger) (int, error) {
 	if err != nil {
 		return exitFor(err), err
 	}
-	if ln != nil {
-		// Stopped after Run returns: the final batch's metrics can still
-		// be scraped, and probes see "shutting down" meanwhile.
-		defer serve(ln, p.Handler(reg), log)()
-	}
+	h.ready(p.Handler(reg))
 	return ExitOK, p.Run(ctx)
+}
+
+// openStore opens the store within ctx's deadline, even if its client
+// does not honour ctx (the open goes on in the background; the process is
+// about to exit anyway).
+func openStore(ctx context.Context, o *options, log *slog.Logger) (stores.Store, func(), error) {
+	type opened struct {
+		s     stores.Store
+		close func()
+		err   error
+	}
+	done := make(chan opened, 1)
+	go func() {
+		s, c, err := o.store.Open(ctx, log)
+		done <- opened{s, c, err}
+	}()
+	select {
+	case r := <-done:
+		if r.err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return nil, nil, fmt.Errorf("opening the audit store %s: not done within --open-timeout %s (is it reachable?): %w", o.store.Describe(), o.openTimeout, r.err)
+		}
+		return r.s, r.close, r.err
+	case <-ctx.Done():
+		go func() { // close it if it opens after all
+			if r := <-done; r.err == nil {
+				r.close()
+			}
+		}()
+		return nil, nil, fmt.Errorf("opening the audit store %s: not done within --open-timeout %s (is it reachable?): %w", o.store.Describe(), o.openTimeout, context.Cause(ctx))
+	}
+}
+
+// startingHandler answers probes while the projector starts, then hands
+// every request to the projector's own handler.
+type startingHandler struct {
+	metrics http.Handler
+	since   time.Time
+	what    atomic.Pointer[string]
+	next    atomic.Pointer[http.Handler]
+}
+
+func (h *startingHandler) step(what string) {
+	if h.since.IsZero() {
+		h.since = time.Now()
+	}
+	h.what.Store(&what)
+}
+
+func (h *startingHandler) ready(next http.Handler) { h.next.Store(&next) }
+
+func (h *startingHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if next := h.next.Load(); next != nil {
+		(*next).ServeHTTP(w, r)
+		return
+	}
+	switch {
+	case r.Method != http.MethodGet && r.Method != http.MethodHead:
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+	case r.URL.Path == "/healthz":
+		fmt.Fprintln(w, "ok (starting)")
+	case r.URL.Path == "/readyz":
+		http.Error(w, fmt.Sprintf("%s: starting: %s (for %s)", projector.ErrNotReady, *h.what.Load(), time.Since(h.since).Round(time.Second)),
+			http.StatusServiceUnavailable)
+	case r.URL.Path == "/metrics":
+		h.metrics.ServeHTTP(w, r)
+	default:
+		http.NotFound(w, r)
+	}
 }
 
 // serve serves h on ln until the returned function is called; that

@@ -293,3 +293,66 @@ func TestHelpAndVersionOnStdout(t *testing.T) {
 		}
 	}
 }
+
+// TestUnreachableStoreAtStart: a store that never answers (a port that
+// accepts connections and says nothing) does not hang the projector: the
+// health server answers from the start — /healthz 200, /readyz 503 naming
+// the step — and after --open-timeout the command exits 1 naming it.
+func TestUnreachableStoreAtStart(t *testing.T) {
+	blackHole, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blackHole.Close()
+	go func() {
+		for {
+			c, err := blackHole.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // held open, never answered
+		}
+	}()
+	probe, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := probe.Addr().String()
+	probe.Close()
+	var stderr syncBuffer
+	done := make(chan int, 1)
+	start := time.Now()
+	go func() {
+		done <- projectorcmd.Main(context.Background(), []string{"--store", "mongo",
+			"--mongo-uri", "mongodb://" + blackHole.Addr().String() + "/audit?serverSelectionTimeoutMS=600000&connectTimeoutMS=600000",
+			"--open-timeout", "3s", "--metrics-addr", addr, "--nats-url", "nats://127.0.0.1:1"}, io.Discard, &stderr)
+	}()
+	var code int
+	var body string
+	for time.Since(start) < 5*time.Second {
+		resp, err := http.Get("http://" + addr + "/readyz")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			code, body = resp.StatusCode, string(b)
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "starting: opening the audit store") {
+		t.Fatalf("readyz while the store does not answer: %d %q, want 503 naming the step", code, body)
+	}
+	t.Logf("readyz %s after start: %d %s", time.Since(start).Round(time.Millisecond), code, strings.TrimSpace(body))
+	if resp, err := http.Get("http://" + addr + "/healthz"); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("healthz while starting: %v %v", resp, err)
+	}
+	select {
+	case code := <-done:
+		if code != projectorcmd.ExitError || !strings.Contains(stderr.String(), "--open-timeout") {
+			t.Fatalf("exit %d, want %d naming --open-timeout\n%s", code, projectorcmd.ExitError, stderr.String())
+		}
+		t.Logf("exited %d after %s", code, time.Since(start).Round(time.Millisecond))
+	case <-time.After(20 * time.Second):
+		t.Fatalf("still opening the store 20s after start with --open-timeout 3s\n%s", stderr.String())
+	}
+}

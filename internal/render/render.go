@@ -38,8 +38,9 @@ func Clip(s string, n int) string {
 // Row is what a table shows of one changeLog row.
 type Row struct {
 	// State is the state the row stores (what a state filter matched),
-	// marked when the projector does not believe the event: (UNTRUSTED)
-	// for a signature the trust list does not accept. An event out of its
+	// marked when nothing vouches for the event (stores.Record.Mark):
+	// (UNTRUSTED) for a signature the trust list does not accept,
+	// (UNSIGNED) for an event without one. An event out of its
 	// chain stores OUT_OF_CHAIN.
 	State    string
 	Time     string // UTC
@@ -51,8 +52,8 @@ type Row struct {
 // RowOf derives the shown fields of r, clipping the detail to width.
 func RowOf(r stores.Record, width int) Row {
 	row := Row{State: string(r.Shown()), Time: r.OccurredAt.UTC().Format(TimeLayout), Duration: "-", By: r.RunnerID, Detail: r.ErrorMessage}
-	if r.Trust != "" {
-		row.State += " (UNTRUSTED)"
+	if m := r.Mark(); m != "" {
+		row.State += " (" + m + ")"
 	}
 	if r.Type != events.ExecutionStarted && r.Type != events.ManuallyResolved {
 		row.Duration = r.Duration.String()

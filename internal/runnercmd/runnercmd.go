@@ -234,6 +234,9 @@ Flags:
 	case o.pipeline == "":
 		return nil, errors.New("--pipeline: empty")
 	}
+	if err := o.sig.Require(o.embedded); err != nil {
+		return nil, err
+	}
 	return o, nil
 }
 
@@ -341,6 +344,9 @@ func run(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) (i
 	signer, list, err := o.sig.Load()
 	if err != nil {
 		return ExitUsage, err
+	}
+	if o.sig.InsecureNoTrust {
+		log.Warn("running without a trust list (--insecure-no-trust): the history this runner reads is believed whoever wrote it")
 	}
 	localKey := o.embedded && signer == nil && list == nil
 	if localKey {

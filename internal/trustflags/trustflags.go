@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strconv"
 
 	"github.com/auditflow/auditflow/trust"
 )
@@ -24,15 +25,25 @@ type Config struct {
 	// SigningKey is a file holding the key to sign events with: an nkey
 	// seed (auditflow keys new) or a NATS .creds file. "": unsigned.
 	SigningKey string
-	// Trust is a trust list file (YAML; trust.ParseList). "": no checks.
+	// Trust is a trust list file (YAML; trust.ParseList). "": no checks,
+	// which Require refuses unless InsecureNoTrust.
 	Trust string
+	// InsecureNoTrust runs without a trust list on purpose: every event is
+	// believed, signed or not. Outside the embedded mode nothing runs so
+	// by default (Require).
+	InsecureNoTrust bool
 }
 
 // Environment variables the flags default to.
 const (
 	EnvSigningKey = "AUDITFLOW_SIGNING_KEY"
 	EnvTrust      = "AUDITFLOW_TRUST"
+	EnvInsecure   = "AUDITFLOW_INSECURE_NO_TRUST"
 )
+
+// ErrNoTrust: no trust list was given and running without one was not
+// asked for (see Config.Require). It wraps ErrInvalid.
+var ErrNoTrust = fmt.Errorf("%w: no trust list", ErrInvalid)
 
 // RegisterFlags adds --signing-key and --trust.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
@@ -46,8 +57,12 @@ func (c *Config) RegisterSigningKeyFlag(fs *flag.FlagSet) {
 		"sign the events written with this key: an nkey seed file (auditflow keys new) or a NATS .creds file ["+EnvSigningKey+"]")
 }
 
-// RegisterTrustFlag adds --trust alone (for what only judges signatures).
+// RegisterTrustFlag adds --trust and --insecure-no-trust (alone, for what
+// only judges signatures).
 func (c *Config) RegisterTrustFlag(fs *flag.FlagSet) {
+	insecure, _ := strconv.ParseBool(os.Getenv(EnvInsecure))
+	fs.BoolVar(&c.InsecureNoTrust, "insecure-no-trust", insecure,
+		"run without a trust list: every event is believed, signed or not (logged at WARN, shown in stats and /metrics); without it, a missing --trust is refused outside the embedded mode ["+EnvInsecure+"]")
 	fs.StringVar(&c.Trust, "trust", os.Getenv(EnvTrust),
 		"judge event signatures against this trust list (YAML: keys with name, roles, pipelines, revokedAfterSeq); unsigned, unknown-key and bad-signature events become issues ["+EnvTrust+"]")
 }
@@ -76,6 +91,21 @@ func (c Config) Signer() (*trust.Signer, error) {
 		return nil, fmt.Errorf("%w: --signing-key: %w", ErrInvalid, err)
 	}
 	return s, nil
+}
+
+// Require checks that a trust list is given, or that running without one
+// was asked for (InsecureNoTrust). embedded (the single-user embedded
+// mode, whose own key and list are made for it) needs neither. Its error
+// wraps ErrNoTrust and says what to do.
+func (c Config) Require(embedded bool) error {
+	switch {
+	case c.Trust != "" && c.InsecureNoTrust:
+		return fmt.Errorf("%w: --trust and --insecure-no-trust: give one", ErrInvalid)
+	case c.Trust != "" || c.InsecureNoTrust || embedded:
+		return nil
+	}
+	return fmt.Errorf("%w: without --trust (or %s) signatures are not checked, and any event anyone with publish rights writes — a forged ExecutionSucceeded, a copied runner id — is believed. Give the trust list (auditflow keys list-yaml makes one; see the README's Signed events), or --insecure-no-trust (%s=true) to run without one on purpose",
+		ErrNoTrust, EnvTrust, EnvInsecure)
 }
 
 // List loads the trust list, nil if none is configured.

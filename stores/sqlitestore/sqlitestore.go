@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -89,6 +90,35 @@ type Store struct {
 	// Writers of this Store queue here instead and go in the moment the
 	// last one commits (other processes still meet the busy handler).
 	writer chan struct{}
+
+	// path and file identify the database file Open opened (nil for New):
+	// checked around every write and checkpoint read (checkFile).
+	path string
+	file os.FileInfo
+}
+
+// ErrFileGone: the database file was deleted or replaced under the open
+// store. SQLite would go on writing into the open, unlinked file, which
+// nobody can open again: every write would be lost while it reported
+// success. Apply and Checkpoint fail with it instead.
+var ErrFileGone = errors.New("sqlitestore: the database file was deleted or replaced under the running store")
+
+// checkFile fails if the file at the store's path is no longer the one it
+// opened.
+func (s *Store) checkFile() error {
+	if s.file == nil {
+		return nil
+	}
+	now, err := os.Stat(s.path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("%w: %s no longer exists (restore it, or restart to create an empty one and fill it from the stream with --rebuild)", ErrFileGone, s.path)
+	case err != nil:
+		return fmt.Errorf("sqlitestore: %s: %w", s.path, err)
+	case !os.SameFile(now, s.file):
+		return fmt.Errorf("%w: %s is another file now (restart to open it)", ErrFileGone, s.path)
+	}
+	return nil
 }
 
 // stmtCache holds Apply's statements, prepared once on the database:
@@ -184,6 +214,9 @@ func Open(ctx context.Context, path string, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	s.own = true
+	if fi, err := os.Stat(path); err == nil && fi.Mode().IsRegular() {
+		s.path, s.file = path, fi
+	}
 	return s, nil
 }
 
@@ -374,8 +407,19 @@ func (q *queries) readOlder(ctx context.Context, db *sql.DB, c Config) error {
 	return nil
 }
 
-// Apply writes the batch in one transaction.
+// Apply writes the batch in one transaction. It fails with ErrFileGone if
+// the database file was deleted or replaced, before or during the write.
 func (s *Store) Apply(ctx context.Context, b stores.Batch) error {
+	if err := s.checkFile(); err != nil {
+		return err
+	}
+	if err := s.apply(ctx, b); err != nil {
+		return err
+	}
+	return s.checkFile() // deleted while the write went into it
+}
+
+func (s *Store) apply(ctx context.Context, b stores.Batch) error {
 	if err := b.Validate(); err != nil {
 		return err
 	}
@@ -505,6 +549,9 @@ func (s *Store) inTx(ctx context.Context, fn func(*sql.Tx) error) error {
 // Checkpoint returns the contiguous checkpoint recorded under name (see
 // stores.Batch.Through), 0 if none.
 func (s *Store) Checkpoint(ctx context.Context, name string) (uint64, error) {
+	if err := s.checkFile(); err != nil {
+		return 0, err
+	}
 	var seq int64
 	err := s.db.QueryRowContext(ctx, `SELECT seq FROM `+quote(s.cfg.CheckpointsTable)+` WHERE name = ?`, name).Scan(&seq)
 	if errors.Is(err, sql.ErrNoRows) {

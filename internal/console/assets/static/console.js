@@ -40,7 +40,7 @@
     // The rows come newest first: add the oldest first, so the newest ends on top.
     (d.events || []).slice().reverse().forEach(function (e) {
       var li = document.createElement("li");
-      li.textContent = e.pipeline + " / " + e.changeId + " " + e.state + " (seq " + e.seq + ")";
+      li.textContent = e.pipeline + " / " + e.changeId + " " + e.state + (e.mark ? " (" + e.mark + ")" : "") + " (seq " + e.seq + ")";
       feed.insertBefore(li, feed.firstChild);
     });
     while (feed.children.length > 20) { feed.removeChild(feed.lastChild); }
