@@ -12,6 +12,16 @@
 #   <role>.env                one role's client: AUDITFLOW_NATS_URL with its
 #                             user and password — admin, operator,
 #                             projector, console, runner-example-service
+#   operator.nk,              signing keys (auditflow keys new): the
+#   runner-<pipeline>.nk      operators' (issue fix) and each pipeline's
+#                             runners'
+#   trust.yaml                the trust list naming them: projectors,
+#                             runners and verify refuse to run without one
+#                             (README, Signed events). Public: mode 644.
+#
+# Keys are made with the auditflow binary on PATH, or go run from this
+# checkout. They are mode 600: give them to uid 10001 (the image's user)
+# before the demo runner mounts its own (chown 10001 runner-*.nk).
 #
 # Files are readable by their owner only. A client gets only its own
 # role's file (env_file in docker-compose.yml), never nats.env.
@@ -19,6 +29,7 @@
 # and its user and permissions in deploy/nats/accounts.conf.
 set -eu
 
+root=$(cd "$(dirname "$0")/.." && pwd -P)
 dir=${1:-$(dirname "$0")/secrets}
 runners=${RUNNERS:-example-service}
 servers=${NATS_SERVERS:-"nats1:4222 nats2:4222 nats3:4222"}
@@ -61,5 +72,48 @@ client console console
 for r in $runners; do
   client "runner-$r" "runner-$r"
 done
+# Signed events: a key per signer, and the list that trusts them.
+af() {
+  if [ -z "${AF:-}" ]; then
+    if command -v auditflow >/dev/null 2>&1; then
+      AF=auditflow
+    else # built once from this checkout
+      afdir=$(mktemp -d)
+      trap 'rm -rf "$afdir"' EXIT
+      AF=$afdir/auditflow
+      (cd "$root" && go build -o "$AF" ./cmd/auditflow)
+    fi
+  fi
+  "$AF" "$@"
+}
+# key FILE NAME ROLE PIPELINE: a signing key, made once.
+key() {
+  [ -f "$1" ] || af keys new --out "$PWD/$1" --name "$2" --role "$3" --pipeline "$4" >/dev/null
+}
+# entry FILE NAME ROLE PIPELINE: its trust-list entry.
+entry() {
+  pk=$(af keys public --key "$PWD/$1")
+  printf '  - key: %s\n    name: %s\n    roles: [%s]\n    pipelines: ["%s"]\n' "$pk" "$2" "$3" "$4"
+}
+key operator.nk operator operator '*'
+for r in $runners; do
+  key "runner-$r.nk" "runner-$r" runner "$r"
+done
+if [ ! -f trust.yaml ]; then
+  {
+    echo "# Who may sign what (auditflow keys new prints an entry to add)."
+    echo "keys:"
+    entry operator.nk operator operator '*'
+    for r in $runners; do
+      entry "runner-$r.nk" "runner-$r" runner "$r"
+    done
+  } >trust.yaml.tmp
+  mv trust.yaml.tmp trust.yaml
+  chmod 644 trust.yaml
+fi
+if [ "$(id -u)" = 0 ]; then
+  chown 10001 ./*.nk
+fi
+
 echo "secrets in $dir:"
 ls -l

@@ -70,6 +70,10 @@ func (p *Projector) registerMetrics(reg prometheus.Registerer) error {
 			return 0
 		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "auditflow_projector_write_concurrency",
+			Help: "How many workers may write to the store at once now: halved by a failed or timed-out write, raised by one by a quick one, between 1 and the workers.",
+		}, func() float64 { return float64(p.writers.current()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "auditflow_projector_stalled",
 			Help: "1 while a store write has been failing for longer than the stall time, or nothing was stored or acknowledged for that long with a lag; else 0.",
 		}, func() float64 {

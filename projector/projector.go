@@ -227,6 +227,7 @@ type Projector struct {
 	progress                                                            progress // the contiguous checkpoint (checkpoint.go)
 	checkpointKick                                                      chan struct{}
 
+	writers       *limiter             // how many workers write at once (adapt.go)
 	lastSeq       atomic.Uint64        // highest sequence applied: a high-water mark
 	stopping      atomic.Bool          // Run's context is done
 	writeDuration prometheus.Histogram // nil without metrics
@@ -264,7 +265,7 @@ func New(ctx context.Context, js jetstream.JetStream, store stores.Store, cfg Co
 		log = slog.New(slog.DiscardHandler)
 	}
 	p := &Projector{js: js, nc: js.Conn(), store: store, cfg: cfg, log: log.With("store", cfg.StoreName),
-		checkpointKick: make(chan struct{}, 1)}
+		checkpointKick: make(chan struct{}, 1), writers: newLimiter(cfg.Workers, cfg.WriteTimeout)}
 	p.lag = lagReader{read: p.consumerState, log: p.log, ttl: lagCacheTTL, timeout: lagTimeout}
 	p.lookup = streamLookup(js, cfg.Stream.Name, cfg.Stream.SubjectPrefix)
 	// A projector started while its cluster elects a leader waits for one.
@@ -752,14 +753,24 @@ func (p *Projector) write(ctx context.Context, log *slog.Logger, worker int, bat
 		}
 		// Failing since the first failure after this loop's last success.
 		p.health.writeFailed(worker, len(recs), recs[0].Seq, err)
-		if refused || (errors.Is(err, errWriteTimeout) && len(batch) > 1) {
+		timedOut := errors.Is(err, errWriteTimeout)
+		if timedOut && ctx.Err() == nil {
+			// A store that timed out is busy: wait (with jitter, so that
+			// workers do not come back together) before trying again,
+			// split or not.
+			p.retries.Add(1)
+			wait := b.NextBackOff()
+			log.Warn("store write timed out; backing off", "events", len(recs), "firstSeq", recs[0].Seq, "err", err, "retryIn", wait)
+			sleep(ctx, wait)
+		}
+		if ctx.Err() == nil && (refused || (timedOut && len(batch) > 1)) {
 			log.Warn("store write failed; splitting the batch", "events", len(recs), "firstSeq", recs[0].Seq, "err", err)
 			half := len(batch) / 2
 			p.write(ctx, log, worker, batch[:half])
 			p.write(ctx, log, worker, batch[half:])
 			return
 		}
-		if ctx.Err() == nil {
+		if ctx.Err() == nil && !timedOut {
 			p.retries.Add(1)
 			wait := b.NextBackOff()
 			log.Warn("store write failed, retrying", "events", len(recs), "firstSeq", recs[0].Seq, "err", err, "retryIn", wait)
@@ -778,6 +789,9 @@ func (p *Projector) write(ctx context.Context, log *slog.Logger, worker int, bat
 // attempt makes one store write of recs within WriteTimeout, and reports
 // it (metrics, AuditWrite).
 func (p *Projector) attempt(ctx context.Context, worker int, recs []stores.Record) error {
+	if !p.writers.acquire(ctx) {
+		return context.Cause(ctx)
+	}
 	actx, cancel := context.WithTimeoutCause(ctx, p.cfg.WriteTimeout, errWriteTimeout)
 	start := time.Now()
 	// The checkpoint this write may claim: everything at or below it is
@@ -785,6 +799,7 @@ func (p *Projector) attempt(ctx context.Context, worker int, recs []stores.Recor
 	through := p.progress.through(seqsOf(recs))
 	err := p.store.Apply(actx, stores.Batch{Checkpoint: p.cfg.Consumer, Through: through, Records: recs})
 	took := time.Since(start)
+	p.writers.release(took, err != nil && !errors.Is(err, stores.ErrInvalidRecord))
 	if err == nil {
 		p.progress.stored(through)
 	}

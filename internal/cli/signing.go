@@ -44,7 +44,7 @@ func (a *app) requiredTrustList() (*trust.List, error) {
 	if err := a.signing.flags.Require(a.embedded); err != nil {
 		return nil, usageError{err}
 	}
-	if a.signing.flags.InsecureNoTrust && !a.insecureWarned {
+	if a.signing.flags.Unchecked() && !a.insecureWarned {
 		a.insecureWarned = true
 		a.log.Warn("running without a trust list (--insecure-no-trust): signatures are not checked, every event is believed")
 	}

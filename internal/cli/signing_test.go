@@ -202,3 +202,36 @@ func TestUnsignedRowsAreMarked(t *testing.T) {
 		t.Fatalf("JSON marks %v (rows %+v)", marks, rows)
 	}
 }
+
+// TestTrustListRequired: outside the embedded mode, verify, replay and
+// repair refuse to run without a trust list (exit 2, saying how to give
+// one or opt out); with --insecure-no-trust they run, and warn.
+func TestTrustListRequired(t *testing.T) {
+	t.Setenv("AUDITFLOW_INSECURE_NO_TRUST", "")
+	srv := natstest.StartWith(t, embedded.Config{Port: -1})
+	if _, err := producer.EnsureStream(context.Background(), srv.JS, producer.StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	dbPath := filepath.Join(t.TempDir(), "audit.db")
+	st, err := sqlitestore.Open(context.Background(), dbPath, sqlitestore.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = st.Close()
+	run := func(args ...string) (int, string) {
+		var out, errOut bytes.Buffer
+		full := append([]string{"--nats-url", srv.ClientURL(), "--store", "sqlite", "--sqlite-path", dbPath}, args...)
+		code := cli.Main(context.Background(), full, &out, &errOut)
+		return code, out.String() + errOut.String()
+	}
+	for _, cmd := range [][]string{{"replay"}, {"verify"}, {"repair"}} {
+		code, out := run(cmd...)
+		if code != cli.ExitUsage || !strings.Contains(out, "--insecure-no-trust") || !strings.Contains(out, "no trust list") {
+			t.Errorf("%v without a trust list: exit %d, want %d naming --insecure-no-trust\n%s", cmd, code, cli.ExitUsage, out)
+		}
+	}
+	code, out := run("replay", "--insecure-no-trust")
+	if code != cli.ExitOK || !strings.Contains(out, "running without a trust list") {
+		t.Fatalf("replay --insecure-no-trust: exit %d\n%s", code, out)
+	}
+}

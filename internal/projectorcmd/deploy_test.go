@@ -16,6 +16,7 @@ import (
 	"github.com/auditflow/auditflow/internal/cli"
 	"github.com/auditflow/auditflow/internal/projectorcmd"
 	"github.com/auditflow/auditflow/stores/storetest"
+	"github.com/auditflow/auditflow/trust"
 )
 
 // TestComposeFile checks what can be checked of docker-compose.yml without
@@ -283,6 +284,31 @@ func TestComposeSecurity(t *testing.T) {
 			if strings.HasPrefix(k, "AUDITFLOW_NATS") && k != "AUDITFLOW_NATS_URL_FILE" || strings.Contains(v, "@nats") {
 				t.Errorf("%s: NATS settings in the compose file, not its secrets file: %s", name, k)
 			}
+		}
+	}
+	// Signed events are judged everywhere: make-secrets.sh makes the keys
+	// and the trust list, every projector, the runner and the operator
+	// CLI mount that list, and it names every signer.
+	list, err := trust.LoadList(filepath.Join(secrets, "trust.yaml"))
+	if err != nil {
+		t.Fatalf("make-secrets.sh's trust.yaml: %v", err)
+	}
+	for _, k := range []struct{ file, name string }{{"operator.nk", "operator"}, {"runner-example-service.nk", "runner-example-service"}} {
+		s, err := trust.LoadSigner(filepath.Join(secrets, k.file))
+		if err != nil {
+			t.Fatalf("make-secrets.sh's %s: %v", k.file, err)
+		}
+		if got, ok := list.Lookup(s.PublicKey()); !ok || got.Name != k.name {
+			t.Errorf("trust.yaml does not name %s's key as %s: %+v", k.file, k.name, got)
+		}
+	}
+	for name, svc := range c.Services {
+		if len(svc.Command) == 0 || (svc.Command[0] != "projector" && svc.Command[0] != "runner" && name != "auditflow") {
+			continue
+		}
+		if svc.Environment["AUDITFLOW_TRUST"] != "/etc/auditflow/trust.yaml" ||
+			!slices.Contains(svc.Volumes, "./deploy/secrets/trust.yaml:/etc/auditflow/trust.yaml:ro") {
+			t.Errorf("%s runs without the trust list: environment %v, volumes %v", name, svc.Environment, svc.Volumes)
 		}
 	}
 	initCmd := c.Services["init"].Command

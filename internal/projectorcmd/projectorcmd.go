@@ -222,7 +222,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) (int, error) {
 	if err != nil {
 		return ExitUsage, err
 	}
-	if o.sig.InsecureNoTrust {
+	if o.sig.Unchecked() {
 		log.Warn("running without a trust list (--insecure-no-trust): signatures are not checked, every event is stored as believed")
 	}
 	reg := prometheus.NewRegistry()
@@ -230,7 +230,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) (int, error) {
 		Name: "auditflow_projector_trust_checks_disabled",
 		Help: "1 if the projector runs without a trust list (--insecure-no-trust): every event is believed, signed or not; else 0.",
 	}, func() float64 {
-		if o.sig.InsecureNoTrust {
+		if o.sig.Unchecked() {
 			return 1
 		}
 		return 0

@@ -20,6 +20,7 @@ import (
 
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/internal/embedded"
+	"github.com/auditflow/auditflow/internal/natstest"
 	"github.com/auditflow/auditflow/internal/projectorcmd"
 	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/projector"
@@ -354,5 +355,62 @@ func TestUnreachableStoreAtStart(t *testing.T) {
 		t.Logf("exited %d after %s", code, time.Since(start).Round(time.Millisecond))
 	case <-time.After(20 * time.Second):
 		t.Fatalf("still opening the store 20s after start with --open-timeout 3s\n%s", stderr.String())
+	}
+}
+
+// TestTrustListRequired: the projector refuses to start without a trust
+// list (exit 2, naming --trust and --insecure-no-trust); with
+// --insecure-no-trust it runs, warns, and /metrics shows it.
+func TestTrustListRequired(t *testing.T) {
+	t.Setenv("AUDITFLOW_INSECURE_NO_TRUST", "")
+	var stderr bytes.Buffer
+	code := projectorcmd.Main(context.Background(), []string{"--sqlite-path", filepath.Join(t.TempDir(), "audit.db"),
+		"--nats-url", "nats://127.0.0.1:1"}, io.Discard, &stderr)
+	if code != projectorcmd.ExitUsage || !strings.Contains(stderr.String(), "--insecure-no-trust") || !strings.Contains(stderr.String(), "--trust") {
+		t.Fatalf("exit %d, want %d naming --trust and --insecure-no-trust\n%s", code, projectorcmd.ExitUsage, stderr.String())
+	}
+	if err := projectorcmd.CheckArgs([]string{"--sqlite-path", "x.db"}); err == nil {
+		t.Fatal("CheckArgs accepted a projector without a trust list")
+	}
+
+	srv := natstest.StartWith(t, embedded.Config{Port: -1})
+	if err := projector.EnsureStreams(context.Background(), srv.JS, projector.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	probe, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := probe.Addr().String()
+	probe.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	var logs syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- projectorcmd.Main(ctx, []string{"--sqlite-path", filepath.Join(t.TempDir(), "audit.db"), "--nats-url", srv.ClientURL(),
+			"--insecure-no-trust", "--metrics-addr", addr}, io.Discard, &logs)
+	}()
+	defer func() { cancel(); <-done }()
+	var m map[string]float64
+	var last string
+	for start := time.Now(); time.Since(start) < 10*time.Second; time.Sleep(50 * time.Millisecond) {
+		if resp, err := http.Get("http://" + addr + "/readyz"); err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			last = string(b)
+			if resp.StatusCode == http.StatusOK {
+				m = promtest.Scrape(t, "http://"+addr+"/metrics")
+				break
+			}
+		}
+	}
+	if m == nil {
+		t.Fatalf("never ready: %s\n%s", last, logs.String())
+	}
+	if m["auditflow_projector_trust_checks_disabled"] != 1 {
+		t.Fatalf("auditflow_projector_trust_checks_disabled = %v, want 1 (metrics %d series)", m["auditflow_projector_trust_checks_disabled"], len(m))
+	}
+	if !strings.Contains(logs.String(), "running without a trust list") || !strings.Contains(logs.String(), "level=WARN") {
+		t.Fatalf("no warning logged:\n%s", logs.String())
 	}
 }

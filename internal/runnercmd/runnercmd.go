@@ -345,7 +345,7 @@ func run(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) (i
 	if err != nil {
 		return ExitUsage, err
 	}
-	if o.sig.InsecureNoTrust {
+	if o.sig.Unchecked() {
 		log.Warn("running without a trust list (--insecure-no-trust): the history this runner reads is believed whoever wrote it")
 	}
 	localKey := o.embedded && signer == nil && list == nil

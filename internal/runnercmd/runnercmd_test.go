@@ -159,3 +159,28 @@ func mustStream(t *testing.T, js jetstream.JetStream) jetstream.Stream {
 	}
 	return s
 }
+
+// TestTrustListRequired: outside the embedded mode a runner refuses to
+// start without a trust list (exit 2, naming --trust and
+// --insecure-no-trust) — even with a signing key, which alone would sign
+// its own events and believe anyone's — and starts with either.
+func TestTrustListRequired(t *testing.T) {
+	t.Setenv("AUDITFLOW_INSECURE_NO_TRUST", "")
+	changes := t.TempDir()
+	for name, args := range map[string][]string{
+		"nothing":          {"--changes", changes, "--nats-url", "nats://127.0.0.1:1"},
+		"signing key only": {"--changes", changes, "--nats-url", "nats://127.0.0.1:1", "--signing-key", filepath.Join(changes, "k.nk")},
+		"dry run":          {"--changes", changes, "--nats-url", "nats://127.0.0.1:1", "--dry-run"},
+	} {
+		code, _, stderr := runCmd(t, args...)
+		if code != runnercmd.ExitUsage || !strings.Contains(stderr, "--insecure-no-trust") || !strings.Contains(stderr, "--trust") {
+			t.Errorf("%s: exit %d, want %d naming --trust and --insecure-no-trust; stderr %q", name, code, runnercmd.ExitUsage, stderr)
+		}
+	}
+	// With --insecure-no-trust it goes on, to read the change files.
+	code, _, stderr := runCmd(t, "--changes", changes, "--nats-url", "nats://127.0.0.1:1", "--insecure-no-trust")
+	if strings.Contains(stderr, "no trust list") || !strings.Contains(stderr, "no *.yaml change files") {
+		t.Fatalf("--insecure-no-trust: exit %d; stderr %q", code, stderr)
+	}
+	// The embedded mode needs neither (TestEmbeddedSignsWithALocalKey).
+}

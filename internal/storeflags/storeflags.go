@@ -113,7 +113,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&m.Journal, "mongo-journal", true, "MongoDB: write concern j (wait for the journal)")
 	fs.StringVar(&m.ReadConcern, "mongo-read-concern", "majority", "MongoDB: read concern: majority, local or linearizable")
 	fs.StringVar(&m.ReadPreference, "mongo-read-preference", "primary", "MongoDB: read preference: primary, primaryPreferred, secondary, secondaryPreferred or nearest")
-	fs.IntVar(&m.BatchSize, "mongo-batch", mongostore.DefaultBatchSize, "MongoDB: most statements per write command (below 50 on FerretDB)")
+	fs.IntVar(&m.BatchSize, "mongo-batch", 0, "MongoDB: most statements per write command (0: 500, or 40 on FerretDB, which cannot answer 50 or more)")
 	fs.BoolVar(&m.SkipIndexes, "mongo-skip-indexes", false, "MongoDB: do not create indexes (they are managed elsewhere)")
 
 	d := &c.Dynamo

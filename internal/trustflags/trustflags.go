@@ -93,18 +93,21 @@ func (c Config) Signer() (*trust.Signer, error) {
 	return s, nil
 }
 
+// Unchecked reports whether signatures go unchecked on purpose: no trust
+// list, and InsecureNoTrust. What runs so says so (a WARN log, stats,
+// /metrics).
+func (c Config) Unchecked() bool { return c.Trust == "" && c.InsecureNoTrust }
+
 // Require checks that a trust list is given, or that running without one
 // was asked for (InsecureNoTrust). embedded (the single-user embedded
 // mode, whose own key and list are made for it) needs neither. Its error
 // wraps ErrNoTrust and says what to do.
 func (c Config) Require(embedded bool) error {
 	switch {
-	case c.Trust != "" && c.InsecureNoTrust:
-		return fmt.Errorf("%w: --trust and --insecure-no-trust: give one", ErrInvalid)
-	case c.Trust != "" || c.InsecureNoTrust || embedded:
+	case c.Trust != "" || c.InsecureNoTrust || embedded: // a list given is used, whatever else
 		return nil
 	}
-	return fmt.Errorf("%w: without --trust (or %s) signatures are not checked, and any event anyone with publish rights writes — a forged ExecutionSucceeded, a copied runner id — is believed. Give the trust list (auditflow keys list-yaml makes one; see the README's Signed events), or --insecure-no-trust (%s=true) to run without one on purpose",
+	return fmt.Errorf("%w: without --trust (or %s) signatures are not checked, and any event anyone with publish rights writes — a forged ExecutionSucceeded, a copied runner id — is believed. Give the trust list (auditflow keys new writes a key and its entry; see the README's Signed events), or --insecure-no-trust (%s=true) to run without one on purpose",
 		ErrNoTrust, EnvTrust, EnvInsecure)
 }
 

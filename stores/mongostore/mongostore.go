@@ -46,8 +46,10 @@ type Config struct {
 	ReadPreference *readpref.ReadPref
 
 	// BatchSize is the most write statements sent in one command. Default
-	// 500. FerretDB (v1.24) never answers a command with 50 or more
-	// statements that match existing documents: use less than 50 there.
+	// 500 on MongoDB, and FerretDBBatchSize on FerretDB (New asks the
+	// server's buildInfo), which (v1.24) never answers a command with 50 or
+	// more statements that match existing documents, and then holds the
+	// connection, so that a projector's retries exhaust its pool.
 	BatchSize int
 	// Concurrency is how many of one Apply's commands run at once: its
 	// changeLog inserts together, then its issue upserts together.
@@ -75,6 +77,9 @@ const (
 	DefaultIssuesCollection      = "issues"
 	DefaultCheckpointsCollection = "auditCheckpoints"
 	DefaultBatchSize             = 500
+	// FerretDBBatchSize is the default BatchSize on FerretDB: below the 50
+	// statements it cannot answer, measured on v1.24.2.
+	FerretDBBatchSize = 40
 	DefaultConcurrency           = 1
 
 	// MaxBatchSize is MongoDB's maxWriteBatchSize.
@@ -130,11 +135,8 @@ func (c *Config) Validate() error {
 	if c.ReadPreference == nil {
 		c.ReadPreference = readpref.Primary()
 	}
-	if c.BatchSize == 0 {
-		c.BatchSize = DefaultBatchSize
-	}
-	if c.BatchSize < 1 || c.BatchSize > MaxBatchSize {
-		return fmt.Errorf("%w: mongostore: BatchSize %d is outside 1..%d", stores.ErrInvalidConfig, c.BatchSize, MaxBatchSize)
+	if c.BatchSize < 0 || c.BatchSize > MaxBatchSize {
+		return fmt.Errorf("%w: mongostore: BatchSize %d is outside 1..%d (0: the default)", stores.ErrInvalidConfig, c.BatchSize, MaxBatchSize)
 	}
 	if c.Concurrency == 0 {
 		c.Concurrency = DefaultConcurrency
@@ -178,6 +180,16 @@ func New(ctx context.Context, client *mongo.Client, cfg Config) (*Store, error) 
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	if cfg.BatchSize == 0 {
+		cfg.BatchSize = DefaultBatchSize
+		if ferret, version := isFerretDB(ctx, client); ferret {
+			cfg.BatchSize = FerretDBBatchSize
+			if cfg.Logger != nil {
+				cfg.Logger.Info("mongostore: the server is FerretDB: writing at most FerretDBBatchSize statements per command",
+					"ferretdb", version, "batch", cfg.BatchSize)
+			}
+		}
+	}
 	db := client.Database(cfg.Database, options.Database().
 		SetWriteConcern(cfg.WriteConcern).SetReadConcern(cfg.ReadConcern).SetReadPreference(cfg.ReadPreference))
 	s := &Store{
@@ -204,6 +216,23 @@ func New(ctx context.Context, client *mongo.Client, cfg Config) (*Store, error) 
 		}
 	}
 	return s, nil
+}
+
+// BatchSize is the most statements the store sends in one command
+// (Config.BatchSize, or the default New chose for the server).
+func (s *Store) BatchSize() int { return s.cfg.BatchSize }
+
+// isFerretDB reports whether the server is FerretDB (its buildInfo names
+// its version), and which. A failed buildInfo says MongoDB: the defaults
+// are MongoDB's.
+func isFerretDB(ctx context.Context, client *mongo.Client) (bool, string) {
+	var info struct {
+		FerretDB string `bson:"ferretdbVersion"`
+	}
+	if err := client.Database("admin").RunCommand(ctx, bson.D{{Key: "buildInfo", Value: 1}}).Decode(&info); err != nil {
+		return false, ""
+	}
+	return info.FerretDB != "", info.FerretDB
 }
 
 // createSchema creates the checkpoints collection and the indexes that

@@ -162,7 +162,7 @@ func TestConfigErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	if cfg.Database != "auditflow" || cfg.ChangeLogCollection != "changeLog" || cfg.IssuesCollection != "issues" ||
-		cfg.CheckpointsCollection != "auditCheckpoints" || cfg.BatchSize != mongostore.DefaultBatchSize ||
+		cfg.CheckpointsCollection != "auditCheckpoints" || cfg.BatchSize != 0 /* chosen by New */ ||
 		cfg.WriteConcern.W != "majority" || cfg.WriteConcern.Journal == nil || !*cfg.WriteConcern.Journal ||
 		cfg.ReadConcern.Level != "majority" || cfg.ReadPreference.Mode().String() != "primary" {
 		t.Errorf("defaults: %+v", cfg)
@@ -475,5 +475,26 @@ func rawDoc(r stores.Record) bson.D {
 		{Key: "errorTrace", Value: r.ErrorTrace},
 		{Key: "metadata", Value: bson.A{bson.D{{Key: "k", Value: "ticket"}, {Key: "v", Value: r.Metadata["ticket"]}}}},
 		{Key: "recovery", Value: string(r.Recovery)}, {Key: "transactional", Value: r.Transactional},
+	}
+}
+
+// TestBatchSizeFitsTheServer: with no BatchSize, New asks the server: the
+// test server is FerretDB, which cannot answer 50 statements or more, and
+// gets FerretDBBatchSize; an explicit size is kept.
+func TestBatchSizeFitsTheServer(t *testing.T) {
+	client, _ := connect(t)
+	s, err := mongostore.New(context.Background(), client, mongostore.Config{Database: "batchsize_" + storetest.RandomID()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.BatchSize(); got != mongostore.FerretDBBatchSize {
+		t.Fatalf("default batch size on FerretDB: %d, want %d", got, mongostore.FerretDBBatchSize)
+	}
+	s, err = mongostore.New(context.Background(), client, mongostore.Config{Database: "batchsize_" + storetest.RandomID(), BatchSize: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.BatchSize(); got != 7 {
+		t.Fatalf("explicit batch size: %d, want 7", got)
 	}
 }
