@@ -79,8 +79,8 @@ const (
 	DefaultBatchSize             = 500
 	// FerretDBBatchSize is the default BatchSize on FerretDB: below the 50
 	// statements it cannot answer, measured on v1.24.2.
-	FerretDBBatchSize = 40
-	DefaultConcurrency           = 1
+	FerretDBBatchSize  = 40
+	DefaultConcurrency = 1
 
 	// MaxBatchSize is MongoDB's maxWriteBatchSize.
 	MaxBatchSize = 100_000
