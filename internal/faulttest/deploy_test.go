@@ -668,7 +668,12 @@ func TestDeployDenials(t *testing.T) {
 // TestDeployTLS enables deploy/nats/tls.conf with certificates from
 // deploy/tls/make-certs.sh: a client needs the CA, its role's certificate
 // and its password; without its certificate, or without TLS, it is
-// refused. auditflow init runs over it with the --nats-tls-* flags.
+// refused. The certificate is the role (verify_and_map): each role's
+// certificate connects as that role, whatever user name the client
+// sends; a runner's certificate with any other role's password is
+// refused, and with the admin's user name it is still the runner, denied
+// what the admin may do. auditflow init runs over it with the
+// --nats-tls-* flags.
 func TestDeployTLS(t *testing.T) {
 	if _, err := exec.LookPath("openssl"); err != nil {
 		msg := "openssl is not installed (apt-get install openssl): deploy/tls/make-certs.sh uses it"
@@ -692,12 +697,46 @@ func TestDeployTLS(t *testing.T) {
 		}
 		return on
 	})
+	if !d.opts.TLSMap {
+		t.Fatal("tls.conf does not map certificates to users (verify_and_map)")
+	}
 	init := start(t, d.url(roleAdmin), bin.auditflow, "init", "--lock-lease", lease.String(),
 		"--nats-tls-ca", pem("ca"), "--nats-tls-cert", pem("admin"), "--nats-tls-key", pem("admin-key"))
 	if code := init.wait(t, 30*time.Second); code != 0 {
 		t.Fatalf("init over TLS: exit %d\n%s", code, init.out.String())
 	}
-	_, js := d.connect(t, roleRunner, nats.RootCAs(pem("ca")), nats.ClientCert(pem("runner-example-service"), pem("runner-example-service-key")))
+	cert := func(role string) []nats.Option {
+		return []nats.Option{nats.RootCAs(pem("ca")), nats.ClientCert(pem(role), pem(role+"-key"))}
+	}
+	// user is the user the server took a connection for.
+	user := func(t *testing.T, nc *nats.Conn) string {
+		t.Helper()
+		cid, err := nc.GetClientID()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cz, err := d.s.Connz(&natsserver.ConnzOptions{CID: cid, Username: true})
+		if err != nil || len(cz.Conns) != 1 {
+			t.Fatalf("connz of cid %d: %v %+v", cid, err, cz)
+		}
+		return cz.Conns[0].AuthorizedUser
+	}
+	roles := []string{roleAdmin, roleOperator, roleProjector, roleRunner, roleConsole}
+	for _, role := range roles {
+		nc, _ := d.connect(t, role, cert(role)...)
+		if got := user(t, nc); got != role {
+			t.Errorf("%s's certificate and password: connected as %q", role, got)
+		}
+	}
+
+	// The runner's certificate, claiming to be the admin: the user name
+	// is not the server's to take, the certificate's is.
+	claim := fmt.Sprintf("nats://%s:%s@127.0.0.1:%d", roleAdmin, d.pw[roleRunner], d.port)
+	nc, js := natstest.ConnectURL(t, claim, append(cert(roleRunner), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}),
+		nats.CustomInboxPrefix("_INBOX."+roleRunner))...)
+	if got := user(t, nc); got != roleRunner {
+		t.Fatalf("the runner's certificate with the user name admin: connected as %q, want %s", got, roleRunner)
+	}
 	prod, err := producer.New(context.Background(), js, producer.Config{})
 	if err != nil {
 		t.Fatal(err)
@@ -705,7 +744,33 @@ func TestDeployTLS(t *testing.T) {
 	e := events.New(events.ExecutionStarted, deployPipeline, "0001-tls")
 	e.ExecutionID = "x"
 	if _, err := prod.Publish(context.Background(), e); err != nil {
-		t.Fatal(err)
+		t.Fatalf("the runner's own work over TLS: %v", err)
+	}
+	for subject, body := range map[string]string{
+		"$JS.API.STREAM.CREATE.AUDIT2":                 `{"name":"AUDIT2","subjects":["x.>"]}`, // what the admin may do
+		"$JS.API.CONSUMER.INFO.AUDIT.projector-sqlite": "",                                     // what the runner may not
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := natsperm.Do(ctx, nc, nil, func(ctx context.Context) (*nats.Msg, error) {
+			return nc.RequestWithContext(ctx, subject, []byte(body))
+		})
+		cancel()
+		if pe, ok := natsperm.Parse(err); !ok || pe.Subject != subject {
+			t.Errorf("the runner's certificate claiming admin, %s: %v, want a permission violation", subject, err)
+		}
+	}
+
+	// With any other role's password, the runner's certificate is refused.
+	for _, role := range roles {
+		if role == roleRunner {
+			continue
+		}
+		if nc, err := nats.Connect(d.url(role), append(cert(roleRunner), nats.NoReconnect())...); err == nil {
+			t.Errorf("the runner's certificate with the %s's user and password: connected as %q", role, user(t, nc))
+			nc.Close()
+		} else if !errors.Is(err, nats.ErrAuthorization) {
+			t.Errorf("the runner's certificate with the %s's password: %v, want an authorization violation", role, err)
+		}
 	}
 	for what, opts := range map[string][]nats.Option{
 		"TLS without a client certificate": {nats.RootCAs(pem("ca"))},
