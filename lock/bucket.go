@@ -172,8 +172,10 @@ func secure(ctx context.Context, js jetstream.JetStream, c jetstream.StreamConfi
 // SecureBucket makes an existing lock bucket refuse rollups, purges and
 // message deletes, in place (the locks in it stay), unless dryRun, and
 // returns what it found unsafe: nothing when the bucket already refuses
-// them. auditflow init calls it: a bucket made by an older auditflow, or
-// by nats kv add, allows rollups and purges. It returns
+// them. A bucket made by an older auditflow, or by nats kv add, allows
+// rollups and purges. It needs the right to edit the bucket, which a
+// deployment gives no role (auditflow init reports such a bucket instead:
+// the edit is break-glass). It returns
 // jetstream.ErrStreamNotFound if the bucket does not exist.
 func SecureBucket(ctx context.Context, js jetstream.JetStream, bucket string, dryRun bool) ([]string, error) {
 	s, err := js.Stream(ctx, streamName(bucket))
