@@ -73,8 +73,8 @@ func TestInboxRule(t *testing.T) {
 
 // TestInboxCarriesEveryReply connects through Connect as a user that may
 // subscribe to _INBOX.<user>.> only, and uses every kind of reply inbox
-// the commands use — a plain request, JetStream API requests, a publish
-// acknowledgement, a pull fetch, an ordered consumer, a KV get and a KV
+// the commands use — a plain request, JetStream API requests, publish
+// acknowledgements (synchronous and asynchronous), a pull fetch, an ordered consumer, a KV get and a KV
 // watcher: none is refused. The same user on nats.go's shared _INBOX
 // (the flag set to it) is refused at the first request, so the check can
 // fail.
@@ -138,12 +138,26 @@ func TestInboxCarriesEveryReply(t *testing.T) {
 				}
 				return nil
 			}},
+			{"an async publish acknowledgement", func(ctx context.Context) error {
+				f, err := js.PublishAsync("s.b", []byte("x"))
+				if err != nil {
+					return err
+				}
+				select {
+				case <-f.Ok():
+					return nil
+				case err := <-f.Err():
+					return err
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}},
 			{"a pull fetch", func(ctx context.Context) error {
 				cons, err := js.CreateOrUpdateConsumer(ctx, "S", jetstream.ConsumerConfig{Durable: "d", AckPolicy: jetstream.AckNonePolicy})
 				if err != nil {
 					return err
 				}
-				b, err := cons.Fetch(3, jetstream.FetchMaxWait(5*time.Second))
+				b, err := cons.Fetch(4, jetstream.FetchMaxWait(5*time.Second))
 				if err != nil {
 					return err
 				}
@@ -151,8 +165,8 @@ func TestInboxCarriesEveryReply(t *testing.T) {
 				for range b.Messages() {
 					n++
 				}
-				if n != 3 {
-					return errors.New("fetched fewer than 3")
+				if n != 4 {
+					return fmt.Errorf("fetched %d of 4", n)
 				}
 				return b.Error()
 			}},
