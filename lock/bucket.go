@@ -45,6 +45,13 @@ func bucketStreamConfig(bucket string, replicas int, lease time.Duration, firstS
 	}
 }
 
+// BucketStreamConfig is the stream of the lock bucket named bucket as
+// auditflow creates it (fencing tokens from 1), with replicas and lease
+// (its TTL): what auditflow init compares an existing bucket with.
+func BucketStreamConfig(bucket string, replicas int, lease time.Duration) jetstream.StreamConfig {
+	return bucketStreamConfig(bucket, replicas, lease, 0)
+}
+
 // unsafeSettings lists what in a lock bucket's configuration lets a client
 // remove locks other than by a revision-checked write on one key.
 func unsafeSettings(c jetstream.StreamConfig) []string {
@@ -84,8 +91,9 @@ func openBucket(ctx context.Context, js jetstream.JetStream, cfg *Config, log *s
 	if problems := unsafeSettings(info.Config); len(problems) > 0 {
 		if !cfg.CreateBucket {
 			return nil, fmt.Errorf("%w: lock bucket %s %s: anyone who may write one lock key could remove every lock (one publish with Nats-Rollup: all), "+
-				"and a waiting runner would take a live holder's. Run `auditflow init` (as the admin user): it makes the bucket refuse them, in place, keeping its locks",
-				ErrUnsafeBucket, cfg.Bucket, strings.Join(problems, ", "))
+				"and a waiting runner would take a live holder's. Make it refuse them, in place, keeping its locks: `auditflow init` lists what differs, "+
+				"and the edit (nats stream edit KV_%s --no-allow-rollup --deny-purge --deny-delete) is break-glass in a deployment (README, Security)",
+				ErrUnsafeBucket, cfg.Bucket, strings.Join(problems, ", "), cfg.Bucket)
 		}
 		if s, err = secure(ctx, js, info.Config); err != nil {
 			return nil, fmt.Errorf("lock: bucket %s: make it refuse rollups and purges: %w", cfg.Bucket, err)
@@ -164,8 +172,10 @@ func secure(ctx context.Context, js jetstream.JetStream, c jetstream.StreamConfi
 // SecureBucket makes an existing lock bucket refuse rollups, purges and
 // message deletes, in place (the locks in it stay), unless dryRun, and
 // returns what it found unsafe: nothing when the bucket already refuses
-// them. auditflow init calls it: a bucket made by an older auditflow, or
-// by nats kv add, allows rollups and purges. It returns
+// them. A bucket made by an older auditflow, or by nats kv add, allows
+// rollups and purges. It needs the right to edit the bucket, which a
+// deployment gives no role (auditflow init reports such a bucket instead:
+// the edit is break-glass). It returns
 // jetstream.ErrStreamNotFound if the bucket does not exist.
 func SecureBucket(ctx context.Context, js jetstream.JetStream, bucket string, dryRun bool) ([]string, error) {
 	s, err := js.Stream(ctx, streamName(bucket))

@@ -46,8 +46,9 @@
 // rollups, so the stream is created here): a lock is removed only by a
 // write on its own key, which a deployment's permissions scope per
 // pipeline, never with the whole bucket by one publish. New refuses a
-// bucket that allows them (ErrUnsafeBucket); CreateBucket and SecureBucket
-// make it refuse them in place.
+// bucket that allows them (ErrUnsafeBucket); CreateBucket (the embedded
+// mode) and SecureBucket make it refuse them in place, where the user may
+// edit the bucket (a deployment lets no role: auditflow init reports it).
 //
 // The lease's fencing token is the bucket's revision at acquisition.
 // Runners stamp it on every event they publish. A bucket deleted and

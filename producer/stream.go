@@ -63,6 +63,16 @@ func (c *StreamConfig) Validate() error {
 	return nil
 }
 
+// JetStreamConfig is the JetStream configuration of the audit stream c
+// describes, as EnsureStream creates it (auditflow init compares an
+// existing stream with it). c's defaults are filled in.
+func (c StreamConfig) JetStreamConfig() (jetstream.StreamConfig, error) {
+	if err := c.Validate(); err != nil {
+		return jetstream.StreamConfig{}, err
+	}
+	return c.jsConfig(), nil
+}
+
 // jsConfig is the JetStream configuration for c.
 func (c StreamConfig) jsConfig() jetstream.StreamConfig {
 	maxBytes := c.MaxBytes

@@ -11,16 +11,22 @@
 #
 #   ca.pem, ca-key.pem             the CA (keep ca-key.pem offline)
 #   server.pem, server-key.pem     every NATS node (routes too)
-#   <role>.pem, <role>-key.pem     admin, operator, projector,
+#   <role>.pem, <role>-key.pem     admin, operator, projector, console,
 #                                  runner-example-service
 #
+# A role's certificate names the role as its DNS name (subjectAltName
+# DNS:<role>): with verify_and_map (deploy/nats/tls.conf) the server takes
+# the NATS user from it, so the certificate is the role. Certificates made
+# by an older make-certs.sh name no role: delete them and run it again.
+#
 # Keys are EC P-256, readable by their owner only; certificates last 825
-# days (the CA ten years). Add a role: ROLES="runner-billing" make-certs.sh.
+# days (the CA ten years). Add a role: ROLES="runner-billing" make-certs.sh
+# (the role is the NATS user's name; "sys" for the system account's user).
 set -eu
 
 dir=${1:-$(dirname "$0")/certs}
 [ $# -gt 0 ] && shift
-roles=${ROLES:-"admin operator projector runner-example-service"}
+roles=${ROLES:-"admin operator projector console runner-example-service"}
 mkdir -p "$dir"
 umask 077
 cd "$dir"
@@ -61,7 +67,8 @@ subjectAltName=$san"
 for role in $roles; do
   sign "$role" "/O=auditflow/OU=$role/CN=$role" "basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature
-extendedKeyUsage=clientAuth"
+extendedKeyUsage=clientAuth
+subjectAltName=DNS:$role"
 done
 
 # Certificates are public; the container users must read them.

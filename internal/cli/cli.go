@@ -158,6 +158,7 @@ connection test), 4 not found or nothing to fix, 5 refused as unsafe
 			}
 			a.log = log
 			a.readOnly = readOnlyCommands[cmd.CommandPath()]
+			a.nats.Role = roleOf(cmd.CommandPath())
 			if f := cmd.Flags().Lookup("dry-run"); f != nil && f.Value.String() == "true" {
 				a.readOnly = true // a dry run (repair --dry-run) changes nothing, and creates no store either
 			}
@@ -187,6 +188,23 @@ connection test), 4 not found or nothing to fix, 5 refused as unsafe
 		a.consoleCommand())
 	finishHelp(root, a)
 	return root
+}
+
+// adminCommands create or restore what the engine runs on: the admin
+// role's (deploy/nats/accounts.conf).
+var adminCommands = map[string]bool{"auditflow init": true, "auditflow restore": true}
+
+// roleOf is the role a command acts as, the default of its inbox prefix
+// when the NATS URL names no user (natsconn.Config.Inbox): admin for init
+// and restore, console for the console, operator for everything else.
+func roleOf(path string) string {
+	switch {
+	case adminCommands[path]:
+		return natsconn.RoleAdmin
+	case path == "auditflow console":
+		return natsconn.RoleConsole
+	}
+	return natsconn.RoleOperator
 }
 
 func (a *app) streamConfig() producer.StreamConfig {

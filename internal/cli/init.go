@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -21,10 +22,11 @@ import (
 
 // initItem is one line of init's report.
 type initItem struct {
-	What   string `json:"what"`   // audit stream, lock bucket, dead letters, writes
-	Name   string `json:"name"`   // the stream or bucket
-	Status string `json:"status"` // created, exists, would create, updated, would update, differs, refused
-	Detail string `json:"detail,omitempty"`
+	What        string       `json:"what"`   // audit stream, lock bucket, mirror, dead letters, writes, verify results, projector consumer, …
+	Name        string       `json:"name"`   // the stream, bucket or consumer
+	Status      string       `json:"status"` // created, exists, would create, differs, refused
+	Detail      string       `json:"detail,omitempty"`
+	Differences []difference `json:"differences,omitempty"` // with status differs: each setting that is not auditflow's
 }
 
 // Statuses of an initItem.
@@ -34,9 +36,17 @@ const (
 	initWouldCreate = "would create"
 	initDiffers     = "differs"
 	initRefused     = "refused"
-	initUpdated     = "updated"
-	initWouldUpdate = "would update"
 )
+
+// differs makes it an item that differs by ds.
+func (it *initItem) differs(ds []difference) {
+	it.Status, it.Detail, it.Differences = initDiffers, joinDifferences(ds), ds
+}
+
+// breakGlass is what init says of the differences it found.
+const breakGlass = "nothing was changed: the engine's streams, lock bucket and projector consumers change only by break-glass " +
+	"(deploy/nats/accounts.conf denies every role, the admin included, to edit them): allow the edit for one user, reload the servers, " +
+	"change it (nats stream edit …), revert and reload, then run init again (README, Security: Break-glass)"
 
 func (a *app) initCommand() *cobra.Command {
 	var lease, wait time.Duration
@@ -61,11 +71,16 @@ Runners and projectors never create these: one that finds the audit stream
 missing stops with an error, because an empty stream in place of a deleted
 one would make every runner apply every change again. Run init once for a
 new deployment, as a user with the admin role (see the README, Security).
-Running it again changes nothing; an existing stream or bucket whose
-configuration differs is reported (exit 3), never changed — except that a
-lock bucket that allows rollups, purges or message deletes (one made by an
-older auditflow, or by nats kv add) is made to refuse them, in place, and
-init says so: its locks stay, and they are not history.
+Running it again changes nothing. It compares every stream and the bucket
+that exist, and the projectors' durable consumers on the audit stream
+(projector-*), with the configuration auditflow gives them, on what decides
+that nothing is dropped or skipped (limits, retention, discard, subjects,
+storage, replicas, deletes, purges, rollups, sealing, mirrors and sources;
+a consumer's filter, acks, deliveries and start), and reports each
+difference — field, expected, actual — with exit 3. It never changes
+anything that exists, a lock bucket that allows rollups or purges (one made
+by an older auditflow, or by nats kv add) included: the deployment lets no
+role edit them, and fixing one is break-glass (README, Security).
 
 If the audit stream is missing while the lock bucket or the projector's
 streams exist, the stream was most likely deleted: init refuses to create an
@@ -74,7 +89,8 @@ creates an empty stream anyway (the history is then lost, and runners apply
 every change again).
 
 Exit codes: 0 created or already there, 1 error (unreachable, no
-permission), 3 something exists with another configuration, 5 refused.`,
+permission), 3 something exists with another configuration (each
+difference is listed), 5 refused.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if lease < 0 {
@@ -138,13 +154,17 @@ type initOptions struct {
 
 // initResources creates what is missing, in order: the audit stream first,
 // so that a failure leaves no lock bucket or projector stream behind to be
-// taken for evidence of a deleted stream next time.
+// taken for evidence of a deleted stream next time. What exists is
+// compared with what init would create, and left as it is.
 func (a *app) initResources(ctx context.Context, js jetstream.JetStream, o initOptions) ([]initItem, error) {
 	sc := a.streamConfig()
+	want, err := sc.JetStreamConfig()
+	if err != nil {
+		return nil, err
+	}
 	var items []initItem
-	var differs []string
 
-	diffs, err := producer.CheckStream(ctx, js, sc)
+	st, err := js.Stream(ctx, sc.Name)
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound):
 		evidence, err := deletionEvidence(ctx, js, o.bucket)
@@ -171,12 +191,13 @@ func (a *app) initResources(ctx context.Context, js jetstream.JetStream, o initO
 		}
 		items = append(items, it)
 	case err != nil:
-		return items, err
-	case len(diffs) > 0:
-		items = append(items, initItem{What: "audit stream", Name: sc.Name, Status: initDiffers, Detail: strings.Join(diffs, ", ")})
-		differs = append(differs, "stream "+sc.Name)
+		return items, fmt.Errorf("stream %s: %w", sc.Name, err)
 	default:
-		items = append(items, initItem{What: "audit stream", Name: sc.Name, Status: initExists, Detail: streamDetail(sc)})
+		it := initItem{What: "audit stream", Name: sc.Name, Status: initExists, Detail: streamDetail(sc)}
+		if ds := streamDifferences(st.CachedInfo().Config, want); len(ds) > 0 {
+			it.differs(ds)
+		}
+		items = append(items, it)
 	}
 
 	it, err := a.initBucket(ctx, js, o, sc.Name)
@@ -184,9 +205,6 @@ func (a *app) initResources(ctx context.Context, js jetstream.JetStream, o initO
 		return items, err
 	}
 	items = append(items, it)
-	if it.Status == initDiffers {
-		differs = append(differs, "lock bucket "+o.bucket)
-	}
 
 	if o.mirror.Name != "" {
 		it, err := initMirror(ctx, js, sc, o)
@@ -197,52 +215,118 @@ func (a *app) initResources(ctx context.Context, js jetstream.JetStream, o initO
 	}
 
 	for _, s := range append(projector.Streams(projector.Config{Stream: sc}), verify.ResultsStreamConfig(sc.Replicas)) {
-		what := "dead letters"
-		switch s.Name {
-		case projector.WritesStream:
-			what = "writes"
-		case verify.ResultsStream:
-			what = "verify results"
-		}
-		it := initItem{What: what, Name: s.Name, Detail: fmt.Sprintf("subjects %s, R%d", strings.Join(s.Subjects, " "), s.Replicas)}
-		st, err := js.Stream(ctx, s.Name)
-		switch {
-		case errors.Is(err, jetstream.ErrStreamNotFound) && o.dryRun:
-			it.Status = initWouldCreate
-		case errors.Is(err, jetstream.ErrStreamNotFound):
-			if _, err := js.CreateStream(ctx, s); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-				return items, fmt.Errorf("create stream %s: %w", s.Name, err)
-			}
-			it.Status = initCreated
-		case err != nil:
-			return items, fmt.Errorf("stream %s: %w", s.Name, err)
-		default:
-			have := st.CachedInfo().Config
-			it.Status, it.Detail = initExists, fmt.Sprintf("subjects %s, R%d", strings.Join(have.Subjects, " "), have.Replicas)
-			if strings.Join(have.Subjects, " ") != strings.Join(s.Subjects, " ") {
-				it.Status, it.Detail = initDiffers, fmt.Sprintf("subjects %v (want %v)", have.Subjects, s.Subjects)
-				differs = append(differs, "stream "+s.Name)
-			}
+		it, err := initStream(ctx, js, s, o.dryRun)
+		if err != nil {
+			return items, err
 		}
 		items = append(items, it)
 	}
+
+	cons, err := checkProjectorConsumers(ctx, js, sc)
+	if err != nil {
+		return items, err
+	}
+	items = append(items, cons...)
+
+	var differs []string
+	for _, it := range items {
+		if it.Status == initDiffers {
+			differs = append(differs, it.What+" "+it.Name)
+		}
+	}
 	if len(differs) > 0 {
-		return items, fmt.Errorf("%w: %s exist(s) with another configuration than init's; nothing was changed: review and change it by hand (nats stream edit) if it is wrong",
-			errProblems, strings.Join(differs, ", "))
+		// errProblems is not printed: the table (or JSON) names each
+		// difference, this says what to do about them.
+		fmt.Fprintf(a.errOut, "auditflow: init: %s differ(s) from auditflow's configuration (each difference is listed); %s\n",
+			strings.Join(differs, ", "), breakGlass)
+		return items, fmt.Errorf("%w: %s differ(s) from auditflow's configuration", errProblems, strings.Join(differs, ", "))
 	}
 	return items, nil
 }
 
+// streamWhat names one of the streams init makes beside the audit stream.
+func streamWhat(s jetstream.StreamConfig) string {
+	switch s.Name {
+	case projector.DeadLetterStream:
+		return "dead letters"
+	case projector.WritesStream:
+		return "writes"
+	case verify.ResultsStream:
+		return "verify results"
+	}
+	if s.Description != "" {
+		return strings.TrimPrefix(s.Description, "auditflow ")
+	}
+	return "stream"
+}
+
+// initStream creates one of the projector's streams or the verify
+// results' if missing, or compares the existing one with s.
+func initStream(ctx context.Context, js jetstream.JetStream, s jetstream.StreamConfig, dryRun bool) (initItem, error) {
+	it := initItem{What: streamWhat(s), Name: s.Name, Detail: fmt.Sprintf("subjects %s, R%d", strings.Join(s.Subjects, " "), max(s.Replicas, 1))}
+	st, err := js.Stream(ctx, s.Name)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound) && dryRun:
+		it.Status = initWouldCreate
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		if _, err := js.CreateStream(ctx, s); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			return it, fmt.Errorf("create stream %s: %w", s.Name, err)
+		}
+		it.Status = initCreated
+	case err != nil:
+		return it, fmt.Errorf("stream %s: %w", s.Name, err)
+	default:
+		it.Status = initExists
+		if ds := streamDifferences(st.CachedInfo().Config, s); len(ds) > 0 {
+			it.differs(ds)
+		}
+	}
+	return it, nil
+}
+
+// checkProjectorConsumers compares the projectors' durable consumers on
+// the audit stream (named projector-*, as the projector names them by
+// default) with what a projector creates.
+func checkProjectorConsumers(ctx context.Context, js jetstream.JetStream, sc producer.StreamConfig) ([]initItem, error) {
+	st, err := js.Stream(ctx, sc.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, nil // a dry run over a missing stream
+	}
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", sc.Name, err)
+	}
+	filter := sc.SubjectPrefix + ".>"
+	var items []initItem
+	l := st.ListConsumers(ctx)
+	for info := range l.Info() {
+		if !strings.HasPrefix(info.Name, "projector-") {
+			continue
+		}
+		it := initItem{What: "projector consumer", Name: sc.Name + " > " + info.Name, Status: initExists,
+			Detail: "filter " + filter + ", explicit acks, unlimited deliveries"}
+		if ds := consumerDifferences(info.Config, filter); len(ds) > 0 {
+			it.differs(ds)
+		}
+		items = append(items, it)
+	}
+	if err := l.Err(); err != nil {
+		return items, fmt.Errorf("consumers of %s: %w", sc.Name, err)
+	}
+	slices.SortFunc(items, func(a, b initItem) int { return strings.Compare(a.Name, b.Name) })
+	return items, nil
+}
+
 // initBucket creates the lock bucket if missing, with its fencing tokens
-// above the highest on the audit stream (stream), or reports the existing
-// one, making it refuse rollups and purges if it does not: locks are not
-// history, and a bucket that allows them lets any client that may write
-// one lock key remove every lock.
+// above the highest on the audit stream (stream), or compares the
+// existing one with what it would create: one that allows rollups or
+// purges lets any client that may write one lock key remove every lock,
+// and is reported, not changed (break-glass).
 func (a *app) initBucket(ctx context.Context, js jetstream.JetStream, o initOptions, stream string) (initItem, error) {
 	it := initItem{What: "lock bucket", Name: o.bucket}
-	kv, err := js.KeyValue(ctx, o.bucket)
+	want := lock.BucketStreamConfig(o.bucket, o.replicas, o.lease)
+	st, err := js.Stream(ctx, want.Name)
 	switch {
-	case errors.Is(err, jetstream.ErrBucketNotFound):
+	case errors.Is(err, jetstream.ErrStreamNotFound):
 		floor, err := tokenfloor.Highest(ctx, js, stream, a.log)
 		if err != nil {
 			return it, err
@@ -283,62 +367,58 @@ func (a *app) initBucket(ctx context.Context, js jetstream.JetStream, o initOpti
 	case err != nil:
 		return it, fmt.Errorf("lock bucket %s: %w", o.bucket, err)
 	}
-	st, err := kv.Status(ctx)
-	if err != nil {
-		return it, fmt.Errorf("lock bucket %s: %w", o.bucket, err)
+	have := st.CachedInfo().Config
+	if !o.leaseSet {
+		// The lease is checked only when given: the runners' --lock-lease
+		// must match the bucket's, whichever it is.
+		want = lock.BucketStreamConfig(o.bucket, o.replicas, have.MaxAge)
 	}
-	replicas := 0
-	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok {
-		replicas = bs.StreamInfo().Config.Replicas
-	}
-	it.Status, it.Detail = initExists, fmt.Sprintf("lease (TTL) %s, R%d, refuses rollups and purges", st.TTL(), replicas)
-	unsafe, err := lock.SecureBucket(ctx, js, o.bucket, o.dryRun)
-	if err != nil {
-		return it, err
-	}
-	if len(unsafe) > 0 {
-		it.Status, it.Detail = initUpdated, fmt.Sprintf("lease (TTL) %s, R%d; now refuses rollups, purges and message deletes (it %s), its locks kept",
-			st.TTL(), replicas, strings.Join(unsafe, ", "))
-		if o.dryRun {
-			it.Status, it.Detail = initWouldUpdate, strings.Replace(it.Detail, "now refuses", "would refuse", 1)
+	it.Status, it.Detail = initExists, fmt.Sprintf("lease (TTL) %s, R%d, refuses rollups and purges", have.MaxAge, max(have.Replicas, 1))
+	if ds := streamDifferences(have, want); len(ds) > 0 {
+		for i, d := range ds {
+			if d.Field == "max age" {
+				ds[i].Field = "lease (max age)"
+				ds[i].Actual += fmt.Sprintf(" (runners must use --lock-lease %s)", have.MaxAge)
+			}
 		}
-	}
-	if o.leaseSet && st.TTL() != o.lease {
-		it.Status, it.Detail = initDiffers, fmt.Sprintf("lease (TTL) %s (want %s): runners must use --lock-lease %s", st.TTL(), o.lease, st.TTL())
-		if len(unsafe) > 0 && !o.dryRun {
-			it.Detail += "; it now refuses rollups, purges and message deletes"
-		}
+		it.differs(ds)
 	}
 	return it, nil
 }
 
-// initMirror creates the mirror if missing, or reports the existing one.
+// initMirror creates the mirror if missing, or compares the existing one
+// with it.
 func initMirror(ctx context.Context, js jetstream.JetStream, sc producer.StreamConfig, o initOptions) (initItem, error) {
 	it := initItem{What: "mirror", Name: o.mirror.Name, Detail: "of " + sc.Name + ", file storage, no limits, delete and purge denied"}
-	if _, err := producer.MirrorConfig(sc, o.mirror); err != nil {
+	want, err := producer.MirrorConfig(sc, o.mirror)
+	if err != nil {
 		return it, usageError{err}
 	}
-	_, err := js.Stream(ctx, o.mirror.Name)
+	st, err := js.Stream(ctx, o.mirror.Name)
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound) && o.dryRun:
 		it.Status = initWouldCreate
 		return it, nil
 	case errors.Is(err, jetstream.ErrStreamNotFound):
+		if st, err = producer.EnsureMirror(ctx, js, sc, o.mirror); err != nil {
+			return it, err
+		}
 		it.Status = initCreated
 	case err != nil:
 		return it, fmt.Errorf("stream %s: %w", o.mirror.Name, err)
 	default:
 		it.Status = initExists
+		if ds := streamDifferences(st.CachedInfo().Config, want); len(ds) > 0 {
+			for i, d := range ds {
+				if d.Field == "mirror" && d.Actual == "none" {
+					ds[i].Actual += " (a stream promoted by a restore stays a frozen copy: name the new mirror otherwise)"
+				}
+			}
+			it.differs(ds)
+			return it, nil
+		}
 	}
-	s, err := producer.EnsureMirror(ctx, js, sc, o.mirror)
-	if errors.Is(err, producer.ErrStreamMismatch) {
-		it.Status, it.Detail = initDiffers, err.Error()
-		return it, fmt.Errorf("%w: %w", errProblems, err)
-	}
-	if err != nil {
-		return it, err
-	}
-	if info, err := s.Info(ctx); err == nil && info.Mirror != nil {
+	if info, err := st.Info(ctx); err == nil && info.Mirror != nil {
 		it.Detail += fmt.Sprintf("; %d messages, %d behind", info.State.Msgs, info.Mirror.Lag)
 	}
 	return it, nil

@@ -321,12 +321,15 @@ func TestLocksEmbeddedModeRecreatesTheBucketAboveTheStream(t *testing.T) {
 	}
 }
 
-// TestLocksInitSecuresAnOldBucket: a lock bucket made before auditflow
+// TestLocksInitReportsAnOldBucket: a lock bucket made before auditflow
 // refused rollups and purges (nats.go's CreateKeyValue, or nats kv add)
-// stops runners with an error naming auditflow init; init updates it in
-// place — --dry-run says it would and changes nothing — and says what it
-// changed, and the lock held in it stays.
-func TestLocksInitSecuresAnOldBucket(t *testing.T) {
+// stops runners with an error naming auditflow init; init reports what
+// differs (exit 3: allow rollup, deny purge, each expected and actual)
+// and the break-glass way to change it, and changes nothing — with
+// --dry-run or not: a deployment denies every role the edit. After the
+// edit (made here as a user allowed to), init finds the bucket as it
+// makes it, runners take locks again, and the lock held in it stays.
+func TestLocksInitReportsAnOldBucket(t *testing.T) {
 	srv := startServer(t)
 	ctx := context.Background()
 	if _, err := producer.EnsureStream(ctx, srv.JS, producer.StreamConfig{}); err != nil {
@@ -342,31 +345,35 @@ func TestLocksInitSecuresAnOldBucket(t *testing.T) {
 	if _, err := lock.New(ctx, srv.JS, lock.Config{}); !errors.Is(err, lock.ErrUnsafeBucket) || !strings.Contains(err.Error(), "auditflow init") {
 		t.Fatalf("a runner over the old bucket: %v, want ErrUnsafeBucket naming auditflow init", err)
 	}
-	p := start(t, srv.URL, bin.auditflow, "init", "--dry-run")
-	if code := p.wait(t, 30*time.Second); code != 0 || !strings.Contains(p.out.String(), "would update") {
-		t.Fatalf("init --dry-run: exit %d\n%s", code, p.out.String())
+	reported := regexp.MustCompile(`lock bucket\s+auditflow_locks\s+differs\s+deny purge: expected true, actual false; allow rollup: expected false, actual true`)
+	for _, args := range [][]string{{"init", "--dry-run"}, {"init"}} {
+		p := start(t, srv.URL, bin.auditflow, args...)
+		if code := p.wait(t, 30*time.Second); code != 3 || !reported.MatchString(p.out.String()) || !strings.Contains(p.out.String(), "break-glass") {
+			t.Fatalf("%v over the old bucket: exit %d, want 3 naming each difference and break-glass\n%s", args, code, p.out.String())
+		}
+		if _, err := lock.New(ctx, srv.JS, lock.Config{}); !errors.Is(err, lock.ErrUnsafeBucket) {
+			t.Fatalf("%v changed the bucket: %v", args, err)
+		}
 	}
-	if _, err := lock.New(ctx, srv.JS, lock.Config{}); !errors.Is(err, lock.ErrUnsafeBucket) {
-		t.Fatalf("init --dry-run changed the bucket: %v", err)
+	// The break-glass edit.
+	s, err := srv.JS.Stream(ctx, "KV_"+lock.DefaultBucket)
+	if err != nil {
+		t.Fatal(err)
 	}
-	p = start(t, srv.URL, bin.auditflow, "init")
-	if code := p.wait(t, 30*time.Second); code != 0 {
-		t.Fatalf("init: exit %d\n%s", code, p.out.String())
+	cfg := s.CachedInfo().Config
+	cfg.AllowRollup, cfg.DenyPurge, cfg.DenyDelete = false, true, true
+	if _, err := srv.JS.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
 	}
-	out := p.out.String()
-	if !regexp.MustCompile(`lock bucket\s+auditflow_locks\s+updated\s+.*now refuses rollups, purges and message deletes \(it allows rollups`).MatchString(out) {
-		t.Fatalf("init does not say it updated the bucket:\n%s", out)
+	p := start(t, srv.URL, bin.auditflow, "init")
+	if code := p.wait(t, 30*time.Second); code != 0 || !regexp.MustCompile(`lock bucket\s+auditflow_locks\s+exists`).MatchString(p.out.String()) {
+		t.Fatalf("init after the edit: exit %d, want the bucket reported as it is\n%s", code, p.out.String())
 	}
-	t.Logf("init said:\n%s", out)
 	l, err := lock.New(ctx, srv.JS, lock.Config{})
 	if err != nil {
-		t.Fatalf("a runner after init: %v", err)
+		t.Fatalf("a runner after the edit: %v", err)
 	}
 	if h, err := l.Holder(ctx, "billing"); err != nil || h.Owner != "old-runner" {
-		t.Fatalf("the old bucket's lock after init: %+v %v", h, err)
-	}
-	p = start(t, srv.URL, bin.auditflow, "init")
-	if code := p.wait(t, 30*time.Second); code != 0 || !regexp.MustCompile(`lock bucket\s+auditflow_locks\s+exists`).MatchString(p.out.String()) {
-		t.Fatalf("init again: exit %d, want the bucket reported as it is\n%s", code, p.out.String())
+		t.Fatalf("the old bucket's lock after the edit: %+v %v", h, err)
 	}
 }

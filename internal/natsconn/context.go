@@ -24,6 +24,9 @@ type natsContext struct {
 	Cert     string `json:"cert"`
 	Key      string `json:"key"`
 	CA       string `json:"ca"`
+	// InboxPrefix is the context's reply-inbox prefix (nats context save
+	// --inbox-prefix).
+	InboxPrefix string `json:"inbox_prefix"`
 }
 
 var contextName = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
@@ -44,8 +47,8 @@ func contextPath(name string) (string, error) {
 
 // applyContext fills what c leaves unset from the NATS CLI context named
 // by c.Context: the URLs (unless --nats-url or --nats-url-file names
-// others), the creds or nkey file, the TLS files, and a user and password
-// or a token. Settings given explicitly win.
+// others), the creds or nkey file, the TLS files, the inbox prefix, and a
+// user and password or a token. Settings given explicitly win.
 func (c *Config) applyContext() error {
 	if c.Context == "" || c.contextLoaded {
 		return nil
@@ -76,6 +79,9 @@ func (c *Config) applyContext() error {
 	}
 	if c.TLSCA == "" {
 		c.TLSCA = nc.CA
+	}
+	if c.InboxPrefix == "" {
+		c.InboxPrefix = nc.InboxPrefix
 	}
 	c.user, c.password, c.token = nc.User, nc.Password, nc.Token
 	c.contextLoaded = true

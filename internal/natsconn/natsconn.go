@@ -8,6 +8,12 @@
 // variant (--nats-url-file, --nats-creds, --nats-nkey) so that it need not
 // appear in the process list. Secrets returns the values a process must
 // mask in output it records.
+//
+// Replies come back on the connection's own inbox prefix (Inbox):
+// _INBOX.<user> by default, or _INBOX.<role> for the role the command
+// acts as. A server that lets each user subscribe to its own prefix only
+// keeps one role's replies — the events a projector fetches, the history an
+// operator's verify reads — from every other role's reach.
 package natsconn
 
 import (
@@ -38,6 +44,13 @@ type Config struct {
 	// Context names a NATS CLI context (~/.config/nats/context/NAME.json)
 	// that fills in what the settings above leave unset.
 	Context string
+	// InboxPrefix is the subject prefix of the connection's reply inboxes
+	// (--nats-inbox-prefix); empty: Inbox's default rule.
+	InboxPrefix string
+	// Role is what the command connects as (RoleAdmin, RoleOperator,
+	// RoleConsole, RoleProjector, RunnerRole): the inbox prefix's default
+	// when no user name is known. Set by the command, not by a flag.
+	Role string
 
 	contextLoaded         bool
 	user, password, token string // from the context
@@ -52,7 +65,8 @@ func Env(name, def string) string {
 }
 
 // RegisterFlags adds --nats-url, --nats-url-file, --nats-creds,
-// --nats-nkey and --nats-tls-{cert,key,ca}, each defaulting to its
+// --nats-nkey, --nats-tls-{cert,key,ca}, --context and
+// --nats-inbox-prefix, each defaulting to its
 // AUDITFLOW_NATS_* environment variable. The default shown for --nats-url
 // has its password or token redacted.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
@@ -64,6 +78,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.TLSCert, "nats-tls-cert", Env("AUDITFLOW_NATS_TLS_CERT", ""), "client certificate for mutual TLS [AUDITFLOW_NATS_TLS_CERT]")
 	fs.StringVar(&c.TLSKey, "nats-tls-key", Env("AUDITFLOW_NATS_TLS_KEY", ""), "client key for mutual TLS [AUDITFLOW_NATS_TLS_KEY]")
 	fs.StringVar(&c.TLSCA, "nats-tls-ca", Env("AUDITFLOW_NATS_TLS_CA", ""), "CA certificate to verify the server [AUDITFLOW_NATS_TLS_CA]")
+	fs.StringVar(&c.InboxPrefix, "nats-inbox-prefix", Env("AUDITFLOW_NATS_INBOX_PREFIX", ""), "subject `prefix` of this process's reply inboxes; the server must let this user subscribe to PREFIX.> (default _INBOX.<user> with a user in the URL or context, else _INBOX.<role>: README, Security) [AUDITFLOW_NATS_INBOX_PREFIX]")
 	fs.StringVar(&c.Context, "context", Env("AUDITFLOW_NATS_CONTEXT", ""), "NATS CLI context `NAME` (~/.config/nats/context/NAME.json, as nats context save writes it): its server, credentials and TLS files, where the --nats-* flags give none [AUDITFLOW_NATS_CONTEXT]")
 }
 
@@ -75,7 +90,11 @@ func (c Config) Validate() error {
 	if err := c.applyContext(); err != nil {
 		return err
 	}
-	_, _, err := c.load()
+	urls, _, err := c.load()
+	if err != nil {
+		return err
+	}
+	_, _, err = c.inboxPrefix(urls)
 	return err
 }
 
@@ -195,8 +214,13 @@ func Connect(c Config, log *slog.Logger) (*nats.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	inbox, source, err := c.inboxPrefix(urls)
+	if err != nil {
+		return nil, err
+	}
+	log.Debug("NATS reply inboxes", "prefix", inbox, "from", source)
 	opts := []nats.Option{
-		nats.Name(c.Name), nats.MaxReconnects(-1), nats.ReconnectWait(time.Second), nats.Timeout(5 * time.Second),
+		nats.Name(c.Name), nats.CustomInboxPrefix(inbox), nats.MaxReconnects(-1), nats.ReconnectWait(time.Second), nats.Timeout(5 * time.Second),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				log.Warn("NATS disconnected", "err", err)

@@ -161,7 +161,7 @@ func TestNATSConfig(t *testing.T) {
 			t.Errorf("user %s has no password", u.Username)
 		}
 	}
-	destroy := []string{"$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.MSG.DELETE.>", "$JS.API.STREAM.UPDATE.AUDIT"}
+	destroy := []string{"$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.MSG.DELETE.>", "$JS.API.STREAM.UPDATE.>"}
 	for _, name := range []string{"admin", "operator", "projector", "runner-example-service", "console"} {
 		u := users[name]
 		if u == nil || u.Account == nil || u.Account.Name != "AUDITFLOW" || u.Permissions == nil || u.Permissions.Publish == nil {
@@ -172,7 +172,7 @@ func TestNATSConfig(t *testing.T) {
 				t.Errorf("user %s is not denied %s", name, d)
 			}
 		}
-		sub := []string{"_INBOX.>"}
+		sub := []string{"_INBOX." + name + ".>"} // its own replies only
 		if name == "console" {
 			sub = append(sub, "audit.writes.>") // live updates
 		}

@@ -263,6 +263,7 @@ func run(ctx context.Context, o *options, log *slog.Logger) (int, error) {
 	defer closeStore()
 	h.step("connecting to NATS")
 	o.nats.Name = "auditflow-projector-" + o.store.Kind
+	o.nats.Role = natsconn.RoleProjector
 	nc, err := natsconn.Connect(o.nats, log)
 	if err != nil {
 		return exitFor(err), err

@@ -325,6 +325,7 @@ func run(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) (i
 		}
 	} else {
 		o.nats.Name = "auditflow-runner"
+		o.nats.Role = natsconn.RunnerRole(events.EncodeToken(o.pipeline))
 		var err error
 		if nc, err = natsconn.Connect(o.nats, log); err != nil {
 			return codeFor(err), err
