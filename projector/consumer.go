@@ -50,49 +50,61 @@ func (p *Projector) consumerConfig(existing *jetstream.ConsumerInfo) jetstream.C
 	return c
 }
 
+// Difference is one setting of a durable consumer that is not what a
+// projector needs: the field, what it should be and what it is.
+type Difference struct {
+	Field, Expected, Actual string
+}
+
+func (d Difference) String() string {
+	return fmt.Sprintf("%s is %s, want %s", d.Field, d.Actual, d.Expected)
+}
+
 // Drift lists how a projector's durable consumer configuration c differs
-// from what it needs, for a projector reading subjects prefix.>: each entry
-// names the field, what it is and what it should be. It is empty for a
+// from what it needs, for a projector reading subjects prefix.>: every
+// event of the filter, acknowledged one by one, redelivered until stored,
+// pulled, not paused, never deleted for inactivity. It is empty for a
 // consumer the projector created (from the start, or recreated from a
-// checkpoint). `auditflow init` and `auditflow stats` use it too.
-func Drift(c jetstream.ConsumerConfig, prefix string) []string {
-	var out []string
-	add := func(field string, got, want any) {
-		out = append(out, fmt.Sprintf("%s is %v, want %v", field, got, want))
+// checkpoint). `auditflow init` reports the same differences.
+func Drift(c jetstream.ConsumerConfig, prefix string) []Difference {
+	var out []Difference
+	add := func(field string, want, got any) {
+		out = append(out, Difference{Field: field, Expected: fmt.Sprint(want), Actual: fmt.Sprint(got)})
 	}
 	filter := prefix + ".>"
-	switch {
-	case len(c.FilterSubjects) > 0:
-		add("filter_subjects", c.FilterSubjects, filter)
-	case c.FilterSubject != filter:
-		add("filter_subject", c.FilterSubject, filter)
+	filters := c.FilterSubjects
+	if c.FilterSubject != "" {
+		filters = append([]string{c.FilterSubject}, filters...)
+	}
+	if len(filters) != 1 || filters[0] != filter {
+		add("filter_subject", filter, strings.Join(filters, ", "))
 	}
 	if c.AckPolicy != jetstream.AckExplicitPolicy {
-		add("ack_policy", c.AckPolicy, jetstream.AckExplicitPolicy)
+		add("ack_policy", jetstream.AckExplicitPolicy, c.AckPolicy)
 	}
 	if c.DeliverPolicy != jetstream.DeliverAllPolicy && c.DeliverPolicy != jetstream.DeliverByStartSequencePolicy {
-		add("deliver_policy", c.DeliverPolicy, "all (or by_start_sequence after a recreation)")
+		add("deliver_policy", "all (or by_start_sequence after a recreation)", c.DeliverPolicy)
 	}
-	if c.MaxDeliver != -1 && c.MaxDeliver != 0 {
-		add("max_deliver", c.MaxDeliver, -1)
+	if c.MaxDeliver > 0 {
+		add("max_deliver", "unlimited", c.MaxDeliver)
 	}
 	if c.InactiveThreshold != 0 {
-		add("inactive_threshold", c.InactiveThreshold, 0)
+		add("inactive_threshold", 0, c.InactiveThreshold)
 	}
 	if c.PauseUntil != nil && c.PauseUntil.After(time.Now()) {
-		add("pause_until", c.PauseUntil.UTC().Format(time.RFC3339), "unset")
+		add("pause_until", "unset", c.PauseUntil.UTC().Format(time.RFC3339))
 	}
 	if c.RateLimit != 0 {
-		add("rate_limit_bps", c.RateLimit, 0)
+		add("rate_limit_bps", 0, c.RateLimit)
 	}
 	if c.HeadersOnly {
-		add("headers_only", true, false)
+		add("headers_only", false, true)
 	}
 	if c.ReplayPolicy != jetstream.ReplayInstantPolicy {
-		add("replay_policy", c.ReplayPolicy, jetstream.ReplayInstantPolicy)
+		add("replay_policy", jetstream.ReplayInstantPolicy, c.ReplayPolicy)
 	}
 	if c.DeliverSubject != "" {
-		add("deliver_subject", c.DeliverSubject, "none (a pull consumer)")
+		add("deliver_subject", "none (a pull consumer)", c.DeliverSubject)
 	}
 	return out
 }
@@ -101,7 +113,11 @@ func Drift(c jetstream.ConsumerConfig, prefix string) []string {
 // pending are not judged: projectors sharing a consumer may set them
 // differently (the last one to start sets them), and neither skips events.
 func (p *Projector) drift(c jetstream.ConsumerConfig) []string {
-	return Drift(c, p.cfg.Stream.SubjectPrefix)
+	var out []string
+	for _, d := range Drift(c, p.cfg.Stream.SubjectPrefix) {
+		out = append(out, d.String())
+	}
+	return out
 }
 
 // consumerReason is Ready's words for what is wrong with the consumer or

@@ -812,7 +812,7 @@ func (p *Projector) attempt(ctx context.Context, worker int, recs []stores.Recor
 	p.observeWrite(took, recs, err)
 	p.publishWrite(AuditWrite{Store: p.cfg.StoreName, Consumer: p.cfg.Consumer, Worker: worker,
 		Count: len(recs), FirstSeq: recs[0].Seq, LastSeq: recs[len(recs)-1].Seq, Through: through,
-		Duration: took, At: time.Now().UTC(), Error: errString(err)})
+		Duration: took, At: time.Now().UTC(), Error: errString(err), SignaturesUnchecked: p.cfg.Trust == nil})
 	return err
 }
 

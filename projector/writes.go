@@ -30,6 +30,9 @@ type AuditWrite struct {
 	Duration time.Duration `json:"durationNs"`
 	At       time.Time     `json:"at"`
 	Error    string        `json:"error,omitempty"` // empty on success
+	// SignaturesUnchecked: the projector runs without a trust list
+	// (--insecure-no-trust): it stored every event as believed.
+	SignaturesUnchecked bool `json:"signaturesUnchecked,omitempty"`
 }
 
 // publishWrite sends w without waiting: telemetry must not slow or block

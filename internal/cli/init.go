@@ -304,7 +304,7 @@ func checkProjectorConsumers(ctx context.Context, js jetstream.JetStream, sc pro
 		}
 		it := initItem{What: "projector consumer", Name: sc.Name + " > " + info.Name, Status: initExists,
 			Detail: "filter " + filter + ", explicit acks, unlimited deliveries"}
-		if ds := consumerDifferences(info.Config, filter); len(ds) > 0 {
+		if ds := consumerDifferences(info.Config, sc.SubjectPrefix); len(ds) > 0 {
 			it.differs(ds)
 		}
 		items = append(items, it)

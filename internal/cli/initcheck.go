@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/auditflow/auditflow/projector"
 )
 
 // difference is one setting of a stream, bucket or consumer that is not
@@ -117,38 +119,12 @@ func streamDifferences(have, want jetstream.StreamConfig) []difference {
 }
 
 // consumerDifferences compares a projector's durable consumer on the audit
-// stream with what a projector creates (projector.Projector's
-// setupConsumer): every event of filter, acknowledged one by one,
-// redelivered until stored, pulled. Its start may be the stream's first
-// event or a sequence (a projector recreates a deleted consumer from its
-// checkpoint); a consumer that starts at new or last events, reads
-// headers only or pushes to a subject would skip or lose events.
-func consumerDifferences(have jetstream.ConsumerConfig, filter string) []difference {
+// stream, for subjects prefix.>, with what a projector needs
+// (projector.Drift, which the projector checks as it runs).
+func consumerDifferences(have jetstream.ConsumerConfig, prefix string) []difference {
 	var ds []difference
-	add := func(field string, expected, actual any) {
-		ds = append(ds, difference{Field: field, Expected: fmt.Sprint(expected), Actual: fmt.Sprint(actual)})
-	}
-	filters := have.FilterSubjects
-	if have.FilterSubject != "" {
-		filters = append([]string{have.FilterSubject}, filters...)
-	}
-	if !slices.Equal(filters, []string{filter}) {
-		add("filter subject", filter, subjectList(filters))
-	}
-	if have.AckPolicy != jetstream.AckExplicitPolicy {
-		add("ack policy", jetstream.AckExplicitPolicy, have.AckPolicy)
-	}
-	if have.MaxDeliver > 0 {
-		add("max deliver", "unlimited", have.MaxDeliver)
-	}
-	if have.DeliverPolicy != jetstream.DeliverAllPolicy && have.DeliverPolicy != jetstream.DeliverByStartSequencePolicy {
-		add("deliver policy", "all (or by_start_sequence)", have.DeliverPolicy)
-	}
-	if have.HeadersOnly {
-		add("headers only", false, true)
-	}
-	if have.DeliverSubject != "" {
-		add("deliver subject", "none (a pull consumer)", have.DeliverSubject)
+	for _, d := range projector.Drift(have, prefix) {
+		ds = append(ds, difference{Field: strings.ReplaceAll(d.Field, "_", " "), Expected: d.Expected, Actual: d.Actual})
 	}
 	return ds
 }

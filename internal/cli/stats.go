@@ -9,6 +9,7 @@ import (
 
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/internal/inspect"
+	"github.com/auditflow/auditflow/projector"
 	"github.com/auditflow/auditflow/stores"
 )
 
@@ -112,6 +113,9 @@ func statsTable(w *tabwriter.Writer, out statsOut, window string) {
 	}
 	if d := out.DeadLetters; d != nil {
 		fmt.Fprintf(w, "dead letters\t%d in the window, %d in all (auditflow deadletter list)\n", d.Since, d.Total)
+	}
+	if h := out.Held; h != nil {
+		fmt.Fprintf(w, "parked\t%d events waiting in %s for a projector that reads their schema version\n", *h, projector.HeldStream)
 	}
 	for _, n := range out.Notes {
 		fmt.Fprintf(w, "note\t%s\n", n)

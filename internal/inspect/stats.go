@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/projector"
 	"github.com/auditflow/auditflow/stores"
 )
@@ -21,7 +23,10 @@ type Health struct {
 	Lag         *Lag              `json:"lag"`
 	Writes      *Writes           `json:"writes"`
 	DeadLetters *DeadLetterCounts `json:"deadLetters"`
-	Notes       []string          `json:"notes"`
+	// Held counts the events parked for a newer projector of this
+	// consumer (projector.HeldStream); nil if unread.
+	Held  *uint64  `json:"held"`
+	Notes []string `json:"notes"`
 }
 
 // Projection names a store's projection: its stream, its projector's
@@ -45,7 +50,38 @@ func ReadHealth(ctx context.Context, js jetstream.JetStream, st stores.Store, p 
 	if h.DeadLetters, err = CountDeadLetters(ctx, js, since); err != nil {
 		h.Notes = append(h.Notes, "no dead-letter count: "+err.Error())
 	}
+	if n, err := HeldOf(ctx, js, p.Consumer); err != nil {
+		h.Notes = append(h.Notes, "no parked-event count: "+err.Error())
+	} else {
+		h.Held = &n
+		if n > 0 {
+			h.Notes = append(h.Notes, fmt.Sprintf("%d events of a newer schema version (and the later events of their changes) are parked in %s for a newer projector: upgrade the projector; it stores them when it starts", n, projector.HeldStream))
+		}
+	}
+	if l := h.Lag; l != nil && len(l.Drift) > 0 {
+		h.Notes = append(h.Notes, fmt.Sprintf("consumer %s was changed outside the projector (%s): its checkpoint does not move until a projector restart restores it", l.Consumer, strings.Join(l.Drift, "; ")))
+	}
+	if w := h.Writes; w != nil && w.SignaturesUnchecked {
+		h.Notes = append(h.Notes, "the projector of this store runs without a trust list (--insecure-no-trust): signatures are not checked, every event is stored as believed")
+	}
 	return h
+}
+
+// HeldOf counts the events parked in projector.HeldStream for consumer.
+func HeldOf(ctx context.Context, js jetstream.JetStream, consumer string) (uint64, error) {
+	s, err := js.Stream(ctx, projector.HeldStream)
+	if err != nil {
+		return 0, err
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(projector.DefaultHeldPrefix+"."+consumer+".>"))
+	if err != nil {
+		return 0, err
+	}
+	var n uint64
+	for _, c := range info.State.Subjects {
+		n += c
+	}
+	return n, nil
 }
 
 // Lag is how far a store's projector is behind the stream.
@@ -55,14 +91,23 @@ type Lag struct {
 	AckPending      uint64 `json:"ackPending"` // delivered, not yet stored
 	StreamLastSeq   uint64 `json:"streamLastSeq"`
 	StoreCheckpoint uint64 `json:"storeCheckpoint"`
+	// Drift is how the consumer's configuration differs from what its
+	// projector needs (projector.Drift), empty if it does not.
+	Drift []string `json:"drift,omitempty"`
 }
 
 // LagOf reads the lag of consumer (a projector's durable on stream) and
 // the checkpoint it recorded in st.
 func LagOf(ctx context.Context, js jetstream.JetStream, st stores.Store, stream, consumer string) (*Lag, error) {
 	cons, err := js.Consumer(ctx, stream, consumer)
-	if err != nil {
-		return nil, fmt.Errorf("consumer %s: %w (is a projector for this store running? set --consumer)", consumer, err)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		return nil, fmt.Errorf("stream %s does not exist: nothing can be projected (restore it from its mirror: auditflow restore): %w", stream, err)
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+		return nil, fmt.Errorf("durable consumer %s does not exist on %s: deleted, or no projector for this store has started yet (a running projector recreates a deleted one from its store's checkpoint within a second; is one running? --consumer names another): %w",
+			consumer, stream, err)
+	case err != nil:
+		return nil, fmt.Errorf("consumer %s: %w", consumer, err)
 	}
 	info, err := cons.Info(ctx)
 	if err != nil {
@@ -76,8 +121,12 @@ func LagOf(ctx context.Context, js jetstream.JetStream, st stores.Store, stream,
 	if err != nil {
 		return nil, err
 	}
+	var drift []string
+	for _, d := range projector.Drift(info.Config, events.DefaultSubjectPrefix) {
+		drift = append(drift, d.String())
+	}
 	return &Lag{Consumer: consumer, Pending: info.NumPending, AckPending: uint64(info.NumAckPending),
-		StreamLastSeq: s.CachedInfo().State.LastSeq, StoreCheckpoint: cp}, nil
+		StreamLastSeq: s.CachedInfo().State.LastSeq, StoreCheckpoint: cp, Drift: drift}, nil
 }
 
 // Writes summarises a store kind's AuditWrite events over a window.
@@ -91,6 +140,9 @@ type Writes struct {
 	P50Ms  float64       `json:"p50Ms"`
 	P95Ms  float64       `json:"p95Ms"`
 	MaxMs  float64       `json:"maxMs"`
+	// SignaturesUnchecked: the newest write's projector runs without a
+	// trust list (projector.AuditWrite).
+	SignaturesUnchecked bool `json:"signaturesUnchecked,omitempty"`
 }
 
 // Ms is d in milliseconds, to the microsecond.
@@ -123,6 +175,7 @@ func WritesOf(ctx context.Context, js jetstream.JetStream, kind string, since ti
 			if json.Unmarshal(m.Data, &w) != nil {
 				continue
 			}
+			out.SignaturesUnchecked = w.SignaturesUnchecked // the newest wins
 			out.Writes++
 			if w.Error != "" {
 				out.Errors++
