@@ -10,9 +10,10 @@ import (
 // credential (AUDITFLOW_COUCHBASE_PASSWORD, AWS_SECRET_ACCESS_KEY,
 // AWS_SESSION_TOKEN, GITHUB_TOKEN, DB_PASS, STRIPE_KEY, SMTP_AUTH,
 // MYSQL_PWD…; not names ending in _FILE, _PATH or _DIR, which hold paths,
-// nor values like true or off, which say whether, not what), and the
-// credentials of every URL in a value (AUDITFLOW_NATS_URL,
-// AUDITFLOW_MONGO_URI, DATABASE_URL…).
+// nor values like true or off, which say whether, not what, nor the paths
+// of files that exist, as TLS_CERT's often is), and the credentials of
+// every URL in a value (AUDITFLOW_NATS_URL, AUDITFLOW_MONGO_URI,
+// DATABASE_URL…).
 func EnvSecrets(environ []string) []string {
 	var out []string
 	for _, kv := range environ {
@@ -20,7 +21,7 @@ func EnvSecrets(environ []string) []string {
 		if !ok || value == "" || notSecret[name] {
 			continue
 		}
-		if SecretKey(name) && !pathName(name) && !plainWord(value) {
+		if SecretKey(name) && !pathName(name) && !plainValue(value) {
 			out = append(out, value)
 		}
 		if strings.Contains(value, "@") || strings.Contains(value, "://") {

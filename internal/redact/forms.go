@@ -1,6 +1,9 @@
 package redact
 
-import "strings"
+import (
+	"os"
+	"strings"
+)
 
 // Bounds of the forms, which also bound the work per form: a longer run
 // of name characters before a separator is not a name; a line prefix
@@ -21,10 +24,11 @@ const (
 //     when SecretKey(NAME): quoted, up to the closing quote; unquoted after
 //     a name that starts its line (env, set, export, a .env or YAML file),
 //     to the end of the line; elsewhere up to the next space or delimiter
-//     (,;&)]}<>'"). Values true, false, null, none, yes, no, on and off are
-//     left alone, as are objects and arrays (their members are judged by
-//     their own names), and the variables EnvSecrets leaves alone (PWD,
-//     OLDPWD, AUDITFLOW_LOCK_TOKEN);
+//     (,;&)]}<>'"). Values true, false, null, none, yes, no, on and off,
+//     and paths of files that exist here, are left alone, as are objects
+//     and arrays (their members are judged by their own names), and the
+//     variables EnvSecrets leaves alone (PWD, OLDPWD,
+//     AUDITFLOW_LOCK_TOKEN);
 //   - the credentials of a URL (scheme://…, up to a space or a quote), as
 //     URI hides them: the password of user:password@ (and a bare user@,
 //     which may be a token), and credential query parameters.
@@ -66,7 +70,7 @@ func formSpans(s string, out []span) []span {
 		if !ok {
 			continue
 		}
-		if val := s[vs:ve]; len(val) >= MinLen && !plainWord(val) {
+		if val := s[vs:ve]; len(val) >= MinLen && !plainValue(val) {
 			out = append(out, span{i: vs, j: ve, k: k})
 		}
 		i = max(i, ve)
@@ -177,13 +181,21 @@ func valueAt(s string, v int, inLine bool) (int, int, bool) {
 	return v, eol, true
 }
 
-// plainWord reports whether a value is a word no credential is.
-func plainWord(v string) bool {
+// plainValue reports whether a value a credential's name holds is none:
+// a word like true or off (it says whether, not what), or the absolute
+// path of a file or directory that exists (TLS_CERT=/etc/ssl/cert.pem,
+// PIP_CERT=/etc/ssl/certs/ca-certificates.crt: the path is not the
+// secret; what a secret file holds is, see SecretFiles).
+func plainValue(v string) bool {
 	switch strings.ToLower(v) {
 	case "true", "false", "null", "none", "yes", "no", "on", "off":
 		return true
 	}
-	return false
+	if !strings.HasPrefix(v, "/") || strings.ContainsAny(v, " \t\n\r") {
+		return false
+	}
+	_, err := os.Stat(v)
+	return err == nil
 }
 
 // urlSpans appends the credentials of the URL whose "://" is at p, and

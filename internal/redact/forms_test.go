@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"testing"
 
@@ -74,6 +75,7 @@ func TestOutputMaskerForms(t *testing.T) {
 		{"AUDITFLOW_LOCK_TOKEN=123456", "AUDITFLOW_LOCK_TOKEN=123456"},
 		{"DB_PASS=abc", "DB_PASS=abc"}, // shorter than MinLen
 		{"PASSWORD_FILE=/run/secrets/db KEY_ID=k-1234", "PASSWORD_FILE=/run/secrets/db KEY_ID=k-1234"},
+		{"TLS_CERT=" + os.TempDir() + "\nTLS_CERT=/no/such/file.pem", "TLS_CERT=" + os.TempDir() + "\nTLS_CERT=***"}, // a path that exists is not the secret
 		{"ssh://git@github.com/acme/app.git", "ssh://git@github.com/acme/app.git"},
 		{`if [ "$PASSWORD" = "" ]; then x == password; fi`, `if [ "$PASSWORD" = "" ]; then x == password; fi`},
 		{"2026-11-29T09:23:21Z INFO migrated 1000 rows", "2026-11-29T09:23:21Z INFO migrated 1000 rows"},
