@@ -37,11 +37,21 @@ const (
 // value is masked up to maxValue bytes. No span crosses a line end. Each span's k is where its form starts (the
 // name, the URL), for a writer that must not cut a form from its value.
 func formSpans(s string, out []span) []span {
-	for i := 0; i < len(s); {
-		p := i
-		for p < len(s) && s[p] != '=' && s[p] != ':' {
-			p++
+	eq, colon := -1, -1 // the next = and : at or after i, found by IndexByte (fast)
+	next := func(c byte, from int) int {
+		if n := strings.IndexByte(s[from:], c); n >= 0 {
+			return from + n
 		}
+		return len(s)
+	}
+	for i := 0; i < len(s); {
+		if eq < i {
+			eq = next('=', i)
+		}
+		if colon < i {
+			colon = next(':', i)
+		}
+		p := min(eq, colon)
 		if p == len(s) {
 			break
 		}

@@ -89,6 +89,7 @@ func masked(s string, iv []span) string {
 		return s
 	}
 	var b strings.Builder
+	b.Grow(len(s))
 	last := 0
 	for _, sp := range iv {
 		b.WriteString(s[last:sp.i])
