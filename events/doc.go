@@ -15,8 +15,11 @@
 // invalid required field, or an unknown field inside data each fail with a
 // [*Error] that names the field and wraps one of the sentinel errors
 // (ErrMalformed, ErrUnknownType, ErrUnsupportedVersion, ErrMissingField,
-// ErrInvalidField, ErrTooLarge). A projector dead-letters such events instead
-// of guessing.
+// ErrInvalidField, ErrTooLarge). So does JSON that readers may read
+// differently (ErrNotStrict): a key twice in one object, invalid UTF-8 or a
+// lone surrogate, one of the event's keys in another case. A signature
+// covers the bytes, and such bytes have no one meaning to vouch for. A
+// projector dead-letters such events instead of guessing.
 //
 // Every field has a size limit (MaxIDLen, MaxKeyLen, MaxTextLen,
 // MaxMessageLen, MaxTraceLen, the metadata limits, and MaxEventBytes for the

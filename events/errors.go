@@ -23,6 +23,11 @@ var (
 	// size limit (see MaxTraceLen and the other limits). It wraps
 	// ErrInvalidField: a value over its limit is not allowed.
 	ErrTooLarge error = &subError{msg: "too large", parent: ErrInvalidField}
+	// ErrNotStrict: the document is JSON that readers may read
+	// differently — a key twice in one object, invalid UTF-8 or an escaped
+	// lone surrogate, a key of the event's in another case — so it has no
+	// one meaning for a signature to vouch for. It wraps ErrMalformed.
+	ErrNotStrict error = &subError{msg: "not strict JSON", parent: ErrMalformed}
 	// ErrWrongSubject: a valid event was found on another change's subject
 	// (see CheckSubject). The message is not that change's event.
 	ErrWrongSubject = errors.New("event on the wrong subject")

@@ -17,7 +17,8 @@ import (
 // reads. On anything else — an extension attribute, a key in another case,
 // a duplicate, a null, a number with a fraction, invalid UTF-8, a newer
 // version — it returns false and Decode takes the encoding/json path,
-// which decides what such a document means and words the error. So what
+// which refuses what is not strict (checkStrict) and otherwise decides
+// what such a document means and words the error. So what
 // it accepts, it reads exactly as that path would; FuzzParseFastAgrees
 // checks this on arbitrary input.
 func parseFast(b []byte, env *envelope, d *data) bool {
@@ -329,18 +330,6 @@ func (s *scanner) escaped(start int) (string, bool) {
 			return "", false
 		}
 		switch e := s.b[s.i+1]; e {
-		case '"', '\\', '/':
-			buf = append(buf, e)
-		case 'b':
-			buf = append(buf, '\b')
-		case 'f':
-			buf = append(buf, '\f')
-		case 'n':
-			buf = append(buf, '\n')
-		case 'r':
-			buf = append(buf, '\r')
-		case 't':
-			buf = append(buf, '\t')
 		case 'u':
 			r, ok := s.hex4(s.i + 2)
 			if !ok {
@@ -358,7 +347,11 @@ func (s *scanner) escaped(start int) (string, bool) {
 			buf = utf8.AppendRune(buf, r)
 			s.i += 4
 		default:
-			return "", false
+			c, ok := unescapeByte(e)
+			if !ok {
+				return "", false
+			}
+			buf = append(buf, c)
 		}
 		s.i += 2
 	}
@@ -366,26 +359,7 @@ func (s *scanner) escaped(start int) (string, bool) {
 }
 
 // hex4 reads four hex digits at i.
-func (s *scanner) hex4(i int) (rune, bool) {
-	if i+4 > len(s.b) {
-		return 0, false
-	}
-	var r rune
-	for _, c := range s.b[i : i+4] {
-		switch {
-		case '0' <= c && c <= '9':
-			c -= '0'
-		case 'a' <= c && c <= 'f':
-			c -= 'a' - 10
-		case 'A' <= c && c <= 'F':
-			c -= 'A' - 10
-		default:
-			return 0, false
-		}
-		r = r<<4 | rune(c)
-	}
-	return r, true
-}
+func (s *scanner) hex4(i int) (rune, bool) { return hex4At(s.b, i) }
 
 // uint reads a non-negative integer of at most limit, written without a
 // fraction or an exponent.

@@ -119,7 +119,12 @@ func EventTooLarge(err error) bool {
 
 // Decode parses and validates a CloudEvents JSON event. Every failure is an
 // *Error naming the field at fault. An event over MaxEventBytes, or with a
-// field over its limit, fails with ErrTooLarge.
+// field over its limit, fails with ErrTooLarge. Decoding is strict: a
+// document with a key twice in one object (at any depth, however it is
+// escaped), invalid UTF-8 or an escaped lone surrogate anywhere, or a key
+// of the event's in another case fails with ErrNotStrict, rather than
+// being read the way encoding/json happens to (the last duplicate,
+// U+FFFD) while other readers read it another way.
 //
 // Decode does not know where the event was read from: a reader of the
 // stream also checks that the subject is the event's (CheckSubject).
@@ -139,8 +144,13 @@ func Decode(b []byte) (Event, error) {
 }
 
 // parseSlow reads an event with encoding/json and checks what parseFast
-// checks, saying what is wrong.
+// checks, saying what is wrong. It first refuses what encoding/json would
+// read one way among several (checkStrict): duplicate keys, invalid UTF-8,
+// lone surrogates, keys in another case.
 func parseSlow(b []byte, env *envelope, d *data) error {
+	if err := checkStrict(b); err != nil {
+		return err
+	}
 	if err := json.Unmarshal(b, env); err != nil {
 		return jsonErr(err, "")
 	}

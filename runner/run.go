@@ -284,7 +284,7 @@ func (r *Runner) execute(ctx context.Context, s Step, lease *lock.Lease) (Result
 	applyCtx, stopApply := context.WithCancelCause(WithExecution(ctx, ex))
 	unwatch := watchLease(applyCtx, lease, stopApply)
 	t1 := time.Now()
-	applyErr := c.Apply(applyCtx)
+	applyErr := r.redacted(c.Apply(applyCtx))
 	res.Duration = time.Since(t1)
 	stop := context.Cause(applyCtx) // nil unless interrupted or the lease ran out
 	unwatch()
@@ -357,7 +357,7 @@ func (r *Runner) rollback(ctx context.Context, lease *lock.Lease, ex *Execution,
 		fmt.Errorf("rollback timed out after %s", r.cfg.RollbackTimeout))
 	rctx, stopRollback := context.WithCancelCause(rctx)
 	unwatch := watchLease(rctx, lease, stopRollback)
-	rbErr := c.Rollback(rctx)
+	rbErr := r.redacted(c.Rollback(rctx))
 	unwatch()
 	stopRollback(nil)
 	cancel()
@@ -606,6 +606,24 @@ func (r *Runner) event(t events.Type, c Change, ex *Execution) events.Event {
 	e.Metadata, e.Recovery, e.Transactional = c.Metadata, c.Recovery, c.Transactional
 	return e
 }
+
+// redacted is a change's error as the runner records, logs and returns
+// it: its text through Config.Redact. errors.Is and errors.As see through
+// it to err.
+func (r *Runner) redacted(err error) error {
+	if err == nil || r.cfg.Redact == nil {
+		return err
+	}
+	return &redactedError{err: err, redact: r.cfg.Redact}
+}
+
+type redactedError struct {
+	err    error
+	redact func(string) string
+}
+
+func (e *redactedError) Error() string { return e.redact(e.err.Error()) }
+func (e *redactedError) Unwrap() error { return e.err }
 
 // trace is an error's text as recorded, cut to MaxTrace the way the
 // producer cuts anything longer than the event limit (start and end kept).

@@ -59,7 +59,15 @@ type Config struct {
 	// then also requires the producer to sign as a runner this list
 	// trusts for the pipeline, and Resolve as an operator. Nil checks
 	// nothing.
-	Trust  *trust.List
+	Trust *trust.List
+	// Redact, if set, rewrites the text of a change's error (from Apply or
+	// Rollback) before the runner records it — the execution's error
+	// message and trace, on a stream nobody may purge — logs it or returns
+	// it. cmd/runner masks credentials with it (the values of its secrets,
+	// and secrets by their form: DB_PASS=…, a URL's password). Package
+	// changefile masks its commands' output already; this covers an Apply
+	// written in Go as well.
+	Redact func(string) string
 	Logger *slog.Logger // nil discards
 }
 

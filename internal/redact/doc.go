@@ -20,7 +20,14 @@
 //     holds back only what could be the start of a secret, so a secret split
 //     across writes is still masked). [EnvSecrets], [SecretFiles] and
 //     [FileSecrets] find the values a process should mask from its
-//     environment and the files it names.
+//     environment and the files it names. A masker for recorded output
+//     ([NewOutputMasker]) also masks credentials by their form, whatever
+//     their value: NAME=value, "name": value, a URL's password.
+//
+// Whether a name (a variable, a JSON key, a query parameter) is a
+// credential's is [SecretKey]'s one rule, read from the name's words:
+// DB_PASS, STRIPE_KEY, SMTP_AUTH and apiKey are; KEYBOARD, AUTHOR and
+// KEY_ID are not.
 //
 // Values shorter than [MinLen] bytes are not masked: they would blank out
 // ordinary output, and are guessable anyway.

@@ -8,9 +8,12 @@ import (
 // EnvSecrets returns the secret values in an environment (os.Environ's
 // form): the whole value of every variable whose name [SecretKey] calls a
 // credential (AUDITFLOW_COUCHBASE_PASSWORD, AWS_SECRET_ACCESS_KEY,
-// AWS_SESSION_TOKEN, GITHUB_TOKEN…; not names ending in _FILE, _PATH or _DIR,
-// which hold paths), and the credentials of every URL in a value
-// (AUDITFLOW_NATS_URL, AUDITFLOW_MONGO_URI, DATABASE_URL…).
+// AWS_SESSION_TOKEN, GITHUB_TOKEN, DB_PASS, STRIPE_KEY, SMTP_AUTH,
+// MYSQL_PWD…; not names ending in _FILE, _PATH or _DIR, which hold paths,
+// nor values like true or off, which say whether, not what, nor the paths
+// of files that exist, as TLS_CERT's often is), and the credentials of
+// every URL in a value (AUDITFLOW_NATS_URL, AUDITFLOW_MONGO_URI,
+// DATABASE_URL…).
 func EnvSecrets(environ []string) []string {
 	var out []string
 	for _, kv := range environ {
@@ -18,7 +21,7 @@ func EnvSecrets(environ []string) []string {
 		if !ok || value == "" || notSecret[name] {
 			continue
 		}
-		if SecretKey(name) && !pathName(name) {
+		if SecretKey(name) && !pathName(name) && !plainValue(value) {
 			out = append(out, value)
 		}
 		if strings.Contains(value, "@") || strings.Contains(value, "://") {

@@ -2,7 +2,6 @@ package redact
 
 import (
 	"net/url"
-	"slices"
 	"strings"
 )
 
@@ -46,8 +45,9 @@ func Secrets(s string) []string {
 	return out
 }
 
-// span is a credential at s[i:j].
-type span struct{ i, j int }
+// span is a credential at s[i:j], in a form (a NAME=value, a URL) that
+// starts at k; k is i where there is no form, and 0 where no one asks.
+type span struct{ i, j, k int }
 
 // scan finds the credentials in s. It reads s as text, without a URL
 // parser, so a malformed URL (a bad escape, a bad port, an unencoded @ or /
@@ -131,12 +131,12 @@ func scanOne(s string, seg segment) []span {
 		user := s[body : body+at]
 		switch colon := strings.IndexByte(user, ':'); {
 		case colon >= 0 && colon+1 < len(user):
-			out = append(out, span{body + colon + 1, body + at})
+			out = append(out, span{i: body + colon + 1, j: body + at})
 		case colon >= 0:
 		case strings.HasPrefix(seg.scheme, "mongodb") && user != "":
 			// a user without a password (X.509, Kerberos): a name, not a secret
 		case user != "":
-			out = append(out, span{body, body + at})
+			out = append(out, span{i: body, j: body + at})
 		}
 		rest = body + at + 1
 	}
@@ -168,7 +168,7 @@ func scanParam(s string, i, j int) []span {
 	key := unescape(s[i : i+eq])
 	v := i + eq + 1
 	if SecretKey(key) {
-		return []span{{v, j}}
+		return []span{{i: v, j: j}}
 	}
 	if !strings.EqualFold(key, "authMechanismProperties") {
 		return nil
@@ -186,29 +186,11 @@ func scanParam(s string, i, j int) []span {
 			sep, width = p, 3
 		}
 		if sep >= 0 && sep+width < len(item) && SecretKey(unescape(item[:sep])) {
-			out = append(out, span{k + sep + width, e})
+			out = append(out, span{i: k + sep + width, j: e})
 		}
 		k = e + 1
 	}
 	return out
-}
-
-// SecretKey reports whether a parameter or variable name says its value is
-// a credential: it contains password, passwd, pwd, passphrase, secret,
-// token, signature, credential, apikey/api_key/api-key or
-// privatekey/private_key, or is key, sig, auth or pass.
-func SecretKey(name string) bool {
-	n := strings.ToLower(name)
-	if slices.Contains([]string{"key", "sig", "auth", "pass"}, n) {
-		return true
-	}
-	for _, w := range []string{"password", "passwd", "pwd", "passphrase", "secret", "token", "signature", "credential",
-		"apikey", "api_key", "api-key", "privatekey", "private_key"} {
-		if strings.Contains(n, w) {
-			return true
-		}
-	}
-	return false
 }
 
 func unescape(s string) string {

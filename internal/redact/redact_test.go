@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -154,14 +155,17 @@ func TestEnvSecrets(t *testing.T) {
 		"AUDITFLOW_COUCHBASE_PASSWORD_FILE=/run/secrets/cb", "AUDITFLOW_LOCK_TOKEN=123456",
 		"AUDITFLOW_NATS_CREDS=/run/secrets/creds", "AUDITFLOW_NATS_NKEY=/run/secrets/seed", "AUDITFLOW_MONGO_URI_FILE=/run/secrets/mongo",
 		"AWS_SHARED_CREDENTIALS_FILE=/home/x/.aws/credentials", "AUDITFLOW_SQLITE_PATH=/data/audit.db",
+		"DB_PASS=db-pass-1", "STRIPE_KEY=stripe-1", "SMTP_AUTH=smtp-auth-1", "MYSQL_PWD=mysql-1", "TLS_CERT=tls-cert-1",
+		"KEYBOARD=us-intl", "AUTHOR=alice-b", "PASSAGE=north-1", "BASIC_AUTH=true", "CA_CERT=" + os.TempDir(),
 	}
 	got := redact.EnvSecrets(env)
-	for _, s := range []string{"nats-pw-1", "mongo-pw-1", "key-pw-1", "cb-pw-1", "aws-secret-1", "aws-sess-1", "gh-tok-1", "db-pwd-1"} {
+	for _, s := range []string{"nats-pw-1", "mongo-pw-1", "key-pw-1", "cb-pw-1", "aws-secret-1", "aws-sess-1", "gh-tok-1", "db-pwd-1",
+		"db-pass-1", "stripe-1", "smtp-auth-1", "mysql-1", "tls-cert-1"} {
 		if !slices.Contains(got, s) {
 			t.Errorf("EnvSecrets: missing %q in %q", s, got)
 		}
 	}
-	for _, s := range []string{"/usr/bin", "/run/secrets/cb", "123456", "/home/x/src", "/home/x"} {
+	for _, s := range []string{"/usr/bin", "/run/secrets/cb", "123456", "/home/x/src", "/home/x", "us-intl", "alice-b", "north-1", "true", os.TempDir()} {
 		if slices.Contains(got, s) {
 			t.Errorf("EnvSecrets: %q is no secret", s)
 		}

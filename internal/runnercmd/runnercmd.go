@@ -374,7 +374,8 @@ func run(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) (i
 	if err != nil {
 		return codeFor(err), err
 	}
-	r, err := runner.New(prod, locker, runner.Config{Pipeline: o.pipeline, RunnerID: o.runnerID, Trust: list, Logger: log})
+	r, err := runner.New(prod, locker, runner.Config{Pipeline: o.pipeline, RunnerID: o.runnerID, Trust: list, Logger: log,
+		Redact: redact.NewOutputMasker(o.secrets...).String})
 	if err != nil {
 		return ExitUsage, err
 	}

@@ -51,9 +51,17 @@ type File struct {
 	// PassEnv names variables of the runner's environment the commands
 	// need although they start with AUDITFLOW_, which the commands do not
 	// inherit otherwise; a variable the runner does not have stays unset.
-	PassEnv  []string `yaml:"passEnv"`
-	Apply    string   `yaml:"apply"`
-	Rollback string   `yaml:"rollback"`
+	PassEnv []string `yaml:"passEnv"`
+	// SecretEnv names variables of the commands' environment whose values
+	// are secrets although their names do not say so (the names that do,
+	// DB_PASS or STRIPE_KEY, are found without it): their values are
+	// masked in the commands' output and in what the runner records. A
+	// variable may come from env: (a secret value this file declares),
+	// passEnv: or the runner's environment; one the commands do not have
+	// is warned about (Options.Logger).
+	SecretEnv []string `yaml:"secretEnv"`
+	Apply     string   `yaml:"apply"`
+	Rollback  string   `yaml:"rollback"`
 }
 
 // Options configure how commands run.
@@ -68,7 +76,11 @@ type Options struct {
 	// replaced by "***" in what Output receives and in the error trace
 	// (values shorter than redact.MinLen are left alone). The runner passes
 	// its own credentials and the secrets in its environment, which a
-	// command may print (set -x, env) or be given (passEnv).
+	// command may print (set -x, env) or be given (passEnv). The secrets of
+	// the commands' own environment (by their names, or named in
+	// secretEnv:) are added to them, and credentials recognisable by their
+	// form (DB_PASS=…, "password": "…", a URL's password) are masked
+	// whatever their value: see redact.NewOutputMasker.
 	Secrets []string
 	// Grace is how long a command has between SIGTERM and SIGKILL when it
 	// is stopped; a change file's grace: overrides it. Zero means
@@ -223,7 +235,7 @@ func (f File) change(dir string, opts Options) (runner.Change, error) {
 	if err != nil {
 		return runner.Change{}, err
 	}
-	mask := redact.NewMasker(opts.Secrets...)
+	mask := redact.NewOutputMasker(f.secrets(env, opts)...)
 	cmd := func(script string) func(context.Context) error {
 		return command{script: script, dir: dir, env: env, timeout: timeout, grace: grace, out: opts.Output, mask: mask, log: opts.Logger}.run
 	}
@@ -282,6 +294,11 @@ func (f File) environment(environ []string, dir string, opts Options) ([]string,
 			return nil, err
 		}
 	}
+	for _, name := range f.SecretEnv {
+		if err := check("secretEnv", name); err != nil {
+			return nil, err
+		}
+	}
 	names := slices.Sorted(maps.Keys(f.Env))
 	for _, name := range names {
 		if err := check("env", name); err != nil {
@@ -301,6 +318,30 @@ func (f File) environment(environ []string, dir string, opts Options) ([]string,
 	}
 	// The execution's variables are set per run, from Apply's context.
 	return append(env, "AUDITFLOW_PIPELINE="+opts.Pipeline, "AUDITFLOW_CHANGE_ID="+f.ID, "AUDITFLOW_CHANGE_DIR="+dir), nil
+}
+
+// secrets are the values the commands' output must not show: Options'
+// secrets, those of the commands' environment env (redact.EnvSecrets: by
+// their names, and URL credentials), and the values of the variables
+// secretEnv: names.
+func (f File) secrets(env []string, opts Options) []string {
+	out := slices.Concat(opts.Secrets, redact.EnvSecrets(env))
+	for _, name := range f.SecretEnv {
+		value, found := "", false
+		for _, kv := range env { // the last one is the one a command gets
+			if v, ok := strings.CutPrefix(kv, name+"="); ok {
+				value, found = v, true
+			}
+		}
+		switch {
+		case !found && opts.Logger != nil:
+			opts.Logger.Warn("secretEnv names a variable the commands do not have: nothing of it to mask", "change", f.ID, "variable", name)
+		case found:
+			out = append(out, value)
+			out = append(out, redact.Secrets(value)...)
+		}
+	}
+	return out
 }
 
 // traceTail is how much of a failed command's output is kept.
@@ -356,7 +397,9 @@ func (c command) run(ctx context.Context) error {
 	if err == nil {
 		return nil
 	}
-	if s := tail.String(); s != "" {
+	// The tail is masked again as a whole: a line longer than the
+	// writer holds back was passed on in parts (redact.MaxLine).
+	if s := c.mask.String(tail.String()); s != "" {
 		return fmt.Errorf("%w\n%s", err, s)
 	}
 	return err

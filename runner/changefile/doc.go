@@ -13,6 +13,7 @@
 //	metadata: {ticket: OPS-1234}
 //	env: {DB: users.db}             # variables set for the commands
 //	passEnv: [AUDITFLOW_MONGO_URI]  # AUDITFLOW_* variables the commands need
+//	secretEnv: [LICENSE]            # variables whose values are secrets (masked)
 //	apply: sqlite3 "$DB" 'CREATE INDEX users_email ON users(email)'
 //	rollback: sqlite3 "$DB" 'DROP INDEX IF EXISTS users_email'
 //
@@ -52,11 +53,21 @@
 //
 // # Secrets in output
 //
-// Output and error traces are masked with Options.Secrets before anything
-// keeps them: every occurrence of a secret value, also one split across
-// writes, becomes "***" in what Options.Output receives and in the error,
-// so that a failing script's `set -x` or `env` cannot put a credential on
-// the audit stream, which cannot be purged, and into every store.
+// Output and error traces are masked before anything keeps them, so that
+// a failing script's `set -x`, `env` or a config file it prints cannot put
+// a credential on the audit stream, which cannot be purged, and into every
+// store. Every occurrence of a secret value, also one split across writes,
+// becomes "***" in what Options.Output receives and in the error: the
+// values of Options.Secrets, of the commands' environment variables whose
+// names say they are credentials (DB_PASS, STRIPE_KEY, SMTP_AUTH,
+// GITHUB_TOKEN; see redact.SecretKey) or that secretEnv: names, and URL
+// credentials in any variable. Credentials are also masked by their form,
+// whatever their value: the value of a NAME=value, NAME: value or
+// "name": value whose name says it is a credential, and a URL's password
+// and credential parameters (redact.NewOutputMasker). A command can still
+// disclose a secret it can read by transforming it (base64, reversed, in
+// pieces): masking keeps secrets out of the record by accident, not from
+// a change that means to leak them.
 //
 // # Stopping
 //

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -73,6 +75,9 @@ func TestInvalidEnv(t *testing.T) {
 		"bad name in passEnv":       "id: x\napply: 'true'\npassEnv: ['X=1']\n",
 		"env as a list":             "id: x\napply: 'true'\nenv: [A]\n",
 		"misspelt passEnv (env: A)": "id: x\napply: 'true'\npassenv: [A]\n",
+		"bad name in secretEnv":     "id: x\napply: 'true'\nsecretEnv: ['A B']\n",
+		"secretEnv a runner token":  "id: x\napply: 'true'\nsecretEnv: [AUDITFLOW_LOCK_TOKEN]\n",
+		"secretEnv as a map":        "id: x\napply: 'true'\nsecretEnv: {A: b}\n",
 	} {
 		dir := t.TempDir()
 		write(t, dir, "c.yaml", body)
@@ -120,5 +125,66 @@ apply: |
 	}
 	if first, _, _ := strings.Cut(err.Error(), "\n"); first != "exit status 1" {
 		t.Errorf("first line (the error message) = %q", first)
+	}
+}
+
+func TestOwnSecretsMasked(t *testing.T) { testOwnSecretsMasked(t) }
+
+func TestOwnSecretsMaskedDirectly(t *testing.T) {
+	changefile.RunDirectly(t)
+	testOwnSecretsMasked(t)
+}
+
+// testOwnSecretsMasked: with no Options.Secrets at all (a program using the
+// package, not the runner), a failing command that prints its environment
+// and secrets in other forms shows none of them: the variables whose names
+// say they are credentials, those secretEnv: names (from the runner's
+// environment and from env:, a value the file declares secret), and
+// credentials it prints by their form — read from a file, in JSON, in a
+// URL. A secretEnv: the commands do not have is warned about.
+func testOwnSecretsMasked(t *testing.T) {
+	canaries := map[string]string{
+		"DB_PASS": "cnry-dbpass-1", "STRIPE_KEY": "cnry-stripe-2", "SMTP_AUTH": "cnry-smtp-3", "MY_VAR": "cnry-myvar-4",
+	}
+	for k, v := range canaries {
+		t.Setenv(k, v)
+	}
+	t.Setenv("KEYBOARD", "us-intl-layout") // not a secret: stays
+	printed := []string{"cnry-license-5", "cnry-file-6", "cnry-json-7", "cnry-url-8", "cnry-yaml-9"}
+	var out, logs bytes.Buffer
+	c, dir := load(t, `id: c
+env: {LICENSE: cnry-license-5}
+secretEnv: [MY_VAR, LICENSE, NOT_SET_ANYWHERE]
+apply: |
+  printf 'DB_PASSWORD=cnry-file-6\nuser: bob\n  password: cnry-yaml-9\n' > creds.env
+  env
+  cat creds.env
+  echo "{\"user\": \"bob\", \"password\": \"cnry-json-7\"}"
+  echo "fetching https://deploy:cnry-url-8@repo.example.com/x.tgz"
+  echo "my var is $MY_VAR, license $LICENSE"
+  exit 1
+`, changefile.Options{Output: &out, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	err := c.Apply(context.Background())
+	if err == nil {
+		t.Fatal("the command succeeded")
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "creds.env")); !strings.Contains(string(b), "cnry-file-6") {
+		t.Fatalf("the command did not write its file: %q", b)
+	}
+	for what, s := range map[string]string{"output": out.String(), "error": err.Error()} {
+		for _, v := range append(slices.Collect(maps.Values(canaries)), printed...) {
+			if strings.Contains(s, v) {
+				t.Errorf("%s shows %s:\n%s", what, v, s)
+			}
+		}
+		for _, want := range []string{"DB_PASS=***", "STRIPE_KEY=***", "SMTP_AUTH=***", "MY_VAR=***", "LICENSE=***", "DB_PASSWORD=***",
+			`"password": "***"`, "https://deploy:***@repo.example.com", "my var is ***, license ***", "KEYBOARD=us-intl-layout", "user: bob"} {
+			if !strings.Contains(s, want) {
+				t.Errorf("%s lacks %q:\n%s", what, want, s)
+			}
+		}
+	}
+	if !strings.Contains(logs.String(), "NOT_SET_ANYWHERE") {
+		t.Errorf("no warning about the secretEnv the commands do not have:\n%s", logs.String())
 	}
 }
