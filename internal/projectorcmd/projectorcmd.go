@@ -210,12 +210,43 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "projector:", err)
 		return ExitUsage
 	}
-	if code, err := run(ctx, o, log); err != nil {
-		log.Error("projector failed", "err", err)
-		return code
+	type result struct {
+		code int
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		code, err := run(ctx, o, log)
+		done <- result{code, err}
+	}()
+	var r result
+	select {
+	case r = <-done:
+	case <-ctx.Done():
+		// Shutdown honours its timeout: past it (and a margin for the
+		// final checkpoint and closing), the process stops anyway. What
+		// is unacknowledged goes back to NATS and is stored again, which
+		// changes nothing.
+		t := time.NewTimer(o.shutdownTimeout + shutdownMargin)
+		defer t.Stop()
+		select {
+		case r = <-done:
+		case <-t.C:
+			log.Error("did not stop within --shutdown-timeout and its margin: exiting; what was in flight goes back to NATS for redelivery",
+				"shutdownTimeout", o.shutdownTimeout, "margin", shutdownMargin)
+			return ExitError
+		}
+	}
+	if r.err != nil {
+		log.Error("projector failed", "err", r.err)
+		return r.code
 	}
 	return ExitOK
 }
+
+// shutdownMargin is how long past --shutdown-timeout a stopping projector
+// may take to record its final checkpoint and close its connections.
+const shutdownMargin = 2 * time.Second
 
 func run(ctx context.Context, o *options, log *slog.Logger) (int, error) {
 	list, err := o.sig.List()
