@@ -156,17 +156,15 @@ func (p *Projector) catchUp(ctx context.Context, cp, ackFloor uint64) (uint64, e
 			case outStore:
 				recs = append(recs, v.rec)
 			case outHold:
-				if p.restored {
-					// Perhaps skipped by the changed consumer: park it.
-					if err := p.parkRead(ctx, m.Subject, m.Seq, v.version); err != nil {
-						return err
-					}
-					skipped++
-					continue
+				// Acknowledged, yet not among the parked events found at
+				// start: skipped by a changed consumer, or parked by a
+				// process whose pointer is in another's hands now. Park it
+				// (again: a newer projector stores it once either way).
+				if err := p.parkRead(ctx, m.Subject, m.Seq, v.version); err != nil {
+					return err
 				}
-				// Acknowledged and not parked, so a newer projector stored it.
-				return fmt.Errorf("%w: the event at seq %d (%s) has schema version %d, newer than this build reads (%d), and a newer projector has stored it: upgrade this one",
-					ErrStoreBehind, m.Seq, m.Subject, v.version, events.SchemaVersion)
+				skipped++
+				continue
 			default:
 				skipped++ // dead-lettered or parked when it was consumed
 			}

@@ -42,18 +42,20 @@ func TestFerretDBOutageAndBacklog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const backlog = 3000
+	backlog := 10_000
 	runs := []struct {
 		name string
 		args []string
 	}{{"defaults", nil}}
-	if os.Getenv("AUDITFLOW_BENCH_FERRETDB") != "" {
+	bench := os.Getenv("AUDITFLOW_BENCH_FERRETDB") != ""
+	if bench {
+		backlog = 20_000
 		runs = append(runs, struct {
 			name string
 			args []string
 		}{"previous defaults", []string{"--workers", "2", "--batch", "500", "--write-timeout", "2s", "--mongo-batch", "500"}})
 	}
-	took := map[string]time.Duration{}
+	rate := map[string]float64{} // events stored per second
 	for _, r := range runs {
 		t.Run(r.name, func(t *testing.T) {
 			srv := natstest.StartWith(t, embedded.Config{Port: -1})
@@ -65,12 +67,17 @@ func TestFerretDBOutageAndBacklog(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			// Each change starts and succeeds: the second event updates
+			// its change's issue, the write FerretDB cannot answer in
+			// commands of 50 or more.
 			b := prod.NewBatch()
-			for i := range backlog {
-				e := events.New(events.ExecutionStarted, "billing", fmt.Sprintf("change-%05d", i))
-				e.ExecutionID = "x"
-				if err := b.Add(ctx, e); err != nil {
-					t.Fatal(err)
+			for i := range backlog / 2 {
+				for _, typ := range []events.Type{events.ExecutionStarted, events.ExecutionSucceeded} {
+					e := events.New(typ, "billing", fmt.Sprintf("change-%05d", i))
+					e.ExecutionID = "x"
+					if err := b.Add(ctx, e); err != nil {
+						t.Fatal(err)
+					}
 				}
 			}
 			if _, err := b.Wait(ctx); err != nil {
@@ -89,7 +96,7 @@ func TestFerretDBOutageAndBacklog(t *testing.T) {
 				done <- projectorcmd.Main(rctx, append([]string{"--store", "mongo", "--mongo-database", db, "--nats-url", srv.ClientURL(),
 					"--metrics-addr", ""}, r.args...), io.Discard, &logs)
 			}()
-			time.Sleep(time.Second)
+			time.Sleep(500 * time.Millisecond) // mid-backlog
 			proxy.Cut()
 			time.Sleep(3 * time.Second)
 			proxy.Restore()
@@ -104,20 +111,28 @@ func TestFerretDBOutageAndBacklog(t *testing.T) {
 			}
 			limit := 3 * time.Minute
 			for {
-				cp, err := st.Checkpoint(ctx, "projector-mongo")
-				if err == nil && cp >= backlog {
+				cctx, ccancel := context.WithTimeout(ctx, 10*time.Second) // a jammed FerretDB never answers
+				cp, err := st.Checkpoint(cctx, "projector-mongo")
+				ccancel()
+				if err == nil && cp >= uint64(backlog) {
 					break
 				}
 				if time.Since(start) > limit {
 					cancel()
 					<-done
+					rate[r.name] = float64(cp) / time.Since(start).Seconds()
+					if r.args != nil { // the previous defaults: measured, not judged
+						t.Logf("%s: did not catch up: checkpoint %d of %d after %s (err %v): FerretDB jammed; restart it (scripts/testservers.sh stop/start) before other tests",
+							r.name, cp, backlog, limit, err)
+						return
+					}
 					t.Fatalf("%s: checkpoint %d of %d after %s (err %v)\n%s", r.name, cp, backlog, limit, err, tail(logs.String(), 40))
 				}
 				time.Sleep(100 * time.Millisecond)
 			}
-			took[r.name] = time.Since(start)
-			t.Logf("%s: %d events stored across a 3s outage in %s (%.0f events/s)", r.name, backlog, took[r.name].Round(time.Millisecond),
-				float64(backlog)/took[r.name].Seconds())
+			took := time.Since(start)
+			rate[r.name] = float64(backlog) / took.Seconds()
+			t.Logf("%s: %d events stored across a 3s outage in %s (%.0f events/s)", r.name, backlog, took.Round(time.Millisecond), rate[r.name])
 			stop := time.Now()
 			cancel()
 			if code := <-done; code != projectorcmd.ExitOK {
@@ -136,8 +151,8 @@ func TestFerretDBOutageAndBacklog(t *testing.T) {
 			}
 		})
 	}
-	if a, b := took["defaults"], took["previous defaults"]; a > 0 && b > 0 {
-		t.Logf("throughput, defaults / previous defaults: %.2f", b.Seconds()/a.Seconds())
+	if a, b := rate["defaults"], rate["previous defaults"]; bench {
+		t.Logf("throughput, defaults / previous defaults: %.0f / %.0f events/s", a, b)
 	}
 }
 
