@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -85,12 +86,24 @@ type parking struct {
 	versions map[int]int
 	// err is the last failure to read the held stream, "" if none.
 	err string
+	// any is whether subjects has any: the fetcher asks has for every
+	// message, and nearly always nothing is parked.
+	any atomic.Bool
 }
 
 func (k *parking) has(subject string) bool {
+	if !k.any.Load() {
+		return false
+	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return k.subjects[subject]
+}
+
+// setSubjects replaces subjects; k.mu held.
+func (k *parking) setSubjects(m map[string]bool) {
+	k.subjects = m
+	k.any.Store(len(m) > 0)
 }
 
 func (k *parking) parkedSeq(seq uint64) bool {
@@ -112,6 +125,7 @@ func (k *parking) add(subject string, version int) {
 		k.subjects, k.versions = map[string]bool{}, map[int]int{}
 	}
 	k.subjects[subject] = true
+	k.any.Store(true)
 	k.count++
 	if version > 0 {
 		k.versions[version]++
@@ -272,7 +286,8 @@ func (p *Projector) refreshHeld(ctx context.Context) {
 	if len(info.State.Subjects) == 0 && info.State.Msgs > 0 && info.State.NumSubjects == 0 {
 		n = int(info.State.Msgs) // an unfiltered answer (should not happen)
 	}
-	p.parked.subjects, p.parked.count = subjects, n
+	p.parked.setSubjects(subjects)
+	p.parked.count = n
 	if n == 0 {
 		p.parked.versions = map[int]int{}
 	}
@@ -438,7 +453,8 @@ func (p *Projector) redrive(ctx context.Context) error {
 	}
 	p.parked.mu.Lock()
 	if p.parked.seqs == nil {
-		p.parked.seqs, p.parked.subjects, p.parked.versions = map[uint64]bool{}, map[string]bool{}, map[int]int{}
+		p.parked.seqs, p.parked.versions = map[uint64]bool{}, map[int]int{}
+		p.parked.setSubjects(map[string]bool{})
 	}
 	for _, q := range done {
 		delete(p.parked.subjects, q.subject) // unless kept below
@@ -454,6 +470,7 @@ func (p *Projector) redrive(ctx context.Context) error {
 	// at the next refresh (the acknowledgements above may not have
 	// removed theirs yet, so a refresh now could count them again).
 	p.parked.count = len(keep)
+	p.parked.any.Store(len(p.parked.subjects) > 0)
 	p.parked.mu.Unlock()
 	p.redriven.Add(uint64(len(stored)))
 	level := slog.LevelDebug
