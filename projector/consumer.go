@@ -17,12 +17,16 @@ import (
 // state (about once a second), and at start:
 //
 //   - changed (another filter, a pause, an inactivity threshold that
-//     would delete it, limits that skip or drop deliveries): Ready and
-//     Live fail naming each difference, and the ack floor no longer raises
-//     the checkpoint — a narrowed filter moves the floor past events never
-//     delivered. A restart (which is what a failed liveness probe does)
-//     restores the configuration, and the start's catch-up stores what the
-//     change skipped: from the checkpoint, which did not move meanwhile.
+//     would delete it, limits that skip or drop deliveries): the ack floor
+//     no longer raises the checkpoint — a narrowed filter moves the floor
+//     past events never delivered, and the consumer will not deliver them
+//     again. The fetcher restores the configuration and stores, from the
+//     checkpoint (which did not move meanwhile) to the stream's last
+//     event, what the change may have skipped; logged and counted
+//     (auditflow_projector_consumer_restored_total), and Ready says so for
+//     a while. Should the restore fail, Ready and Live fail naming each
+//     difference, and a restart (what a failed liveness probe does) does
+//     the same at start.
 //   - deleted: the fetcher recreates it, delivering from the store's
 //     contiguous checkpoint + 1, so nothing after the checkpoint is missed
 //     (what is applied again changes nothing); logged and counted
@@ -146,7 +150,56 @@ func (p *Projector) consumerReason() string {
 		}
 		p.recreatedAt.CompareAndSwap(at, 0)
 	}
+	if at := p.restoredAt.Load(); at != 0 {
+		if since := time.Since(time.Unix(0, at)); since < recreatedShown {
+			return fmt.Sprintf("durable consumer %s was changed outside the projector (%s) and restored %s ago; what the change skipped was stored from the checkpoint",
+				p.cfg.Consumer, p.restoredDrift.Load(), since.Round(time.Second))
+		}
+		p.restoredAt.CompareAndSwap(at, 0)
+	}
 	return ""
+}
+
+// restoreConsumer puts the durable consumer's configuration back after it
+// was changed (see the top of this file), stores what the change may have
+// skipped, and reports whether it did. The fetcher calls it when the
+// consumer's state shows drift.
+func (p *Projector) restoreConsumer(ctx context.Context, drift []string) bool {
+	what := strings.Join(drift, "; ")
+	p.log.Error("the durable consumer was changed outside the projector: restoring it, and storing from the checkpoint what the change may have skipped",
+		"consumer", p.cfg.Consumer, "drift", what)
+	cp, err := p.store.Checkpoint(ctx, p.cfg.Consumer)
+	if err != nil {
+		p.log.Warn("restoring the consumer: the store's checkpoint cannot be read; retrying", "err", err)
+		return false
+	}
+	c, err := p.js.Consumer(ctx, p.cfg.Stream.Name, p.cfg.Consumer)
+	if err != nil {
+		p.log.Warn("restoring the consumer: it cannot be read; retrying", "err", err)
+		return false
+	}
+	if _, err := p.js.CreateOrUpdateConsumer(ctx, p.cfg.Stream.Name, p.consumerConfig(c.CachedInfo())); err != nil {
+		p.log.Warn("restoring the consumer failed; retrying", "err", err)
+		return false
+	}
+	s, err := p.js.Stream(ctx, p.cfg.Stream.Name)
+	if err != nil {
+		p.log.Warn("restoring the consumer: the stream cannot be read; retrying", "err", err)
+		return false
+	}
+	last := s.CachedInfo().State.LastSeq
+	if last > cp {
+		if _, err := p.catchUp(ctx, cp, last, "the durable consumer was changed and restored"); err != nil {
+			p.log.Warn("restoring the consumer: storing what the change skipped failed; retrying", "err", err)
+			return false
+		}
+	}
+	p.progress.raise(last)
+	p.restored.Add(1)
+	p.restoredDrift.Store(what)
+	p.restoredAt.Store(time.Now().UnixNano())
+	p.lag.forget()
+	return true
 }
 
 // recreatedShown is how long Ready reports a recreated consumer at least:

@@ -51,6 +51,7 @@ func (p *Projector) registerMetrics(reg prometheus.Registerer) error {
 		counter("auditflow_projector_held_redriven_total", "Parked events this process stored when it started (a newer build reading what an older one parked).", &p.redriven),
 		counter("auditflow_projector_held_failures_total", "Events that could not be parked (the held stream did not store the pointer); each was left on the stream for later.", &p.heldFailures),
 		counter("auditflow_projector_consumer_recreated_total", "Times the durable consumer was found deleted and recreated from the store's checkpoint.", &p.recreated),
+		counter("auditflow_projector_consumer_restored_total", "Times the durable consumer was found changed outside the projector and restored, what the change skipped stored from the checkpoint.", &p.restored),
 		counter("auditflow_projector_busy_worker_naks_total", "Messages handed back to the stream because their apply loop was busy for longer than the hand-over wait.", &p.busyNaks),
 		counter("auditflow_projector_stale_token_events_total", "Events written with a lock token lower than one already recorded for their pipeline (a writer that outlived its lease).", &p.staleTokens),
 		counter("auditflow_projector_out_of_chain_events_total", "Events that do not extend their change's chain (a copy of an earlier event published again, a fork, a downgrade); each opens its change's issue as OUT_OF_CHAIN. Redeliveries count again.", &p.outOfChain),

@@ -204,8 +204,12 @@ type Projector struct {
 	cfg   Config
 	log   *slog.Logger
 	cons  jetstream.Consumer
-	// restored: setupConsumer found the consumer changed and restored it.
-	restored bool
+	// restoredAtStart: setupConsumer found the consumer changed and
+	// restored it. restoredAt and restoredDrift: when the fetcher last
+	// restored it, and what had changed (consumer.go).
+	restoredAtStart bool
+	restoredAt      atomic.Int64
+	restoredDrift   atomic.Value
 	// recreatedAt is when the fetcher last recreated the deleted consumer
 	// (unix ns, 0 if never): Ready says so until it has caught up.
 	recreatedAt atomic.Int64
@@ -216,7 +220,7 @@ type Projector struct {
 
 	applied, batches, retries, deadLettered, writeFailures, staleTokens atomic.Uint64
 	deadLetterFailures, storeRefusals, held, busyNaks, untrusted        atomic.Uint64
-	heldFailures, redriven, recreated                                   atomic.Uint64
+	heldFailures, redriven, recreated, restored                         atomic.Uint64
 	parked                                                              parking // held.go
 	heldLog                                                             logLimit
 	tokens                                                              tokenWatch
@@ -321,8 +325,9 @@ type Stats struct {
 	// stream for later); Redriven counts parked events stored at start.
 	Held, HeldFailures, Redriven uint64
 	// ConsumerRecreated counts times the durable consumer was found
-	// deleted and recreated from the store's checkpoint.
-	ConsumerRecreated uint64
+	// deleted and recreated from the store's checkpoint; ConsumerRestored
+	// times it was found changed and restored (consumer.go).
+	ConsumerRecreated, ConsumerRestored uint64
 	// BusyNaks counts messages handed back to the stream because their
 	// apply loop was busy.
 	BusyNaks uint64
@@ -352,7 +357,7 @@ func (p *Projector) Stats() Stats {
 	return Stats{Applied: p.applied.Load(), Batches: p.batches.Load(), Retries: p.retries.Load(),
 		WriteFailures: p.writeFailures.Load(), DeadLettered: p.deadLettered.Load(),
 		DeadLetterFailures: p.deadLetterFailures.Load(), StoreRefusals: p.storeRefusals.Load(),
-		Held: p.held.Load(), HeldFailures: p.heldFailures.Load(), Redriven: p.redriven.Load(), ConsumerRecreated: p.recreated.Load(), BusyNaks: p.busyNaks.Load(), StaleTokens: p.staleTokens.Load(), Untrusted: p.untrusted.Load(), LastSeq: p.lastSeq.Load(),
+		Held: p.held.Load(), HeldFailures: p.heldFailures.Load(), Redriven: p.redriven.Load(), ConsumerRecreated: p.recreated.Load(), ConsumerRestored: p.restored.Load(), BusyNaks: p.busyNaks.Load(), StaleTokens: p.staleTokens.Load(), Untrusted: p.untrusted.Load(), LastSeq: p.lastSeq.Load(),
 		OutOfChain: p.outOfChain.Load(), ChainLookupFailures: p.lookupFailures.Load(), Checkpoint: p.checkpointRecorded()}
 }
 
@@ -402,7 +407,7 @@ func (p *Projector) setupConsumer(ctx context.Context) error {
 	if c, err := p.js.Consumer(ctx, p.cfg.Stream.Name, p.cfg.Consumer); err == nil {
 		existing = c.CachedInfo()
 		if d := p.drift(existing.Config); len(d) > 0 {
-			p.restored = true
+			p.restoredAtStart = true
 			p.log.Warn("the durable consumer was changed outside the projector: restoring its configuration (the catch-up stores what the change skipped)",
 				"consumer", p.cfg.Consumer, "drift", strings.Join(d, "; "))
 		}
@@ -506,6 +511,9 @@ func (p *Projector) fetchLoop(ctx context.Context, parts []chan []delivery, dead
 	fails := backoff.NewExponentialBackOff(backoff.WithMaxInterval(p.cfg.RetryMax), backoff.WithMaxElapsedTime(0))
 	busy := make([]bool, len(parts)+1) // the apply loops, then the dead-letter loop
 	for ctx.Err() == nil {
+		if st, _, err := p.lag.get(); err == nil && len(st.drift) > 0 && p.restoreConsumer(ctx, st.drift) {
+			p.lastCons = 0 // what follows is not contiguous with what came before
+		}
 		msgs, err := p.fetch()
 		p.health.fetched(err)
 		if err != nil && len(msgs) == 0 {

@@ -36,7 +36,7 @@ import (
 // Run's writes build on.
 func (p *Projector) checkStore(ctx context.Context) error {
 	ackFloor := p.cons.CachedInfo().AckFloor.Stream
-	if p.restored {
+	if p.restoredAtStart {
 		// The consumer was changed (setupConsumer restored it): while it
 		// was, its position moved past events it never delivered, which it
 		// will not deliver now — and its info does not say how far. Catch
@@ -73,7 +73,8 @@ func (p *Projector) checkStore(ctx context.Context) error {
 			return err
 		}
 	default:
-		if cp, err = p.catchUp(ctx, cp, ackFloor); err != nil {
+		if cp, err = p.catchUp(ctx, cp, ackFloor,
+			"the store is behind its consumer (the last projector stopped before recording its progress, the store was restored from a backup, or the consumer was changed)"); err != nil {
 			return err
 		}
 	}
@@ -130,8 +131,9 @@ func (p *Projector) rebuild(ctx context.Context, ackFloor uint64) (uint64, error
 // Events past the ack floor are left to the consumer, which will deliver
 // them. Every batch records its progress, so an interrupted catch-up
 // resumes where it stopped.
-func (p *Projector) catchUp(ctx context.Context, cp, ackFloor uint64) (uint64, error) {
-	p.log.Warn("the store is behind its consumer (the last projector stopped before recording its progress, or the store was restored from a backup): storing the events after its checkpoint before consuming",
+// why says what made it necessary, for the log.
+func (p *Projector) catchUp(ctx context.Context, cp, ackFloor uint64, why string) (uint64, error) {
+	p.log.Warn(why+": storing the events after its checkpoint",
 		"consumer", p.cfg.Consumer, "checkpoint", cp, "ackFloor", ackFloor, "events", ackFloor-cp)
 	start := time.Now()
 	var applied, skipped int
