@@ -164,7 +164,13 @@ func (p *Projector) consumerReason() string {
 // was changed (see the top of this file), stores what the change may have
 // skipped, and reports whether it did. The fetcher calls it when the
 // consumer's state shows drift.
-func (p *Projector) restoreConsumer(ctx context.Context, drift []string) bool {
+func (p *Projector) restoreConsumer(ctx context.Context, drift []string) (ok bool) {
+	p.restoreFailing.CompareAndSwap(0, time.Now().UnixNano())
+	defer func() {
+		if ok {
+			p.restoreFailing.Store(0)
+		}
+	}()
 	what := strings.Join(drift, "; ")
 	p.log.Error("the durable consumer was changed outside the projector: restoring it, and storing from the checkpoint what the change may have skipped",
 		"consumer", p.cfg.Consumer, "drift", what)
@@ -212,17 +218,25 @@ func (p *Projector) driftReason(drift []string) string {
 }
 
 // Live reports whether a restart would not help: it fails when the
-// consumer was changed (a restart restores it), or the projector is
-// stopping.
+// projector is stopping, or its consumer was changed and restoring it in
+// place has failed for restoreGiveUp (a restart restores it at start).
 func (p *Projector) Live() error {
 	if p.stopping.Load() {
 		return fmt.Errorf("%w: shutting down", ErrNotReady)
+	}
+	since := p.restoreFailing.Load()
+	if since == 0 || time.Since(time.Unix(0, since)) < restoreGiveUp {
+		return nil
 	}
 	if st, _, err := p.lag.get(); err == nil && len(st.drift) > 0 {
 		return fmt.Errorf("%w: %s", ErrNotReady, p.driftReason(st.drift))
 	}
 	return nil
 }
+
+// restoreGiveUp is how long restoring a changed consumer in place may fail
+// before Live asks for a restart.
+var restoreGiveUp = 30 * time.Second
 
 // recreateConsumer creates the durable consumer again after it was
 // deleted, delivering from the store's contiguous checkpoint + 1, and

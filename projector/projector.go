@@ -210,6 +210,7 @@ type Projector struct {
 	restoredAtStart bool
 	restoredAt      atomic.Int64
 	restoredDrift   atomic.Value
+	restoreFailing  atomic.Int64 // unix ns since restoring has failed, 0 if it has not
 	// recreatedAt is when the fetcher last recreated the deleted consumer
 	// (unix ns, 0 if never): Ready says so until it has caught up.
 	recreatedAt atomic.Int64
