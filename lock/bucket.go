@@ -92,7 +92,7 @@ func openBucket(ctx context.Context, js jetstream.JetStream, cfg *Config, log *s
 		if !cfg.CreateBucket {
 			return nil, fmt.Errorf("%w: lock bucket %s %s: anyone who may write one lock key could remove every lock (one publish with Nats-Rollup: all), "+
 				"and a waiting runner would take a live holder's. Make it refuse them, in place, keeping its locks: `auditflow init` lists what differs, "+
-				"and the edit (nats stream edit KV_%s --no-allow-rollup --deny-purge --deny-delete) is break-glass in a deployment (README, Security)",
+				"and the edit (nats stream edit KV_%s --no-allow-rollup --deny-purge --deny-delete) is break-glass in a deployment (docs/security.md, Break-glass)",
 				ErrUnsafeBucket, cfg.Bucket, strings.Join(problems, ", "), cfg.Bucket)
 		}
 		if s, err = secure(ctx, js, info.Config); err != nil {

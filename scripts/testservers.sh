@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # testservers.sh — obtain, build, start, wait for and stop the real database
-# servers that auditflow's integration tests run against (see the README's
-# Tests section, which lists the prerequisites: Go with access to the module
+# servers that auditflow's integration tests run against (see docs/testing.md,
+# which lists the prerequisites: Go with access to the module
 # proxy, node and npm for dynalite, PostgreSQL 15 at /usr/lib/postgresql/15
 # for FerretDB):
 #

@@ -1,6 +1,6 @@
 // Command projector consumes the audit stream into an audit store until it
 // receives SIGINT or SIGTERM, then finishes its batch in flight, acknowledges
-// it and exits 0. See the README, or run it with -h.
+// it and exits 0. See docs/deployment.md, or run it with -h.
 package main
 
 import (

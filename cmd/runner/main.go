@@ -1,5 +1,5 @@
 // Command runner applies a pipeline's change files under the pipeline lock
-// and records every execution on the audit stream. See the README, or run
+// and records every execution on the audit stream. See docs/change-files.md, or run
 // it with -h.
 package main
 

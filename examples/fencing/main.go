@@ -8,7 +8,7 @@
 //
 // Exit status: 0 the write was recorded; 3 fenced (a newer lock holder has
 // written this resource: the write was refused); 2 usage; 1 any other
-// error. See README.md for why a runner's lock alone is not enough.
+// error. See docs/fencing.md for why a runner's lock alone is not enough.
 package main
 
 import (

@@ -3,6 +3,6 @@
 // processes against a real nats-server, then killed with SIGKILL, paused
 // with SIGSTOP, interrupted with SIGTERM or cut off from NATS by a TCP
 // proxy, at the worst moments, as operators and attackers would. Each test
-// asserts a guarantee the README makes. The package has no code of its
-// own; the long soak runs with -tags stress (see the README).
+// asserts a guarantee the docs make. The package has no code of its
+// own; the long soak runs with -tags stress (see docs/testing.md).
 package faulttest

@@ -78,7 +78,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.TLSCert, "nats-tls-cert", Env("AUDITFLOW_NATS_TLS_CERT", ""), "client certificate for mutual TLS [AUDITFLOW_NATS_TLS_CERT]")
 	fs.StringVar(&c.TLSKey, "nats-tls-key", Env("AUDITFLOW_NATS_TLS_KEY", ""), "client key for mutual TLS [AUDITFLOW_NATS_TLS_KEY]")
 	fs.StringVar(&c.TLSCA, "nats-tls-ca", Env("AUDITFLOW_NATS_TLS_CA", ""), "CA certificate to verify the server [AUDITFLOW_NATS_TLS_CA]")
-	fs.StringVar(&c.InboxPrefix, "nats-inbox-prefix", Env("AUDITFLOW_NATS_INBOX_PREFIX", ""), "subject `prefix` of this process's reply inboxes; the server must let this user subscribe to PREFIX.> (default _INBOX.<user> with a user in the URL or context, else _INBOX.<role>: README, Security) [AUDITFLOW_NATS_INBOX_PREFIX]")
+	fs.StringVar(&c.InboxPrefix, "nats-inbox-prefix", Env("AUDITFLOW_NATS_INBOX_PREFIX", ""), "subject `prefix` of this process's reply inboxes; the server must let this user subscribe to PREFIX.> (default _INBOX.<user> with a user in the URL or context, else _INBOX.<role>: docs/security.md, Inboxes) [AUDITFLOW_NATS_INBOX_PREFIX]")
 	fs.StringVar(&c.Context, "context", Env("AUDITFLOW_NATS_CONTEXT", ""), "NATS CLI context `NAME` (~/.config/nats/context/NAME.json, as nats context save writes it): its server, credentials and TLS files, where the --nats-* flags give none [AUDITFLOW_NATS_CONTEXT]")
 }
 

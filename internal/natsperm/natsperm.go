@@ -40,7 +40,7 @@ func (e *Error) Error() string {
 	if e.Op == "subscribe" {
 		verb = "subscribe to"
 	}
-	return fmt.Sprintf("permission denied: this NATS user may not %s %q (the server refused it; grant the right in the server's authorization for this role, or connect as a user that has it: see the README, Security)",
+	return fmt.Sprintf("permission denied: this NATS user may not %s %q (the server refused it; grant the right in the server's authorization for this role, or connect as a user that has it: see docs/security.md, Roles)",
 		verb, e.Subject)
 }
 

@@ -107,7 +107,7 @@ func (c Config) Require(embedded bool) error {
 	case c.Trust != "" || c.InsecureNoTrust || embedded: // a list given is used, whatever else
 		return nil
 	}
-	return fmt.Errorf("%w: without --trust (or %s) signatures are not checked, and any event anyone with publish rights writes — a forged ExecutionSucceeded, a copied runner id — is believed. Give the trust list (auditflow keys new writes a key and its entry; see the README's Signed events), or --insecure-no-trust (%s=true) to run without one on purpose",
+	return fmt.Errorf("%w: without --trust (or %s) signatures are not checked, and any event anyone with publish rights writes — a forged ExecutionSucceeded, a copied runner id — is believed. Give the trust list (auditflow keys new writes a key and its entry; see docs/security.md, Signed events), or --insecure-no-trust (%s=true) to run without one on purpose",
 		ErrNoTrust, EnvTrust, EnvInsecure)
 }
 
