@@ -17,7 +17,7 @@
 #                             runners'
 #   trust.yaml                the trust list naming them: projectors,
 #                             runners and verify refuse to run without one
-#                             (README, Signed events). Public: mode 644.
+#                             (docs/security.md, Signed events). Public: mode 644.
 #
 # Keys are made with the auditflow binary on PATH, or go run from this
 # checkout. They are mode 600: give them to uid 10001 (the image's user)
