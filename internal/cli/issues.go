@@ -241,7 +241,7 @@ event claims.`,
 			if err != nil {
 				return err
 			}
-			if signer != nil && !cmd.Flags().Changed("operator") {
+			if signer != nil && !cmd.Flags().Changed("operator") && !a.localKey {
 				operator = "" // the key says who: $USER is not an identity
 			}
 			switch {
@@ -255,8 +255,13 @@ event claims.`,
 			host, _ := os.Hostname()
 			r := runner.Resolution{Pipeline: pipeline, ChangeID: change, Resolution: res, Operator: operator, Reason: reason,
 				Host: host, RunnerID: "auditflow-cli", Force: force, Trust: list}
+			if a.localKey {
+				// The embedded mode's one local key signs for whoever runs
+				// it: record their name beside the key, as runner --embedded does.
+				r.Trust = nil
+			}
 			if operator, err = runner.OperatorOf(signer, r); err != nil { // before anything is asked of NATS
-				return usageError{err}
+				return usageError{fixError{err}}
 			}
 			js, err := a.connect()
 			if err != nil {
@@ -277,13 +282,23 @@ event claims.`,
 			seq, err := runner.Resolve(cmd.Context(), prod, locker, r)
 			switch {
 			case errors.Is(err, runner.ErrInvalidConfig):
-				return usageError{err}
+				return usageError{fixError{err}}
 			case errors.Is(err, runner.ErrNothingToResolve):
 				return fmt.Errorf("%w: %w", errNotFound, err)
 			case errors.Is(err, runner.ErrUnsafeResolution):
 				return fmt.Errorf("%w: %w", errRefused, err)
 			case err != nil:
 				return err
+			}
+			if a.embedded {
+				// Project the decision before returning, so that the next
+				// command (issue list, stats, the console) sees the issue closed.
+				if _, err := a.openStore(cmd.Context()); err == nil {
+					err = a.catchUp(cmd.Context())
+				}
+				if err != nil {
+					a.log.Warn("the decision is recorded on the stream, but the embedded store could not be brought up to date; the next command will", "err", err)
+				}
 			}
 			out := map[string]any{"pipeline": pipeline, "changeId": change, "resolution": res, "operator": operator, "seq": seq}
 			return a.emit(out, func(w *tabwriter.Writer) {
@@ -300,6 +315,17 @@ event claims.`,
 	issue.AddCommand(list, get, fix)
 	return issue
 }
+
+// fixError words an error of runner.ErrInvalidConfig from recording a
+// decision as what it is: a problem with issue fix's flags or keys, not
+// with a runner's configuration.
+type fixError struct{ err error }
+
+func (e fixError) Error() string {
+	return "issue fix: " + strings.TrimPrefix(e.err.Error(), runner.ErrInvalidConfig.Error()+": ")
+}
+
+func (e fixError) Unwrap() error { return e.err }
 
 type issueDetail struct {
 	inspect.IssueView
