@@ -97,11 +97,14 @@ stop at it, and get says which message it is and how to resolve the change.`,
 			}
 			ctx := cmd.Context()
 			var rows []stores.Issue
+			var storeMissing error
 			st, err := a.openStore(ctx)
 			switch {
 			case errors.Is(err, storeflags.ErrStoreMissing) && guidance:
-				// The stream alone can still say what blocks the change.
-				fmt.Fprintf(a.errOut, "auditflow: %v; the guidance is from the stream alone\n", err)
+				// The stream alone can still say what blocks the change
+				// (a message that is not its event); what it is otherwise,
+				// only the store says.
+				storeMissing = err
 			case err != nil:
 				return err
 			default:
@@ -114,15 +117,25 @@ stop at it, and get says which message it is and how to resolve the change.`,
 			var bad *producer.BadEventError
 			var untrusted *runner.UntrustedEvent
 			var oop *producer.OutOfPlaceError
+			var newestSeq uint64
 			if guidance || len(rows) == 0 {
-				if bad, untrusted, oop, err = a.newestProblem(ctx, pipeline, change); err != nil {
+				if bad, untrusted, oop, newestSeq, err = a.newestProblem(ctx, pipeline, change); err != nil {
 					if len(rows) == 0 {
 						return err
 					}
 					fmt.Fprintf(a.errOut, "auditflow: the guidance is from the store alone: %v\n", err)
 				}
 			}
-			if len(rows) == 0 && bad == nil {
+			problem := bad != nil || untrusted != nil || oop != nil
+			switch {
+			case storeMissing != nil && !problem && newestSeq > 0:
+				return fmt.Errorf("change %q of pipeline %q has events on the stream (the newest at sequence %d), but its state, history and "+
+					"guidance come from the audit store, and %w", change, pipeline, newestSeq, storeMissing)
+			case storeMissing != nil && !problem:
+				return fmt.Errorf("%w: change %q of pipeline %q has no events on the stream either; and %w", errNotFound, change, pipeline, storeMissing)
+			case storeMissing != nil:
+				fmt.Fprintf(a.errOut, "auditflow: %v\n(the guidance below is from the stream alone)\n", storeMissing)
+			case len(rows) == 0 && bad == nil:
 				return fmt.Errorf("%w: no change %q in pipeline %q in this store", errNotFound, change, pipeline)
 			}
 			var hist []stores.Record
@@ -352,14 +365,15 @@ type badNewestView struct {
 // it is not a valid event of the change, if it is not where it was written
 // (a copy published again), or, judged with --trust, if it is an event the
 // trust list does not accept; nils if none, or the change has no events.
-func (a *app) newestProblem(ctx context.Context, pipeline, change string) (*producer.BadEventError, *runner.UntrustedEvent, *producer.OutOfPlaceError, error) {
+// It also returns the newest message's sequence (0: the change has none).
+func (a *app) newestProblem(ctx context.Context, pipeline, change string) (*producer.BadEventError, *runner.UntrustedEvent, *producer.OutOfPlaceError, uint64, error) {
 	list, err := a.trustList()
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, 0, err
 	}
 	js, err := a.connect()
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, 0, err
 	}
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -368,15 +382,15 @@ func (a *app) newestProblem(ctx context.Context, pipeline, change string) (*prod
 	var oop *producer.OutOfPlaceError
 	switch {
 	case errors.As(err, &bad):
-		return bad, nil, nil, nil
+		return bad, nil, nil, bad.Head.Seq, nil
 	case errors.As(err, &oop):
-		return nil, nil, oop, nil
+		return nil, nil, oop, oop.Head.Seq, nil
 	case err == nil:
-		return nil, runner.Judge(list, last, head), nil, nil
+		return nil, runner.Judge(list, last, head), nil, head.Seq, nil
 	case errors.Is(err, producer.ErrNoEvents):
-		return nil, nil, nil, nil
+		return nil, nil, nil, 0, nil
 	}
-	return nil, nil, nil, fmt.Errorf("read the change's newest message from the stream: %w", err)
+	return nil, nil, nil, 0, fmt.Errorf("read the change's newest message from the stream: %w", err)
 }
 
 func tail(s string, lines int) string {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/auditflow/auditflow/internal/cli"
+	"github.com/auditflow/auditflow/internal/embedded"
 	"github.com/auditflow/auditflow/internal/runnercmd"
 )
 
@@ -199,4 +200,47 @@ func freeAddr(t *testing.T) string {
 	addr := ln.Addr().String()
 	_ = ln.Close()
 	return addr
+}
+
+// TestMessagesPointSomewhere: on a fresh clone and around the quickstart,
+// what the commands say leads somewhere: a missing store points at the
+// quickstart and at --store; the first embedded run does not open with a
+// replay that had nothing to do; issue get --guidance with the store
+// missing says the change is on the stream and what is missing, instead of
+// "not found".
+func TestMessagesPointSomewhere(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	code, out, stderr := auditflow(t, "audit", "list")
+	if code != cli.ExitUsage || !strings.Contains(stderr, "runner --embedded --changes examples/changes") || !strings.Contains(stderr, "--store") {
+		t.Fatalf("audit list in a fresh directory: exit %d, want %d pointing at the quickstart and --store\n%s%s", code, cli.ExitUsage, out, stderr)
+	}
+
+	var rout, rerr bytes.Buffer
+	if code := runnercmd.Main(context.Background(), []string{"--embedded", "--changes", examples, "--log-level", "info"}, &rout, &rerr); code != runnercmd.ExitOK {
+		t.Fatalf("quickstart: exit %d\n%s\n%s", code, rout.String(), rerr.String())
+	}
+	if strings.Contains(rerr.String(), "nothing to replay") {
+		t.Fatalf("the first embedded run logs a replay with nothing to do:\n%s", rerr.String())
+	}
+
+	// The quickstart's stream served to another process; a store that is not there.
+	srv, err := embedded.Start(embedded.Config{DataDir: filepath.Join(dir, ".auditflow", "nats"), Share: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	var info struct{ URL, Token string }
+	if b, err := os.ReadFile(filepath.Join(dir, ".auditflow", "nats", "server.json")); err != nil || json.Unmarshal(b, &info) != nil {
+		t.Fatalf("server.json: %v", err)
+	}
+	url := strings.Replace(info.URL, "nats://", "nats://"+info.Token+"@", 1)
+	missing := filepath.Join(dir, "elsewhere.db")
+	code, out, stderr = auditflow(t, "--nats-url", url, "--sqlite-path", missing, "issue", "get", "-p", "default", "-c", "0002-add-customer-index", "--guidance")
+	if code != cli.ExitUsage || !strings.Contains(stderr, "has events on the stream") || !strings.Contains(stderr, missing) || strings.Contains(stderr, "not found") {
+		t.Fatalf("issue get --guidance with the store missing: exit %d, want %d saying the change is on the stream and naming the store\n%s%s", code, cli.ExitUsage, out, stderr)
+	}
+	if _, err := os.Stat(missing); err == nil {
+		t.Fatalf("issue get created %s", missing)
+	}
 }
