@@ -224,6 +224,13 @@ func TestMessagesPointSomewhere(t *testing.T) {
 		t.Fatalf("the first embedded run logs a replay with nothing to do:\n%s", rerr.String())
 	}
 
+	// The same time syntax as the console's API: a duration or an RFC 3339 time.
+	for _, since := range []string{"24h", time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)} {
+		if code, out, stderr := auditflow(t, "audit", "list", "--since", since); code != cli.ExitOK || strings.Count(out, "APPLIED") != 4 {
+			t.Fatalf("audit list --since %s: exit %d, want the 4 changes\n%s%s", since, code, out, stderr)
+		}
+	}
+
 	// The quickstart's stream served to another process; a store that is not there.
 	srv, err := embedded.Start(embedded.Config{DataDir: filepath.Join(dir, ".auditflow", "nats"), Share: true})
 	if err != nil {

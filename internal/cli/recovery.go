@@ -148,25 +148,6 @@ Give it the projectors' --trust: replay judges signatures as they do.`,
 	return cmd
 }
 
-// parseSince reads --since: a duration before now (24h, 90m) or an RFC 3339
-// time. A negative duration or a time after now would start in the future.
-func parseSince(s string, now time.Time) (time.Time, error) {
-	if d, err := time.ParseDuration(s); err == nil {
-		if d < 0 {
-			return time.Time{}, fmt.Errorf("%q is a negative duration: give how long ago, e.g. 24h", s)
-		}
-		return now.Add(-d), nil
-	}
-	t, err := time.Parse(time.RFC3339, s)
-	if err != nil {
-		return time.Time{}, fmt.Errorf("%q is neither a duration (e.g. 24h) nor an RFC 3339 time (e.g. 2026-01-02T15:04:05Z)", s)
-	}
-	if t.After(now) {
-		return time.Time{}, fmt.Errorf("%s is in the future", s)
-	}
-	return t, nil
-}
-
 func (a *app) runVerify(ctx context.Context) (*verify.Report, error) {
 	js, err := a.connect()
 	if err != nil {

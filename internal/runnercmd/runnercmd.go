@@ -175,7 +175,7 @@ Examples:
   runner --embedded --changes examples/changes     # in-process NATS and SQLite under .auditflow/
   runner --embedded --changes examples/changes --dry-run
   runner --nats-url nats://nats:4222 --pipeline billing --changes ./changes
-  auditflow issue fix -p billing -c 0002-add-customer-index -r applied --reason "index exists"   # not runner --resolve
+  auditflow issue fix -p billing -c 0002-add-customer-index -r applied --reason "index exists"   # records a decision (runner --resolve is its alias)
 
 Flags:
 `)
