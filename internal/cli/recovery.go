@@ -18,17 +18,21 @@ import (
 	"github.com/auditflow/auditflow/verify"
 )
 
-// progress reports a long operation: a bar on a terminal, a log line every
-// few seconds otherwise (CI, files, journald).
+// progress reports a long operation: a bar on a terminal, a line every
+// few seconds otherwise (CI, files, journald), and one at the end.
 type progress struct {
 	bar      *progressbar.ProgressBar
 	w        io.Writer
 	what     string
+	start    time.Time
 	lastLine time.Time
+	done     int64
+	total    int64 // < 1: unknown (verify reads until it has compared all)
+	printed  bool  // a line was printed since the last change
 }
 
 func (a *app) newProgress(what string, total int64) *progress {
-	p := &progress{w: a.errOut, what: what, lastLine: time.Now()}
+	p := &progress{w: a.errOut, what: what, start: time.Now(), lastLine: time.Now()}
 	if f, ok := a.errOut.(*os.File); ok && term.IsTerminal(int(f.Fd())) && !a.asJSON {
 		p.bar = progressbar.NewOptions64(total, progressbar.OptionSetWriter(a.errOut), progressbar.OptionSetDescription(what),
 			progressbar.OptionShowCount(), progressbar.OptionShowIts(), progressbar.OptionSetItsString("events"),
@@ -37,16 +41,39 @@ func (a *app) newProgress(what string, total int64) *progress {
 	return p
 }
 
+// set records how far the operation has got; total < 1 is unknown, and
+// rate 0 is measured here.
 func (p *progress) set(done, total int64, rate float64, eta time.Duration) {
 	if p.bar != nil {
 		p.bar.ChangeMax64(total)
 		_ = p.bar.Set64(done)
 		return
 	}
+	p.done, p.total, p.printed = done, total, false
 	if time.Since(p.lastLine) >= 5*time.Second || (done == total && total > 0) {
 		p.lastLine = time.Now()
-		fmt.Fprintf(p.w, "%s: %d/%d events, %.0f events/s, about %s left\n", p.what, done, total, rate, eta.Round(time.Second))
+		p.line(rate, eta)
 	}
+}
+
+// line prints where the operation is off a terminal: with a known total,
+// how much of it and the time left; without, how many events so far.
+func (p *progress) line(rate float64, eta time.Duration) {
+	if rate <= 0 {
+		if secs := time.Since(p.start).Seconds(); secs > 0 {
+			rate = float64(p.done) / secs
+		}
+	}
+	p.printed = true
+	if p.total < 1 {
+		fmt.Fprintf(p.w, "%s: %d events read, %.0f/s\n", p.what, p.done, rate)
+		return
+	}
+	if p.done >= p.total {
+		fmt.Fprintf(p.w, "%s: %d/%d events, %.0f/s, done\n", p.what, p.done, p.total, rate)
+		return
+	}
+	fmt.Fprintf(p.w, "%s: %d/%d events, %.0f/s, about %s left\n", p.what, p.done, p.total, rate, eta.Round(time.Second))
 }
 
 // replay reports a replay's progress.
@@ -57,6 +84,10 @@ func (p *progress) replay(r projector.ReplayProgress) {
 func (p *progress) finish() {
 	if p.bar != nil {
 		_ = p.bar.Finish()
+		return
+	}
+	if p.done > 0 && !p.printed { // where it ended, unless just said
+		p.line(0, 0)
 	}
 }
 
