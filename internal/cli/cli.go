@@ -8,7 +8,9 @@
 // testdata/ pin them), and exits with a documented code (see Exit*).
 // Commands that only read open the store read-only and create nothing.
 // After runner --embedded, the commands read its data directory in-process
-// with no flags (embedded.go).
+// with no flags (embedded.go), and bring its SQLite store — a local copy
+// of the local stream — up to date before reading (catchUp), so that each
+// command sees the effect of the one before.
 package cli
 
 import (

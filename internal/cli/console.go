@@ -44,7 +44,8 @@ command that fixes them, locks, dead letters, projector lag) and the same
 data as JSON under /api/v1 (described at /api/v1/openapi.json). Pages update
 live from the projector's AuditWrite events.
 
-It only reads: the store is opened read-only, and fixing stays in the CLI.
+It only reads: a deployment's store is opened read-only, and fixing stays in
+the CLI.
 Everyone needs an API key from --keys-file (auditflow console key new makes
 one): the API takes it as "Authorization: Bearer KEY", browsers once in the
 sign-in form. --insecure-no-auth lets everyone in, on a loopback address

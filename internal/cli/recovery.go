@@ -19,20 +19,23 @@ import (
 )
 
 // progress reports a long operation: a bar on a terminal, a line every
-// few seconds otherwise (CI, files, journald), and one at the end.
+// few seconds otherwise (CI, files, journald), and, if it printed any, one
+// at the end. A quick operation prints nothing off a terminal.
 type progress struct {
 	bar      *progressbar.ProgressBar
 	w        io.Writer
 	what     string
+	every    time.Duration // between lines off a terminal
 	start    time.Time
 	lastLine time.Time
 	done     int64
 	total    int64 // < 1: unknown (verify reads until it has compared all)
 	printed  bool  // a line was printed since the last change
+	any      bool  // a line was printed
 }
 
 func (a *app) newProgress(what string, total int64) *progress {
-	p := &progress{w: a.errOut, what: what, start: time.Now(), lastLine: time.Now()}
+	p := &progress{w: a.errOut, what: what, every: 5 * time.Second, start: time.Now(), lastLine: time.Now()}
 	if f, ok := a.errOut.(*os.File); ok && term.IsTerminal(int(f.Fd())) && !a.asJSON {
 		p.bar = progressbar.NewOptions64(total, progressbar.OptionSetWriter(a.errOut), progressbar.OptionSetDescription(what),
 			progressbar.OptionShowCount(), progressbar.OptionShowIts(), progressbar.OptionSetItsString("events"),
@@ -50,7 +53,7 @@ func (p *progress) set(done, total int64, rate float64, eta time.Duration) {
 		return
 	}
 	p.done, p.total, p.printed = done, total, false
-	if time.Since(p.lastLine) >= 5*time.Second || (done == total && total > 0) {
+	if time.Since(p.lastLine) >= p.every || (done == total && total > 0) {
 		p.lastLine = time.Now()
 		p.line(rate, eta)
 	}
@@ -64,7 +67,7 @@ func (p *progress) line(rate float64, eta time.Duration) {
 			rate = float64(p.done) / secs
 		}
 	}
-	p.printed = true
+	p.printed, p.any = true, true
 	if p.total < 1 {
 		fmt.Fprintf(p.w, "%s: %d events read, %.0f/s\n", p.what, p.done, rate)
 		return
@@ -86,7 +89,7 @@ func (p *progress) finish() {
 		_ = p.bar.Finish()
 		return
 	}
-	if p.done > 0 && !p.printed { // where it ended, unless just said
+	if p.any && !p.printed { // where it ended, unless just said
 		p.line(0, 0)
 	}
 }
