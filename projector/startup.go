@@ -55,7 +55,9 @@ func (p *Projector) checkStore(ctx context.Context) error {
 	switch {
 	case cp >= ackFloor:
 		if p.cfg.Rebuild {
-			p.log.Info("rebuild: the store already holds every event its consumer has acknowledged; nothing to replay",
+			// Not news (runner --embedded asks for a rebuild on every
+			// start, the first included): debug only.
+			p.log.Debug("rebuild: the store already holds every event its consumer has acknowledged; nothing to replay",
 				"checkpoint", cp, "ackFloor", ackFloor)
 		}
 	case cp == 0 && !p.cfg.Rebuild:
@@ -64,7 +66,8 @@ func (p *Projector) checkStore(ctx context.Context) error {
 			"was lost or reset, or is not the one this consumer has been writing to, and consuming into it would leave "+
 			"those events out of it for good (audit and issue listings would miss them). Fill it from the stream: start "+
 			"the projector with --rebuild (Config.Rebuild), which replays the stream into the store and then consumes "+
-			"(`auditflow replay` fills a store too, but records its progress under its own name, not this consumer's). "+
+			"(`auditflow replay` fills a store too, and a replay that covers the stream from its first event — the default, "+
+			"or --reset — also records this consumer's progress (its --consumer, default projector-<store>), so the projector starts on it). "+
 			"Or point the projector at the store this consumer has been writing to. Or, to have the consumer deliver "+
 			"the stream again from its first event, delete it (nats consumer rm %s %s) or use another --consumer name",
 			ErrStoreBehind, p.cfg.Consumer, ackFloor, p.cfg.Stream.Name, p.cfg.Consumer)

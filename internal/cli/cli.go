@@ -8,7 +8,9 @@
 // testdata/ pin them), and exits with a documented code (see Exit*).
 // Commands that only read open the store read-only and create nothing.
 // After runner --embedded, the commands read its data directory in-process
-// with no flags (embedded.go).
+// with no flags (embedded.go), and bring its SQLite store — a local copy
+// of the local stream — up to date before reading (catchUp), so that each
+// command sees the effect of the one before.
 package cli
 
 import (
@@ -22,6 +24,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"text/tabwriter"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -75,6 +78,7 @@ type app struct {
 	dataDir        string  // --data-dir
 	detected       bool    // embedded was detected, not asked for: say so once
 	noted          bool
+	localKey       bool // the signing key is the embedded mode's local key (trust.LocalKey), picked by setUpEmbedded
 	readOnly       bool // the command only reads: the store is opened read-only and nothing is created
 	ran            bool // flags and arguments were accepted: a later error is not a usage error
 
@@ -258,13 +262,56 @@ func (a *app) openStore(ctx context.Context) (stores.Store, error) {
 		return a.st, nil
 	}
 	a.note()
-	a.store.ReadOnly = a.readOnly
+	// The embedded store is a local copy of the local stream, which this
+	// process brings up to date before reading (catchUp): it is opened
+	// for writing, and created if it was deleted.
+	a.store.ReadOnly = a.readOnly && !a.embedded
 	st, closeStore, err := a.store.Open(ctx, a.log)
+	if errors.Is(err, storeflags.ErrStoreMissing) && !a.embedded {
+		return nil, fmt.Errorf("%w.\nNew here? `runner --embedded --changes examples/changes` runs the example changes and creates "+
+			"the embedded data (in %s) that auditflow then reads with no flags. For a deployment's store give --store and its "+
+			"flags (--sqlite-path FILE, --mongo-uri, …), or their AUDITFLOW_* variables", err, a.dataDir)
+	}
 	if err != nil {
 		return nil, err
 	}
 	a.st, a.closeStore = st, closeStore
+	if err := a.catchUp(ctx); err != nil {
+		return nil, err
+	}
 	return st, nil
+}
+
+// catchUp brings the embedded SQLite store up to date with the stream,
+// so that every command sees the effect of the one before it (a runner
+// --embedded run, an issue fix) without a projector running in between.
+// It replays what the stream holds past the projector's own checkpoint
+// (the runner's projector, consumer projector-sqlite) and raises that
+// checkpoint: the same progress record, so the runner's projector, when
+// it next starts, finds the store at or past its consumer and redelivered
+// events change nothing (applying is idempotent). Nothing to do outside
+// the embedded mode, where the deployment's projectors keep the store.
+func (a *app) catchUp(ctx context.Context) error {
+	if !a.embedded || a.st == nil {
+		return nil
+	}
+	js, err := a.connect()
+	if err != nil {
+		return err
+	}
+	list, err := a.trustList()
+	if err != nil {
+		return err
+	}
+	_, err = projector.Replay(ctx, js, a.st, projector.ReplayConfig{Stream: a.streamConfig(), Checkpoint: a.consumerName(),
+		Trust: list, RetryFor: 5 * time.Second, Logger: a.log})
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil // no runner has run here yet: nothing to catch up with
+	}
+	if err != nil {
+		return fmt.Errorf("bringing the embedded store %s up to date with the stream: %w", a.store.SQLite.Path, err)
+	}
+	return nil
 }
 
 func (a *app) close() {

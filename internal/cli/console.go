@@ -5,7 +5,11 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"os"
+	"os/signal"
 	"path/filepath"
+	"sync"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -40,14 +44,19 @@ command that fixes them, locks, dead letters, projector lag) and the same
 data as JSON under /api/v1 (described at /api/v1/openapi.json). Pages update
 live from the projector's AuditWrite events.
 
-It only reads: the store is opened read-only, and fixing stays in the CLI.
+It only reads: a deployment's store is opened read-only, and fixing stays in
+the CLI.
 Everyone needs an API key from --keys-file (auditflow console key new makes
 one): the API takes it as "Authorization: Bearer KEY", browsers once in the
 sign-in form. --insecure-no-auth lets everyone in, on a loopback address
-only. After runner --embedded the console reads .auditflow/ like the other
-commands, with its keys in .auditflow/console-keys; that data directory is
-then served by the console's process, so a runner started meanwhile must
-use a deployment (--nats-url) to be seen live.`,
+only. The console reloads the keys file within a second of a change, and on
+SIGHUP: a key made or deleted meanwhile counts at once, no restart needed.
+
+After runner --embedded the console reads .auditflow/ like the other
+commands, with its keys in .auditflow/console-keys, and keeps the embedded
+store up to date with the stream itself (about every half second): a runner
+--embedded or an auditflow command started while it runs joins the console's
+embedded server, and what they record shows in the console at once.`,
 		Example: `  auditflow console key new --name alice      # prints the key once
   auditflow console --listen 127.0.0.1:8080    # then open http://127.0.0.1:8080
   auditflow --nats-url nats://nats:4222 --store mongo console --listen :8443 --keys-file keys --tls-cert c.pem --tls-key k.pem`,
@@ -75,7 +84,7 @@ use a deployment (--nats-url) to be seen live.`,
 				if err != nil {
 					return usageError{fmt.Errorf("%w (auditflow console key new --keys-file %s --name NAME adds a key)", err, path)}
 				}
-				cfg.Keys = keys
+				cfg.Keys, cfg.KeysFile = keys, path
 			}
 			var tlsConfig *tls.Config
 			if tlsCert != "" {
@@ -115,7 +124,30 @@ use a deployment (--nats-url) to be seen live.`,
 				scheme = "https"
 			}
 			fmt.Fprintf(a.errOut, "auditflow: console serving %s on %s://%s/ (API: /api/v1, OpenAPI: /api/v1/openapi.json)\n", a.store.Describe(), scheme, ln.Addr())
-			return srv.Run(ctx, ln, tlsConfig)
+			rctx, stop := context.WithCancel(ctx)
+			defer stop()
+			var wg sync.WaitGroup
+			defer wg.Wait()
+			defer stop()
+			if cfg.KeysFile != "" {
+				hup := make(chan os.Signal, 1)
+				signal.Notify(hup, syscall.SIGHUP)
+				defer signal.Stop(hup)
+				wg.Go(func() {
+					for {
+						select {
+						case <-rctx.Done():
+							return
+						case <-hup:
+							_ = srv.ReloadKeys()
+						}
+					}
+				})
+			}
+			if a.embedded && cfg.JS != nil {
+				wg.Go(func() { a.keepCaughtUp(rctx) })
+			}
+			return srv.Run(rctx, ln, tlsConfig)
 		},
 	}
 	f := cmd.Flags()
@@ -139,7 +171,8 @@ func (a *app) consoleKeyCommand() *cobra.Command {
 hand it to its user — and appends its name, role and SHA-256 hash to
 --keys-file (created readable by its owner only). Roles: read (the whole
 console) and stats (only /api/v1/stats, e.g. for monitoring). To revoke a
-key, delete its line and restart the console.`,
+key, delete its line. A running console reloads the file within a second of
+a change (and on SIGHUP): no restart is needed either way.`,
 		Example: "  auditflow console key new --name alice\n  auditflow console key new --keys-file /etc/auditflow/console-keys --name grafana --role stats",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -154,7 +187,7 @@ key, delete its line and restart the console.`,
 			if err := console.AppendKey(path, line); err != nil {
 				return err
 			}
-			fmt.Fprintf(a.errOut, "auditflow: added key %q (role %s) to %s; the key is shown once:\n", name, role, path)
+			fmt.Fprintf(a.errOut, "auditflow: added key %q (role %s) to %s; a console running with that keys file accepts it within a second. The key is shown once:\n", name, role, path)
 			return a.emit(map[string]string{"name": name, "role": role, "keysFile": path, "key": k}, func(w *tabwriter.Writer) {
 				fmt.Fprintln(w, k)
 			})
@@ -165,6 +198,28 @@ key, delete its line and restart the console.`,
 	newKey.Flags().StringVar(&role, "role", string(console.RoleRead), "read or stats")
 	key.AddCommand(newKey)
 	return key
+}
+
+// catchUpEvery is how often the console brings the embedded store up to
+// date with the stream.
+const catchUpEvery = 500 * time.Millisecond
+
+// keepCaughtUp brings the embedded store up to date with the stream until
+// ctx ends: in the embedded mode no projector runs beside the console, and
+// what a runner or an issue fix records meanwhile must show.
+func (a *app) keepCaughtUp(ctx context.Context) {
+	t := time.NewTicker(catchUpEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := a.catchUp(ctx); err != nil && ctx.Err() == nil {
+			a.log.Warn("console: bringing the embedded store up to date", "err", err)
+		}
+	}
 }
 
 // loopback reports whether addr (host:port) listens on a loopback

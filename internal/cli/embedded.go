@@ -59,7 +59,7 @@ func (a *app) setUpEmbedded(cmd *cobra.Command) error {
 	}
 	if a.signing.flags.SigningKey == "" && cmd.Name() == "fix" {
 		if p := filepath.Join(a.dataDir, trust.LocalKeyFile); exists(p) {
-			a.signing.flags.SigningKey = p
+			a.signing.flags.SigningKey, a.localKey = p, true
 		}
 	}
 	return nil

@@ -174,10 +174,17 @@ func (a *app) initResources(ctx context.Context, js jetstream.JetStream, o initO
 		if len(evidence) > 0 && !o.force {
 			items = append(items, initItem{What: "audit stream", Name: sc.Name, Status: initRefused,
 				Detail: "missing, but " + strings.Join(evidence, " and ") + ": it was deleted"})
+			how := "Restore it from its backup or mirror (auditflow restore --from MIRROR, or nats stream restore from a backup)"
+			if ms := mirrorsOf(ctx, js, sc.Name, o.mirror.Name); len(ms) > 0 {
+				how = "Restore it from its mirror: auditflow restore --from " + ms[0]
+				if len(ms) > 1 {
+					how += " (mirrors found: " + strings.Join(ms, ", ") + ")"
+				}
+			}
 			return items, fmt.Errorf("%w: the audit stream %s is missing while %s, so it existed and was deleted. "+
-				"Restore it from its backup or mirror (e.g. nats stream restore) rather than creating an empty one, which would make every runner "+
+				"%s, rather than creating an empty one, which would make every runner "+
 				"apply every change again; then run init again. --force creates an empty stream anyway",
-				errRefused, sc.Name, strings.Join(evidence, " and "))
+				errRefused, sc.Name, strings.Join(evidence, " and "), how)
 		}
 		it := initItem{What: "audit stream", Name: sc.Name, Status: initWouldCreate, Detail: streamDetail(sc)}
 		if !o.dryRun {
@@ -455,4 +462,29 @@ func deletionEvidence(ctx context.Context, js jetstream.JetStream, bucket string
 
 func streamDetail(sc producer.StreamConfig) string {
 	return fmt.Sprintf("subjects %s.>, R%d, file storage, no limits, delete and purge denied", sc.SubjectPrefix, sc.Replicas)
+}
+
+// mirrorsOf names the streams that mirror stream, named (init's --mirror)
+// first if it is one: what auditflow restore --from recreates a deleted
+// audit stream from. Streams that cannot be listed are left out.
+func mirrorsOf(ctx context.Context, js jetstream.JetStream, stream, named string) []string {
+	var out []string
+	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	l := js.ListStreams(lctx)
+	for info := range l.Info() {
+		if m := info.Config.Mirror; m != nil && m.Name == stream {
+			out = append(out, info.Config.Name)
+		}
+	}
+	slices.SortFunc(out, func(a, b string) int {
+		switch {
+		case a == named:
+			return -1
+		case b == named:
+			return 1
+		}
+		return strings.Compare(a, b)
+	})
+	return out
 }

@@ -171,3 +171,20 @@ func containsItemDiff(rep initReport, name, field string) bool {
 	}
 	return false
 }
+
+// TestInitOverADeletedStreamNamesTheMirror: init refuses to create an
+// empty audit stream over a deleted one, and names the command that
+// restores it from the mirror it finds, without being told its name.
+func TestInitOverADeletedStreamNamesTheMirror(t *testing.T) {
+	d := deploy(t, "sqlite")
+	if code, rep, errOut := runInit(t, d); code != cli.ExitOK {
+		t.Fatalf("first init: exit %d\n%+v\n%s", code, rep, errOut)
+	}
+	if err := d.js.DeleteStream(context.Background(), producer.DefaultStreamName); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := d.run(t, "sqlite", "init")
+	if code != cli.ExitRefused || !strings.Contains(errOut, "auditflow restore --from AUDIT_MIRROR") {
+		t.Fatalf("init over a deleted stream: exit %d, want %d naming auditflow restore --from AUDIT_MIRROR\n%s\n%s", code, cli.ExitRefused, out, errOut)
+	}
+}

@@ -97,11 +97,14 @@ stop at it, and get says which message it is and how to resolve the change.`,
 			}
 			ctx := cmd.Context()
 			var rows []stores.Issue
+			var storeMissing error
 			st, err := a.openStore(ctx)
 			switch {
 			case errors.Is(err, storeflags.ErrStoreMissing) && guidance:
-				// The stream alone can still say what blocks the change.
-				fmt.Fprintf(a.errOut, "auditflow: %v; the guidance is from the stream alone\n", err)
+				// The stream alone can still say what blocks the change
+				// (a message that is not its event); what it is otherwise,
+				// only the store says.
+				storeMissing = err
 			case err != nil:
 				return err
 			default:
@@ -114,15 +117,25 @@ stop at it, and get says which message it is and how to resolve the change.`,
 			var bad *producer.BadEventError
 			var untrusted *runner.UntrustedEvent
 			var oop *producer.OutOfPlaceError
+			var newestSeq uint64
 			if guidance || len(rows) == 0 {
-				if bad, untrusted, oop, err = a.newestProblem(ctx, pipeline, change); err != nil {
+				if bad, untrusted, oop, newestSeq, err = a.newestProblem(ctx, pipeline, change); err != nil {
 					if len(rows) == 0 {
 						return err
 					}
 					fmt.Fprintf(a.errOut, "auditflow: the guidance is from the store alone: %v\n", err)
 				}
 			}
-			if len(rows) == 0 && bad == nil {
+			problem := bad != nil || untrusted != nil || oop != nil
+			switch {
+			case storeMissing != nil && !problem && newestSeq > 0:
+				return fmt.Errorf("change %q of pipeline %q has events on the stream (the newest at sequence %d), but its state, history and "+
+					"guidance come from the audit store, and %w", change, pipeline, newestSeq, storeMissing)
+			case storeMissing != nil && !problem:
+				return fmt.Errorf("%w: change %q of pipeline %q has no events on the stream either; and %w", errNotFound, change, pipeline, storeMissing)
+			case storeMissing != nil:
+				fmt.Fprintf(a.errOut, "auditflow: %v\n(the guidance below is from the stream alone)\n", storeMissing)
+			case len(rows) == 0 && bad == nil:
 				return fmt.Errorf("%w: no change %q in pipeline %q in this store", errNotFound, change, pipeline)
 			}
 			var hist []stores.Record
@@ -241,7 +254,7 @@ event claims.`,
 			if err != nil {
 				return err
 			}
-			if signer != nil && !cmd.Flags().Changed("operator") {
+			if signer != nil && !cmd.Flags().Changed("operator") && !a.localKey {
 				operator = "" // the key says who: $USER is not an identity
 			}
 			switch {
@@ -255,8 +268,13 @@ event claims.`,
 			host, _ := os.Hostname()
 			r := runner.Resolution{Pipeline: pipeline, ChangeID: change, Resolution: res, Operator: operator, Reason: reason,
 				Host: host, RunnerID: "auditflow-cli", Force: force, Trust: list}
+			if a.localKey {
+				// The embedded mode's one local key signs for whoever runs
+				// it: record their name beside the key, as runner --embedded does.
+				r.Trust = nil
+			}
 			if operator, err = runner.OperatorOf(signer, r); err != nil { // before anything is asked of NATS
-				return usageError{err}
+				return usageError{fixError{err}}
 			}
 			js, err := a.connect()
 			if err != nil {
@@ -277,13 +295,23 @@ event claims.`,
 			seq, err := runner.Resolve(cmd.Context(), prod, locker, r)
 			switch {
 			case errors.Is(err, runner.ErrInvalidConfig):
-				return usageError{err}
+				return usageError{fixError{err}}
 			case errors.Is(err, runner.ErrNothingToResolve):
 				return fmt.Errorf("%w: %w", errNotFound, err)
 			case errors.Is(err, runner.ErrUnsafeResolution):
 				return fmt.Errorf("%w: %w", errRefused, err)
 			case err != nil:
 				return err
+			}
+			if a.embedded {
+				// Project the decision before returning, so that the next
+				// command (issue list, stats, the console) sees the issue closed.
+				if _, err := a.openStore(cmd.Context()); err == nil {
+					err = a.catchUp(cmd.Context())
+				}
+				if err != nil {
+					a.log.Warn("the decision is recorded on the stream, but the embedded store could not be brought up to date; the next command will", "err", err)
+				}
 			}
 			out := map[string]any{"pipeline": pipeline, "changeId": change, "resolution": res, "operator": operator, "seq": seq}
 			return a.emit(out, func(w *tabwriter.Writer) {
@@ -300,6 +328,17 @@ event claims.`,
 	issue.AddCommand(list, get, fix)
 	return issue
 }
+
+// fixError words an error of runner.ErrInvalidConfig from recording a
+// decision as what it is: a problem with issue fix's flags or keys, not
+// with a runner's configuration.
+type fixError struct{ err error }
+
+func (e fixError) Error() string {
+	return "issue fix: " + strings.TrimPrefix(e.err.Error(), runner.ErrInvalidConfig.Error()+": ")
+}
+
+func (e fixError) Unwrap() error { return e.err }
 
 type issueDetail struct {
 	inspect.IssueView
@@ -326,14 +365,15 @@ type badNewestView struct {
 // it is not a valid event of the change, if it is not where it was written
 // (a copy published again), or, judged with --trust, if it is an event the
 // trust list does not accept; nils if none, or the change has no events.
-func (a *app) newestProblem(ctx context.Context, pipeline, change string) (*producer.BadEventError, *runner.UntrustedEvent, *producer.OutOfPlaceError, error) {
+// It also returns the newest message's sequence (0: the change has none).
+func (a *app) newestProblem(ctx context.Context, pipeline, change string) (*producer.BadEventError, *runner.UntrustedEvent, *producer.OutOfPlaceError, uint64, error) {
 	list, err := a.trustList()
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, 0, err
 	}
 	js, err := a.connect()
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, 0, err
 	}
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -342,15 +382,15 @@ func (a *app) newestProblem(ctx context.Context, pipeline, change string) (*prod
 	var oop *producer.OutOfPlaceError
 	switch {
 	case errors.As(err, &bad):
-		return bad, nil, nil, nil
+		return bad, nil, nil, bad.Head.Seq, nil
 	case errors.As(err, &oop):
-		return nil, nil, oop, nil
+		return nil, nil, oop, oop.Head.Seq, nil
 	case err == nil:
-		return nil, runner.Judge(list, last, head), nil, nil
+		return nil, runner.Judge(list, last, head), nil, head.Seq, nil
 	case errors.Is(err, producer.ErrNoEvents):
-		return nil, nil, nil, nil
+		return nil, nil, nil, 0, nil
 	}
-	return nil, nil, nil, fmt.Errorf("read the change's newest message from the stream: %w", err)
+	return nil, nil, nil, 0, fmt.Errorf("read the change's newest message from the stream: %w", err)
 }
 
 func tail(s string, lines int) string {

@@ -18,17 +18,24 @@ import (
 	"github.com/auditflow/auditflow/verify"
 )
 
-// progress reports a long operation: a bar on a terminal, a log line every
-// few seconds otherwise (CI, files, journald).
+// progress reports a long operation: a bar on a terminal, a line every
+// few seconds otherwise (CI, files, journald), and, if it printed any, one
+// at the end. A quick operation prints nothing off a terminal.
 type progress struct {
 	bar      *progressbar.ProgressBar
 	w        io.Writer
 	what     string
+	every    time.Duration // between lines off a terminal
+	start    time.Time
 	lastLine time.Time
+	done     int64
+	total    int64 // < 1: unknown (verify reads until it has compared all)
+	printed  bool  // a line was printed since the last change
+	any      bool  // a line was printed
 }
 
 func (a *app) newProgress(what string, total int64) *progress {
-	p := &progress{w: a.errOut, what: what, lastLine: time.Now()}
+	p := &progress{w: a.errOut, what: what, every: 5 * time.Second, start: time.Now(), lastLine: time.Now()}
 	if f, ok := a.errOut.(*os.File); ok && term.IsTerminal(int(f.Fd())) && !a.asJSON {
 		p.bar = progressbar.NewOptions64(total, progressbar.OptionSetWriter(a.errOut), progressbar.OptionSetDescription(what),
 			progressbar.OptionShowCount(), progressbar.OptionShowIts(), progressbar.OptionSetItsString("events"),
@@ -37,16 +44,39 @@ func (a *app) newProgress(what string, total int64) *progress {
 	return p
 }
 
+// set records how far the operation has got; total < 1 is unknown, and
+// rate 0 is measured here.
 func (p *progress) set(done, total int64, rate float64, eta time.Duration) {
 	if p.bar != nil {
 		p.bar.ChangeMax64(total)
 		_ = p.bar.Set64(done)
 		return
 	}
-	if time.Since(p.lastLine) >= 5*time.Second || (done == total && total > 0) {
+	p.done, p.total, p.printed = done, total, false
+	if time.Since(p.lastLine) >= p.every || (done == total && total > 0) {
 		p.lastLine = time.Now()
-		fmt.Fprintf(p.w, "%s: %d/%d events, %.0f events/s, about %s left\n", p.what, done, total, rate, eta.Round(time.Second))
+		p.line(rate, eta)
 	}
+}
+
+// line prints where the operation is off a terminal: with a known total,
+// how much of it and the time left; without, how many events so far.
+func (p *progress) line(rate float64, eta time.Duration) {
+	if rate <= 0 {
+		if secs := time.Since(p.start).Seconds(); secs > 0 {
+			rate = float64(p.done) / secs
+		}
+	}
+	p.printed, p.any = true, true
+	if p.total < 1 {
+		fmt.Fprintf(p.w, "%s: %d events read, %.0f/s\n", p.what, p.done, rate)
+		return
+	}
+	if p.done >= p.total {
+		fmt.Fprintf(p.w, "%s: %d/%d events, %.0f/s, done\n", p.what, p.done, p.total, rate)
+		return
+	}
+	fmt.Fprintf(p.w, "%s: %d/%d events, %.0f/s, about %s left\n", p.what, p.done, p.total, rate, eta.Round(time.Second))
 }
 
 // replay reports a replay's progress.
@@ -57,6 +87,10 @@ func (p *progress) replay(r projector.ReplayProgress) {
 func (p *progress) finish() {
 	if p.bar != nil {
 		_ = p.bar.Finish()
+		return
+	}
+	if p.any && !p.printed { // where it ended, unless just said
+		p.line(0, 0)
 	}
 }
 
@@ -146,25 +180,6 @@ Give it the projectors' --trust: replay judges signatures as they do.`,
 	cmd.Flags().StringVar(&checkpoint, "checkpoint", "replay", "name of the progress record kept in the store")
 	cmd.Flags().BoolVar(&reset, "reset", false, "delete every row of the store first (it is rebuilt from the stream)")
 	return cmd
-}
-
-// parseSince reads --since: a duration before now (24h, 90m) or an RFC 3339
-// time. A negative duration or a time after now would start in the future.
-func parseSince(s string, now time.Time) (time.Time, error) {
-	if d, err := time.ParseDuration(s); err == nil {
-		if d < 0 {
-			return time.Time{}, fmt.Errorf("%q is a negative duration: give how long ago, e.g. 24h", s)
-		}
-		return now.Add(-d), nil
-	}
-	t, err := time.Parse(time.RFC3339, s)
-	if err != nil {
-		return time.Time{}, fmt.Errorf("%q is neither a duration (e.g. 24h) nor an RFC 3339 time (e.g. 2026-01-02T15:04:05Z)", s)
-	}
-	if t.After(now) {
-		return time.Time{}, fmt.Errorf("%s is in the future", s)
-	}
-	return t, nil
 }
 
 func (a *app) runVerify(ctx context.Context) (*verify.Report, error) {

@@ -104,8 +104,15 @@ func statsTable(w *tabwriter.Writer, out statsOut, window string) {
 	fmt.Fprintf(w, "failures\t%d\n", out.Failures)
 	fmt.Fprintf(w, "open issues\t%d (plus %d executions started over %s ago without an end)\n", out.OpenIssues, out.StaleStarts, stores.DefaultStaleAfter)
 	if l := out.Lag; l != nil {
-		fmt.Fprintf(w, "projection lag\t%d events not yet stored (%d undelivered, %d in flight) by consumer %s; stream at %d, store checkpoint %d\n",
-			l.Pending+l.AckPending, l.Pending, l.AckPending, l.Consumer, l.StreamLastSeq, l.StoreCheckpoint)
+		if l.StoreCheckpoint >= l.StreamLastSeq && l.Pending+l.AckPending > 0 {
+			// Stored by a catch-up (the embedded mode's commands, a
+			// replay) ahead of the consumer, which will deliver them again.
+			fmt.Fprintf(w, "projection lag\t0 events not yet stored: stream at %d, store checkpoint %d (consumer %s has %d events to deliver again, already stored)\n",
+				l.StreamLastSeq, l.StoreCheckpoint, l.Consumer, l.Pending+l.AckPending)
+		} else {
+			fmt.Fprintf(w, "projection lag\t%d events not yet stored (%d undelivered, %d in flight) by consumer %s; stream at %d, store checkpoint %d\n",
+				l.Pending+l.AckPending, l.Pending, l.AckPending, l.Consumer, l.StreamLastSeq, l.StoreCheckpoint)
+		}
 	}
 	if wr := out.Writes; wr != nil {
 		fmt.Fprintf(w, "store writes\t%d writes of %d events, %d failed; latency p50 %s, p95 %s, max %s\n",

@@ -15,6 +15,7 @@ import (
 
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/internal/inspect"
+	"github.com/auditflow/auditflow/internal/timeflag"
 	"github.com/auditflow/auditflow/stores"
 	"github.com/auditflow/auditflow/verify"
 )
@@ -122,11 +123,14 @@ func parseFilters(q url.Values) (filters, error) {
 		return f, bad("status: want OPEN, IN_PROGRESS or CLOSED, got %q", q.Get("status"))
 	}
 	var err error
+	now := time.Now()
 	for name, t := range map[string]*time.Time{"since": &f.Since, "until": &f.Until} {
 		if v := q.Get(name); v != "" {
-			if *t, err = time.Parse(time.RFC3339, v); err != nil {
-				return f, bad("%s: want an RFC 3339 time (2026-11-29T08:00:00Z), got %q", name, v)
+			tv, err := timeflag.Parse(v) // the CLI's syntax: 24h or an RFC 3339 time
+			if err != nil {
+				return f, bad("%s: want %s, got %q", name, timeflag.Syntax, v)
 			}
+			*t = tv.At(now)
 		}
 	}
 	if v := q.Get("beforeSeq"); v != "" {
@@ -500,12 +504,13 @@ func (s *Server) stats(ctx context.Context, since time.Time) (statsOut, error) {
 func (s *Server) apiStats(w http.ResponseWriter, r *http.Request, _ who) {
 	since := time.Now().Add(-time.Hour)
 	if v := r.URL.Query().Get("since"); v != "" {
-		t, err := time.Parse(time.RFC3339, v)
+		now := time.Now()
+		tv, err := timeflag.ParseSince(v, now)
 		if err != nil {
-			s.fail(w, r, bad("since: want an RFC 3339 time, got %q", v))
+			s.fail(w, r, bad("since: want %s, got %q", timeflag.Syntax, v))
 			return
 		}
-		since = t
+		since = tv.At(now)
 	}
 	out, err := s.stats(r.Context(), since)
 	s.answer(w, r, out, err)

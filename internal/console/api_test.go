@@ -54,6 +54,11 @@ func TestAPIFilters(t *testing.T) {
 		{"?targetSystem=orders-db", []string{"billing/0002-add-index", "billing/0001-create-customers"}},
 		{"?author=alice&state=APPLIED", []string{"billing/0001-create-customers"}},
 		{"?since=2000-01-01T00:00:00Z&until=2000-01-02T00:00:00Z", nil},
+		// The CLI's syntax: a duration back from now, or an RFC 3339 time.
+		{"?since=24h", []string{"shipping/0001-carriers", "billing/0003-backfill", "billing/0002-add-index", "billing/0001-create-customers"}},
+		{"?since=2000-01-01T00:00:00Z", []string{"shipping/0001-carriers", "billing/0003-backfill", "billing/0002-add-index", "billing/0001-create-customers"}},
+		{"?until=24h", nil},
+		{"?since=48h&until=24h", nil},
 		{"?pipeline=nope", nil},
 	} {
 		code, _, body := e.get("/api/v1/changes"+tc.query, e.readKey)
@@ -81,7 +86,12 @@ func TestAPIFilters(t *testing.T) {
 	if !strings.Contains(h.Events[0].ErrorTrace, "deadlock detected") {
 		t.Errorf("FAILED event has trace %q", h.Events[0].ErrorTrace)
 	}
-	for _, q := range []string{"?state=BOGUS", "?limit=0", "?limit=5000", "?beforeSeq=x", "?since=yesterday"} {
+	for _, q := range []string{"/stats?since=24h", "/stats?since=2000-01-01T00:00:00Z", "/history?since=90m"} {
+		if code, _, body := e.get("/api/v1"+q, e.readKey); code != http.StatusOK {
+			t.Errorf("%s = %d %s, want 200", q, code, body)
+		}
+	}
+	for _, q := range []string{"?state=BOGUS", "?limit=0", "?limit=5000", "?beforeSeq=x", "?since=yesterday", "?since=-5m"} {
 		code, _, body := e.get("/api/v1/history"+q, e.readKey)
 		if code != http.StatusBadRequest || !strings.Contains(string(body), `"bad_request"`) {
 			t.Errorf("history%s = %d %s, want 400 bad_request", q, code, body)

@@ -2,6 +2,7 @@ package console
 
 import (
 	"bufio"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -10,10 +11,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 )
 
 // ErrInvalidKeys: the API keys file, or a key's name or role, is not valid.
@@ -171,4 +174,71 @@ func match(keys []Key, presented string) (Key, bool) {
 		}
 	}
 	return found, ok == 1
+}
+
+// keysStamp is what says a keys file changed: its size and modification
+// time (zero when it cannot be read).
+type keysStamp struct {
+	size  int64
+	mtime time.Time
+}
+
+func stampOf(path string) keysStamp {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return keysStamp{}
+	}
+	return keysStamp{size: fi.Size(), mtime: fi.ModTime()}
+}
+
+// keysPoll is how often Run looks at the keys file.
+const keysPoll = time.Second
+
+// watchKeys reloads the keys file whenever its size or modification time
+// changes, until ctx ends: a key made with `auditflow console key new`
+// counts within a second, and one whose line is deleted stops counting.
+func (s *Server) watchKeys(ctx context.Context) {
+	t := time.NewTicker(keysPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if st := stampOf(s.cfg.KeysFile); st != s.keysSeen {
+			s.keysSeen = st
+			_ = s.ReloadKeys()
+		}
+	}
+}
+
+// ReloadKeys reads Config.KeysFile again and lets in exactly its keys. If
+// it does not load, the keys in force stay, and the error is logged and
+// returned.
+func (s *Server) ReloadKeys() error {
+	if s.cfg.KeysFile == "" || s.cfg.NoAuth {
+		return nil
+	}
+	keys, err := LoadKeys(s.cfg.KeysFile)
+	if err != nil {
+		s.log.Warn("console: the keys file did not load; the keys loaded before stay in force", "file", s.cfg.KeysFile, "err", err)
+		return err
+	}
+	s.keys.Store(&keys)
+	s.log.Info("console: keys reloaded", "file", s.cfg.KeysFile, "keys", len(keys))
+	return nil
+}
+
+// unauthorized says why a request was not let in, and what to do.
+func (s *Server) unauthorized(r *http.Request) string {
+	const how = "send it as 'Authorization: Bearer KEY'"
+	if s.cfg.KeysFile == "" {
+		return "a valid API key is required: " + how
+	}
+	if r.Header.Get("Authorization") == "" {
+		return fmt.Sprintf("a valid API key is required: %s (auditflow console key new --keys-file %s makes one)", how, s.cfg.KeysFile)
+	}
+	return fmt.Sprintf("this API key is not in the keys file of the running console, %s (%s). A key added to that file counts within a second; "+
+		"a key made for another file (another --keys-file or --data-dir) does not", s.cfg.KeysFile, how)
 }

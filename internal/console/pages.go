@@ -302,7 +302,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	next := safeNext(r.PostForm.Get("next"))
-	k, ok := match(s.cfg.Keys, strings.TrimSpace(r.PostForm.Get("key")))
+	k, ok := match(*s.keys.Load(), strings.TrimSpace(r.PostForm.Get("key")))
 	if !ok {
 		s.render(w, http.StatusUnauthorized, "login", view{Title: "Sign in", Data: loginData{Next: next, Problem: "That key is not valid."}})
 		return

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -48,8 +49,14 @@ type Config struct {
 	JS jetstream.JetStream
 	// Locks lists the pipeline locks; nil shows none, saying why.
 	Locks Locks
-	// Keys are the API keys let in. Required unless NoAuth.
+	// Keys are the API keys let in. Required unless NoAuth or KeysFile.
 	Keys []Key
+	// KeysFile, if set, is where Keys came from: Run reloads it within a
+	// second of a change (its size or modification time), and ReloadKeys
+	// on demand (the command calls it on SIGHUP), so a key made or revoked
+	// while the console runs counts at once. A file that no longer loads
+	// keeps the keys in force, logged. With Keys empty, New loads it.
+	KeysFile string
 	// NoAuth lets everyone in with the read role: for a console on the
 	// loopback interface of a developer's machine only (the caller checks
 	// the address).
@@ -72,7 +79,7 @@ func (c *Config) validate() error {
 		return fmt.Errorf("%w: no store", ErrInvalidConfig)
 	case c.StoreKind == "":
 		return fmt.Errorf("%w: no store kind", ErrInvalidConfig)
-	case len(c.Keys) == 0 && !c.NoAuth:
+	case len(c.Keys) == 0 && c.KeysFile == "" && !c.NoAuth:
 		return fmt.Errorf("%w: no API keys (give a keys file, or --insecure-no-auth on a loopback address)", ErrInvalidConfig)
 	case (c.NC == nil) != (c.JS == nil):
 		return fmt.Errorf("%w: give both a NATS connection and its JetStream context, or neither", ErrInvalidConfig)
@@ -108,6 +115,8 @@ type Server struct {
 	lag      *lagSamples
 	sessions sessions
 	pages    *pages
+	keys     atomic.Pointer[[]Key]
+	keysSeen keysStamp // KeysFile's size and mtime when last loaded; Run's poller owns it
 }
 
 // New checks cfg and builds the console.
@@ -122,6 +131,16 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), live: newHub(), lag: &lagSamples{},
 		sessions: sessions{m: map[string]session{}}, pages: p}
+	keys := cfg.Keys
+	if cfg.KeysFile != "" {
+		s.keysSeen = stampOf(cfg.KeysFile)
+		if len(keys) == 0 && !cfg.NoAuth {
+			if keys, err = LoadKeys(cfg.KeysFile); err != nil {
+				return nil, err
+			}
+		}
+	}
+	s.keys.Store(&keys)
 	s.routes()
 	return s, nil
 }
@@ -160,6 +179,9 @@ func (s *Server) Run(ctx context.Context, ln net.Listener, tlsConfig *tls.Config
 		case <-ctx.Done():
 		}
 		wg.Go(func() { s.sampleLag(ctx) })
+	}
+	if s.cfg.KeysFile != "" && !s.cfg.NoAuth {
+		wg.Go(func() { s.watchKeys(ctx) })
 	}
 	var err error
 	select {
@@ -208,7 +230,7 @@ func (s *Server) authenticate(r *http.Request) (who, bool) {
 		if !ok {
 			return who{}, false
 		}
-		k, ok := match(s.cfg.Keys, strings.TrimSpace(tok))
+		k, ok := match(*s.keys.Load(), strings.TrimSpace(tok))
 		return who{Name: k.Name, Role: k.Role}, ok
 	}
 	if c, err := r.Cookie(sessionCookie); err == nil {
@@ -225,7 +247,7 @@ func (s *Server) api(need permission, h func(w http.ResponseWriter, r *http.Requ
 		u, ok := s.authenticate(r)
 		if !ok {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="auditflow console"`)
-			writeError(w, http.StatusUnauthorized, "unauthorized", "a valid API key is required: send it as 'Authorization: Bearer KEY' (auditflow console key new makes one)")
+			writeError(w, http.StatusUnauthorized, "unauthorized", s.unauthorized(r))
 			return
 		}
 		if !u.Role.allows(need) {

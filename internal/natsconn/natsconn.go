@@ -17,6 +17,7 @@
 package natsconn
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -227,6 +228,22 @@ func Connect(c Config, log *slog.Logger) (*nats.Conn, error) {
 			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("NATS reconnected", "server", nc.ConnectedUrlRedacted()) }),
+		// Without a handler nats.go prints every asynchronous error on
+		// stderr, a raw "nats: permissions violation …" line before the
+		// command's own message. natsperm surfaces violations as the
+		// failing request's error, naming the subject and what to do; the
+		// rest go to the log.
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subject := ""
+			if sub != nil {
+				subject = sub.Subject
+			}
+			if errors.Is(err, nats.ErrPermissionViolation) {
+				log.Debug("NATS permissions violation (reported by the request it fails)", "err", err, "subscription", subject)
+				return
+			}
+			log.Warn("NATS asynchronous error", "err", err, "subscription", subject)
+		}),
 	}
 	if c.Creds != "" {
 		opts = append(opts, nats.UserCredentials(c.Creds))

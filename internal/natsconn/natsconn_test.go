@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"flag"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -149,4 +151,59 @@ func TestConnect(t *testing.T) {
 		t.Fatalf("wrong password: %v", err)
 	}
 	t.Log(err)
+}
+
+// TestPermissionViolationIsNotPrintedRaw: nats.go's default error handler
+// prints a refused publish on stderr ("nats: permissions violation …"),
+// ahead of the command's own message; Connect's handler sends it to the
+// log at debug instead (natsperm reports it as the request's error).
+func TestPermissionViolationIsNotPrintedRaw(t *testing.T) {
+	opts := &server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true,
+		Users: []*server.User{{Username: "ro", Password: "ro-pw",
+			Permissions: &server.Permissions{Publish: &server.SubjectPermission{Allow: []string{"allowed.>"}}}}}}
+	s, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	t.Cleanup(s.Shutdown)
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("server not ready")
+	}
+	// What nats.go's default handler would print goes to os.Stderr.
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr := os.Stderr
+	os.Stderr = w
+	defer func() { os.Stderr = stderr }()
+
+	var logged bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	nc, err := natsconn.Connect(natsconn.Config{URL: "nats://ro:ro-pw@" + strings.TrimPrefix(s.ClientURL(), "nats://")}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Publish("denied.subject", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !errors.Is(nc.LastError(), nats.ErrPermissionViolation) && time.Now().Before(deadline) {
+		_ = nc.Flush()
+		time.Sleep(10 * time.Millisecond)
+	}
+	nc.Close() // after the async handlers have run
+	os.Stderr = stderr
+	_ = w.Close()
+	raw, _ := io.ReadAll(r)
+	if !errors.Is(nc.LastError(), nats.ErrPermissionViolation) {
+		t.Fatalf("no violation reported: %v", nc.LastError())
+	}
+	if len(raw) != 0 {
+		t.Fatalf("printed on stderr: %q", raw)
+	}
+	if !strings.Contains(logged.String(), "level=DEBUG") || !strings.Contains(logged.String(), "denied.subject") {
+		t.Fatalf("the violation is not in the debug log:\n%s", logged.String())
+	}
 }

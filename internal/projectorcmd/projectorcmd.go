@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -43,10 +44,12 @@ const (
 )
 
 // DefaultMetricsAddr is where /metrics, /healthz and /readyz are served
-// unless --metrics-addr says otherwise: every interface, since containers
-// are scraped and probed from outside, on the port application exporters
-// conventionally use (OpenTelemetry's Prometheus exporter default).
-const DefaultMetricsAddr = ":9464"
+// unless --metrics-addr says otherwise: the loopback interface only (safe
+// by default: a projector started on a host does not expose its metrics
+// to the network), on the port application exporters conventionally use
+// (OpenTelemetry's Prometheus exporter default). A container, scraped and
+// probed from outside, sets AUDITFLOW_METRICS_ADDR=":9464".
+const DefaultMetricsAddr = "127.0.0.1:9464"
 
 // DefaultOpenTimeout bounds opening the store at start: a store that
 // cannot be reached ends the process (exit 1) for its supervisor to
@@ -277,8 +280,13 @@ func run(ctx context.Context, o *options, log *slog.Logger) (int, error) {
 	h.step("opening the audit store " + o.store.Describe())
 	if o.metricsAddr != "" {
 		ln, err := net.Listen("tcp", o.metricsAddr)
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return ExitError, fmt.Errorf("--metrics-addr %s: the address is already in use (another projector on this host?): "+
+				"give another port (--metrics-addr 127.0.0.1:9465), a free one chosen at start (--metrics-addr 127.0.0.1:0), "+
+				"or an empty --metrics-addr to serve no metrics or probes: %w", o.metricsAddr, err)
+		}
 		if err != nil {
-			return ExitError, fmt.Errorf("--metrics-addr: %w", err)
+			return ExitError, fmt.Errorf("--metrics-addr %s: %w", o.metricsAddr, err)
 		}
 		// Stopped after Run returns: the final batch's metrics can still
 		// be scraped, and probes see "shutting down" meanwhile.

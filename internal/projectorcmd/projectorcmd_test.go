@@ -189,8 +189,22 @@ func checkEndpoints(t *testing.T, addr, kind string, n int) {
 	}
 }
 
+// TestMetricsAddrDefaultIsLoopback: with no --metrics-addr the projector
+// serves its metrics and probes on the loopback interface only.
+func TestMetricsAddrDefaultIsLoopback(t *testing.T) {
+	if projectorcmd.DefaultMetricsAddr != "127.0.0.1:9464" {
+		t.Fatalf("DefaultMetricsAddr = %q, want 127.0.0.1:9464", projectorcmd.DefaultMetricsAddr)
+	}
+	var out bytes.Buffer
+	projectorcmd.Main(context.Background(), []string{"-h"}, &out, io.Discard)
+	if !strings.Contains(out.String(), `"127.0.0.1:9464"`) {
+		t.Fatalf("-h does not show the loopback default:\n%s", out.String())
+	}
+}
+
 // TestMetricsAddrInUse: a taken port stops the command before it opens
-// anything, with an error naming the flag.
+// anything, with an error naming the address and the ways out: another
+// port, a free one (127.0.0.1:0), or none.
 func TestMetricsAddrInUse(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -200,8 +214,10 @@ func TestMetricsAddrInUse(t *testing.T) {
 	var stderr bytes.Buffer
 	code := projectorcmd.Main(context.Background(), []string{"--metrics-addr", ln.Addr().String(),
 		"--sqlite-path", filepath.Join(t.TempDir(), "audit.db"), "--nats-url", "nats://127.0.0.1:1"}, io.Discard, &stderr)
-	if code != projectorcmd.ExitError || !strings.Contains(stderr.String(), "--metrics-addr") {
-		t.Fatalf("exit %d, want %d naming --metrics-addr\n%s", code, projectorcmd.ExitError, stderr.String())
+	for _, want := range []string{"--metrics-addr " + ln.Addr().String(), "already in use", "--metrics-addr 127.0.0.1:0", "empty --metrics-addr"} {
+		if code != projectorcmd.ExitError || !strings.Contains(stderr.String(), want) {
+			t.Fatalf("exit %d, want %d saying %q\n%s", code, projectorcmd.ExitError, want, stderr.String())
+		}
 	}
 	if strings.Contains(stderr.String(), "opening audit store") {
 		t.Fatalf("the store was opened before the port was checked\n%s", stderr.String())

@@ -159,7 +159,8 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 		defer fs.SetOutput(stderr)
 		fmt.Fprint(stdout, `Usage: runner --changes DIR [flags]          apply a pipeline's change files
        runner --resolve CHANGE --resolution applied|rolled-back --reason TEXT
-                                              record an operator's decision
+                                              record an operator's decision: an alias
+                                              of auditflow issue fix; prefer that
 
 Exit codes: 0 ok, 1 error, 2 bad usage/config, 3 change failed,
             4 manual intervention needed (including overlapped executions,
@@ -174,7 +175,7 @@ Examples:
   runner --embedded --changes examples/changes     # in-process NATS and SQLite under .auditflow/
   runner --embedded --changes examples/changes --dry-run
   runner --nats-url nats://nats:4222 --pipeline billing --changes ./changes
-  runner --pipeline billing --resolve 0002-add-customer-index --resolution applied --reason "index exists"
+  auditflow issue fix -p billing -c 0002-add-customer-index -r applied --reason "index exists"   # records a decision (runner --resolve is its alias)
 
 Flags:
 `)
@@ -195,7 +196,7 @@ Flags:
 	fs.DurationVar(&o.lockGiveUp, "lock-give-up", lock.DefaultGiveUpAfter, "how long to wait for a held lock")
 	fs.DurationVar(&o.stopGrace, "stop-grace", changefile.DefaultGrace, "how long a stopped change (interrupt, lost lease, timeout) has between SIGTERM and SIGKILL; a change file's grace: overrides it")
 	fs.StringVar(&o.runnerID, "runner-id", natsconn.Env("AUDITFLOW_RUNNER_ID", ""), "this runner's id in events (default host-pid) [AUDITFLOW_RUNNER_ID]")
-	fs.StringVar(&o.resolve, "resolve", "", "change id to record a manual resolution for")
+	fs.StringVar(&o.resolve, "resolve", "", "change id to record a manual resolution for: an alias of auditflow issue fix; prefer that")
 	fs.StringVar(&o.resolution, "resolution", "", "with --resolve: applied or rolled-back")
 	fs.StringVar(&o.reason, "reason", "", "with --resolve: why (recorded in the audit log)")
 	fs.StringVar(&o.operator, "operator", natsconn.Env("USER", ""), "with --resolve: who decides (default $USER); with --signing-key, the key's identity is recorded and this may only repeat its name")
@@ -278,12 +279,16 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return code
 }
 
+// resolveHint is the command the guidance prints to record a decision:
+// auditflow issue fix, the one way to fix everywhere (runner --resolve is
+// its alias). In the embedded mode auditflow reads the data directory with
+// no flags, or with --data-dir when it is not the default.
 func resolveHint(o *options) string {
-	hint := "auditflow issue fix -p %s -c %s -r applied|rolled-back --reason \"...\"  (or: runner --resolve)"
-	if o.embedded {
-		hint = "runner --embedded --data-dir " + o.dataDir + " --pipeline %s --resolve %s --resolution applied|rolled-back --reason \"...\""
+	dd := ""
+	if o.embedded && o.dataDir != ".auditflow" {
+		dd = " --data-dir " + o.dataDir
 	}
-	return hint
+	return "auditflow" + dd + " issue fix -p %s -c %s -r applied|rolled-back --reason \"...\""
 }
 
 func run(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) (int, error) {

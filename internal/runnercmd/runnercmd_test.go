@@ -80,7 +80,7 @@ func TestExitCodesAndOperatorFix(t *testing.T) {
 		t.Fatalf("failing change: exit %d\n%s\n%s", code, out, stderr)
 	}
 	code, out, stderr = runCmd(t, args...)
-	if code != runnercmd.ExitManualIntervention || !strings.Contains(stderr, "--resolve 002-broken") || !strings.Contains(stderr, "users-db") {
+	if code != runnercmd.ExitManualIntervention || !strings.Contains(stderr, "issue fix -p billing -c 002-broken") || !strings.Contains(stderr, "users-db") {
 		t.Fatalf("blocked change: exit %d, want guidance naming the change and target\n%s\n%s", code, out, stderr)
 	}
 	code, out, stderr = runCmd(t, "--embedded", "--data-dir", data, "--pipeline", "billing",
