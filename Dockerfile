@@ -15,5 +15,8 @@ RUN adduser -D -H -u 10001 auditflow && mkdir -p /var/lib/auditflow && chown aud
 COPY --from=build /out/runner /out/projector /out/auditflow /usr/local/bin/
 COPY examples /examples
 USER auditflow
+# In a container the projector's probes and metrics must be reachable from
+# outside it; the binary's own default is 127.0.0.1:9464.
+ENV AUDITFLOW_METRICS_ADDR=":9464"
 WORKDIR /var/lib/auditflow
 ENTRYPOINT []

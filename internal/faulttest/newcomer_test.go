@@ -97,7 +97,7 @@ func TestNewcomersPath(t *testing.T) {
 	// The console, and a key made while it runs.
 	port := freePort(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	console := exec.CommandContext(ctx, "auditflow", "console", "--listen", "127.0.0.1:"+port)
+	console := exec.CommandContext(ctx, filepath.Join(bin, "auditflow"), "console", "--listen", "127.0.0.1:"+port)
 	console.Dir, console.Env = clone, env
 	var consoleOut bytes.Buffer
 	console.Stdout, console.Stderr = &consoleOut, &consoleOut
