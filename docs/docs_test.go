@@ -457,3 +457,77 @@ func TestCompletion(t *testing.T) {
 		}
 	}
 }
+
+// TestConfigurationFlagsExist: every flag the configuration reference
+// lists is in the help of a command it is listed for — runner, projector,
+// or the auditflow CLI (with each store selected, since its help shows the
+// selected store's flags only) — and every environment variable it names
+// for a flag is in that help too, so the reference and the commands
+// cannot drift apart.
+func TestConfigurationFlagsExist(t *testing.T) {
+	dir := t.TempDir()
+	help := func(name string, args ...string) string {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, filepath.Join(bin, name), append(args, "--help")...)
+		cmd.Dir, cmd.Env = dir, env()
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s %v --help: %v\n%s", name, args, err, out)
+		}
+		return string(out)
+	}
+	helps := map[string]string{"runner": help("runner"), "projector": help("projector"), "CLI": help("auditflow")}
+	for _, store := range []string{"mongo", "dynamodb", "couchbase"} {
+		helps["CLI"] += help("auditflow", "--store", store)
+		helps["projector"] += help("projector", "--store", store)
+	}
+	b, err := os.ReadFile("configuration.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	flagRE := regexp.MustCompile("`(--[a-z0-9-]+)`")
+	envRE := regexp.MustCompile("`(AUDITFLOW_[A-Z0-9_]+)`")
+	scopeRE := regexp.MustCompile(`\(([^)]*)\)\s*$`)
+	rows := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		cells := strings.Split(line, "|")
+		if len(cells) < 4 || !strings.Contains(cells[1], "`--") {
+			continue
+		}
+		rows++
+		first := strings.TrimSpace(cells[1])
+		scope := []string{"runner", "projector", "CLI"}
+		if m := scopeRE.FindStringSubmatch(first); m != nil && m[1] != "all" {
+			scope = nil
+			for _, s := range strings.Split(m[1], ",") {
+				switch s = strings.TrimSpace(s); s {
+				case "runner", "projector", "CLI":
+					scope = append(scope, s)
+				case "MongoDB":
+					scope = append(scope, "projector", "CLI")
+				}
+			}
+		}
+		in := ""
+		for _, s := range scope {
+			in += helps[s]
+		}
+		for _, m := range flagRE.FindAllStringSubmatch(first, -1) {
+			// The flag package prints -name, cobra --name.
+			name := strings.TrimLeft(m[1], "-")
+			if !regexp.MustCompile(`(?m)(^|[\s,\[])--?` + regexp.QuoteMeta(name) + `([\s,=\]]|$)`).MatchString(in) {
+				t.Errorf("configuration.md lists %s for %v, but no such help has it", m[1], scope)
+			}
+		}
+		for _, m := range envRE.FindAllStringSubmatch(cells[2], -1) {
+			if !strings.Contains(in, m[1]) {
+				t.Errorf("configuration.md names %s for %s, but the help of %v does not", m[1], first, scope)
+			}
+		}
+	}
+	if rows < 20 {
+		t.Fatalf("%d flag rows read from configuration.md: the table was not parsed", rows)
+	}
+	t.Logf("%d rows of flags checked", rows)
+}
