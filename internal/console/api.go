@@ -507,7 +507,7 @@ func (s *Server) apiStats(w http.ResponseWriter, r *http.Request, _ who) {
 		now := time.Now()
 		tv, err := timeflag.ParseSince(v, now)
 		if err != nil {
-			s.fail(w, r, bad("since: want %s, got %q", timeflag.Syntax, v))
+			s.fail(w, r, bad("since: %v (want %s)", err, timeflag.Syntax))
 			return
 		}
 		since = tv.At(now)
