@@ -1,0 +1,257 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/internal/bundle"
+	"github.com/auditflow/auditflow/internal/timeflag"
+	"github.com/auditflow/auditflow/projector"
+	"github.com/auditflow/auditflow/trust"
+)
+
+// bundleCommands are export and verify-bundle (see package bundle).
+func (a *app) bundleCommands() []*cobra.Command {
+	return []*cobra.Command{a.exportCommand(), a.verifyBundleCommand()}
+}
+
+func (a *app) exportCommand() *cobra.Command {
+	var out, pipeline, change, since, until string
+	cmd := &cobra.Command{
+		Use:   "export --out FILE",
+		Short: "Write a signed, self-contained audit bundle of the stream that anyone can check offline (verify-bundle)",
+		Long: `export writes a gzip-compressed tar (see docs/audit-bundle.md): the stream's
+messages in range, exactly as stored (events.ndjson), the trust list in force
+(trust.yaml), a manifest with counts, chain heads and what export found
+wrong, signed by --signing-key (manifest.json, manifest.sig), and a report
+for people (report.html).
+
+--pipeline, --change, --since and --until (event time) choose the changes:
+each chosen change is exported from its first event, those before --since
+marked as context, so that its hash chain can be checked from the start.
+The signing key must be an operator's in the trust list for the bundle to
+verify; in the embedded mode the local key signs.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if out == "" {
+				return usage("--out FILE is required")
+			}
+			var from, to time.Time
+			now := time.Now()
+			if since != "" {
+				v, err := timeflag.ParseSince(since, now)
+				if err != nil {
+					return usage("--since: %v", err)
+				}
+				from = v.At(now)
+			}
+			if until != "" {
+				v, err := timeflag.Parse(until)
+				if err != nil {
+					return usage("--until: %v", err)
+				}
+				to = v.At(now)
+			}
+			if a.embedded && a.signing.flags.SigningKey == "" {
+				if p := filepath.Join(a.dataDir, trust.LocalKeyFile); exists(p) {
+					a.signing.flags.SigningKey, a.localKey = p, true
+				}
+			}
+			list, err := a.requiredTrustList()
+			if err != nil {
+				return err
+			}
+			signer, _, err := a.loadSigning()
+			if err != nil {
+				return err
+			}
+			if list == nil || signer == nil {
+				return usage("export needs a trust list (--trust) and an operator's key to sign the bundle (--signing-key)")
+			}
+			lines, err := a.exportLines(cmd, pipeline, change, from, to)
+			if err != nil {
+				return err
+			}
+			sc := a.streamConfig()
+			b, err := bundle.Build(lines, list, signer, bundle.Manifest{Stream: sc.Name, SubjectPrefix: sc.SubjectPrefix,
+				Filters: bundle.Filters{Pipeline: pipeline, Change: change, Since: since, Until: until}, ExportedAt: now.UTC()})
+			if err != nil {
+				return err
+			}
+			if err := writeFileAtomic(out, b); err != nil {
+				return err
+			}
+			m, _ := b.ParseManifest()
+			return a.emit(m, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "bundle\t%s\n", out)
+				fmt.Fprintf(w, "events\t%d of %d changes, sequences %d to %d\n", m.Events, len(m.Changes), m.FirstSeq, m.LastSeq)
+				fmt.Fprintf(w, "at export\t%d chain breaks, %d untrusted, %d undecodable\n", m.Verify.ChainBreaks, m.Verify.Untrusted, m.Verify.Undecodable)
+				fmt.Fprintf(w, "signed by\t%s\n", list.Identity(m.Exporter.Key))
+			})
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&out, "out", "", "the bundle file to write (.tar.gz)")
+	f.StringVar(&pipeline, "pipeline", "", "only this pipeline's changes")
+	f.StringVar(&change, "change", "", "only this change (with --pipeline, or in every pipeline)")
+	f.StringVar(&since, "since", "", "only changes with an event at or after this time: "+timeflag.Syntax)
+	f.StringVar(&until, "until", "", "only events up to this time: "+timeflag.Syntax)
+	return cmd
+}
+
+// exportLines reads the stream's messages of the chosen changes. Every
+// message of a subject is read (the change's first event is needed), and
+// held in memory until its subject is known to be chosen.
+func (a *app) exportLines(cmd *cobra.Command, pipeline, change string, from, to time.Time) ([]bundle.Line, error) {
+	js, err := a.connect()
+	if err != nil {
+		return nil, err
+	}
+	sc := a.streamConfig()
+	st, err := js.Stream(cmd.Context(), sc.Name)
+	if err != nil {
+		return nil, err
+	}
+	info, err := st.Info(cmd.Context())
+	if err != nil {
+		return nil, err
+	}
+	if info.State.Msgs == 0 {
+		return nil, nil
+	}
+	p, c := "*", "*"
+	if pipeline != "" {
+		p = events.EncodeToken(pipeline)
+	}
+	if change != "" {
+		c = events.EncodeToken(change)
+	}
+	subject := sc.SubjectPrefix + "." + p + "." + c
+	bySubject := map[string][]bundle.Line{}
+	lastIn, firstIn := map[string]int{}, map[string]int{}
+	err = projector.Scan(cmd.Context(), js, projector.ScanConfig{Stream: sc.Name, Subjects: []string{subject}, FromSeq: info.State.FirstSeq, ToSeq: info.State.LastSeq, Logger: a.log},
+		func(msgs []projector.StreamMsg) error {
+			for _, m := range msgs {
+				i := len(bySubject[m.Subject])
+				bySubject[m.Subject] = append(bySubject[m.Subject], bundle.Line{Seq: m.Seq, Subject: m.Subject, Headers: m.Header, Data: m.Data})
+				e, err := events.Decode(m.Data)
+				inWindow := err == nil && (from.IsZero() || !e.OccurredAt.Before(from)) && (to.IsZero() || !e.OccurredAt.After(to))
+				if err != nil && from.IsZero() && to.IsZero() {
+					inWindow = true // no window: every message of the subject
+				}
+				if inWindow {
+					if _, ok := firstIn[m.Subject]; !ok {
+						firstIn[m.Subject] = i
+					}
+					lastIn[m.Subject] = i
+				}
+			}
+			return nil
+		})
+	if err != nil {
+		return nil, err
+	}
+	var lines []bundle.Line
+	for s, ls := range bySubject {
+		first, ok := firstIn[s]
+		if !ok {
+			continue
+		}
+		for i := 0; i <= lastIn[s]; i++ {
+			ls[i].Context = i < first
+			lines = append(lines, ls[i])
+		}
+	}
+	sort.Slice(lines, func(i, j int) bool { return lines[i].Seq < lines[j].Seq })
+	return lines, nil
+}
+
+// writeFileAtomic writes the bundle next to path and renames it there, so
+// that a failed export leaves no half bundle.
+func writeFileAtomic(path string, b *bundle.Bundle) error {
+	f, err := os.CreateTemp(filepath.Dir(path), ".export-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := b.WriteTo(f); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Chmod(f.Name(), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
+
+func (a *app) verifyBundleCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "verify-bundle FILE",
+		Short: "Check an audit bundle offline: signatures, hash chains, the manifest and the report; exit 3 with each problem",
+		Long: `verify-bundle checks a bundle written by export, with no NATS and no store:
+every event's signature against the bundle's trust.yaml — or --trust, which
+wins: give the trust list you got another way, since a bundle's own list
+is only as good as whoever handed you the bundle — each change's hash chain
+from its first event, the manifest's signature by an operator key of that
+list, its digests and counts (no event missing), and report.html, which is
+regenerated from the events and compared byte for byte. It exits 0 when all
+hold, 3 listing each problem.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			// Only --trust (or its variable) counts here: not the embedded
+			// mode's list, which judges the local stream, not a bundle.
+			var list *trust.List
+			source := "the bundle's trust.yaml"
+			if p := a.signing.flags.Trust; p != "" && (cmd.Flags().Changed("trust") || os.Getenv("AUDITFLOW_TRUST") != "") {
+				l, err := trust.LoadList(p)
+				if err != nil {
+					return usage("--trust: %v", err)
+				}
+				list, source = l, p+" (--trust; the bundle's trust.yaml is not used)"
+			}
+			f, err := os.Open(args[0])
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			b, err := bundle.Read(f)
+			if err != nil {
+				return err
+			}
+			res := bundle.Check(b, list)
+			err = a.emit(struct {
+				bundle.Result
+				Trust string `json:"trust"`
+			}{res, source}, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "bundle\t%s: %d events of %d changes\n", args[0], res.Events, res.Changes)
+				fmt.Fprintf(w, "trust list\t%s\n", source)
+				if res.Signer != "" {
+					fmt.Fprintf(w, "manifest signed by\t%s\n", res.Signer)
+				}
+				if len(res.Problems) == 0 {
+					fmt.Fprintf(w, "result\tOK: every signature, chain link, count and the report hold\n")
+				}
+				for _, p := range res.Problems {
+					fmt.Fprintf(w, "PROBLEM\t%s\n", p)
+				}
+			})
+			if err != nil {
+				return err
+			}
+			if len(res.Problems) > 0 {
+				return errProblems
+			}
+			return nil
+		},
+	}
+}
