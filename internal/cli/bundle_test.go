@@ -1,0 +1,252 @@
+package cli_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"encoding/json"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/auditflow/auditflow/internal/bundle"
+	"github.com/auditflow/auditflow/internal/cli"
+	"github.com/auditflow/auditflow/internal/trusttest"
+	"github.com/auditflow/auditflow/trust"
+)
+
+var bundleReader, _ = filepath.Abs("../../tools/bundle-reader.py")
+
+// exported runs the quickstart, exports it, and moves to a fresh
+// directory with no .auditflow, as an auditor would be. It returns the
+// bundle's path and the quickstart's trust list (the real one).
+func exported(t *testing.T) (string, string) {
+	t.Helper()
+	dir := quickstart(t)
+	out := filepath.Join(t.TempDir(), "audit.tar.gz")
+	if code, stdout, stderr := auditflow(t, "export", "--out", out); code != cli.ExitOK {
+		t.Fatalf("export: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	t.Chdir(t.TempDir())
+	return out, filepath.Join(dir, ".auditflow", trust.LocalTrustFile)
+}
+
+// members reads a bundle's files.
+func members(t *testing.T, path string) map[string][]byte {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(zr)
+	files := map[string][]byte{}
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return files
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if files[h.Name], err = io.ReadAll(tr); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// tampered writes a copy of the bundle at path with edit applied to its files.
+func tampered(t *testing.T, path string, edit func(files map[string][]byte)) string {
+	t.Helper()
+	files := members(t, path)
+	edit(files)
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(zw)
+	for _, n := range []string{bundle.ManifestFile, bundle.SigFile, bundle.EventsFile, bundle.TrustFile, bundle.ReportFile} {
+		b, ok := files[n]
+		if !ok {
+			continue
+		}
+		if err := tw.WriteHeader(&tar.Header{Name: n, Mode: 0o644, Size: int64(len(b))}); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write(b)
+	}
+	tw.Close()
+	zw.Close()
+	out := filepath.Join(t.TempDir(), "tampered.tar.gz")
+	if err := os.WriteFile(out, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// editLines applies edit to the decoded lines of events.ndjson.
+func editLines(t *testing.T, files map[string][]byte, edit func([]bundle.Line) []bundle.Line) {
+	t.Helper()
+	var lines []bundle.Line
+	for _, text := range bytes.Split(bytes.TrimSpace(files[bundle.EventsFile]), []byte("\n")) {
+		var l bundle.Line
+		if err := json.Unmarshal(text, &l); err != nil {
+			t.Fatal(err)
+		}
+		lines = append(lines, l)
+	}
+	var buf bytes.Buffer
+	for _, l := range edit(lines) {
+		b, _ := json.Marshal(l)
+		buf.Write(append(b, '\n'))
+	}
+	files[bundle.EventsFile] = buf.Bytes()
+}
+
+func TestExportThenVerifyBundle(t *testing.T) {
+	path, _ := exported(t)
+	code, out, stderr := auditflow(t, "verify-bundle", path)
+	if code != cli.ExitOK || !strings.Contains(out, "8 events of 4 changes") || !strings.Contains(out, "OK") {
+		t.Fatalf("verify-bundle: exit %d\n%s\n%s", code, out, stderr)
+	}
+	files := members(t, path)
+	report := string(files[bundle.ReportFile])
+	for _, bad := range []string{"<script", "http://", "https://", "src="} {
+		if strings.Contains(report, bad) {
+			t.Errorf("report.html holds %q: it must be self-contained, with no script", bad)
+		}
+	}
+	var m bundle.Manifest
+	if err := json.Unmarshal(files[bundle.ManifestFile], &m); err != nil || len(m.Changes) != 4 || m.Exporter.Name != trust.LocalName {
+		t.Fatalf("manifest: %v %+v", err, m)
+	}
+}
+
+func TestVerifyBundleCatchesTampering(t *testing.T) {
+	path, realTrust := exported(t)
+	attacker := trusttest.NewSigner(t)
+	attackerList, err := trust.NewList(trust.Key{Key: attacker.PublicKey(), Name: "mallory", Roles: []trust.Role{trust.RoleRunner, trust.RoleOperator}, Pipelines: []string{"*"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	attackerYAML, _ := attackerList.Marshal()
+	for _, tc := range []struct {
+		name  string
+		edit  func(files map[string][]byte)
+		flags []string
+		want  []string
+	}{
+		{name: "an event removed", edit: func(f map[string][]byte) {
+			editLines(t, f, func(ls []bundle.Line) []bundle.Line { return append(ls[:2:2], ls[3:]...) }) // sequence 3
+		}, want: []string{"sequence 4 (audit.exec.default.0002-add-customer-index): broken chain: written to follow stream sequence 3, but it is its change's first message",
+			"0002-add-customer-index: 1 events (0 context), the manifest counts 2 (0 context): events missing"}},
+		{name: "a byte of an event changed", edit: func(f map[string][]byte) {
+			editLines(t, f, func(ls []bundle.Line) []bundle.Line {
+				i := bytes.Index(ls[0].Data, []byte("orders"))
+				ls[0].Data[i] = 'O'
+				return ls
+			})
+		}, want: []string{"sequence 1 (audit.exec.default.0001-create-orders-schema): untrusted: bad signature",
+			"sequence 2 (audit.exec.default.0001-create-orders-schema): broken chain: its prevHash is not the hash of stream sequence 1"}},
+		{name: "a signature swapped", edit: func(f map[string][]byte) {
+			editLines(t, f, func(ls []bundle.Line) []bundle.Line {
+				ls[0].Headers[trust.Header] = ls[2].Headers[trust.Header]
+				return ls
+			})
+		}, want: []string{"sequence 1 (audit.exec.default.0001-create-orders-schema): untrusted: bad signature"}},
+		{name: "trust.yaml swapped", edit: func(f map[string][]byte) { f[bundle.TrustFile] = attackerYAML },
+			want: []string{"manifest.sig: the manifest's signature is not trusted: key not trusted: unknown key",
+				"trust.yaml: its digest", "untrusted: unknown key"}},
+		{name: "trust.yaml swapped, checked with the real list", edit: func(f map[string][]byte) { f[bundle.TrustFile] = attackerYAML },
+			flags: []string{"--trust", realTrust}, want: []string{"trust.yaml: its digest", "(--trust; the bundle's trust.yaml is not used)"}},
+		{name: "the manifest edited", edit: func(f map[string][]byte) {
+			f[bundle.ManifestFile] = bytes.Replace(f[bundle.ManifestFile], []byte(`"chainBreaks": 0`), []byte(`"chainBreaks": 1`), 1)
+		}, want: []string{"manifest.sig: the manifest's signature is not trusted: key not trusted: bad signature"}},
+		{name: "report.html edited", edit: func(f map[string][]byte) {
+			f[bundle.ReportFile] = bytes.Replace(f[bundle.ReportFile], []byte("No manual resolutions."), []byte("Resolved by Bob."), 1)
+		}, want: []string{"report.html: does not match the report regenerated from events.ndjson"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bad := tampered(t, path, tc.edit)
+			code, out, stderr := auditflow(t, append([]string{"verify-bundle", bad}, tc.flags...)...)
+			if code != cli.ExitProblems {
+				t.Fatalf("exit %d, want %d\n%s\n%s", code, cli.ExitProblems, out, stderr)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("missing %q in:\n%s", w, out)
+				}
+			}
+		})
+	}
+
+	// An attacker who re-signs everything with their own key and list
+	// passes the bundle's own check — a bundle's list is only as good as
+	// who handed it over — and fails with the real list.
+	t.Run("re-signed by an attacker", func(t *testing.T) {
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := bundle.Read(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, _ := b.ParseManifest()
+		for i := range b.Lines {
+			b.Lines[i].Headers[trust.Header] = []string{attacker.Sign(b.Lines[i].Data)}
+		}
+		forged, err := bundle.Build(b.Lines, attackerList, attacker, bundle.Manifest{Stream: m.Stream, SubjectPrefix: m.SubjectPrefix, ExportedAt: m.ExportedAt})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := filepath.Join(t.TempDir(), "forged.tar.gz")
+		var buf bytes.Buffer
+		forged.WriteTo(&buf)
+		os.WriteFile(out, buf.Bytes(), 0o644)
+		if code, stdout, _ := auditflow(t, "verify-bundle", out); code != cli.ExitOK {
+			t.Fatalf("with its own list: exit %d\n%s", code, stdout)
+		}
+		code, stdout, _ := auditflow(t, "verify-bundle", out, "--trust", realTrust, "--json")
+		var res bundle.Result
+		if code != cli.ExitProblems || json.Unmarshal([]byte(stdout), &res) != nil || len(res.Problems) < 9 {
+			t.Fatalf("with the real list: exit %d\n%s", code, stdout)
+		}
+		if !strings.Contains(stdout, "the manifest's signature is not trusted: key not trusted: unknown key") {
+			t.Errorf("the manifest's signature passed:\n%s", stdout)
+		}
+	})
+}
+
+// TestBundleReaderPython holds tools/bundle-reader.py, the independent
+// reader, to the bundle: it passes a good one and fails a tampered one.
+func TestBundleReaderPython(t *testing.T) {
+	python, err := exec.LookPath("python3")
+	if err != nil {
+		if os.Getenv("AUDITFLOW_REQUIRE_INTEGRATION") == "1" {
+			t.Fatal("python3 is missing (AUDITFLOW_REQUIRE_INTEGRATION=1)")
+		}
+		t.Skip("python3 is missing")
+	}
+	path, _ := exported(t)
+	out, err := exec.Command(python, bundleReader, path).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "8 events of 4 changes, 0 broken links") {
+		t.Fatalf("good bundle: %v\n%s", err, out)
+	}
+	bad := tampered(t, path, func(f map[string][]byte) {
+		editLines(t, f, func(ls []bundle.Line) []bundle.Line {
+			ls[0].Data[bytes.Index(ls[0].Data, []byte("orders"))] = 'O'
+			return ls
+		})
+	})
+	out, err = exec.Command(python, bundleReader, bad).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "sequence 2 (audit.exec.default.0001-create-orders-schema): broken chain") {
+		t.Fatalf("tampered bundle: %v\n%s", err, out)
+	}
+}
