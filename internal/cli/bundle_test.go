@@ -250,3 +250,17 @@ func TestBundleReaderPython(t *testing.T) {
 		t.Fatalf("tampered bundle: %v\n%s", err, out)
 	}
 }
+
+// TestExportFilters exports one change, which verifies on its own.
+func TestExportFilters(t *testing.T) {
+	quickstart(t)
+	out := filepath.Join(t.TempDir(), "one.tar.gz")
+	if code, stdout, stderr := auditflow(t, "export", "--out", out, "--pipeline", "default", "--change", "0002-add-customer-index", "--since", "1h"); code != cli.ExitOK {
+		t.Fatalf("export: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	t.Chdir(t.TempDir())
+	code, stdout, stderr := auditflow(t, "verify-bundle", out)
+	if code != cli.ExitOK || !strings.Contains(stdout, "2 events of 1 changes") {
+		t.Fatalf("verify-bundle: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+}
