@@ -38,6 +38,8 @@ each chosen change is exported from its first event, those before --since
 marked as context, so that its hash chain can be checked from the start.
 The signing key must be an operator's in the trust list for the bundle to
 verify; in the embedded mode the local key signs.`,
+		Example: `  auditflow export --out audit.tar.gz                # after runner --embedded: signed with the local key
+  auditflow export --out billing.tar.gz --pipeline billing --since 720h --trust trust.yaml --signing-key exporter.nk`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if out == "" {
@@ -206,6 +208,8 @@ from its first event, the manifest's signature by an operator key of that
 list, its digests and counts (no event missing), and report.html, which is
 regenerated from the events and compared byte for byte. It exits 0 when all
 hold, 3 listing each problem.`,
+		Example: `  auditflow verify-bundle audit.tar.gz --trust trust.yaml
+  auditflow verify-bundle audit.tar.gz --json`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			// Only --trust (or its variable) counts here: not the embedded
