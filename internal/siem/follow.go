@@ -38,20 +38,8 @@ func (f *Feed) Follow(ctx context.Context, w io.Writer) error {
 	f.chains.reset(fresh && f.cfg.Since.IsZero())
 	var lastCons uint64
 	var ms []msg
-	for ctx.Err() == nil {
-		fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		batch, err := cons.Fetch(f.cfg.BatchSize, jetstream.FetchContext(fctx))
-		if err != nil {
-			cancel()
-			if ctx.Err() != nil {
-				break
-			}
-			f.cfg.Logger.Warn("feed: fetching from the durable consumer failed; trying again", "consumer", f.cfg.Consumer, "err", err)
-			sleep(ctx, time.Second)
-			continue
-		}
-		ms = ms[:0]
-		var last jetstream.Msg
+	var last jetstream.Msg
+	collect := func(batch jetstream.MessageBatch) {
 		for m := range batch.Messages() {
 			md, err := m.Metadata()
 			if err != nil {
@@ -65,10 +53,30 @@ func (f *Feed) Follow(ctx context.Context, w io.Writer) error {
 				redelivered: md.NumDelivered > 1})
 			last = m
 		}
-		cancel()
-		if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) &&
-			!errors.Is(err, jetstream.ErrNoMessages) {
-			f.cfg.Logger.Debug("feed: fetch ended", "err", err)
+	}
+	for ctx.Err() == nil {
+		ms = ms[:0]
+		// What is there now, up to a batch; when nothing is, wait for the
+		// next message (waiting for a full batch would hold lines back
+		// while events trickle in).
+		batch, err := cons.FetchNoWait(f.cfg.BatchSize)
+		if err == nil {
+			collect(batch)
+			if len(ms) == 0 {
+				fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				if batch, err = cons.Fetch(1, jetstream.FetchContext(fctx)); err == nil {
+					collect(batch)
+				}
+				cancel()
+			}
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			f.cfg.Logger.Warn("feed: fetching from the durable consumer failed; trying again", "consumer", f.cfg.Consumer, "err", err)
+			sleep(ctx, time.Second)
+			continue
 		}
 		if len(ms) == 0 {
 			continue
@@ -101,6 +109,9 @@ func (f *Feed) consumer(ctx context.Context) (jetstream.Consumer, bool, error) {
 			return nil, false, fmt.Errorf("%w: %s reads %v, not %s: give another --consumer, or delete it (nats consumer rm %s %s)",
 				ErrConsumerMismatch, f.cfg.Consumer, filters(got), filter, f.cfg.Stream.Name, f.cfg.Consumer)
 		}
+		if info := c.CachedInfo(); info.NumAckPending > 0 {
+			return f.rewind(ctx, info)
+		}
 		return c, false, nil
 	}
 	if !errors.Is(err, jetstream.ErrConsumerNotFound) {
@@ -117,6 +128,32 @@ func (f *Feed) consumer(ctx context.Context) (jetstream.Consumer, bool, error) {
 		return nil, false, fmt.Errorf("creating the durable consumer %s: %w", f.cfg.Consumer, err)
 	}
 	return c, true, nil
+}
+
+// rewind makes the durable consumer start again after its acknowledgement
+// floor. Messages delivered but not acknowledged are what a previous
+// Follow may not have written (it stopped between fetching and
+// acknowledging): the server would deliver them again only after their
+// ack wait, after newer ones, and acknowledging a newer one would
+// acknowledge them unwritten (the consumer acknowledges all). So the
+// consumer is made again, at the sequence after its floor: the feed writes
+// them now, in order. One Follow per consumer: this takes the messages of
+// another one reading it.
+func (f *Feed) rewind(ctx context.Context, info *jetstream.ConsumerInfo) (jetstream.Consumer, bool, error) {
+	cfg := info.Config
+	if floor := info.AckFloor.Stream; floor > 0 {
+		cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = jetstream.DeliverByStartSequencePolicy, floor+1, nil
+	}
+	f.cfg.Logger.Info("feed: the durable consumer has deliveries not acknowledged (a previous feed stopped before acknowledging): starting again after its floor",
+		"consumer", cfg.Durable, "ackFloor", info.AckFloor.Stream, "unacknowledged", info.NumAckPending)
+	if err := f.js.DeleteConsumer(ctx, f.cfg.Stream.Name, cfg.Durable); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil, false, fmt.Errorf("starting the durable consumer %s again after its floor: %w", cfg.Durable, err)
+	}
+	c, err := f.js.CreateConsumer(ctx, f.cfg.Stream.Name, cfg)
+	if err != nil {
+		return nil, false, fmt.Errorf("starting the durable consumer %s again after its floor: %w", cfg.Durable, err)
+	}
+	return c, false, nil
 }
 
 func filters(c jetstream.ConsumerConfig) []string {
