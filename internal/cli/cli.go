@@ -191,6 +191,7 @@ connection test), 4 not found or nothing to fix, 5 refused as unsafe
 		a.testConnectionCommand(), a.verifySchemaCommand(), a.replayCommand(), a.verifyCommand(), a.repairCommand(), a.keysCommand(),
 		a.consoleCommand())
 	root.AddCommand(a.bundleCommands()...)
+	root.AddCommand(a.feedCommand()) // export --format ndjson [--follow]
 	finishHelp(root, a)
 	return root
 }

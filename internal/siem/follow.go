@@ -1,0 +1,173 @@
+package siem
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// ErrConsumerMismatch says the durable consumer exists with another
+// filter than the one asked for.
+var ErrConsumerMismatch = errors.New("siem: the durable consumer exists with another filter")
+
+// ackWait is how long the server waits for a batch's acknowledgement
+// before it delivers the batch again.
+const ackWait = time.Minute
+
+// Follow writes the stream's messages as they come, from the durable
+// consumer Config.Consumer (created at Config.Since, or the first message,
+// if it does not exist), until ctx ends. Each batch is written and flushed
+// before it is acknowledged: a Follow that starts again continues after the
+// last line it wrote, and writes again at most the batch that was written
+// but not acknowledged (at least once: deduplicate on auditflowseq).
+func (f *Feed) Follow(ctx context.Context, w io.Writer) error {
+	cons, fresh, err := f.consumer(ctx)
+	if err != nil {
+		return err
+	}
+	bw := bufio.NewWriterSize(w, 256<<10)
+	// A consumer created here from the first message delivers every
+	// message of its subjects: it knows that a subject not seen yet has
+	// nothing before it.
+	f.chains.reset(fresh && f.cfg.Since.IsZero())
+	var lastCons uint64
+	var ms []msg
+	var last jetstream.Msg
+	collect := func(batch jetstream.MessageBatch) {
+		for m := range batch.Messages() {
+			md, err := m.Metadata()
+			if err != nil {
+				continue
+			}
+			if lastCons != 0 && md.Sequence.Consumer != lastCons+1 {
+				f.chains.reset(false) // a hole: someone else took messages
+			}
+			lastCons = md.Sequence.Consumer
+			ms = append(ms, msg{seq: md.Sequence.Stream, subject: m.Subject(), data: m.Data(), header: m.Headers(),
+				redelivered: md.NumDelivered > 1})
+			last = m
+		}
+	}
+	for ctx.Err() == nil {
+		ms = ms[:0]
+		// What is there now, up to a batch; when nothing is, wait for the
+		// next message (waiting for a full batch would hold lines back
+		// while events trickle in).
+		batch, err := cons.FetchNoWait(f.cfg.BatchSize)
+		if err == nil {
+			collect(batch)
+			if len(ms) == 0 {
+				fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				if batch, err = cons.Fetch(1, jetstream.FetchContext(fctx)); err == nil {
+					collect(batch)
+				}
+				cancel()
+			}
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			f.cfg.Logger.Warn("feed: fetching from the durable consumer failed; trying again", "consumer", f.cfg.Consumer, "err", err)
+			sleep(ctx, time.Second)
+			continue
+		}
+		if len(ms) == 0 {
+			continue
+		}
+		if err := f.write(ctx, bw, ms); err != nil {
+			return err
+		}
+		if err := bw.Flush(); err != nil {
+			return err
+		}
+		// The consumer acknowledges all: the batch's last message acks it
+		// all. Even when ctx has ended: what was written is acknowledged.
+		actx, acancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		err = last.DoubleAck(actx)
+		acancel()
+		if err != nil {
+			return fmt.Errorf("acknowledging up to sequence %d (the lines are written; they will be written again): %w", f.stats.LastSeq, err)
+		}
+	}
+	return nil
+}
+
+// consumer opens the durable consumer, creating it if it does not exist
+// (fresh).
+func (f *Feed) consumer(ctx context.Context) (jetstream.Consumer, bool, error) {
+	filter := f.cfg.filter()
+	c, err := f.js.Consumer(ctx, f.cfg.Stream.Name, f.cfg.Consumer)
+	if err == nil {
+		if got := c.CachedInfo().Config; !slices.Equal(filters(got), []string{filter}) {
+			return nil, false, fmt.Errorf("%w: %s reads %v, not %s: give another --consumer, or delete it (nats consumer rm %s %s)",
+				ErrConsumerMismatch, f.cfg.Consumer, filters(got), filter, f.cfg.Stream.Name, f.cfg.Consumer)
+		}
+		if info := c.CachedInfo(); info.NumAckPending > 0 {
+			return f.rewind(ctx, info)
+		}
+		return c, false, nil
+	}
+	if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil, false, fmt.Errorf("consumer %s: %w", f.cfg.Consumer, err)
+	}
+	cfg := jetstream.ConsumerConfig{Durable: f.cfg.Consumer, FilterSubject: filter, AckPolicy: jetstream.AckAllPolicy,
+		AckWait: ackWait, MaxAckPending: 4 * f.cfg.BatchSize, Description: "auditflow feed --follow (SIEM)"}
+	if !f.cfg.Since.IsZero() {
+		since := f.cfg.Since
+		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
+	}
+	c, err = f.js.CreateConsumer(ctx, f.cfg.Stream.Name, cfg)
+	if err != nil {
+		return nil, false, fmt.Errorf("creating the durable consumer %s: %w", f.cfg.Consumer, err)
+	}
+	return c, true, nil
+}
+
+// rewind makes the durable consumer start again after its acknowledgement
+// floor. Messages delivered but not acknowledged are what a previous
+// Follow may not have written (it stopped between fetching and
+// acknowledging): the server would deliver them again only after their
+// ack wait, after newer ones, and acknowledging a newer one would
+// acknowledge them unwritten (the consumer acknowledges all). So the
+// consumer is made again, at the sequence after its floor: the feed writes
+// them now, in order. One Follow per consumer: this takes the messages of
+// another one reading it.
+func (f *Feed) rewind(ctx context.Context, info *jetstream.ConsumerInfo) (jetstream.Consumer, bool, error) {
+	cfg := info.Config
+	if floor := info.AckFloor.Stream; floor > 0 {
+		cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = jetstream.DeliverByStartSequencePolicy, floor+1, nil
+	}
+	f.cfg.Logger.Info("feed: the durable consumer has deliveries not acknowledged (a previous feed stopped before acknowledging): starting again after its floor",
+		"consumer", cfg.Durable, "ackFloor", info.AckFloor.Stream, "unacknowledged", info.NumAckPending)
+	if err := f.js.DeleteConsumer(ctx, f.cfg.Stream.Name, cfg.Durable); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil, false, fmt.Errorf("starting the durable consumer %s again after its floor: %w", cfg.Durable, err)
+	}
+	c, err := f.js.CreateConsumer(ctx, f.cfg.Stream.Name, cfg)
+	if err != nil {
+		return nil, false, fmt.Errorf("starting the durable consumer %s again after its floor: %w", cfg.Durable, err)
+	}
+	return c, false, nil
+}
+
+func filters(c jetstream.ConsumerConfig) []string {
+	if c.FilterSubject != "" {
+		return []string{c.FilterSubject}
+	}
+	return c.FilterSubjects
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
