@@ -12,6 +12,7 @@ import (
 
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/internal/bundle"
+	"github.com/auditflow/auditflow/internal/siem"
 	"github.com/auditflow/auditflow/internal/timeflag"
 	"github.com/auditflow/auditflow/projector"
 	"github.com/auditflow/auditflow/trust"
@@ -23,9 +24,10 @@ func (a *app) bundleCommands() []*cobra.Command {
 }
 
 func (a *app) exportCommand() *cobra.Command {
-	var out, pipeline, change, since, until string
+	var out, pipeline, change, since, until, format, consumer string
+	var follow bool
 	cmd := &cobra.Command{
-		Use:   "export --out FILE",
+		Use:   "export --out FILE | --format ndjson [--follow]",
 		Short: "Write a signed, self-contained audit bundle of the stream that anyone can check offline (verify-bundle)",
 		Long: `export writes a gzip-compressed tar (see docs/audit-bundle.md): the stream's
 messages in range, exactly as stored (events.ndjson), the trust list in force
@@ -37,16 +39,42 @@ for people (report.html).
 each chosen change is exported from its first event, those before --since
 marked as context, so that its hash chain can be checked from the start.
 The signing key must be an operator's in the trust list for the bundle to
-verify; in the embedded mode the local key signs.`,
+verify; in the embedded mode the local key signs.
+
+--format ndjson writes, instead of a bundle, the stream to stdout as
+CloudEvents, one JSON document a line, for a SIEM — with --follow, from a
+durable consumer until interrupted: what 'auditflow feed' does (see its
+help and docs/siem.md).`,
 		Example: `  auditflow export --out audit.tar.gz                # after runner --embedded: signed with the local key
   auditflow export --out billing.tar.gz --pipeline billing --since 720h --trust trust.yaml --signing-key exporter.nk`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			now := time.Now()
+			switch format {
+			case "ndjson":
+				if out != "" || until != "" {
+					return usage("--format ndjson writes to stdout from --since on: no --out, no --until")
+				}
+				cfg := siem.Config{Pipeline: pipeline, Change: change, Consumer: consumer, BatchSize: 1000}
+				if since != "" {
+					v, err := timeflag.ParseSince(since, now)
+					if err != nil {
+						return usage("--since: %v", err)
+					}
+					cfg.Since = v.At(now)
+				}
+				return a.runFeed(cmd.Context(), cfg, follow)
+			case "bundle":
+				if follow {
+					return usage("--follow goes with --format ndjson")
+				}
+			default:
+				return usage("--format %q: want bundle (the default) or ndjson", format)
+			}
 			if out == "" {
 				return usage("--out FILE is required")
 			}
 			var from, to time.Time
-			now := time.Now()
 			if since != "" {
 				v, err := timeflag.ParseSince(since, now)
 				if err != nil {
@@ -105,6 +133,9 @@ verify; in the embedded mode the local key signs.`,
 	f.StringVar(&change, "change", "", "only this change (with --pipeline, or in every pipeline)")
 	f.StringVar(&since, "since", "", "only changes with an event at or after this time: "+timeflag.Syntax)
 	f.StringVar(&until, "until", "", "only events up to this time: "+timeflag.Syntax)
+	f.StringVar(&format, "format", "bundle", "bundle (a signed .tar.gz, --out) or ndjson (CloudEvents lines on stdout, for a SIEM)")
+	f.BoolVar(&follow, "follow", false, "with --format ndjson: keep writing new events from a durable consumer until interrupted; a restart continues after the last line written")
+	f.StringVar(&consumer, "consumer", siem.DefaultConsumer, "with --follow: the durable consumer (not a projector's)")
 	return cmd
 }
 

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"time"
 
@@ -42,38 +43,10 @@ auditflowseq. Give it the projectors' --trust (or --insecure-no-trust).`,
   auditflow --trust trust.yaml feed --follow | vector --config siem.toml`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmd.Context()
 			if since.set() {
 				cfg.Since = since.from(time.Now())
 			}
-			list, err := a.requiredTrustList()
-			if err != nil {
-				return err
-			}
-			cfg.Trust, cfg.Stream, cfg.Logger = list, a.streamConfig(), a.log
-			js, err := a.connect()
-			if err != nil {
-				return err
-			}
-			f, err := siem.New(js, cfg)
-			if err != nil {
-				return usageError{err}
-			}
-			if follow {
-				err = f.Follow(ctx, a.out)
-			} else {
-				err = f.Run(ctx, a.out)
-			}
-			st := f.Stats()
-			a.log.Info("feed done", "lines", st.Lines, "undecodable", st.Undecodable, "untrusted", st.Untrusted,
-				"outOfChain", st.OutOfChain, "lastSeq", st.LastSeq)
-			if err != nil && ctx.Err() != nil {
-				return nil // interrupted: what was written is acknowledged
-			}
-			if err != nil {
-				return fmt.Errorf("feed (after %d lines, up to sequence %d): %w", st.Lines, st.LastSeq, err)
-			}
-			return nil
+			return a.runFeed(cmd.Context(), cfg, follow)
 		},
 	}
 	cmd.Flags().StringVar(&cfg.Pipeline, "pipeline", "", "only this pipeline's events")
@@ -83,4 +56,37 @@ auditflowseq. Give it the projectors' --trust (or --insecure-no-trust).`,
 	cmd.Flags().StringVar(&cfg.Consumer, "consumer", siem.DefaultConsumer, "--follow's durable consumer (not a projector's)")
 	cmd.Flags().IntVar(&cfg.BatchSize, "batch", 1000, "messages read, judged and written at once (with --follow: acknowledged at once)")
 	return cmd
+}
+
+// runFeed writes the feed (see feedCommand) to stdout: what `feed` and
+// `export --format ndjson` run.
+func (a *app) runFeed(ctx context.Context, cfg siem.Config, follow bool) error {
+	list, err := a.requiredTrustList()
+	if err != nil {
+		return err
+	}
+	cfg.Trust, cfg.Stream, cfg.Logger = list, a.streamConfig(), a.log
+	js, err := a.connect()
+	if err != nil {
+		return err
+	}
+	f, err := siem.New(js, cfg)
+	if err != nil {
+		return usageError{err}
+	}
+	if follow {
+		err = f.Follow(ctx, a.out)
+	} else {
+		err = f.Run(ctx, a.out)
+	}
+	st := f.Stats()
+	a.log.Info("feed done", "lines", st.Lines, "undecodable", st.Undecodable, "untrusted", st.Untrusted,
+		"outOfChain", st.OutOfChain, "lastSeq", st.LastSeq)
+	if err != nil && ctx.Err() != nil {
+		return nil // interrupted: what was written is acknowledged
+	}
+	if err != nil {
+		return fmt.Errorf("feed (after %d lines, up to sequence %d): %w", st.Lines, st.LastSeq, err)
+	}
+	return nil
 }

@@ -56,4 +56,18 @@ func TestFeedCommand(t *testing.T) {
 	if code != cli.ExitOK || len(lines) != 2 || lines[0]["auditflowtrust"] != "unchecked" {
 		t.Fatalf("exit %d, %d lines (%v): %s", code, len(lines), lines, errOut)
 	}
+	// export --format ndjson is the same feed.
+	code, exported, errOut := run("--trust", list, "export", "--format", "ndjson")
+	if code != cli.ExitOK {
+		t.Fatalf("export --format ndjson: exit %d: %s", code, errOut)
+	}
+	_, fed, _ := run("--trust", list, "feed")
+	a, _ := json.Marshal(exported)
+	b, _ := json.Marshal(fed)
+	if len(exported) == 0 || !bytes.Equal(a, b) {
+		t.Fatalf("export --format ndjson wrote %d lines, feed %d, not the same", len(exported), len(fed))
+	}
+	if code, _, errOut := run("--trust", list, "export", "--format", "ndjson", "--out", "x.tar.gz"); code != cli.ExitUsage {
+		t.Fatalf("export --format ndjson --out: exit %d, want %d: %s", code, cli.ExitUsage, errOut)
+	}
 }
