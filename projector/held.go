@@ -264,12 +264,7 @@ func (p *Projector) parkFailed(d delivery, err error) {
 func (p *Projector) refreshHeld(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, lagTimeout)
 	defer cancel()
-	filter := p.cfg.HeldPrefix + "." + p.cfg.Consumer + ".>"
-	var info *jetstream.StreamInfo
-	s, err := p.js.Stream(ctx, HeldStream)
-	if err == nil {
-		info, err = s.Info(ctx, jetstream.WithSubjectFilter(filter))
-	}
+	parked, err := Parked(ctx, p.js, p.cfg.HeldPrefix, p.cfg.Consumer)
 	p.parked.mu.Lock()
 	defer p.parked.mu.Unlock()
 	if err != nil {
@@ -277,20 +272,32 @@ func (p *Projector) refreshHeld(ctx context.Context) {
 		return
 	}
 	p.parked.err = ""
-	subjects := make(map[string]bool, len(info.State.Subjects))
+	subjects := make(map[string]bool, len(parked))
 	n := 0
-	for subj, c := range info.State.Subjects {
+	for subj, c := range parked {
 		subjects[p.auditSubject(subj)] = true
 		n += int(c)
-	}
-	if len(info.State.Subjects) == 0 && info.State.Msgs > 0 && info.State.NumSubjects == 0 {
-		n = int(info.State.Msgs) // an unfiltered answer (should not happen)
 	}
 	p.parked.setSubjects(subjects)
 	p.parked.count = n
 	if n == 0 {
 		p.parked.versions = map[int]int{}
 	}
+}
+
+// Parked returns the pointers waiting in HeldStream for consumer, by
+// pointer subject (<heldPrefix>.<consumer>.<pipeline>.<change>): what a
+// running projector, `auditflow stats` and the console count.
+func Parked(ctx context.Context, js jetstream.JetStream, heldPrefix, consumer string) (map[string]uint64, error) {
+	s, err := js.Stream(ctx, HeldStream)
+	if err != nil {
+		return nil, err
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(heldPrefix+"."+consumer+".>"))
+	if err != nil {
+		return nil, err
+	}
+	return info.State.Subjects, nil
 }
 
 // heldLoop refreshes the held state every heldRefreshEvery until ctx ends,

@@ -69,19 +69,12 @@ func ReadHealth(ctx context.Context, js jetstream.JetStream, st stores.Store, p 
 
 // HeldOf counts the events parked in projector.HeldStream for consumer.
 func HeldOf(ctx context.Context, js jetstream.JetStream, consumer string) (uint64, error) {
-	s, err := js.Stream(ctx, projector.HeldStream)
-	if err != nil {
-		return 0, err
-	}
-	info, err := s.Info(ctx, jetstream.WithSubjectFilter(projector.DefaultHeldPrefix+"."+consumer+".>"))
-	if err != nil {
-		return 0, err
-	}
+	parked, err := projector.Parked(ctx, js, projector.DefaultHeldPrefix, consumer)
 	var n uint64
-	for _, c := range info.State.Subjects {
+	for _, c := range parked {
 		n += c
 	}
-	return n, nil
+	return n, err
 }
 
 // Lag is how far a store's projector is behind the stream.
