@@ -223,7 +223,7 @@ type Projector struct {
 	deadLetterFailures, storeRefusals, held, busyNaks, untrusted        atomic.Uint64
 	heldFailures, redriven, recreated, restored                         atomic.Uint64
 	parked                                                              parking // held.go
-	heldLog                                                             logLimit
+	heldLog, restoreTry                                                 logLimit
 	tokens                                                              tokenWatch
 	inflight                                                            inflight
 	health                                                              health
@@ -512,7 +512,9 @@ func (p *Projector) fetchLoop(ctx context.Context, parts []chan []delivery, dead
 	fails := backoff.NewExponentialBackOff(backoff.WithMaxInterval(p.cfg.RetryMax), backoff.WithMaxElapsedTime(0))
 	busy := make([]bool, len(parts)+1) // the apply loops, then the dead-letter loop
 	for ctx.Err() == nil {
-		if st, _, err := p.lag.get(); err == nil && len(st.drift) > 0 && p.restoreConsumer(ctx, st.drift) {
+		// At most one attempt a second: a failed one logs, and the reading
+		// that showed the drift stays cached for that long anyway.
+		if st, _, err := p.lag.get(); err == nil && len(st.drift) > 0 && p.restoreTry.allow(lagCacheTTL) && p.restoreConsumer(ctx, st.drift) {
 			p.lastCons = 0 // what follows is not contiguous with what came before
 		}
 		msgs, err := p.fetch()
