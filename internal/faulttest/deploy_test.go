@@ -6,9 +6,11 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +27,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/internal/inspect"
 	"github.com/auditflow/auditflow/internal/natsperm"
 	"github.com/auditflow/auditflow/internal/natstest"
 	"github.com/auditflow/auditflow/lock"
@@ -345,6 +348,43 @@ func TestDeployRolesDoTheirJobs(t *testing.T) {
 	want := []events.Type{events.ExecutionStarted, events.ExecutionFailed, events.ManuallyResolved, events.ExecutionStarted, events.ExecutionSucceeded}
 	if got := typesOf(history(t, js, deployPipeline, "0002-fails")); !slices.Equal(got, want) {
 		t.Fatalf("0002-fails recorded %v, want %v", got, want)
+	}
+	// The runner role, with its real credentials, publishes events that
+	// claim the next schema version on its own subjects: a projector
+	// started again, as its role, parks them (publishes pointers to AUDIT_HELD, reads it)
+	// without a permission violation (the cleanup checks every process's
+	// output), and its readiness says an upgrade is needed.
+	_, runnerJS := d.connect(t, roleRunner)
+	const newer = 3
+	for i := range newer {
+		e := events.New(events.ExecutionStarted, deployPipeline, fmt.Sprintf("newer-%d", i))
+		e.ExecutionID = "x"
+		b, err := events.Encode(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var doc map[string]any
+		if err := json.Unmarshal(b, &doc); err != nil {
+			t.Fatal(err)
+		}
+		doc["data"].(map[string]any)["schemaVersion"] = events.SchemaVersion + 1
+		if b, err = json.Marshal(doc); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := runnerJS.Publish(context.Background(), events.Subject(events.DefaultSubjectPrefix, deployPipeline, e.ChangeID), b); err != nil {
+			t.Fatalf("publish as %s: %v", roleRunner, err)
+		}
+	}
+
+	addr = freeAddr(t)
+	as(roleProjector, bin.projector, "--store", "sqlite", "--sqlite-path", db, "--metrics-addr", addr)
+	_, heldJS := d.connect(t, roleAdmin)
+	eventually(t, 20*time.Second, "the projector parks the 3 newer-version events", func() bool {
+		n, err := inspect.HeldOf(context.Background(), heldJS, "projector-sqlite")
+		return err == nil && n == newer
+	})
+	if code, body := get(t, addr, "/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "upgrade needed: 3 events") {
+		t.Fatalf("readyz with 3 events parked: %d %s", code, body)
 	}
 }
 
