@@ -226,9 +226,19 @@ func (p *Producer) publishAfter(ctx context.Context, e events.Event, head Head) 
 	return Head{Seq: seq, Hash: events.Hash(data), Position: e.Position, Signature: msg.Header.Get(trust.Header)}, nil
 }
 
-// headAt is the Head of the message stored at seq.
+// headAt is the Head of the message stored at seq. The server has just
+// said it stored seq, but a direct get may be answered by a replica that
+// has not applied it yet ("no message found"): that is retried like a
+// transient failure, within RetryFor.
 func (p *Producer) headAt(ctx context.Context, seq uint64) (Head, error) {
-	m, err := p.stream.GetMsg(ctx, seq)
+	r := Retry{For: p.cfg.RetryFor, AttemptTimeout: p.cfg.AttemptTimeout, Logger: p.log.With("seq", seq)}
+	m, err := retry(ctx, p.js, r, "read the event the stream acknowledged", func(ctx context.Context) (*jetstream.RawStreamMsg, error) {
+		m, err := p.stream.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil, fmt.Errorf("%w: %w", errNotApplied, err)
+		}
+		return m, err
+	})
 	if err != nil {
 		return Head{}, fmt.Errorf("producer: read the event stored at %d: %w", seq, err)
 	}
@@ -294,6 +304,10 @@ func (p *Producer) refused(ctx context.Context, e events.Event, subject string, 
 // errSpuriousRefusal marks a wrong-last-sequence refusal that re-reading
 // the subject did not confirm.
 var errSpuriousRefusal = errors.New("unconfirmed wrong-last-sequence refusal")
+
+// errNotApplied marks a read of a message the stream has acknowledged
+// that a replica answered before applying it: retried, not reported.
+var errNotApplied = errors.New("acknowledged message not yet readable on the replica that answered")
 
 // lastMsg is a subject's newest message as re-read after a refusal; the
 // zero value means the subject has none.

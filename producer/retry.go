@@ -82,7 +82,7 @@ func retry[T any](ctx context.Context, js jetstream.JetStream, r Retry, what str
 // responders while a leader is elected), the client is between servers,
 // or JetStream said it is temporarily unavailable. The caller checks its
 // own context first: its expiry is not a reason to go on.
-func retryable(err error) bool { return Transient(err) }
+func retryable(err error) bool { return errors.Is(err, errNotApplied) || Transient(err) }
 
 // Transient reports whether a failed JetStream request may succeed if made
 // again: no answer or no responders (a leader election, a reconnecting
