@@ -2,14 +2,16 @@ package bundle
 
 import (
 	"archive/tar"
-	"bufio"
 	"bytes"
 	"compress/gzip"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
-	"sort"
+	"os"
 	"strings"
 	"time"
 
@@ -30,11 +32,12 @@ const (
 const Format = "auditflow-bundle-v1"
 
 // ErrInvalid: the file is not a bundle (not a gzip tar, a member too
-// large, a line that is not JSON).
+// large or twice).
 var ErrInvalid = errors.New("bundle: invalid")
 
-// maxMember bounds what Read takes of one member.
-const maxMember = 1 << 30
+// maxMember bounds what is held in memory of one member other than
+// events.ndjson, which is read as a stream.
+const maxMember = 256 << 20
 
 // Line is one stream message, a line of events.ndjson. Data is the
 // message's exact bytes (base64 in JSON); Context marks an event before
@@ -98,195 +101,232 @@ type Manifest struct {
 	ExportedAt    time.Time `json:"exportedAt"`
 }
 
-// Bundle is a bundle's files.
-type Bundle struct {
-	Lines    []Line
-	Events   []byte // events.ndjson as stored
-	Trust    []byte
-	Manifest []byte
-	Sig      []byte
-	Report   []byte
-	Missing  []string // members absent when read
+// Writer writes a bundle of stream messages handed to it in sequence
+// order, in one pass and in memory bounded by the number of changes, not
+// of events: events.ndjson goes, compressed, to a spool file next to the
+// bundle until the manifest, which names its digest, can be written.
+type Writer struct {
+	list   *trust.List
+	signer *trust.Signer
+	m      Manifest
+	judge  judger
+	sum    summary
+	rep    reporter
+	spool  *os.File // events.ndjson as gzip members, one per range of a batch
+	size   int64    // its uncompressed bytes
+	digest hash.Hash
+	err    error
 }
 
-// Build makes a bundle of lines (in sequence order) judged with list and
-// signed by signer. m gives the stream, filters and time; Build fills in
-// the rest.
-func Build(lines []Line, list *trust.List, signer *trust.Signer, m Manifest) (*Bundle, error) {
+// NewWriter starts a bundle judged with list and signed by signer,
+// spooling in dir. m gives the stream, subject prefix, filters and time;
+// Finish fills in the rest. Close removes the spool.
+func NewWriter(dir string, list *trust.List, signer *trust.Signer, m Manifest) (*Writer, error) {
 	if list == nil || signer == nil {
 		return nil, errors.New("bundle: a trust list and a signing key are needed")
 	}
-	var ev bytes.Buffer
-	for _, l := range lines {
-		b, err := json.Marshal(l)
-		if err != nil {
-			return nil, err
-		}
-		ev.Write(b)
-		ev.WriteByte('\n')
-	}
-	tl, err := list.Marshal()
+	f, err := os.CreateTemp(dir, ".bundle-events-*")
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("bundle: spool file: %w", err)
 	}
-	m.Format = Format
-	m.Events = len(lines)
-	m.EventsSHA256 = events.Hash(ev.Bytes())
-	m.TrustSHA256 = events.Hash(tl)
-	m.Changes = summarize(lines)
-	if len(lines) > 0 {
-		m.FirstSeq, m.LastSeq = lines[0].Seq, lines[len(lines)-1].Seq
+	return &Writer{list: list, signer: signer, m: m, judge: newJudger(list, m.SubjectPrefix),
+		spool: f, digest: sha256.New()}, nil
+}
+
+// Add adds lines, the next ones in sequence order. The costly part —
+// signature checks, hashing, encoding, compression — runs on every CPU.
+func (w *Writer) Add(lines []Line) error {
+	if w.err != nil {
+		return w.err
 	}
-	for _, j := range judge(lines, list, m.SubjectPrefix) {
+	if len(lines) > 0 && w.m.Events > 0 && lines[0].Seq <= w.m.LastSeq {
+		return fmt.Errorf("bundle: sequence %d added after %d", lines[0].Seq, w.m.LastSeq)
+	}
+	js := make([]judged, len(lines))
+	raw := make([][]byte, len(lines)) // per range: its lines, encoded
+	gz := make([][]byte, len(lines))  // per range: the same, a gzip member
+	errs := make([]error, len(lines))
+	ranges := inParallel(len(lines), func(k, lo, hi int) {
+		var buf bytes.Buffer
+		for i := lo; i < hi; i++ {
+			js[i] = w.judge.one(lines[i])
+			b, err := json.Marshal(lines[i])
+			if err != nil {
+				errs[k] = err
+				return
+			}
+			buf.Write(b)
+			buf.WriteByte('\n')
+		}
+		var z bytes.Buffer
+		zw, _ := gzip.NewWriterLevel(&z, gzip.BestSpeed)
+		zw.Write(buf.Bytes())
+		zw.Close()
+		raw[k], gz[k] = buf.Bytes(), z.Bytes()
+	})
+	if err := errors.Join(errs[:ranges]...); err != nil {
+		return fmt.Errorf("bundle: encode: %w", err)
+	}
+	for i, l := range lines {
+		if i > 0 && l.Seq <= lines[i-1].Seq {
+			return fmt.Errorf("bundle: sequence %d added after %d", l.Seq, lines[i-1].Seq)
+		}
+		j := &js[i]
+		w.judge.link(l, j)
 		switch {
 		case j.decodeErr != nil:
-			m.Verify.Undecodable++
+			w.m.Verify.Undecodable++
 		case j.chainErr != nil:
-			m.Verify.ChainBreaks++
+			w.m.Verify.ChainBreaks++
 		}
 		if !j.verdict.Trusted() {
-			m.Verify.Untrusted++
+			w.m.Verify.Untrusted++
+		}
+		w.sum.add(l, j.hash)
+		w.rep.add(l, j)
+		if w.m.Events == 0 {
+			w.m.FirstSeq = l.Seq
+		}
+		w.m.Events++
+		w.m.LastSeq = l.Seq
+	}
+	for k := range ranges {
+		w.digest.Write(raw[k])
+		w.size += int64(len(raw[k]))
+		if _, err := w.spool.Write(gz[k]); err != nil {
+			w.err = fmt.Errorf("bundle: spool: %w", err)
+			return w.err
 		}
 	}
-	m.Exporter = Exporter{Key: signer.PublicKey()}
-	if k, ok := list.Lookup(signer.PublicKey()); ok {
+	return nil
+}
+
+// Finish finishes the bundle: it writes the gzip-compressed tar to out
+// (manifest.json, manifest.sig, trust.yaml, events.ndjson, report.html)
+// and returns the manifest. The gzip stream is several members: the
+// spooled events are copied into it as compressed, not compressed again.
+func (w *Writer) Finish(out io.Writer) (Manifest, error) {
+	if w.err != nil {
+		return Manifest{}, w.err
+	}
+	tl, err := w.list.Marshal()
+	if err != nil {
+		return Manifest{}, err
+	}
+	m := w.m
+	m.Format = Format
+	m.EventsSHA256 = "sha256:" + hex.EncodeToString(w.digest.Sum(nil))
+	m.TrustSHA256 = events.Hash(tl)
+	m.Changes = w.sum.list()
+	m.Exporter = Exporter{Key: w.signer.PublicKey()}
+	if k, ok := w.list.Lookup(w.signer.PublicKey()); ok {
 		m.Exporter.Name = k.Name
 	}
 	mb, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
-		return nil, err
+		return Manifest{}, err
 	}
 	mb = append(mb, '\n')
-	report, err := Render(lines, m)
+	report, err := w.rep.render(m)
 	if err != nil {
-		return nil, err
+		return Manifest{}, err
 	}
-	return &Bundle{Lines: lines, Events: ev.Bytes(), Trust: tl, Manifest: mb,
-		Sig: []byte(signer.SignManifest(mb) + "\n"), Report: report}, nil
-}
-
-// summarize counts each change's lines, in order of first appearance.
-func summarize(lines []Line) []Change {
-	var out []Change
-	at := map[string]int{}
-	for _, l := range lines {
-		i, ok := at[l.Subject]
-		if !ok {
-			i = len(out)
-			at[l.Subject] = i
-			c := Change{Subject: l.Subject, FirstSeq: l.Seq}
-			if p := strings.SplitN(l.Subject, ".", 4); len(p) == 4 {
-				c.Pipeline, _ = events.DecodeToken(p[2])
-				c.ChangeID, _ = events.DecodeToken(p[3])
-			}
-			out = append(out, c)
-		}
-		c := &out[i]
-		c.Events++
-		if l.Context {
-			c.Context++
-		}
-		c.LastSeq, c.Head = l.Seq, events.Hash(l.Data)
+	header := func(name string, size int64) *tar.Header {
+		return &tar.Header{Name: name, Mode: 0o644, Size: size, ModTime: m.ExportedAt, Format: tar.FormatPAX}
 	}
-	sort.SliceStable(out, func(i, j int) bool { return out[i].FirstSeq < out[j].FirstSeq })
-	return out
-}
-
-// WriteTo writes the bundle as a gzip-compressed tar.
-func (b *Bundle) WriteTo(w io.Writer) (int64, error) {
-	cw := &countWriter{w: w}
-	zw := gzip.NewWriter(cw)
-	tw := tar.NewWriter(zw)
-	var mod time.Time
-	if m, err := b.ParseManifest(); err == nil {
-		mod = m.ExportedAt
-	}
+	// Up to events.ndjson's header.
+	var head bytes.Buffer
+	tw := tar.NewWriter(&head)
 	for _, f := range []struct {
 		name string
 		b    []byte
-	}{{ManifestFile, b.Manifest}, {SigFile, b.Sig}, {EventsFile, b.Events}, {TrustFile, b.Trust}, {ReportFile, b.Report}} {
-		if err := tw.WriteHeader(&tar.Header{Name: f.name, Mode: 0o644, Size: int64(len(f.b)), ModTime: mod, Format: tar.FormatPAX}); err != nil {
-			return cw.n, err
+	}{{ManifestFile, mb}, {SigFile, []byte(w.signer.SignManifest(mb) + "\n")}, {TrustFile, tl}} {
+		if err := tw.WriteHeader(header(f.name, int64(len(f.b)))); err != nil {
+			return Manifest{}, err
 		}
-		if _, err := tw.Write(f.b); err != nil {
-			return cw.n, err
-		}
+		tw.Write(f.b)
 	}
+	if err := tw.WriteHeader(header(EventsFile, w.size)); err != nil { // written at once; its content follows
+		return Manifest{}, err
+	}
+	// After events.ndjson: its padding to a block, the report, the end.
+	var tail bytes.Buffer
+	tail.Write(make([]byte, (512-w.size%512)%512))
+	tw = tar.NewWriter(&tail)
+	if err := tw.WriteHeader(header(ReportFile, int64(len(report)))); err != nil {
+		return Manifest{}, err
+	}
+	tw.Write(report)
 	if err := tw.Close(); err != nil {
-		return cw.n, err
+		return Manifest{}, err
 	}
-	err := zw.Close()
-	return cw.n, err
+	if err := writeGzip(out, head.Bytes()); err != nil {
+		return Manifest{}, err
+	}
+	if _, err := w.spool.Seek(0, io.SeekStart); err != nil {
+		return Manifest{}, err
+	}
+	if _, err := io.Copy(out, w.spool); err != nil {
+		return Manifest{}, err
+	}
+	return m, writeGzip(out, tail.Bytes())
 }
 
-type countWriter struct {
-	w io.Writer
-	n int64
+// Close removes the spool file.
+func (w *Writer) Close() error {
+	w.spool.Close()
+	return os.Remove(w.spool.Name())
 }
 
-func (c *countWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
+// writeGzip writes b to out as one gzip member.
+func writeGzip(out io.Writer, b []byte) error {
+	zw := gzip.NewWriter(out)
+	if _, err := zw.Write(b); err != nil {
+		return err
+	}
+	return zw.Close()
 }
 
-// Read reads a bundle. A member that is absent is listed in Missing, for
-// Check to report; what is not a bundle at all is an error wrapping
-// ErrInvalid.
-func Read(r io.Reader) (*Bundle, error) {
-	zr, err := gzip.NewReader(r)
-	if err != nil {
-		return nil, fmt.Errorf("%w: not gzip: %v", ErrInvalid, err)
-	}
-	tr := tar.NewReader(zr)
-	files := map[string][]byte{}
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("%w: not a tar: %v", ErrInvalid, err)
-		}
-		if _, dup := files[h.Name]; dup {
-			return nil, fmt.Errorf("%w: %s twice", ErrInvalid, h.Name)
-		}
-		b, err := io.ReadAll(io.LimitReader(tr, maxMember+1))
-		if err != nil {
-			return nil, fmt.Errorf("%w: %s: %v", ErrInvalid, h.Name, err)
-		}
-		if len(b) > maxMember {
-			return nil, fmt.Errorf("%w: %s is larger than %d bytes", ErrInvalid, h.Name, maxMember)
-		}
-		files[h.Name] = b
-	}
-	b := &Bundle{Events: files[EventsFile], Trust: files[TrustFile], Manifest: files[ManifestFile], Sig: files[SigFile], Report: files[ReportFile]}
-	for _, n := range []string{ManifestFile, SigFile, EventsFile, TrustFile, ReportFile} {
-		if _, ok := files[n]; !ok {
-			b.Missing = append(b.Missing, n)
-		}
-	}
-	sc := bufio.NewScanner(bytes.NewReader(b.Events))
-	sc.Buffer(nil, 64<<20)
-	for n := 1; sc.Scan(); n++ {
-		if len(bytes.TrimSpace(sc.Bytes())) == 0 {
-			continue
-		}
-		var l Line
-		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
-			return nil, fmt.Errorf("%w: %s line %d: %v", ErrInvalid, EventsFile, n, err)
-		}
-		b.Lines = append(b.Lines, l)
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrInvalid, EventsFile, err)
-	}
-	return b, nil
+// summary counts each change's lines, in order of first appearance.
+type summary struct {
+	at      map[string]int
+	changes []Change
+	ordered bool // lines came in sequence order
 }
 
-// ParseManifest decodes the manifest.
-func (b *Bundle) ParseManifest() (Manifest, error) {
-	var m Manifest
-	err := json.Unmarshal(b.Manifest, &m)
-	return m, err
+func (s *summary) add(l Line, hash string) {
+	i, ok := s.at[l.Subject]
+	if !ok {
+		if s.at == nil {
+			s.at, s.ordered = map[string]int{}, true
+		}
+		i = len(s.changes)
+		s.at[l.Subject] = i
+		c := Change{Subject: l.Subject, FirstSeq: l.Seq}
+		if p := strings.SplitN(l.Subject, ".", 4); len(p) == 4 {
+			c.Pipeline, _ = events.DecodeToken(p[2])
+			c.ChangeID, _ = events.DecodeToken(p[3])
+		}
+		if n := len(s.changes); n > 0 && s.changes[n-1].FirstSeq > l.Seq {
+			s.ordered = false
+		}
+		s.changes = append(s.changes, c)
+	}
+	c := &s.changes[i]
+	c.Events++
+	if l.Context {
+		c.Context++
+	}
+	c.LastSeq, c.Head = l.Seq, hash
+}
+
+// list is the changes by first sequence.
+func (s *summary) list() []Change {
+	if !s.ordered {
+		sortChanges(s.changes)
+	}
+	if s.changes == nil {
+		return []Change{}
+	}
+	return s.changes
 }

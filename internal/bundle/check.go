@@ -1,9 +1,21 @@
 package bundle
 
 import (
+	"archive/tar"
+	"bufio"
 	"bytes"
+	"compress/gzip"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"sort"
 	"strings"
+	"sync"
 
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/trust"
@@ -18,27 +30,50 @@ type judged struct {
 	verdict   trust.Verdict
 }
 
-// judge decodes each line and checks its chain link (against the line
-// before it on its subject in the bundle: none for the first) and its
-// signature.
-func judge(lines []Line, list *trust.List, prefix string) []judged {
-	out := make([]judged, len(lines))
-	prev := map[string]events.Prev{}
-	for i, l := range lines {
-		j := &out[i]
-		j.hash = events.Hash(l.Data)
-		j.event, j.decodeErr = events.Decode(l.Data)
-		if j.decodeErr == nil && prefix != "" {
-			j.decodeErr = events.CheckSubject(prefix, l.Subject, j.event)
-		}
-		if j.decodeErr == nil {
-			j.chainErr = events.CheckChain(j.event, prev[l.Subject])
-		}
-		prev[l.Subject] = events.PrevOf(l.Seq, j.hash, j.event, j.decodeErr)
-		_, _, j.verdict = list.CheckHeader(header(l.Headers), trust.Signed{
-			Pipeline: j.event.Pipeline, Type: j.event.Type, Seq: l.Seq, Hash: j.hash})
+// judger judges lines in sequence order: one, safe to call concurrently,
+// does what needs only the line (hash, decoding, signature); link, in
+// order, checks the chain against the line before it on its subject in
+// the bundle (none for the first).
+type judger struct {
+	list   *trust.List
+	prefix string
+	prev   map[string]events.Prev
+}
+
+func newJudger(list *trust.List, prefix string) judger {
+	return judger{list: list, prefix: prefix, prev: map[string]events.Prev{}}
+}
+
+func (jr *judger) one(l Line) judged {
+	var j judged
+	j.hash = events.Hash(l.Data)
+	j.event, j.decodeErr = events.Decode(l.Data)
+	if j.decodeErr == nil && jr.prefix != "" {
+		j.decodeErr = events.CheckSubject(jr.prefix, l.Subject, j.event)
 	}
-	return out
+	_, _, j.verdict = jr.list.CheckHeader(header(l.Headers), trust.Signed{
+		Pipeline: j.event.Pipeline, Type: j.event.Type, Seq: l.Seq, Hash: j.hash})
+	return j
+}
+
+func (jr *judger) link(l Line, j *judged) {
+	if j.decodeErr == nil {
+		j.chainErr = events.CheckChain(j.event, jr.prev[l.Subject])
+	}
+	jr.prev[l.Subject] = events.PrevOf(l.Seq, j.hash, j.event, j.decodeErr)
+}
+
+// inParallel calls fn(k, lo, hi) for consecutive ranges k = 0, 1, …
+// covering [0, n), one per CPU, concurrently; it returns the number of
+// ranges once every call has returned.
+func inParallel(n int, fn func(k, lo, hi int)) int {
+	ranges := min(runtime.GOMAXPROCS(0), max(n/64, 1))
+	var wg sync.WaitGroup
+	for k := range ranges {
+		wg.Go(func() { fn(k, k*n/ranges, (k+1)*n/ranges) })
+	}
+	wg.Wait()
+	return ranges
 }
 
 // header is the signature header's value, "" if none.
@@ -49,6 +84,10 @@ func header(h map[string][]string) string {
 		}
 	}
 	return ""
+}
+
+func sortChanges(cs []Change) {
+	sort.SliceStable(cs, func(i, j int) bool { return cs[i].FirstSeq < cs[j].FirstSeq })
 }
 
 // Problem is one thing wrong with a bundle: in a file, at an event (Seq
@@ -67,119 +106,325 @@ func (p Problem) String() string {
 	return p.File + ": " + p.Problem
 }
 
+// maxEventProblems bounds the problems listed about single events; the
+// rest are counted (Result.Unlisted).
+const maxEventProblems = 1000
+
 // Result is Check's verdict.
 type Result struct {
 	Events   int       `json:"events"`
 	Changes  int       `json:"changes"`
 	Signer   string    `json:"manifestSigner,omitempty"`
 	Problems []Problem `json:"problems"`
+	// Unlisted counts problems with single events beyond the first
+	// maxEventProblems, which are not listed.
+	Unlisted int `json:"unlistedProblems,omitempty"`
 }
 
-// Check checks a bundle against list (the bundle's own trust.yaml if
-// nil): each event's signature and chain link, the manifest's signature
-// (by an operator key of list), digests and counts, and the report.
-func Check(b *Bundle, list *trust.List) Result {
-	res := Result{Events: len(b.Lines), Problems: []Problem{}}
-	add := func(file string, seq uint64, subject, format string, args ...any) {
-		res.Problems = append(res.Problems, Problem{File: file, Seq: seq, Subject: subject, Problem: fmt.Sprintf(format, args...)})
-	}
-	for _, n := range b.Missing {
-		add(n, 0, "", "missing from the bundle")
-	}
-	if list == nil {
-		l, err := trust.ParseList(b.Trust)
-		if err != nil {
-			add(TrustFile, 0, "", "not a trust list: %v", err)
-		}
-		list = l
-	}
-	m, merr := b.ParseManifest()
-	if merr != nil {
-		add(ManifestFile, 0, "", "not a manifest: %v", merr)
-	}
-	signer, err := list.CheckManifest(strings.TrimSpace(string(b.Sig)), b.Manifest)
-	res.Signer = signer
-	if err != nil {
-		add(SigFile, 0, "", "the manifest's signature is not trusted: %s", strings.TrimPrefix(err.Error(), "trust: "))
-	}
+// checker is Check's state.
+type checker struct {
+	res     Result
+	list    *trust.List // the list given, else the bundle's once read
+	given   bool
+	files   map[string][]byte // the members other than events.ndjson
+	manif   *Manifest
+	spool   *os.File // events.ndjson when it came before what checking it needs
+	spooled bool
+	// events.ndjson
+	judge   judger
+	sum     summary
+	rep     reporter
+	digest  string
+	lastSeq uint64
+	lineNo  int
+}
 
-	for _, j := range zip(b.Lines, judge(b.Lines, list, m.SubjectPrefix)) {
-		l := j.line
+func (c *checker) add(file string, seq uint64, subject, format string, args ...any) {
+	c.res.Problems = append(c.res.Problems, Problem{File: file, Seq: seq, Subject: subject, Problem: fmt.Sprintf(format, args...)})
+}
+
+// addEvent adds a problem with one event, or counts it past the bound.
+func (c *checker) addEvent(seq uint64, subject, format string, args ...any) {
+	if len(c.res.Problems) >= maxEventProblems {
+		c.res.Unlisted++
+		return
+	}
+	c.add(EventsFile, seq, subject, format, args...)
+}
+
+// Check reads a bundle from r and checks it against list (the bundle's own
+// trust.yaml if nil): each event's signature and chain link, the
+// manifest's signature (by an operator key of the list), digests and
+// counts, and the report. It reads events.ndjson as a stream, checking
+// signatures on every CPU; if it comes before trust.yaml or manifest.json
+// (export writes it after them), it is spooled to a file in spoolDir
+// first. An error means r is not a bundle at all (ErrInvalid) or could
+// not be read; everything else is a Problem.
+func Check(r io.Reader, list *trust.List, spoolDir string) (Result, error) {
+	c := &checker{list: list, given: list != nil, files: map[string][]byte{}, res: Result{Problems: []Problem{}}}
+	defer func() {
+		if c.spool != nil {
+			c.spool.Close()
+			os.Remove(c.spool.Name())
+		}
+	}()
+	zr, err := gzip.NewReader(r)
+	if err != nil {
+		return Result{}, fmt.Errorf("%w: not gzip: %v", ErrInvalid, err)
+	}
+	tr := tar.NewReader(zr)
+	seen := map[string]bool{}
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return Result{}, fmt.Errorf("%w: not a tar: %v", ErrInvalid, err)
+		}
+		if seen[h.Name] {
+			return Result{}, fmt.Errorf("%w: %s twice", ErrInvalid, h.Name)
+		}
+		seen[h.Name] = true
+		switch h.Name {
+		case EventsFile:
+			if c.ready() {
+				c.startEvents()
+				err = c.events(tr)
+			} else {
+				err = c.spoolEvents(tr, spoolDir)
+			}
+			if err != nil {
+				return Result{}, err
+			}
+		case ManifestFile, SigFile, TrustFile, ReportFile:
+			b, err := io.ReadAll(io.LimitReader(tr, maxMember+1))
+			if err != nil {
+				return Result{}, fmt.Errorf("%w: %s: %v", ErrInvalid, h.Name, err)
+			}
+			if len(b) > maxMember {
+				return Result{}, fmt.Errorf("%w: %s is larger than %d bytes", ErrInvalid, h.Name, maxMember)
+			}
+			c.files[h.Name] = b
+			c.member(h.Name, b)
+		default:
+			c.add(h.Name, 0, "", "not a file of a bundle")
+		}
+	}
+	for _, n := range []string{ManifestFile, SigFile, EventsFile, TrustFile, ReportFile} {
+		if !seen[n] {
+			c.add(n, 0, "", "missing from the bundle")
+		}
+	}
+	if c.spooled {
+		c.startEvents()
+		if _, err := c.spool.Seek(0, io.SeekStart); err != nil {
+			return Result{}, err
+		}
+		if err := c.events(bufio.NewReaderSize(c.spool, 1<<20)); err != nil {
+			return Result{}, err
+		}
+	}
+	c.finish()
+	return c.res, nil
+}
+
+// member takes in a small member as soon as it is read.
+func (c *checker) member(name string, b []byte) {
+	switch name {
+	case TrustFile:
+		if c.given {
+			return
+		}
+		l, err := trust.ParseList(b)
+		if err != nil {
+			c.add(TrustFile, 0, "", "not a trust list: %v", err)
+		}
+		c.list = l
+	case ManifestFile:
+		var m Manifest
+		if err := json.Unmarshal(b, &m); err != nil {
+			c.add(ManifestFile, 0, "", "not a manifest: %v", err)
+			return
+		}
+		c.manif = &m
+	}
+}
+
+// ready reports whether events.ndjson can be checked as it is read: the
+// trust list and the manifest (its subject prefix) have been read.
+func (c *checker) ready() bool {
+	_, trustRead := c.files[TrustFile]
+	_, manifRead := c.files[ManifestFile]
+	return (c.given || trustRead) && manifRead
+}
+
+// startEvents sets up checking events.ndjson with what is known of the
+// trust list and the manifest: everything, unless a member is missing.
+func (c *checker) startEvents() {
+	prefix := ""
+	if c.manif != nil {
+		prefix = c.manif.SubjectPrefix
+	}
+	c.judge = newJudger(c.list, prefix)
+}
+
+func (c *checker) spoolEvents(r io.Reader, dir string) error {
+	f, err := os.CreateTemp(dir, ".verify-events-*")
+	if err != nil {
+		return fmt.Errorf("bundle: spool %s: %w", EventsFile, err)
+	}
+	c.spool, c.spooled = f, true
+	if _, err := io.Copy(f, r); err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrInvalid, EventsFile, err)
+	}
+	return nil
+}
+
+// batchLines is how many lines of events.ndjson are checked at once.
+const batchLines = 2048
+
+// events checks events.ndjson as it is read: a goroutine reads lines in
+// batches while the last batch is checked.
+func (c *checker) events(r io.Reader) error {
+	h := sha256.New()
+	sc := bufio.NewScanner(io.TeeReader(r, h))
+	sc.Buffer(make([]byte, 0, 1<<20), 64<<20)
+	batches := make(chan [][]byte, 2)
+	var readErr error
+	go func() {
+		defer close(batches)
+		batch := make([][]byte, 0, batchLines)
+		for sc.Scan() {
+			batch = append(batch, bytes.Clone(sc.Bytes()))
+			if len(batch) == batchLines {
+				batches <- batch
+				batch = make([][]byte, 0, batchLines)
+			}
+		}
+		readErr = sc.Err()
+		batches <- batch
+	}()
+	for texts := range batches {
+		c.checkLines(texts)
+	}
+	if readErr != nil {
+		return fmt.Errorf("%w: %s: %v", ErrInvalid, EventsFile, readErr)
+	}
+	c.digest = "sha256:" + hex.EncodeToString(h.Sum(nil))
+	return nil
+}
+
+// checkLines checks a batch of events.ndjson's lines: decoding and
+// signatures on every CPU, then chain links, counts and the report's rows
+// in order.
+func (c *checker) checkLines(texts [][]byte) {
+	lines := make([]Line, len(texts))
+	errs := make([]error, len(texts))
+	js := make([]judged, len(texts))
+	inParallel(len(texts), func(_, lo, hi int) {
+		for i := lo; i < hi; i++ {
+			if len(bytes.TrimSpace(texts[i])) == 0 {
+				continue
+			}
+			if errs[i] = json.Unmarshal(texts[i], &lines[i]); errs[i] == nil {
+				js[i] = c.judge.one(lines[i])
+			}
+		}
+	})
+	for i, l := range lines {
+		c.lineNo++
+		switch {
+		case len(bytes.TrimSpace(texts[i])) == 0:
+			continue
+		case errs[i] != nil:
+			c.addEvent(0, "", "line %d: not an event line: %v", c.lineNo, errs[i])
+			continue
+		}
+		j := &js[i]
+		c.judge.link(l, j)
 		switch {
 		case j.decodeErr != nil:
-			add(EventsFile, l.Seq, l.Subject, "not an event of its change: %v", j.decodeErr)
+			c.addEvent(l.Seq, l.Subject, "not an event of its change: %v", j.decodeErr)
 		case j.chainErr != nil:
-			add(EventsFile, l.Seq, l.Subject, "broken chain: %v", j.chainErr)
+			c.addEvent(l.Seq, l.Subject, "broken chain: %v", j.chainErr)
 		}
 		if !j.verdict.Trusted() {
-			add(EventsFile, l.Seq, l.Subject, "untrusted: %s", j.verdict.Problem)
+			c.addEvent(l.Seq, l.Subject, "untrusted: %s", j.verdict.Problem)
 		}
-	}
-	for i := 1; i < len(b.Lines); i++ {
-		if b.Lines[i].Seq <= b.Lines[i-1].Seq {
-			add(EventsFile, b.Lines[i].Seq, b.Lines[i].Subject, "out of sequence order (after %d)", b.Lines[i-1].Seq)
+		if c.res.Events > 0 && l.Seq <= c.lastSeq {
+			c.addEvent(l.Seq, l.Subject, "out of sequence order (after %d)", c.lastSeq)
 		}
+		c.res.Events++
+		c.lastSeq = l.Seq
+		c.sum.add(l, j.hash)
+		c.rep.add(l, j)
 	}
-	have := summarize(b.Lines)
-	res.Changes = len(have)
-	if merr != nil {
-		return res
+}
+
+// finish checks what needs every member: the manifest's signature,
+// digests and counts, and the report.
+func (c *checker) finish() {
+	if c.res.Unlisted > 0 {
+		c.add(EventsFile, 0, "", "%d more problems with single events, not listed", c.res.Unlisted)
+	}
+	have := c.sum.list()
+	c.res.Changes = len(have)
+	mb, sig := c.files[ManifestFile], c.files[SigFile]
+	signer, err := c.list.CheckManifest(strings.TrimSpace(string(sig)), mb)
+	c.res.Signer = signer
+	if err != nil {
+		c.add(SigFile, 0, "", "the manifest's signature is not trusted: %s", strings.TrimPrefix(err.Error(), "trust: "))
+	}
+	m := c.manif
+	if m == nil {
+		return
 	}
 	if m.Format != Format {
-		add(ManifestFile, 0, "", "format %q, want %q", m.Format, Format)
+		c.add(ManifestFile, 0, "", "format %q, want %q", m.Format, Format)
 	}
-	if h := events.Hash(b.Events); m.EventsSHA256 != h {
-		add(EventsFile, 0, "", "its digest %s is not the manifest's %s: the events were edited", h, m.EventsSHA256)
+	if c.digest != "" && m.EventsSHA256 != c.digest {
+		c.add(EventsFile, 0, "", "its digest %s is not the manifest's %s: the events were edited", c.digest, m.EventsSHA256)
 	}
-	if h := events.Hash(b.Trust); m.TrustSHA256 != h {
-		add(TrustFile, 0, "", "its digest %s is not the manifest's %s: not the trust list the bundle was exported with", h, m.TrustSHA256)
+	if tb, ok := c.files[TrustFile]; ok {
+		if h := events.Hash(tb); m.TrustSHA256 != h {
+			c.add(TrustFile, 0, "", "its digest %s is not the manifest's %s: not the trust list the bundle was exported with", h, m.TrustSHA256)
+		}
 	}
-	if m.Events != len(b.Lines) {
-		add(EventsFile, 0, "", "%d events, the manifest counts %d", len(b.Lines), m.Events)
+	if m.Events != c.res.Events {
+		c.add(EventsFile, 0, "", "%d events, the manifest counts %d", c.res.Events, m.Events)
 	}
-	if len(b.Lines) > 0 && (m.FirstSeq != b.Lines[0].Seq || m.LastSeq != b.Lines[len(b.Lines)-1].Seq) {
-		add(EventsFile, 0, "", "sequences %d to %d, the manifest says %d to %d", b.Lines[0].Seq, b.Lines[len(b.Lines)-1].Seq, m.FirstSeq, m.LastSeq)
+	if len(have) > 0 && (m.FirstSeq != have[0].FirstSeq || m.LastSeq != c.lastSeq) {
+		c.add(EventsFile, 0, "", "sequences %d to %d, the manifest says %d to %d", have[0].FirstSeq, c.lastSeq, m.FirstSeq, m.LastSeq)
 	}
-	byS := map[string]Change{}
-	for _, c := range have {
-		byS[c.Subject] = c
+	byS := make(map[string]Change, len(have))
+	for _, ch := range have {
+		byS[ch.Subject] = ch
 	}
 	for _, want := range m.Changes {
 		got, ok := byS[want.Subject]
 		delete(byS, want.Subject)
 		switch {
 		case !ok:
-			add(EventsFile, 0, want.Subject, "change %s: none of its %d events (sequences %d to %d) is in the bundle", want.Subject, want.Events, want.FirstSeq, want.LastSeq)
+			c.add(EventsFile, 0, want.Subject, "change %s: none of its %d events (sequences %d to %d) is in the bundle", want.Subject, want.Events, want.FirstSeq, want.LastSeq)
 		case got.Events != want.Events || got.Context != want.Context:
-			add(EventsFile, 0, want.Subject, "change %s: %d events (%d context), the manifest counts %d (%d context): events missing or added", want.Subject, got.Events, got.Context, want.Events, want.Context)
+			c.add(EventsFile, 0, want.Subject, "change %s: %d events (%d context), the manifest counts %d (%d context): events missing or added", want.Subject, got.Events, got.Context, want.Events, want.Context)
 		case got.FirstSeq != want.FirstSeq || got.LastSeq != want.LastSeq || got.Head != want.Head:
-			add(EventsFile, 0, want.Subject, "change %s: sequences %d to %d with head %s, the manifest says %d to %d with head %s", want.Subject, got.FirstSeq, got.LastSeq, got.Head, want.FirstSeq, want.LastSeq, want.Head)
+			c.add(EventsFile, 0, want.Subject, "change %s: sequences %d to %d with head %s, the manifest says %d to %d with head %s", want.Subject, got.FirstSeq, got.LastSeq, got.Head, want.FirstSeq, want.LastSeq, want.Head)
 		}
 	}
-	for s := range byS {
-		add(EventsFile, 0, s, "change %s is not in the manifest", s)
+	for _, ch := range have {
+		if _, extra := byS[ch.Subject]; extra {
+			c.add(EventsFile, 0, ch.Subject, "change %s is not in the manifest", ch.Subject)
+		}
 	}
-	report, err := Render(b.Lines, m)
+	report, err := c.rep.render(*m)
 	switch {
 	case err != nil:
-		add(ReportFile, 0, "", "cannot be regenerated: %v", err)
-	case !bytes.Equal(report, b.Report):
-		add(ReportFile, 0, "", "does not match the report regenerated from %s and %s (at byte %d): it was edited", EventsFile, ManifestFile, firstDiff(report, b.Report))
+		c.add(ReportFile, 0, "", "cannot be regenerated: %v", err)
+	case !bytes.Equal(report, c.files[ReportFile]):
+		c.add(ReportFile, 0, "", "does not match the report regenerated from %s and %s (at byte %d): it was edited", EventsFile, ManifestFile, firstDiff(report, c.files[ReportFile]))
 	}
-	return res
-}
-
-type lineJudged struct {
-	line Line
-	judged
-}
-
-func zip(lines []Line, js []judged) []lineJudged {
-	out := make([]lineJudged, len(lines))
-	for i := range lines {
-		out[i] = lineJudged{lines[i], js[i]}
-	}
-	return out
 }
 
 func firstDiff(a, b []byte) int {

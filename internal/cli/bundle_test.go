@@ -62,15 +62,26 @@ func members(t *testing.T, path string) map[string][]byte {
 	}
 }
 
-// tampered writes a copy of the bundle at path with edit applied to its files.
+// exportOrder is the order export writes a bundle's members in.
+var exportOrder = []string{bundle.ManifestFile, bundle.SigFile, bundle.TrustFile, bundle.EventsFile, bundle.ReportFile}
+
+// tampered writes a copy of the bundle at path with edit applied to its
+// files, in export's order.
 func tampered(t *testing.T, path string, edit func(files map[string][]byte)) string {
+	t.Helper()
+	return rewritten(t, path, exportOrder, edit)
+}
+
+// rewritten writes a copy of the bundle at path with edit applied to its
+// files, in the given order.
+func rewritten(t *testing.T, path string, order []string, edit func(files map[string][]byte)) string {
 	t.Helper()
 	files := members(t, path)
 	edit(files)
 	var buf bytes.Buffer
 	zw := gzip.NewWriter(&buf)
 	tw := tar.NewWriter(zw)
-	for _, n := range []string{bundle.ManifestFile, bundle.SigFile, bundle.EventsFile, bundle.TrustFile, bundle.ReportFile} {
+	for _, n := range order {
 		b, ok := files[n]
 		if !ok {
 			continue
@@ -89,8 +100,8 @@ func tampered(t *testing.T, path string, edit func(files map[string][]byte)) str
 	return out
 }
 
-// editLines applies edit to the decoded lines of events.ndjson.
-func editLines(t *testing.T, files map[string][]byte, edit func([]bundle.Line) []bundle.Line) {
+// lines decodes events.ndjson.
+func lines(t *testing.T, files map[string][]byte) []bundle.Line {
 	t.Helper()
 	var lines []bundle.Line
 	for _, text := range bytes.Split(bytes.TrimSpace(files[bundle.EventsFile]), []byte("\n")) {
@@ -100,8 +111,14 @@ func editLines(t *testing.T, files map[string][]byte, edit func([]bundle.Line) [
 		}
 		lines = append(lines, l)
 	}
+	return lines
+}
+
+// editLines applies edit to the decoded lines of events.ndjson.
+func editLines(t *testing.T, files map[string][]byte, edit func([]bundle.Line) []bundle.Line) {
+	t.Helper()
 	var buf bytes.Buffer
-	for _, l := range edit(lines) {
+	for _, l := range edit(lines(t, files)) {
 		b, _ := json.Marshal(l)
 		buf.Write(append(b, '\n'))
 	}
@@ -185,30 +202,47 @@ func TestVerifyBundleCatchesTampering(t *testing.T) {
 		})
 	}
 
+	// Members in another order than export's (events.ndjson before what
+	// checking it needs) are checked all the same, and an unknown member
+	// is named.
+	t.Run("members in another order", func(t *testing.T) {
+		order := []string{bundle.EventsFile, bundle.ReportFile, bundle.SigFile, bundle.TrustFile, bundle.ManifestFile}
+		if code, out, stderr := auditflow(t, "verify-bundle", rewritten(t, path, order, func(map[string][]byte) {})); code != cli.ExitOK {
+			t.Fatalf("exit %d\n%s\n%s", code, out, stderr)
+		}
+		bad := rewritten(t, path, append(order, "extra.txt"), func(f map[string][]byte) { f["extra.txt"] = []byte("hi") })
+		if code, out, _ := auditflow(t, "verify-bundle", bad); code != cli.ExitProblems || !strings.Contains(out, "extra.txt: not a file of a bundle") {
+			t.Fatalf("exit %d\n%s", code, out)
+		}
+	})
+
 	// An attacker who re-signs everything with their own key and list
 	// passes the bundle's own check — a bundle's list is only as good as
 	// who handed it over — and fails with the real list.
 	t.Run("re-signed by an attacker", func(t *testing.T) {
-		f, err := os.Open(path)
+		files := members(t, path)
+		var m bundle.Manifest
+		if err := json.Unmarshal(files[bundle.ManifestFile], &m); err != nil {
+			t.Fatal(err)
+		}
+		ls := lines(t, files)
+		for i := range ls {
+			ls[i].Headers[trust.Header] = []string{attacker.Sign(ls[i].Data)}
+		}
+		dir := t.TempDir()
+		w, err := bundle.NewWriter(dir, attackerList, attacker, bundle.Manifest{Stream: m.Stream, SubjectPrefix: m.SubjectPrefix, ExportedAt: m.ExportedAt})
 		if err != nil {
 			t.Fatal(err)
 		}
-		b, err := bundle.Read(f)
-		f.Close()
-		if err != nil {
+		defer w.Close()
+		if err := w.Add(ls); err != nil {
 			t.Fatal(err)
 		}
-		m, _ := b.ParseManifest()
-		for i := range b.Lines {
-			b.Lines[i].Headers[trust.Header] = []string{attacker.Sign(b.Lines[i].Data)}
-		}
-		forged, err := bundle.Build(b.Lines, attackerList, attacker, bundle.Manifest{Stream: m.Stream, SubjectPrefix: m.SubjectPrefix, ExportedAt: m.ExportedAt})
-		if err != nil {
-			t.Fatal(err)
-		}
-		out := filepath.Join(t.TempDir(), "forged.tar.gz")
 		var buf bytes.Buffer
-		forged.WriteTo(&buf)
+		if _, err := w.Finish(&buf); err != nil {
+			t.Fatal(err)
+		}
+		out := filepath.Join(dir, "forged.tar.gz")
 		os.WriteFile(out, buf.Bytes(), 0o644)
 		if code, stdout, _ := auditflow(t, "verify-bundle", out); code != cli.ExitOK {
 			t.Fatalf("with its own list: exit %d\n%s", code, stdout)

@@ -1,10 +1,12 @@
 package cli
 
 import (
+	"bufio"
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"text/tabwriter"
 	"time"
 
@@ -105,20 +107,12 @@ help and docs/siem.md).`,
 			if list == nil || signer == nil {
 				return usage("export needs a trust list (--trust) and an operator's key to sign the bundle (--signing-key)")
 			}
-			lines, err := a.exportLines(cmd, pipeline, change, from, to)
-			if err != nil {
-				return err
-			}
 			sc := a.streamConfig()
-			b, err := bundle.Build(lines, list, signer, bundle.Manifest{Stream: sc.Name, SubjectPrefix: sc.SubjectPrefix,
-				Filters: bundle.Filters{Pipeline: pipeline, Change: change, Since: since, Until: until}, ExportedAt: now.UTC()})
+			m, err := a.writeBundle(cmd.Context(), out, list, signer, bundle.Manifest{Stream: sc.Name, SubjectPrefix: sc.SubjectPrefix,
+				Filters: bundle.Filters{Pipeline: pipeline, Change: change, Since: since, Until: until}, ExportedAt: now.UTC()}, from, to)
 			if err != nil {
 				return err
 			}
-			if err := writeFileAtomic(out, b); err != nil {
-				return err
-			}
-			m, _ := b.ParseManifest()
 			return a.emit(m, func(w *tabwriter.Writer) {
 				fmt.Fprintf(w, "bundle\t%s\n", out)
 				fmt.Fprintf(w, "events\t%d of %d changes, sequences %d to %d\n", m.Events, len(m.Changes), m.FirstSeq, m.LastSeq)
@@ -139,25 +133,67 @@ help and docs/siem.md).`,
 	return cmd
 }
 
-// exportLines reads the stream's messages of the chosen changes. Every
-// message of a subject is read (the change's first event is needed), and
-// held in memory until its subject is known to be chosen.
-func (a *app) exportLines(cmd *cobra.Command, pipeline, change string, from, to time.Time) ([]bundle.Line, error) {
+// errStopped ends a scan whose consumer has failed (with its own error).
+var errStopped = errors.New("stopped")
+
+// writeBundle writes the bundle of the chosen changes to path: to a
+// temporary file next to it, renamed once whole, so that a failed export
+// leaves no half bundle.
+func (a *app) writeBundle(ctx context.Context, path string, list *trust.List, signer *trust.Signer, m bundle.Manifest, from, to time.Time) (bundle.Manifest, error) {
+	dir := filepath.Dir(path)
+	w, err := bundle.NewWriter(dir, list, signer, m)
+	if err != nil {
+		return m, err
+	}
+	defer w.Close()
+	if err := a.exportLines(ctx, m.Filters.Pipeline, m.Filters.Change, from, to, w.Add); err != nil {
+		return m, err
+	}
+	f, err := os.CreateTemp(dir, ".export-*")
+	if err != nil {
+		return m, err
+	}
+	defer os.Remove(f.Name())
+	bw := bufio.NewWriterSize(f, 1<<20)
+	if m, err = w.Finish(bw); err == nil {
+		err = bw.Flush()
+	}
+	if err != nil {
+		f.Close()
+		return m, err
+	}
+	if err := f.Close(); err != nil {
+		return m, err
+	}
+	if err := os.Chmod(f.Name(), 0o644); err != nil {
+		return m, err
+	}
+	return m, os.Rename(f.Name(), path)
+}
+
+// exportLines hands add the stream's messages of the chosen changes, in
+// sequence order, a batch at a time, while the next batch is read. With
+// no time window that is every message of the subjects the pipeline and
+// change filters name, in one pass. With one, a first pass finds each
+// subject's first and last event in the window; the second hands on the
+// subjects that have one, from their first message (those before the
+// window marked as context) to their last in the window.
+func (a *app) exportLines(ctx context.Context, pipeline, change string, from, to time.Time, add func([]bundle.Line) error) error {
 	js, err := a.connect()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	sc := a.streamConfig()
-	st, err := js.Stream(cmd.Context(), sc.Name)
+	st, err := js.Stream(ctx, sc.Name)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	info, err := st.Info(cmd.Context())
+	info, err := st.Info(ctx)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if info.State.Msgs == 0 {
-		return nil, nil
+		return nil
 	}
 	p, c := "*", "*"
 	if pipeline != "" {
@@ -166,65 +202,69 @@ func (a *app) exportLines(cmd *cobra.Command, pipeline, change string, from, to 
 	if change != "" {
 		c = events.EncodeToken(change)
 	}
-	subject := sc.SubjectPrefix + "." + p + "." + c
-	bySubject := map[string][]bundle.Line{}
-	lastIn, firstIn := map[string]int{}, map[string]int{}
-	err = projector.Scan(cmd.Context(), js, projector.ScanConfig{Stream: sc.Name, Subjects: []string{subject}, FromSeq: info.State.FirstSeq, ToSeq: info.State.LastSeq, Logger: a.log},
-		func(msgs []projector.StreamMsg) error {
+	scan := projector.ScanConfig{Stream: sc.Name, Subjects: []string{sc.SubjectPrefix + "." + p + "." + c},
+		FromSeq: info.State.FirstSeq, ToSeq: info.State.LastSeq, Logger: a.log}
+	type window struct{ first, last uint64 }
+	var windows map[string]*window
+	if !from.IsZero() || !to.IsZero() {
+		windows = map[string]*window{}
+		err := projector.Scan(ctx, js, scan, func(msgs []projector.StreamMsg) error {
 			for _, m := range msgs {
-				i := len(bySubject[m.Subject])
-				bySubject[m.Subject] = append(bySubject[m.Subject], bundle.Line{Seq: m.Seq, Subject: m.Subject, Headers: m.Header, Data: m.Data})
 				e, err := events.Decode(m.Data)
-				inWindow := err == nil && (from.IsZero() || !e.OccurredAt.Before(from)) && (to.IsZero() || !e.OccurredAt.After(to))
-				if err != nil && from.IsZero() && to.IsZero() {
-					inWindow = true // no window: every message of the subject
+				if err != nil || (!from.IsZero() && e.OccurredAt.Before(from)) || (!to.IsZero() && e.OccurredAt.After(to)) {
+					continue
 				}
-				if inWindow {
-					if _, ok := firstIn[m.Subject]; !ok {
-						firstIn[m.Subject] = i
-					}
-					lastIn[m.Subject] = i
+				if w := windows[m.Subject]; w == nil {
+					windows[m.Subject] = &window{m.Seq, m.Seq}
+				} else {
+					w.last = m.Seq
 				}
 			}
 			return nil
 		})
-	if err != nil {
-		return nil, err
-	}
-	var lines []bundle.Line
-	for s, ls := range bySubject {
-		first, ok := firstIn[s]
-		if !ok {
-			continue
-		}
-		for i := 0; i <= lastIn[s]; i++ {
-			ls[i].Context = i < first
-			lines = append(lines, ls[i])
+		if err != nil {
+			return err
 		}
 	}
-	sort.Slice(lines, func(i, j int) bool { return lines[i].Seq < lines[j].Seq })
-	return lines, nil
-}
-
-// writeFileAtomic writes the bundle next to path and renames it there, so
-// that a failed export leaves no half bundle.
-func writeFileAtomic(path string, b *bundle.Bundle) error {
-	f, err := os.CreateTemp(filepath.Dir(path), ".export-*")
-	if err != nil {
-		return err
+	batches := make(chan []bundle.Line, 2)
+	failed, done := make(chan struct{}), make(chan struct{})
+	var addErr error
+	go func() {
+		defer close(done)
+		for b := range batches {
+			if addErr == nil {
+				if addErr = add(b); addErr != nil {
+					close(failed)
+				}
+			}
+		}
+	}()
+	err = projector.Scan(ctx, js, scan, func(msgs []projector.StreamMsg) error {
+		lines := make([]bundle.Line, 0, len(msgs))
+		for _, m := range msgs {
+			l := bundle.Line{Seq: m.Seq, Subject: m.Subject, Headers: m.Header, Data: m.Data}
+			if windows != nil {
+				w := windows[m.Subject]
+				if w == nil || m.Seq > w.last {
+					continue
+				}
+				l.Context = m.Seq < w.first
+			}
+			lines = append(lines, l)
+		}
+		select {
+		case batches <- lines:
+			return nil
+		case <-failed:
+			return errStopped
+		}
+	})
+	close(batches)
+	<-done
+	if addErr != nil {
+		return addErr
 	}
-	defer os.Remove(f.Name())
-	if _, err := b.WriteTo(f); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Chmod(f.Name(), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
+	return err
 }
 
 func (a *app) verifyBundleCommand() *cobra.Command {
@@ -259,11 +299,10 @@ hold, 3 listing each problem.`,
 				return err
 			}
 			defer f.Close()
-			b, err := bundle.Read(f)
+			res, err := bundle.Check(bufio.NewReaderSize(f, 1<<20), list, "")
 			if err != nil {
 				return err
 			}
-			res := bundle.Check(b, list)
 			err = a.emit(struct {
 				bundle.Result
 				Trust string `json:"trust"`
