@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/auditflow/auditflow/events"
@@ -159,9 +160,11 @@ func (w *Writer) Add(lines []Line) error {
 			buf.WriteByte('\n')
 		}
 		var z bytes.Buffer
-		zw, _ := gzip.NewWriterLevel(&z, gzip.BestSpeed)
+		zw := gzips.Get().(*gzip.Writer)
+		zw.Reset(&z)
 		zw.Write(buf.Bytes())
 		zw.Close()
+		gzips.Put(zw)
 		raw[k], gz[k] = buf.Bytes(), z.Bytes()
 	})
 	if err := errors.Join(errs[:ranges]...); err != nil {
@@ -271,6 +274,14 @@ func (w *Writer) Finish(out io.Writer) (Manifest, error) {
 	}
 	return m, writeGzip(out, tail.Bytes())
 }
+
+// gzips are the writers that compress events.ndjson's batches (BestSpeed:
+// a writer's state is about a megabyte, and compression would otherwise be
+// the slowest step).
+var gzips = sync.Pool{New: func() any {
+	zw, _ := gzip.NewWriterLevel(io.Discard, gzip.BestSpeed)
+	return zw
+}}
 
 // Close removes the spool file.
 func (w *Writer) Close() error {

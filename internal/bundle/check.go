@@ -60,7 +60,9 @@ func (jr *judger) link(l Line, j *judged) {
 	if j.decodeErr == nil {
 		j.chainErr = events.CheckChain(j.event, jr.prev[l.Subject])
 	}
-	jr.prev[l.Subject] = events.PrevOf(l.Seq, j.hash, j.event, j.decodeErr)
+	p := events.PrevOf(l.Seq, j.hash, j.event, j.decodeErr)
+	p.ID = strings.Clone(p.ID) // not the whole event it was decoded from
+	jr.prev[l.Subject] = p
 }
 
 // inParallel calls fn(k, lo, hi) for consecutive ranges k = 0, 1, …
@@ -282,7 +284,7 @@ func (c *checker) spoolEvents(r io.Reader, dir string) error {
 }
 
 // batchLines is how many lines of events.ndjson are checked at once.
-const batchLines = 2048
+const batchLines = 512
 
 // events checks events.ndjson as it is read: a goroutine reads lines in
 // batches while the last batch is checked.
@@ -290,7 +292,7 @@ func (c *checker) events(r io.Reader) error {
 	h := sha256.New()
 	sc := bufio.NewScanner(io.TeeReader(r, h))
 	sc.Buffer(make([]byte, 0, 1<<20), 64<<20)
-	batches := make(chan [][]byte, 2)
+	batches := make(chan [][]byte, 1)
 	var readErr error
 	go func() {
 		defer close(batches)

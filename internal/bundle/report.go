@@ -3,6 +3,7 @@ package bundle
 import (
 	"bytes"
 	"html/template"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -67,7 +68,7 @@ func (r *reporter) add(l Line, j *judged) {
 		if e := j.event; e.Type == events.ManuallyResolved {
 			if len(r.resolutions) < maxResolutions {
 				r.resolutions = append(r.resolutions, resolution{Subject: l.Subject, Seq: l.Seq, Time: e.OccurredAt.UTC().Format(time.RFC3339Nano),
-					Operator: e.Operator, Resolution: string(e.Resolution), Reason: clip(e.Reason)})
+					Operator: strings.Clone(e.Operator), Resolution: string(e.Resolution), Reason: clip(e.Reason)})
 			} else {
 				r.unlisted++
 			}
@@ -115,14 +116,17 @@ func newRow(l Line, j *judged) row {
 		if e.Type == events.ManuallyResolved {
 			r.Who, r.Message = e.Operator, clip(string(e.Resolution)+": "+e.Reason)
 		}
+		// Copies: a decoded event's strings share one allocation with all
+		// of its text, which a kept row would keep alive.
+		r.Type, r.Who = strings.Clone(r.Type), strings.Clone(r.Who)
 	}
 	return r
 }
 
-// clip shortens s to maxText characters.
+// clip shortens s to maxText characters, in a string of its own.
 func clip(s string) string {
 	if utf8.RuneCountInString(s) <= maxText {
-		return s
+		return strings.Clone(s)
 	}
 	return string([]rune(s)[:maxText]) + "…"
 }

@@ -55,7 +55,7 @@ func BenchmarkFeed(b *testing.B) {
 	}
 	listPath := trusttest.WriteList(b, b.TempDir(), list)
 	start := time.Now()
-	publishChained(b, srv.JS, signer, "billing", 10_000, n)
+	trusttest.PublishChained(b, srv.JS, signer, "billing", 10_000, n)
 	b.Logf("published %d events in %s", n, time.Since(start).Round(time.Millisecond))
 	var read, feed, unchecked benchResult
 	for b.Loop() {
@@ -129,7 +129,7 @@ func TestBenchChild(t *testing.T) {
 	var r benchResult
 	switch mode {
 	case "read":
-		r.Lines, r.Bytes = drain(t, js)
+		r.Lines, r.Bytes = natstest.Drain(t, js, "AUDIT")
 	case "feed", "unchecked":
 		var list *trust.List
 		if mode == "feed" {
@@ -154,40 +154,4 @@ func TestBenchChild(t *testing.T) {
 	r.Seconds, r.PeakRSSKB = time.Since(start).Seconds(), proctest.PeakRSSKB()
 	b, _ := json.Marshal(r)
 	fmt.Println("RESULT " + string(b))
-}
-
-// drain reads the whole stream with an ordered consumer, touching each
-// message's data, and returns how many messages and bytes it read.
-func drain(t *testing.T, js jetstream.JetStream) (int, int64) {
-	ctx := context.Background()
-	s, err := js.Stream(ctx, "AUDIT")
-	if err != nil {
-		t.Fatal(err)
-	}
-	last := s.CachedInfo().State.LastSeq
-	c, err := js.OrderedConsumer(ctx, "AUDIT", jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	it, err := c.Messages(jetstream.PullMaxMessages(1000))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer it.Stop()
-	n, bytes := 0, int64(0)
-	for {
-		m, err := it.Next()
-		if err != nil {
-			t.Fatal(err)
-		}
-		md, err := m.Metadata()
-		if err != nil {
-			t.Fatal(err)
-		}
-		n++
-		bytes += int64(len(m.Data()))
-		if md.Sequence.Stream >= last {
-			return n, bytes
-		}
-	}
 }

@@ -3,88 +3,9 @@ package siem_test
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
-	"fmt"
 	"testing"
-	"time"
-
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/auditflow/auditflow/events"
-	"github.com/auditflow/auditflow/producer"
-	"github.com/auditflow/auditflow/trust"
 )
-
-// publishChained appends n signed, correctly chained events to the audit
-// stream, spread round-robin over changes changes of pipeline, as fast as
-// the server takes them. It expects to be the stream's only writer: it
-// computes each event's sequence.
-func publishChained(tb testing.TB, js jetstream.JetStream, signer *trust.Signer, pipeline string, changes, n int) {
-	tb.Helper()
-	ctx := context.Background()
-	s, err := producer.EnsureStream(ctx, js, producer.StreamConfig{})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	seq := info.State.LastSeq
-	type head struct {
-		seq      uint64
-		hash     string
-		position uint64
-	}
-	heads := make([]head, changes)
-	var futures []jetstream.PubAckFuture
-	for i := range n {
-		c := i % changes
-		h := &heads[c]
-		typ := events.ExecutionStarted
-		if h.seq != 0 {
-			typ = events.ExecutionSucceeded
-		}
-		e := events.New(typ, pipeline, fmt.Sprintf("change-%06d", c))
-		e.ExecutionID, e.RunnerID, e.Host, e.LockToken = fmt.Sprintf("exec-%d", i), "runner-1", "host-1", 3
-		if h.seq != 0 {
-			e.PrevSeq, e.PrevHash, e.Position = h.seq, h.hash, h.position+1
-		}
-		b, err := events.Encode(e)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		seq++
-		*h = head{seq: seq, hash: events.Hash(b), position: e.Position}
-		m := &nats.Msg{Subject: events.Subject(events.DefaultSubjectPrefix, pipeline, e.ChangeID), Data: b, Header: nats.Header{}}
-		m.Header.Set(trust.Header, signer.Sign(b))
-		f, err := js.PublishMsgAsync(m, jetstream.WithExpectLastSequence(seq-1))
-		if err != nil {
-			tb.Fatal(err)
-		}
-		futures = append(futures, f)
-		if len(futures) == 2000 {
-			waitAcks(tb, futures)
-			futures = futures[:0]
-		}
-	}
-	waitAcks(tb, futures)
-}
-
-func waitAcks(tb testing.TB, fs []jetstream.PubAckFuture) {
-	tb.Helper()
-	for _, f := range fs {
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			tb.Fatal(err)
-		case <-time.After(30 * time.Second):
-			tb.Fatal("no publish ack")
-		}
-	}
-}
 
 // line is what the tests read of a feed line, parsed independently of
 // the feed's code.

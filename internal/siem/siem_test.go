@@ -164,7 +164,7 @@ func TestFollowResumes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	publishChained(t, srv.JS, signer, "billing", 5, 100)
+	trusttest.PublishChained(t, srv.JS, signer, "billing", 5, 100)
 	run := func(stop func(lines int, last []byte) bool, crash bool) ([]line, error) {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -187,7 +187,7 @@ func TestFollowResumes(t *testing.T) {
 		t.Fatal(err)
 	}
 	all = append(all, ls...)
-	publishChained(t, srv.JS, signer, "billing-2", 5, 100)
+	trusttest.PublishChained(t, srv.JS, signer, "billing-2", 5, 100)
 	ls, err = run(after(60), true)
 	if !errors.Is(err, errCrash) {
 		t.Fatalf("crash: %v", err)
