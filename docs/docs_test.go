@@ -3,6 +3,7 @@ package docs_test
 // The docs' tests: links and anchors resolve, the examples marked
 // <!-- run --> run, the other shell examples name commands and flags that
 // exist, docs/cli is what tools/gendocs writes, and shell completion works.
+// The audit bundle's schemas are checked in bundleschema_test.go.
 // The conventions are in README.md in this directory.
 
 import (
