@@ -137,10 +137,10 @@ func NewWriter(dir string, list *trust.List, signer *trust.Signer, m Manifest) (
 // Add adds lines, the next ones in sequence order. The costly part —
 // signature checks, hashing, encoding, compression — runs on every CPU.
 func (w *Writer) Add(lines []Line) error {
-	if w.err != nil {
+	if w.err != nil || len(lines) == 0 {
 		return w.err
 	}
-	if len(lines) > 0 && w.m.Events > 0 && lines[0].Seq <= w.m.LastSeq {
+	if w.m.Events > 0 && lines[0].Seq <= w.m.LastSeq {
 		return fmt.Errorf("bundle: sequence %d added after %d", lines[0].Seq, w.m.LastSeq)
 	}
 	js := make([]judged, len(lines))

@@ -187,3 +187,25 @@ func member(t *testing.T, b []byte, name string) string {
 		}
 	}
 }
+
+// TestEmptyBatches: a batch with nothing in it (a window that chose
+// nothing of what was read) and a bundle of no events are fine.
+func TestEmptyBatches(t *testing.T) {
+	_, operator, list := keys(t)
+	w, err := bundle.NewWriter(t.TempDir(), list, operator, bundle.Manifest{SubjectPrefix: events.DefaultSubjectPrefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if err := w.Add(nil); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if _, err := w.Finish(&buf); err != nil {
+		t.Fatal(err)
+	}
+	res, err := bundle.Check(&buf, list, t.TempDir())
+	if err != nil || res.Events != 0 || len(res.Problems) != 0 {
+		t.Fatalf("%v %+v", err, res)
+	}
+}

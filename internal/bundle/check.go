@@ -69,6 +69,9 @@ func (jr *judger) link(l Line, j *judged) {
 // covering [0, n), one per CPU, concurrently; it returns the number of
 // ranges once every call has returned.
 func inParallel(n int, fn func(k, lo, hi int)) int {
+	if n == 0 {
+		return 0
+	}
 	ranges := min(runtime.GOMAXPROCS(0), max(n/64, 1))
 	var wg sync.WaitGroup
 	for k := range ranges {
