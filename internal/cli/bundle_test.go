@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -295,6 +296,48 @@ func TestExportFilters(t *testing.T) {
 	t.Chdir(t.TempDir())
 	code, stdout, stderr := auditflow(t, "verify-bundle", out)
 	if code != cli.ExitOK || !strings.Contains(stdout, "2 events of 1 changes") {
+		t.Fatalf("verify-bundle: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+}
+
+// TestExportContext: --since between two events of a change exports the
+// change from its first event, marked as context, drops the changes with
+// nothing in the window, and the bundle verifies.
+func TestExportContext(t *testing.T) {
+	quickstart(t)
+	all := filepath.Join(t.TempDir(), "all.tar.gz")
+	if code, stdout, stderr := auditflow(t, "export", "--out", all); code != cli.ExitOK {
+		t.Fatalf("export: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	ls := lines(t, members(t, all))
+	last := ls[len(ls)-1] // the newest event; its change has an older one
+	var e struct {
+		Time string `json:"time"`
+	}
+	if err := json.Unmarshal(last.Data, &e); err != nil || e.Time == "" {
+		t.Fatalf("%v %s", err, last.Data)
+	}
+	out := filepath.Join(t.TempDir(), "window.tar.gz")
+	if code, stdout, stderr := auditflow(t, "export", "--out", out, "--since", e.Time); code != cli.ExitOK {
+		t.Fatalf("export: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	got := lines(t, members(t, out))
+	var before []uint64
+	for _, l := range ls {
+		if l.Subject == last.Subject && l.Seq < last.Seq {
+			before = append(before, l.Seq)
+		}
+	}
+	if len(before) == 0 || len(got) != len(before)+1 {
+		t.Fatalf("exported %d events, want the change's %d before the window and the one in it", len(got), len(before))
+	}
+	for i, l := range got {
+		if l.Subject != last.Subject || l.Context != (i < len(before)) {
+			t.Fatalf("line %d: %s context=%v", i, l.Subject, l.Context)
+		}
+	}
+	t.Chdir(t.TempDir())
+	if code, stdout, stderr := auditflow(t, "verify-bundle", out); code != cli.ExitOK || !strings.Contains(stdout, fmt.Sprintf("%d events of 1 changes", len(got))) {
 		t.Fatalf("verify-bundle: exit %d\n%s\n%s", code, stdout, stderr)
 	}
 }
