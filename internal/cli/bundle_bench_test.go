@@ -180,4 +180,3 @@ func TestBundleBenchChild(t *testing.T) {
 	b, _ := json.Marshal(r)
 	fmt.Println("RESULT " + string(b))
 }
-
