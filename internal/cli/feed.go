@@ -7,6 +7,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/auditflow/auditflow/internal/natsconn"
+	"github.com/auditflow/auditflow/internal/natsperm"
 	"github.com/auditflow/auditflow/internal/siem"
 )
 
@@ -66,6 +68,10 @@ func (a *app) runFeed(ctx context.Context, cfg siem.Config, follow bool) error {
 		return err
 	}
 	cfg.Trust, cfg.Stream, cfg.Logger = list, a.streamConfig(), a.log
+	// The feed is the siem role's (deploy/nats/accounts.conf), whichever
+	// command runs it: its replies go to _INBOX.siem when the URL names
+	// no user (a TLS certificate names it, say), not to the operator's.
+	a.nats.Role = natsconn.RoleSIEM
 	js, err := a.connect()
 	if err != nil {
 		return err
@@ -74,10 +80,17 @@ func (a *app) runFeed(ctx context.Context, cfg siem.Config, follow bool) error {
 	if err != nil {
 		return usageError{err}
 	}
+	// A missing right ends the feed at once, naming the subject (the
+	// request itself would only time out, and Follow try it again).
+	wctx, stop := natsperm.Watch(ctx, a.nc, natsperm.JetStream)
+	defer stop()
 	if follow {
-		err = f.Follow(ctx, a.out)
+		err = f.Follow(wctx, a.out)
 	} else {
-		err = f.Run(ctx, a.out)
+		err = f.Run(wctx, a.out)
+	}
+	if pe := natsperm.Cause(wctx); pe != nil {
+		err = pe
 	}
 	st := f.Stats()
 	a.log.Info("feed done", "lines", st.Lines, "undecodable", st.Undecodable, "untrusted", st.Untrusted,
