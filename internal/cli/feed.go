@@ -40,7 +40,11 @@ With --follow it reads from a durable consumer (--consumer, default siem)
 until interrupted (SIGINT, SIGTERM), and acknowledges each batch only after its lines are written and flushed: run again, it continues after the
 last line written. Delivery is at least once: after a crash between a write
 and its acknowledgement the last batch is written again, so deduplicate on
-auditflowseq. Give it the projectors' --trust (or --insecure-no-trust).`,
+auditflowseq. Give it the projectors' --trust (or --insecure-no-trust).
+
+In the deployment run it as the siem user (deploy/nats/accounts.conf), whose
+rights are the feed's: it may acknowledge only its own consumer, siem (another
+--consumer needs its lines there). See docs/siem.md.`,
 		Example: `  auditflow --trust trust.yaml feed --since 24h > audit.ndjson
   auditflow --trust trust.yaml feed --follow | vector --config siem.toml`,
 		Args: cobra.NoArgs,
