@@ -11,7 +11,8 @@
 #                             them from the environment)
 #   <role>.env                one role's client: AUDITFLOW_NATS_URL with its
 #                             user and password — admin, operator,
-#                             projector, console, runner-example-service
+#                             projector, console, siem (the SIEM feed),
+#                             runner-example-service
 #   operator.nk,              signing keys (auditflow keys new): the
 #   runner-<pipeline>.nk      operators' (issue fix) and each pipeline's
 #                             runners'
@@ -69,6 +70,7 @@ client admin admin
 client operator operator
 client projector projector
 client console console
+client siem siem
 for r in $runners; do
   client "runner-$r" "runner-$r"
 done

@@ -12,7 +12,7 @@
 #   ca.pem, ca-key.pem             the CA (keep ca-key.pem offline)
 #   server.pem, server-key.pem     every NATS node (routes too)
 #   <role>.pem, <role>-key.pem     admin, operator, projector, console,
-#                                  runner-example-service
+#                                  siem, runner-example-service
 #
 # A role's certificate names the role as its DNS name (subjectAltName
 # DNS:<role>): with verify_and_map (deploy/nats/tls.conf) the server takes
@@ -26,7 +26,7 @@ set -eu
 
 dir=${1:-$(dirname "$0")/certs}
 [ $# -gt 0 ] && shift
-roles=${ROLES:-"admin operator projector console runner-example-service"}
+roles=${ROLES:-"admin operator projector console siem runner-example-service"}
 mkdir -p "$dir"
 umask 077
 cd "$dir"

@@ -202,7 +202,9 @@ var adminCommands = map[string]bool{"auditflow init": true, "auditflow restore":
 
 // roleOf is the role a command acts as, the default of its inbox prefix
 // when the NATS URL names no user (natsconn.Config.Inbox): admin for init
-// and restore, console for the console, operator for everything else.
+// and restore, console for the console, operator for everything else —
+// but the SIEM feed (feed, export --format ndjson), which runFeed sets to
+// siem.
 func roleOf(path string) string {
 	switch {
 	case adminCommands[path]:

@@ -7,6 +7,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/auditflow/auditflow/internal/natsconn"
+	"github.com/auditflow/auditflow/internal/natsperm"
 	"github.com/auditflow/auditflow/internal/siem"
 )
 
@@ -38,7 +40,11 @@ With --follow it reads from a durable consumer (--consumer, default siem)
 until interrupted (SIGINT, SIGTERM), and acknowledges each batch only after its lines are written and flushed: run again, it continues after the
 last line written. Delivery is at least once: after a crash between a write
 and its acknowledgement the last batch is written again, so deduplicate on
-auditflowseq. Give it the projectors' --trust (or --insecure-no-trust).`,
+auditflowseq. Give it the projectors' --trust (or --insecure-no-trust).
+
+In the deployment run it as the siem user (deploy/nats/accounts.conf), whose
+rights are the feed's: it may acknowledge only its own consumer, siem (another
+--consumer needs its lines there). See docs/siem.md.`,
 		Example: `  auditflow --trust trust.yaml feed --since 24h > audit.ndjson
   auditflow --trust trust.yaml feed --follow | vector --config siem.toml`,
 		Args: cobra.NoArgs,
@@ -66,6 +72,10 @@ func (a *app) runFeed(ctx context.Context, cfg siem.Config, follow bool) error {
 		return err
 	}
 	cfg.Trust, cfg.Stream, cfg.Logger = list, a.streamConfig(), a.log
+	// The feed is the siem role's (deploy/nats/accounts.conf), whichever
+	// command runs it: its replies go to _INBOX.siem when the URL names
+	// no user (a TLS certificate names it, say), not to the operator's.
+	a.nats.Role = natsconn.RoleSIEM
 	js, err := a.connect()
 	if err != nil {
 		return err
@@ -74,10 +84,17 @@ func (a *app) runFeed(ctx context.Context, cfg siem.Config, follow bool) error {
 	if err != nil {
 		return usageError{err}
 	}
+	// A missing right ends the feed at once, naming the subject (the
+	// request itself would only time out, and Follow try it again).
+	wctx, stop := natsperm.Watch(ctx, a.nc, natsperm.JetStream)
+	defer stop()
 	if follow {
-		err = f.Follow(ctx, a.out)
+		err = f.Follow(wctx, a.out)
 	} else {
-		err = f.Run(ctx, a.out)
+		err = f.Run(wctx, a.out)
+	}
+	if pe := natsperm.Cause(wctx); pe != nil {
+		err = pe
 	}
 	st := f.Stats()
 	a.log.Info("feed done", "lines", st.Lines, "undecodable", st.Undecodable, "untrusted", st.Untrusted,

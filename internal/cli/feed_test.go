@@ -71,3 +71,28 @@ func TestFeedCommand(t *testing.T) {
 		t.Fatalf("export --format ndjson --out: exit %d, want %d: %s", code, cli.ExitUsage, errOut)
 	}
 }
+
+// TestFeedRepliesOnTheSIEMInbox: feed and export --format ndjson connect
+// as the siem role (deploy/nats/accounts.conf), whose user may subscribe
+// to _INBOX.siem.> only: with no user in the URL (a TLS certificate names
+// it), their replies come there, not to the operator's inbox; a user in
+// the URL names it.
+func TestFeedRepliesOnTheSIEMInbox(t *testing.T) {
+	srv := natstest.StartWith(t, embedded.Config{Port: -1})
+	trusttest.Publish(t, srv.JS)
+	for _, c := range []struct {
+		url  string
+		args []string
+		want string
+	}{
+		{srv.ClientURL(), []string{"feed"}, "prefix=_INBOX.siem "},
+		{srv.ClientURL(), []string{"export", "--format", "ndjson"}, "prefix=_INBOX.siem "},
+		{strings.Replace(srv.ClientURL(), "nats://", "nats://siem-b:pw@", 1), []string{"feed"}, "prefix=_INBOX.siem-b "},
+	} {
+		var out, errOut bytes.Buffer
+		code := cli.Main(context.Background(), append([]string{"--nats-url", c.url, "--log-level", "debug"}, c.args...), &out, &errOut)
+		if code != cli.ExitOK || !strings.Contains(errOut.String(), c.want) {
+			t.Errorf("%v with %s: exit %d, want replies on %q:\n%s", c.args, c.url, code, c.want, errOut.String())
+		}
+	}
+}

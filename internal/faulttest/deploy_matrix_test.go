@@ -22,7 +22,7 @@ import (
 // runner of a second pipeline added as accounts.conf says to.
 const matrixPipeline2 = "billing"
 
-var matrixRoles = []string{roleAdmin, roleOperator, roleProjector, roleRunner, "runner-" + matrixPipeline2, roleConsole}
+var matrixRoles = []string{roleAdmin, roleOperator, roleProjector, roleRunner, "runner-" + matrixPipeline2, roleConsole, roleSIEM}
 
 // The engine's managed streams (AUDIT_HELD included whether it exists
 // yet or not: permissions are checked before the stream is looked up).
@@ -79,6 +79,9 @@ func matrixOps(role string) []matrixOp {
 		req("delete "+c, "$JS.API.CONSUMER.DELETE.AUDIT."+c, "")
 		req("pause "+c, "$JS.API.CONSUMER.PAUSE.AUDIT."+c, `{"pause_until":"2100-01-01T00:00:00Z"}`)
 		req("pull from "+c, "$JS.API.CONSUMER.MSG.NEXT.AUDIT."+c, `{"batch":1,"expires":100000000}`)
+		// An acknowledgement names its consumer: a forged one for a
+		// projector's delivery would have it skip the event.
+		ops = append(ops, matrixOp{name: "acknowledge a delivery of " + c, kind: "publish", subject: "$JS.ACK.AUDIT." + c + ".1.1.1.1.0"})
 	}
 	// The legacy ephemeral create takes the name from the body.
 	req("create/update a projector durable (legacy API, name in the body)", "$JS.API.CONSUMER.CREATE.AUDIT",
@@ -116,6 +119,7 @@ var byDesign = map[[2]string]string{}
 func init() {
 	for _, c := range projectorDurables {
 		byDesign[[2]string{roleProjector, "pull from " + c}] = "its job: every projector shares the role"
+		byDesign[[2]string{roleProjector, "acknowledge a delivery of " + c}] = "its job: every projector shares the role"
 		byDesign[[2]string{roleProjector, "re-filter " + c + " to one pipeline"}] = "a subject cannot say \"exactly audit.exec.>\": " +
 			"the projector role owns its consumer's settings; auditflow init reports the filter (exit 3)"
 	}

@@ -46,6 +46,7 @@ const (
 	roleProjector  = "projector"
 	roleRunner     = "runner-example-service" // pipeline example-service only
 	roleConsole    = "console"
+	roleSIEM       = "siem" // auditflow feed --follow
 	deployPipeline = "example-service"
 )
 
@@ -120,7 +121,7 @@ func startDeploymentWith(t *testing.T, o deployOptions) *deployment {
 		}
 	}
 	d := &deployment{pw: map[string]string{}}
-	users := []string{roleAdmin, roleOperator, roleProjector, roleRunner, roleConsole, "sys", "route"}
+	users := []string{roleAdmin, roleOperator, roleProjector, roleRunner, roleConsole, roleSIEM, "sys", "route"}
 	for _, p := range o.runners {
 		users = append(users, "runner-"+p)
 	}
@@ -532,8 +533,10 @@ type denial struct {
 // an error that names the denied subject (a *natsperm.Error), not a
 // timeout: a runner outside its pipeline or at the streams, a projector
 // writing history, the console writing anything (history, locks, the
-// projectors' consumers), anyone deleting or purging the audit stream or
-// the lock bucket, or editing the audit stream.
+// projectors' consumers), the SIEM feed's role writing history, locks or
+// the projectors' consumers (pulling from one, changing, deleting,
+// acknowledging its deliveries), anyone deleting or purging the audit
+// stream or the lock bucket, or editing the audit stream.
 func TestDeployDenials(t *testing.T) {
 	d := startDeployment(t, nil)
 	initAuditflow(t, d.url(roleAdmin))
@@ -562,7 +565,7 @@ func TestDeployDenials(t *testing.T) {
 		}
 	}
 	var cases []denial
-	for _, user := range []string{roleAdmin, roleOperator, roleProjector, roleRunner, roleConsole} {
+	for _, user := range []string{roleAdmin, roleOperator, roleProjector, roleRunner, roleConsole, roleSIEM} {
 		cases = append(cases,
 			denial{user, "delete the audit stream", "$JS.API.STREAM.DELETE.AUDIT", deleteStream("AUDIT")},
 			denial{user, "purge the audit stream", "$JS.API.STREAM.PURGE.AUDIT", purgeStream("AUDIT")},
@@ -656,6 +659,31 @@ func TestDeployDenials(t *testing.T) {
 		}},
 		denial{roleConsole, "read history from the stream", "$JS.API.DIRECT.GET.AUDIT", func(ctx context.Context, js jetstream.JetStream) error {
 			_, err := js.Conn().RequestWithContext(ctx, "$JS.API.DIRECT.GET.AUDIT", []byte(`{"seq":1}`))
+			return err
+		}},
+		denial{roleSIEM, "write history", "audit.exec.x.y", func(ctx context.Context, js jetstream.JetStream) error {
+			return js.Conn().Publish("audit.exec.x.y", []byte("{}"))
+		}},
+		denial{roleSIEM, "write history through the producer", "audit.exec." + deployPipeline + ".0001-forged", publish(deployPipeline)},
+		denial{roleSIEM, "pull from a projector's durable consumer", "$JS.API.CONSUMER.MSG.NEXT.AUDIT.projector-sqlite", func(ctx context.Context, js jetstream.JetStream) error {
+			// The projector's consumer, by its name: the role may not read
+			// its info either, so the pull is sent as the library sends it.
+			_, err := js.Conn().RequestWithContext(ctx, "$JS.API.CONSUMER.MSG.NEXT.AUDIT.projector-sqlite", []byte(`{"batch":1,"expires":1000000000}`))
+			return err
+		}},
+		denial{roleSIEM, "re-filter a projector's durable consumer", "$JS.API.CONSUMER.CREATE.AUDIT.projector-sqlite.audit.exec.billing.*", func(ctx context.Context, js jetstream.JetStream) error {
+			_, err := js.CreateOrUpdateConsumer(ctx, producer.DefaultStreamName, jetstream.ConsumerConfig{Durable: "projector-sqlite",
+				FilterSubject: "audit.exec.billing.*", AckPolicy: jetstream.AckExplicitPolicy})
+			return err
+		}},
+		denial{roleSIEM, "delete a projector's durable consumer", "$JS.API.CONSUMER.DELETE.AUDIT.projector-sqlite", func(ctx context.Context, js jetstream.JetStream) error {
+			return js.DeleteConsumer(ctx, producer.DefaultStreamName, "projector-sqlite")
+		}},
+		denial{roleSIEM, "acknowledge a projector's delivery", "$JS.ACK.AUDIT.projector-sqlite.1.1.1.1.0", func(ctx context.Context, js jetstream.JetStream) error {
+			return js.Conn().Publish("$JS.ACK.AUDIT.projector-sqlite.1.1.1.1.0", nil)
+		}},
+		denial{roleSIEM, "take a lock", "$JS.API.STREAM.INFO.KV_auditflow_locks", func(ctx context.Context, js jetstream.JetStream) error {
+			_, err := lock.New(ctx, js, lock.Config{})
 			return err
 		}},
 		denial{roleAdmin, "write history", "audit.exec." + deployPipeline + ".0001-forged", func(ctx context.Context, js jetstream.JetStream) error {
@@ -768,7 +796,7 @@ func TestDeployTLS(t *testing.T) {
 		}
 		return cz.Conns[0].AuthorizedUser
 	}
-	roles := []string{roleAdmin, roleOperator, roleProjector, roleRunner, roleConsole}
+	roles := []string{roleAdmin, roleOperator, roleProjector, roleRunner, roleConsole, roleSIEM}
 	for _, role := range roles {
 		nc, _ := d.connect(t, role, cert(role)...)
 		if got := user(t, nc); got != role {

@@ -21,6 +21,7 @@ const (
 	RoleOperator  = "operator"  // every other auditflow command
 	RoleConsole   = "console"   // auditflow console
 	RoleProjector = "projector" // every projector
+	RoleSIEM      = "siem"      // auditflow feed, export --format ndjson
 )
 
 // RunnerRole is the role of pipeline's runners: runner-<pipeline>, the

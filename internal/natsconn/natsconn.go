@@ -49,8 +49,9 @@ type Config struct {
 	// (--nats-inbox-prefix); empty: Inbox's default rule.
 	InboxPrefix string
 	// Role is what the command connects as (RoleAdmin, RoleOperator,
-	// RoleConsole, RoleProjector, RunnerRole): the inbox prefix's default
-	// when no user name is known. Set by the command, not by a flag.
+	// RoleConsole, RoleProjector, RoleSIEM, RunnerRole): the inbox
+	// prefix's default when no user name is known. Set by the command,
+	// not by a flag.
 	Role string
 
 	contextLoaded         bool

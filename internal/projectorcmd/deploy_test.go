@@ -42,7 +42,7 @@ func TestComposeFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"nats1", "nats2", "nats3", "mongo", "dynamodb", "couchbase",
-		"projector-sqlite", "projector-mongo", "projector-dynamodb", "projector-couchbase", "console"} {
+		"projector-sqlite", "projector-mongo", "projector-dynamodb", "projector-couchbase", "console", "siem"} {
 		if _, ok := compose.Services[name]; !ok {
 			t.Errorf("service %s missing", name)
 		}
@@ -70,7 +70,7 @@ func TestComposeFile(t *testing.T) {
 			t.Errorf("%s: NATS_NAME = %q", n, compose.Services[n].Environment["NATS_NAME"])
 		}
 	}
-	for _, v := range []string{"ROUTE", "ADMIN", "OPERATOR", "PROJECTOR", "CONSOLE", "RUNNER_EXAMPLE_SERVICE", "SYS"} {
+	for _, v := range []string{"ROUTE", "ADMIN", "OPERATOR", "PROJECTOR", "CONSOLE", "SIEM", "RUNNER_EXAMPLE_SERVICE", "SYS"} {
 		t.Setenv("AUDITFLOW_"+v+"_PASSWORD", "secret") // as deploy/secrets/nats.env has them (TestNATSConfig makes one)
 	}
 	for _, n := range []string{"1", "2", "3"} {
@@ -162,7 +162,7 @@ func TestNATSConfig(t *testing.T) {
 		}
 	}
 	destroy := []string{"$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.MSG.DELETE.>", "$JS.API.STREAM.UPDATE.>"}
-	for _, name := range []string{"admin", "operator", "projector", "runner-example-service", "console"} {
+	for _, name := range []string{"admin", "operator", "projector", "runner-example-service", "console", "siem"} {
 		u := users[name]
 		if u == nil || u.Account == nil || u.Account.Name != "AUDITFLOW" || u.Permissions == nil || u.Permissions.Publish == nil {
 			t.Fatalf("user %s: %+v", name, u)
@@ -204,6 +204,21 @@ func TestNATSConfig(t *testing.T) {
 	for _, d := range []string{"audit.exec.>", "$KV.>", "$JS.API.CONSUMER.DELETE.AUDIT.>", "$JS.API.CONSUMER.CREATE.AUDIT.>"} {
 		if !slices.Contains(users["console"].Permissions.Publish.Deny, d) {
 			t.Errorf("the console is not denied %s", d)
+		}
+	}
+
+	// The SIEM feed reads: JetStream API requests, and acknowledgements of
+	// its own durable consumer's deliveries only (a projector's would
+	// skip an event).
+	for _, s := range users["siem"].Permissions.Publish.Allow {
+		if !strings.HasPrefix(s, "$JS.API.") && s != "$JS.ACK.AUDIT.siem.>" {
+			t.Errorf("the siem role may publish to %s", s)
+		}
+	}
+	for _, d := range []string{"$JS.API.CONSUMER.CREATE.AUDIT.projector-sqlite.>", "$JS.API.CONSUMER.MSG.NEXT.AUDIT.projector-sqlite",
+		"$JS.API.CONSUMER.DELETE.AUDIT.projector-sqlite", "$JS.API.CONSUMER.CREATE.AUDIT", "$JS.API.CONSUMER.DURABLE.CREATE.AUDIT.>"} {
+		if !slices.Contains(users["siem"].Permissions.Publish.Deny, d) {
+			t.Errorf("the siem role is not denied %s", d)
 		}
 	}
 
@@ -252,13 +267,14 @@ func TestNATSConfig(t *testing.T) {
 // TestComposeSecurity: every container gets only its own role's secrets
 // file; the NATS monitoring port is never published and every published
 // port is on 127.0.0.1; the stream and bucket come from the init service,
-// which the projectors, the runner and the console wait for; the console
-// mounts the SQLite projector's store read-only.
+// which the projectors, the runner, the console and the SIEM feed wait
+// for; the console mounts the SQLite projector's store read-only; the SIEM
+// feed follows the stream as the siem user, with the trust list.
 func TestComposeSecurity(t *testing.T) {
 	c := readCompose(t)
 	secrets := makeSecrets(t)
 	role := map[string]string{"init": "admin", "auditflow": "operator", "runner": "runner-example-service", "console": "console",
-		"nats1": "nats", "nats2": "nats", "nats3": "nats"}
+		"siem": "siem", "nats1": "nats", "nats2": "nats", "nats3": "nats"}
 	for name, svc := range c.Services {
 		want, ok := role[name]
 		if len(svc.Command) > 0 && svc.Command[0] == "projector" {
@@ -303,7 +319,7 @@ func TestComposeSecurity(t *testing.T) {
 		}
 	}
 	for name, svc := range c.Services {
-		if len(svc.Command) == 0 || (svc.Command[0] != "projector" && svc.Command[0] != "runner" && name != "auditflow") {
+		if len(svc.Command) == 0 || (svc.Command[0] != "projector" && svc.Command[0] != "runner" && name != "auditflow" && name != "siem") {
 			continue
 		}
 		if svc.Environment["AUDITFLOW_TRUST"] != "/etc/auditflow/trust.yaml" ||
@@ -318,6 +334,15 @@ func TestComposeSecurity(t *testing.T) {
 	var out, errOut strings.Builder
 	if code := cli.Main(context.Background(), append(initCmd[1:], "--help"), &out, &errOut); code != cli.ExitOK {
 		t.Fatalf("%v: exit %d: %s", initCmd, code, errOut.String())
+	}
+
+	// The SIEM feed follows the stream from its durable consumer.
+	feed := c.Services["siem"].Command
+	if len(feed) < 3 || feed[0] != "auditflow" || feed[1] != "feed" || !slices.Contains(feed, "--follow") {
+		t.Fatalf("siem runs %v, want auditflow feed --follow", feed)
+	}
+	if code := cli.Main(context.Background(), append(feed[1:], "--help"), &out, &errOut); code != cli.ExitOK {
+		t.Fatalf("%v: exit %d: %s", feed, code, errOut.String())
 	}
 
 	// The console reads the store projector-sqlite writes, read-only.
