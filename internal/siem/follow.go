@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -54,6 +55,7 @@ func (f *Feed) Follow(ctx context.Context, w io.Writer) error {
 			last = m
 		}
 	}
+	acked := cons.CachedInfo().AckFloor.Stream // written and acknowledged up to here
 	for ctx.Err() == nil {
 		ms = ms[:0]
 		// What is there now, up to a batch; when nothing is, wait for the
@@ -62,15 +64,33 @@ func (f *Feed) Follow(ctx context.Context, w io.Writer) error {
 		batch, err := cons.FetchNoWait(f.cfg.BatchSize)
 		if err == nil {
 			collect(batch)
-			if len(ms) == 0 {
+			err = batch.Error()
+			if err == nil && len(ms) == 0 {
 				fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 				if batch, err = cons.Fetch(1, jetstream.FetchContext(fctx)); err == nil {
 					collect(batch)
+					if err = batch.Error(); errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
+						err = nil // nothing came
+					}
 				}
 				cancel()
 			}
 		}
-		if err != nil {
+		if len(ms) == 0 && (errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted)) {
+			// Deleted under us (by hand, or with a node): made again after
+			// the last line written and acknowledged, so that nothing is
+			// skipped and at most that is written twice.
+			f.cfg.Logger.Warn("feed: the durable consumer is gone; creating it again after the last line acknowledged",
+				"consumer", f.cfg.Consumer, "after", acked, "err", err)
+			c, cerr := f.recreate(ctx, acked)
+			if cerr == nil {
+				cons, lastCons = c, 0
+				f.chains.reset(false)
+				continue
+			}
+			err = cerr
+		}
+		if err != nil && len(ms) == 0 {
 			if ctx.Err() != nil {
 				break
 			}
@@ -95,8 +115,23 @@ func (f *Feed) Follow(ctx context.Context, w io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("acknowledging up to sequence %d (the lines are written; they will be written again): %w", f.stats.LastSeq, err)
 		}
+		acked = f.stats.LastSeq
 	}
 	return nil
+}
+
+// recreate creates the durable consumer again, delivering from the
+// sequence after acked (from the configured start if nothing was).
+func (f *Feed) recreate(ctx context.Context, acked uint64) (jetstream.Consumer, error) {
+	cfg := f.consumerConfig()
+	if acked > 0 {
+		cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = jetstream.DeliverByStartSequencePolicy, acked+1, nil
+	}
+	c, err := f.js.CreateConsumer(ctx, f.cfg.Stream.Name, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("creating the durable consumer %s again: %w", f.cfg.Consumer, err)
+	}
+	return c, nil
 }
 
 // consumer opens the durable consumer, creating it if it does not exist
@@ -117,17 +152,22 @@ func (f *Feed) consumer(ctx context.Context) (jetstream.Consumer, bool, error) {
 	if !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return nil, false, fmt.Errorf("consumer %s: %w", f.cfg.Consumer, err)
 	}
-	cfg := jetstream.ConsumerConfig{Durable: f.cfg.Consumer, FilterSubject: filter, AckPolicy: jetstream.AckAllPolicy,
+	c, err = f.js.CreateConsumer(ctx, f.cfg.Stream.Name, f.consumerConfig())
+	if err != nil {
+		return nil, false, fmt.Errorf("creating the durable consumer %s: %w", f.cfg.Consumer, err)
+	}
+	return c, true, nil
+}
+
+// consumerConfig is the durable consumer as Follow creates it.
+func (f *Feed) consumerConfig() jetstream.ConsumerConfig {
+	cfg := jetstream.ConsumerConfig{Durable: f.cfg.Consumer, FilterSubject: f.cfg.filter(), AckPolicy: jetstream.AckAllPolicy,
 		AckWait: ackWait, MaxAckPending: 4 * f.cfg.BatchSize, Description: "auditflow feed --follow (SIEM)"}
 	if !f.cfg.Since.IsZero() {
 		since := f.cfg.Since
 		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
 	}
-	c, err = f.js.CreateConsumer(ctx, f.cfg.Stream.Name, cfg)
-	if err != nil {
-		return nil, false, fmt.Errorf("creating the durable consumer %s: %w", f.cfg.Consumer, err)
-	}
-	return c, true, nil
+	return cfg
 }
 
 // rewind makes the durable consumer start again after its acknowledgement

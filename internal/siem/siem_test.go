@@ -14,6 +14,7 @@ import (
 
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/internal/natstest"
+	"github.com/auditflow/auditflow/internal/proctest"
 	"github.com/auditflow/auditflow/internal/siem"
 	"github.com/auditflow/auditflow/internal/trusttest"
 	"github.com/auditflow/auditflow/trust"
@@ -223,4 +224,55 @@ func TestFollowResumes(t *testing.T) {
 		t.Errorf("%d lines repeated, want the unacknowledged batch (7) only", repeats)
 	}
 	t.Logf("%d lines for 200 events: %d repeated (the crashed run's unacknowledged batch)", len(all), repeats)
+}
+
+// TestFollowConsumerDeleted: the durable consumer deleted while Follow
+// runs is created again after the last line acknowledged: every sequence
+// is written once, in order, trusted and in chain.
+func TestFollowConsumerDeleted(t *testing.T) {
+	srv := natstest.Start(t)
+	signer := trusttest.NewSigner(t)
+	list, err := trust.NewList(trust.Key{Key: signer.PublicKey(), Name: "runner-1", Roles: []trust.Role{trust.RoleRunner},
+		Pipelines: []string{trust.AllPipelines}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	trusttest.PublishChained(t, srv.JS, signer, "billing", 5, 100)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	w := &stdout{stop: func(_ int, last []byte) bool { return bytes.Contains(last, []byte(`"auditflowseq":200,`)) }, cancel: cancel}
+	f, err := siem.New(srv.JS, siem.Config{Trust: list, BatchSize: 7, Logger: natstest.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- f.Follow(ctx, w) }()
+	proctest.WaitFor(t, "the first 100 acknowledged", 20*time.Second, func() bool {
+		c, err := srv.JS.Consumer(ctx, "AUDIT", siem.DefaultConsumer)
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(ctx)
+		return err == nil && info.AckFloor.Stream == 100
+	})
+	if err := srv.JS.DeleteConsumer(ctx, "AUDIT", siem.DefaultConsumer); err != nil {
+		t.Fatal(err)
+	}
+	trusttest.PublishChained(t, srv.JS, signer, "billing-2", 5, 100)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if ctx.Err() == context.DeadlineExceeded {
+		t.Fatal("follow did not write sequence 200")
+	}
+	var next uint64 = 1
+	for _, l := range parseLines(t, w.buf.Bytes()) {
+		if *l.Seq != next || *l.Trust != "trusted" || *l.Chain != "" {
+			t.Fatalf("seq %d (want %d): trust %q chain %q", *l.Seq, next, *l.Trust, *l.Chain)
+		}
+		next++
+	}
+	if next != 201 {
+		t.Fatalf("wrote up to %d, want 200", next-1)
+	}
 }
