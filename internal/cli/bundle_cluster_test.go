@@ -40,7 +40,7 @@ import (
 // change's chain (first and last sequence, head hash) unchanged.
 func TestBundleFromClusterAfterLeaderKillAndRestore(t *testing.T) {
 	if testing.Short() {
-		t.Skip("a 3-node cluster, a leader kill and a restore; takes 20-40 s")
+		t.Skip("a 3-node cluster, a leader kill and a restore; takes 20-50 s")
 	}
 	const (
 		stream   = producer.DefaultStreamName
@@ -393,6 +393,32 @@ func TestBundleFromClusterAfterLeaderKillAndRestore(t *testing.T) {
 	}
 	t.Logf("sequence %d's headers before the restore: %v; after it: %v", lines1[0].Seq, lines1[0].Headers, lines2[0].Headers)
 	t.Logf("%d events of 5 changes, sequences 1..%d, verify before and after the restore; headers the restore changed (events): %v", total, last, headersChanged)
+
+	// A runner started after the restore continues the retried change's
+	// chain where the restored history ends, and the next bundle verifies
+	// with that link.
+	phase("publish after the restore")
+	p, err := producer.New(ctx, js, producer.Config{Stream: sc, Signer: runnerKey, RetryFor: 60 * time.Second, Logger: natstest.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, head, err := p.Last(ctx, pipeline, retried)
+	if err != nil || head != writerHeads[len(writerHeads)-1] {
+		t.Fatalf("the retried change's head after the restore: %+v (%v), want %+v", head, err, writerHeads[len(writerHeads)-1])
+	}
+	next, err := p.Publish(ctx, execution(events.ExecutionSucceeded, retried, events.NewID()), producer.After(head))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next.Seq != last+1 {
+		t.Errorf("the first event after the restore is at sequence %d, want %d", next.Seq, last+1)
+	}
+	third, _ := export(c.URLs(), "c.tar.gz")
+	if res := verifyBundle(third); res.Events != total+1 {
+		t.Fatalf("bundle after a publish on the restored stream: %d events, want %d", res.Events, total+1)
+	}
+	checkChain(t, linesOf(third), retried, append(slices.Clone(writerHeads), next), oldLeaderHead, newLeaderHead)
+	phase("verified")
 }
 
 // checkChain checks that the bundle holds the retried change's events as
