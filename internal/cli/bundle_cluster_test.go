@@ -273,16 +273,7 @@ func TestBundleFromClusterAfterLeaderKillAndRestore(t *testing.T) {
 	}
 	linesOf := func(path string) []bundle.Line {
 		t.Helper()
-		f, err := os.Open(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		b, err := bundle.Read(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b.Lines
+		return lines(t, members(t, path))
 	}
 
 	phase("export from the surviving nodes")
