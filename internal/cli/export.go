@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"text/tabwriter"
 	"time"
 
@@ -51,6 +52,7 @@ help and docs/siem.md).`,
   auditflow export --out billing.tar.gz --pipeline billing --since 720h --trust trust.yaml --signing-key exporter.nk`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			defer boundMemory()()
 			now := time.Now()
 			switch format {
 			case "ndjson":
@@ -131,6 +133,23 @@ help and docs/siem.md).`,
 	f.BoolVar(&follow, "follow", false, "with --format ndjson: keep writing new events from a durable consumer until interrupted; a restart continues after the last line written")
 	f.StringVar(&consumer, "consumer", siem.DefaultConsumer, "with --follow: the durable consumer (not a projector's)")
 	return cmd
+}
+
+// memoryLimit is the soft limit export and verify-bundle set on the Go
+// heap: they keep state per change, not per event (about half a kilobyte
+// a change), and a history of millions of events would otherwise let
+// garbage grow the process to twice its live heap between collections.
+const memoryLimit = 64 << 20
+
+// boundMemory sets memoryLimit unless GOMEMLIMIT sets another, and
+// returns what puts the previous limit back (cli.Main may run in a
+// process that does more).
+func boundMemory() (restore func()) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return func() {}
+	}
+	prev := debug.SetMemoryLimit(memoryLimit)
+	return func() { debug.SetMemoryLimit(prev) }
 }
 
 // errStopped ends a scan whose consumer has failed (with its own error).
@@ -283,6 +302,7 @@ hold, 3 listing each problem.`,
   auditflow verify-bundle audit.tar.gz --json`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			defer boundMemory()()
 			// Only --trust (or its variable) counts here: not the embedded
 			// mode's list, which judges the local stream, not a bundle.
 			var list *trust.List
