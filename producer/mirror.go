@@ -50,6 +50,19 @@ func MirrorConfig(c StreamConfig, m Mirror) (jetstream.StreamConfig, error) {
 	js.Replicas = m.Replicas
 	js.Duplicates = 0
 	js.Mirror = &jetstream.StreamSource{Name: c.Name, Domain: m.Domain}
+	if m.Domain == "" {
+		// Durable sourcing: the mirror reads through a replicated consumer
+		// on the audit stream (MirrorConsumerConfig), which survives the
+		// stream's leader change and goes on delivering from the new
+		// leader within a second. Without it the server copies through an
+		// ephemeral consumer on the stream's leader, which dies with it:
+		// the mirror notices only after 10 s without news and then retries
+		// with a back-off of up to 2 minutes (nats-server's
+		// sourceHealthCheckInterval, retryBackOff, retryMaximum), copying
+		// nothing meanwhile. (A mirror in another domain keeps the
+		// ephemeral consumer: its deliveries would need an import.)
+		js.Mirror.Consumer = &jetstream.StreamConsumerSource{Name: m.Name, DeliverSubject: MirrorDeliverSubject(m.Name)}
+	}
 	// The server makes a mirror answer the stream's direct gets once it is
 	// nearly caught up (MirrorDirect follows the stream's AllowDirect); a
 	// read it answers may be a few messages behind, like a follower's on a
@@ -60,8 +73,33 @@ func MirrorConfig(c StreamConfig, m Mirror) (jetstream.StreamConfig, error) {
 	return js, nil
 }
 
+// MirrorDeliverSubject is where the audit stream's consumer for the
+// mirror named name delivers: no role may publish there (a message
+// published there with a forged reply would enter the mirror).
+func MirrorDeliverSubject(name string) string { return "auditflow.mirror." + name }
+
+// MirrorConsumerConfig is the durable consumer on the audit stream c that
+// the mirror m copies through (durable sourcing, nats-server 2.14 or
+// later): named like the mirror, replicated like the stream, pushing to
+// MirrorDeliverSubject with flow control, and acknowledged by the mirror's
+// flow-control replies (the server requires exactly this shape).
+func MirrorConsumerConfig(c StreamConfig, m Mirror) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:        m.Name,
+		Description:    "auditflow: the mirror " + m.Name + " copies " + c.Name + " through this consumer; deleting it stops the mirror",
+		DeliverSubject: MirrorDeliverSubject(m.Name),
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		AckPolicy:      jetstream.AckFlowControlPolicy,
+		FlowControl:    true,
+		IdleHeartbeat:  time.Second, // the only value the server accepts with AckFlowControl
+		MaxAckPending:  10_000,
+	}
+}
+
 // EnsureMirror creates m as a mirror of the audit stream c, or checks that
-// an existing stream of that name is one. It never changes a stream.
+// an existing stream of that name is one. It never changes a stream. For
+// a mirror in the stream's domain it first creates the consumer the
+// mirror copies through (MirrorConsumerConfig), again if it went missing.
 func EnsureMirror(ctx context.Context, js jetstream.JetStream, c StreamConfig, m Mirror) (jetstream.Stream, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
@@ -69,6 +107,21 @@ func EnsureMirror(ctx context.Context, js jetstream.JetStream, c StreamConfig, m
 	want, err := MirrorConfig(c, m)
 	if err != nil {
 		return nil, err
+	}
+	existing, err := js.Stream(ctx, want.Name)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+	case err != nil:
+		return nil, fmt.Errorf("producer: stream %s: %w", want.Name, err)
+	default:
+		if have := existing.CachedInfo().Config.Mirror; have == nil || have.Consumer == nil {
+			want.Mirror.Consumer = nil // an existing mirror without one: nothing would read it
+		}
+	}
+	if want.Mirror.Consumer != nil {
+		if _, err := js.CreatePushConsumer(ctx, c.Name, MirrorConsumerConfig(c, m)); err != nil {
+			return nil, fmt.Errorf("producer: the consumer on %s that the mirror %s copies through: %w", c.Name, m.Name, err)
+		}
 	}
 	s, created, err := openOrCreate(ctx, js, want)
 	if err != nil || created {

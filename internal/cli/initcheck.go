@@ -102,6 +102,10 @@ func streamDifferences(have, want jetstream.StreamConfig) []difference {
 	}
 	if h, w := sourceName(have.Mirror), sourceName(want.Mirror); h != w {
 		add("mirror", w, h)
+	} else if have.Mirror != nil && have.Mirror.Consumer == nil && want.Mirror.Consumer != nil {
+		// The server refuses to change a mirror's source: a new one is needed.
+		add("mirror consumer", "durable "+want.Mirror.Consumer.Name+" on "+want.Mirror.Name+" (copies on within a second of a leader change)",
+			"ephemeral (copies nothing for 10 s to minutes after the stream's leader is lost): make a new mirror under another name and delete this one (break-glass)")
 	}
 	if h, w := sourceNames(have.Sources), sourceNames(want.Sources); h != w {
 		add("sources", w, h)

@@ -114,6 +114,9 @@ func statsTable(w *tabwriter.Writer, out statsOut, window string) {
 				l.Pending+l.AckPending, l.Pending, l.AckPending, l.Consumer, l.StreamLastSeq, l.StoreCheckpoint)
 		}
 	}
+	for _, m := range out.Mirrors {
+		fmt.Fprintf(w, "mirror\t%s\n", m.Say())
+	}
 	if wr := out.Writes; wr != nil {
 		fmt.Fprintf(w, "store writes\t%d writes of %d events, %d failed; latency p50 %s, p95 %s, max %s\n",
 			wr.Writes, wr.Events, wr.Errors, wr.P50.Round(time.Microsecond), wr.P95.Round(time.Microsecond), wr.Max.Round(time.Microsecond))

@@ -25,8 +25,11 @@ type Health struct {
 	DeadLetters *DeadLetterCounts `json:"deadLetters"`
 	// Held counts the events parked for a newer projector of this
 	// consumer (projector.HeldStream); nil if unread.
-	Held  *uint64  `json:"held"`
-	Notes []string `json:"notes"`
+	Held *uint64 `json:"held"`
+	// Mirrors are the stream's mirrors (auditflow init --mirror), each
+	// with how far behind it is; nil if unread.
+	Mirrors []MirrorLag `json:"mirrors"`
+	Notes   []string    `json:"notes"`
 }
 
 // Projection names a store's projection: its stream, its projector's
@@ -43,6 +46,9 @@ func ReadHealth(ctx context.Context, js jetstream.JetStream, st stores.Store, p 
 	var err error
 	if h.Lag, err = LagOf(ctx, js, st, p.Stream, p.Consumer); err != nil {
 		h.Notes = append(h.Notes, "no lag: "+err.Error())
+	}
+	if h.Mirrors, err = MirrorsOf(ctx, js, p.Stream); err != nil {
+		h.Notes = append(h.Notes, "no mirror lag: "+err.Error())
 	}
 	if h.Writes, err = WritesOf(ctx, js, p.Kind, since, log); err != nil {
 		h.Notes = append(h.Notes, "no write latency: "+err.Error())
