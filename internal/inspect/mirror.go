@@ -42,7 +42,7 @@ func MirrorsOf(ctx context.Context, js jetstream.JetStream, stream string) ([]Mi
 		return nil, fmt.Errorf("stream %s: %w", stream, err)
 	}
 	last := s.CachedInfo().State.LastSeq
-	var out []MirrorLag
+	out := []MirrorLag{} // read: none is [], not null (unread)
 	list := js.ListStreams(ctx)
 	for info := range list.Info() {
 		m := info.Config.Mirror
