@@ -56,8 +56,19 @@ func (f *Feed) Follow(ctx context.Context, w io.Writer) error {
 		}
 	}
 	acked := cons.CachedInfo().AckFloor.Stream // written and acknowledged up to here
+	gone := false                              // the consumer was deleted: make it again first
 	for ctx.Err() == nil {
 		ms = ms[:0]
+		if gone {
+			c, err := f.recreate(ctx, acked)
+			if err != nil {
+				f.cfg.Logger.Warn("feed: creating the durable consumer again failed; trying again", "consumer", f.cfg.Consumer, "err", err)
+				sleep(ctx, time.Second)
+				continue
+			}
+			cons, lastCons, gone = c, 0, false
+			f.chains.reset(false)
+		}
 		// What is there now, up to a batch; when nothing is, wait for the
 		// next message (waiting for a full batch would hold lines back
 		// while events trickle in).
@@ -82,13 +93,8 @@ func (f *Feed) Follow(ctx context.Context, w io.Writer) error {
 			// skipped and at most that is written twice.
 			f.cfg.Logger.Warn("feed: the durable consumer is gone; creating it again after the last line acknowledged",
 				"consumer", f.cfg.Consumer, "after", acked, "err", err)
-			c, cerr := f.recreate(ctx, acked)
-			if cerr == nil {
-				cons, lastCons = c, 0
-				f.chains.reset(false)
-				continue
-			}
-			err = cerr
+			gone = true
+			continue
 		}
 		if err != nil && len(ms) == 0 {
 			if ctx.Err() != nil {
@@ -130,6 +136,15 @@ func (f *Feed) recreate(ctx context.Context, acked uint64) (jetstream.Consumer, 
 	c, err := f.js.CreateConsumer(ctx, f.cfg.Stream.Name, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("creating the durable consumer %s again: %w", f.cfg.Consumer, err)
+	}
+	// Created while the server was still removing the old one, it may
+	// come back with the old one's state (measured: delivering from an
+	// early sequence again). Then it is removed and made again.
+	if info := c.CachedInfo(); acked > 0 && info.Delivered.Stream != acked {
+		if err := f.js.DeleteConsumer(ctx, f.cfg.Stream.Name, f.cfg.Consumer); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return nil, fmt.Errorf("removing the durable consumer %s, made again with another state: %w", f.cfg.Consumer, err)
+		}
+		return nil, fmt.Errorf("the durable consumer %s came back delivered up to %d, not %d", f.cfg.Consumer, info.Delivered.Stream, acked)
 	}
 	return c, nil
 }
