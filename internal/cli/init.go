@@ -293,7 +293,8 @@ func initStream(ctx context.Context, js jetstream.JetStream, s jetstream.StreamC
 
 // checkProjectorConsumers compares the projectors' durable consumers on
 // the audit stream (named projector-*, as the projector names them by
-// default) with what a projector creates.
+// default) with what a projector creates, and reports any push consumer
+// but a mirror's.
 func checkProjectorConsumers(ctx context.Context, js jetstream.JetStream, sc producer.StreamConfig) ([]initItem, error) {
 	st, err := js.Stream(ctx, sc.Name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
@@ -306,6 +307,17 @@ func checkProjectorConsumers(ctx context.Context, js jetstream.JetStream, sc pro
 	var items []initItem
 	l := st.ListConsumers(ctx)
 	for info := range l.Info() {
+		// A push consumer delivers the history to a subject named in its
+		// request body, which no subject permission checks: whoever may
+		// subscribe there reads it. Only a mirror's (producer.MirrorDeliverSubject)
+		// is auditflow's.
+		if d := info.Config.DeliverSubject; d != "" && d != producer.MirrorDeliverSubject(info.Name) {
+			it := initItem{What: "push consumer", Name: sc.Name + " > " + info.Name, Status: initExists}
+			it.differs([]difference{{Field: "deliver subject", Expected: "none: only a mirror's consumer pushes, to " + producer.MirrorDeliverSubject(info.Name),
+				Actual: d + " (every event it reads goes there; remove it: nats consumer rm " + sc.Name + " " + info.Name + ")"}})
+			items = append(items, it)
+			continue
+		}
 		if !strings.HasPrefix(info.Name, "projector-") {
 			continue
 		}

@@ -98,7 +98,15 @@ func TestInitReportsEveryDifference(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// A push consumer someone made on the audit stream: it hands every
+	// event to whoever may subscribe to its deliver subject.
+	if _, err := d.js.CreateOrUpdatePushConsumer(ctx, producer.DefaultStreamName, jetstream.ConsumerConfig{Durable: "leak", DeliverSubject: "audit.writes.leak"}); err != nil {
+		t.Fatal(err)
+	}
+
 	want := map[string][][3]string{ // name → field, expected, actual
+		"AUDIT > leak": {{"deliver subject", "none: only a mirror's consumer pushes, to auditflow.mirror.leak",
+			"audit.writes.leak (every event it reads goes there; remove it: nats consumer rm AUDIT leak)"}},
 		"AUDIT":                    {{"max age", "unlimited", "1h0m0s"}},
 		"AUDIT_MIRROR":             {{"max bytes", "unlimited", "1048576"}},
 		"AUDIT_DEADLETTER":         {{"max msgs", "unlimited", "1"}},
