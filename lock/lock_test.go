@@ -211,7 +211,7 @@ func TestListAndForceRelease(t *testing.T) {
 	}
 	// The holder is alive: by the time the operator acts on what they
 	// saw, it has refreshed, and the stale revision removes nothing.
-	time.Sleep(400 * time.Millisecond)
+	waitRefreshed(t, l, "billing.eu", infos[0].Revision)
 	if err := l.ForceRelease(ctx, "billing.eu", infos[0].Revision); !errors.Is(err, lock.ErrChanged) || !strings.Contains(err.Error(), "ops-runner") {
 		t.Fatalf("force release of a refreshed lock = %v, want ErrChanged naming the holder", err)
 	}
@@ -220,12 +220,22 @@ func TestListAndForceRelease(t *testing.T) {
 		t.Fatal("a refused force release took the lock from its holder")
 	default:
 	}
-	cur, err := l.Holder(ctx, "billing.eu")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := l.ForceRelease(ctx, "billing.eu", cur.Revision); err != nil {
-		t.Fatal(err)
+	// With the revision just read it goes — unless the holder refreshed
+	// in between (it does every 200 ms; a loaded machine can take that
+	// long between the two calls): then read it again, as an operator
+	// would.
+	var cur lock.Info
+	for attempt := 0; ; attempt++ {
+		if cur, err = l.Holder(ctx, "billing.eu"); err != nil {
+			t.Fatal(err)
+		}
+		err = l.ForceRelease(ctx, "billing.eu", cur.Revision)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, lock.ErrChanged) || attempt == 20 {
+			t.Fatal(err)
+		}
 	}
 	select {
 	case <-lease.Lost():
@@ -372,5 +382,25 @@ func TestKeyEncoding(t *testing.T) {
 		if got, _ := lock.Key(name); got != want {
 			t.Errorf("Key(%q) = %q, want %q", name, got, want)
 		}
+	}
+}
+
+// waitRefreshed waits until the lock name has a revision after rev: its
+// holder refreshed it.
+func waitRefreshed(t *testing.T, l *lock.Locker, name string, rev uint64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		cur, err := l.Holder(context.Background(), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cur.Revision > rev {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not refreshed after revision %d in 10s", name, rev)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
