@@ -63,10 +63,10 @@ func TestClusterKillRestartShutdown(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 
-	next := c.WaitStreamLeader("S", 10*time.Second)
+	next := c.WaitStreamLeader("S", 30*time.Second)
 	down := time.Now()
 	c.Shutdown(next)
-	handover := c.WaitStreamLeader("S", 10*time.Second)
+	handover := c.WaitStreamLeader("S", 30*time.Second) // an election on a loaded 2-core machine took over 10 s once
 	took := time.Since(down)
 	s, err := js.Stream(ctx, "S")
 	if err != nil {
