@@ -126,3 +126,14 @@ func temporary(e *jetstream.APIError) bool {
 	}
 	return false
 }
+
+// ReadStream reads any named stream's info as js.Stream does (no check of
+// its configuration, unlike OpenStream), riding out
+// a cluster that is briefly unable to answer (a node just restarted, an
+// election) as r says. A missing stream is jetstream.ErrStreamNotFound at
+// once.
+func ReadStream(ctx context.Context, js jetstream.JetStream, name string, r Retry) (jetstream.Stream, error) {
+	return retry(ctx, js, r, "read stream "+name, func(ctx context.Context) (jetstream.Stream, error) {
+		return js.Stream(ctx, name)
+	})
+}

@@ -123,7 +123,7 @@ token is not above the stream's highest (the output says what to do),
 				TookMs: r.Took.Milliseconds(), Resumed: r.Resumed,
 				Next: fmt.Sprintf("%s is now a frozen copy: make a new mirror (auditflow init --mirror %s_2), then restart the projectors", from, from)}
 			behind := false
-			rep.HighestLockToken, rep.LockTokens, behind, err = a.lockTokensAfterRestore(ctx, js)
+			rep.HighestLockToken, rep.LockTokens, behind, err = a.lockTokensAfterRestore(ctx, js, r.LastSeq)
 			if err != nil {
 				return err
 			}
@@ -162,7 +162,9 @@ token is not above the stream's highest (the output says what to do),
 func missingSay(rep restoreReport) string {
 	return fmt.Sprintf("%d sequences (%d..%d) were stored on %s but never reached the mirror %s: %s recorded sequence %d. "+
 		"They are lost with the stream; the restored history ends at %d, and a bundle exported from it verifies without them. "+
-		"The projectors' stores may still hold them: keep a copy of each store before a projector replays",
+		"The projectors' stores may still hold them, and new events will take those sequences again: a store keys its rows by sequence, "+
+		"so it would keep the lost events' rows there and not store the new ones. Before runners or projectors start: keep a copy of each store "+
+		"(the only record of the lost events), then rebuild it from the restored stream (auditflow replay --reset)",
 		rep.Missing, rep.LastSeq+1, rep.HighestRecorded, rep.Stream, rep.From, rep.RecordedBy, rep.HighestRecorded, rep.LastSeq)
 }
 
@@ -225,12 +227,14 @@ func highestRecordedSeq(ctx context.Context, js jetstream.JetStream, log *slog.L
 // its writes refuses any token below one it has seen. A bucket that
 // outlived the stream is above it; one created while the stream was
 // missing, without it to read, may not be (behind).
-func (a *app) lockTokensAfterRestore(ctx context.Context, js jetstream.JetStream) (highest uint64, say string, behind bool, err error) {
-	highest, err = tokenfloor.Highest(ctx, js, a.streamConfig().Name, a.log)
+func (a *app) lockTokensAfterRestore(ctx context.Context, js jetstream.JetStream, last uint64) (highest uint64, say string, behind bool, err error) {
+	highest, err = tokenfloor.HighestThrough(ctx, js, a.streamConfig().Name, last, a.log)
 	if err != nil {
 		return 0, "", false, err
 	}
-	s, err := js.Stream(ctx, "KV_"+a.lockBucket)
+	// Right after a restore a cluster may still be settling (a node that
+	// just came back catching up): ask again rather than fail.
+	s, err := producer.ReadStream(ctx, js, "KV_"+a.lockBucket, producer.Retry{For: time.Minute, Logger: a.log})
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound):
 		return highest, fmt.Sprintf("the lock bucket %s is missing: run auditflow init, which creates it with fencing tokens above the highest on the stream (%d)",

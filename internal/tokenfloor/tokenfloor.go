@@ -11,7 +11,7 @@
 //
 // It lives below internal/cli (init, restore) and internal/runnercmd (the
 // embedded mode), which both create the bucket, and above projector
-// (Scan) and events (Decode), which it reads with; package lock, below
+// (Scan), producer (ReadStream) and events (Decode), which it reads with; package lock, below
 // them all, takes the result as a function.
 package tokenfloor
 
@@ -20,10 +20,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/auditflow/auditflow/events"
+	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/projector"
 )
 
@@ -34,7 +36,16 @@ import (
 // not grow with the stream. Messages that do not decode as events are
 // skipped: no runner wrote them, so no target saw their token.
 func Highest(ctx context.Context, js jetstream.JetStream, stream string, log *slog.Logger) (uint64, error) {
-	s, err := js.Stream(ctx, stream)
+	return HighestThrough(ctx, js, stream, 0, log)
+}
+
+// HighestThrough is Highest reading up to sequence last at least, when
+// the caller knows the stream holds it (restore, which just wrote it): a
+// stream's info answered right after a cluster's leader change may say
+// fewer messages, and the scan then waits for the rest rather than
+// stopping short.
+func HighestThrough(ctx context.Context, js jetstream.JetStream, stream string, last uint64, log *slog.Logger) (uint64, error) {
+	s, err := producer.ReadStream(ctx, js, stream, producer.Retry{For: time.Minute, Logger: log})
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return 0, nil
 	}
@@ -42,11 +53,12 @@ func Highest(ctx context.Context, js jetstream.JetStream, stream string, log *sl
 		return 0, fmt.Errorf("tokenfloor: stream %s: %w", stream, err)
 	}
 	st := s.CachedInfo().State
-	if st.Msgs == 0 {
+	to := max(st.LastSeq, last)
+	if to == 0 || (st.Msgs == 0 && last == 0) {
 		return 0, nil
 	}
 	var highest uint64
-	err = projector.Scan(ctx, js, projector.ScanConfig{Stream: stream, FromSeq: st.FirstSeq, ToSeq: st.LastSeq, Logger: log},
+	err = projector.Scan(ctx, js, projector.ScanConfig{Stream: stream, FromSeq: max(st.FirstSeq, 1), ToSeq: to, Logger: log},
 		func(msgs []projector.StreamMsg) error {
 			for _, m := range msgs {
 				if e, err := events.Decode(m.Data); err == nil && e.LockToken > highest {
