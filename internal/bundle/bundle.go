@@ -140,14 +140,21 @@ func (w *Writer) Add(lines []Line) error {
 	if w.err != nil || len(lines) == 0 {
 		return w.err
 	}
-	if w.m.Events > 0 && lines[0].Seq <= w.m.LastSeq {
-		return fmt.Errorf("bundle: sequence %d added after %d", lines[0].Seq, w.m.LastSeq)
+	// Checked before anything is judged or counted, so that a refused
+	// batch leaves the bundle as it was.
+	prev, seen := w.m.LastSeq, w.m.Events > 0
+	for _, l := range lines {
+		if seen && l.Seq <= prev {
+			return fmt.Errorf("bundle: sequence %d added after %d", l.Seq, prev)
+		}
+		prev, seen = l.Seq, true
 	}
 	js := make([]judged, len(lines))
-	raw := make([][]byte, len(lines)) // per range: its lines, encoded
-	gz := make([][]byte, len(lines))  // per range: the same, a gzip member
-	errs := make([]error, len(lines))
-	ranges := inParallel(len(lines), func(k, lo, hi int) {
+	ranges := rangesFor(len(lines))
+	raw := make([][]byte, ranges) // per range: its lines, encoded
+	gz := make([][]byte, ranges)  // per range: the same, a gzip member
+	errs := make([]error, ranges)
+	inParallel(len(lines), ranges, func(k, lo, hi int) {
 		var buf bytes.Buffer
 		for i := lo; i < hi; i++ {
 			js[i] = w.judge.one(lines[i])
@@ -167,13 +174,10 @@ func (w *Writer) Add(lines []Line) error {
 		gzips.Put(zw)
 		raw[k], gz[k] = buf.Bytes(), z.Bytes()
 	})
-	if err := errors.Join(errs[:ranges]...); err != nil {
+	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("bundle: encode: %w", err)
 	}
 	for i, l := range lines {
-		if i > 0 && l.Seq <= lines[i-1].Seq {
-			return fmt.Errorf("bundle: sequence %d added after %d", l.Seq, lines[i-1].Seq)
-		}
 		j := &js[i]
 		w.judge.link(l, j)
 		switch {

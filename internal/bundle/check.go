@@ -65,20 +65,23 @@ func (jr *judger) link(l Line, j *judged) {
 	jr.prev[l.Subject] = p
 }
 
-// inParallel calls fn(k, lo, hi) for consecutive ranges k = 0, 1, …
-// covering [0, n), one per CPU, concurrently; it returns the number of
-// ranges once every call has returned.
-func inParallel(n int, fn func(k, lo, hi int)) int {
+// rangesFor is how many ranges inParallel splits n lines into: one per
+// CPU, of 64 lines at least.
+func rangesFor(n int) int {
 	if n == 0 {
 		return 0
 	}
-	ranges := min(runtime.GOMAXPROCS(0), max(n/64, 1))
+	return min(runtime.GOMAXPROCS(0), max(n/64, 1))
+}
+
+// inParallel calls fn(k, lo, hi) for ranges k = 0 … ranges-1 covering
+// [0, n) in order, concurrently, and returns once every call has.
+func inParallel(n, ranges int, fn func(k, lo, hi int)) {
 	var wg sync.WaitGroup
 	for k := range ranges {
 		wg.Go(func() { fn(k, k*n/ranges, (k+1)*n/ranges) })
 	}
 	wg.Wait()
-	return ranges
 }
 
 // header is the signature header's value, "" if none.
@@ -327,7 +330,7 @@ func (c *checker) checkLines(texts [][]byte) {
 	lines := make([]Line, len(texts))
 	errs := make([]error, len(texts))
 	js := make([]judged, len(texts))
-	inParallel(len(texts), func(_, lo, hi int) {
+	inParallel(len(texts), rangesFor(len(texts)), func(_, lo, hi int) {
 		for i := lo; i < hi; i++ {
 			if len(bytes.TrimSpace(texts[i])) == 0 {
 				continue
