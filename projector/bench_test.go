@@ -3,12 +3,10 @@ package projector_test
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -245,21 +243,9 @@ func prefill(b *testing.B, path string, n int) {
 // default).
 func runChild(b *testing.B, url, db string, n int, consumer string) childResult {
 	b.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestProjectorChild$", "-test.v")
-	cmd.Env = append(os.Environ(), childEnv+"=1", "AUDITFLOW_BENCH_NATS="+url,
-		"AUDITFLOW_BENCH_DB="+db, fmt.Sprint("AUDITFLOW_BENCH_N=", n), "AUDITFLOW_BENCH_CONSUMER="+consumer)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		b.Fatalf("child: %v\n%s", err, out)
-	}
 	var r childResult
-	for line := range strings.Lines(string(out)) {
-		if s, ok := strings.CutPrefix(strings.TrimSpace(line), "RESULT "); ok {
-			if err := json.Unmarshal([]byte(s), &r); err != nil {
-				b.Fatal(err)
-			}
-		}
-	}
+	out := proctest.RunChild(b, "TestProjectorChild", []string{childEnv + "=1", "AUDITFLOW_BENCH_NATS=" + url,
+		"AUDITFLOW_BENCH_DB=" + db, fmt.Sprint("AUDITFLOW_BENCH_N=", n), "AUDITFLOW_BENCH_CONSUMER=" + consumer}, &r)
 	if r.Applied < uint64(n) {
 		b.Fatalf("child applied %d of %d\n%s", r.Applied, n, out)
 	}
@@ -311,8 +297,7 @@ func TestProjectorChild(t *testing.T) {
 	<-done
 	r := childResult{Applied: p.Stats().Applied, PeakRSSKB: proctest.PeakRSSKB(), PeakHeapBytes: peakHeap(),
 		Seconds: elapsed.Seconds(), CPUSeconds: cpu.Seconds()}
-	b, _ := json.Marshal(r)
-	fmt.Println("RESULT " + string(b))
+	proctest.PrintResult(t, r)
 }
 
 // BenchmarkReplay measures a rebuild of a SQLite store from a stream of

@@ -2,14 +2,11 @@ package verify_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -84,24 +81,12 @@ func BenchmarkVerifyMemory(b *testing.B) {
 
 	for b.Loop() {
 		for _, mode := range []string{"scan", "verify"} {
-			args := []string{"-test.run=^TestVerifyChild$", "-test.v"}
+			var args []string
 			if dir := os.Getenv("AUDITFLOW_VERIFY_BENCH_PROFILE"); dir != "" { // a CPU profile per child
 				args = append(args, "-test.cpuprofile="+filepath.Join(dir, mode+".prof"))
 			}
-			cmd := exec.Command(os.Args[0], args...)
-			cmd.Env = append(os.Environ(), verifyChildEnv+"="+mode, "AUDITFLOW_BENCH_NATS="+srv.ClientURL(), "AUDITFLOW_BENCH_DB="+db)
-			out, err := cmd.CombinedOutput()
-			if err != nil {
-				b.Fatalf("child %s: %v\n%s", mode, err, out)
-			}
 			var r verifyChildResult
-			for line := range strings.Lines(string(out)) {
-				if s, ok := strings.CutPrefix(strings.TrimSpace(line), "RESULT "); ok {
-					if err := json.Unmarshal([]byte(s), &r); err != nil {
-						b.Fatal(err)
-					}
-				}
-			}
+			out := proctest.RunChild(b, "TestVerifyChild", []string{verifyChildEnv + "=" + mode, "AUDITFLOW_BENCH_NATS=" + srv.ClientURL(), "AUDITFLOW_BENCH_DB=" + db}, &r, args...)
 			if r.Events != n {
 				b.Fatalf("child %s read %d of %d events\n%s", mode, r.Events, n, out)
 			}
@@ -172,6 +157,5 @@ func TestVerifyChild(t *testing.T) {
 	}
 	r.Seconds = time.Since(start).Seconds()
 	r.PeakRSSKB, r.PeakHeapBytes = proctest.PeakRSSKB(), peakHeap()
-	b, _ := json.Marshal(r)
-	fmt.Println("RESULT " + string(b))
+	proctest.PrintResult(t, r)
 }

@@ -1,7 +1,6 @@
 package cli_test
 
 import (
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -130,22 +129,8 @@ type bundleBenchResult struct {
 
 func runBundleBenchChild(b *testing.B, mode string, env []string, n int) bundleBenchResult {
 	b.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestBundleBenchChild$", "-test.v")
-	cmd.Env = append(append(os.Environ(), env...), bundleBenchChild+"="+mode, "AUDITFLOW_BENCH_EVENTS="+strconv.Itoa(n))
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		b.Fatalf("child %s: %v\n%s", mode, err, out)
-	}
 	var r bundleBenchResult
-	for line := range strings.Lines(string(out)) {
-		if s, ok := strings.CutPrefix(strings.TrimSpace(line), "RESULT "); ok {
-			if err := json.Unmarshal([]byte(s), &r); err != nil {
-				b.Fatal(err)
-			}
-			return r
-		}
-	}
-	b.Fatalf("child %s: no result\n%s", mode, out)
+	proctest.RunChild(b, "TestBundleBenchChild", append(env, bundleBenchChild+"="+mode, "AUDITFLOW_BENCH_EVENTS="+strconv.Itoa(n)), &r)
 	return r
 }
 
@@ -182,12 +167,8 @@ func TestBundleBenchChild(t *testing.T) {
 		if err != nil || !strings.Contains(string(out), want) {
 			t.Fatalf("auditflow %s: %v\n%s", mode, err, out)
 		}
-		r := bundleBenchResult{Seconds: time.Since(start).Seconds(), PeakRSSKB: cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss}
-		b, _ := json.Marshal(r)
-		fmt.Println("RESULT " + string(b))
+		proctest.PrintResult(t, bundleBenchResult{Seconds: time.Since(start).Seconds(), PeakRSSKB: cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss})
 		return
 	}
-	r := bundleBenchResult{Seconds: time.Since(start).Seconds(), PeakRSSKB: proctest.PeakRSSKB()}
-	b, _ := json.Marshal(r)
-	fmt.Println("RESULT " + string(b))
+	proctest.PrintResult(t, bundleBenchResult{Seconds: time.Since(start).Seconds(), PeakRSSKB: proctest.PeakRSSKB()})
 }

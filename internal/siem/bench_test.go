@@ -2,14 +2,10 @@ package siem_test
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -86,20 +82,8 @@ type benchResult struct {
 
 func runBenchChild(b *testing.B, mode, url, listPath string, n int) benchResult {
 	b.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestBenchChild$", "-test.v")
-	cmd.Env = append(os.Environ(), childEnv+"="+mode, "AUDITFLOW_BENCH_NATS="+url, "AUDITFLOW_BENCH_TRUST="+listPath)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		b.Fatalf("child %s: %v\n%s", mode, err, out)
-	}
 	var r benchResult
-	for line := range strings.Lines(string(out)) {
-		if s, ok := strings.CutPrefix(strings.TrimSpace(line), "RESULT "); ok {
-			if err := json.Unmarshal([]byte(s), &r); err != nil {
-				b.Fatal(err)
-			}
-		}
-	}
+	out := proctest.RunChild(b, "TestBenchChild", []string{childEnv + "=" + mode, "AUDITFLOW_BENCH_NATS=" + url, "AUDITFLOW_BENCH_TRUST=" + listPath}, &r)
 	if r.Lines != n {
 		b.Fatalf("child %s read %d of %d\n%s", mode, r.Lines, n, out)
 	}
@@ -152,6 +136,5 @@ func TestBenchChild(t *testing.T) {
 		r.Lines, r.Bytes = st.Lines, w.n
 	}
 	r.Seconds, r.PeakRSSKB = time.Since(start).Seconds(), proctest.PeakRSSKB()
-	b, _ := json.Marshal(r)
-	fmt.Println("RESULT " + string(b))
+	proctest.PrintResult(t, r)
 }
