@@ -4,11 +4,12 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
-	"fmt"
 	"io"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/internal/bundle"
@@ -20,34 +21,10 @@ import (
 // changes, in sequence order from 1.
 func history(t *testing.T, signer *trust.Signer, changes, n int) []bundle.Line {
 	t.Helper()
-	type head struct {
-		seq      uint64
-		hash     string
-		position uint64
-	}
-	heads := make([]head, changes)
 	var out []bundle.Line
-	for i := range n {
-		c := i % changes
-		h := &heads[c]
-		typ := events.ExecutionStarted
-		if h.seq != 0 {
-			typ = events.ExecutionFailed
-		}
-		e := events.New(typ, "billing", fmt.Sprintf("change-%05d", c))
-		e.ExecutionID, e.RunnerID, e.ErrorMessage = fmt.Sprintf("exec-%d", i), "runner-1", "disk full"
-		if h.seq != 0 {
-			e.PrevSeq, e.PrevHash, e.Position = h.seq, h.hash, h.position+1
-		}
-		b, err := events.Encode(e)
-		if err != nil {
-			t.Fatal(err)
-		}
-		seq := uint64(i + 1)
-		*h = head{seq: seq, hash: events.Hash(b), position: e.Position}
-		out = append(out, bundle.Line{Seq: seq, Subject: events.Subject(events.DefaultSubjectPrefix, "billing", e.ChangeID),
-			Headers: map[string][]string{trust.Header: {signer.Sign(b)}}, Data: b})
-	}
+	trusttest.Chained(t, signer, "billing", changes, n, 0, func(seq uint64, m *nats.Msg) {
+		out = append(out, bundle.Line{Seq: seq, Subject: m.Subject, Headers: m.Header, Data: m.Data})
+	})
 	return out
 }
 
@@ -98,7 +75,7 @@ func TestLongChangeReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	if res.Events != 99 || len(res.Problems) != 1 || !strings.Contains(res.Problems[0].String(),
-		"sequence 51 (audit.exec.billing.change-00000): broken chain: written to follow stream sequence 50") {
+		"sequence 51 (audit.exec.billing.change-000000): broken chain: written to follow stream sequence 50") {
 		t.Fatalf("%+v", res)
 	}
 	report := member(t, b, bundle.ReportFile)

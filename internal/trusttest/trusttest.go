@@ -255,9 +255,8 @@ func Publish(t testing.TB, js jetstream.JetStream) *Scenario {
 }
 
 // PublishChained appends n signed, correctly chained events to the audit
-// stream, spread round-robin over changes changes of pipeline, as fast as
-// the server takes them. It expects to be the stream's only writer: it
-// computes each event's sequence.
+// stream (Chained), as fast as the server takes them. It expects to be the
+// stream's only writer: it computes each event's sequence.
 func PublishChained(tb testing.TB, js jetstream.JetStream, signer *trust.Signer, pipeline string, changes, n int) {
 	tb.Helper()
 	ctx := context.Background()
@@ -269,14 +268,35 @@ func PublishChained(tb testing.TB, js jetstream.JetStream, signer *trust.Signer,
 	if err != nil {
 		tb.Fatal(err)
 	}
-	seq := info.State.LastSeq
+	var futures []jetstream.PubAckFuture
+	Chained(tb, signer, pipeline, changes, n, info.State.LastSeq, func(seq uint64, m *nats.Msg) {
+		f, err := js.PublishMsgAsync(m, jetstream.WithExpectLastSequence(seq-1))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		futures = append(futures, f)
+		if len(futures) == 2000 {
+			waitAcks(tb, futures)
+			futures = futures[:0]
+		}
+	})
+	waitAcks(tb, futures)
+}
+
+// Chained hands fn n signed, correctly chained events as the messages
+// that would be stored at sequences after+1, after+2, …, spread
+// round-robin over changes changes of pipeline (change-000000, …): each
+// change's first is its ExecutionStarted, the rest ExecutionSucceeded,
+// each naming the one before it on its subject.
+func Chained(tb testing.TB, signer *trust.Signer, pipeline string, changes, n int, after uint64, fn func(seq uint64, m *nats.Msg)) {
+	tb.Helper()
 	type head struct {
 		seq      uint64
 		hash     string
 		position uint64
 	}
 	heads := make([]head, changes)
-	var futures []jetstream.PubAckFuture
+	seq := after
 	for i := range n {
 		c := i % changes
 		h := &heads[c]
@@ -297,17 +317,8 @@ func PublishChained(tb testing.TB, js jetstream.JetStream, signer *trust.Signer,
 		*h = head{seq: seq, hash: events.Hash(b), position: e.Position}
 		m := &nats.Msg{Subject: events.Subject(events.DefaultSubjectPrefix, pipeline, e.ChangeID), Data: b, Header: nats.Header{}}
 		m.Header.Set(trust.Header, signer.Sign(b))
-		f, err := js.PublishMsgAsync(m, jetstream.WithExpectLastSequence(seq-1))
-		if err != nil {
-			tb.Fatal(err)
-		}
-		futures = append(futures, f)
-		if len(futures) == 2000 {
-			waitAcks(tb, futures)
-			futures = futures[:0]
-		}
+		fn(seq, m)
 	}
-	waitAcks(tb, futures)
 }
 
 func waitAcks(tb testing.TB, fs []jetstream.PubAckFuture) {
