@@ -152,19 +152,26 @@ func (w *stdout) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// runnerSigned starts a server and makes a runner's key and a trust list
+// that trusts it for every pipeline.
+func runnerSigned(tb testing.TB) (*natstest.Server, *trust.Signer, *trust.List) {
+	tb.Helper()
+	signer := trusttest.NewSigner(tb)
+	list, err := trust.NewList(trust.Key{Key: signer.PublicKey(), Name: "runner-1", Roles: []trust.Role{trust.RoleRunner},
+		Pipelines: []string{trust.AllPipelines}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return natstest.Start(tb), signer, list
+}
+
 // TestFollowResumes: --follow from a durable consumer, stopped after some
 // lines, then more events published, then a run that crashes between a
 // write and its acknowledgement, then a last run: together the
 // runs wrote every sequence, in order, without a gap. A clean stop repeats
 // nothing; the crashed run's unacknowledged batch is written again.
 func TestFollowResumes(t *testing.T) {
-	srv := natstest.Start(t)
-	signer := trusttest.NewSigner(t)
-	list, err := trust.NewList(trust.Key{Key: signer.PublicKey(), Name: "runner-1", Roles: []trust.Role{trust.RoleRunner},
-		Pipelines: []string{trust.AllPipelines}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, signer, list := runnerSigned(t)
 	trusttest.PublishChained(t, srv.JS, signer, "billing", 5, 100)
 	run := func(stop func(lines int, last []byte) bool, crash bool) ([]line, error) {
 		t.Helper()
@@ -230,13 +237,7 @@ func TestFollowResumes(t *testing.T) {
 // runs is created again after the last line acknowledged: every sequence
 // is written once, in order, trusted and in chain.
 func TestFollowConsumerDeleted(t *testing.T) {
-	srv := natstest.Start(t)
-	signer := trusttest.NewSigner(t)
-	list, err := trust.NewList(trust.Key{Key: signer.PublicKey(), Name: "runner-1", Roles: []trust.Role{trust.RoleRunner},
-		Pipelines: []string{trust.AllPipelines}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, signer, list := runnerSigned(t)
 	trusttest.PublishChained(t, srv.JS, signer, "billing", 5, 100)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
