@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/auditflow/auditflow/events"
 	"github.com/auditflow/auditflow/internal/trusttest"
 	"github.com/auditflow/auditflow/producer"
 	"github.com/auditflow/auditflow/trust"
@@ -49,17 +48,7 @@ func TestDeployExportAsOperator(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 			windowStart = time.Now()
 		}
-		id := fmt.Sprintf("000%d-change", i)
-		s := events.New(events.ExecutionStarted, deployPipeline, id)
-		s.ExecutionID = events.NewID()
-		end := events.New(events.ExecutionSucceeded, deployPipeline, id)
-		end.ExecutionID = s.ExecutionID
-		for _, e := range []events.Event{s, end} {
-			if _, err := prod.Publish(ctx, e); err != nil {
-				t.Fatalf("publish as %s: %v", roleRunner, err)
-			}
-			published++
-		}
+		published += publishRun(t, prod, fmt.Sprintf("000%d-change", i))
 	}
 
 	out := t.TempDir()

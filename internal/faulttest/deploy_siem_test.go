@@ -85,6 +85,23 @@ func (p *feedProc) seqs(t *testing.T) []uint64 {
 	return seqs
 }
 
+// publishRun publishes, as the producer's user, a run of change id of
+// the deployment's pipeline, started and succeeded, and returns how many
+// events that is.
+func publishRun(t *testing.T, prod *producer.Producer, id string) int {
+	t.Helper()
+	s := events.New(events.ExecutionStarted, deployPipeline, id)
+	s.ExecutionID = events.NewID()
+	end := events.New(events.ExecutionSucceeded, deployPipeline, id)
+	end.ExecutionID = s.ExecutionID
+	for _, e := range []events.Event{s, end} {
+		if _, err := prod.Publish(context.Background(), e); err != nil {
+			t.Fatalf("publish as %s: %v", roleRunner, err)
+		}
+	}
+	return 2
+}
+
 // TestDeploySIEMFeedAsSIEM runs the SIEM feed as the siem user of the
 // deployment's NATS configuration, with its own password, as processes:
 // without --follow (feed, and export --format ndjson) it writes the whole
@@ -110,17 +127,7 @@ func TestDeploySIEMFeedAsSIEM(t *testing.T) {
 	publish := func(tag string, n int) {
 		t.Helper()
 		for i := range n {
-			id := fmt.Sprintf("%s-%d", tag, i)
-			s := events.New(events.ExecutionStarted, deployPipeline, id)
-			s.ExecutionID = events.NewID()
-			end := events.New(events.ExecutionSucceeded, deployPipeline, id)
-			end.ExecutionID = s.ExecutionID
-			for _, e := range []events.Event{s, end} {
-				if _, err := prod.Publish(ctx, e); err != nil {
-					t.Fatalf("publish as %s: %v", roleRunner, err)
-				}
-				published++
-			}
+			published += publishRun(t, prod, fmt.Sprintf("%s-%d", tag, i))
 		}
 	}
 	publish("0001-before", 3)
